@@ -1,0 +1,1 @@
+//! Directory: signed zones and records (built in its own issue).

@@ -1,0 +1,574 @@
+//! Command-line interface of `lo`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use liveobjects_host::local::{GroupCall, LocalGroup};
+use liveobjects_host::runtime::{Limits, Logic, LogicHash, Runtime, RuntimeConfig};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// liveobjects: live distributed objects whose logic runs as sandboxed WebAssembly.
+#[derive(Parser, Debug)]
+#[command(name = "lo", version, about)]
+pub struct Cli {
+    /// Log more (or set RUST_LOG, e.g. RUST_LOG=liveobjects_host=debug).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct RuntimeArgs {
+    /// Directory for compiled components (default: ~/.cache/liveobjects/compiled).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components in memory only, without the disk cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Memory cap per replica, in MiB.
+    #[arg(long, global = true, default_value_t = 64, value_name = "MIB")]
+    memory_mib: usize,
+    /// CPU budget per call, in fuel units (about one per WebAssembly instruction).
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 2_000_000_000,
+        value_name = "FUEL"
+    )]
+    fuel: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a component's world, imports, exports and methods.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Call one method of an object in a local replica whose state persists between
+    /// calls (e.g. `lo call counter.wasm add 5`, then `lo call counter.wasm get`).
+    Call {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Method name, e.g. `add` (or `interface.method` if ambiguous).
+        method: String,
+        /// Arguments in WAVE text form: 5, "text", [1, 2], {field: 1}, some(3), ...
+        #[arg(allow_negative_numbers = true)]
+        args: Vec<String>,
+        /// State file of the local replica (default: one per component, under
+        /// ~/.local/share/liveobjects/local/).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Start from a fresh object, discarding the saved state.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Run replicas of an object in this process and call its methods interactively.
+    Run {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Number of replicas (members named m1, m2, ...).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Watch live objects at work: three in-process members share a chat room and a
+    /// counter built from the shipped objects, run a scripted exchange, then keep
+    /// posting until the duration ends (or Ctrl-C).
+    Demo {
+        /// How long to keep the live part running, in seconds (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        duration: u64,
+        /// Seconds between live updates.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let runtime = make_runtime(&cli.runtime)?;
+    match cli.command {
+        Command::Inspect { file } => inspect(&runtime, &file),
+        Command::Call {
+            file,
+            method,
+            args,
+            state,
+            fresh,
+        } => call(&runtime, &file, &method, &args, state, fresh),
+        Command::Run { file, replicas } => repl(&runtime, &file, replicas),
+        Command::Demo { duration, interval } => demo(&runtime, duration, interval),
+    }
+}
+
+fn make_runtime(args: &RuntimeArgs) -> Result<Runtime> {
+    let mut config = if args.no_cache {
+        RuntimeConfig::default()
+    } else {
+        RuntimeConfig::with_user_cache()
+    };
+    if let Some(dir) = &args.cache_dir {
+        config.cache_dir = Some(dir.clone());
+    }
+    config.limits = Limits {
+        memory_bytes: args.memory_mib << 20,
+        fuel_per_call: args.fuel,
+        ..Limits::default()
+    };
+    Runtime::new(config).context("starting the WebAssembly runtime")
+}
+
+fn load(runtime: &Runtime, file: &Path) -> Result<Arc<Logic>> {
+    Ok(runtime.load_file(file)?)
+}
+
+fn inspect(runtime: &Runtime, file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let logic = runtime.load_bytes(&file.display().to_string(), &bytes)?;
+    let iface = logic.interface();
+    println!("object logic  {}", file.display());
+    println!("sha256        {}", logic.hash());
+    println!("size          {} bytes", logic.size());
+    println!("world         liveobjects:object/object@0.1.0 (implemented)");
+    println!("imports");
+    for import in &iface.imports {
+        println!("  {import}");
+    }
+    println!("exports");
+    for export in &iface.exports {
+        println!("  {export}");
+    }
+    println!("methods");
+    for method in &iface.methods {
+        let owner = method.interface.as_deref().unwrap_or("(world)");
+        println!("  {}    [{owner}]", method.signature());
+    }
+    Ok(())
+}
+
+/// What `lo call` keeps between invocations.
+#[derive(Serialize, Deserialize)]
+struct LocalState {
+    logic: [u8; 32],
+    next_seq: u64,
+    snapshot: Vec<u8>,
+}
+
+const LOCAL_MEMBER: &str = "local";
+
+fn default_state_path(hash: LogicHash) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --state FILE")?;
+    Ok(base
+        .join("liveobjects/local")
+        .join(format!("{}.state", &hash.to_hex()[..16])))
+}
+
+fn call(
+    runtime: &Runtime,
+    file: &Path,
+    method: &str,
+    args: &[String],
+    state: Option<PathBuf>,
+    fresh: bool,
+) -> Result<()> {
+    let logic = load(runtime, file)?;
+    let state_path = match state {
+        Some(p) => p,
+        None => default_state_path(logic.hash())?,
+    };
+    let saved: Option<LocalState> = if fresh || !state_path.exists() {
+        None
+    } else {
+        let bytes = std::fs::read(&state_path)
+            .with_context(|| format!("cannot read state file {}", state_path.display()))?;
+        let saved: LocalState = postcard::from_bytes(&bytes).with_context(|| {
+            format!(
+                "state file {} is corrupt; remove it or pass --fresh",
+                state_path.display()
+            )
+        })?;
+        if saved.logic != logic.hash().0 {
+            bail!(
+                "state file {} belongs to other logic (sha256 {}), not {}; pass --fresh or another --state",
+                state_path.display(),
+                hex::encode(saved.logic),
+                logic.hash()
+            );
+        }
+        Some(saved)
+    };
+    let object = format!("local:{}", file.display());
+    let mut group = LocalGroup::start(
+        runtime,
+        &logic,
+        &object,
+        &[LOCAL_MEMBER],
+        saved.as_ref().map(|s| s.snapshot.as_slice()),
+    )?;
+    if let Some(saved) = &saved {
+        group.set_next_seq(LOCAL_MEMBER, saved.next_seq);
+    }
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let outcome = group.call(0, method, &arg_refs)?;
+    report_problems(&outcome);
+    for note in outcome.deliveries.iter().flat_map(|d| &d.notifications) {
+        eprintln!("notify {}: {}", note.topic, note.detail);
+    }
+    for result in &outcome.results {
+        println!("{result}");
+    }
+    if !outcome.events.is_empty() {
+        let snapshot = group.replica_mut(0).snapshot()?;
+        let state = LocalState {
+            logic: logic.hash().0,
+            next_seq: group.next_seq(LOCAL_MEMBER),
+            snapshot,
+        };
+        save_state(&state_path, &state)?;
+    }
+    Ok(())
+}
+
+fn save_state(path: &Path, state: &LocalState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let bytes = postcard::to_allocvec(state).context("encoding local state")?;
+    // Write then rename: a crash mid-write keeps the previous state intact.
+    let tmp = path.with_extension("state.tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+fn report_problems(outcome: &GroupCall) {
+    for problem in outcome.problems() {
+        eprintln!("warning: {problem}");
+    }
+}
+
+/// Split a REPL line into words: whitespace separates, except inside quotes or
+/// brackets, so WAVE values like `"hello world"` or `{a: 1, b: 2}` stay whole.
+pub(crate) fn split_words(line: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut depth: i32 = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        if let Some(q) = quote {
+            current.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => {
+                quote = Some(c);
+                current.push(c);
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                current.push(c);
+            }
+            ')' | ']' | '}' => {
+                depth -= 1;
+                current.push(c);
+            }
+            c if c.is_whitespace() && depth <= 0 => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if quote.is_some() {
+        bail!("unterminated quote in: {line}");
+    }
+    if depth != 0 {
+        bail!("unbalanced brackets in: {line}");
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+const REPL_HELP: &str = "\
+  METHOD ARGS...       call a method on replica 1 (args in WAVE: 5, \"hi\", [1, 2])
+  @N METHOD ARGS...    call it on replica N
+  .methods             list methods
+  .snapshot            show every replica's snapshot size and hash
+  .help                this text
+  .quit                leave (or Ctrl-D)";
+
+fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
+    if replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let logic = load(runtime, file)?;
+    let names: Vec<String> = (1..=replicas).map(|i| format!("m{i}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let object = format!("local:{}", file.display());
+    let mut group = LocalGroup::start(runtime, &logic, &object, &name_refs, None)?;
+    eprintln!(
+        "{} replica(s) of {} (sha256 {}). Type .help for help.",
+        replicas,
+        file.display(),
+        &logic.hash().to_hex()[..16]
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("lo> ");
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line {
+            ".quit" | ".exit" => break,
+            ".help" => {
+                println!("{REPL_HELP}");
+                continue;
+            }
+            ".methods" => {
+                for m in &logic.interface().methods {
+                    println!("  {}", m.signature());
+                }
+                continue;
+            }
+            ".snapshot" => {
+                for i in 0..replicas {
+                    match group.replica_mut(i).snapshot() {
+                        Ok(s) => println!(
+                            "  {}: {} bytes, sha256 {}",
+                            names[i],
+                            s.len(),
+                            &LogicHash::of(&s).to_hex()[..16]
+                        ),
+                        Err(e) => println!("  {}: error: {e}", names[i]),
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let words = match split_words(line) {
+            Ok(w) => w,
+            Err(e) => {
+                println!("error: {e}");
+                continue;
+            }
+        };
+        let (target, rest) = match words[0].strip_prefix('@') {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if (1..=replicas).contains(&n) => (n - 1, &words[1..]),
+                _ => {
+                    println!("error: no replica {n}; there are {replicas}");
+                    continue;
+                }
+            },
+            None => (0, &words[..]),
+        };
+        let Some((method, args)) = rest.split_first() else {
+            println!("error: which method?");
+            continue;
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match group.call(target, method, &args) {
+            Ok(outcome) => {
+                for d in &outcome.deliveries {
+                    for n in &d.notifications {
+                        println!("  [{}] {}: {}", names[d.replica], n.topic, n.detail);
+                    }
+                }
+                for problem in outcome.problems() {
+                    println!("  warning: {problem}");
+                }
+                for r in &outcome.results {
+                    println!("{r}");
+                }
+            }
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn demo(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
+    let members = ["alice", "bob", "carol"];
+    let load_shipped = |name: &str| -> Result<Arc<Logic>> {
+        let (_, bytes) = liveobjects_objects::SHIPPED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("shipped object {name} missing from this build"))?;
+        Ok(runtime.load_bytes(&format!("{name}.wasm"), bytes)?)
+    };
+    let chat_logic = load_shipped("chat")?;
+    let counter_logic = load_shipped("counter")?;
+    println!("liveobjects demo: 3 members (alice, bob, carol), each with a replica of");
+    println!(
+        "  local:demo/rooms/lobby   chat     logic sha256 {}",
+        &chat_logic.hash().to_hex()[..16]
+    );
+    println!(
+        "  local:demo/counters/hits counter  logic sha256 {}",
+        &counter_logic.hash().to_hex()[..16]
+    );
+    println!("Every update is multicast through the in-process driver and applied by all");
+    println!("three sandboxed replicas in the same order. (Networked members: see README.)");
+    println!();
+    let mut chat = LocalGroup::start(
+        runtime,
+        &chat_logic,
+        "local:demo/rooms/lobby",
+        &members,
+        None,
+    )?;
+    let mut counter = LocalGroup::start(
+        runtime,
+        &counter_logic,
+        "local:demo/counters/hits",
+        &members,
+        None,
+    )?;
+
+    let script: [(usize, &str); 4] = [
+        (0, "\"hi all, alice here\""),
+        (1, "\"hello alice! bob joined\""),
+        (2, "\"carol says hi\""),
+        (0, "\"let's count to 6 together\""),
+    ];
+    for (who, text) in script {
+        let outcome = chat.call(who, "post", &[text])?;
+        print_chat_delivery(&members, &outcome);
+    }
+    for (who, n) in [(0usize, "1"), (1, "2"), (2, "3")] {
+        counter.call(who, "add", &[n])?;
+        println!("{:>6} adds {n} to the counter", members[who]);
+    }
+    println!();
+    println!("What each replica sees:");
+    for (i, member) in members.iter().enumerate() {
+        let history = chat.replica_mut(i).call_wave("history", &["10"])?;
+        let count = chat.replica_mut(i).call_wave("count", &[])?;
+        let value = counter.replica_mut(i).call_wave("get", &[])?;
+        println!(
+            "  {member:>6}: {} messages, counter = {}",
+            count.results_wave()[0],
+            value.results_wave()[0]
+        );
+        if i == 0 {
+            println!("          history: {}", history.results_wave()[0]);
+        }
+    }
+    print_agreement("chat", &mut chat, &members)?;
+    print_agreement("counter", &mut counter, &members)?;
+
+    println!();
+    if duration == 0 {
+        println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
+    } else {
+        println!("Live for {duration}s: a member posts every {interval}s.");
+    }
+    let start = Instant::now();
+    let step = Duration::from_secs_f64(interval.max(0.05));
+    let mut tick: u64 = 0;
+    while duration == 0 || start.elapsed() < Duration::from_secs(duration) {
+        std::thread::sleep(step);
+        tick += 1;
+        let who = (tick as usize) % members.len();
+        let text = format!("\"tick {tick} from {}\"", members[who]);
+        let outcome = chat.call(who, "post", &[&text])?;
+        print_chat_delivery(&members, &outcome);
+        counter.call(who, "add", &["1"])?;
+    }
+    println!();
+    print_agreement("chat", &mut chat, &members)?;
+    print_agreement("counter", &mut counter, &members)?;
+    println!(
+        "Done: {} chat events and {} counter events, each applied by all 3 replicas.",
+        chat.events_delivered(),
+        counter.events_delivered()
+    );
+    Ok(())
+}
+
+fn print_chat_delivery(members: &[&str], outcome: &GroupCall) {
+    for d in &outcome.deliveries {
+        for n in &d.notifications {
+            println!("  [{:>5} sees] {}", members[d.replica], n.detail);
+        }
+    }
+    for problem in outcome.problems() {
+        println!("  warning: {problem}");
+    }
+}
+
+fn print_agreement(what: &str, group: &mut LocalGroup, members: &[&str]) -> Result<()> {
+    let mut hashes = Vec::new();
+    for i in 0..members.len() {
+        hashes.push(LogicHash::of(&group.replica_mut(i).snapshot()?));
+    }
+    let same = hashes.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "  {what}: replicas {} (snapshot sha256 {})",
+        if same { "identical" } else { "DIFFER" },
+        hashes
+            .iter()
+            .map(|h| h.to_hex()[..12].to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    if !same {
+        bail!("{what} replicas diverged; this is a bug, please report it");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_words;
+
+    #[test]
+    fn words_keep_quoted_and_bracketed_values_whole() {
+        let w = split_words(r#"post "hello world" {a: 1, b: [2, 3]} 'x y'"#).unwrap();
+        assert_eq!(
+            w,
+            vec!["post", "\"hello world\"", "{a: 1, b: [2, 3]}", "'x y'"]
+        );
+    }
+
+    #[test]
+    fn escaped_quote_does_not_end_a_string() {
+        let w = split_words(r#"post "say \"hi\" now""#).unwrap();
+        assert_eq!(w, vec!["post", r#""say \"hi\" now""#]);
+    }
+
+    #[test]
+    fn unbalanced_input_is_an_error() {
+        assert!(split_words("post \"open").is_err());
+        assert!(split_words("set [1, 2").is_err());
+    }
+}

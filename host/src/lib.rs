@@ -1,0 +1,15 @@
+//! The liveobjects host: runs live objects (WebAssembly components) in sandboxes and
+//! keeps their replicas in step.
+//!
+//! - [`runtime`]: wasmtime engine, compiled-component cache, sandboxed [`Replica`]s
+//!   with memory, CPU and multicast limits, dynamic method calls by name (WAVE text).
+//! - [`local`]: the in-process driver: several replicas of one object in one process,
+//!   every multicast delivered to all of them in one total order.
+//!
+//! The `lo` binary (`src/main.rs`) is the command-line front end.
+//!
+//! [`Replica`]: runtime::Replica
+#![deny(missing_docs, unsafe_code)]
+
+pub mod local;
+pub mod runtime;

@@ -1,0 +1,407 @@
+//! The WebAssembly runtime: loads object logic (components), checks that it
+//! implements the liveobjects world, caches compiled code on disk by content hash,
+//! and creates sandboxed [`Replica`]s.
+//!
+//! ```no_run
+//! use liveobjects_host::runtime::{Runtime, RuntimeConfig, ReplicaIdentity};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let logic = runtime.load_file("counter.wasm".as_ref())?;
+//! let mut replica = runtime.instantiate(&logic, ReplicaIdentity::local("counter", "me"))?;
+//! replica.init(None)?;
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod interface;
+mod replica;
+pub(crate) mod sandbox;
+
+pub use self::interface::{Method, ObjectInterface, type_name};
+pub use self::replica::{
+    CallOutcome, Delivery, Notification, Replica, ReplicaError, ReplicaIdentity,
+};
+pub use self::sandbox::Limit;
+
+use self::cache::CompiledCache;
+use self::replica::ReplicaState;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+/// Host-side bindings generated from `wit/object.wit`.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "liveobjects:object/object@0.1.0",
+        imports: { default: trappable },
+    });
+}
+
+pub use self::bindings::liveobjects::object::types::{Event, LogLevel, View};
+use self::bindings::{Object, ObjectIndices};
+
+/// The exported interface every object must provide.
+pub const LIFECYCLE_INTERFACE: &str = "liveobjects:object/lifecycle@0.1.0";
+/// The host interface objects may import.
+pub const HOST_INTERFACE: &str = "liveobjects:object/host@0.1.0";
+
+/// Per-replica resource limits. Every call into a guest runs under them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Cap on a replica's linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Cap on table elements (function pointers) per table.
+    pub table_elements: usize,
+    /// CPU budget of one call, in wasmtime fuel units (roughly one per instruction).
+    /// Fuel is deterministic, so a call that runs out does so on every replica.
+    pub fuel_per_call: u64,
+    /// Largest payload one `multicast` may carry, in bytes.
+    pub multicast_max_bytes: usize,
+    /// Most `multicast`s one call may make.
+    pub multicast_max_per_call: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            table_elements: 100_000,
+            fuel_per_call: 2_000_000_000,
+            multicast_max_bytes: 64 << 10,
+            multicast_max_per_call: 1024,
+        }
+    }
+}
+
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached (by content hash). `None`: no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits applied to every replica.
+    pub limits: Limits,
+}
+
+impl RuntimeConfig {
+    /// The default configuration with the compiled-component cache in the user's
+    /// cache directory (`$XDG_CACHE_HOME/liveobjects/compiled` or
+    /// `~/.cache/liveobjects/compiled`).
+    pub fn with_user_cache() -> Self {
+        RuntimeConfig {
+            cache_dir: default_cache_dir(),
+            ..Default::default()
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("liveobjects").join("compiled"))
+}
+
+/// The SHA-256 of a component's bytes: how logic is named in the directory and cache.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogicHash(pub [u8; 32]);
+
+impl LogicHash {
+    /// Hash component bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        LogicHash(Sha256::digest(bytes).into())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for LogicHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for LogicHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogicHash({})", self.to_hex())
+    }
+}
+
+/// Why a component could not be loaded. None of these affects other loaded objects.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a WebAssembly component at all.
+    #[error("{name} is not a WebAssembly component: {reason}")]
+    NotAComponent {
+        /// File or object name.
+        name: String,
+        /// What it looks like instead.
+        reason: String,
+    },
+    /// A component, but not one that implements the liveobjects world.
+    #[error(
+        "{name} does not implement the liveobjects world (liveobjects:object/object@0.1.0): \
+         {reason}. Build it against wit/object.wit (in Rust, with the liveobjects-guest SDK)"
+    )]
+    WrongWorld {
+        /// File or object name.
+        name: String,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+    /// The component is malformed or uses features the host does not enable.
+    #[error("{name} failed to compile: {message}")]
+    Compile {
+        /// File or object name.
+        name: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The wasmtime engine could not be set up (a host bug or unsupported machine).
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// Loaded object logic: a compiled component known to implement our world, with
+/// its natural interface. Cheap to share; instantiate it into many replicas.
+pub struct Logic {
+    name: String,
+    hash: LogicHash,
+    size: usize,
+    instance_pre: wasmtime::component::InstancePre<ReplicaState>,
+    indices: ObjectIndices,
+    interface: ObjectInterface,
+}
+
+impl Logic {
+    /// The name it was loaded under (file name or object name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Content hash of the component bytes.
+    pub fn hash(&self) -> LogicHash {
+        self.hash
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The object's methods and world.
+    pub fn interface(&self) -> &ObjectInterface {
+        &self.interface
+    }
+}
+
+impl fmt::Debug for Logic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logic")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One wasmtime engine, linker and compiled-code cache, shared by every replica of
+/// every object on this host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<ReplicaState>,
+    cache: Option<CompiledCache>,
+    limits: Limits,
+}
+
+impl Runtime {
+    /// Set up the engine (fuel metering on, component model on, no async
+    /// concurrency) and the linker with our host interface and a sandboxed WASI.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let mut wasm_config = Config::new();
+        wasm_config
+            .consume_fuel(true)
+            .wasm_component_model(true)
+            // Component-model async is unused; with it on every call costs about twice as much.
+            .concurrency_support(false)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm_config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linker = build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let cache = config.cache_dir.map(|dir| CompiledCache::new(dir, &engine));
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            limits: config.limits,
+        })
+    }
+
+    /// The limits every replica runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load a component from a file (name for errors: the path).
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Logic>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(&path.display().to_string(), &bytes)
+    }
+
+    /// Load a component from bytes: check it is a component, compile it (or take the
+    /// compiled code from the cache), and check it implements our world.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Logic>, LoadError> {
+        check_component_header(name, bytes)?;
+        let hash = LogicHash::of(bytes);
+        let component = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, hash, bytes),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::Compile {
+            name: name.to_string(),
+            message: format!("{e:#}"),
+        })?;
+        let interface = ObjectInterface::of(&self.engine, &component);
+        if !interface.has_lifecycle {
+            return Err(LoadError::WrongWorld {
+                name: name.to_string(),
+                reason: format!(
+                    "it does not export `{LIFECYCLE_INTERFACE}` (it exports: {})",
+                    if interface.exports.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        interface.exports.join(", ")
+                    }
+                ),
+            });
+        }
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongWorld {
+                    name: name.to_string(),
+                    reason: format!("its imports cannot be satisfied: {e:#}"),
+                })?;
+        let indices = ObjectIndices::new(&instance_pre).map_err(|e| LoadError::WrongWorld {
+            name: name.to_string(),
+            reason: format!("its `{LIFECYCLE_INTERFACE}` export does not match: {e:#}"),
+        })?;
+        Ok(Arc::new(Logic {
+            name: name.to_string(),
+            hash,
+            size: bytes.len(),
+            instance_pre,
+            indices,
+            interface,
+        }))
+    }
+
+    /// Create a replica of `logic` in a fresh sandbox. Call [`Replica::init`] next.
+    pub fn instantiate(
+        &self,
+        logic: &Arc<Logic>,
+        identity: ReplicaIdentity,
+    ) -> Result<Replica, ReplicaError> {
+        Replica::new(&self.engine, logic.clone(), identity, self.limits.clone())
+    }
+}
+
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<ReplicaState>> {
+    let mut linker = Linker::new(engine);
+    Object::add_to_linker::<ReplicaState, HasSelf<ReplicaState>>(&mut linker, |s| s)?;
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // A replica must never block its host on a timer: sleeping traps instead.
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |_, (_,): (u64,)| -> wasmtime::Result<(wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>,)> {
+            Err(wasmtime::Error::new(Limit::Blocking))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |_, (_,): (u64,)| -> wasmtime::Result<(wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>,)> {
+            Err(wasmtime::Error::new(Limit::Blocking))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(linker)
+}
+
+/// Tell apart "not wasm at all", "a core module" and "a component" before handing
+/// bytes to the compiler, whose error for these cases is less helpful.
+fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        let reason = if bytes.is_empty() {
+            "the file is empty".to_string()
+        } else {
+            "it does not start with the WebAssembly magic bytes `\\0asm`".to_string()
+        };
+        return Err(LoadError::NotAComponent {
+            name: name.to_string(),
+            reason,
+        });
+    }
+    // Core modules have version 1 and layer 0; components have layer 1.
+    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if layer == 0 {
+        return Err(LoadError::NotAComponent {
+            name: name.to_string(),
+            reason: "it is a core WebAssembly module; build for wasm32-wasip2 or wrap it \
+                     with `wasm-tools component new`"
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_module_is_named_as_such() {
+        let core = b"\0asm\x01\0\0\0";
+        let err = check_component_header("m.wasm", core).unwrap_err();
+        assert!(err.to_string().contains("core WebAssembly module"), "{err}");
+    }
+
+    #[test]
+    fn text_file_is_not_a_component() {
+        let err = check_component_header("notes.txt", b"hello world").unwrap_err();
+        assert!(matches!(err, LoadError::NotAComponent { .. }));
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn logic_hash_is_sha256_hex() {
+        assert_eq!(
+            LogicHash::of(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,810 @@
+//! One replica of one object: a wasmtime store and instance in a sandbox, plus what
+//! it needs to survive a misbehaving guest.
+//!
+//! After a trap (including a limit hit) a wasmtime instance cannot be entered again.
+//! A replica therefore keeps a *checkpoint* (the snapshot it last started from) and
+//! the log of events applied since; on a trap it re-instantiates from the checkpoint
+//! and replays the log, so the state is exactly what it was before the failing call.
+//! The log is folded into a fresh checkpoint every [`CHECKPOINT_EVERY`] entries.
+
+use super::sandbox::{self, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail};
+use super::{Event, Limits, LogLevel, Logic, Method, Object, View};
+use std::sync::Arc;
+use wasmtime::component::{Instance, ResourceTable, Val};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Log entries folded into a new checkpoint after this many.
+pub const CHECKPOINT_EVERY: usize = 1024;
+/// Most notifications kept per call; more are dropped (and counted in the log).
+const MAX_NOTIFICATIONS_PER_CALL: usize = 1024;
+/// Longest log line or notification text kept from a guest.
+const MAX_GUEST_TEXT: usize = 4096;
+
+/// Which object a replica belongs to and which member runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaIdentity {
+    /// The object's name (e.g. `lo://demo/rooms/lobby`, or a local name).
+    pub object: String,
+    /// This member's identity (what `self-id` returns and events carry as sender).
+    pub member: String,
+}
+
+impl ReplicaIdentity {
+    /// An identity for local, in-process use.
+    pub fn local(object: impl Into<String>, member: impl Into<String>) -> Self {
+        ReplicaIdentity {
+            object: object.into(),
+            member: member.into(),
+        }
+    }
+}
+
+/// A notification a guest raised with `notify` (local, not replicated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// What changed.
+    pub topic: String,
+    /// Free text.
+    pub detail: String,
+}
+
+/// What came out of a successful method call.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// The method's results.
+    pub results: Vec<Val>,
+    /// Payloads the call multicast, in order (the driver must send them).
+    pub multicasts: Vec<Vec<u8>>,
+    /// Notifications the call raised.
+    pub notifications: Vec<Notification>,
+}
+
+impl CallOutcome {
+    /// The results in WAVE text form.
+    pub fn results_wave(&self) -> Vec<String> {
+        self.results.iter().map(val_to_wave).collect()
+    }
+}
+
+/// Render a value in WAVE text form.
+pub fn val_to_wave(val: &Val) -> String {
+    wasmtime::component::wasm_wave::to_string(val).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// What came out of delivering one event.
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    /// `Some(reason)` if the object rejected the event (its state is unchanged).
+    pub rejected: Option<String>,
+    /// Payloads the object multicast while handling the event.
+    pub multicasts: Vec<Vec<u8>>,
+    /// Notifications it raised.
+    pub notifications: Vec<Notification>,
+}
+
+/// Why a replica operation failed. After a trap or limit the replica has already
+/// been rolled back to its state before the failing operation and can be used again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The guest exceeded a limit and was stopped; state rolled back.
+    #[error("object {object} was stopped during {during}: it exceeded the {limit}")]
+    LimitExceeded {
+        /// The object.
+        object: String,
+        /// Which limit.
+        limit: Limit,
+        /// What it was doing.
+        during: String,
+    },
+    /// The guest trapped (a panic, `unreachable`, a bad memory access...); state
+    /// rolled back.
+    #[error("object {object} trapped during {during}: {message}")]
+    Trap {
+        /// The object.
+        object: String,
+        /// What it was doing.
+        during: String,
+        /// The trap and what the guest printed to stderr.
+        message: String,
+    },
+    /// `init` refused the snapshot.
+    #[error("object {object} refused to start from its snapshot: {message}")]
+    InitRejected {
+        /// The object.
+        object: String,
+        /// The guest's reason.
+        message: String,
+    },
+    /// A method name that the object does not export.
+    #[error("object {object} has no method `{method}`; its methods are: {available}")]
+    NoSuchMethod {
+        /// The object.
+        object: String,
+        /// What was asked for.
+        method: String,
+        /// What exists.
+        available: String,
+    },
+    /// A method name exported by several interfaces.
+    #[error("method `{method}` of {object} is ambiguous; use one of: {candidates}")]
+    AmbiguousMethod {
+        /// The object.
+        object: String,
+        /// What was asked for.
+        method: String,
+        /// Qualified names that work.
+        candidates: String,
+    },
+    /// Wrong number of arguments.
+    #[error("`{signature}` of {object} takes {expected} argument(s), got {got}")]
+    ArgumentCount {
+        /// The object.
+        object: String,
+        /// The method's WIT signature.
+        signature: String,
+        /// Parameters it takes.
+        expected: usize,
+        /// Arguments given.
+        got: usize,
+    },
+    /// An argument that does not parse as the parameter's type.
+    #[error(
+        "argument {position} of `{signature}` ({param}: {ty}) is not valid: {detail} \
+         (got `{text}`; values are written in WAVE, e.g. 5, \"text\", [1, 2], {{a: 1}})"
+    )]
+    BadArgument {
+        /// The method's WIT signature.
+        signature: String,
+        /// 1-based position.
+        position: usize,
+        /// Parameter name.
+        param: String,
+        /// Parameter type.
+        ty: String,
+        /// The text given.
+        text: String,
+        /// Parser's explanation.
+        detail: String,
+    },
+    /// The replica could not be (re)created; it is unusable.
+    #[error("object {object} could not be instantiated: {message}")]
+    Instantiate {
+        /// The object.
+        object: String,
+        /// Why.
+        message: String,
+    },
+    /// Used before `init`.
+    #[error("object {object} was used before init")]
+    NotInitialized {
+        /// The object.
+        object: String,
+    },
+}
+
+/// Counters a replica keeps about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Events applied (accepted by the object).
+    pub events_applied: u64,
+    /// Events the object rejected.
+    pub events_rejected: u64,
+    /// Events refused because delivering them trapped or hit a limit.
+    pub events_failed: u64,
+    /// Times the replica was rebuilt after a trap.
+    pub recoveries: u64,
+}
+
+pub(crate) struct ReplicaState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    identity: ReplicaIdentity,
+    view: View,
+    multicast_max_bytes: usize,
+    multicast_max_per_call: usize,
+    outbox: Vec<Vec<u8>>,
+    notifications: Vec<Notification>,
+    dropped_notifications: usize,
+    clock: EventClock,
+    random: SeededRandom,
+    stderr: StderrTail,
+}
+
+impl WasiView for ReplicaState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_GUEST_TEXT {
+        let mut cut = MAX_GUEST_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+impl super::bindings::liveobjects::object::types::Host for ReplicaState {}
+
+impl super::bindings::liveobjects::object::host::Host for ReplicaState {
+    fn multicast(&mut self, payload: Vec<u8>) -> wasmtime::Result<()> {
+        if payload.len() > self.multicast_max_bytes {
+            return Err(wasmtime::Error::new(Limit::MulticastSize {
+                limit: self.multicast_max_bytes,
+                size: payload.len(),
+            }));
+        }
+        if self.outbox.len() >= self.multicast_max_per_call {
+            return Err(wasmtime::Error::new(Limit::MulticastCount {
+                limit: self.multicast_max_per_call,
+            }));
+        }
+        self.outbox.push(payload);
+        Ok(())
+    }
+
+    fn self_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.identity.member.clone())
+    }
+
+    fn current_view(&mut self) -> wasmtime::Result<View> {
+        Ok(self.view.clone())
+    }
+
+    fn notify(&mut self, topic: String, detail: String) -> wasmtime::Result<()> {
+        if self.notifications.len() >= MAX_NOTIFICATIONS_PER_CALL {
+            self.dropped_notifications += 1;
+        } else {
+            self.notifications.push(Notification {
+                topic: clip(topic),
+                detail: clip(detail),
+            });
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let object = &self.identity.object;
+        let message = clip(message);
+        match level {
+            LogLevel::Trace => tracing::trace!(object, "{message}"),
+            LogLevel::Debug => tracing::debug!(object, "{message}"),
+            LogLevel::Info => tracing::info!(object, "{message}"),
+            LogLevel::Warn => tracing::warn!(object, "{message}"),
+            LogLevel::Error => tracing::error!(object, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// What a call's random stream is seeded from: the object's name plus this.
+/// Everything but `Call` is identical on every replica.
+enum Seed<'a> {
+    Init,
+    Event(&'a Event),
+    View(u64),
+    Snapshot,
+    /// A local method call (n-th on this replica): only this replica runs it.
+    Call(u64),
+}
+
+/// What the replay log holds: everything that changed the state since the checkpoint.
+#[derive(Clone)]
+enum Applied {
+    Event(Event),
+    View(View),
+}
+
+/// One sandboxed replica of an object. Not thread-safe by itself; drivers run each
+/// replica on one worker at a time.
+pub struct Replica {
+    logic: Arc<Logic>,
+    engine: Engine,
+    identity: ReplicaIdentity,
+    limits: Limits,
+    store: Store<ReplicaState>,
+    bindings: Object,
+    instance: Instance,
+    initialized: bool,
+    checkpoint: Option<Vec<u8>>,
+    since_checkpoint: Vec<Applied>,
+    last_event_ms: u64,
+    calls: u64,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    pub(crate) fn new(
+        engine: &Engine,
+        logic: Arc<Logic>,
+        identity: ReplicaIdentity,
+        limits: Limits,
+    ) -> Result<Self, ReplicaError> {
+        let (store, bindings, instance) = instantiate(
+            engine,
+            &logic,
+            &identity,
+            &limits,
+            View {
+                id: 0,
+                members: vec![identity.member.clone()],
+            },
+        )?;
+        Ok(Replica {
+            logic,
+            engine: engine.clone(),
+            identity,
+            limits,
+            store,
+            bindings,
+            instance,
+            initialized: false,
+            checkpoint: None,
+            since_checkpoint: Vec::new(),
+            last_event_ms: 0,
+            calls: 0,
+            stats: ReplicaStats::default(),
+        })
+    }
+
+    /// The logic this replica runs.
+    pub fn logic(&self) -> &Arc<Logic> {
+        &self.logic
+    }
+
+    /// Who this replica is.
+    pub fn identity(&self) -> &ReplicaIdentity {
+        &self.identity
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// Start the replica from scratch or from a snapshot.
+    pub fn init(&mut self, snapshot: Option<&[u8]>) -> Result<(), ReplicaError> {
+        self.prepare_call(Seed::Init, 0);
+        let result = self
+            .bindings
+            .liveobjects_object_lifecycle()
+            .call_init(&mut self.store, snapshot);
+        match result {
+            Ok(Ok(())) => {
+                self.initialized = true;
+                self.checkpoint = snapshot.map(<[u8]>::to_vec);
+                self.since_checkpoint.clear();
+                self.take_side_effects();
+                Ok(())
+            }
+            Ok(Err(message)) => {
+                self.rebuild_empty()?;
+                Err(ReplicaError::InitRejected {
+                    object: self.identity.object.clone(),
+                    message,
+                })
+            }
+            Err(trap) => {
+                let err = self.classify(trap, "init".to_string());
+                self.rebuild_empty()?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Apply one event (the object's `deliver`). On a trap the event is refused, the
+    /// replica is rolled back and the error says why; since limits and the sandbox are
+    /// deterministic, every replica refuses the same event.
+    pub fn deliver(&mut self, event: &Event) -> Result<Delivery, ReplicaError> {
+        self.ensure_initialized()?;
+        self.prepare_call(Seed::Event(event), event.timestamp_ms);
+        let result = self
+            .bindings
+            .liveobjects_object_lifecycle()
+            .call_deliver(&mut self.store, event);
+        match result {
+            Ok(outcome) => {
+                self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
+                self.since_checkpoint.push(Applied::Event(event.clone()));
+                let (multicasts, notifications) = self.take_side_effects();
+                let rejected = match outcome {
+                    Ok(()) => {
+                        self.stats.events_applied += 1;
+                        None
+                    }
+                    Err(reason) => {
+                        self.stats.events_rejected += 1;
+                        Some(reason)
+                    }
+                };
+                self.maybe_checkpoint();
+                Ok(Delivery {
+                    rejected,
+                    multicasts,
+                    notifications,
+                })
+            }
+            Err(trap) => {
+                self.stats.events_failed += 1;
+                let during = format!("deliver of event {} from {}", event.seq, event.sender);
+                Err(self.fail_and_recover(trap, during))
+            }
+        }
+    }
+
+    /// Tell the object its membership changed.
+    pub fn view_changed(&mut self, view: &View) -> Result<(), ReplicaError> {
+        self.ensure_initialized()?;
+        self.store.data_mut().view = view.clone();
+        self.prepare_call(Seed::View(view.id), self.last_event_ms);
+        let result = self
+            .bindings
+            .liveobjects_object_lifecycle()
+            .call_view_changed(&mut self.store, view);
+        match result {
+            Ok(()) => {
+                self.since_checkpoint.push(Applied::View(view.clone()));
+                self.take_side_effects();
+                self.maybe_checkpoint();
+                Ok(())
+            }
+            Err(trap) => Err(self.fail_and_recover(trap, format!("view change to {}", view.id))),
+        }
+    }
+
+    /// The object's snapshot of its replicated state.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, ReplicaError> {
+        self.ensure_initialized()?;
+        self.prepare_call(Seed::Snapshot, self.last_event_ms);
+        let result = self
+            .bindings
+            .liveobjects_object_lifecycle()
+            .call_snapshot(&mut self.store);
+        match result {
+            Ok(bytes) => {
+                self.take_side_effects();
+                Ok(bytes)
+            }
+            Err(trap) => Err(self.fail_and_recover(trap, "snapshot".to_string())),
+        }
+    }
+
+    /// Resolve a method name (see [`ObjectInterface::find`](super::ObjectInterface::find)).
+    pub fn method(&self, name: &str) -> Result<Method, ReplicaError> {
+        use super::interface::MethodLookupError;
+        match self.logic.interface().find(name) {
+            Ok(m) => Ok(m.clone()),
+            Err(MethodLookupError::NotFound) => Err(ReplicaError::NoSuchMethod {
+                object: self.identity.object.clone(),
+                method: name.to_string(),
+                available: self.logic.interface().method_names().join(", "),
+            }),
+            Err(MethodLookupError::Ambiguous(c)) => Err(ReplicaError::AmbiguousMethod {
+                object: self.identity.object.clone(),
+                method: name.to_string(),
+                candidates: c.join(", "),
+            }),
+        }
+    }
+
+    /// Parse WAVE text arguments against the method's parameter types.
+    pub fn parse_args(&self, method: &Method, args: &[&str]) -> Result<Vec<Val>, ReplicaError> {
+        if args.len() != method.params.len() {
+            return Err(ReplicaError::ArgumentCount {
+                object: self.identity.object.clone(),
+                signature: method.signature(),
+                expected: method.params.len(),
+                got: args.len(),
+            });
+        }
+        method
+            .params
+            .iter()
+            .zip(args)
+            .enumerate()
+            .map(|(i, ((name, ty), text))| {
+                wasmtime::component::wasm_wave::from_str::<Val>(ty, text).map_err(|e| {
+                    ReplicaError::BadArgument {
+                        signature: method.signature(),
+                        position: i + 1,
+                        param: name.clone(),
+                        ty: super::type_name(ty),
+                        text: text.to_string(),
+                        detail: e.to_string(),
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Call a method of the object's natural interface by name, with arguments in
+    /// WAVE text form.
+    pub fn call_wave(&mut self, method: &str, args: &[&str]) -> Result<CallOutcome, ReplicaError> {
+        let method = self.method(method)?;
+        let args = self.parse_args(&method, args)?;
+        self.call(&method, &args)
+    }
+
+    /// Call a method with typed values. A query's results come back; an update's
+    /// multicasts come back in [`CallOutcome::multicasts`] for the driver to send.
+    pub fn call(&mut self, method: &Method, args: &[Val]) -> Result<CallOutcome, ReplicaError> {
+        self.ensure_initialized()?;
+        self.calls += 1;
+        self.prepare_call(Seed::Call(self.calls), self.last_event_ms);
+        let func = self
+            .instance
+            .get_func(&mut self.store, method.index)
+            .ok_or_else(|| ReplicaError::NoSuchMethod {
+                object: self.identity.object.clone(),
+                method: method.name.clone(),
+                available: self.logic.interface().method_names().join(", "),
+            })?;
+        let mut results = vec![Val::Bool(false); method.results.len()];
+        match func.call(&mut self.store, args, &mut results) {
+            Ok(()) => {
+                let (multicasts, notifications) = self.take_side_effects();
+                Ok(CallOutcome {
+                    results,
+                    multicasts,
+                    notifications,
+                })
+            }
+            Err(trap) => Err(self.fail_and_recover(trap, format!("call `{}`", method.name))),
+        }
+    }
+
+    fn ensure_initialized(&self) -> Result<(), ReplicaError> {
+        if self.initialized {
+            Ok(())
+        } else {
+            Err(ReplicaError::NotInitialized {
+                object: self.identity.object.clone(),
+            })
+        }
+    }
+
+    /// Reset the per-call sandbox inputs: fuel, clock, random seed, buffers.
+    fn prepare_call(&mut self, seed: Seed<'_>, time_ms: u64) {
+        // Fuel can only fail to set if fuel is disabled in the engine, which it never is.
+        let _ = self.store.set_fuel(self.limits.fuel_per_call);
+        let object = self.identity.object.as_bytes();
+        let data = self.store.data_mut();
+        data.clock.set_ms(time_ms);
+        match seed {
+            Seed::Init => data.random.reseed(&[b"init", object]),
+            Seed::Event(e) => {
+                data.random
+                    .reseed(&[b"event", object, e.sender.as_bytes(), &e.seq.to_le_bytes()])
+            }
+            Seed::View(id) => data.random.reseed(&[b"view", object, &id.to_le_bytes()]),
+            Seed::Snapshot => data.random.reseed(&[b"snapshot", object]),
+            Seed::Call(n) => data.random.reseed(&[
+                b"call",
+                object,
+                self.identity.member.as_bytes(),
+                &n.to_le_bytes(),
+            ]),
+        }
+        data.outbox.clear();
+        data.notifications.clear();
+        data.dropped_notifications = 0;
+        data.stderr.take();
+    }
+
+    fn take_side_effects(&mut self) -> (Vec<Vec<u8>>, Vec<Notification>) {
+        let data = self.store.data_mut();
+        if data.dropped_notifications > 0 {
+            tracing::warn!(
+                object = %data.identity.object,
+                "dropped {} notifications over the per-call limit",
+                data.dropped_notifications
+            );
+        }
+        (
+            std::mem::take(&mut data.outbox),
+            std::mem::take(&mut data.notifications),
+        )
+    }
+
+    fn classify(&mut self, err: wasmtime::Error, during: String) -> ReplicaError {
+        let object = self.identity.object.clone();
+        let limit = err.downcast_ref::<Limit>().cloned().or_else(|| {
+            err.chain()
+                .find_map(|cause| cause.downcast_ref::<Limit>().cloned())
+        });
+        if let Some(limit) = limit {
+            return ReplicaError::LimitExceeded {
+                object,
+                limit,
+                during,
+            };
+        }
+        let out_of_fuel = err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel)
+            || err
+                .chain()
+                .any(|c| c.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel));
+        if out_of_fuel {
+            return ReplicaError::LimitExceeded {
+                object,
+                limit: Limit::Cpu {
+                    fuel: self.limits.fuel_per_call,
+                },
+                during,
+            };
+        }
+        let stderr = self.store.data().stderr.take();
+        let trap = err
+            .downcast_ref::<Trap>()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| format!("{err:#}"));
+        let message = if stderr.is_empty() {
+            trap
+        } else {
+            format!("{trap}; the object printed: {stderr}")
+        };
+        ReplicaError::Trap {
+            object,
+            during,
+            message,
+        }
+    }
+
+    fn fail_and_recover(&mut self, err: wasmtime::Error, during: String) -> ReplicaError {
+        let error = self.classify(err, during);
+        tracing::debug!(object = %self.identity.object, "{error}; rolling back");
+        if let Err(rebuild) = self.rebuild() {
+            return rebuild;
+        }
+        error
+    }
+
+    /// Re-instantiate from the checkpoint and replay the log since.
+    fn rebuild(&mut self) -> Result<(), ReplicaError> {
+        self.stats.recoveries += 1;
+        let view = self.store.data().view.clone();
+        let (store, bindings, instance) = instantiate(
+            &self.engine,
+            &self.logic,
+            &self.identity,
+            &self.limits,
+            view,
+        )?;
+        self.store = store;
+        self.bindings = bindings;
+        self.instance = instance;
+        let replay_error = |object: &str, what: String| ReplicaError::Instantiate {
+            object: object.to_string(),
+            message: format!("replay after a trap failed at {what}"),
+        };
+        self.prepare_call(Seed::Init, 0);
+        let checkpoint = self.checkpoint.clone();
+        match self
+            .bindings
+            .liveobjects_object_lifecycle()
+            .call_init(&mut self.store, checkpoint.as_deref())
+        {
+            Ok(Ok(())) => {}
+            _ => return Err(replay_error(&self.identity.object, "init".into())),
+        }
+        let log = self.since_checkpoint.clone();
+        for entry in &log {
+            let ok = match entry {
+                Applied::Event(event) => {
+                    self.prepare_call(Seed::Event(event), event.timestamp_ms);
+                    self.bindings
+                        .liveobjects_object_lifecycle()
+                        .call_deliver(&mut self.store, event)
+                        .is_ok()
+                }
+                Applied::View(view) => {
+                    self.prepare_call(Seed::View(view.id), self.last_event_ms);
+                    self.bindings
+                        .liveobjects_object_lifecycle()
+                        .call_view_changed(&mut self.store, view)
+                        .is_ok()
+                }
+            };
+            if !ok {
+                return Err(replay_error(&self.identity.object, "a logged event".into()));
+            }
+        }
+        // Side effects of the replay were already sent the first time.
+        self.take_side_effects();
+        Ok(())
+    }
+
+    /// After a failed `init`: a fresh instance that is not initialised yet.
+    fn rebuild_empty(&mut self) -> Result<(), ReplicaError> {
+        let view = self.store.data().view.clone();
+        let (store, bindings, instance) = instantiate(
+            &self.engine,
+            &self.logic,
+            &self.identity,
+            &self.limits,
+            view,
+        )?;
+        self.store = store;
+        self.bindings = bindings;
+        self.instance = instance;
+        self.initialized = false;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.since_checkpoint.len() < CHECKPOINT_EVERY {
+            return;
+        }
+        match self.snapshot() {
+            Ok(snapshot) => {
+                self.checkpoint = Some(snapshot);
+                self.since_checkpoint.clear();
+            }
+            // Keep the log; the replica stays correct, just slower to recover.
+            Err(e) => tracing::warn!("cannot checkpoint: {e}"),
+        }
+    }
+}
+
+fn instantiate(
+    engine: &Engine,
+    logic: &Logic,
+    identity: &ReplicaIdentity,
+    limits: &Limits,
+    view: View,
+) -> Result<(Store<ReplicaState>, Object, Instance), ReplicaError> {
+    let clock = EventClock::default();
+    let random = SeededRandom::default();
+    let stderr = StderrTail::default();
+    let insecure_seed = u128::from_le_bytes(
+        super::LogicHash::of(identity.object.as_bytes()).0[..16]
+            .try_into()
+            .expect("16 bytes"),
+    );
+    let state = ReplicaState {
+        wasi: sandbox::wasi_context(&clock, &random, insecure_seed, &stderr),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            memory_bytes: limits.memory_bytes,
+            table_elements: limits.table_elements,
+        },
+        identity: identity.clone(),
+        view,
+        multicast_max_bytes: limits.multicast_max_bytes,
+        multicast_max_per_call: limits.multicast_max_per_call,
+        outbox: Vec::new(),
+        notifications: Vec::new(),
+        dropped_notifications: 0,
+        clock,
+        random,
+        stderr,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let _ = store.set_fuel(limits.fuel_per_call);
+    let instance =
+        logic
+            .instance_pre
+            .instantiate(&mut store)
+            .map_err(|e| ReplicaError::Instantiate {
+                object: identity.object.clone(),
+                message: format!("{e:#}"),
+            })?;
+    let bindings =
+        logic
+            .indices
+            .load(&mut store, &instance)
+            .map_err(|e| ReplicaError::Instantiate {
+                object: identity.object.clone(),
+                message: format!("{e:#}"),
+            })?;
+    Ok((store, bindings, instance))
+}

@@ -1,0 +1,14 @@
+//! The objects of `objects/`, built as WebAssembly components by this crate's build
+//! script (a nested `cargo build --target wasm32-wasip2`).
+//!
+//! Each constant is the path of a built component; shipped objects also come as
+//! bytes (`*_BYTES`) so the `lo` binary can carry them for `lo demo`.
+
+include!(concat!(env!("OUT_DIR"), "/objects.rs"));
+
+/// The objects shipped with `lo` (name, component bytes).
+pub const SHIPPED: &[(&str, &[u8])] = &[
+    ("counter", COUNTER_BYTES),
+    ("register", REGISTER_BYTES),
+    ("chat", CHAT_BYTES),
+];

@@ -1,0 +1,195 @@
+//! Test-only: an object that misbehaves on request, so tests can check that the host
+//! stops it with the right error and keeps its state and the other objects intact.
+//! It also records what the (deterministic) clock and random sources return, so tests
+//! can check that two replicas see the same values.
+
+use liveobjects_guest::{EventContext, LiveObject};
+use serde::{Deserialize, Serialize};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+wit_bindgen::generate!({
+    inline: r#"
+        package liveobjects:hostile@0.1.0;
+
+        interface hostile {
+            /// What one `observe` event saw, read twice in a row.
+            record observation {
+                wall-ns: tuple<u64, u64>,
+                monotonic-ns: tuple<u64, u64>,
+                random: tuple<list<u8>, list<u8>>,
+                event-timestamp-ms: u64,
+            }
+
+            /// A well-behaved update: add to a total.
+            add: func(n: s64);
+            /// The total.
+            total: func() -> s64;
+            /// Loop forever in a query.
+            spin: func();
+            /// Multicast an event whose `deliver` loops forever.
+            spin-in-deliver: func();
+            /// Allocate (and touch) `mib` MiB in a query; returns how much it held.
+            allocate: func(mib: u32) -> u32;
+            /// Multicast an event whose `deliver` allocates without bound.
+            bomb-in-deliver: func();
+            /// Panic in a query.
+            panic-now: func();
+            /// Multicast one event carrying `bytes` bytes.
+            huge-multicast: func(bytes: u32);
+            /// Multicast `n` small events in one call.
+            many-multicasts: func(n: u32);
+            /// Multicast an event whose `deliver` reads the clocks and random twice.
+            observe: func();
+            /// Everything `observe` events saw at this replica.
+            observations: func() -> list<observation>;
+        }
+
+        world hostile-object {
+            export hostile;
+        }
+    "#,
+});
+
+use exports::liveobjects::hostile::hostile::{Guest, Observation};
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Seen {
+    wall_ns: (u64, u64),
+    monotonic_ns: (u64, u64),
+    random: (Vec<u8>, Vec<u8>),
+    event_timestamp_ms: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Hostile {
+    total: i64,
+    seen: Vec<Seen>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Event {
+    Add(i64),
+    Spin,
+    Bomb,
+    Blob(Vec<u8>),
+    Observe,
+}
+
+fn spin_forever() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn allocate_without_bound() -> usize {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn random16() -> Vec<u8> {
+    let mut buf = vec![0u8; 16];
+    getrandom::fill(&mut buf).expect("random source");
+    buf
+}
+
+impl LiveObject for Hostile {
+    type Event = Event;
+
+    fn apply(&mut self, event: Event, ctx: &EventContext) -> Result<(), String> {
+        match event {
+            Event::Add(n) => self.total = self.total.wrapping_add(n),
+            Event::Spin => spin_forever(),
+            Event::Bomb => {
+                allocate_without_bound();
+            }
+            Event::Blob(_) => {}
+            Event::Observe => {
+                let start = Instant::now();
+                let wall = (wall_ns(), wall_ns());
+                let mono0 = start.elapsed().as_nanos() as u64;
+                let mono1 = start.elapsed().as_nanos() as u64;
+                self.seen.push(Seen {
+                    wall_ns: wall,
+                    monotonic_ns: (mono0, mono1),
+                    random: (random16(), random16()),
+                    event_timestamp_ms: ctx.timestamp_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Guest for Hostile {
+    fn add(n: i64) {
+        Hostile::emit(&Event::Add(n));
+    }
+
+    fn total() -> i64 {
+        Hostile::read(|h| h.total)
+    }
+
+    fn spin() {
+        spin_forever()
+    }
+
+    fn spin_in_deliver() {
+        Hostile::emit(&Event::Spin);
+    }
+
+    fn allocate(mib: u32) -> u32 {
+        let held: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
+        std::hint::black_box(&held);
+        held.len() as u32
+    }
+
+    fn bomb_in_deliver() {
+        Hostile::emit(&Event::Bomb);
+    }
+
+    fn panic_now() {
+        panic!("hostile object panics on purpose");
+    }
+
+    fn huge_multicast(bytes: u32) {
+        Hostile::emit(&Event::Blob(vec![7u8; bytes as usize]));
+    }
+
+    fn many_multicasts(n: u32) {
+        for i in 0..n {
+            Hostile::emit(&Event::Add(i as i64));
+        }
+    }
+
+    fn observe() {
+        Hostile::emit(&Event::Observe);
+    }
+
+    fn observations() -> Vec<Observation> {
+        Hostile::read(|h| {
+            h.seen
+                .iter()
+                .map(|s| Observation {
+                    wall_ns: s.wall_ns,
+                    monotonic_ns: s.monotonic_ns,
+                    random: s.random.clone(),
+                    event_timestamp_ms: s.event_timestamp_ms,
+                })
+                .collect()
+        })
+    }
+}
+
+liveobjects_guest::export_object!(Hostile);
+export!(Hostile);
