@@ -82,7 +82,11 @@ impl ObjectInterface {
                             .push(method(None, export_name, &func, index));
                     }
                 }
-                ComponentItem::ComponentInstance(instance) => {
+                // Only package-qualified interfaces (`ns:pkg/iface`) form the natural
+                // interface; toolchains export plain-named helper instances too
+                // (componentize-py's build-time `exports.init`), which must not be
+                // callable.
+                ComponentItem::ComponentInstance(instance) if export_name.contains(':') => {
                     let Some(instance_index) = component.get_export_index(None, export_name) else {
                         continue;
                     };

@@ -88,7 +88,7 @@ pub struct Delivery {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     /// The guest exceeded a limit and was stopped; state rolled back.
-    #[error("object {object} was stopped during {during}: it exceeded the {limit}")]
+    #[error("object {object} was stopped during {during}: {limit}")]
     LimitExceeded {
         /// The object.
         object: String,

@@ -213,13 +213,13 @@ pub(crate) fn wasi_context(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Limit {
     /// The call used all its CPU fuel.
-    #[error("CPU limit ({fuel} fuel per call)")]
+    #[error("it exceeded the CPU limit ({fuel} fuel per call)")]
     Cpu {
         /// Fuel given to each call.
         fuel: u64,
     },
     /// Linear memory would have grown beyond the cap.
-    #[error("memory limit ({bytes} bytes; it asked for {requested})")]
+    #[error("it exceeded the memory limit ({bytes} bytes; it asked for {requested})")]
     Memory {
         /// The cap.
         bytes: usize,
@@ -227,7 +227,7 @@ pub enum Limit {
         requested: usize,
     },
     /// One multicast payload was larger than allowed.
-    #[error("multicast size limit ({limit} bytes; it sent {size})")]
+    #[error("it exceeded the multicast size limit ({limit} bytes; it sent {size})")]
     MulticastSize {
         /// The cap.
         limit: usize,
@@ -235,13 +235,13 @@ pub enum Limit {
         size: usize,
     },
     /// More multicasts in one call than allowed.
-    #[error("multicast count limit ({limit} per call)")]
+    #[error("it exceeded the multicast count limit ({limit} per call)")]
     MulticastCount {
         /// The cap.
         limit: usize,
     },
     /// A guest tried to sleep or wait on a timer.
-    #[error("no-blocking rule (a live object may not sleep or wait on timers)")]
+    #[error("it tried to sleep or wait on a timer, which a live object may not do")]
     Blocking,
 }
 

@@ -42,6 +42,12 @@ wit_bindgen::generate!({
             observe: func();
             /// Everything `observe` events saw at this replica.
             observations: func() -> list<observation>;
+            /// Sleep for `ms` milliseconds (the host must refuse to block).
+            sleep: func(ms: u64);
+            /// Try to reach outside the sandbox: read a file, list `/`, read the
+            /// environment, open a TCP connection. Returns one line per attempt saying
+            /// what happened; the host must have denied each.
+            probe-authority: func() -> list<string>;
         }
 
         world hostile-object {
@@ -174,6 +180,33 @@ impl Guest for Hostile {
 
     fn observe() {
         Hostile::emit(&Event::Observe);
+    }
+
+    fn sleep(ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    fn probe_authority() -> Vec<String> {
+        let mut seen = Vec::new();
+        seen.push(match std::fs::read("/etc/passwd") {
+            Ok(b) => format!("file: READ {} bytes", b.len()),
+            Err(e) => format!("file: denied ({e})"),
+        });
+        seen.push(match std::fs::read_dir("/") {
+            Ok(d) => format!("dir: LISTED {} entries", d.count()),
+            Err(e) => format!("dir: denied ({e})"),
+        });
+        let vars = std::env::vars().count();
+        seen.push(if vars == 0 {
+            "env: denied (empty)".to_string()
+        } else {
+            format!("env: READ {vars} variables")
+        });
+        seen.push(match std::net::TcpStream::connect("127.0.0.1:9") {
+            Ok(_) => "tcp: CONNECTED".to_string(),
+            Err(e) => format!("tcp: denied ({e})"),
+        });
+        seen
     }
 
     fn observations() -> Vec<Observation> {

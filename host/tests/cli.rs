@@ -1,0 +1,193 @@
+//! The `lo` binary, run as a real process.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+struct Lo {
+    home: tempfile::TempDir,
+}
+
+impl Lo {
+    fn new() -> Self {
+        Lo {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lo"));
+        // Keep caches and state inside the test's own directory.
+        cmd.env("XDG_CACHE_HOME", self.home.path().join("cache"))
+            .env("XDG_DATA_HOME", self.home.path().join("data"))
+            .env("HOME", self.home.path())
+            .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("lo runs")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn call_keeps_local_state_between_invocations() {
+    let lo = Lo::new();
+    let counter = liveobjects_objects::COUNTER;
+    assert!(lo.run(&["call", counter, "add", "5"]).status.success());
+    let out = lo.run(&["call", counter, "add", "-2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lo.run(&["call", counter, "get"]);
+    assert_eq!(stdout(&out).trim(), "3");
+    // The compiled component was cached by content hash.
+    let cached = std::fs::read_dir(lo.home.path().join("cache/liveobjects/compiled"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1);
+    // --fresh starts over.
+    let out = lo.run(&["call", counter, "get", "--fresh"]);
+    assert_eq!(stdout(&out).trim(), "0");
+}
+
+#[test]
+fn call_with_an_explicit_state_file_and_typed_values() {
+    let lo = Lo::new();
+    let state = lo.home.path().join("reg.state");
+    let state = state.to_str().unwrap();
+    let register = liveobjects_objects::REGISTER;
+    let out = lo.run(&[
+        "call",
+        register,
+        "set",
+        "text(\"hello world\")",
+        "--state",
+        state,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lo.run(&["call", register, "get-entry", "--state", state]);
+    let text = stdout(&out);
+    assert!(text.contains("value: text(\"hello world\")"), "{text}");
+    assert!(text.contains("version: 1"), "{text}");
+    assert!(text.contains("writer: \"local\""), "{text}");
+}
+
+#[test]
+fn errors_exit_nonzero_with_a_specific_message() {
+    let lo = Lo::new();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["call", liveobjects_objects::COUNTER, "increment"],
+            "has no method `increment`",
+        ),
+        (
+            &["call", liveobjects_objects::COUNTER, "add", "\"five\""],
+            "argument 1 of `add: func(n: s64)`",
+        ),
+        (
+            &["inspect", liveobjects_objects::STRANGER],
+            "does not implement the liveobjects world",
+        ),
+        (
+            &["inspect", "/definitely/not/here.wasm"],
+            "cannot read /definitely/not/here.wasm",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = lo.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("Stack backtrace"), "{err}");
+    }
+}
+
+#[test]
+fn a_corrupt_state_file_is_reported_and_left_alone() {
+    let lo = Lo::new();
+    let state = lo.home.path().join("bad.state");
+    std::fs::write(&state, b"\xff\xff\xff garbage").unwrap();
+    let out = lo.run(&[
+        "call",
+        liveobjects_objects::COUNTER,
+        "get",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is corrupt"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&state).unwrap(), b"\xff\xff\xff garbage");
+}
+
+#[test]
+fn inspect_lists_the_natural_interface() {
+    let lo = Lo::new();
+    let out = lo.run(&["inspect", liveobjects_objects::CHAT]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("post: func(text: string) -> result<_, string>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("history: func(n: u32) -> list<record {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("liveobjects:object/lifecycle@0.1.0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_drives_several_replicas_from_stdin() {
+    let lo = Lo::new();
+    let mut child = lo
+        .command()
+        .args(["run", liveobjects_objects::CHAT, "--replicas", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"post \"hello from one\"\n@2 post \"and from two\"\n@1 count\n@2 history 1\nnope\n.quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("[m2] message: m1: hello from one"), "{text}");
+    assert!(
+        text.contains("\n2\n"),
+        "count on replica 1 should be 2: {text}"
+    );
+    assert!(text.contains("sender: \"m2\""), "{text}");
+    assert!(text.contains("error: object local:"), "{text}");
+}
+
+#[test]
+fn demo_runs_three_members_that_agree() {
+    let lo = Lo::new();
+    let out = lo.run(&["demo", "--duration", "1", "--interval", "0.2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[  bob sees] alice: hi all, alice here"),
+        "{text}"
+    );
+    assert!(text.contains("chat: replicas identical"), "{text}");
+    assert!(text.contains("counter: replicas identical"), "{text}");
+    assert!(!text.contains("DIFFER"), "{text}");
+    assert!(Path::new(&lo.home.path().join("cache")).exists());
+}
