@@ -359,15 +359,14 @@ fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
                 continue;
             }
             ".snapshot" => {
-                for i in 0..replicas {
+                for (i, name) in names.iter().enumerate() {
                     match group.replica_mut(i).snapshot() {
                         Ok(s) => println!(
-                            "  {}: {} bytes, sha256 {}",
-                            names[i],
+                            "  {name}: {} bytes, sha256 {}",
                             s.len(),
                             &LogicHash::of(&s).to_hex()[..16]
                         ),
-                        Err(e) => println!("  {}: error: {e}", names[i]),
+                        Err(e) => println!("  {name}: error: {e}"),
                     }
                 }
                 continue;

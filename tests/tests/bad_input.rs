@@ -93,7 +93,7 @@ fn wrong_argument_count_and_type_are_explained() {
     let err = replica.call_wave("set", &["42"]).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, ReplicaError::BadArgument { position: 1, .. }),
+        matches!(&err, ReplicaError::BadArgument(p) if p.position == 1),
         "{text}"
     );
     assert!(

@@ -149,24 +149,8 @@ pub enum ReplicaError {
         got: usize,
     },
     /// An argument that does not parse as the parameter's type.
-    #[error(
-        "argument {position} of `{signature}` ({param}: {ty}) is not valid: {detail} \
-         (got `{text}`; values are written in WAVE, e.g. 5, \"text\", [1, 2], {{a: 1}})"
-    )]
-    BadArgument {
-        /// The method's WIT signature.
-        signature: String,
-        /// 1-based position.
-        position: usize,
-        /// Parameter name.
-        param: String,
-        /// Parameter type.
-        ty: String,
-        /// The text given.
-        text: String,
-        /// Parser's explanation.
-        detail: String,
-    },
+    #[error("{0}")]
+    BadArgument(Box<ArgumentProblem>),
     /// The replica could not be (re)created; it is unusable.
     #[error("object {object} could not be instantiated: {message}")]
     Instantiate {
@@ -181,6 +165,27 @@ pub enum ReplicaError {
         /// The object.
         object: String,
     },
+}
+
+/// Why an argument was refused (boxed inside [`ReplicaError::BadArgument`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "argument {position} of `{signature}` ({param}: {ty}) is not valid: {detail} \
+     (got `{text}`; values are written in WAVE, e.g. 5, \"text\", [1, 2], {{a: 1}})"
+)]
+pub struct ArgumentProblem {
+    /// The method's WIT signature.
+    pub signature: String,
+    /// 1-based position.
+    pub position: usize,
+    /// Parameter name.
+    pub param: String,
+    /// Parameter type.
+    pub ty: String,
+    /// The text given.
+    pub text: String,
+    /// Parser's explanation.
+    pub detail: String,
 }
 
 /// Counters a replica keeps about itself.
@@ -513,14 +518,14 @@ impl Replica {
             .enumerate()
             .map(|(i, ((name, ty), text))| {
                 wasmtime::component::wasm_wave::from_str::<Val>(ty, text).map_err(|e| {
-                    ReplicaError::BadArgument {
+                    ReplicaError::BadArgument(Box::new(ArgumentProblem {
                         signature: method.signature(),
                         position: i + 1,
                         param: name.clone(),
                         ty: super::type_name(ty),
                         text: text.to_string(),
                         detail: e.to_string(),
-                    }
+                    }))
                 })
             })
             .collect()
@@ -762,7 +767,7 @@ fn instantiate(
     view: View,
 ) -> Result<(Store<ReplicaState>, Object, Instance), ReplicaError> {
     let clock = EventClock::default();
-    let random = SeededRandom::default();
+    let random = SeededRandom::new(identity.object.as_bytes());
     let stderr = StderrTail::default();
     let insecure_seed = u128::from_le_bytes(
         super::LogicHash::of(identity.object.as_bytes()).0[..16]

@@ -62,38 +62,68 @@ impl HostMonotonicClock for EventClock {
 /// Hand-written on purpose: a replica on another host (maybe another version of
 /// `lo`) must produce the very same bytes from the same seed, so the algorithm is
 /// fixed here rather than left to a crate whose generator may change.
+///
+/// Reseeding happens before every guest call but most calls never read randomness,
+/// so `reseed` only records the seed material; the hash is computed on first use.
 #[derive(Clone, Default)]
 pub(crate) struct SeededRandom(Arc<Mutex<RandomState>>);
 
 #[derive(Default)]
 struct RandomState {
-    seed: [u8; 32],
+    /// Hasher that has absorbed the domain tag and the object's name.
+    base: Sha256,
+    /// Length-prefixed seed parts of the current call (buffer reused across calls).
+    material: Vec<u8>,
+    seed: Option<[u8; 32]>,
     counter: u64,
     block: [u8; 32],
     used: usize,
 }
 
 impl SeededRandom {
-    /// Restart the stream from a seed derived from `parts`.
+    /// A stream for one object; every seed below is also bound to `object`.
+    pub(crate) fn new(object: &[u8]) -> Self {
+        let mut base = Sha256::new();
+        base.update(b"liveobjects random v1");
+        base.update((object.len() as u64).to_le_bytes());
+        base.update(object);
+        SeededRandom(Arc::new(Mutex::new(RandomState {
+            base,
+            ..Default::default()
+        })))
+    }
+
+    /// Restart the stream from a seed derived from the object and `parts`.
     pub(crate) fn reseed(&self, parts: &[&[u8]]) {
-        let mut hasher = Sha256::new();
-        hasher.update(b"liveobjects random v1");
-        for part in parts {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
         let mut state = self.0.lock().expect("random state poisoned");
-        state.seed = hasher.finalize().into();
+        state.material.clear();
+        for part in parts {
+            state
+                .material
+                .extend_from_slice(&(part.len() as u64).to_le_bytes());
+            state.material.extend_from_slice(part);
+        }
+        state.seed = None;
         state.counter = 0;
         state.used = 32;
     }
 
     fn fill(&self, dst: &mut [u8]) {
         let mut state = self.0.lock().expect("random state poisoned");
+        let seed = match state.seed {
+            Some(seed) => seed,
+            None => {
+                let mut hasher = state.base.clone();
+                hasher.update(&state.material);
+                let seed: [u8; 32] = hasher.finalize().into();
+                state.seed = Some(seed);
+                seed
+            }
+        };
         for byte in dst {
             if state.used == 32 {
                 let mut hasher = Sha256::new();
-                hasher.update(state.seed);
+                hasher.update(seed);
                 hasher.update(state.counter.to_le_bytes());
                 state.block = hasher.finalize().into();
                 state.counter += 1;
@@ -300,23 +330,27 @@ mod tests {
 
     #[test]
     fn seeded_random_is_a_pure_function_of_its_seed() {
-        let a = SeededRandom::default();
-        let b = SeededRandom::default();
-        a.reseed(&[b"obj", b"event-1"]);
-        b.reseed(&[b"obj", b"event-1"]);
+        let a = SeededRandom::new(b"obj");
+        let b = SeededRandom::new(b"obj");
+        a.reseed(&[b"event-1"]);
+        b.reseed(&[b"event-1"]);
         let (mut x, mut y) = ([0u8; 100], [0u8; 100]);
         a.clone().try_fill_bytes(&mut x).unwrap();
         b.clone().try_fill_bytes(&mut y).unwrap();
         assert_eq!(x, y);
-        b.reseed(&[b"obj", b"event-2"]);
+        b.reseed(&[b"event-2"]);
         b.clone().try_fill_bytes(&mut y).unwrap();
         assert_ne!(x, y, "a different event must give a different stream");
+        let c = SeededRandom::new(b"other object");
+        c.reseed(&[b"event-1"]);
+        c.clone().try_fill_bytes(&mut y).unwrap();
+        assert_ne!(x, y, "another object must get another stream");
     }
 
     #[test]
     fn seed_parts_are_length_prefixed() {
-        let a = SeededRandom::default();
-        let b = SeededRandom::default();
+        let a = SeededRandom::new(b"obj");
+        let b = SeededRandom::new(b"obj");
         a.reseed(&[b"ab", b"c"]);
         b.reseed(&[b"a", b"bc"]);
         let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
