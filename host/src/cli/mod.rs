@@ -1,5 +1,7 @@
 //! Command-line interface of `lo`.
 
+mod directory;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use liveobjects_host::local::{GroupCall, LocalGroup};
@@ -79,6 +81,26 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replicas: usize,
     },
+    /// Create an ed25519 identity (secret key file readable only by you).
+    Keygen {
+        /// Where to write it (default: ~/.config/liveobjects/identity.key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a directory server.
+    #[command(subcommand)]
+    Directory(directory::DirectoryCommand),
+    /// Create or delegate zones.
+    #[command(subcommand)]
+    Zone(directory::ZoneCommand),
+    /// Publish a component under a name (signed with your zone key).
+    Publish(directory::PublishArgs),
+    /// List a folder of the directory (verified).
+    Ls(directory::LsArgs),
+    /// Print a name's verified record.
+    Resolve(directory::ResolveArgs),
+    /// Fetch a name's logic, verified against its record.
+    Fetch(directory::FetchArgs),
     /// Watch live objects at work: three in-process members share a chat room and a
     /// counter built from the shipped objects, run a scripted exchange, then keep
     /// posting until the duration ends (or Ctrl-C).
@@ -94,18 +116,25 @@ enum Command {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
-    let runtime = make_runtime(&cli.runtime)?;
+    let runtime = || make_runtime(&cli.runtime);
     match cli.command {
-        Command::Inspect { file } => inspect(&runtime, &file),
+        Command::Inspect { file } => inspect(&runtime()?, &file),
         Command::Call {
             file,
             method,
             args,
             state,
             fresh,
-        } => call(&runtime, &file, &method, &args, state, fresh),
-        Command::Run { file, replicas } => repl(&runtime, &file, replicas),
-        Command::Demo { duration, interval } => demo(&runtime, duration, interval),
+        } => call(&runtime()?, &file, &method, &args, state, fresh),
+        Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
+        Command::Demo { duration, interval } => demo(&runtime()?, duration, interval),
+        Command::Keygen { out } => directory::keygen(out),
+        Command::Directory(cmd) => directory::directory(cmd),
+        Command::Zone(cmd) => directory::zone(cmd),
+        Command::Publish(args) => directory::publish(&runtime()?, args),
+        Command::Ls(args) => directory::ls(args),
+        Command::Resolve(args) => directory::resolve(args),
+        Command::Fetch(args) => directory::fetch(args),
     }
 }
 
@@ -154,6 +183,15 @@ fn inspect(runtime: &Runtime, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `$XDG_DATA_HOME/liveobjects` or `~/.local/share/liveobjects`.
+pub(crate) fn data_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("neither XDG_DATA_HOME nor HOME is set")?;
+    Ok(base.join("liveobjects"))
+}
+
 /// What `lo call` keeps between invocations.
 #[derive(Serialize, Deserialize)]
 struct LocalState {
@@ -165,12 +203,8 @@ struct LocalState {
 const LOCAL_MEMBER: &str = "local";
 
 fn default_state_path(hash: LogicHash) -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .context("neither XDG_DATA_HOME nor HOME is set; pass --state FILE")?;
-    Ok(base
-        .join("liveobjects/local")
+    Ok(data_dir()?
+        .join("local")
         .join(format!("{}.state", &hash.to_hex()[..16])))
 }
 

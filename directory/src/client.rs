@@ -1,0 +1,432 @@
+//! The directory client: requests over QUIC, and a [`Resolver`] that verifies every
+//! answer from the trusted root key, refuses rollbacks and caches verified records.
+
+use crate::keys::{Identity, PublicKey};
+use crate::name::Name;
+use crate::protocol::{ErrorCode, Request, Response, create_zone_message, decode_response, encode};
+use crate::record::{Delegation, ObjectRecord, Signed};
+use crate::verify::{VerifiedRecord, VerifyError, verify_chain, verify_logic, verify_record};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long one request may take before the client gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request that failed before or at the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection to the server.
+    #[error(
+        "cannot reach the directory at {addr}: {reason} (is `lo directory serve` running there?)"
+    )]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke or timed out mid-request.
+    #[error("directory request failed: {0}")]
+    Transport(String),
+    /// The server refused; nothing was changed there.
+    #[error("the directory refused: {message} ({code})")]
+    Refused {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server's answer did not decode or was of the wrong kind.
+    #[error("the directory sent a malformed answer: {0}")]
+    Malformed(String),
+}
+
+/// A connection to one directory server.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    max_response_bytes: usize,
+}
+
+impl Client {
+    /// Connect (QUIC, TLS 1.3) to the server at `addr`.
+    pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect { addr, reason };
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        endpoint.set_default_client_config(
+            crate::tls::client_config().map_err(|e| connect_err(e.to_string()))?,
+        );
+        let connecting = endpoint
+            .connect(addr, "liveobjects-directory")
+            .map_err(|e| connect_err(e.to_string()))?;
+        let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| connect_err("no answer within 10 s".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(Client {
+            endpoint,
+            connection,
+            max_response_bytes: crate::protocol::DEFAULT_MAX_BLOB_BYTES
+                + crate::protocol::REQUEST_OVERHEAD,
+        })
+    }
+
+    /// Send raw bytes as one request and read the raw answer (for tests of malformed
+    /// input).
+    pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        let exchange = async {
+            let (mut send, mut recv) =
+                self.connection.open_bi().await.map_err(|e| transport(&e))?;
+            send.write_all(bytes).await.map_err(|e| transport(&e))?;
+            send.finish().map_err(|e| transport(&e))?;
+            recv.read_to_end(self.max_response_bytes)
+                .await
+                .map_err(|e| transport(&e))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Transport(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+    }
+
+    /// Send a request; a refusal becomes [`ClientError::Refused`].
+    pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        let bytes = self.request_raw(&encode(request)).await?;
+        match decode_response(&bytes).map_err(|e| ClientError::Malformed(e.to_string()))? {
+            Response::Error { code, message } => Err(ClientError::Refused { code, message }),
+            response => Ok(response),
+        }
+    }
+
+    /// The server's root key and blob cap.
+    pub async fn hello(&self) -> Result<(PublicKey, u64), ClientError> {
+        match self.request(&Request::Hello).await? {
+            Response::Hello {
+                root,
+                max_blob_bytes,
+            } => Ok((root, max_blob_bytes)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Ask the root to create the top-level zone `zone` owned by `owner`.
+    pub async fn create_zone(&self, zone: &str, owner: &Identity) -> Result<(), ClientError> {
+        let proof = owner.sign(&create_zone_message(zone));
+        self.expect_stored(&Request::CreateZone {
+            zone: zone.to_string(),
+            owner: owner.public(),
+            proof,
+        })
+        .await
+    }
+
+    /// Store a delegation (signed by the enclosing zone's owner).
+    pub async fn delegate(&self, signed: Signed<Delegation>) -> Result<(), ClientError> {
+        self.expect_stored(&Request::Delegate(signed)).await
+    }
+
+    /// Store a signed record with its logic (`None` if the server already has it).
+    pub async fn publish(
+        &self,
+        record: Signed<ObjectRecord>,
+        blob: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.expect_stored(&Request::Publish { record, blob }).await
+    }
+
+    /// Whether the server holds a blob.
+    pub async fn has_blob(&self, hash: [u8; 32]) -> Result<bool, ClientError> {
+        match self.request(&Request::HasBlob(hash)).await? {
+            Response::HasBlob(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The record for `name` and its chain, unverified.
+    pub async fn resolve_unverified(
+        &self,
+        name: &str,
+    ) -> Result<(Signed<ObjectRecord>, Vec<Signed<Delegation>>), ClientError> {
+        match self.request(&Request::Resolve(name.to_string())).await? {
+            Response::Record { record, chain } => Ok((record, chain)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The current delegation of `zone`, if the server holds one (unverified).
+    pub async fn delegation_unverified(
+        &self,
+        zone: &str,
+    ) -> Result<Vec<Signed<Delegation>>, ClientError> {
+        match self.request(&Request::List(zone.to_string())).await? {
+            Response::Listing { chain, .. } => Ok(chain),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn expect_stored(&self, request: &Request) -> Result<(), ClientError> {
+        match self.request(request).await? {
+            Response::Stored => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Close the connection politely.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    ClientError::Malformed(format!("unexpected answer {response:?}"))
+}
+
+/// A resolution that failed: unreachable server, refusal, or a record that does not
+/// verify.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Talking to the server failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The answer does not verify.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The version memory could not be read or written.
+    #[error("version memory {path}: {reason}")]
+    Seen {
+        /// Its file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_versions");
+
+/// The highest version this client has accepted per name, kept in a redb file so
+/// that a rollback is refused even across runs.
+pub struct SeenVersions {
+    db: Database,
+    path: String,
+}
+
+impl SeenVersions {
+    /// Open or create the file.
+    pub fn open(path: &Path) -> Result<Self, ResolveError> {
+        let err = |e: &dyn std::fmt::Display| ResolveError::Seen {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        let txn = db.begin_write().map_err(|e| err(&e))?;
+        txn.open_table(SEEN).map_err(|e| err(&e))?;
+        txn.commit().map_err(|e| err(&e))?;
+        Ok(SeenVersions {
+            db,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// Refuse `version` if an older-than-seen; otherwise remember it.
+    pub fn check_and_record(&self, name: &str, version: u64) -> Result<(), ResolveError> {
+        let err = |e: &dyn std::fmt::Display| ResolveError::Seen {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let seen = {
+            let txn = self.db.begin_read().map_err(|e| err(&e))?;
+            let table = txn.open_table(SEEN).map_err(|e| err(&e))?;
+            table.get(name).map_err(|e| err(&e))?.map(|v| v.value())
+        };
+        match seen {
+            Some(seen) if seen > version => Err(VerifyError::Rollback {
+                name: name.to_string(),
+                seen,
+                got: version,
+            }
+            .into()),
+            Some(seen) if seen == version => Ok(()),
+            _ => {
+                let txn = self.db.begin_write().map_err(|e| err(&e))?;
+                {
+                    let mut table = txn.open_table(SEEN).map_err(|e| err(&e))?;
+                    table.insert(name, version).map_err(|e| err(&e))?;
+                }
+                txn.commit().map_err(|e| err(&e))
+            }
+        }
+    }
+}
+
+/// A verified folder listing.
+#[derive(Debug)]
+pub struct VerifiedListing {
+    /// Sub-folders.
+    pub folders: Vec<String>,
+    /// Records directly inside, each verified.
+    pub records: Vec<VerifiedRecord>,
+}
+
+/// Resolves names to verified records, remembering versions and caching answers.
+pub struct Resolver {
+    client: Client,
+    root: PublicKey,
+    seen: Option<SeenVersions>,
+    in_memory_seen: Mutex<HashMap<String, u64>>,
+    cache: Mutex<HashMap<String, (VerifiedRecord, Instant)>>,
+    cache_ttl: Duration,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Resolver {
+    /// A resolver trusting `root`. Without `seen`, rollbacks are only refused within
+    /// this resolver's lifetime.
+    pub fn new(client: Client, root: PublicKey, seen: Option<SeenVersions>) -> Self {
+        Resolver {
+            client,
+            root,
+            seen,
+            in_memory_seen: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl: Duration::from_secs(30),
+            clock: Box::new(crate::server::unix_now),
+        }
+    }
+
+    /// Use another clock (Unix seconds), e.g. to test expiry.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// How long a verified record is served from memory (default 30 s; records past
+    /// their expiry are never served).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The trusted root key.
+    pub fn root(&self) -> PublicKey {
+        self.root
+    }
+
+    /// A verified record for `name`, from the cache if fresh.
+    pub async fn resolve(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
+        let now = (self.clock)();
+        if let Some((record, at)) = self.cache.lock().expect("cache lock").get(name)
+            && at.elapsed() < self.cache_ttl
+            && record.record.expires_at > now
+        {
+            return Ok(record.clone());
+        }
+        self.resolve_fresh(name).await
+    }
+
+    /// A verified record for `name`, always asking the server.
+    pub async fn resolve_fresh(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
+        let (signed, chain) = self.client.resolve_unverified(name).await?;
+        let verified = verify_record(self.root, &chain, &signed, (self.clock)())?;
+        if verified.record.name != name {
+            return Err(VerifyError::NameMismatch {
+                asked: name.to_string(),
+                got: verified.record.name,
+            }
+            .into());
+        }
+        self.check_version(name, verified.record.version)?;
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(name.to_string(), (verified.clone(), Instant::now()));
+        Ok(verified)
+    }
+
+    fn check_version(&self, name: &str, version: u64) -> Result<(), ResolveError> {
+        {
+            let mut seen = self.in_memory_seen.lock().expect("seen lock");
+            let entry = seen.entry(name.to_string()).or_insert(0);
+            if *entry > version {
+                return Err(VerifyError::Rollback {
+                    name: name.to_string(),
+                    seen: *entry,
+                    got: version,
+                }
+                .into());
+            }
+            *entry = version;
+        }
+        if let Some(seen) = &self.seen {
+            seen.check_and_record(name, version)?;
+        }
+        Ok(())
+    }
+
+    /// The logic of a verified record, checked against its hash.
+    pub async fn fetch_logic(&self, record: &VerifiedRecord) -> Result<Vec<u8>, ResolveError> {
+        let bytes = match self
+            .client
+            .request(&Request::FetchBlob(record.record.logic.hash))
+            .await?
+        {
+            Response::Blob(bytes) => bytes,
+            other => return Err(unexpected(&other).into()),
+        };
+        verify_logic(&record.record, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// A verified listing of `folder`.
+    pub async fn list(&self, folder: &str) -> Result<VerifiedListing, ResolveError> {
+        let (folders, records, chain) = match self
+            .client
+            .request(&Request::List(folder.to_string()))
+            .await?
+        {
+            Response::Listing {
+                folders,
+                records,
+                chain,
+            } => (folders, records, chain),
+            other => return Err(unexpected(&other).into()),
+        };
+        let now = (self.clock)();
+        verify_chain(self.root, &chain, now)?;
+        let folder_name = Name::parse(folder).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let mut verified = Vec::with_capacity(records.len());
+        for signed in &records {
+            let v = verify_record(self.root, &chain, signed, now)?;
+            if Name::parse(&v.record.name).map(|n| n.parent()) != Ok(folder_name.clone()) {
+                return Err(ClientError::Malformed(format!(
+                    "listing of {folder} contains {}",
+                    v.record.name
+                ))
+                .into());
+            }
+            self.check_version(&v.record.name, v.record.version)?;
+            verified.push(v);
+        }
+        Ok(VerifiedListing {
+            folders,
+            records: verified,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! The wire protocol between `lo` and a directory server.
+//!
+//! Each request uses one QUIC bidirectional stream: the client writes a postcard
+//! [`Request`] and finishes its side; the server answers with one [`Response`] and
+//! finishes. Both sides bound what they read before decoding.
+
+use crate::keys::PublicKey;
+use crate::record::{Delegation, ObjectRecord, Signed};
+use serde::{Deserialize, Serialize};
+
+/// ALPN protocol name of the directory service.
+pub const ALPN: &[u8] = b"liveobjects-directory/1";
+/// Largest request without a blob, and the slack added on top of the blob cap.
+pub const REQUEST_OVERHEAD: usize = 64 * 1024;
+/// Default cap on one logic blob.
+pub const DEFAULT_MAX_BLOB_BYTES: usize = 64 << 20;
+
+/// A client's request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Who are you? (root key, limits)
+    Hello,
+    /// Create a top-level zone owned by `owner`; `proof` is `owner`'s signature over
+    /// [`create_zone_message`] (it proves the requester holds the key).
+    CreateZone {
+        /// The zone, e.g. `lo://acme/`.
+        zone: String,
+        /// Its owner.
+        owner: PublicKey,
+        /// Proof of possession.
+        proof: Vec<u8>,
+    },
+    /// Store a delegation signed by the owner of the enclosing zone.
+    Delegate(Signed<Delegation>),
+    /// Store a record signed by its zone owner, with its logic unless the server
+    /// already has it.
+    Publish {
+        /// The record.
+        record: Signed<ObjectRecord>,
+        /// The component bytes.
+        blob: Option<Vec<u8>>,
+    },
+    /// The record for a name, with its delegation chain.
+    Resolve(String),
+    /// A folder's records and sub-folders, with the folder's delegation chain.
+    List(String),
+    /// Whether the server holds a blob.
+    HasBlob([u8; 32]),
+    /// A blob's bytes.
+    FetchBlob([u8; 32]),
+}
+
+/// The server's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// The root key this server's zones chain to.
+        root: PublicKey,
+        /// Largest blob accepted.
+        max_blob_bytes: u64,
+    },
+    /// A write was stored durably.
+    Stored,
+    /// A record and its chain.
+    Record {
+        /// The record.
+        record: Signed<ObjectRecord>,
+        /// Delegations from the root down to the record's zone.
+        chain: Vec<Signed<Delegation>>,
+    },
+    /// A folder listing.
+    Listing {
+        /// Sub-folders.
+        folders: Vec<String>,
+        /// Records directly inside.
+        records: Vec<Signed<ObjectRecord>>,
+        /// Delegations from the root down to the folder's zone (records below may lie
+        /// in deeper zones; resolve them by name to verify those).
+        chain: Vec<Signed<Delegation>>,
+    },
+    /// [`Request::HasBlob`] answer.
+    HasBlob(bool),
+    /// Blob bytes.
+    Blob(Vec<u8>),
+    /// The request was refused; nothing was changed.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// Why the server refused a request. Refusals never change stored data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    /// The request did not decode or was invalid.
+    #[error("malformed request")]
+    Malformed,
+    /// The request was larger than allowed.
+    #[error("request too large")]
+    TooLarge,
+    /// A signature did not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// The signer does not own the zone written to.
+    #[error("not the zone owner")]
+    NotZoneOwner,
+    /// No zone contains the name.
+    #[error("no such zone")]
+    NoSuchZone,
+    /// The zone exists already.
+    #[error("zone exists")]
+    ZoneExists,
+    /// Version not above the stored one.
+    #[error("stale version")]
+    StaleVersion,
+    /// Already expired.
+    #[error("expired")]
+    Expired,
+    /// Blob over the cap.
+    #[error("blob too large")]
+    BlobTooLarge,
+    /// Blob does not match the record's hash or size.
+    #[error("blob mismatch")]
+    BlobMismatch,
+    /// No blob given and none stored.
+    #[error("blob missing")]
+    BlobMissing,
+    /// Nothing stored under that name or hash.
+    #[error("not found")]
+    NotFound,
+    /// The server failed (storage); the write did not happen.
+    #[error("internal error")]
+    Internal,
+}
+
+/// The message a zone owner signs to ask for a top-level zone.
+pub fn create_zone_message(zone: &str) -> Vec<u8> {
+    let mut m = b"liveobjects/v1/create-zone\0".to_vec();
+    m.extend_from_slice(zone.as_bytes());
+    m
+}
+
+/// Decode a request (bounded by the caller's read limit).
+pub fn decode_request(bytes: &[u8]) -> Result<Request, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Decode a response.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Encode any protocol message.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    postcard::to_allocvec(message).expect("encoding to a Vec cannot fail")
+}

@@ -1,0 +1,486 @@
+//! `lo keygen`, `lo directory serve`, `lo zone`, `lo publish`, `lo ls`, `lo resolve`,
+//! `lo fetch`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use liveobjects_directory::client::{Client, ClientError, Resolver, SeenVersions};
+use liveobjects_directory::keys::{Identity, PublicKey, default_identity_path};
+use liveobjects_directory::name::Name;
+use liveobjects_directory::protocol::{DEFAULT_MAX_BLOB_BYTES, ErrorCode};
+use liveobjects_directory::record::{
+    AccessPolicy, Category, Delegation, DriverConfig, LogicRef, ObjectRecord, ObjectType,
+    Reliability, Security, Signed,
+};
+use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_directory::verify::VerifiedRecord;
+use liveobjects_host::runtime::Runtime;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default directory address.
+const DEFAULT_DIRECTORY: &str = "127.0.0.1:4433";
+
+/// Where the directory is and which root key to trust.
+#[derive(Args, Debug, Clone)]
+pub struct DirectoryTarget {
+    /// Directory server address (QUIC).
+    #[arg(long, env = "LO_DIRECTORY", default_value = DEFAULT_DIRECTORY)]
+    directory: SocketAddr,
+    /// The root public key to trust (printed by `lo directory serve`).
+    #[arg(long, env = "LO_ROOT_KEY")]
+    root: Option<PublicKey>,
+}
+
+/// Which secret key signs.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArg {
+    /// Secret key file (default: ~/.config/liveobjects/identity.key, from `lo keygen`).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// `lo directory ...`
+#[derive(Subcommand, Debug)]
+pub enum DirectoryCommand {
+    /// Serve a directory over QUIC from an embedded database until killed.
+    Serve {
+        /// The root's secret key file (it signs top-level zones).
+        #[arg(long, value_name = "FILE")]
+        root_key: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = DEFAULT_DIRECTORY)]
+        listen: SocketAddr,
+        /// Database file (default: ~/.local/share/liveobjects/directory.redb).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Largest logic blob accepted, in bytes.
+        #[arg(long, default_value_t = DEFAULT_MAX_BLOB_BYTES)]
+        max_blob_bytes: usize,
+    },
+}
+
+/// `lo zone ...`
+#[derive(Subcommand, Debug)]
+pub enum ZoneCommand {
+    /// Ask the directory's root for a top-level zone owned by your key.
+    Create {
+        /// The zone, e.g. lo://acme/
+        zone: String,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        target: DirectoryTarget,
+    },
+    /// Hand a folder inside your zone to another key.
+    Delegate {
+        /// The new zone, e.g. lo://acme/games/
+        zone: String,
+        /// Public key of its new owner.
+        #[arg(long)]
+        to: PublicKey,
+        /// Directory servers that serve it (host:port), if not this one.
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 365 * 24 * 3600)]
+        ttl: u64,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        target: DirectoryTarget,
+    },
+}
+
+/// `lo publish`
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// The object's name, e.g. lo://acme/rooms/lobby
+    #[arg(long)]
+    name: String,
+    /// Driver: mesh, qsm, vsync or gossip.
+    #[arg(long, default_value = "mesh")]
+    driver: String,
+    /// Driver options, key=value (repeatable).
+    #[arg(long = "driver-opt", value_name = "KEY=VALUE")]
+    driver_opts: Vec<String>,
+    /// Category.
+    #[arg(long, default_value = "replicated-state")]
+    category: Category,
+    /// Reliability the object needs.
+    #[arg(long, default_value = "reliable-fifo")]
+    reliability: Reliability,
+    /// Security.
+    #[arg(long, default_value = "open")]
+    security: Security,
+    /// Who may join: open, keys:KEY1,KEY2 or grants:ISSUER.
+    #[arg(long, default_value = "open")]
+    policy: AccessPolicy,
+    /// The interface aspect (default: the component's own exported interface).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Validity of the record in seconds.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    ttl: u64,
+    #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
+    target: DirectoryTarget,
+}
+
+/// `lo ls`
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// A folder, e.g. lo://acme/
+    folder: String,
+    #[command(flatten)]
+    target: DirectoryTarget,
+}
+
+/// `lo resolve`
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    /// An object name.
+    name: String,
+    #[command(flatten)]
+    target: DirectoryTarget,
+}
+
+/// `lo fetch`
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// An object name.
+    name: String,
+    /// Output file.
+    #[arg(short, long)]
+    out: PathBuf,
+    #[command(flatten)]
+    target: DirectoryTarget,
+}
+
+fn tokio() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn identity_path(key: &KeyArg) -> Result<PathBuf> {
+    match &key.key {
+        Some(p) => Ok(p.clone()),
+        None => default_identity_path().context("HOME is not set; pass --key FILE"),
+    }
+}
+
+fn load_identity(key: &KeyArg) -> Result<Identity> {
+    let path = identity_path(key)?;
+    Identity::load(&path).with_context(|| {
+        format!(
+            "loading your key {} (create one with `lo keygen`, or pass --key FILE)",
+            path.display()
+        )
+    })
+}
+
+fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
+    target.root.context(
+        "no root key to trust: pass --root KEY (printed by `lo directory serve`) or set LO_ROOT_KEY",
+    )
+}
+
+async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
+    let root = root_key(target)?;
+    let client = Client::connect(target.directory).await?;
+    let seen_path = super::data_dir()?.join("seen-versions.redb");
+    let seen = SeenVersions::open(&seen_path)?;
+    Ok(Resolver::new(client, root, Some(seen)))
+}
+
+pub fn keygen(out: Option<PathBuf>) -> Result<()> {
+    let path = match out {
+        Some(p) => p,
+        None => default_identity_path().context("HOME is not set; pass --out FILE")?,
+    };
+    let identity = Identity::generate();
+    identity.save(&path)?;
+    println!("public key {}", identity.public());
+    println!("secret key written to {} (mode 600)", path.display());
+    Ok(())
+}
+
+pub fn directory(cmd: DirectoryCommand) -> Result<()> {
+    let DirectoryCommand::Serve {
+        root_key,
+        listen,
+        db,
+        max_blob_bytes,
+    } = cmd;
+    let root = Identity::load(&root_key)
+        .with_context(|| format!("loading the root key {}", root_key.display()))?;
+    let db_path = match db {
+        Some(p) => p,
+        None => super::data_dir()?.join("directory.redb"),
+    };
+    if let Some(dir) = db_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let root_public = root.public();
+    tokio()?.block_on(async move {
+        let server = Server::start(ServerConfig {
+            listen,
+            db_path: db_path.clone(),
+            root,
+            max_blob_bytes,
+        })?;
+        // Whoever started us may stop reading stdout; that must not stop the server.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "directory listening on {}", server.local_addr());
+        let _ = writeln!(out, "root key {root_public}");
+        let _ = writeln!(out, "database {}", db_path.display());
+        let _ = out.flush();
+        // Serve until the process is stopped.
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+pub fn zone(cmd: ZoneCommand) -> Result<()> {
+    tokio()?.block_on(async move {
+        match cmd {
+            ZoneCommand::Create { zone, key, target } => {
+                let owner = load_identity(&key)?;
+                let client = Client::connect(target.directory).await?;
+                client.create_zone(&zone, &owner).await?;
+                println!("zone {zone} created, owned by {}", owner.public());
+            }
+            ZoneCommand::Delegate {
+                zone,
+                to,
+                servers,
+                ttl,
+                key,
+                target,
+            } => {
+                let owner = load_identity(&key)?;
+                let client = Client::connect(target.directory).await?;
+                // Bump the version of an existing delegation of this zone.
+                let existing = client
+                    .delegation_unverified(&zone)
+                    .await
+                    .unwrap_or_default();
+                let version = existing
+                    .iter()
+                    .filter_map(|d| d.open().ok())
+                    .filter(|d| d.zone == zone)
+                    .map(|d| d.version + 1)
+                    .max()
+                    .unwrap_or(1);
+                let now = unix_now();
+                let delegation = Delegation {
+                    zone: zone.clone(),
+                    key: to,
+                    servers,
+                    version,
+                    issued_at: now,
+                    expires_at: now + ttl,
+                };
+                client.delegate(Signed::sign(&delegation, &owner)).await?;
+                println!("zone {zone} delegated to {to} (version {version})");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
+    let name = Name::parse(&args.name)?;
+    if name.is_folder() {
+        bail!("{name} is a folder; objects have names like lo://zone/folder/object");
+    }
+    let identity = load_identity(&args.key)?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    // Refuse to publish what no host could run.
+    let logic = runtime.load_bytes(&args.file.display().to_string(), &bytes)?;
+    let interface = match args.interface {
+        Some(i) => i,
+        None => logic
+            .interface()
+            .methods
+            .iter()
+            .find_map(|m| m.interface.clone())
+            .unwrap_or_default(),
+    };
+    let mut options = BTreeMap::new();
+    for opt in &args.driver_opts {
+        let (k, v) = opt
+            .split_once('=')
+            .with_context(|| format!("driver option `{opt}` is not KEY=VALUE"))?;
+        options.insert(k.to_string(), v.to_string());
+    }
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    tokio()?.block_on(async move {
+        let client = Client::connect(args.target.directory).await?;
+        let current = match client.resolve_unverified(name.as_str()).await {
+            Ok((signed, _)) => signed.open().map(|r| r.version).unwrap_or(0),
+            Err(ClientError::Refused {
+                code: ErrorCode::NotFound,
+                ..
+            }) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let now = unix_now();
+        let record = ObjectRecord {
+            name: name.to_string(),
+            version: current + 1,
+            issued_at: now,
+            expires_at: now + args.ttl,
+            object_type: ObjectType {
+                interface,
+                category: args.category,
+                reliability: args.reliability,
+                security: args.security,
+            },
+            logic: LogicRef {
+                hash,
+                size: bytes.len() as u64,
+            },
+            driver: DriverConfig {
+                name: args.driver,
+                options,
+            },
+            policy: args.policy,
+        };
+        let blob = if client.has_blob(hash).await? {
+            None
+        } else {
+            Some(bytes.clone())
+        };
+        client
+            .publish(Signed::sign(&record, &identity), blob)
+            .await?;
+        println!(
+            "published {name} version {} (logic sha256 {}, {} bytes)",
+            record.version,
+            hex::encode(hash),
+            bytes.len()
+        );
+        Ok(())
+    })
+}
+
+fn type_summary(r: &ObjectRecord) -> String {
+    format!(
+        "{} {} {} {}",
+        if r.object_type.interface.is_empty() {
+            "-"
+        } else {
+            &r.object_type.interface
+        },
+        r.object_type.category,
+        r.object_type.reliability,
+        r.object_type.security
+    )
+}
+
+pub fn ls(args: LsArgs) -> Result<()> {
+    let folder = if args.folder.ends_with('/') {
+        args.folder.clone()
+    } else {
+        format!("{}/", args.folder)
+    };
+    Name::parse(&folder)?;
+    tokio()?.block_on(async move {
+        let resolver = resolver(&args.target).await?;
+        let listing = resolver.list(&folder).await?;
+        println!(
+            "{:<36} {:<60} {:<7} {:>4} {:<12} {:>9}",
+            "NAME", "TYPE", "DRIVER", "VER", "LOGIC", "SIZE"
+        );
+        for f in &listing.folders {
+            println!("{f:<36} (folder)");
+        }
+        for v in &listing.records {
+            let r = &v.record;
+            println!(
+                "{:<36} {:<60} {:<7} {:>4} {:<12} {:>9}",
+                r.name,
+                type_summary(r),
+                r.driver.name,
+                r.version,
+                &hex::encode(r.logic.hash)[..12],
+                r.logic.size
+            );
+        }
+        if listing.folders.is_empty() && listing.records.is_empty() {
+            println!("(empty)");
+        }
+        Ok(())
+    })
+}
+
+fn print_record(v: &VerifiedRecord) {
+    let r = &v.record;
+    println!("name         {}", r.name);
+    println!("version      {}", r.version);
+    println!("type         {}", type_summary(r));
+    println!(
+        "logic        sha256 {} ({} bytes)",
+        hex::encode(r.logic.hash),
+        r.logic.size
+    );
+    let opts: Vec<String> = r
+        .driver
+        .options
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("driver       {} {}", r.driver.name, opts.join(" "));
+    println!("policy       {}", r.policy);
+    println!("issued at    {} (Unix)", r.issued_at);
+    println!("expires at   {} (Unix)", r.expires_at);
+    println!("signed by    {}", v.signed.signer);
+    println!("chain        root {}", v.chain.root);
+    for d in &v.chain.delegations {
+        println!("             -> {} owned by {}", d.zone, d.key);
+    }
+    println!("verified     yes");
+}
+
+pub fn resolve(args: ResolveArgs) -> Result<()> {
+    tokio()?.block_on(async move {
+        let resolver = resolver(&args.target).await?;
+        let v = resolver.resolve(&args.name).await?;
+        print_record(&v);
+        Ok(())
+    })
+}
+
+pub fn fetch(args: FetchArgs) -> Result<()> {
+    tokio()?.block_on(async move {
+        let resolver = resolver(&args.target).await?;
+        let v = resolver.resolve(&args.name).await?;
+        let bytes = resolver.fetch_logic(&v).await?;
+        write_atomically(&args.out, &bytes)?;
+        println!(
+            "fetched {} version {}: {} bytes, sha256 verified, written to {}",
+            v.record.name,
+            v.record.version,
+            bytes.len(),
+            args.out.display()
+        );
+        Ok(())
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

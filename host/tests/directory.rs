@@ -1,0 +1,368 @@
+//! The directory end to end with real processes on loopback: `lo directory serve` in
+//! one process, `lo keygen / zone / publish / ls / resolve / fetch` in others.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn lo(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lo"));
+        cmd.env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env_remove("LO_DIRECTORY")
+            .env_remove("LO_ROOT_KEY")
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.lo().args(args).output().expect("lo runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lo {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(out.status.code(), Some(1), "lo {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    fn keygen(&self, file: &str) -> String {
+        let out = self.ok(&["keygen", "--out", self.path(file).to_str().unwrap()]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("public key "))
+            .expect("keygen prints the public key")
+            .to_string()
+    }
+}
+
+/// A `lo directory serve` child process, killed when dropped.
+struct DirectoryProcess {
+    child: Child,
+    addr: String,
+    root: String,
+}
+
+impl DirectoryProcess {
+    fn start(home: &Home, root_key: &Path, db: &Path) -> Self {
+        let mut child = home
+            .lo()
+            .args([
+                "directory",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-blob-bytes",
+                "1000000",
+            ])
+            .arg("--root-key")
+            .arg(root_key)
+            .arg("--db")
+            .arg(db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        let mut root = None;
+        while addr.is_none() || root.is_none() {
+            let line = lines
+                .next()
+                .expect("server printed its address and root key")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("directory listening on ") {
+                addr = Some(a.to_string());
+            }
+            if let Some(r) = line.strip_prefix("root key ") {
+                root = Some(r.to_string());
+            }
+        }
+        // Keep draining stdout so the server never writes into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        DirectoryProcess {
+            child,
+            addr: addr.unwrap(),
+            root: root.unwrap(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for DirectoryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn publish_resolve_list_fetch_and_republish_across_processes() {
+    let home = Home::new();
+    home.keygen("root.key");
+    let alice = home.ok(&["keygen"]);
+    assert!(alice.contains("public key "));
+    let bob = home.keygen("bob.key");
+    let server = DirectoryProcess::start(&home, &home.path("root.key"), &home.path("dir.redb"));
+    let at = [
+        "--directory",
+        server.addr.as_str(),
+        "--root",
+        server.root.as_str(),
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(at.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_ok = |args: Vec<String>| home.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fail =
+        |args: Vec<String>| home.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let out = run_ok(with(&["zone", "create", "lo://acme/"]));
+    assert!(out.contains("zone lo://acme/ created"), "{out}");
+
+    let chat = liveobjects_objects::CHAT;
+    let out = run_ok(with(&[
+        "publish",
+        chat,
+        "--name",
+        "lo://acme/rooms/lobby",
+        "--driver",
+        "mesh",
+        "--reliability",
+        "total-order",
+        "--policy",
+        "open",
+    ]));
+    assert!(
+        out.contains("published lo://acme/rooms/lobby version 1"),
+        "{out}"
+    );
+
+    let out = run_ok(with(&["resolve", "lo://acme/rooms/lobby"]));
+    assert!(out.contains("version      1"), "{out}");
+    assert!(
+        out.contains("liveobjects:chat/chat@0.1.0 replicated-state total-order open"),
+        "{out}"
+    );
+    assert!(out.contains("-> lo://acme/ owned by"), "{out}");
+    assert!(out.contains("verified     yes"), "{out}");
+
+    let out = run_ok(with(&["ls", "lo://acme/"]));
+    assert!(out.contains("lo://acme/rooms/"), "{out}");
+    let out = run_ok(with(&["ls", "lo://acme/rooms/"]));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("lo://acme/rooms/lobby"))
+        .expect(&out);
+    assert!(row.contains("mesh") && row.contains(" 1 "), "{row}");
+
+    let fetched = home.path("fetched.wasm");
+    run_ok(with(&[
+        "fetch",
+        "lo://acme/rooms/lobby",
+        "-o",
+        fetched.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(chat).unwrap()
+    );
+
+    let out = run_ok(with(&["publish", chat, "--name", "lo://acme/rooms/lobby"]));
+    assert!(out.contains("version 2"), "{out}");
+    let out = run_ok(with(&["resolve", "lo://acme/rooms/lobby"]));
+    assert!(out.contains("version      2"), "{out}");
+
+    // Delegation: bob owns lo://acme/games/, alice no longer writes there.
+    run_ok(with(&[
+        "zone",
+        "delegate",
+        "lo://acme/games/",
+        "--to",
+        &bob,
+    ]));
+    let bob_key = home.path("bob.key");
+    let out = run_ok(with(&[
+        "publish",
+        liveobjects_objects::COUNTER,
+        "--name",
+        "lo://acme/games/score",
+        "--key",
+        bob_key.to_str().unwrap(),
+    ]));
+    assert!(out.contains("version 1"), "{out}");
+    let err = run_fail(with(&["publish", chat, "--name", "lo://acme/games/hijack"]));
+    assert!(
+        err.contains("owned by") && err.contains("not the zone owner"),
+        "{err}"
+    );
+    let out = run_ok(with(&["resolve", "lo://acme/games/score"]));
+    assert!(out.contains("-> lo://acme/games/ owned by"), "{out}");
+
+    // A bad component is refused before anything is sent.
+    let junk = home.path("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let err = run_fail(with(&[
+        "publish",
+        junk.to_str().unwrap(),
+        "--name",
+        "lo://acme/junk",
+    ]));
+    assert!(err.contains("is not a WebAssembly component"), "{err}");
+    let err = run_fail(with(&["resolve", "lo://acme/junk"]));
+    assert!(err.contains("no object named lo://acme/junk"), "{err}");
+
+    // A client trusting another root refuses the answers.
+    let other = home.keygen("other.key");
+    let err = home.fails(&[
+        "resolve",
+        "lo://acme/rooms/lobby",
+        "--directory",
+        &server.addr,
+        "--root",
+        &other,
+    ]);
+    assert!(err.contains("does not own"), "{err}");
+}
+
+#[test]
+fn acknowledged_publishes_survive_a_kill_9_mid_burst() {
+    use liveobjects_directory::client::{Client, Resolver};
+    use liveobjects_directory::keys::Identity;
+    use liveobjects_directory::record::{
+        AccessPolicy, Category, DriverConfig, LogicRef, ObjectRecord, ObjectType, Reliability,
+        Security, Signed,
+    };
+    use sha2::{Digest, Sha256};
+    use std::sync::{Arc, Mutex};
+
+    let home = Home::new();
+    home.keygen("root.key");
+    home.keygen("acme.key");
+    let acme = Arc::new(Identity::load(&home.path("acme.key")).unwrap());
+    let db = home.path("dir.redb");
+    let mut server = DirectoryProcess::start(&home, &home.path("root.key"), &db);
+    let root: liveobjects_directory::keys::PublicKey = server.root.parse().unwrap();
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let logic = b"burst logic".to_vec();
+    let record = move |n: usize| {
+        let now = liveobjects_directory::server::unix_now();
+        ObjectRecord {
+            name: format!("lo://acme/burst/o{n}"),
+            version: 1,
+            issued_at: now,
+            expires_at: now + 3600,
+            object_type: ObjectType {
+                interface: "test".into(),
+                category: Category::ReplicatedState,
+                reliability: Reliability::ReliableFifo,
+                security: Security::Open,
+            },
+            logic: LogicRef {
+                hash: Sha256::digest(b"burst logic").into(),
+                size: 11,
+            },
+            driver: DriverConfig {
+                name: "mesh".into(),
+                options: Default::default(),
+            },
+            policy: AccessPolicy::Open,
+        }
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    rt.block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client.create_zone("lo://acme/", &acme).await.unwrap();
+        client
+            .publish(Signed::sign(&record(0), &acme), Some(logic.clone()))
+            .await
+            .unwrap();
+        acked.lock().unwrap().push(0);
+        let client = Arc::new(client);
+        // Four concurrent publishers, 1,000 publishes at most, 60 s at most.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut tasks = Vec::new();
+        for worker in 0..4usize {
+            let (client, acme, acked) = (client.clone(), acme.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250usize {
+                    if std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let n = 1 + worker * 250 + i;
+                    match client.publish(Signed::sign(&record(n), &acme), None).await {
+                        Ok(()) => acked.lock().unwrap().push(n),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        // Kill the server once some publishes were acknowledged, while others fly.
+        while acked.lock().unwrap().len() < 60 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        server.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 60 && acked.len() < 1001,
+        "acked {}",
+        acked.len()
+    );
+
+    // Restart on the same database: it opens, and every acknowledged publish is there.
+    let server = DirectoryProcess::start(&home, &home.path("root.key"), &db);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    rt.block_on(async {
+        let resolver = Resolver::new(Client::connect(addr).await.unwrap(), root, None);
+        for n in &acked {
+            let name = format!("lo://acme/burst/o{n}");
+            let v = resolver
+                .resolve(&name)
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged {name} lost after kill -9: {e}"));
+            assert_eq!(v.record.version, 1);
+        }
+        let listing = resolver.list("lo://acme/burst/").await.unwrap();
+        assert!(listing.records.len() >= acked.len());
+    });
+}
