@@ -6,39 +6,16 @@
 
 use liveobjects_directory::client::{Client, Resolver};
 use liveobjects_directory::keys::Identity;
-use liveobjects_directory::record::{
-    AccessPolicy, Category, Delegation, DriverConfig, LogicRef, ObjectRecord, ObjectType,
-    Reliability, Security, Signed,
-};
+use liveobjects_directory::record::{Delegation, ObjectRecord, Signed};
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::verify_record;
-use sha2::{Digest, Sha256};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 fn record(name: &str, version: u64) -> ObjectRecord {
-    let now = unix_now();
-    ObjectRecord {
-        name: name.into(),
-        version,
-        issued_at: now,
-        expires_at: now + 3600,
-        object_type: ObjectType {
-            interface: "liveobjects:chat/chat@0.1.0".into(),
-            category: Category::ReplicatedState,
-            reliability: Reliability::TotalOrder,
-            security: Security::Open,
-        },
-        logic: LogicRef {
-            hash: Sha256::digest(b"bench logic").into(),
-            size: 11,
-        },
-        driver: DriverConfig {
-            name: "mesh".into(),
-            options: Default::default(),
-        },
-        policy: AccessPolicy::Open,
-    }
+    let mut r = ObjectRecord::new(name, version, b"bench logic", unix_now(), 3600);
+    r.object_type.interface = "liveobjects:chat/chat@0.1.0".into();
+    r
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -74,14 +51,7 @@ async fn main() {
     let now = unix_now();
     client
         .delegate(Signed::sign(
-            &Delegation {
-                zone: "lo://acme/games/".into(),
-                key: games.public(),
-                servers: vec![],
-                version: 1,
-                issued_at: now,
-                expires_at: now + 3600,
-            },
+            &Delegation::new("lo://acme/games/", games.public(), 1, now, 3600),
             &acme,
         ))
         .await

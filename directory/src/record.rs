@@ -217,6 +217,52 @@ pub struct ObjectRecord {
     pub policy: AccessPolicy,
 }
 
+impl ObjectRecord {
+    /// A record binding `name` to `logic` (its hash and size), valid from `now` for
+    /// `ttl_secs`, with the defaults `lo publish` uses: interface unknown,
+    /// replicated-state, reliable-fifo, open security, the `mesh` driver, open policy.
+    /// Adjust the public fields afterwards.
+    pub fn new(name: &str, version: u64, logic: &[u8], now: u64, ttl_secs: u64) -> Self {
+        use sha2::{Digest, Sha256};
+        ObjectRecord {
+            name: name.to_string(),
+            version,
+            issued_at: now,
+            expires_at: now.saturating_add(ttl_secs),
+            object_type: ObjectType {
+                interface: String::new(),
+                category: Category::ReplicatedState,
+                reliability: Reliability::ReliableFifo,
+                security: Security::Open,
+            },
+            logic: LogicRef {
+                hash: Sha256::digest(logic).into(),
+                size: logic.len() as u64,
+            },
+            driver: DriverConfig {
+                name: "mesh".to_string(),
+                options: BTreeMap::new(),
+            },
+            policy: AccessPolicy::Open,
+        }
+    }
+}
+
+impl Delegation {
+    /// Version `version` of the delegation of `zone` to `key`, served by this server,
+    /// valid from `now` for `ttl_secs`.
+    pub fn new(zone: &str, key: PublicKey, version: u64, now: u64, ttl_secs: u64) -> Self {
+        Delegation {
+            zone: zone.to_string(),
+            key,
+            servers: Vec::new(),
+            version,
+            issued_at: now,
+            expires_at: now.saturating_add(ttl_secs),
+        }
+    }
+}
+
 /// A folder handed to a key (and optionally to other servers), signed by the key of
 /// the enclosing zone (the root key for top-level zones).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

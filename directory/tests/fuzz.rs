@@ -46,24 +46,7 @@ proptest! {
         flip in 0usize..400, bit in 0u8..8
     ) {
         let id = Identity::generate();
-        let record = ObjectRecord {
-            name: "lo://acme/rooms/lobby".into(),
-            version: 3,
-            issued_at: 1,
-            expires_at: 2_000_000_000,
-            object_type: liveobjects_directory::record::ObjectType {
-                interface: "liveobjects:chat/chat@0.1.0".into(),
-                category: liveobjects_directory::record::Category::ReplicatedState,
-                reliability: liveobjects_directory::record::Reliability::ReliableFifo,
-                security: liveobjects_directory::record::Security::Open,
-            },
-            logic: liveobjects_directory::record::LogicRef { hash: [1; 32], size: 10 },
-            driver: liveobjects_directory::record::DriverConfig {
-                name: "mesh".into(),
-                options: Default::default(),
-            },
-            policy: liveobjects_directory::record::AccessPolicy::Open,
-        };
+        let record = ObjectRecord::new("lo://acme/rooms/lobby", 3, b"logic", 1, 2_000_000_000);
         let mut bytes = Signed::sign(&record, &id).to_bytes();
         let i = flip % bytes.len();
         bytes[i] ^= 1 << bit;

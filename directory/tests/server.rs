@@ -4,14 +4,9 @@
 use liveobjects_directory::client::{Client, ClientError, ResolveError, Resolver, SeenVersions};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::protocol::{ErrorCode, Request};
-use liveobjects_directory::record::{
-    AccessPolicy, Category, Delegation, DriverConfig, LogicRef, ObjectRecord, ObjectType,
-    Reliability, Security, Signed,
-};
+use liveobjects_directory::record::{Delegation, ObjectRecord, Reliability, Signed};
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::VerifyError;
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 
 struct Fixture {
     server: Server,
@@ -43,28 +38,10 @@ async fn fixture(max_blob_bytes: usize) -> Fixture {
 }
 
 fn record(name: &str, version: u64, logic: &[u8]) -> ObjectRecord {
-    let now = unix_now();
-    ObjectRecord {
-        name: name.into(),
-        version,
-        issued_at: now,
-        expires_at: now + 3600,
-        object_type: ObjectType {
-            interface: "liveobjects:chat/chat@0.1.0".into(),
-            category: Category::ReplicatedState,
-            reliability: Reliability::TotalOrder,
-            security: Security::Open,
-        },
-        logic: LogicRef {
-            hash: Sha256::digest(logic).into(),
-            size: logic.len() as u64,
-        },
-        driver: DriverConfig {
-            name: "mesh".into(),
-            options: BTreeMap::new(),
-        },
-        policy: AccessPolicy::Open,
-    }
+    let mut r = ObjectRecord::new(name, version, logic, unix_now(), 3600);
+    r.object_type.interface = "liveobjects:chat/chat@0.1.0".into();
+    r.object_type.reliability = Reliability::TotalOrder;
+    r
 }
 
 fn refused(err: ClientError) -> ErrorCode {
@@ -232,14 +209,7 @@ async fn delegated_zones_belong_to_their_new_owner_only() {
     let client = Client::connect(f.server.local_addr()).await.unwrap();
     let games = Identity::generate();
     let now = unix_now();
-    let delegation = Delegation {
-        zone: "lo://acme/games/".into(),
-        key: games.public(),
-        servers: vec![],
-        version: 1,
-        issued_at: now,
-        expires_at: now + 3600,
-    };
+    let delegation = Delegation::new("lo://acme/games/", games.public(), 1, now, 3600);
     // Only acme's owner may delegate inside acme.
     let stranger = Identity::generate();
     assert_eq!(
@@ -415,14 +385,7 @@ async fn a_delegation_to_a_key_the_parent_did_not_authorize_is_refused() {
     let f = fixture(1 << 20).await;
     let mallory = Identity::generate();
     let now = unix_now();
-    let rogue = Delegation {
-        zone: "lo://acme/games/".into(),
-        key: mallory.public(),
-        servers: vec![],
-        version: 1,
-        issued_at: now,
-        expires_at: now + 3600,
-    };
+    let rogue = Delegation::new("lo://acme/games/", mallory.public(), 1, now, 3600);
     let store = f.server.directory().store();
     store
         .raw_set_delegation(

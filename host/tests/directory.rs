@@ -263,11 +263,7 @@ fn publish_resolve_list_fetch_and_republish_across_processes() {
 fn acknowledged_publishes_survive_a_kill_9_mid_burst() {
     use liveobjects_directory::client::{Client, Resolver};
     use liveobjects_directory::keys::Identity;
-    use liveobjects_directory::record::{
-        AccessPolicy, Category, DriverConfig, LogicRef, ObjectRecord, ObjectType, Reliability,
-        Security, Signed,
-    };
-    use sha2::{Digest, Sha256};
+    use liveobjects_directory::record::{ObjectRecord, Signed};
     use std::sync::{Arc, Mutex};
 
     let home = Home::new();
@@ -279,29 +275,15 @@ fn acknowledged_publishes_survive_a_kill_9_mid_burst() {
     let root: liveobjects_directory::keys::PublicKey = server.root.parse().unwrap();
     let addr: std::net::SocketAddr = server.addr.parse().unwrap();
     let logic = b"burst logic".to_vec();
-    let record = move |n: usize| {
+    let record = |n: usize| {
         let now = liveobjects_directory::server::unix_now();
-        ObjectRecord {
-            name: format!("lo://acme/burst/o{n}"),
-            version: 1,
-            issued_at: now,
-            expires_at: now + 3600,
-            object_type: ObjectType {
-                interface: "test".into(),
-                category: Category::ReplicatedState,
-                reliability: Reliability::ReliableFifo,
-                security: Security::Open,
-            },
-            logic: LogicRef {
-                hash: Sha256::digest(b"burst logic").into(),
-                size: 11,
-            },
-            driver: DriverConfig {
-                name: "mesh".into(),
-                options: Default::default(),
-            },
-            policy: AccessPolicy::Open,
-        }
+        ObjectRecord::new(
+            &format!("lo://acme/burst/o{n}"),
+            1,
+            b"burst logic",
+            now,
+            3600,
+        )
     };
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -8,8 +8,8 @@ use liveobjects_directory::keys::{Identity, PublicKey, default_identity_path};
 use liveobjects_directory::name::Name;
 use liveobjects_directory::protocol::{DEFAULT_MAX_BLOB_BYTES, ErrorCode};
 use liveobjects_directory::record::{
-    AccessPolicy, Category, Delegation, DriverConfig, LogicRef, ObjectRecord, ObjectType,
-    Reliability, Security, Signed,
+    AccessPolicy, Category, Delegation, DriverConfig, ObjectRecord, ObjectType, Reliability,
+    Security, Signed,
 };
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::VerifiedRecord;
@@ -280,15 +280,8 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                     .map(|d| d.version + 1)
                     .max()
                     .unwrap_or(1);
-                let now = unix_now();
-                let delegation = Delegation {
-                    zone: zone.clone(),
-                    key: to,
-                    servers,
-                    version,
-                    issued_at: now,
-                    expires_at: now + ttl,
-                };
+                let mut delegation = Delegation::new(&zone, to, version, unix_now(), ttl);
+                delegation.servers = servers;
                 client.delegate(Signed::sign(&delegation, &owner)).await?;
                 println!("zone {zone} delegated to {to} (version {version})");
             }
@@ -334,28 +327,19 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
             }) => 0,
             Err(e) => return Err(e.into()),
         };
-        let now = unix_now();
-        let record = ObjectRecord {
-            name: name.to_string(),
-            version: current + 1,
-            issued_at: now,
-            expires_at: now + args.ttl,
-            object_type: ObjectType {
-                interface,
-                category: args.category,
-                reliability: args.reliability,
-                security: args.security,
-            },
-            logic: LogicRef {
-                hash,
-                size: bytes.len() as u64,
-            },
-            driver: DriverConfig {
-                name: args.driver,
-                options,
-            },
-            policy: args.policy,
+        let mut record =
+            ObjectRecord::new(name.as_str(), current + 1, &bytes, unix_now(), args.ttl);
+        record.object_type = ObjectType {
+            interface,
+            category: args.category,
+            reliability: args.reliability,
+            security: args.security,
         };
+        record.driver = DriverConfig {
+            name: args.driver,
+            options,
+        };
+        record.policy = args.policy;
         let blob = if client.has_blob(hash).await? {
             None
         } else {
