@@ -12,4 +12,5 @@
 #![deny(missing_docs, unsafe_code)]
 
 pub mod local;
+pub mod mesh;
 pub mod runtime;

@@ -1,0 +1,1104 @@
+//! The mesh driver's protocol as a sans-IO state machine.
+//!
+//! One [`MeshCore`] runs per member of one object's group. It is fed messages from
+//! peers, local multicasts, snapshots and the passage of time; it produces messages to
+//! send, timer deadlines and outputs for the replica (events to deliver, views,
+//! snapshot requests). It never touches a socket or a clock, so the same code runs
+//! under the QUIC shell and under the deterministic simulator in the tests.
+//!
+//! # Protocol
+//! - **Total order through a sequencer.** The sequencer is the most senior member of
+//!   the current view (views list members in join order). Members send [`Message::Submit`] to it; it assigns global
+//!   sequence numbers (`gseq`) and sends [`Message::Ordered`] to every member. Submits
+//!   from one sender are ordered in the sender's own sequence, so total order also
+//!   gives FIFO per sender. Membership changes are ordered items too, so every member
+//!   sees every view change at the same point of the stream.
+//! - **Reliability over a lossy, reordering, duplicating network.** Senders resubmit
+//!   until their submit comes back ordered; the sequencer drops duplicates. Members
+//!   buffer out-of-order items and ask for gaps with [`Message::Nack`], which any
+//!   member holding the items answers. Heartbeats carry how far each member has
+//!   delivered; items every member has delivered are stable and freed.
+//! - **Failure detection.** Members heartbeat each other; a member not heard from
+//!   within the suspect timeout is suspected. The sequencer orders a view without the
+//!   members it suspects.
+//! - **Sequencer failure (flush).** When members suspect the sequencer, the most
+//!   senior surviving member runs a flush for the next view id: the survivors reply with how
+//!   far they have received, the new sequencer fetches anything it lacks up to the
+//!   highest point any survivor reached, then orders the new view after it. Survivors
+//!   therefore deliver the same items before the new view. Pending submits are sent
+//!   again to the new sequencer and de-duplicated by sender sequence numbers.
+//! - **Join with state transfer at a cut.** A joiner asks any member; the sequencer
+//!   orders a view that includes it at gseq `g`, then takes a snapshot of its replica
+//!   right after delivering up to its current point `c >= g` and sends it with `c`. The
+//!   joiner installs the snapshot and delivers exactly the items after `c`: nothing
+//!   lost, nothing applied twice.
+//!
+//! # What it does not promise
+//! Agreement under a network partition that splits the group (two sides can each
+//! form a view) is the job of the `vsync` driver, which decides membership through
+//! consensus. The mesh guarantees total order and exactly-once delivery among members
+//! that stay connected, with crash failures detected by timeouts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// Identity of a member (a public key in the real shell, small numbers in tests).
+pub trait MemberId: Ord + Clone + Debug + Hash {}
+impl<T: Ord + Clone + Debug + Hash> MemberId for T {}
+
+/// Timing parameters.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Heartbeat period.
+    pub heartbeat: Millis,
+    /// A member not heard from for this long is suspected.
+    pub suspect_after: Millis,
+    /// How often unacknowledged submits, nacks and joins are retried.
+    pub retry: Millis,
+    /// Most submits a member keeps in flight (more wait in its queue).
+    pub max_in_flight: usize,
+    /// Most out-of-order items buffered per member (beyond: dropped and re-fetched).
+    pub max_buffered: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat: 100,
+            suspect_after: 1_000,
+            retry: 200,
+            max_in_flight: 1_024,
+            max_buffered: 100_000,
+        }
+    }
+}
+
+/// A membership view. Members are listed by seniority (the founder first, then in
+/// join order); the most senior member is the sequencer, so the sequencer always has
+/// state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct View<Id> {
+    /// Increases with each change.
+    pub id: u64,
+    /// Members, most senior first.
+    pub members: Vec<Id>,
+}
+
+impl<Id: MemberId> View<Id> {
+    fn sequencer(&self) -> Option<&Id> {
+        self.members.first()
+    }
+
+    fn contains(&self, id: &Id) -> bool {
+        self.members.contains(id)
+    }
+}
+
+/// One application event in the ordered stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Event<Id> {
+    /// Who multicast it.
+    pub sender: Id,
+    /// The sender's sequence number (1, 2, 3...).
+    pub seq: u64,
+    /// The sender's timestamp.
+    pub timestamp_ms: u64,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// An item of the ordered stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Item<Id> {
+    /// An application event.
+    Event(Event<Id>),
+    /// A new view.
+    View(View<Id>),
+}
+
+/// Protocol messages between members.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Message<Id> {
+    /// A member asks the sequencer to order its `seq`-th multicast.
+    Submit {
+        /// Sender sequence number.
+        seq: u64,
+        /// Sender timestamp.
+        timestamp_ms: u64,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// An ordered item.
+    Ordered {
+        /// Global sequence number.
+        gseq: u64,
+        /// The item.
+        item: Item<Id>,
+    },
+    /// Please send me ordered items from `from` on (up to `to`, inclusive).
+    Nack {
+        /// First missing gseq.
+        from: u64,
+        /// Last wanted gseq.
+        to: u64,
+    },
+    /// Liveness and progress.
+    Heartbeat {
+        /// Sender's view id.
+        view: u64,
+        /// Highest gseq the sender has delivered.
+        delivered: u64,
+        /// Highest gseq the sender knows to be ordered.
+        ordered: u64,
+        /// Highest gseq every member has delivered (sequencer only; 0 otherwise).
+        stable: u64,
+    },
+    /// A new member asks to join.
+    JoinRequest,
+    /// Not the sequencer: ask this one.
+    Redirect {
+        /// Who the sender believes is the sequencer.
+        sequencer: Id,
+    },
+    /// State transfer to a joiner: the replica's snapshot after delivering `at`.
+    State {
+        /// The cut.
+        at: u64,
+        /// The view at the cut.
+        view: View<Id>,
+        /// Per-sender highest ordered seq at the cut (for de-duplication).
+        ordered_seqs: Vec<(Id, u64)>,
+        /// The replica's snapshot.
+        snapshot: Vec<u8>,
+    },
+    /// A member taking over as sequencer asks survivors how far they got.
+    Flush {
+        /// The view id it will install.
+        view: u64,
+    },
+    /// Answer to a flush.
+    FlushReply {
+        /// The flush's view id.
+        view: u64,
+        /// Highest gseq received contiguously.
+        received: u64,
+    },
+}
+
+/// What the core asks of the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<Id> {
+    /// Deliver this event (in this order, exactly once).
+    Deliver {
+        /// Its position in the group's total order.
+        gseq: u64,
+        /// The event.
+        event: Event<Id>,
+    },
+    /// The membership changed (delivered at its place in the order).
+    View(View<Id>),
+    /// Take a snapshot now (after everything delivered so far) and hand it back with
+    /// [`MeshCore::snapshot_taken`]; it goes to `for_member`.
+    TakeSnapshot {
+        /// The joiner.
+        for_member: Id,
+    },
+    /// Start the replica from this snapshot; deliveries that follow come after it.
+    InstallSnapshot {
+        /// The replica's snapshot.
+        snapshot: Vec<u8>,
+    },
+    /// This member is no longer in the group (it was excluded or left).
+    Excluded,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for state transfer.
+    Joining,
+    /// Member with initialised state.
+    Member,
+    /// Out of the group.
+    Gone,
+}
+
+struct Flush<Id> {
+    view: u64,
+    replies: BTreeMap<Id, u64>,
+    started: Millis,
+}
+
+/// The mesh protocol state of one member of one group.
+pub struct MeshCore<Id: MemberId> {
+    me: Id,
+    config: Config,
+    phase: Phase,
+    view: View<Id>,
+    /// Highest view id seen anywhere (views and flushes), so new ids only grow.
+    max_view_seen: u64,
+    /// Who we currently send submits and nacks to.
+    sequencer: Id,
+    // Ordered stream.
+    log: BTreeMap<u64, Item<Id>>,
+    delivered: u64,
+    ordered_known: u64,
+    stable: u64,
+    /// Per sender: highest seq delivered in the ordered stream.
+    ordered_seqs: BTreeMap<Id, u64>,
+    /// Highest view id of a flush this member answered (it then takes ordered items
+    /// only from that flush's leader).
+    leader_term: u64,
+    // Sequencer state.
+    next_gseq: u64,
+    /// Per sender: highest seq given a gseq by this member as sequencer.
+    assigned: BTreeMap<Id, u64>,
+    waiting_submits: BTreeMap<Id, BTreeMap<u64, (u64, Vec<u8>)>>,
+    member_delivered: BTreeMap<Id, u64>,
+    snapshot_requests: BTreeSet<Id>,
+    // Our own multicasts.
+    next_seq: u64,
+    in_flight: BTreeMap<u64, (u64, Vec<u8>)>,
+    queued: VecDeque<(u64, Vec<u8>)>,
+    last_retry: Millis,
+    // Failure detection.
+    last_heard: HashMap<Id, Millis>,
+    suspected: BTreeSet<Id>,
+    last_heartbeat: Millis,
+    flush: Option<Flush<Id>>,
+    // Joining.
+    contact: Option<Id>,
+    // Outputs.
+    transmits: VecDeque<(Id, Message<Id>)>,
+    outputs: VecDeque<Output<Id>>,
+}
+
+impl<Id: MemberId> MeshCore<Id> {
+    /// Start a new group with this member alone in view 1.
+    pub fn found(me: Id, config: Config, now: Millis) -> Self {
+        let view = View {
+            id: 1,
+            members: vec![me.clone()],
+        };
+        let mut core = Self::blank(me.clone(), config, view, now);
+        core.phase = Phase::Member;
+        core.log.insert(1, Item::View(core.view.clone()));
+        core.next_gseq = 2;
+        core.ordered_known = 1;
+        core.delivered = 1;
+        core.outputs.push_back(Output::View(core.view.clone()));
+        core
+    }
+
+    /// Join an existing group through `contact` (any member).
+    pub fn join(me: Id, contact: Id, config: Config, now: Millis) -> Self {
+        let view = View {
+            id: 0,
+            members: Vec::new(),
+        };
+        let mut core = Self::blank(me, config, view, now);
+        core.sequencer = contact.clone();
+        core.contact = Some(contact.clone());
+        core.transmits.push_back((contact, Message::JoinRequest));
+        core
+    }
+
+    fn blank(me: Id, config: Config, view: View<Id>, now: Millis) -> Self {
+        MeshCore {
+            sequencer: me.clone(),
+            me,
+            config,
+            phase: Phase::Joining,
+            max_view_seen: view.id,
+            view,
+            log: BTreeMap::new(),
+            delivered: 0,
+            ordered_known: 0,
+            stable: 0,
+            ordered_seqs: BTreeMap::new(),
+            leader_term: 0,
+            next_gseq: 1,
+            assigned: BTreeMap::new(),
+            waiting_submits: BTreeMap::new(),
+            member_delivered: BTreeMap::new(),
+            snapshot_requests: BTreeSet::new(),
+            next_seq: 1,
+            in_flight: BTreeMap::new(),
+            queued: VecDeque::new(),
+            last_retry: now,
+            last_heard: HashMap::new(),
+            suspected: BTreeSet::new(),
+            last_heartbeat: now,
+            flush: None,
+            contact: None,
+            transmits: VecDeque::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> &Id {
+        &self.me
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &View<Id> {
+        &self.view
+    }
+
+    /// Highest gseq delivered.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Whether this member has state and takes part.
+    pub fn is_member(&self) -> bool {
+        self.phase == Phase::Member
+    }
+
+    /// Whether this member is the sequencer.
+    pub fn is_sequencer(&self) -> bool {
+        self.is_member() && self.sequencer == self.me && self.flush.is_none()
+    }
+
+    /// Items kept for retransmission (for memory-bound checks).
+    pub fn retained(&self) -> usize {
+        self.log.len() + self.in_flight.len() + self.queued.len()
+    }
+
+    /// Multicast `payload` to the group. Returns its sender sequence number.
+    pub fn multicast(&mut self, now: Millis, timestamp_ms: u64, payload: Vec<u8>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queued.push_back((timestamp_ms, payload));
+        self.pump_submits(now);
+        seq
+    }
+
+    /// The replica's snapshot requested by [`Output::TakeSnapshot`].
+    pub fn snapshot_taken(&mut self, for_member: Id, snapshot: Vec<u8>) {
+        if !self.view.contains(&for_member) {
+            return;
+        }
+        let message = Message::State {
+            at: self.delivered,
+            view: self.view.clone(),
+            ordered_seqs: self
+                .ordered_seqs
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            snapshot,
+        };
+        self.transmits.push_back((for_member, message));
+    }
+
+    /// Next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(Id, Message<Id>)> {
+        self.transmits.pop_front()
+    }
+
+    /// Next output for the replica.
+    pub fn poll_output(&mut self) -> Option<Output<Id>> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        if self.phase == Phase::Gone {
+            return None;
+        }
+        Some((self.last_heartbeat + self.config.heartbeat).min(self.last_retry + self.config.retry))
+    }
+
+    /// Time passed: heartbeats, retries, failure detection.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.phase == Phase::Gone {
+            return;
+        }
+        if now >= self.last_heartbeat + self.config.heartbeat {
+            self.last_heartbeat = now;
+            self.send_heartbeats();
+            self.detect_failures(now);
+        }
+        if now >= self.last_retry + self.config.retry {
+            self.last_retry = now;
+            self.retry(now);
+        }
+    }
+
+    /// A message from a peer.
+    pub fn handle_message(&mut self, now: Millis, from: Id, message: Message<Id>) {
+        if self.phase == Phase::Gone || from == self.me {
+            return;
+        }
+        self.last_heard.insert(from.clone(), now);
+        if self.suspected.remove(&from) && self.view.contains(&from) {
+            tracing::debug!("{:?}: {:?} is alive again", self.me, from);
+        }
+        match message {
+            Message::Submit {
+                seq,
+                timestamp_ms,
+                payload,
+            } => self.on_submit(from, seq, timestamp_ms, payload),
+            Message::Ordered { gseq, item } => self.on_ordered(&from, gseq, item),
+            Message::Nack { from: first, to } => self.on_nack(from, first, to),
+            Message::Heartbeat {
+                view,
+                delivered,
+                ordered,
+                stable,
+            } => self.on_heartbeat(from, view, delivered, ordered, stable),
+            Message::JoinRequest => self.on_join_request(from),
+            Message::Redirect { sequencer } => {
+                if self.phase == Phase::Joining && sequencer != self.me {
+                    self.contact = Some(sequencer.clone());
+                    self.sequencer = sequencer.clone();
+                    self.transmits.push_back((sequencer, Message::JoinRequest));
+                }
+            }
+            Message::State {
+                at,
+                view,
+                ordered_seqs,
+                snapshot,
+            } => self.on_state(at, view, ordered_seqs, snapshot),
+            Message::Flush { view } => self.on_flush(from, view),
+            Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
+        }
+        self.pump_submits(now);
+    }
+
+    // ----- sequencer -----
+
+    fn on_submit(&mut self, from: Id, seq: u64, timestamp_ms: u64, payload: Vec<u8>) {
+        if !self.is_sequencer() {
+            // A flushing leader takes submits again once it orders; they are retried.
+            if self.is_member() && self.flush.is_none() {
+                self.transmits.push_back((
+                    from,
+                    Message::Redirect {
+                        sequencer: self.sequencer.clone(),
+                    },
+                ));
+            }
+            return;
+        }
+        if !self.view.contains(&from) {
+            return;
+        }
+        let already_waiting = self
+            .waiting_submits
+            .get(&from)
+            .is_some_and(|w| w.contains_key(&seq));
+        if seq <= self.sender_ordered_upto(&from) || already_waiting {
+            return;
+        }
+        let waiting = self.waiting_submits.entry(from.clone()).or_default();
+        if waiting.len() < self.config.max_buffered {
+            waiting.insert(seq, (timestamp_ms, payload));
+        }
+        self.order_ready_submits(&from);
+    }
+
+    /// Highest seq of `sender` ordered so far (delivered anywhere, or given a gseq by
+    /// this sequencer).
+    fn sender_ordered_upto(&self, sender: &Id) -> u64 {
+        let delivered = self.ordered_seqs.get(sender).copied().unwrap_or(0);
+        delivered.max(self.assigned.get(sender).copied().unwrap_or(0))
+    }
+
+    fn order_ready_submits(&mut self, sender: &Id) {
+        loop {
+            let next = self.sender_ordered_upto(sender) + 1;
+            let Some(entry) = self
+                .waiting_submits
+                .get_mut(sender)
+                .and_then(|w| w.remove(&next))
+            else {
+                break;
+            };
+            let (timestamp_ms, payload) = entry;
+            self.order(Item::Event(Event {
+                sender: sender.clone(),
+                seq: next,
+                timestamp_ms,
+                payload,
+            }));
+        }
+        if let Some(w) = self.waiting_submits.get_mut(sender) {
+            let upto = self.ordered_seqs.get(sender).copied().unwrap_or(0);
+            w.retain(|s, _| *s > upto);
+        }
+    }
+
+    fn order(&mut self, item: Item<Id>) {
+        let gseq = self.next_gseq;
+        self.next_gseq += 1;
+        if let Item::Event(e) = &item {
+            let a = self.assigned.entry(e.sender.clone()).or_insert(0);
+            *a = (*a).max(e.seq);
+        }
+        self.ordered_known = self.ordered_known.max(gseq);
+        for member in &self.view.members {
+            if *member != self.me {
+                self.transmits.push_back((
+                    member.clone(),
+                    Message::Ordered {
+                        gseq,
+                        item: item.clone(),
+                    },
+                ));
+            }
+        }
+        // A view that adds members must also reach them.
+        if let Item::View(v) = &item {
+            for member in &v.members {
+                if *member != self.me && !self.view.contains(member) {
+                    self.transmits.push_back((
+                        member.clone(),
+                        Message::Ordered {
+                            gseq,
+                            item: item.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        self.log.insert(gseq, item);
+        self.deliver_ready();
+    }
+
+    fn on_join_request(&mut self, from: Id) {
+        if !self.is_member() {
+            return;
+        }
+        if !self.is_sequencer() {
+            self.transmits.push_back((
+                from,
+                Message::Redirect {
+                    sequencer: self.sequencer.clone(),
+                },
+            ));
+            return;
+        }
+        if self.view.contains(&from) {
+            // A retry: it has not got its state yet. Snapshot at our current point.
+            self.snapshot_requests.insert(from.clone());
+            self.outputs
+                .push_back(Output::TakeSnapshot { for_member: from });
+            return;
+        }
+        let mut members = self.view.members.clone();
+        members.push(from.clone());
+        let view = View {
+            id: self.max_view_seen + 1,
+            members,
+        };
+        self.order(Item::View(view));
+        self.snapshot_requests.insert(from.clone());
+        self.outputs
+            .push_back(Output::TakeSnapshot { for_member: from });
+    }
+
+    fn exclude_suspects(&mut self) {
+        if !self.is_sequencer() {
+            return;
+        }
+        let survivors: Vec<Id> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| !self.suspected.contains(*m))
+            .cloned()
+            .collect();
+        if survivors.len() != self.view.members.len() {
+            let view = View {
+                id: self.max_view_seen + 1,
+                members: survivors,
+            };
+            self.order(Item::View(view));
+        }
+    }
+
+    // ----- every member -----
+
+    fn on_ordered(&mut self, from: &Id, gseq: u64, item: Item<Id>) {
+        if gseq <= self.delivered || self.log.contains_key(&gseq) {
+            return;
+        }
+        // Ordered items count only from the sequencer we follow. A flush leader also
+        // collects them from survivors; a joiner takes them from whoever adds it.
+        let trusted =
+            *from == self.sequencer || self.flush.is_some() || self.phase == Phase::Joining;
+        if !trusted {
+            return;
+        }
+        if self.log.len() >= self.config.max_buffered && gseq > self.delivered + 1 {
+            return; // Re-fetched later.
+        }
+        self.ordered_known = self.ordered_known.max(gseq);
+        self.log.insert(gseq, item);
+        self.deliver_ready();
+        if self.phase == Phase::Member && self.ordered_known > self.delivered {
+            self.request_gap();
+        }
+        if self.flush.is_some() {
+            self.try_finish_flush();
+        }
+    }
+
+    fn deliver_ready(&mut self) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        while let Some(item) = self.log.get(&(self.delivered + 1)).cloned() {
+            self.delivered += 1;
+            match item {
+                Item::Event(event) => {
+                    let upto = self.ordered_seqs.entry(event.sender.clone()).or_insert(0);
+                    *upto = (*upto).max(event.seq);
+                    if event.sender == self.me {
+                        self.in_flight.remove(&event.seq);
+                    }
+                    self.outputs.push_back(Output::Deliver {
+                        gseq: self.delivered,
+                        event,
+                    });
+                }
+                Item::View(view) => {
+                    self.install_view(view);
+                    if self.phase == Phase::Gone {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn install_view(&mut self, view: View<Id>) {
+        self.max_view_seen = self.max_view_seen.max(view.id);
+        self.leader_term = self.leader_term.max(view.id);
+        let removed: Vec<Id> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| !view.contains(m))
+            .cloned()
+            .collect();
+        self.view = view.clone();
+        if let Some(seq) = view.sequencer() {
+            self.sequencer = seq.clone();
+        }
+        for gone in &removed {
+            self.member_delivered.remove(gone);
+            self.waiting_submits.remove(gone);
+            self.suspected.remove(gone);
+        }
+        self.outputs.push_back(Output::View(view.clone()));
+        if !view.contains(&self.me) {
+            self.phase = Phase::Gone;
+            self.outputs.push_back(Output::Excluded);
+            return;
+        }
+        if self.sequencer == self.me {
+            self.become_sequencer();
+        }
+        // Resend our pending submits to whoever orders now.
+        self.last_retry = 0;
+    }
+
+    /// Start ordering after everything delivered here.
+    fn become_sequencer(&mut self) {
+        self.next_gseq = self.next_gseq.max(self.delivered + 1);
+        for (sender, seq) in &self.ordered_seqs {
+            let a = self.assigned.entry(sender.clone()).or_insert(0);
+            *a = (*a).max(*seq);
+        }
+    }
+
+    fn request_gap(&mut self) {
+        if self.ordered_known > self.delivered {
+            let target = self.repair_source();
+            self.transmits.push_back((
+                target,
+                Message::Nack {
+                    from: self.delivered + 1,
+                    to: self.ordered_known,
+                },
+            ));
+        }
+    }
+
+    /// Who to ask for missing items: the sequencer, or while we lead a flush, the
+    /// survivor that reported the most.
+    fn repair_source(&self) -> Id {
+        if let Some(flush) = &self.flush
+            && let Some((id, _)) = flush
+                .replies
+                .iter()
+                .filter(|(id, _)| **id != self.me)
+                .max_by_key(|(_, r)| **r)
+        {
+            return id.clone();
+        }
+        self.sequencer.clone()
+    }
+
+    fn on_nack(&mut self, from: Id, first: u64, to: u64) {
+        if self.flush.is_some() {
+            // Until the flush ends, items past the survivors' common point may still
+            // be replaced; serving them now could hand out items that never count.
+            return;
+        }
+        let to = to.min(first + 10_000);
+        for (gseq, item) in self.log.range(first..=to) {
+            self.transmits.push_back((
+                from.clone(),
+                Message::Ordered {
+                    gseq: *gseq,
+                    item: item.clone(),
+                },
+            ));
+        }
+    }
+
+    fn on_heartbeat(&mut self, from: Id, view: u64, delivered: u64, ordered: u64, stable: u64) {
+        self.max_view_seen = self.max_view_seen.max(view);
+        if self.view.contains(&from) {
+            self.member_delivered.insert(from.clone(), delivered);
+        }
+        if self.phase == Phase::Member && ordered > self.ordered_known {
+            self.ordered_known = ordered;
+            self.request_gap();
+        }
+        if from == self.sequencer && stable > self.stable {
+            self.stable = stable.min(self.delivered);
+            self.collect_stable();
+        }
+        if self.is_sequencer() {
+            self.collect_stable();
+        }
+    }
+
+    fn collect_stable(&mut self) {
+        if self.is_sequencer() {
+            let mut stable = self.delivered;
+            for m in &self.view.members {
+                if *m != self.me {
+                    stable = stable.min(self.member_delivered.get(m).copied().unwrap_or(0));
+                }
+            }
+            self.stable = self.stable.max(stable);
+        }
+        // Keep what is not yet stable, for retransmission and flushes.
+        let keep_from = self.stable + 1;
+        self.log = self.log.split_off(&keep_from);
+    }
+
+    fn on_state(
+        &mut self,
+        at: u64,
+        view: View<Id>,
+        ordered_seqs: Vec<(Id, u64)>,
+        snapshot: Vec<u8>,
+    ) {
+        if self.phase != Phase::Joining || !view.contains(&self.me) {
+            return;
+        }
+        self.phase = Phase::Member;
+        self.delivered = at;
+        self.ordered_known = self.ordered_known.max(at);
+        self.stable = at;
+        self.max_view_seen = self.max_view_seen.max(view.id);
+        self.view = view.clone();
+        self.sequencer = view.sequencer().cloned().unwrap_or(self.me.clone());
+        self.ordered_seqs = ordered_seqs.into_iter().collect();
+        self.log = self.log.split_off(&(at + 1));
+        self.leader_term = self.leader_term.max(view.id);
+        self.outputs.push_back(Output::InstallSnapshot { snapshot });
+        self.outputs.push_back(Output::View(view));
+        if self.sequencer == self.me {
+            self.become_sequencer();
+        }
+        self.deliver_ready();
+        self.request_gap();
+    }
+
+    // ----- failure detection and flush -----
+
+    fn send_heartbeats(&mut self) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        let stable = if self.is_sequencer() { self.stable } else { 0 };
+        for member in &self.view.members {
+            if *member != self.me {
+                self.transmits.push_back((
+                    member.clone(),
+                    Message::Heartbeat {
+                        view: self.view.id,
+                        delivered: self.delivered,
+                        ordered: self.ordered_known,
+                        stable,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn detect_failures(&mut self, now: Millis) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        for member in &self.view.members {
+            if *member == self.me {
+                continue;
+            }
+            let heard = *self.last_heard.entry(member.clone()).or_insert(now);
+            if now.saturating_sub(heard) > self.config.suspect_after {
+                self.suspected.insert(member.clone());
+            }
+        }
+        if self.suspected.is_empty() {
+            return;
+        }
+        if self.is_sequencer() {
+            self.exclude_suspects();
+            return;
+        }
+        // Is the sequencer gone, and are we the smallest survivor?
+        if self.suspected.contains(&self.sequencer) {
+            let survivors: Vec<&Id> = self
+                .view
+                .members
+                .iter()
+                .filter(|m| !self.suspected.contains(*m))
+                .collect();
+            if survivors.first() == Some(&&self.me) && self.flush.is_none() {
+                self.start_flush(now);
+            }
+        }
+    }
+
+    fn start_flush(&mut self, now: Millis) {
+        let view = self.max_view_seen + 1;
+        self.max_view_seen = view;
+        tracing::debug!(
+            "{:?}: sequencer {:?} suspected; flushing for view {view}",
+            self.me,
+            self.sequencer
+        );
+        let mut replies = BTreeMap::new();
+        replies.insert(self.me.clone(), self.delivered);
+        self.leader_term = view;
+        self.flush = Some(Flush {
+            view,
+            replies,
+            started: now,
+        });
+        self.sequencer = self.me.clone();
+        self.send_flush_requests();
+    }
+
+    fn send_flush_requests(&mut self) {
+        let Some(flush) = &self.flush else { return };
+        let view = flush.view;
+        let pending: Vec<Id> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| {
+                **m != self.me && !self.suspected.contains(*m) && !flush.replies.contains_key(*m)
+            })
+            .cloned()
+            .collect();
+        for m in pending {
+            self.transmits.push_back((m, Message::Flush { view }));
+        }
+    }
+
+    fn on_flush(&mut self, from: Id, view: u64) {
+        if self.phase != Phase::Member || view <= self.view.id || !self.view.contains(&from) {
+            return;
+        }
+        self.max_view_seen = self.max_view_seen.max(view);
+        if let Some(mine) = &self.flush
+            && (mine.view > view || (mine.view == view && self.me < from))
+        {
+            return; // Our own flush wins.
+        }
+        let same_leader_again = view == self.leader_term && from == self.sequencer;
+        if view < self.leader_term || (view == self.leader_term && !same_leader_again) {
+            return; // Promised to another leader for this term.
+        }
+        self.flush = None;
+        self.leader_term = view;
+        self.sequencer = from.clone();
+        self.suspected.remove(&from);
+        // Out-of-order items from the old sequencer beyond what we report may never
+        // be ordered by anyone; the new leader decides what follows.
+        let received = self.contiguous_received();
+        let _beyond = self.log.split_off(&(received + 1));
+        self.ordered_known = received;
+        self.transmits
+            .push_back((from, Message::FlushReply { view, received }));
+        self.last_retry = 0;
+    }
+
+    fn contiguous_received(&self) -> u64 {
+        let mut upto = self.delivered;
+        while self.log.contains_key(&(upto + 1)) {
+            upto += 1;
+        }
+        upto
+    }
+
+    fn on_flush_reply(&mut self, from: Id, view: u64, received: u64) {
+        let Some(flush) = &mut self.flush else { return };
+        if flush.view != view {
+            return;
+        }
+        flush.replies.insert(from.clone(), received);
+        // Fetch what the most advanced survivor has and we lack.
+        if received > self.contiguous_received() {
+            self.ordered_known = self.ordered_known.max(received);
+            self.transmits.push_back((
+                from,
+                Message::Nack {
+                    from: self.contiguous_received() + 1,
+                    to: received,
+                },
+            ));
+        }
+        self.try_finish_flush();
+    }
+
+    fn try_finish_flush(&mut self) {
+        let Some(flush) = &self.flush else { return };
+        let waiting_for_replies = self.view.members.iter().any(|m| {
+            *m != self.me && !self.suspected.contains(m) && !flush.replies.contains_key(m)
+        });
+        if waiting_for_replies {
+            return;
+        }
+        let target = flush.replies.values().copied().max().unwrap_or(0);
+        if self.delivered < target {
+            return;
+        }
+        let view_id = flush.view;
+        let members: Vec<Id> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| **m == self.me || flush.replies.contains_key(*m))
+            .cloned()
+            .collect();
+        self.flush = None;
+        self.sequencer = self.me.clone();
+        // Everything up to `target` is delivered here; items beyond the old
+        // sequencer's last one never reached any survivor and are dropped.
+        let _beyond = self.log.split_off(&(self.delivered + 1));
+        self.next_gseq = self.delivered + 1;
+        self.leader_term = self.leader_term.max(view_id);
+        self.become_sequencer();
+        self.ordered_known = self.delivered;
+        self.max_view_seen = self.max_view_seen.max(view_id);
+        let view = View {
+            id: view_id,
+            members,
+        };
+        self.order(Item::View(view));
+    }
+
+    // ----- our own submits -----
+
+    fn pump_submits(&mut self, _now: Millis) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some((timestamp_ms, payload)) = self.queued.pop_front() else {
+                break;
+            };
+            let seq = self.next_seq - self.queued.len() as u64 - 1;
+            self.in_flight.insert(seq, (timestamp_ms, payload.clone()));
+            self.send_submit(seq, timestamp_ms, payload);
+        }
+    }
+
+    fn send_submit(&mut self, seq: u64, timestamp_ms: u64, payload: Vec<u8>) {
+        if self.is_sequencer() {
+            self.on_submit_local(seq, timestamp_ms, payload);
+        } else if self.flush.is_none() {
+            self.transmits.push_back((
+                self.sequencer.clone(),
+                Message::Submit {
+                    seq,
+                    timestamp_ms,
+                    payload,
+                },
+            ));
+        }
+    }
+
+    fn on_submit_local(&mut self, seq: u64, timestamp_ms: u64, payload: Vec<u8>) {
+        let me = self.me.clone();
+        if seq <= self.sender_ordered_upto(&me) {
+            return;
+        }
+        self.waiting_submits
+            .entry(me.clone())
+            .or_default()
+            .insert(seq, (timestamp_ms, payload));
+        self.order_ready_submits(&me);
+    }
+
+    fn retry(&mut self, now: Millis) {
+        match self.phase {
+            Phase::Gone => {}
+            Phase::Joining => {
+                if let Some(contact) = self.contact.clone() {
+                    self.transmits.push_back((contact, Message::JoinRequest));
+                }
+            }
+            Phase::Member => {
+                let upto = self.ordered_seqs.get(&self.me).copied().unwrap_or(0);
+                self.in_flight.retain(|seq, _| *seq > upto);
+                let pending: Vec<(u64, u64, Vec<u8>)> = self
+                    .in_flight
+                    .iter()
+                    .map(|(s, (t, p))| (*s, *t, p.clone()))
+                    .collect();
+                for (seq, t, p) in pending {
+                    self.send_submit(seq, t, p);
+                }
+                self.request_gap();
+                if self.flush.is_some() {
+                    self.send_flush_requests();
+                    self.flush_timeouts(now);
+                }
+            }
+        }
+    }
+
+    fn flush_timeouts(&mut self, now: Millis) {
+        let Some(flush) = &self.flush else { return };
+        if now.saturating_sub(flush.started) > self.config.suspect_after {
+            // Survivors that did not answer in time are treated as failed.
+            let silent: Vec<Id> = self
+                .view
+                .members
+                .iter()
+                .filter(|m| **m != self.me && !flush.replies.contains_key(*m))
+                .cloned()
+                .collect();
+            self.suspected.extend(silent);
+        }
+        self.try_finish_flush();
+    }
+}
