@@ -5,8 +5,10 @@ use crate::keys::{Identity, PublicKey};
 use crate::name::Name;
 use crate::protocol::{ErrorCode, Request, Response, create_zone_message, decode_response, encode};
 use crate::record::{Delegation, ObjectRecord, Signed};
-use crate::verify::{VerifiedRecord, VerifyError, verify_chain, verify_logic, verify_record};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use crate::verify::{
+    VerifiedChain, VerifiedRecord, VerifyError, verify_chain, verify_logic, verify_record,
+};
+use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -212,16 +214,19 @@ pub enum ResolveError {
 }
 
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_versions");
+const SEEN_ZONES: TableDefinition<&str, u64> = TableDefinition::new("seen_delegations");
 
-/// The highest version this client has accepted per name, kept in a redb file so
-/// that a rollback is refused even across runs.
+/// What this client has accepted before: the highest version per name and per
+/// delegated zone. Kept in a redb file so that rollbacks, and answers that leave out
+/// a delegation seen before, are refused even across runs.
 pub struct SeenVersions {
     db: Database,
     path: String,
 }
 
 impl SeenVersions {
-    /// Open or create the file.
+    /// Open or create the file. Another `lo` process may hold it for a moment (redb
+    /// locks it); we retry for a few seconds before giving up.
     pub fn open(path: &Path) -> Result<Self, ResolveError> {
         let err = |e: &dyn std::fmt::Display| ResolveError::Seen {
             path: path.display().to_string(),
@@ -230,44 +235,114 @@ impl SeenVersions {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         }
-        let db = Database::create(path).map_err(|e| err(&e))?;
-        let txn = db.begin_write().map_err(|e| err(&e))?;
-        txn.open_table(SEEN).map_err(|e| err(&e))?;
-        txn.commit().map_err(|e| err(&e))?;
-        Ok(SeenVersions {
-            db,
-            path: path.display().to_string(),
-        })
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(err(&e)),
+            }
+        };
+        Self::with_tables(db, path.display().to_string())
     }
 
-    /// Refuse `version` if an older-than-seen; otherwise remember it.
-    pub fn check_and_record(&self, name: &str, version: u64) -> Result<(), ResolveError> {
+    /// Memory only: remembers for the lifetime of this value.
+    pub fn in_memory() -> Result<Self, ResolveError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| ResolveError::Seen {
+                path: "(memory)".into(),
+                reason: e.to_string(),
+            })?;
+        Self::with_tables(db, "(memory)".into())
+    }
+
+    fn with_tables(db: Database, path: String) -> Result<Self, ResolveError> {
+        let seen = SeenVersions { db, path };
+        seen.write(|txn| {
+            txn.open_table(SEEN)?;
+            txn.open_table(SEEN_ZONES)?;
+            Ok(Ok(()))
+        })?;
+        Ok(seen)
+    }
+
+    /// Run `f` in one write transaction (so check-and-record is atomic, also against
+    /// other processes) and commit.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<Result<T, VerifyError>, redb::Error>,
+    ) -> Result<T, ResolveError> {
         let err = |e: &dyn std::fmt::Display| ResolveError::Seen {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        let seen = {
-            let txn = self.db.begin_read().map_err(|e| err(&e))?;
-            let table = txn.open_table(SEEN).map_err(|e| err(&e))?;
-            table.get(name).map_err(|e| err(&e))?.map(|v| v.value())
-        };
-        match seen {
-            Some(seen) if seen > version => Err(VerifyError::Rollback {
-                name: name.to_string(),
-                seen,
-                got: version,
+        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        match f(&txn).map_err(|e| err(&e))? {
+            Ok(value) => {
+                txn.commit().map_err(|e| err(&e))?;
+                Ok(value)
             }
-            .into()),
-            Some(seen) if seen == version => Ok(()),
-            _ => {
-                let txn = self.db.begin_write().map_err(|e| err(&e))?;
-                {
-                    let mut table = txn.open_table(SEEN).map_err(|e| err(&e))?;
-                    table.insert(name, version).map_err(|e| err(&e))?;
-                }
-                txn.commit().map_err(|e| err(&e))
-            }
+            Err(refusal) => Err(refusal.into()),
         }
+    }
+
+    /// Refuse `version` of `name` if older than one seen; otherwise remember it.
+    pub fn check_and_record(&self, name: &str, version: u64) -> Result<(), ResolveError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SEEN)?;
+            let seen = table.get(name)?.map(|v| v.value());
+            if let Some(seen) = seen
+                && seen > version
+            {
+                return Ok(Err(VerifyError::Rollback {
+                    name: name.to_string(),
+                    seen,
+                    got: version,
+                }));
+            }
+            table.insert(name, version)?;
+            Ok(Ok(()))
+        })
+    }
+
+    /// Check a verified chain for `name` against what was seen before: no delegation
+    /// older than one seen, and no zone enclosing `name` that was seen delegated but
+    /// is missing from the chain (a shortened chain would let the parent zone's key
+    /// sign inside a zone it handed away). Remembers the chain's delegations.
+    pub fn check_chain(&self, name: &Name, chain: &VerifiedChain) -> Result<(), ResolveError> {
+        self.write(|txn| {
+            let mut zones = txn.open_table(SEEN_ZONES)?;
+            for d in &chain.delegations {
+                let seen = zones.get(d.zone.as_str())?.map(|v| v.value());
+                if let Some(seen) = seen
+                    && seen > d.version
+                {
+                    return Ok(Err(VerifyError::Rollback {
+                        name: d.zone.clone(),
+                        seen,
+                        got: d.version,
+                    }));
+                }
+                zones.insert(d.zone.as_str(), d.version)?;
+            }
+            let (deepest, _) = chain.deepest();
+            let mut folders = name.ancestors();
+            if name.is_folder() {
+                folders.push(name.clone());
+            }
+            for folder in folders {
+                if folder.as_str().len() > deepest.len() && zones.get(folder.as_str())?.is_some() {
+                    return Ok(Err(VerifyError::MissingDelegation {
+                        name: name.to_string(),
+                        zone: folder.to_string(),
+                    }));
+                }
+            }
+            Ok(Ok(()))
+        })
     }
 }
 
@@ -284,8 +359,7 @@ pub struct VerifiedListing {
 pub struct Resolver {
     client: Client,
     root: PublicKey,
-    seen: Option<SeenVersions>,
-    in_memory_seen: Mutex<HashMap<String, u64>>,
+    seen: SeenVersions,
     cache: Mutex<HashMap<String, (VerifiedRecord, Instant)>>,
     cache_ttl: Duration,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -295,11 +369,13 @@ impl Resolver {
     /// A resolver trusting `root`. Without `seen`, rollbacks are only refused within
     /// this resolver's lifetime.
     pub fn new(client: Client, root: PublicKey, seen: Option<SeenVersions>) -> Self {
+        let seen = seen.unwrap_or_else(|| {
+            SeenVersions::in_memory().expect("an in-memory database always opens")
+        });
         Resolver {
             client,
             root,
             seen,
-            in_memory_seen: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             cache_ttl: Duration::from_secs(30),
             clock: Box::new(crate::server::unix_now),
@@ -352,32 +428,14 @@ impl Resolver {
             }
             .into());
         }
-        self.check_version(name, verified.record.version)?;
+        let parsed = Name::parse(name).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        self.seen.check_chain(&parsed, &verified.chain)?;
+        self.seen.check_and_record(name, verified.record.version)?;
         self.cache
             .lock()
             .expect("cache lock")
             .insert(name.to_string(), (verified.clone(), Instant::now()));
         Ok(verified)
-    }
-
-    fn check_version(&self, name: &str, version: u64) -> Result<(), ResolveError> {
-        {
-            let mut seen = self.in_memory_seen.lock().expect("seen lock");
-            let entry = seen.entry(name.to_string()).or_insert(0);
-            if *entry > version {
-                return Err(VerifyError::Rollback {
-                    name: name.to_string(),
-                    seen: *entry,
-                    got: version,
-                }
-                .into());
-            }
-            *entry = version;
-        }
-        if let Some(seen) = &self.seen {
-            seen.check_and_record(name, version)?;
-        }
-        Ok(())
     }
 
     /// The logic of a verified record, checked against its hash.
@@ -409,8 +467,9 @@ impl Resolver {
             other => return Err(unexpected(&other).into()),
         };
         let now = (self.clock)();
-        verify_chain(self.root, &chain, now)?;
         let folder_name = Name::parse(folder).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let verified_chain = verify_chain(self.root, &chain, now)?;
+        self.seen.check_chain(&folder_name, &verified_chain)?;
         let mut verified = Vec::with_capacity(records.len());
         for signed in &records {
             let v = verify_record(self.root, &chain, signed, now)?;
@@ -421,7 +480,8 @@ impl Resolver {
                 ))
                 .into());
             }
-            self.check_version(&v.record.name, v.record.version)?;
+            self.seen
+                .check_and_record(&v.record.name, v.record.version)?;
             verified.push(v);
         }
         Ok(VerifiedListing {

@@ -31,6 +31,9 @@ pub struct Directory {
     store: Store,
     root: Identity,
     max_blob_bytes: usize,
+    /// Held across each write's checks and its commit, so two concurrent writes can
+    /// never both pass a check (zone free, version newer) that only one may pass.
+    writes: std::sync::Mutex<()>,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -52,6 +55,7 @@ impl Directory {
             store,
             root,
             max_blob_bytes,
+            writes: std::sync::Mutex::new(()),
         }
     }
 
@@ -78,10 +82,17 @@ impl Directory {
                 max_blob_bytes: self.max_blob_bytes as u64,
             }),
             Request::CreateZone { zone, owner, proof } => {
+                let _write = self.writes.lock().expect("write lock");
                 self.create_zone(&zone, owner, &proof, now)
             }
-            Request::Delegate(signed) => self.delegate(signed, now),
-            Request::Publish { record, blob } => self.publish(record, blob, now),
+            Request::Delegate(signed) => {
+                let _write = self.writes.lock().expect("write lock");
+                self.delegate(signed, now)
+            }
+            Request::Publish { record, blob } => {
+                let _write = self.writes.lock().expect("write lock");
+                self.publish(record, blob, now)
+            }
             Request::Resolve(name) => self.resolve(&name),
             Request::List(folder) => self.list(&folder),
             Request::HasBlob(hash) => self
@@ -105,11 +116,18 @@ impl Directory {
     /// re-verified) delegations. `None` if only the root encloses it.
     fn zone_owner(&self, name: &Name, now: u64) -> Result<Option<(String, PublicKey)>, Response> {
         let chain = self.store.chain_for(name).map_err(internal)?;
-        let verified = verify_chain(self.root.public(), &chain, now).map_err(|e| {
-            refuse(
+        let verified = verify_chain(self.root.public(), &chain, now).map_err(|e| match e {
+            crate::verify::VerifyError::Expired { name: zone, .. } => refuse(
+                ErrorCode::Expired,
+                format!(
+                    "the delegation of zone {zone} has expired; its owner must renew it \
+                     (the enclosing zone's owner signs a new version)"
+                ),
+            ),
+            e => refuse(
                 ErrorCode::Internal,
                 format!("stored delegations for {name} do not verify: {e}"),
-            )
+            ),
         })?;
         Ok(verified.delegations.last().map(|d| (d.zone.clone(), d.key)))
     }
@@ -425,24 +443,42 @@ impl Server {
     }
 }
 
+/// Requests read at once, server-wide. A request may carry a logic blob up to the
+/// cap, so this bounds the memory unauthenticated clients can make the server hold
+/// (at most this many times the blob cap) before anything is checked.
+pub const MAX_CONCURRENT_REQUESTS: usize = 8;
+
 async fn accept_loop(endpoint: quinn::Endpoint, directory: Arc<Directory>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
     while let Some(incoming) = endpoint.accept().await {
         let directory = directory.clone();
+        let permits = permits.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(connection) => serve_connection(connection, directory).await,
+                Ok(connection) => serve_connection(connection, directory, permits).await,
                 Err(e) => tracing::debug!("handshake failed: {e}"),
             }
         });
     }
 }
 
-async fn serve_connection(connection: quinn::Connection, directory: Arc<Directory>) {
+async fn serve_connection(
+    connection: quinn::Connection,
+    directory: Arc<Directory>,
+    permits: Arc<tokio::sync::Semaphore>,
+) {
     let peer = connection.remote_address();
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, directory.clone(), peer));
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let directory = directory.clone();
+                tokio::spawn(async move {
+                    serve_stream(send, recv, directory, peer).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::debug!("connection from {peer} ended: {e}");

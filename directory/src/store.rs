@@ -200,6 +200,16 @@ impl Store {
         self.raw_set(DELEGATIONS, zone.as_bytes(), bytes)
     }
 
+    /// Remove a delegation, bypassing every check (tests only).
+    pub fn raw_remove_delegation(&self, zone: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(DELEGATIONS).map_err(db_err)?;
+            table.remove(zone).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// Overwrite a blob, bypassing every check (tests only).
     pub fn raw_set_blob(&self, hash: &[u8; 32], bytes: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;

@@ -31,6 +31,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
             .expect("10 s is a valid idle timeout"),
     ));
     t.keep_alive_interval(Some(Duration::from_secs(3)));
+    // Requests are short; few need to be open at once on one connection.
+    t.max_concurrent_bidi_streams(16u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
 }
 

@@ -97,6 +97,16 @@ pub enum VerifyError {
         /// Version offered.
         got: u64,
     },
+    /// An answer whose chain leaves out a delegation this client has seen before.
+    #[error(
+        "the answer for {name} leaves out the delegation of {zone}, seen before; refusing a cut-short chain"
+    )]
+    MissingDelegation {
+        /// The name resolved.
+        name: String,
+        /// The zone whose delegation is missing.
+        zone: String,
+    },
     /// Logic bytes whose hash does not match the record.
     #[error("logic for {name} has sha256 {got}, but the record says {expected}")]
     HashMismatch {

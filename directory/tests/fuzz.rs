@@ -8,6 +8,8 @@ use liveobjects_directory::server::Directory;
 use liveobjects_directory::store::Store;
 use proptest::prelude::*;
 
+const NOW: u64 = 1_800_000_000;
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -39,6 +41,70 @@ proptest! {
         if let Ok(request) = decode_request(&bytes) {
             DIR.with(|(_, d)| { let _ = d.handle(request, 1_800_000_000); });
         }
+    }
+
+    #[test]
+    fn signed_writes_with_arbitrary_fields_are_checked_not_trusted(
+        suffix in "[a-z0-9]{1,8}",
+        version in 0u64..5,
+        ttl in 0u64..100,
+        logic in proptest::collection::vec(any::<u8>(), 0..64),
+        send_blob in any::<bool>(),
+        by_owner in any::<bool>(),
+        delegate in any::<bool>(),
+    ) {
+        thread_local! {
+            static ZONED: (tempfile::TempDir, Directory, Identity) = {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(&dir.path().join("zoned.redb")).unwrap();
+                let root = Identity::generate();
+                let directory = Directory::new(store, root, 4096);
+                let owner = Identity::generate();
+                let proof = owner.sign(
+                    &liveobjects_directory::protocol::create_zone_message("lo://acme/"),
+                );
+                let answer = directory.handle(
+                    liveobjects_directory::protocol::Request::CreateZone {
+                        zone: "lo://acme/".into(),
+                        owner: owner.public(),
+                        proof,
+                    },
+                    NOW,
+                );
+                assert!(matches!(answer, liveobjects_directory::protocol::Response::Stored));
+                (dir, directory, owner)
+            };
+        }
+        ZONED.with(|(_, directory, owner)| {
+            let stranger = Identity::generate();
+            let signer = if by_owner { owner } else { &stranger };
+            let request = if delegate {
+                let d = Delegation::new(
+                    &format!("lo://acme/{suffix}/"), stranger.public(), version, NOW, ttl,
+                );
+                liveobjects_directory::protocol::Request::Delegate(Signed::sign(&d, signer))
+            } else {
+                let name = format!("lo://acme/{suffix}");
+                let before = directory.store().get_record(&name).unwrap()
+                    .map(|r| r.open().unwrap().version);
+                let r = ObjectRecord::new(&name, version, &logic, NOW, ttl);
+                let request = liveobjects_directory::protocol::Request::Publish {
+                    record: Signed::sign(&r, signer),
+                    blob: send_blob.then(|| logic.clone()),
+                };
+                let answer = directory.handle(request, NOW);
+                let after = directory.store().get_record(&name).unwrap()
+                    .map(|r| r.open().unwrap().version);
+                // Versions never go back, and only the owner's records are stored.
+                prop_assert!(after >= before);
+                if let liveobjects_directory::protocol::Response::Stored = answer {
+                    prop_assert!(by_owner && ttl > 0 && Some(version) == after);
+                }
+                return Ok(());
+            };
+            let _ = directory.handle(request, NOW);
+            Ok(())
+        })?;
     }
 
     #[test]

@@ -436,3 +436,67 @@ async fn a_client_trusting_another_root_refuses_everything() {
     assert_eq!(client.hello().await.unwrap().0, f.root);
     let _ = Request::Hello;
 }
+
+#[tokio::test]
+async fn a_chain_cut_short_after_a_delegation_was_seen_is_refused() {
+    let f = fixture(1 << 20).await;
+    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let games = Identity::generate();
+    let now = unix_now();
+    let delegation = Delegation::new("lo://acme/games/", games.public(), 1, now, 3600);
+    client
+        .delegate(Signed::sign(&delegation, &f.acme))
+        .await
+        .unwrap();
+    let logic = b"chess".to_vec();
+    client
+        .publish(
+            Signed::sign(&record("lo://acme/games/chess", 1, &logic), &games),
+            Some(logic),
+        )
+        .await
+        .unwrap();
+    let r = resolver(&f).await;
+    r.resolve("lo://acme/games/chess").await.unwrap();
+    // The server (or anyone on the path) drops the delegation and serves a record
+    // signed by the parent zone's key: valid on its own, but the chain is cut short.
+    let store = f.server.directory().store();
+    store.raw_remove_delegation("lo://acme/games/").unwrap();
+    let hijack = Signed::sign(&record("lo://acme/games/chess", 2, b"chess"), &f.acme);
+    store
+        .raw_set_record("lo://acme/games/chess", &hijack.to_bytes())
+        .unwrap();
+    let err = r.resolve_fresh("lo://acme/games/chess").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ResolveError::Verify(VerifyError::MissingDelegation { .. })
+        ),
+        "{err}"
+    );
+    // A client that never saw the delegation cannot tell; that is what the version
+    // memory is for, and why `lo` keeps it on disk.
+}
+
+#[tokio::test]
+async fn concurrent_creations_of_one_zone_give_it_to_exactly_one_owner() {
+    let f = fixture(1 << 20).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let addr = f.server.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(addr).await.unwrap();
+            client
+                .create_zone("lo://contested/", &Identity::generate())
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(e) => assert_eq!(refused(e), ErrorCode::ZoneExists),
+        }
+    }
+    assert_eq!(won, 1);
+}

@@ -7,14 +7,15 @@
 //! fed the same events stay identical.
 
 use crate::runtime::{
-    Delivery, Event, Logic, Notification, Replica, ReplicaError, ReplicaIdentity, Runtime,
+    Delivery, Event, Limit, Logic, Notification, Replica, ReplicaError, ReplicaIdentity, Runtime,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Most events one call may cause, counting events sent while handling events
-/// (objects that answer events with more events). Beyond it the call fails rather
-/// than loop forever.
+/// (objects that answer events with more events). Beyond it the call fails with
+/// [`Limit::EventCascade`] rather than loop forever; the events delivered until then
+/// stay applied, identically on every replica.
 pub const MAX_EVENTS_PER_CALL: usize = 100_000;
 
 /// Where event timestamps come from.
@@ -155,10 +156,13 @@ impl LocalGroup {
         let mut deliveries = Vec::new();
         while let Some((sender, payload)) = pending.pop_front() {
             if events.len() >= MAX_EVENTS_PER_CALL {
-                tracing::warn!(
-                    "a call caused more than {MAX_EVENTS_PER_CALL} events; dropping the rest"
-                );
-                break;
+                return Err(ReplicaError::LimitExceeded {
+                    object: self.replicas[index].identity().object.clone(),
+                    limit: Limit::EventCascade {
+                        limit: MAX_EVENTS_PER_CALL,
+                    },
+                    during: format!("call `{method}`"),
+                });
             }
             let event = self.stamp(&sender, payload);
             for (replica_index, replica) in self.replicas.iter_mut().enumerate() {
@@ -190,6 +194,18 @@ impl LocalGroup {
             events,
             deliveries,
         })
+    }
+
+    /// Install a new membership view on every replica (what a driver does when members
+    /// join or leave). Returns each replica's outcome.
+    pub fn change_view(
+        &mut self,
+        view: &crate::runtime::View,
+    ) -> Vec<Result<Delivery, ReplicaError>> {
+        self.replicas
+            .iter_mut()
+            .map(|r| r.view_changed(view))
+            .collect()
     }
 
     /// Deliver an event that came from elsewhere (e.g. replayed from a log) to every

@@ -316,7 +316,13 @@ fn acknowledged_publishes_survive_a_kill_9_mid_burst() {
             }));
         }
         // Kill the server once some publishes were acknowledged, while others fly.
+        let wait_until = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while acked.lock().unwrap().len() < 60 {
+            assert!(
+                std::time::Instant::now() < wait_until,
+                "only {} publishes acknowledged in 30 s",
+                acked.lock().unwrap().len()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         server.kill9();

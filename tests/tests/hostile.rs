@@ -284,3 +284,39 @@ fn rollback_after_a_trap_restores_state_past_a_checkpoint() {
     assert_eq!(group.replica_mut(0).snapshot().unwrap(), before);
     assert_eq!(total(group.replica_mut(0)), (3 * 499_500 + 7).to_string());
 }
+
+#[test]
+fn rollback_replays_each_entry_with_the_view_it_first_saw() {
+    use liveobjects_host::runtime::View;
+    let runtime = runtime_with(Limits {
+        fuel_per_call: 50_000_000,
+        ..Limits::default()
+    });
+    let mut group = hostile_group(&runtime, &["m1", "m2"]);
+    let view = |id: u64| View {
+        id,
+        members: vec!["m1".into(), "m2".into()],
+    };
+    assert!(group.change_view(&view(2)).iter().all(|r| r.is_ok()));
+    group.call(0, "observe", &[]).unwrap();
+    assert!(group.change_view(&view(3)).iter().all(|r| r.is_ok()));
+    group.call(1, "observe", &[]).unwrap();
+    let before = group.replica_mut(0).snapshot().unwrap();
+    let seen = group
+        .replica_mut(0)
+        .call_wave("observations", &[])
+        .unwrap()
+        .results_wave();
+    assert!(
+        seen[0].contains("view-id: 2") && seen[0].contains("view-id: 3"),
+        "{}",
+        seen[0]
+    );
+    // A trap forces a rebuild from the checkpoint and a replay of the log.
+    assert!(group.replica_mut(0).call_wave("spin", &[]).is_err());
+    assert_eq!(group.replica_mut(0).snapshot().unwrap(), before);
+    assert_eq!(
+        group.replica_mut(0).snapshot().unwrap(),
+        group.replica_mut(1).snapshot().unwrap()
+    );
+}

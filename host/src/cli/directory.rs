@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use liveobjects_directory::client::{Client, ClientError, Resolver, SeenVersions};
+use liveobjects_directory::client::{Client, ClientError, ResolveError, Resolver, SeenVersions};
 use liveobjects_directory::keys::{Identity, PublicKey, default_identity_path};
 use liveobjects_directory::name::Name;
 use liveobjects_directory::protocol::{DEFAULT_MAX_BLOB_BYTES, ErrorCode};
@@ -12,7 +12,7 @@ use liveobjects_directory::record::{
     Security, Signed,
 };
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
-use liveobjects_directory::verify::VerifiedRecord;
+use liveobjects_directory::verify::{VerifiedRecord, verify_chain};
 use liveobjects_host::runtime::Runtime;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -126,6 +126,10 @@ pub struct PublishArgs {
     /// Validity of the record in seconds.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     ttl: u64,
+    /// Publish as this version (default: one above the current verified record; use
+    /// it to replace a record that no longer verifies).
+    #[arg(long)]
+    version: Option<u64>,
     #[command(flatten)]
     key: KeyArg,
     #[command(flatten)]
@@ -267,18 +271,23 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 target,
             } => {
                 let owner = load_identity(&key)?;
+                let root = root_key(&target)?;
                 let client = Client::connect(target.directory).await?;
-                // Bump the version of an existing delegation of this zone.
-                let existing = client
-                    .delegation_unverified(&zone)
-                    .await
-                    .unwrap_or_default();
-                let version = existing
+                // Bump the version of an existing delegation of this zone, read from a
+                // verified chain (an unverified one could push the version to the end).
+                let chain = client.delegation_unverified(&zone).await?;
+                let verified = verify_chain(root, &chain, unix_now())
+                    .with_context(|| format!("verifying the delegations above {zone}"))?;
+                let version = verified
+                    .delegations
                     .iter()
-                    .filter_map(|d| d.open().ok())
-                    .filter(|d| d.zone == zone)
-                    .map(|d| d.version + 1)
-                    .max()
+                    .find(|d| d.zone == zone)
+                    .map(|d| {
+                        d.version
+                            .checked_add(1)
+                            .context("delegation version overflow")
+                    })
+                    .transpose()?
                     .unwrap_or(1);
                 let mut delegation = Delegation::new(&zone, to, version, unix_now(), ttl);
                 delegation.servers = servers;
@@ -318,17 +327,29 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
     }
     let hash: [u8; 32] = Sha256::digest(&bytes).into();
     tokio()?.block_on(async move {
-        let client = Client::connect(args.target.directory).await?;
-        let current = match client.resolve_unverified(name.as_str()).await {
-            Ok((signed, _)) => signed.open().map(|r| r.version).unwrap_or(0),
-            Err(ClientError::Refused {
-                code: ErrorCode::NotFound,
-                ..
-            }) => 0,
-            Err(e) => return Err(e.into()),
+        let resolver = resolver(&args.target).await?;
+        let version = match args.version {
+            Some(v) => v,
+            None => match resolver.resolve_fresh(name.as_str()).await {
+                Ok(current) => current
+                    .record
+                    .version
+                    .checked_add(1)
+                    .context("the record's version cannot grow any more")?,
+                Err(ResolveError::Client(ClientError::Refused {
+                    code: ErrorCode::NotFound,
+                    ..
+                })) => 1,
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "reading the current version of {name} (pass --version N to publish \
+                         over a record that does not verify)"
+                    )));
+                }
+            },
         };
-        let mut record =
-            ObjectRecord::new(name.as_str(), current + 1, &bytes, unix_now(), args.ttl);
+        let client = resolver.client();
+        let mut record = ObjectRecord::new(name.as_str(), version, &bytes, unix_now(), args.ttl);
         record.object_type = ObjectType {
             interface,
             category: args.category,

@@ -7,7 +7,9 @@
 
 use super::LogicHash;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -41,7 +43,7 @@ impl CompiledCache {
         bytes: &[u8],
     ) -> wasmtime::Result<Component> {
         let path = self.path_for(hash);
-        if path.exists() {
+        if path.exists() && self.trusted(&path) {
             match deserialize(engine, &path) {
                 Ok(component) => return Ok(component),
                 Err(e) => tracing::warn!(
@@ -57,11 +59,41 @@ impl CompiledCache {
         deserialize_bytes(engine, &compiled)
     }
 
+    /// Loading a cache entry runs its machine code, so only entries in a directory
+    /// and file owned by this user and writable by nobody else are used.
+    fn trusted(&self, path: &Path) -> bool {
+        let me = rustix::process::getuid().as_raw();
+        let private = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.uid() == me && m.permissions().mode() & 0o022 == 0)
+                .unwrap_or(false)
+        };
+        let ok = private(&self.dir) && private(path);
+        if !ok {
+            tracing::warn!(
+                "ignoring compiled cache entry {}: it or its directory is not private to this user \
+                 (fix with chmod 700 on the directory)",
+                path.display()
+            );
+        }
+        ok
+    }
+
     fn store(&self, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        // Write then rename, so a crash never leaves a truncated entry under the real name.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        // Write then rename, so a crash never leaves a truncated entry under the real
+        // name; the temporary name is unique per process and per write.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp.{}.{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&tmp, compiled)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -69,9 +101,10 @@ impl CompiledCache {
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // SAFETY: wasmtime requires the file to be a trusted artifact produced by
-    // `precompile_component` of a compatible engine. The cache directory is private
-    // to this user and is only ever written by `CompiledCache::store` with compiler
-    // output; wasmtime itself checks the engine compatibility header.
+    // `precompile_component` of a compatible engine. `CompiledCache::trusted` checked
+    // that the file and its directory belong to this user and nobody else can write
+    // them; only `CompiledCache::store` writes there, with compiler output; wasmtime
+    // itself checks the engine compatibility header.
     unsafe { Component::deserialize_file(engine, path) }
 }
 

@@ -239,7 +239,11 @@ impl Runtime {
             .wasm_component_model(true)
             // Component-model async is unused; with it on every call costs about twice as much.
             .concurrency_support(false)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            // Replicas on different CPUs must compute the same bits: canonical NaNs and
+            // the deterministic flavour of relaxed SIMD.
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true);
         let engine = Engine::new(&wasm_config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let cache = config.cache_dir.map(|dir| CompiledCache::new(dir, &engine));

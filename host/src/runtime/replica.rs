@@ -159,6 +159,15 @@ pub enum ReplicaError {
         /// Why.
         message: String,
     },
+    /// A replica that could not be rolled back after a failure; it refuses all work
+    /// (re-create it from a snapshot, e.g. by rejoining).
+    #[error("object {object} is out of service: {reason}")]
+    Broken {
+        /// The object.
+        object: String,
+        /// What broke it.
+        reason: String,
+    },
     /// Used before `init`.
     #[error("object {object} was used before init")]
     NotInitialized {
@@ -302,12 +311,17 @@ enum Seed<'a> {
     Call(u64),
 }
 
-/// What the replay log holds: everything that changed the state since the checkpoint.
+/// What the replay log holds: everything that changed the state since the checkpoint,
+/// with what the guest could observe at the time (the view, and the clock for views).
 #[derive(Clone)]
 enum Applied {
     Event(Event),
-    View(View),
+    View { view: View, time_ms: u64 },
 }
+
+/// A log that grows past this many entries because snapshots keep failing stops the
+/// replica: it could neither recover cheaply nor hand its state to a joiner.
+const MAX_LOG_ENTRIES: usize = 64 * CHECKPOINT_EVERY;
 
 /// One sandboxed replica of an object. Not thread-safe by itself; drivers run each
 /// replica on one worker at a time.
@@ -320,8 +334,13 @@ pub struct Replica {
     bindings: Object,
     instance: Instance,
     initialized: bool,
+    /// Set when the replica could not be rolled back; it refuses all further work.
+    broken: Option<String>,
     checkpoint: Option<Vec<u8>>,
+    /// The view the guest saw when the checkpoint was taken.
+    checkpoint_view: View,
     since_checkpoint: Vec<Applied>,
+    next_checkpoint_at: usize,
     last_event_ms: u64,
     calls: u64,
     stats: ReplicaStats,
@@ -353,8 +372,14 @@ impl Replica {
             bindings,
             instance,
             initialized: false,
+            broken: None,
             checkpoint: None,
+            checkpoint_view: View {
+                id: 0,
+                members: Vec::new(),
+            },
             since_checkpoint: Vec::new(),
+            next_checkpoint_at: CHECKPOINT_EVERY,
             last_event_ms: 0,
             calls: 0,
             stats: ReplicaStats::default(),
@@ -387,6 +412,7 @@ impl Replica {
             Ok(Ok(())) => {
                 self.initialized = true;
                 self.checkpoint = snapshot.map(<[u8]>::to_vec);
+                self.checkpoint_view = self.store.data().view.clone();
                 self.since_checkpoint.clear();
                 self.take_side_effects();
                 Ok(())
@@ -446,23 +472,36 @@ impl Replica {
         }
     }
 
-    /// Tell the object its membership changed.
-    pub fn view_changed(&mut self, view: &View) -> Result<(), ReplicaError> {
+    /// Tell the object its membership changed. Like [`deliver`](Self::deliver), what
+    /// the object multicasts or notifies in response comes back to the caller.
+    pub fn view_changed(&mut self, view: &View) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
-        self.store.data_mut().view = view.clone();
-        self.prepare_call(Seed::View(view.id), self.last_event_ms);
+        let previous = std::mem::replace(&mut self.store.data_mut().view, view.clone());
+        let time_ms = self.last_event_ms;
+        self.prepare_call(Seed::View(view.id), time_ms);
         let result = self
             .bindings
             .liveobjects_object_lifecycle()
             .call_view_changed(&mut self.store, view);
         match result {
             Ok(()) => {
-                self.since_checkpoint.push(Applied::View(view.clone()));
-                self.take_side_effects();
+                self.since_checkpoint.push(Applied::View {
+                    view: view.clone(),
+                    time_ms,
+                });
+                let (multicasts, notifications) = self.take_side_effects();
                 self.maybe_checkpoint();
-                Ok(())
+                Ok(Delivery {
+                    rejected: None,
+                    multicasts,
+                    notifications,
+                })
             }
-            Err(trap) => Err(self.fail_and_recover(trap, format!("view change to {}", view.id))),
+            Err(trap) => {
+                // The refused view never happened: roll the guest's view back too.
+                self.store.data_mut().view = previous;
+                Err(self.fail_and_recover(trap, format!("view change to {}", view.id)))
+            }
         }
     }
 
@@ -568,6 +607,12 @@ impl Replica {
     }
 
     fn ensure_initialized(&self) -> Result<(), ReplicaError> {
+        if let Some(reason) = &self.broken {
+            return Err(ReplicaError::Broken {
+                object: self.identity.object.clone(),
+                reason: reason.clone(),
+            });
+        }
         if self.initialized {
             Ok(())
         } else {
@@ -666,30 +711,33 @@ impl Replica {
     fn fail_and_recover(&mut self, err: wasmtime::Error, during: String) -> ReplicaError {
         let error = self.classify(err, during);
         tracing::debug!(object = %self.identity.object, "{error}; rolling back");
-        if let Err(rebuild) = self.rebuild() {
-            return rebuild;
+        if let Err(reason) = self.rebuild() {
+            let reason = format!("after `{error}`, rolling back failed: {reason}");
+            tracing::error!(object = %self.identity.object, "{reason}");
+            self.broken = Some(reason.clone());
+            return ReplicaError::Broken {
+                object: self.identity.object.clone(),
+                reason,
+            };
         }
         error
     }
 
-    /// Re-instantiate from the checkpoint and replay the log since.
-    fn rebuild(&mut self) -> Result<(), ReplicaError> {
+    /// Re-instantiate from the checkpoint and replay the log since, giving the guest
+    /// the same view, clock and random seed each entry had the first time.
+    fn rebuild(&mut self) -> Result<(), String> {
         self.stats.recoveries += 1;
-        let view = self.store.data().view.clone();
         let (store, bindings, instance) = instantiate(
             &self.engine,
             &self.logic,
             &self.identity,
             &self.limits,
-            view,
-        )?;
+            self.checkpoint_view.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         self.store = store;
         self.bindings = bindings;
         self.instance = instance;
-        let replay_error = |object: &str, what: String| ReplicaError::Instantiate {
-            object: object.to_string(),
-            message: format!("replay after a trap failed at {what}"),
-        };
         self.prepare_call(Seed::Init, 0);
         let checkpoint = self.checkpoint.clone();
         match self
@@ -698,33 +746,37 @@ impl Replica {
             .call_init(&mut self.store, checkpoint.as_deref())
         {
             Ok(Ok(())) => {}
-            _ => return Err(replay_error(&self.identity.object, "init".into())),
+            Ok(Err(refusal)) => return Err(format!("init refused the checkpoint: {refusal}")),
+            Err(trap) => return Err(format!("init trapped: {trap:#}")),
         }
-        let log = self.since_checkpoint.clone();
-        for entry in &log {
-            let ok = match entry {
+        let log = std::mem::take(&mut self.since_checkpoint);
+        let mut outcome = Ok(());
+        for (i, entry) in log.iter().enumerate() {
+            let result = match entry {
                 Applied::Event(event) => {
                     self.prepare_call(Seed::Event(event), event.timestamp_ms);
                     self.bindings
                         .liveobjects_object_lifecycle()
                         .call_deliver(&mut self.store, event)
-                        .is_ok()
+                        .map(|_| ())
                 }
-                Applied::View(view) => {
-                    self.prepare_call(Seed::View(view.id), self.last_event_ms);
+                Applied::View { view, time_ms } => {
+                    self.store.data_mut().view = view.clone();
+                    self.prepare_call(Seed::View(view.id), *time_ms);
                     self.bindings
                         .liveobjects_object_lifecycle()
                         .call_view_changed(&mut self.store, view)
-                        .is_ok()
                 }
             };
-            if !ok {
-                return Err(replay_error(&self.identity.object, "a logged event".into()));
+            if let Err(trap) = result {
+                outcome = Err(format!("replaying log entry {i} trapped: {trap:#}"));
+                break;
             }
         }
+        self.since_checkpoint = log;
         // Side effects of the replay were already sent the first time.
         self.take_side_effects();
-        Ok(())
+        outcome
     }
 
     /// After a failed `init`: a fresh instance that is not initialised yet.
@@ -745,16 +797,28 @@ impl Replica {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.since_checkpoint.len() < CHECKPOINT_EVERY {
+        if self.since_checkpoint.len() < self.next_checkpoint_at {
             return;
         }
         match self.snapshot() {
             Ok(snapshot) => {
                 self.checkpoint = Some(snapshot);
+                self.checkpoint_view = self.store.data().view.clone();
                 self.since_checkpoint.clear();
+                self.next_checkpoint_at = CHECKPOINT_EVERY;
             }
-            // Keep the log; the replica stays correct, just slower to recover.
-            Err(e) => tracing::warn!("cannot checkpoint: {e}"),
+            Err(e) => {
+                // Keep the log (the replica stays correct, only slower to recover) and
+                // back off, so a snapshot that always fails is not retried every event.
+                tracing::warn!("cannot checkpoint: {e}");
+                self.next_checkpoint_at = self.since_checkpoint.len() + CHECKPOINT_EVERY;
+                if self.since_checkpoint.len() > MAX_LOG_ENTRIES && self.broken.is_none() {
+                    self.broken = Some(format!(
+                        "its snapshot has failed for {} events in a row: {e}",
+                        self.since_checkpoint.len()
+                    ));
+                }
+            }
         }
     }
 }
@@ -780,6 +844,7 @@ fn instantiate(
         limiter: MemoryLimiter {
             memory_bytes: limits.memory_bytes,
             table_elements: limits.table_elements,
+            granted: 0,
         },
         identity: identity.clone(),
         view,

@@ -270,33 +270,45 @@ pub enum Limit {
         /// The cap.
         limit: usize,
     },
+    /// One call caused an endless cascade of events (objects answering events with
+    /// more events).
+    #[error("it caused more than {limit} events in one call")]
+    EventCascade {
+        /// The cap.
+        limit: usize,
+    },
     /// A guest tried to sleep or wait on a timer.
     #[error("it tried to sleep or wait on a timer, which a live object may not do")]
     Blocking,
 }
 
-/// Caps a replica's linear memories and tables.
+/// Caps a replica's linear memories (in total, over all its memories) and tables.
 pub(crate) struct MemoryLimiter {
     pub(crate) memory_bytes: usize,
     pub(crate) table_elements: usize,
+    /// Bytes of linear memory granted so far, summed over every memory.
+    pub(crate) granted: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        // Memories never shrink, so the total is the sum of every grant.
+        let total = self.granted.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_bytes {
             // Trap rather than return false: a guest that handles a failed grow would
             // be fine, but Rust and most runtimes abort on it anyway, and the trap
             // lets us name the limit.
             return Err(wasmtime::Error::new(Limit::Memory {
                 bytes: self.memory_bytes,
-                requested: desired,
+                requested: total,
             }));
         }
+        self.granted = total;
         Ok(true)
     }
 

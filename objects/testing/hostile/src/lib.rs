@@ -18,6 +18,8 @@ wit_bindgen::generate!({
                 monotonic-ns: tuple<u64, u64>,
                 random: tuple<list<u8>, list<u8>>,
                 event-timestamp-ms: u64,
+                /// The membership view id the object saw while applying the event.
+                view-id: u64,
             }
 
             /// A well-behaved update: add to a total.
@@ -64,6 +66,7 @@ struct Seen {
     monotonic_ns: (u64, u64),
     random: (Vec<u8>, Vec<u8>),
     event_timestamp_ms: u64,
+    view_id: u64,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -130,6 +133,7 @@ impl LiveObject for Hostile {
                     monotonic_ns: (mono0, mono1),
                     random: (random16(), random16()),
                     event_timestamp_ms: ctx.timestamp_ms,
+                    view_id: liveobjects_guest::view().id,
                 });
             }
         }
@@ -218,6 +222,7 @@ impl Guest for Hostile {
                     monotonic_ns: s.monotonic_ns,
                     random: s.random.clone(),
                     event_timestamp_ms: s.event_timestamp_ms,
+                    view_id: s.view_id,
                 })
                 .collect()
         })
