@@ -111,6 +111,16 @@ impl Identity {
         PublicKey(self.key.verifying_key().to_bytes())
     }
 
+    /// The secret key as PKCS#8 DER (for TLS certificates bound to this identity).
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        self.key
+            .to_pkcs8_der()
+            .expect("an ed25519 key always encodes")
+            .as_bytes()
+            .to_vec()
+    }
+
     /// Sign `message`.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         self.key.sign(message).to_bytes().to_vec()

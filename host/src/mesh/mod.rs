@@ -1,8 +1,16 @@
-//! The `mesh` driver: small groups of hosts connected pairwise (QUIC), with total
+//! The `mesh` driver: small groups of hosts connected pairwise over QUIC, with total
 //! order through a sequencer, failure detection and state transfer to joiners.
 //!
-//! [`core`] holds the protocol as a sans-IO state machine, tested by a deterministic
-//! simulator (`host/tests/mesh_simulation.rs`). The QUIC shell, the node daemon and
-//! `lo join` are not built yet.
+//! - [`core`]: the protocol as a sans-IO state machine, tested by a deterministic
+//!   simulator over many seeds (`host/tests/mesh_simulation.rs`).
+//! - [`net`]: the QUIC transport, mutually authenticated with certificates bound to
+//!   the hosts' ed25519 identities; bounded frames and queues.
+//! - [`group`]: a host's groups: each object's core and sandboxed replica in one task.
+//!
+//! Not built yet: joining by name through the directory (record, policy check,
+//! grants), the `lo node` daemon and `lo join`, and running guests on a worker pool
+//! instead of the group task.
 
 pub mod core;
+pub mod group;
+pub mod net;

@@ -1,0 +1,438 @@
+//! The mesh's network shell: one QUIC endpoint per host, mutually authenticated with
+//! certificates bound to the hosts' ed25519 identities, carrying length-prefixed
+//! protocol frames between group members.
+//!
+//! - Every host presents a self-signed certificate made from its identity key. The
+//!   dialing side checks that the server's key is the peer it meant to reach; the
+//!   accepting side learns the client's key from its certificate. A frame whose
+//!   claimed sender is not the authenticated key closes the connection.
+//! - Each peer gets one outbound queue (bounded) and one writer task holding a QUIC
+//!   unidirectional stream, so frames to a peer stay in order. When the queue is full
+//!   or the link is down, frames are dropped: the protocol core retransmits, so no
+//!   queue in the shell ever needs to grow without bound.
+//! - Frames are bounded ([`MAX_FRAME_BYTES`]); a larger or undecodable frame closes
+//!   the connection, and only that peer is affected.
+
+use super::core::Message;
+use liveobjects_directory::keys::{Identity, PublicKey};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// ALPN protocol of the mesh.
+pub const ALPN: &[u8] = b"liveobjects-mesh/1";
+/// Largest frame accepted (a state transfer carries a whole snapshot).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Frames queued per peer before new ones are dropped (the core retransmits).
+pub const PEER_QUEUE: usize = 4096;
+
+/// A member of a mesh group: its identity key and where it listens.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Peer {
+    /// The host's public key.
+    pub key: PublicKey,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.key.short(), self.addr)
+    }
+}
+
+/// One frame on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    /// The object (group) it belongs to.
+    pub object: String,
+    /// The sending member.
+    pub from: Peer,
+    /// The protocol message.
+    pub message: Message<Peer>,
+}
+
+/// A frame received from an authenticated peer.
+pub struct Inbound {
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// Failure to start the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// TLS setup failed.
+    #[error("mesh TLS setup: {0}")]
+    Tls(String),
+}
+
+/// The host's QUIC endpoint for the mesh.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    me: Peer,
+    client_config: quinn::ClientConfig,
+    links: Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificate(
+    identity: &Identity,
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), NetError> {
+    let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
+    let der = PrivatePkcs8KeyDer::from(identity.to_pkcs8_der());
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+        .map_err(|e| tls(&e))?;
+    let params =
+        rcgen::CertificateParams::new(vec!["liveobjects-mesh".to_string()]).map_err(|e| tls(&e))?;
+    let cert = params.self_signed(&key_pair).map_err(|e| tls(&e))?;
+    Ok((cert.der().clone(), der))
+}
+
+/// The ed25519 key in a certificate's SubjectPublicKeyInfo.
+///
+/// Hand-written rather than a full X.509 parser: an Ed25519 SPKI has one fixed
+/// 12-byte DER header (RFC 8410) followed by the 32 key bytes, and the certificate's
+/// signature has already been checked by TLS with that very key.
+pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let bytes = cert.as_ref();
+    let at = bytes
+        .windows(SPKI_PREFIX.len())
+        .position(|w| w == SPKI_PREFIX)?;
+    let key = bytes.get(at + SPKI_PREFIX.len()..at + SPKI_PREFIX.len() + 32)?;
+    Some(PublicKey(key.try_into().ok()?))
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        Duration::from_secs(10)
+            .try_into()
+            .expect("valid idle timeout"),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(8u32.into());
+    Arc::new(t)
+}
+
+impl Transport {
+    /// Bind `listen` and start accepting peers; inbound frames go to `inbound`.
+    pub fn start(
+        identity: &Identity,
+        listen: SocketAddr,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Arc<Transport>, NetError> {
+        let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
+        let provider = provider();
+        let (cert, key) = certificate(identity)?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls(&e))?
+            .with_client_cert_verifier(Arc::new(AnyEd25519Peer(provider.clone())))
+            .with_single_cert(vec![cert.clone()], key.clone_key().into())
+            .map_err(|e| tls(&e))?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| tls(&e))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server_config.transport_config(transport_config());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ExpectedPeer(provider.clone())))
+            .with_client_auth_cert(vec![cert], key.into())
+            .map_err(|e| tls(&e))?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| tls(&e))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client));
+        client_config.transport_config(transport_config());
+        let endpoint =
+            quinn::Endpoint::server(server_config, listen).map_err(|e| NetError::Bind {
+                addr: listen,
+                reason: e.to_string(),
+            })?;
+        let addr = endpoint.local_addr().map_err(|e| NetError::Bind {
+            addr: listen,
+            reason: e.to_string(),
+        })?;
+        let transport = Arc::new(Transport {
+            endpoint: endpoint.clone(),
+            me: Peer {
+                key: identity.public(),
+                addr,
+            },
+            client_config,
+            links: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(accept_loop(endpoint, inbound));
+        Ok(transport)
+    }
+
+    /// This host as a peer.
+    pub fn me(&self) -> Peer {
+        self.me
+    }
+
+    /// Queue a frame for `to`. Never waits: if the peer's queue is full the frame is
+    /// dropped (the protocol retransmits).
+    pub fn send(self: &Arc<Self>, to: Peer, frame: &Frame) {
+        let bytes = postcard::to_allocvec(frame).expect("encoding to a Vec cannot fail");
+        if bytes.len() > MAX_FRAME_BYTES {
+            tracing::warn!(
+                "dropping a {} byte frame to {to:?}: over the frame limit",
+                bytes.len()
+            );
+            return;
+        }
+        let mut links = self.links.lock().expect("links lock");
+        let link = links.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            tokio::spawn(writer(self.clone(), to, rx));
+            tx
+        });
+        if link.try_send(bytes).is_err() {
+            tracing::debug!("queue to {to:?} full or closed; dropping a frame");
+            if link.is_closed() {
+                links.remove(&to);
+            }
+        }
+    }
+
+    /// Stop: close every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"closing");
+    }
+
+    async fn connect(&self, to: Peer) -> Option<quinn::Connection> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), to.addr, "liveobjects-mesh")
+            .ok()?;
+        let connection = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .ok()?
+            .ok()?;
+        // The verifier accepted an ed25519 certificate; check it is the one we dialed.
+        let key = peer_key(&connection)?;
+        if key != to.key {
+            tracing::warn!("{} answered as {key}, not {}; closing", to.addr, to.key);
+            connection.close(1u32.into(), b"wrong identity");
+            return None;
+        }
+        Some(connection)
+    }
+}
+
+fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
+    let identity = connection.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    ed25519_key_of(certs.first()?)
+}
+
+async fn writer(transport: Arc<Transport>, to: Peer, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut stream: Option<quinn::SendStream> = None;
+    while let Some(bytes) = rx.recv().await {
+        if stream.is_none() {
+            if let Some(connection) = transport.connect(to).await {
+                stream = connection.open_uni().await.ok();
+            }
+            if stream.is_none() {
+                // Link down: drop this frame; try again with the next one.
+                continue;
+            }
+        }
+        let s = stream.as_mut().expect("just set");
+        let len = (bytes.len() as u32).to_be_bytes();
+        if s.write_all(&len).await.is_err() || s.write_all(&bytes).await.is_err() {
+            stream = None;
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            let Some(key) = peer_key(&connection) else {
+                connection.close(1u32.into(), b"no ed25519 certificate");
+                return;
+            };
+            while let Ok(stream) = connection.accept_uni().await {
+                let inbound = inbound.clone();
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = read_frames(stream, key, &inbound).await {
+                        tracing::warn!("closing the connection of {key}: {reason}");
+                        connection.close(2u32.into(), reason.as_bytes());
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn read_frames(
+    mut stream: quinn::RecvStream,
+    key: PublicKey,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<(), String> {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return Ok(()); // Stream ended or connection closed.
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}"));
+        }
+        let mut bytes = vec![0u8; len];
+        stream
+            .read_exact(&mut bytes)
+            .await
+            .map_err(|e| format!("truncated frame: {e}"))?;
+        let frame: Frame =
+            postcard::from_bytes(&bytes).map_err(|e| format!("malformed frame: {e}"))?;
+        if frame.from.key != key {
+            return Err(format!(
+                "frame claims to come from {}, but the connection is {key}",
+                frame.from.key
+            ));
+        }
+        // Full: drop (the protocol retransmits) rather than block the connection.
+        let _ = inbound.try_send(Inbound { frame });
+    }
+}
+
+/// Accepts a client certificate if it carries an ed25519 key (checked by the TLS
+/// handshake signature); which keys may take part is decided per group.
+#[derive(Debug)]
+struct AnyEd25519Peer(Arc<CryptoProvider>);
+
+impl ClientCertVerifier for AnyEd25519Peer {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        ed25519_key_of(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+            .ok_or_else(|| rustls::Error::General("not an ed25519 certificate".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Accepts the server's certificate if it carries an ed25519 key; the caller then
+/// checks that the key is the peer it dialed.
+#[derive(Debug)]
+struct ExpectedPeer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for ExpectedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Which key it must be is checked right after the handshake (`connect`).
+        ed25519_key_of(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+            .ok_or_else(|| rustls::Error::General("not an ed25519 certificate".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}

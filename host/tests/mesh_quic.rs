@@ -1,0 +1,245 @@
+//! The mesh over real QUIC sockets on loopback: several hosts (in one test process,
+//! each with its own endpoint and identity) run sandboxed replicas of the chat object.
+
+use liveobjects_directory::keys::Identity;
+use liveobjects_host::mesh::core::Config;
+use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
+use liveobjects_host::mesh::net::{Frame, Transport};
+use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROOM: &str = "lo://test/rooms/lobby";
+
+fn config() -> Config {
+    Config {
+        heartbeat: 100,
+        suspect_after: 1_500,
+        retry: 200,
+        ..Config::default()
+    }
+}
+
+fn setup() -> (Runtime, Arc<Logic>) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let logic = runtime
+        .load_file(liveobjects_objects::CHAT.as_ref())
+        .unwrap();
+    (runtime, logic)
+}
+
+fn node() -> MeshNode {
+    MeshNode::start(
+        &Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        config(),
+    )
+    .unwrap()
+}
+
+/// Poll `check` until it holds or `secs` pass (then fail with `what`).
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn members(g: &GroupHandle) -> usize {
+    match g.status().await {
+        Ok(s) if s.member => s.members.len(),
+        _ => 0,
+    }
+}
+
+async fn count(g: &GroupHandle) -> u64 {
+    match g.call("count", &[]).await {
+        Ok(r) => r[0].parse().unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn post_many(g: GroupHandle, who: &'static str, n: usize) {
+    for i in 0..n {
+        g.call("post", &[&format!("\"{who}-{i}\"")]).await.unwrap();
+    }
+}
+
+/// Each sender's messages, in the order this replica's history shows them.
+fn per_sender_order(history: &str) -> Vec<(String, usize)> {
+    history
+        .split("text: \"")
+        .skip(1)
+        .map(|rest| {
+            let text = &rest[..rest.find('"').unwrap()];
+            let (who, i) = text.rsplit_once('-').unwrap();
+            (who.to_string(), i.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_apply_every_event_once_in_one_order() {
+    let (runtime, logic) = setup();
+    let (a, b, c) = (node(), node(), node());
+    let ga = a.found(&runtime, &logic, ROOM).unwrap();
+    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let gc = c.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let groups = [ga.clone(), gb.clone(), gc.clone()];
+    eventually(20, "three members", || async {
+        for g in &groups {
+            if members(g).await != 3 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let writers = [
+        tokio::spawn(post_many(ga.clone(), "a", 30)),
+        tokio::spawn(post_many(gb.clone(), "b", 30)),
+        tokio::spawn(post_many(gc.clone(), "c", 30)),
+    ];
+    for w in writers {
+        w.await.unwrap();
+    }
+    eventually(20, "90 messages everywhere", || async {
+        for g in &groups {
+            if count(g).await != 90 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let snapshots = [
+        ga.snapshot().await.unwrap(),
+        gb.snapshot().await.unwrap(),
+        gc.snapshot().await.unwrap(),
+    ];
+    assert_eq!(snapshots[0], snapshots[1]);
+    assert_eq!(snapshots[0], snapshots[2]);
+    let history = ga.call("history", &["100"]).await.unwrap()[0].clone();
+    let order = per_sender_order(&history);
+    assert_eq!(order.len(), 90);
+    for who in ["a", "b", "c"] {
+        let seq: Vec<usize> = order
+            .iter()
+            .filter(|(w, _)| w == who)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(
+            seq,
+            (0..30).collect::<Vec<_>>(),
+            "{who}'s messages lost, repeated or reordered"
+        );
+    }
+    // The sender field is the host's identity key, authenticated by QUIC.
+    assert!(history.contains(&format!("sender: \"{}\"", b.me().key)));
+    for n in [a, b, c] {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_the_state_and_every_later_event() {
+    let (runtime, logic) = setup();
+    let (a, b) = (node(), node());
+    let ga = a.found(&runtime, &logic, ROOM).unwrap();
+    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    eventually(20, "two members", || async { members(&gb).await == 2 }).await;
+    let burst = tokio::spawn(post_many(ga.clone(), "a", 60));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Join mid-burst, through the non-sequencer member.
+    let c = node();
+    let gc = c.join(&runtime, &logic, ROOM, b.me()).unwrap();
+    burst.await.unwrap();
+    post_many(gb.clone(), "b", 10).await;
+    eventually(20, "70 messages at the joiner", || async {
+        count(&gc).await == 70
+    })
+    .await;
+    eventually(20, "70 messages everywhere", || async {
+        count(&ga).await == 70 && count(&gb).await == 70
+    })
+    .await;
+    assert_eq!(gc.snapshot().await.unwrap(), ga.snapshot().await.unwrap());
+    for n in [a, b, c] {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_leaves_the_view_and_the_others_carry_on() {
+    let (runtime, logic) = setup();
+    let (a, b, c) = (node(), node(), node());
+    let ga = a.found(&runtime, &logic, ROOM).unwrap();
+    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let _gc = c.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    eventually(20, "three members", || async { members(&gb).await == 3 }).await;
+    post_many(ga.clone(), "a", 5).await;
+    c.shutdown();
+    let stopped = Instant::now();
+    eventually(20, "c excluded", || async {
+        members(&ga).await == 2 && members(&gb).await == 2
+    })
+    .await;
+    let detection = stopped.elapsed();
+    assert!(detection < Duration::from_secs(20));
+    post_many(gb.clone(), "b", 5).await;
+    eventually(10, "10 messages at a and b", || async {
+        count(&ga).await == 10 && count(&gb).await == 10
+    })
+    .await;
+    assert_eq!(ga.snapshot().await.unwrap(), gb.snapshot().await.unwrap());
+    a.shutdown();
+    b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() {
+    let (runtime, logic) = setup();
+    let (a, b) = (node(), node());
+    let ga = a.found(&runtime, &logic, ROOM).unwrap();
+    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    eventually(20, "two members", || async { members(&gb).await == 2 }).await;
+
+    // Mallory has her own (valid) identity but claims to be b in her frames.
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let mallory =
+        Transport::start(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), tx).unwrap();
+    let forged = Frame {
+        object: ROOM.to_string(),
+        from: b.me(),
+        message: liveobjects_host::mesh::core::Message::Submit {
+            seq: 1,
+            timestamp_ms: 0,
+            payload: vec![0, 4, b'e', b'v', b'i', b'l'],
+        },
+    };
+    for _ in 0..5 {
+        mallory.send(a.me(), &forged);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    post_many(gb.clone(), "b", 3).await;
+    eventually(10, "3 messages at a", || async { count(&ga).await == 3 }).await;
+    let history = ga.call("history", &["10"]).await.unwrap()[0].clone();
+    assert!(
+        !history.contains("evil"),
+        "a forged frame was applied: {history}"
+    );
+    mallory.close();
+    a.shutdown();
+    b.shutdown();
+}
