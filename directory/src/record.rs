@@ -310,6 +310,79 @@ pub enum RecordError {
     },
 }
 
+/// Permission for one member to join one object, signed by the key an
+/// [`AccessPolicy::Grants`] names (normally the object's zone owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The object's name.
+    pub object: String,
+    /// The member allowed in.
+    pub member: PublicKey,
+    /// After this (Unix seconds) the grant is void.
+    pub expires_at: u64,
+}
+
+impl Grant {
+    /// Whether `signed` lets `member` into `object` under `policy` at `now`; the
+    /// reason if not.
+    pub fn check(
+        policy: &AccessPolicy,
+        object: &str,
+        member: PublicKey,
+        signed: Option<&Signed<Grant>>,
+        now: u64,
+    ) -> Result<(), String> {
+        match policy {
+            AccessPolicy::Open => Ok(()),
+            AccessPolicy::Keys(keys) => {
+                if keys.contains(&member) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{member} is not among the keys allowed into {object}"
+                    ))
+                }
+            }
+            AccessPolicy::Grants(issuer) => {
+                let signed = signed.ok_or_else(|| {
+                    format!(
+                        "{object} admits holders of a grant signed by {issuer}; none was presented"
+                    )
+                })?;
+                if signed.signer != *issuer || !signed.signature_valid() {
+                    return Err(format!("the grant for {member} is not signed by {issuer}"));
+                }
+                let grant = signed.open().map_err(|e| e.to_string())?;
+                if grant.object != object || grant.member != member {
+                    return Err(format!(
+                        "the grant is for {} in {}, not {member} in {object}",
+                        grant.member, grant.object
+                    ));
+                }
+                if grant.expires_at <= now {
+                    return Err(format!(
+                        "the grant for {member} expired at {}",
+                        grant.expires_at
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Signable for Grant {
+    const KIND: &'static str = "grant";
+
+    fn validate(&self) -> Result<(), String> {
+        let name = Name::parse(&self.object).map_err(|e| e.to_string())?;
+        if name.is_folder() {
+            return Err(format!("{} is a folder, not an object", self.object));
+        }
+        Ok(())
+    }
+}
+
 /// A type that can be signed: its domain tag and its own validity checks.
 pub trait Signable: Serialize + DeserializeOwned {
     /// Domain-separation tag, part of what is signed.

@@ -3,7 +3,7 @@
 
 use liveobjects_directory::keys::Identity;
 use liveobjects_host::mesh::core::Config;
-use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
+use liveobjects_host::mesh::group::{Admission, GroupHandle, MeshNode};
 use liveobjects_host::mesh::net::{Frame, Transport};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use std::sync::Arc;
@@ -90,9 +90,15 @@ fn per_sender_order(history: &str) -> Vec<(String, usize)> {
 async fn three_hosts_apply_every_event_once_in_one_order() {
     let (runtime, logic) = setup();
     let (a, b, c) = (node(), node(), node());
-    let ga = a.found(&runtime, &logic, ROOM).unwrap();
-    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
-    let gc = c.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
+    let gc = c
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
     let groups = [ga.clone(), gb.clone(), gc.clone()];
     eventually(20, "three members", || async {
         for g in &groups {
@@ -155,14 +161,20 @@ async fn three_hosts_apply_every_event_once_in_one_order() {
 async fn a_late_joiner_gets_the_state_and_every_later_event() {
     let (runtime, logic) = setup();
     let (a, b) = (node(), node());
-    let ga = a.found(&runtime, &logic, ROOM).unwrap();
-    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
     eventually(20, "two members", || async { members(&gb).await == 2 }).await;
     let burst = tokio::spawn(post_many(ga.clone(), "a", 60));
     tokio::time::sleep(Duration::from_millis(20)).await;
     // Join mid-burst, through the non-sequencer member.
     let c = node();
-    let gc = c.join(&runtime, &logic, ROOM, b.me()).unwrap();
+    let gc = c
+        .join(&runtime, &logic, ROOM, b.me(), Admission::default())
+        .unwrap();
     burst.await.unwrap();
     post_many(gb.clone(), "b", 10).await;
     eventually(20, "70 messages at the joiner", || async {
@@ -183,9 +195,15 @@ async fn a_late_joiner_gets_the_state_and_every_later_event() {
 async fn a_host_that_stops_leaves_the_view_and_the_others_carry_on() {
     let (runtime, logic) = setup();
     let (a, b, c) = (node(), node(), node());
-    let ga = a.found(&runtime, &logic, ROOM).unwrap();
-    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
-    let _gc = c.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
+    let _gc = c
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
     eventually(20, "three members", || async { members(&gb).await == 3 }).await;
     post_many(ga.clone(), "a", 5).await;
     c.shutdown();
@@ -210,8 +228,12 @@ async fn a_host_that_stops_leaves_the_view_and_the_others_carry_on() {
 async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() {
     let (runtime, logic) = setup();
     let (a, b) = (node(), node());
-    let ga = a.found(&runtime, &logic, ROOM).unwrap();
-    let gb = b.join(&runtime, &logic, ROOM, a.me()).unwrap();
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
     eventually(20, "two members", || async { members(&gb).await == 2 }).await;
 
     // Mallory has her own (valid) identity but claims to be b in her frames.
@@ -226,6 +248,7 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
             timestamp_ms: 0,
             payload: vec![0, 4, b'e', b'v', b'i', b'l'],
         },
+        grant: None,
     };
     for _ in 0..5 {
         mallory.send(a.me(), &forged);

@@ -2,10 +2,11 @@
 //! object's protocol core and sandboxed replica live in one task, fed by the
 //! transport, timers and local calls.
 
-use super::core::{Config, Event as CoreEvent, MeshCore, Output, View as CoreView};
+use super::core::{Config, Event as CoreEvent, MeshCore, Message, Output, View as CoreView};
 use super::net::{Frame, Inbound, NetError, Peer, Transport};
 use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
+use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,24 @@ pub enum GroupNotice {
     View(Vec<Peer>),
     /// This replica is no longer a member.
     Excluded,
+}
+
+/// Who may join a group, and this host's own credential.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The object's access policy (from its record); members enforce it on joiners.
+    pub policy: AccessPolicy,
+    /// This host's grant, presented when it joins (for `grants:` policies).
+    pub grant: Option<Signed<Grant>>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            policy: AccessPolicy::Open,
+            grant: None,
+        }
+    }
 }
 
 /// A snapshot of a group's state, for `lo status`.
@@ -68,10 +87,11 @@ enum Command {
     },
     Status(oneshot::Sender<GroupStatus>),
     Snapshot(oneshot::Sender<Result<Vec<u8>, GroupError>>),
+    Leave,
 }
 
 enum GroupInput {
-    Frame(Frame),
+    Frame(Box<Frame>),
     Command(Command),
 }
 
@@ -99,7 +119,7 @@ impl MeshNode {
                 let route = routes.lock().expect("routes").get(&frame.object).cloned();
                 if let Some(tx) = route {
                     // Full: drop; the protocol retransmits.
-                    let _ = tx.try_send(GroupInput::Frame(frame));
+                    let _ = tx.try_send(GroupInput::Frame(Box::new(frame)));
                 }
             }
         });
@@ -122,11 +142,12 @@ impl MeshNode {
         runtime: &Runtime,
         logic: &Arc<Logic>,
         object: &str,
+        admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let mut replica = self.replica(runtime, logic, object)?;
         replica.init(None)?;
         let core = MeshCore::found(self.me(), self.config.clone(), self.now());
-        Ok(self.spawn(object, core, replica))
+        Ok(self.spawn(object, core, replica, admission))
     }
 
     /// Join the group of `object` through `contact` (any member).
@@ -136,10 +157,19 @@ impl MeshNode {
         logic: &Arc<Logic>,
         object: &str,
         contact: Peer,
+        admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let replica = self.replica(runtime, logic, object)?;
         let core = MeshCore::join(self.me(), contact, self.config.clone(), self.now());
-        Ok(self.spawn(object, core, replica))
+        Ok(self.spawn(object, core, replica, admission))
+    }
+
+    /// Stop taking part in `object` (its task ends; peers exclude this host).
+    pub async fn leave(&self, object: &str) {
+        let route = self.groups.lock().expect("routes").remove(object);
+        if let Some(tx) = route {
+            let _ = tx.send(GroupInput::Command(Command::Leave)).await;
+        }
     }
 
     /// Stop all groups and close connections.
@@ -167,7 +197,13 @@ impl MeshNode {
         )?)
     }
 
-    fn spawn(&self, object: &str, core: MeshCore<Peer>, replica: Replica) -> GroupHandle {
+    fn spawn(
+        &self,
+        object: &str,
+        core: MeshCore<Peer>,
+        replica: Replica,
+        admission: Admission,
+    ) -> GroupHandle {
         let (tx, rx) = mpsc::channel(GROUP_QUEUE);
         let (notices, _) = broadcast::channel(1024);
         self.groups
@@ -184,6 +220,7 @@ impl MeshNode {
             started: self.started,
             waiting: Vec::new(),
             gone: false,
+            admission,
         };
         tokio::spawn(group.run(rx));
         GroupHandle {
@@ -200,6 +237,14 @@ pub struct GroupHandle {
     object: String,
     tx: mpsc::Sender<GroupInput>,
     notices: broadcast::Sender<GroupNotice>,
+}
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("object", &self.object)
+            .finish()
+    }
 }
 
 impl GroupHandle {
@@ -268,6 +313,7 @@ struct Group {
     /// Calls waiting for their last multicast (own seq) to be delivered.
     waiting: Vec<WaitingCall>,
     gone: bool,
+    admission: Admission,
 }
 
 impl Group {
@@ -290,8 +336,11 @@ impl Group {
                 input = rx.recv() => match input {
                     None => break,
                     Some(GroupInput::Frame(frame)) => {
-                        let now = self.now();
-                        self.core.handle_message(now, frame.from, frame.message);
+                        if self.admit(&frame) {
+                            let now = self.now();
+                            let Frame { from, message, .. } = *frame;
+                            self.core.handle_message(now, from, message);
+                        }
                     }
                     Some(GroupInput::Command(command)) => self.command(command),
                 },
@@ -306,8 +355,30 @@ impl Group {
         }
     }
 
+    /// Members enforce the object's policy on join requests: a refused joiner is
+    /// never added to the view, so it receives no state and no events.
+    fn admit(&self, frame: &Frame) -> bool {
+        if !matches!(frame.message, Message::JoinRequest) {
+            return true;
+        }
+        match Grant::check(
+            &self.admission.policy,
+            &self.object,
+            frame.from.key,
+            frame.grant.as_ref(),
+            liveobjects_directory::server::unix_now(),
+        ) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!("{}: refusing join request: {reason}", self.object);
+                false
+            }
+        }
+    }
+
     fn command(&mut self, command: Command) {
         match command {
+            Command::Leave => self.gone = true,
             Command::Call {
                 method,
                 args,
@@ -370,10 +441,14 @@ impl Group {
             let mut progressed = false;
             while let Some((to, message)) = self.core.poll_transmit() {
                 progressed = true;
+                let grant = matches!(message, Message::JoinRequest)
+                    .then(|| self.admission.grant.clone())
+                    .flatten();
                 let frame = Frame {
                     object: self.object.clone(),
                     from: self.me,
                     message,
+                    grant,
                 };
                 self.transport.send(to, &frame);
             }

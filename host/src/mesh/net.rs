@@ -58,6 +58,9 @@ pub struct Frame {
     pub from: Peer,
     /// The protocol message.
     pub message: Message<Peer>,
+    /// The sender's permission to join (sent with join requests to objects whose
+    /// policy admits grant holders).
+    pub grant: Option<liveobjects_directory::record::Signed<liveobjects_directory::record::Grant>>,
 }
 
 /// A frame received from an authenticated peer.

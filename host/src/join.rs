@@ -1,0 +1,259 @@
+//! The join protocol: from a name to a live replica.
+//!
+//! 1. Resolve the name through the directory and verify the record's signature chain
+//!    and freshness ([`Resolver`]).
+//! 2. Check the type: the driver must provide what the object needs, and the record
+//!    must provide what the joiner requires (`--require total-order,encrypted`).
+//! 3. Fetch the logic by hash, verify it, compile it (the runtime caches compiled
+//!    code by hash).
+//! 4. Authenticate: our key must satisfy the record's access policy (open, a list of
+//!    keys, or a grant signed by the named issuer). Members enforce the same policy on
+//!    our join request, so a refused joiner learns nothing of the state.
+//! 5. State transfer and live events: join the group through one of the record's
+//!    seed members (the mesh core transfers a snapshot at a cut and then every later
+//!    event, exactly once). If no seed answers and `found_if_alone` is set, start the
+//!    group.
+
+use crate::mesh::group::{Admission, GroupError, GroupHandle, MeshNode};
+use crate::mesh::net::Peer;
+use crate::runtime::{LoadError, Runtime};
+use liveobjects_directory::client::{ResolveError, Resolver};
+use liveobjects_directory::record::{Category, Grant, ObjectRecord, Reliability, Security, Signed};
+use liveobjects_directory::verify::VerifiedRecord;
+use std::time::{Duration, Instant};
+
+/// What the mesh driver guarantees: total order among connected members; links
+/// mutually authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
+pub const MESH_PROVIDES: (Reliability, Security) = (Reliability::TotalOrder, Security::Encrypted);
+
+/// Aspects a joiner insists on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// At least this reliability.
+    pub reliability: Option<Reliability>,
+    /// At least this security.
+    pub security: Option<Security>,
+    /// Exactly this category.
+    pub category: Option<Category>,
+    /// Exactly this interface.
+    pub interface: Option<String>,
+}
+
+impl std::str::FromStr for Requirements {
+    type Err = String;
+
+    /// `total-order,encrypted,replicated-state,interface=liveobjects:chat/chat@0.1.0`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut r = Requirements::default();
+        for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some(i) = token.strip_prefix("interface=") {
+                r.interface = Some(i.to_string());
+            } else if let Ok(x) = token.parse::<Reliability>() {
+                r.reliability = Some(x);
+            } else if let Ok(x) = token.parse::<Security>() {
+                r.security = Some(x);
+            } else if let Ok(x) = token.parse::<Category>() {
+                r.category = Some(x);
+            } else {
+                return Err(format!(
+                    "`{token}` is not an aspect: use a reliability ({}), a security ({}), \
+                     a category ({}) or interface=NAME",
+                    names(Reliability::ALL),
+                    names(Security::ALL),
+                    names(Category::ALL)
+                ));
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn names<T: std::fmt::Display>(all: &[T]) -> String {
+    all.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a join failed. Nothing is left running after a failed join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The name did not resolve to a verified record (or its logic did not verify).
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The record's type does not fit.
+    #[error("cannot join {name}: {reason}")]
+    Type {
+        /// The object.
+        name: String,
+        /// The mismatch.
+        reason: String,
+    },
+    /// Our key does not satisfy the object's access policy.
+    #[error("not allowed to join {name}: {reason}")]
+    NotAllowed {
+        /// The object.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The logic is not a valid object.
+    #[error(transparent)]
+    Logic(#[from] LoadError),
+    /// Starting the replica failed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// No member answered and we may not start the group.
+    #[error("no member of {name} answered (tried {tried}); is any host running it?")]
+    NoMembers {
+        /// The object.
+        name: String,
+        /// Seeds tried.
+        tried: usize,
+    },
+}
+
+/// Check a record's type against the driver and the joiner's requirements.
+pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), String> {
+    let t = &record.object_type;
+    if record.driver.name != "mesh" {
+        return Err(format!(
+            "its driver is `{}`, which this host does not provide (available: mesh)",
+            record.driver.name
+        ));
+    }
+    let (reliability, security) = MESH_PROVIDES;
+    if t.reliability > reliability {
+        return Err(format!(
+            "it needs {} delivery but the mesh driver provides {reliability}",
+            t.reliability
+        ));
+    }
+    if t.security > security {
+        return Err(format!(
+            "it needs {} security but the mesh driver provides {security}",
+            t.security
+        ));
+    }
+    if let Some(r) = require.reliability
+        && t.reliability < r
+    {
+        return Err(format!(
+            "you require {r}, but the object offers {}",
+            t.reliability
+        ));
+    }
+    if let Some(s) = require.security
+        && t.security < s
+    {
+        return Err(format!(
+            "you require {s}, but the object offers {}",
+            t.security
+        ));
+    }
+    if let Some(c) = require.category
+        && t.category != c
+    {
+        return Err(format!(
+            "you require a {c}, but the object is a {}",
+            t.category
+        ));
+    }
+    if let Some(i) = &require.interface
+        && &t.interface != i
+    {
+        return Err(format!(
+            "you require interface {i}, but the object exports {}",
+            t.interface
+        ));
+    }
+    Ok(())
+}
+
+/// The seed members listed in a record's driver options (`seeds=KEY@ADDR,...`).
+pub fn seeds(record: &ObjectRecord) -> Vec<Peer> {
+    record
+        .driver
+        .options
+        .get("seeds")
+        .map(|list| {
+            list.split(',')
+                .filter_map(|s| {
+                    let (key, addr) = s.trim().split_once('@')?;
+                    Some(Peer {
+                        key: key.parse().ok()?,
+                        addr: addr.parse().ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How to join.
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    /// Aspects the record must provide.
+    pub require: Requirements,
+    /// Our grant, for `grants:` policies.
+    pub grant: Option<Signed<Grant>>,
+    /// Start the group if no seed answers.
+    pub found_if_alone: bool,
+    /// How long to wait for each seed.
+    pub seed_timeout: Option<Duration>,
+}
+
+/// Join `name` on `node`: resolve, check, fetch, authenticate, transfer state.
+pub async fn join(
+    node: &MeshNode,
+    runtime: &Runtime,
+    resolver: &Resolver,
+    name: &str,
+    options: &JoinOptions,
+) -> Result<(GroupHandle, VerifiedRecord), JoinError> {
+    let verified = resolver.resolve(name).await?;
+    let record = &verified.record;
+    check_type(record, &options.require).map_err(|reason| JoinError::Type {
+        name: name.to_string(),
+        reason,
+    })?;
+    let me = node.me().key;
+    Grant::check(
+        &record.policy,
+        name,
+        me,
+        options.grant.as_ref(),
+        liveobjects_directory::server::unix_now(),
+    )
+    .map_err(|reason| JoinError::NotAllowed {
+        name: name.to_string(),
+        reason,
+    })?;
+    let bytes = resolver.fetch_logic(&verified).await?;
+    let logic = runtime.load_bytes(name, &bytes)?;
+    let admission = Admission {
+        policy: record.policy.clone(),
+        grant: options.grant.clone(),
+    };
+    let seeds: Vec<Peer> = seeds(record).into_iter().filter(|p| p.key != me).collect();
+    let wait = options.seed_timeout.unwrap_or(Duration::from_secs(10));
+    for seed in &seeds {
+        let group = node.join(runtime, &logic, name, *seed, admission.clone())?;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if group.status().await.map(|s| s.member).unwrap_or(false) {
+                return Ok((group, verified));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.leave(name).await;
+    }
+    if options.found_if_alone {
+        let group = node.found(runtime, &logic, name, admission)?;
+        return Ok((group, verified));
+    }
+    Err(JoinError::NoMembers {
+        name: name.to_string(),
+        tried: seeds.len(),
+    })
+}
