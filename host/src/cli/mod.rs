@@ -1,5 +1,6 @@
 //! Command-line interface of `lo`.
 
+mod demo;
 mod directory;
 
 use anyhow::{Context, Result, bail};
@@ -10,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// liveobjects: live distributed objects whose logic runs as sandboxed WebAssembly.
 #[derive(Parser, Debug)]
@@ -450,134 +450,12 @@ fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
 }
 
 fn demo(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
-    let members = ["alice", "bob", "carol"];
-    let load_shipped = |name: &str| -> Result<Arc<Logic>> {
-        let (_, bytes) = liveobjects_objects::SHIPPED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .with_context(|| format!("shipped object {name} missing from this build"))?;
-        Ok(runtime.load_bytes(&format!("{name}.wasm"), bytes)?)
-    };
-    let chat_logic = load_shipped("chat")?;
-    let counter_logic = load_shipped("counter")?;
-    println!("liveobjects demo: 3 members (alice, bob, carol), each with a replica of");
-    println!(
-        "  local:demo/rooms/lobby   chat     logic sha256 {}",
-        &chat_logic.hash().to_hex()[..16]
-    );
-    println!(
-        "  local:demo/counters/hits counter  logic sha256 {}",
-        &counter_logic.hash().to_hex()[..16]
-    );
-    println!("Every update is multicast through the in-process driver and applied by all");
-    println!("three sandboxed replicas in the same order. (Networked members: see README.)");
-    println!();
-    let mut chat = LocalGroup::start(
-        runtime,
-        &chat_logic,
-        "local:demo/rooms/lobby",
-        &members,
-        None,
-    )?;
-    let mut counter = LocalGroup::start(
-        runtime,
-        &counter_logic,
-        "local:demo/counters/hits",
-        &members,
-        None,
-    )?;
-
-    let script: [(usize, &str); 4] = [
-        (0, "\"hi all, alice here\""),
-        (1, "\"hello alice! bob joined\""),
-        (2, "\"carol says hi\""),
-        (0, "\"let's count to 6 together\""),
-    ];
-    for (who, text) in script {
-        let outcome = chat.call(who, "post", &[text])?;
-        print_chat_delivery(&members, &outcome);
-    }
-    for (who, n) in [(0usize, "1"), (1, "2"), (2, "3")] {
-        counter.call(who, "add", &[n])?;
-        println!("{:>6} adds {n} to the counter", members[who]);
-    }
-    println!();
-    println!("What each replica sees:");
-    for (i, member) in members.iter().enumerate() {
-        let history = chat.replica_mut(i).call_wave("history", &["10"])?;
-        let count = chat.replica_mut(i).call_wave("count", &[])?;
-        let value = counter.replica_mut(i).call_wave("get", &[])?;
-        println!(
-            "  {member:>6}: {} messages, counter = {}",
-            count.results_wave()[0],
-            value.results_wave()[0]
-        );
-        if i == 0 {
-            println!("          history: {}", history.results_wave()[0]);
-        }
-    }
-    print_agreement("chat", &mut chat, &members)?;
-    print_agreement("counter", &mut counter, &members)?;
-
-    println!();
-    if duration == 0 {
-        println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
-    } else {
-        println!("Live for {duration}s: a member posts every {interval}s.");
-    }
-    let start = Instant::now();
-    let step = Duration::from_secs_f64(interval.max(0.05));
-    let mut tick: u64 = 0;
-    while duration == 0 || start.elapsed() < Duration::from_secs(duration) {
-        std::thread::sleep(step);
-        tick += 1;
-        let who = (tick as usize) % members.len();
-        let text = format!("\"tick {tick} from {}\"", members[who]);
-        let outcome = chat.call(who, "post", &[&text])?;
-        print_chat_delivery(&members, &outcome);
-        counter.call(who, "add", &["1"])?;
-    }
-    println!();
-    print_agreement("chat", &mut chat, &members)?;
-    print_agreement("counter", &mut counter, &members)?;
-    println!(
-        "Done: {} chat events and {} counter events, each applied by all 3 replicas.",
-        chat.events_delivered(),
-        counter.events_delivered()
-    );
-    Ok(())
-}
-
-fn print_chat_delivery(members: &[&str], outcome: &GroupCall) {
-    for d in &outcome.deliveries {
-        for n in &d.notifications {
-            println!("  [{:>5} sees] {}", members[d.replica], n.detail);
-        }
-    }
-    for problem in outcome.problems() {
-        println!("  warning: {problem}");
-    }
-}
-
-fn print_agreement(what: &str, group: &mut LocalGroup, members: &[&str]) -> Result<()> {
-    let mut hashes = Vec::new();
-    for i in 0..members.len() {
-        hashes.push(LogicHash::of(&group.replica_mut(i).snapshot()?));
-    }
-    let same = hashes.windows(2).all(|w| w[0] == w[1]);
-    println!(
-        "  {what}: replicas {} (snapshot sha256 {})",
-        if same { "identical" } else { "DIFFER" },
-        hashes
-            .iter()
-            .map(|h| h.to_hex()[..12].to_string())
-            .collect::<Vec<_>>()
-            .join(" / ")
-    );
-    if !same {
-        bail!("{what} replicas diverged; this is a bug, please report it");
-    }
-    Ok(())
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(demo::run(runtime, duration, interval))
 }
 
 #[cfg(test)]

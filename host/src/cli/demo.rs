@@ -1,0 +1,285 @@
+//! `lo demo`: an embedded directory and three hosts on loopback that join a chat
+//! room and a counter by name over the mesh driver (QUIC), then talk.
+
+use anyhow::{Context, Result, bail};
+use liveobjects_directory::client::{Client, Resolver};
+use liveobjects_directory::keys::Identity;
+use liveobjects_directory::protocol::DEFAULT_MAX_BLOB_BYTES;
+use liveobjects_directory::record::{AccessPolicy, ObjectRecord, Reliability, Signed};
+use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_host::join::{JoinOptions, join};
+use liveobjects_host::mesh::core::Config;
+use liveobjects_host::mesh::group::{GroupHandle, GroupNotice, MeshNode};
+use liveobjects_host::runtime::{LogicHash, Runtime};
+use std::time::{Duration, Instant};
+
+const ROOM: &str = "lo://demo/rooms/lobby";
+const COUNTER: &str = "lo://demo/counters/hits";
+const NAMES: [&str; 3] = ["alice", "bob", "carol"];
+
+struct Host {
+    name: &'static str,
+    node: MeshNode,
+    chat: GroupHandle,
+    counter: GroupHandle,
+}
+
+pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
+    // 1. An embedded directory with a root key and the zone lo://demo/.
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let root = Identity::generate();
+    let root_key = root.public();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("valid"),
+        db_path: dir.path().join("directory.redb"),
+        root,
+        max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+    })?;
+    let owner = Identity::generate();
+    let client = Client::connect(server.local_addr()).await?;
+    client.create_zone("lo://demo/", &owner).await?;
+    println!(
+        "directory  {} (embedded; root key {})",
+        server.local_addr(),
+        root_key.short()
+    );
+
+    // 2. Three hosts, each with its own identity and QUIC endpoint.
+    let identities: Vec<Identity> = NAMES.iter().map(|_| Identity::generate()).collect();
+    let config = Config {
+        heartbeat: 100,
+        suspect_after: 1_500,
+        retry: 200,
+        ..Config::default()
+    };
+    let nodes: Vec<MeshNode> = identities
+        .iter()
+        .map(|id| MeshNode::start(id, "127.0.0.1:0".parse().expect("valid"), config.clone()))
+        .collect::<Result<_, _>>()?;
+    for (name, node) in NAMES.iter().zip(&nodes) {
+        println!(
+            "host       {name:<6} {} key {}",
+            node.me().addr,
+            node.me().key.short()
+        );
+    }
+
+    // 3. Publish the shipped chat and counter: mesh driver, total order, only these
+    //    three keys may join, alice's host as the seed member.
+    let seed = format!("{}@{}", nodes[0].me().key, nodes[0].me().addr);
+    let policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
+    for (name, object) in [(ROOM, "chat"), (COUNTER, "counter")] {
+        let (_, bytes) = liveobjects_objects::SHIPPED
+            .iter()
+            .find(|(n, _)| *n == object)
+            .context("shipped object missing from this build")?;
+        let logic = runtime.load_bytes(name, bytes)?;
+        let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
+        record.object_type.interface = logic
+            .interface()
+            .methods
+            .iter()
+            .find_map(|m| m.interface.clone())
+            .unwrap_or_default();
+        record.object_type.reliability = Reliability::TotalOrder;
+        record.driver.options.insert("seeds".into(), seed.clone());
+        record.policy = policy.clone();
+        client
+            .publish(Signed::sign(&record, &owner), Some(bytes.to_vec()))
+            .await?;
+        println!(
+            "published  {name:<26} {object}, logic sha256 {}, policy: 3 keys",
+            &LogicHash::of(bytes).to_hex()[..12]
+        );
+    }
+
+    // 4. Every host joins both objects by name: resolve, verify, type check, fetch
+    //    logic, authenticate, state transfer.
+    let mut hosts = Vec::new();
+    for (name, node) in NAMES.iter().zip(nodes) {
+        let resolver = Resolver::new(Client::connect(server.local_addr()).await?, root_key, None);
+        let options = JoinOptions {
+            require: "total-order".parse().map_err(anyhow::Error::msg)?,
+            found_if_alone: *name == "alice",
+            ..JoinOptions::default()
+        };
+        let (chat, _) = join(&node, runtime, &resolver, ROOM, &options).await?;
+        let (counter, _) = join(&node, runtime, &resolver, COUNTER, &options).await?;
+        println!("joined     {name:<6} -> {ROOM} and {COUNTER}");
+        hosts.push(Host {
+            name,
+            node,
+            chat,
+            counter,
+        });
+    }
+    wait_for("three members everywhere", || async {
+        for h in &hosts {
+            if h.chat.status().await.map(|s| s.members.len()).unwrap_or(0) != 3 {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+
+    // Print what every replica sees, as it happens.
+    let names: Vec<(String, &'static str)> = hosts
+        .iter()
+        .map(|h| (h.node.me().key.to_string(), h.name))
+        .collect();
+    for h in &hosts {
+        let mut notices = h.chat.subscribe();
+        let names = names.clone();
+        let who = h.name;
+        tokio::spawn(async move {
+            while let Ok(notice) = notices.recv().await {
+                if let GroupNotice::Notification { detail, .. } = notice {
+                    let mut text = detail;
+                    for (key, name) in &names {
+                        text = text.replace(key.as_str(), name);
+                    }
+                    println!("  [{who:>5} sees] {text}");
+                }
+            }
+        });
+    }
+    println!();
+
+    // 5. A scripted exchange.
+    let script = [
+        (0, "hi all, alice here"),
+        (1, "hello alice! bob joined"),
+        (2, "carol says hi"),
+        (0, "let's count to 6 together"),
+    ];
+    for (i, (who, text)) in script.iter().enumerate() {
+        hosts[*who]
+            .chat
+            .call("post", &[&format!("{text:?}")])
+            .await?;
+        settle(&hosts, i as u64 + 1).await?;
+    }
+    for (who, n) in [(0usize, "1"), (1, "2"), (2, "3")] {
+        hosts[who].counter.call("add", &[n]).await?;
+        println!("{:>6} adds {n} to the counter", hosts[who].name);
+    }
+    wait_for("the counter at 6 everywhere", || async {
+        for h in &hosts {
+            if h.counter.call("get", &[]).await.ok() != Some(vec!["6".to_string()]) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    println!();
+    println!("What each replica sees:");
+    for h in &hosts {
+        let count = h.chat.call("count", &[]).await?;
+        let value = h.counter.call("get", &[]).await?;
+        let status = h.chat.status().await?;
+        println!(
+            "  {:>6}: {} messages, counter = {}, members {}, {}",
+            h.name,
+            count[0],
+            value[0],
+            status.members.len(),
+            if status.sequencer {
+                "sequencer"
+            } else {
+                "member"
+            }
+        );
+    }
+    agreement(&hosts).await?;
+
+    // 6. Live until the duration ends (or Ctrl-C).
+    println!();
+    if duration == 0 {
+        println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
+    } else {
+        println!("Live for {duration}s: a member posts every {interval}s.");
+    }
+    let start = Instant::now();
+    let step = Duration::from_secs_f64(interval.max(0.05));
+    let mut tick: u64 = 0;
+    while duration == 0 || start.elapsed() < Duration::from_secs(duration) {
+        tokio::time::sleep(step).await;
+        tick += 1;
+        let h = &hosts[(tick as usize) % hosts.len()];
+        h.chat
+            .call("post", &[&format!("\"tick {tick} from {}\"", h.name)])
+            .await?;
+        h.counter.call("add", &["1"]).await?;
+    }
+    settle(&hosts, script.len() as u64 + tick).await?;
+    println!();
+    agreement(&hosts).await?;
+    println!(
+        "Done: {} chat messages and {} counter updates, each applied once by all 3 replicas.",
+        script.len() as u64 + tick,
+        3 + tick
+    );
+    for h in &hosts {
+        h.node.shutdown();
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Wait until every host's chat shows `count` messages.
+async fn settle(hosts: &[Host], count: u64) -> Result<()> {
+    let want = vec![count.to_string()];
+    wait_for("every message everywhere", || async {
+        for h in hosts {
+            if h.chat.call("count", &[]).await.ok().as_ref() != Some(&want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    // Let the printers catch up before the next line of the script.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn agreement(hosts: &[Host]) -> Result<()> {
+    for (what, pick) in [("chat", 0), ("counter", 1)] {
+        let mut hashes = Vec::new();
+        for h in hosts {
+            let g = if pick == 0 { &h.chat } else { &h.counter };
+            hashes.push(LogicHash::of(&g.snapshot().await?));
+        }
+        let same = hashes.windows(2).all(|w| w[0] == w[1]);
+        println!(
+            "  {what}: replicas {} (snapshot sha256 {})",
+            if same { "identical" } else { "DIFFER" },
+            hashes
+                .iter()
+                .map(|h| h.to_hex()[..12].to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        if !same {
+            bail!("{what} replicas diverged; this is a bug, please report it");
+        }
+    }
+    Ok(())
+}
