@@ -23,6 +23,61 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Checks TLS handshake signatures with the crypto provider's algorithms. Shared by
+/// the certificate verifiers here and in the mesh transport, which decide trust by
+/// other means (record signatures, identity keys) but must still check that the peer
+/// holds the certificate's key.
+#[derive(Debug, Clone)]
+pub struct HandshakeSignatures(Arc<CryptoProvider>);
+
+impl Default for HandshakeSignatures {
+    fn default() -> Self {
+        HandshakeSignatures(provider())
+    }
+}
+
+impl HandshakeSignatures {
+    /// The provider whose algorithms are used.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.0.clone()
+    }
+
+    /// Verify a TLS 1.2 handshake signature.
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    /// Verify a TLS 1.3 handshake signature.
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    /// Every scheme the provider verifies.
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
@@ -61,12 +116,12 @@ pub fn server_config() -> Result<quinn::ServerConfig, TlsError> {
 /// module docs for why that is sound here).
 pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
     let err = |e: &dyn std::fmt::Display| TlsError(e.to_string());
-    let provider = provider();
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let signatures = HandshakeSignatures::default();
+    let mut crypto = rustls::ClientConfig::builder_with_provider(signatures.provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SignaturesAreTheTrust(provider)))
+        .with_custom_certificate_verifier(Arc::new(SignaturesAreTheTrust(signatures)))
         .with_no_client_auth();
     crypto.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| err(&e))?;
@@ -77,7 +132,7 @@ pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
 
 /// Accepts any server certificate but verifies the handshake signature with it.
 #[derive(Debug)]
-struct SignaturesAreTheTrust(Arc<CryptoProvider>);
+struct SignaturesAreTheTrust(HandshakeSignatures);
 
 impl ServerCertVerifier for SignaturesAreTheTrust {
     fn verify_server_cert(
@@ -97,12 +152,7 @@ impl ServerCertVerifier for SignaturesAreTheTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -111,15 +161,10 @@ impl ServerCertVerifier for SignaturesAreTheTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

@@ -14,4 +14,5 @@
 pub mod join;
 pub mod local;
 pub mod mesh;
+pub mod node;
 pub mod runtime;

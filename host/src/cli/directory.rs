@@ -28,7 +28,7 @@ const DEFAULT_DIRECTORY: &str = "127.0.0.1:4433";
 pub struct DirectoryTarget {
     /// Directory server address (QUIC).
     #[arg(long, env = "LO_DIRECTORY", default_value = DEFAULT_DIRECTORY)]
-    directory: SocketAddr,
+    pub(super) directory: SocketAddr,
     /// The root public key to trust (printed by `lo directory serve`).
     #[arg(long, env = "LO_ROOT_KEY")]
     root: Option<PublicKey>,
@@ -181,7 +181,7 @@ fn identity_path(key: &KeyArg) -> Result<PathBuf> {
     }
 }
 
-fn load_identity(key: &KeyArg) -> Result<Identity> {
+pub(super) fn load_identity(key: &KeyArg) -> Result<Identity> {
     let path = identity_path(key)?;
     Identity::load(&path).with_context(|| {
         format!(
@@ -191,7 +191,7 @@ fn load_identity(key: &KeyArg) -> Result<Identity> {
     })
 }
 
-fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
+pub(super) fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
     target.root.context(
         "no root key to trust: pass --root KEY (printed by `lo directory serve`) or set LO_ROOT_KEY",
     )

@@ -2,6 +2,7 @@
 
 mod demo;
 mod directory;
+mod node;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -55,10 +56,11 @@ enum Command {
         /// The component (.wasm).
         file: PathBuf,
     },
-    /// Call one method of an object in a local replica whose state persists between
-    /// calls (e.g. `lo call counter.wasm add 5`, then `lo call counter.wasm get`).
+    /// Call one method: of a joined object through the node (`lo call lo://acme/x
+    /// post '"hi"'`), or of a component file in a local replica whose state persists
+    /// between calls (`lo call counter.wasm add 5`, then `lo call counter.wasm get`).
     Call {
-        /// The component (.wasm).
+        /// A joined object's name (lo://...) or a component file (.wasm).
         file: PathBuf,
         /// Method name, e.g. `add` (or `interface.method` if ambiguous).
         method: String,
@@ -72,7 +74,18 @@ enum Command {
         /// Start from a fresh object, discarding the saved state.
         #[arg(long)]
         fresh: bool,
+        #[command(flatten)]
+        control: node::ControlArg,
     },
+    /// Run the host daemon: keeps joined objects live on the mesh, serves `lo join`,
+    /// `lo call lo://...`, `lo status`, `lo leave`.
+    Node(node::NodeArgs),
+    /// Join an object by name through the node, then call its methods interactively.
+    Join(node::JoinArgs),
+    /// List the node's objects with members, events applied and state size.
+    Status(node::StatusArgs),
+    /// Leave an object.
+    Leave(node::LeaveArgs),
     /// Run replicas of an object in this process and call its methods interactively.
     Run {
         /// The component (.wasm).
@@ -125,7 +138,15 @@ pub fn run(cli: Cli) -> Result<()> {
             args,
             state,
             fresh,
-        } => call(&runtime()?, &file, &method, &args, state, fresh),
+            control,
+        } => match file.to_str() {
+            Some(name) if name.starts_with("lo://") => node::call(name, &method, &args, &control),
+            _ => call(&runtime()?, &file, &method, &args, state, fresh),
+        },
+        Command::Node(args) => node::node(runtime()?, args),
+        Command::Join(args) => node::join(args),
+        Command::Status(args) => node::status(args),
+        Command::Leave(args) => node::leave(args),
         Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
         Command::Demo { duration, interval } => demo(&runtime()?, duration, interval),
         Command::Keygen { out } => directory::keygen(out),

@@ -7,9 +7,8 @@
 //!   the hosts' ed25519 identities; bounded frames and queues.
 //! - [`group`]: a host's groups: each object's core and sandboxed replica in one task.
 //!
-//! Not built yet: joining by name through the directory (record, policy check,
-//! grants), the `lo node` daemon and `lo join`, and running guests on a worker pool
-//! instead of the group task.
+//! Joining by name is in [`crate::join`], the daemon in [`crate::node`]. Not built
+//! yet: running guests on a worker pool instead of inside the group task.
 
 pub mod core;
 pub mod group;

@@ -15,8 +15,8 @@
 
 use super::core::Message;
 use liveobjects_directory::keys::{Identity, PublicKey};
+use liveobjects_directory::tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -93,10 +93,6 @@ pub struct Transport {
     links: Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn certificate(
     identity: &Identity,
 ) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), NetError> {
@@ -148,12 +144,12 @@ impl Transport {
         inbound: mpsc::Sender<Inbound>,
     ) -> Result<Arc<Transport>, NetError> {
         let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
-        let provider = provider();
+        let signatures = HandshakeSignatures::default();
         let (cert, key) = certificate(identity)?;
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let mut server = rustls::ServerConfig::builder_with_provider(signatures.provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls(&e))?
-            .with_client_cert_verifier(Arc::new(AnyEd25519Peer(provider.clone())))
+            .with_client_cert_verifier(Arc::new(AnyEd25519Peer(signatures.clone())))
             .with_single_cert(vec![cert.clone()], key.clone_key().into())
             .map_err(|e| tls(&e))?;
         server.alpn_protocols = vec![ALPN.to_vec()];
@@ -161,11 +157,11 @@ impl Transport {
             quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| tls(&e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
         server_config.transport_config(transport_config());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let mut client = rustls::ClientConfig::builder_with_provider(signatures.provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls(&e))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ExpectedPeer(provider.clone())))
+            .with_custom_certificate_verifier(Arc::new(ExpectedPeer(signatures)))
             .with_client_auth_cert(vec![cert], key.into())
             .map_err(|e| tls(&e))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
@@ -336,7 +332,7 @@ async fn read_frames(
 /// Accepts a client certificate if it carries an ed25519 key (checked by the TLS
 /// handshake signature); which keys may take part is decided per group.
 #[derive(Debug)]
-struct AnyEd25519Peer(Arc<CryptoProvider>);
+struct AnyEd25519Peer(HandshakeSignatures);
 
 impl ClientCertVerifier for AnyEd25519Peer {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -360,12 +356,7 @@ impl ClientCertVerifier for AnyEd25519Peer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -374,12 +365,7 @@ impl ClientCertVerifier for AnyEd25519Peer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -390,7 +376,7 @@ impl ClientCertVerifier for AnyEd25519Peer {
 /// Accepts the server's certificate if it carries an ed25519 key; the caller then
 /// checks that the key is the peer it dialed.
 #[derive(Debug)]
-struct ExpectedPeer(Arc<CryptoProvider>);
+struct ExpectedPeer(HandshakeSignatures);
 
 impl ServerCertVerifier for ExpectedPeer {
     fn verify_server_cert(
@@ -413,12 +399,7 @@ impl ServerCertVerifier for ExpectedPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -427,12 +408,7 @@ impl ServerCertVerifier for ExpectedPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -1,0 +1,256 @@
+//! `lo node`, `lo join`, `lo status`, `lo leave`, and `lo call lo://...`.
+
+use super::directory::{DirectoryTarget, KeyArg};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use liveobjects_directory::client::{Client, Resolver, SeenVersions};
+use liveobjects_host::mesh::core::Config;
+use liveobjects_host::mesh::group::MeshNode;
+use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
+use liveobjects_host::runtime::Runtime;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the node's control socket is.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArg {
+    /// The node's control socket (default: ~/.local/share/liveobjects/node.sock).
+    #[arg(long, env = "LO_CONTROL", value_name = "SOCKET")]
+    control: Option<PathBuf>,
+}
+
+impl ControlArg {
+    fn path(&self) -> Result<PathBuf> {
+        match &self.control {
+            Some(p) => Ok(p.clone()),
+            None => Ok(super::data_dir()?.join("node.sock")),
+        }
+    }
+}
+
+/// `lo node`
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// UDP address for the mesh (QUIC).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    control: ControlArg,
+    #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
+    target: DirectoryTarget,
+}
+
+/// `lo join`
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The object's name.
+    name: String,
+    /// Aspects the object must provide, e.g. total-order,encrypted.
+    #[arg(long, default_value = "")]
+    require: String,
+    /// Start the group if no member answers (the first host of an object).
+    #[arg(long)]
+    found: bool,
+    /// Join and return, without the interactive session.
+    #[arg(long)]
+    no_interactive: bool,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+/// `lo status`
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+/// `lo leave`
+#[derive(Args, Debug)]
+pub struct LeaveArgs {
+    /// The object's name.
+    name: String,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+fn tokio() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
+    let identity = super::directory::load_identity(&args.key)?;
+    let root = super::directory::root_key(&args.target)?;
+    let control = args.control.path()?;
+    tokio()?.block_on(async move {
+        let mesh = MeshNode::start(&identity, args.listen, Config::default())?;
+        let client = Client::connect(args.target.directory).await?;
+        // Each node identity keeps its own version memory (the CLI's, or another
+        // node's, may be in use meanwhile).
+        let seen = SeenVersions::open(
+            &super::data_dir()?.join(format!("seen-versions-node-{}.redb", identity.public())),
+        )?;
+        let resolver = Resolver::new(client, root, Some(seen));
+        let me = mesh.me();
+        let node = Node::new(mesh, Arc::new(runtime), resolver);
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "node listening on {} key {}", me.addr, me.key);
+        let _ = writeln!(out, "control socket {}", control.display());
+        let _ = out.flush();
+        node.serve(&control)
+            .await
+            .with_context(|| format!("serving the control socket {}", control.display()))
+    })
+}
+
+fn expect(response: ControlResponse) -> Result<ControlResponse> {
+    match response {
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => Ok(other),
+    }
+}
+
+pub fn join(args: JoinArgs) -> Result<()> {
+    let path = args.control.path()?;
+    let rt = tokio()?;
+    let joined = rt.block_on(request(
+        &path,
+        &ControlRequest::Join {
+            name: args.name.clone(),
+            require: args.require.clone(),
+            found_if_alone: args.found,
+        },
+    ))?;
+    match expect(joined)? {
+        ControlResponse::Joined { version, members } => println!(
+            "joined {} (record version {version}), {members} member(s)",
+            args.name
+        ),
+        other => bail!("unexpected answer {other:?}"),
+    }
+    if args.no_interactive {
+        return Ok(());
+    }
+    // Live notices from the node, printed as they arrive.
+    let watch_path = path.clone();
+    let name = args.name.clone();
+    rt.spawn(async move {
+        let Ok(mut stream) = tokio::net::UnixStream::connect(&watch_path).await else {
+            return;
+        };
+        if liveobjects_host::node::write_message(&mut stream, &ControlRequest::Watch { name })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Ok(Some(ControlResponse::Notice(text))) =
+            liveobjects_host::node::read_message(&mut stream).await
+        {
+            println!("  * {text}");
+        }
+    });
+    eprintln!(
+        "type METHOD ARGS (e.g. post \"hello\"), Ctrl-D to quit (you stay joined; `lo leave` leaves)"
+    );
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let words = match super::split_words(line.trim()) {
+            Ok(w) if !w.is_empty() => w,
+            Ok(_) => continue,
+            Err(e) => {
+                println!("error: {e}");
+                continue;
+            }
+        };
+        let answer = rt.block_on(request(
+            &path,
+            &ControlRequest::Call {
+                name: args.name.clone(),
+                method: words[0].clone(),
+                args: words[1..].to_vec(),
+            },
+        ))?;
+        match answer {
+            ControlResponse::Results(results) => {
+                for r in results {
+                    println!("{r}");
+                }
+            }
+            ControlResponse::Error(e) => println!("error: {e}"),
+            other => println!("unexpected answer {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// `lo call lo://NAME METHOD ARGS` through the node.
+pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> Result<()> {
+    let path = control.path()?;
+    let answer = tokio()?.block_on(request(
+        &path,
+        &ControlRequest::Call {
+            name: name.to_string(),
+            method: method.to_string(),
+            args: args.to_vec(),
+        },
+    ))?;
+    match expect(answer)? {
+        ControlResponse::Results(results) => {
+            for r in results {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub fn status(args: StatusArgs) -> Result<()> {
+    let answer = tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
+    let ControlResponse::Status { key, addr, objects } = expect(answer)? else {
+        bail!("unexpected answer");
+    };
+    println!("node {addr} key {key}");
+    if objects.is_empty() {
+        println!("(no objects joined)");
+    }
+    for o in objects {
+        println!(
+            "{}  driver mesh  {} member(s){}  events applied {}  state {} bytes",
+            o.name,
+            o.members.len(),
+            if o.sequencer {
+                ", sequencer"
+            } else if o.member {
+                ""
+            } else {
+                ", joining"
+            },
+            o.events_applied,
+            o.state_bytes
+        );
+        println!("    members: {}", o.members.join(" "));
+    }
+    Ok(())
+}
+
+pub fn leave(args: LeaveArgs) -> Result<()> {
+    let answer = tokio()?.block_on(request(
+        &args.control.path()?,
+        &ControlRequest::Leave {
+            name: args.name.clone(),
+        },
+    ))?;
+    expect(answer)?;
+    println!("left {}", args.name);
+    Ok(())
+}

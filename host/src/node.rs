@@ -1,0 +1,311 @@
+//! The host daemon (`lo node`): keeps joined objects live on the mesh and serves a
+//! local control API (a Unix socket) to the CLI and applications.
+//!
+//! Control protocol: one request per connection, each message a big-endian `u32`
+//! length and a postcard body ([`ControlRequest`] in, [`ControlResponse`] out). A
+//! `Watch` request keeps its connection open and streams notices.
+
+use crate::join::{JoinOptions, join};
+use crate::mesh::group::{GroupHandle, GroupNotice, MeshNode};
+use crate::runtime::Runtime;
+use liveobjects_directory::client::Resolver;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+/// Largest control message.
+const MAX_CONTROL_BYTES: usize = 16 << 20;
+
+/// A request to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Join an object by name.
+    Join {
+        /// The name.
+        name: String,
+        /// Required aspects (`total-order,encrypted`).
+        require: String,
+        /// Start the group if no seed member answers.
+        found_if_alone: bool,
+    },
+    /// Call a method of a joined object.
+    Call {
+        /// The name.
+        name: String,
+        /// The method.
+        method: String,
+        /// WAVE arguments.
+        args: Vec<String>,
+    },
+    /// What this host runs.
+    Status,
+    /// Leave an object.
+    Leave {
+        /// The name.
+        name: String,
+    },
+    /// Stream an object's notifications and membership changes.
+    Watch {
+        /// The name.
+        name: String,
+    },
+}
+
+/// One joined object, as `lo status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    /// The name.
+    pub name: String,
+    /// Members (key prefix @ address).
+    pub members: Vec<String>,
+    /// Whether this host orders the group's events.
+    pub sequencer: bool,
+    /// Whether it has state yet.
+    pub member: bool,
+    /// Events applied by the object.
+    pub events_applied: u64,
+    /// Size of its snapshot in bytes.
+    pub state_bytes: u64,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Joined.
+    Joined {
+        /// Record version.
+        version: u64,
+        /// Members at the time.
+        members: usize,
+    },
+    /// Method results (WAVE).
+    Results(Vec<String>),
+    /// Joined objects.
+    Status {
+        /// This host's key.
+        key: String,
+        /// Its mesh address.
+        addr: String,
+        /// Its objects.
+        objects: Vec<ObjectStatus>,
+    },
+    /// Left.
+    Left,
+    /// A streamed notice (for `Watch`).
+    Notice(String),
+    /// The request failed.
+    Error(String),
+}
+
+/// Read one length-prefixed postcard message.
+pub async fn read_message<T: serde::de::DeserializeOwned>(
+    stream: &mut UnixStream,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_CONTROL_BYTES {
+        return Err(std::io::Error::other(format!(
+            "control message of {len} bytes"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("malformed control message: {e}")))
+}
+
+/// Write one length-prefixed postcard message.
+pub async fn write_message<T: Serialize>(
+    stream: &mut UnixStream,
+    message: &T,
+) -> std::io::Result<()> {
+    let bytes = postcard::to_allocvec(message).expect("encoding to a Vec cannot fail");
+    stream
+        .write_all(&(bytes.len() as u32).to_be_bytes())
+        .await?;
+    stream.write_all(&bytes).await
+}
+
+/// The daemon's state.
+pub struct Node {
+    mesh: MeshNode,
+    runtime: Arc<Runtime>,
+    resolver: Resolver,
+    objects: Mutex<BTreeMap<String, GroupHandle>>,
+}
+
+impl Node {
+    /// A daemon over a started mesh node.
+    pub fn new(mesh: MeshNode, runtime: Arc<Runtime>, resolver: Resolver) -> Arc<Self> {
+        Arc::new(Node {
+            mesh,
+            runtime,
+            resolver,
+            objects: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The mesh node.
+    pub fn mesh(&self) -> &MeshNode {
+        &self.mesh
+    }
+
+    /// Serve the control socket at `path` until the process stops.
+    pub async fn serve(self: Arc<Self>, path: &Path) -> std::io::Result<()> {
+        if path.exists() {
+            // A stale socket from a previous run that is not answering.
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::other(format!(
+                    "another node is already serving {}",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let node = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.connection(stream).await {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, mut stream: UnixStream) -> std::io::Result<()> {
+        let Some(request) = read_message::<ControlRequest>(&mut stream).await? else {
+            return Ok(());
+        };
+        if let ControlRequest::Watch { name } = request {
+            let group = self.objects.lock().await.get(&name).cloned();
+            let Some(group) = group else {
+                return write_message(&mut stream, &ControlResponse::Error(not_joined(&name)))
+                    .await;
+            };
+            let mut notices = group.subscribe();
+            while let Ok(notice) = notices.recv().await {
+                let text = match notice {
+                    GroupNotice::Notification { topic, detail } => format!("{topic}: {detail}"),
+                    GroupNotice::View(members) => format!("view: {} members", members.len()),
+                    GroupNotice::Excluded => "excluded from the group".to_string(),
+                };
+                write_message(&mut stream, &ControlResponse::Notice(text)).await?;
+            }
+            return Ok(());
+        }
+        let response = self.handle(request).await;
+        write_message(&mut stream, &response).await
+    }
+
+    async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        match request {
+            ControlRequest::Join {
+                name,
+                require,
+                found_if_alone,
+            } => {
+                if self.objects.lock().await.contains_key(&name) {
+                    return ControlResponse::Error(format!("already joined {name}"));
+                }
+                let require = match require.parse() {
+                    Ok(r) => r,
+                    Err(e) => return ControlResponse::Error(e),
+                };
+                let options = JoinOptions {
+                    require,
+                    found_if_alone,
+                    ..JoinOptions::default()
+                };
+                match join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await {
+                    Ok((group, record)) => {
+                        let members = group.status().await.map(|s| s.members.len()).unwrap_or(0);
+                        self.objects.lock().await.insert(name, group);
+                        ControlResponse::Joined {
+                            version: record.record.version,
+                            members,
+                        }
+                    }
+                    Err(e) => ControlResponse::Error(e.to_string()),
+                }
+            }
+            ControlRequest::Call { name, method, args } => {
+                let group = self.objects.lock().await.get(&name).cloned();
+                let Some(group) = group else {
+                    return ControlResponse::Error(not_joined(&name));
+                };
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                match group.call(&method, &args).await {
+                    Ok(results) => ControlResponse::Results(results),
+                    Err(e) => ControlResponse::Error(e.to_string()),
+                }
+            }
+            ControlRequest::Status => {
+                let mut objects = Vec::new();
+                for (name, group) in self.objects.lock().await.iter() {
+                    let Ok(status) = group.status().await else {
+                        continue;
+                    };
+                    let state_bytes = group.snapshot().await.map(|s| s.len() as u64).unwrap_or(0);
+                    objects.push(ObjectStatus {
+                        name: name.clone(),
+                        members: status
+                            .members
+                            .iter()
+                            .map(|p| format!("{}@{}", p.key.short(), p.addr))
+                            .collect(),
+                        sequencer: status.sequencer,
+                        member: status.member,
+                        events_applied: status.events_applied,
+                        state_bytes,
+                    });
+                }
+                ControlResponse::Status {
+                    key: self.mesh.me().key.to_string(),
+                    addr: self.mesh.me().addr.to_string(),
+                    objects,
+                }
+            }
+            ControlRequest::Leave { name } => {
+                if self.objects.lock().await.remove(&name).is_none() {
+                    return ControlResponse::Error(not_joined(&name));
+                }
+                self.mesh.leave(&name).await;
+                ControlResponse::Left
+            }
+            ControlRequest::Watch { .. } => ControlResponse::Error("unreachable".into()),
+        }
+    }
+}
+
+fn not_joined(name: &str) -> String {
+    format!("this node has not joined {name}; run `lo join {name}` first")
+}
+
+/// Send one request to the daemon at `path` and read its answer.
+pub async fn request(path: &Path, request: &ControlRequest) -> std::io::Result<ControlResponse> {
+    let mut stream = UnixStream::connect(path).await.map_err(|e| {
+        std::io::Error::other(format!(
+            "cannot reach the node at {} ({e}); is `lo node` running?",
+            path.display()
+        ))
+    })?;
+    write_message(&mut stream, request).await?;
+    read_message(&mut stream)
+        .await?
+        .ok_or_else(|| std::io::Error::other("the node closed the connection without answering"))
+}
