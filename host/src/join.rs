@@ -22,9 +22,34 @@ use liveobjects_directory::record::{Category, Grant, ObjectRecord, Reliability, 
 use liveobjects_directory::verify::VerifiedRecord;
 use std::time::{Duration, Instant};
 
-/// What the mesh driver guarantees: total order among connected members; links
-/// mutually authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
-pub const MESH_PROVIDES: (Reliability, Security) = (Reliability::TotalOrder, Security::Encrypted);
+/// A communication driver and the guarantees it declares. The join protocol matches
+/// an object's type against these before anything else happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverInfo {
+    /// The name records use (`--driver`).
+    pub name: &'static str,
+    /// Strongest delivery guarantee it provides.
+    pub reliability: Reliability,
+    /// Strongest protection it provides.
+    pub security: Security,
+    /// One line for users.
+    pub summary: &'static str,
+}
+
+/// The drivers this host provides. (qsm, vsync and gossip are added as they land.)
+pub const DRIVERS: &[DriverInfo] = &[DriverInfo {
+    name: "mesh",
+    // Total order among connected members through a sequencer; links mutually
+    // authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
+    reliability: Reliability::TotalOrder,
+    security: Security::Encrypted,
+    summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
+}];
+
+/// The driver called `name`, if this host has it.
+pub fn driver(name: &str) -> Option<&'static DriverInfo> {
+    DRIVERS.iter().find(|d| d.name == name)
+}
 
 /// Aspects a joiner insists on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,23 +141,24 @@ pub enum JoinError {
 /// Check a record's type against the driver and the joiner's requirements.
 pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), String> {
     let t = &record.object_type;
-    if record.driver.name != "mesh" {
+    let Some(d) = driver(&record.driver.name) else {
+        let available: Vec<&str> = DRIVERS.iter().map(|d| d.name).collect();
         return Err(format!(
-            "its driver is `{}`, which this host does not provide (available: mesh)",
-            record.driver.name
+            "its driver is `{}`, which this host does not provide (available: {})",
+            record.driver.name,
+            available.join(", ")
+        ));
+    };
+    if t.reliability > d.reliability {
+        return Err(format!(
+            "it needs {} delivery but the {} driver provides {}",
+            t.reliability, d.name, d.reliability
         ));
     }
-    let (reliability, security) = MESH_PROVIDES;
-    if t.reliability > reliability {
+    if t.security > d.security {
         return Err(format!(
-            "it needs {} delivery but the mesh driver provides {reliability}",
-            t.reliability
-        ));
-    }
-    if t.security > security {
-        return Err(format!(
-            "it needs {} security but the mesh driver provides {security}",
-            t.security
+            "it needs {} security but the {} driver provides {}",
+            t.security, d.name, d.security
         ));
     }
     if let Some(r) = require.reliability

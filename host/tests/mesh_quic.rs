@@ -266,3 +266,44 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_malformed_or_oversized_frames_is_cut_off_and_the_group_is_unaffected() {
+    let (runtime, logic) = setup();
+    let (a, b) = (node(), node());
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
+    eventually(20, "two members", || async { members(&gb).await == 2 }).await;
+
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let mallory =
+        Transport::start(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), tx).unwrap();
+    // A frame that does not decode, and from another peer a length far over the limit.
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 64]);
+    mallory.send_raw_for_tests(a.me(), garbage);
+    let mallory2 = Transport::start(
+        &Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        tokio::sync::mpsc::channel(16).0,
+    )
+    .unwrap();
+    mallory2.send_raw_for_tests(a.me(), u32::MAX.to_be_bytes().to_vec());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    post_many(gb.clone(), "b", 3).await;
+    post_many(ga.clone(), "a", 3).await;
+    eventually(10, "6 messages at a and b", || async {
+        count(&ga).await == 6 && count(&gb).await == 6
+    })
+    .await;
+    assert_eq!(ga.snapshot().await.unwrap(), gb.snapshot().await.unwrap());
+    mallory.close();
+    mallory2.close();
+    a.shutdown();
+    b.shutdown();
+}

@@ -199,14 +199,17 @@ impl Transport {
     /// Queue a frame for `to`. Never waits: if the peer's queue is full the frame is
     /// dropped (the protocol retransmits).
     pub fn send(self: &Arc<Self>, to: Peer, frame: &Frame) {
-        let bytes = postcard::to_allocvec(frame).expect("encoding to a Vec cannot fail");
-        if bytes.len() > MAX_FRAME_BYTES {
+        let body = postcard::to_allocvec(frame).expect("encoding to a Vec cannot fail");
+        if body.len() > MAX_FRAME_BYTES {
             tracing::warn!(
                 "dropping a {} byte frame to {to:?}: over the frame limit",
-                bytes.len()
+                body.len()
             );
             return;
         }
+        let mut bytes = Vec::with_capacity(4 + body.len());
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&body);
         let mut links = self.links.lock().expect("links lock");
         let link = links.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
@@ -219,6 +222,18 @@ impl Transport {
                 links.remove(&to);
             }
         }
+    }
+
+    /// Queue raw bytes for `to`, written to the stream as they are (no length prefix,
+    /// no checks). For tests and fuzzing of the receiving side only.
+    pub fn send_raw_for_tests(self: &Arc<Self>, to: Peer, bytes: Vec<u8>) {
+        let mut links = self.links.lock().expect("links lock");
+        let link = links.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            tokio::spawn(writer(self.clone(), to, rx));
+            tx
+        });
+        let _ = link.try_send(bytes);
     }
 
     /// Stop: close every connection.
@@ -252,6 +267,7 @@ fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
     ed25519_key_of(certs.first()?)
 }
 
+/// Writes length-prefixed frames (already encoded) to `to`, in order.
 async fn writer(transport: Arc<Transport>, to: Peer, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut stream: Option<quinn::SendStream> = None;
     while let Some(bytes) = rx.recv().await {
@@ -265,8 +281,7 @@ async fn writer(transport: Arc<Transport>, to: Peer, mut rx: mpsc::Receiver<Vec<
             }
         }
         let s = stream.as_mut().expect("just set");
-        let len = (bytes.len() as u32).to_be_bytes();
-        if s.write_all(&len).await.is_err() || s.write_all(&bytes).await.is_err() {
+        if s.write_all(&bytes).await.is_err() {
             stream = None;
         }
     }
