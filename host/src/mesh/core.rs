@@ -43,6 +43,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 
+/// Most items one nack asks for or is answered with (bounds the burst a repair adds
+/// to a peer's queue).
+const MAX_NACK_ITEMS: u64 = 1024;
+
 /// Milliseconds on the caller's monotonic clock.
 pub type Millis = u64;
 
@@ -259,9 +263,15 @@ pub struct MeshCore<Id: MemberId> {
     waiting_submits: BTreeMap<Id, BTreeMap<u64, (u64, Vec<u8>)>>,
     member_delivered: BTreeMap<Id, u64>,
     snapshot_requests: BTreeSet<Id>,
+    /// The latest time passed in (for bookkeeping inside handlers).
+    now: Millis,
+    /// When `delivered` last advanced: gaps are only asked for once progress stalls,
+    /// so items merely still in flight are not requested again under load.
+    last_progress: Millis,
     // Our own multicasts.
     next_seq: u64,
-    in_flight: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// seq -> (timestamp, payload, when last sent).
+    in_flight: BTreeMap<u64, (u64, Vec<u8>, Millis)>,
     queued: VecDeque<(u64, Vec<u8>)>,
     last_retry: Millis,
     // Failure detection.
@@ -325,6 +335,8 @@ impl<Id: MemberId> MeshCore<Id> {
             waiting_submits: BTreeMap::new(),
             member_delivered: BTreeMap::new(),
             snapshot_requests: BTreeSet::new(),
+            now,
+            last_progress: now,
             next_seq: 1,
             in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
@@ -371,6 +383,7 @@ impl<Id: MemberId> MeshCore<Id> {
 
     /// Multicast `payload` to the group. Returns its sender sequence number.
     pub fn multicast(&mut self, now: Millis, timestamp_ms: u64, payload: Vec<u8>) -> u64 {
+        self.now = self.now.max(now);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queued.push_back((timestamp_ms, payload));
@@ -419,6 +432,7 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.phase == Phase::Gone {
             return;
         }
+        self.now = self.now.max(now);
         if now >= self.last_heartbeat + self.config.heartbeat {
             self.last_heartbeat = now;
             self.send_heartbeats();
@@ -435,6 +449,7 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.phase == Phase::Gone || from == self.me {
             return;
         }
+        self.now = self.now.max(now);
         self.last_heard.insert(from.clone(), now);
         if self.suspected.remove(&from) && self.view.contains(&from) {
             tracing::debug!("{:?}: {:?} is alive again", self.me, from);
@@ -644,9 +659,6 @@ impl<Id: MemberId> MeshCore<Id> {
         self.ordered_known = self.ordered_known.max(gseq);
         self.log.insert(gseq, item);
         self.deliver_ready();
-        if self.phase == Phase::Member && self.ordered_known > self.delivered {
-            self.request_gap();
-        }
         if self.flush.is_some() {
             self.try_finish_flush();
         }
@@ -658,6 +670,7 @@ impl<Id: MemberId> MeshCore<Id> {
         }
         while let Some(item) = self.log.get(&(self.delivered + 1)).cloned() {
             self.delivered += 1;
+            self.last_progress = self.now;
             match item {
                 Item::Event(event) => {
                     let upto = self.ordered_seqs.entry(event.sender.clone()).or_insert(0);
@@ -709,7 +722,7 @@ impl<Id: MemberId> MeshCore<Id> {
             self.become_sequencer();
         }
         // Resend our pending submits to whoever orders now.
-        self.last_retry = 0;
+        self.resend_all_soon();
     }
 
     /// Start ordering after everything delivered here.
@@ -728,7 +741,7 @@ impl<Id: MemberId> MeshCore<Id> {
                 target,
                 Message::Nack {
                     from: self.delivered + 1,
-                    to: self.ordered_known,
+                    to: self.ordered_known.min(self.delivered + MAX_NACK_ITEMS),
                 },
             ));
         }
@@ -755,7 +768,7 @@ impl<Id: MemberId> MeshCore<Id> {
             // be replaced; serving them now could hand out items that never count.
             return;
         }
-        let to = to.min(first + 10_000);
+        let to = to.min(first.saturating_add(MAX_NACK_ITEMS - 1));
         for (gseq, item) in self.log.range(first..=to) {
             self.transmits.push_back((
                 from.clone(),
@@ -773,8 +786,8 @@ impl<Id: MemberId> MeshCore<Id> {
             self.member_delivered.insert(from.clone(), delivered);
         }
         if self.phase == Phase::Member && ordered > self.ordered_known {
+            // Asked for by `retry` if delivery stalls; most of it is still in flight.
             self.ordered_known = ordered;
-            self.request_gap();
         }
         if from == self.sequencer && stable > self.stable {
             self.stable = stable.min(self.delivered);
@@ -947,7 +960,7 @@ impl<Id: MemberId> MeshCore<Id> {
         self.ordered_known = received;
         self.transmits
             .push_back((from, Message::FlushReply { view, received }));
-        self.last_retry = 0;
+        self.resend_all_soon();
     }
 
     fn contiguous_received(&self) -> u64 {
@@ -1026,9 +1039,18 @@ impl<Id: MemberId> MeshCore<Id> {
                 break;
             };
             let seq = self.next_seq - self.queued.len() as u64 - 1;
-            self.in_flight.insert(seq, (timestamp_ms, payload.clone()));
+            self.in_flight
+                .insert(seq, (timestamp_ms, payload.clone(), self.now));
             self.send_submit(seq, timestamp_ms, payload);
         }
+    }
+
+    /// The sequencer changed: every pending submit goes out again at the next retry.
+    fn resend_all_soon(&mut self) {
+        for (_, _, sent) in self.in_flight.values_mut() {
+            *sent = 0;
+        }
+        self.last_retry = 0;
     }
 
     fn send_submit(&mut self, seq: u64, timestamp_ms: u64, payload: Vec<u8>) {
@@ -1069,15 +1091,23 @@ impl<Id: MemberId> MeshCore<Id> {
             Phase::Member => {
                 let upto = self.ordered_seqs.get(&self.me).copied().unwrap_or(0);
                 self.in_flight.retain(|seq, _| *seq > upto);
+                // Resend only submits unanswered for a retry period.
+                let due = now.saturating_sub(self.config.retry);
                 let pending: Vec<(u64, u64, Vec<u8>)> = self
                     .in_flight
-                    .iter()
-                    .map(|(s, (t, p))| (*s, *t, p.clone()))
+                    .iter_mut()
+                    .filter(|(_, (_, _, sent))| *sent <= due)
+                    .map(|(s, (t, p, sent))| {
+                        *sent = now;
+                        (*s, *t, p.clone())
+                    })
                     .collect();
                 for (seq, t, p) in pending {
                     self.send_submit(seq, t, p);
                 }
-                self.request_gap();
+                if now.saturating_sub(self.last_progress) >= self.config.retry {
+                    self.request_gap();
+                }
                 if self.flush.is_some() {
                     self.send_flush_requests();
                     self.flush_timeouts(now);

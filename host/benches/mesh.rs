@@ -1,0 +1,389 @@
+//! Mesh benchmark: events/s and latency for 1, 3 and 5 members on loopback with 64 B
+//! and 1 KiB events, and join time with a 1 MiB state; NATS (nats-server, Debian
+//! package) measured in the same run as the peer users would pick instead.
+//! See `host/benches/README.md`.
+//!
+//! Run: `cargo bench -p liveobjects-host --bench mesh` (`-- --quick` for a short run).
+
+use liveobjects_directory::keys::Identity;
+use liveobjects_host::mesh::core::Config;
+use liveobjects_host::mesh::group::{Admission, GroupHandle, MeshNode};
+use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Row {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn wait(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn group(
+    runtime: &Runtime,
+    logic: &Arc<Logic>,
+    n: usize,
+) -> (Vec<MeshNode>, Vec<GroupHandle>) {
+    let config = Config {
+        heartbeat: 100,
+        suspect_after: 3_000,
+        retry: 200,
+        ..Config::default()
+    };
+    let nodes: Vec<MeshNode> = (0..n)
+        .map(|_| {
+            MeshNode::start(
+                &Identity::generate(),
+                "127.0.0.1:0".parse().unwrap(),
+                config.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut groups = vec![
+        nodes[0]
+            .found(runtime, logic, "bench", Admission::default())
+            .unwrap(),
+    ];
+    for node in &nodes[1..] {
+        groups.push(
+            node.join(runtime, logic, "bench", nodes[0].me(), Admission::default())
+                .unwrap(),
+        );
+    }
+    wait("members", 30, async || {
+        for g in &groups {
+            if g.status().await.map(|s| s.members.len()).unwrap_or(0) != n {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    (nodes, groups)
+}
+
+async fn applied(g: &GroupHandle) -> u64 {
+    g.status().await.map(|s| s.events_applied).unwrap_or(0)
+}
+
+/// `events` events of `size` bytes from one member (64 calls in flight), until every
+/// member applied them; then latency of single calls from a non-sequencer member.
+async fn mesh(
+    runtime: &Runtime,
+    logic: &Arc<Logic>,
+    n: usize,
+    size: usize,
+    events: usize,
+    pings: usize,
+) -> Row {
+    let (nodes, groups) = group(runtime, logic, n).await;
+    // The hostile test object's `huge-multicast` sends one event of about `size` bytes.
+    let arg = (size.saturating_sub(3)).to_string();
+    let base: Vec<u64> = {
+        let mut v = Vec::new();
+        for g in &groups {
+            v.push(applied(g).await);
+        }
+        v
+    };
+    let start = Instant::now();
+    let in_flight = 64;
+    let mut tasks = Vec::new();
+    for t in 0..in_flight {
+        let g = groups[0].clone();
+        let arg = arg.clone();
+        let share = events / in_flight + usize::from(t < events % in_flight);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                g.call("huge-multicast", &[&arg]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait("all applied", 120, async || {
+        for (g, b) in groups.iter().zip(&base) {
+            if applied(g).await < b + events as u64 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let throughput = events as f64 / start.elapsed().as_secs_f64();
+    let caller = &groups[n.min(2) - 1];
+    let mut latencies = Vec::with_capacity(pings);
+    for _ in 0..pings {
+        let t = Instant::now();
+        caller.call("huge-multicast", &[&arg]).await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    for node in &nodes {
+        node.shutdown();
+    }
+    Row {
+        throughput,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+/// A minimal NATS client for the benchmark: the text protocol is a few lines (CONNECT,
+/// SUB, PUB, MSG, PING/PONG), and pulling in a full client crate for one benchmark
+/// would cost more build time than this.
+struct Nats {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Nats {
+    async fn connect(port: u16) -> Nats {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (r, w) = stream.into_split();
+        let mut nats = Nats {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let mut info = String::new();
+        nats.reader.read_line(&mut info).await.unwrap();
+        assert!(info.starts_with("INFO"), "{info}");
+        nats.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            .await;
+        nats
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    async fn subscribe(&mut self) {
+        self.send(b"SUB bench 1\r\nPING\r\n").await;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.unwrap();
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
+    /// Wait for the next message; answer server PINGs on the way.
+    async fn next_message(&mut self) {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).await.unwrap() == 0 {
+                panic!("nats closed the connection");
+            }
+            if line.starts_with("PING") {
+                self.send(b"PONG\r\n").await;
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.trim().rsplit(' ').next().unwrap().parse().unwrap();
+                let mut body = vec![0u8; len + 2];
+                self.reader.read_exact(&mut body).await.unwrap();
+                return;
+            }
+        }
+    }
+
+    fn publish_frame(size: usize) -> Vec<u8> {
+        let mut frame = format!("PUB bench {size}\r\n").into_bytes();
+        frame.extend(std::iter::repeat_n(7u8, size));
+        frame.extend_from_slice(b"\r\n");
+        frame
+    }
+}
+
+struct NatsServer(std::process::Child, u16);
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn nats_server() -> Option<NatsServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = NatsServer(child, port);
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Some(server);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// One publisher, `n` subscribers (so `n` receivers, like `n` members).
+async fn nats(port: u16, n: usize, size: usize, events: usize, pings: usize) -> Row {
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        let mut s = Nats::connect(port).await;
+        s.subscribe().await;
+        subs.push(s);
+    }
+    let mut publisher = Nats::connect(port).await;
+    let frame = Nats::publish_frame(size);
+    let start = Instant::now();
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                for _ in 0..events {
+                    s.next_message().await;
+                }
+                s
+            })
+        })
+        .collect();
+    for _ in 0..events {
+        publisher.send(&frame).await;
+    }
+    let mut subs = Vec::new();
+    for r in receivers {
+        subs.push(r.await.unwrap());
+    }
+    let throughput = events as f64 / start.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(pings);
+    for _ in 0..pings {
+        let t = Instant::now();
+        publisher.send(&frame).await;
+        for s in subs.iter_mut() {
+            s.next_message().await;
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    Row {
+        throughput,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+async fn join_time(runtime: &Runtime, chat: &Arc<Logic>) -> (Duration, usize) {
+    let (nodes, groups) = group(runtime, chat, 1).await;
+    // About 1 MiB of state: 256 messages of 4,000 bytes.
+    let text = format!("\"{}\"", "x".repeat(4000));
+    for _ in 0..256 {
+        groups[0].call("post", &[&text]).await.unwrap();
+    }
+    let state = groups[0].snapshot().await.unwrap().len();
+    let joiner = MeshNode::start(
+        &Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let g = joiner
+        .join(runtime, chat, "bench", nodes[0].me(), Admission::default())
+        .unwrap();
+    wait("joined", 60, async || {
+        g.status().await.map(|s| s.member).unwrap_or(false)
+    })
+    .await;
+    let took = start.elapsed();
+    joiner.shutdown();
+    for n in &nodes {
+        n.shutdown();
+    }
+    (took, state)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} us", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (events, pings) = if quick { (2_000, 100) } else { (20_000, 1_000) };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let hostile = runtime
+        .load_file(liveobjects_objects::HOSTILE.as_ref())
+        .unwrap();
+    let chat = runtime
+        .load_file(liveobjects_objects::CHAT.as_ref())
+        .unwrap();
+    let server = nats_server().await;
+    if server.is_none() {
+        println!(
+            "(nats-server is not installed: `apt-get install nats-server`; the peer column stays empty)"
+        );
+    }
+    println!();
+    println!(
+        "liveobjects mesh benchmark: loopback, {events} events per row, one sender, latency over {pings} calls"
+    );
+    println!(
+        "{:<9} {:>6} {:>12} {:>9} {:>9} {:>12} {:>9} {:>9} {:>8}",
+        "members", "size", "mesh ev/s", "p50", "p99", "nats msg/s", "p50", "p99", "mesh/nats"
+    );
+    for n in [1usize, 3, 5] {
+        for size in [64usize, 1024] {
+            let ours = mesh(&runtime, &hostile, n, size, events, pings).await;
+            let peer = match &server {
+                Some(s) => Some(nats(s.1, n, size, events, pings).await),
+                None => None,
+            };
+            println!(
+                "{:<9} {:>6} {:>12.0} {:>9} {:>9} {:>12} {:>9} {:>9} {:>8}",
+                n,
+                size,
+                ours.throughput,
+                us(ours.p50),
+                us(ours.p99),
+                peer.as_ref()
+                    .map(|p| format!("{:.0}", p.throughput))
+                    .unwrap_or_default(),
+                peer.as_ref().map(|p| us(p.p50)).unwrap_or_default(),
+                peer.as_ref().map(|p| us(p.p99)).unwrap_or_default(),
+                peer.as_ref()
+                    .map(|p| format!("{:.2}", ours.throughput / p.throughput))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    let (took, state) = join_time(&runtime, &chat).await;
+    println!();
+    println!(
+        "join with state transfer: {:.1} ms for a {} KiB snapshot (logic cached)",
+        took.as_secs_f64() * 1e3,
+        state / 1024
+    );
+}
