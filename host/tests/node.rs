@@ -3,7 +3,7 @@
 //! the view and, restarted, rejoins with the state.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -311,5 +311,4 @@ fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
         "{status}"
     );
     drop(n1);
-    let _ = Path::new(&dir_addr);
 }
