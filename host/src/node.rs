@@ -142,6 +142,8 @@ pub struct Node {
     runtime: Arc<Runtime>,
     resolver: Resolver,
     objects: Mutex<BTreeMap<String, GroupHandle>>,
+    /// Names with a join in progress (so two joins of one name cannot race).
+    joining: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Node {
@@ -152,6 +154,7 @@ impl Node {
             runtime,
             resolver,
             objects: Mutex::new(BTreeMap::new()),
+            joining: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -219,30 +222,16 @@ impl Node {
                 require,
                 found_if_alone,
             } => {
-                if self.objects.lock().await.contains_key(&name) {
-                    return ControlResponse::Error(format!("already joined {name}"));
+                if self.objects.lock().await.contains_key(&name)
+                    || !self.joining.lock().await.insert(name.clone())
+                {
+                    return ControlResponse::Error(format!("already joined or joining {name}"));
                 }
-                let require = match require.parse() {
-                    Ok(r) => r,
-                    Err(e) => return ControlResponse::Error(e),
-                };
-                let options = JoinOptions {
-                    require,
-                    found_if_alone,
-                    ..JoinOptions::default()
-                };
-                match join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await {
-                    Ok((group, record)) => {
-                        let members = group.status().await.map(|s| s.members.len()).unwrap_or(0);
-                        self.objects.lock().await.insert(name, group);
-                        ControlResponse::Joined {
-                            version: record.record.version,
-                            members,
-                        }
-                    }
-                    Err(e) => ControlResponse::Error(e.to_string()),
-                }
+                let response = self.join(name.clone(), require, found_if_alone).await;
+                self.joining.lock().await.remove(&name);
+                response
             }
+
             ControlRequest::Call { name, method, args } => {
                 let group = self.objects.lock().await.get(&name).cloned();
                 let Some(group) = group else {
@@ -288,6 +277,31 @@ impl Node {
                 ControlResponse::Left
             }
             ControlRequest::Watch { .. } => ControlResponse::Error("unreachable".into()),
+        }
+    }
+}
+
+impl Node {
+    async fn join(&self, name: String, require: String, found_if_alone: bool) -> ControlResponse {
+        let require = match require.parse() {
+            Ok(r) => r,
+            Err(e) => return ControlResponse::Error(e),
+        };
+        let options = JoinOptions {
+            require,
+            found_if_alone,
+            ..JoinOptions::default()
+        };
+        match join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await {
+            Ok((group, record)) => {
+                let members = group.status().await.map(|s| s.members.len()).unwrap_or(0);
+                self.objects.lock().await.insert(name, group);
+                ControlResponse::Joined {
+                    version: record.record.version,
+                    members,
+                }
+            }
+            Err(e) => ControlResponse::Error(e.to_string()),
         }
     }
 }

@@ -224,9 +224,9 @@ impl Sim {
                             eprintln!("t={} node {id} view {v:?}", self.now);
                         }
                     }
-                    Output::TakeSnapshot { for_member } => {
+                    Output::TakeSnapshot(cut) => {
                         let snap = node.app.snapshot();
-                        node.core.snapshot_taken(for_member, snap);
+                        node.core.snapshot_taken(cut, snap);
                     }
                     Output::InstallSnapshot { snapshot } => node.app.install(&snapshot),
                     Output::Excluded => node.alive = false,

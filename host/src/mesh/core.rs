@@ -205,12 +205,9 @@ pub enum Output<Id> {
     },
     /// The membership changed (delivered at its place in the order).
     View(View<Id>),
-    /// Take a snapshot now (after everything delivered so far) and hand it back with
-    /// [`MeshCore::snapshot_taken`]; it goes to `for_member`.
-    TakeSnapshot {
-        /// The joiner.
-        for_member: Id,
-    },
+    /// Take a snapshot now (the replica has applied exactly the outputs before this
+    /// one) and hand it back with [`MeshCore::snapshot_taken`], with this cut.
+    TakeSnapshot(Cut<Id>),
     /// Start the replica from this snapshot; deliveries that follow come after it.
     InstallSnapshot {
         /// The replica's snapshot.
@@ -218,6 +215,17 @@ pub enum Output<Id> {
     },
     /// This member is no longer in the group (it was excluded or left).
     Excluded,
+}
+
+/// Where a snapshot for a joiner is cut: fixed when the snapshot is requested, since
+/// the core may already have delivered more by the time the replica hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut<Id> {
+    /// The joiner it is for.
+    pub for_member: Id,
+    at: u64,
+    view: View<Id>,
+    ordered_seqs: Vec<(Id, u64)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -391,12 +399,23 @@ impl<Id: MemberId> MeshCore<Id> {
         seq
     }
 
-    /// The replica's snapshot requested by [`Output::TakeSnapshot`].
-    pub fn snapshot_taken(&mut self, for_member: Id, snapshot: Vec<u8>) {
-        if !self.view.contains(&for_member) {
+    /// The replica's snapshot requested by [`Output::TakeSnapshot`], at that cut.
+    pub fn snapshot_taken(&mut self, cut: Cut<Id>, snapshot: Vec<u8>) {
+        if !self.view.contains(&cut.for_member) {
             return;
         }
         let message = Message::State {
+            at: cut.at,
+            view: cut.view,
+            ordered_seqs: cut.ordered_seqs,
+            snapshot,
+        };
+        self.transmits.push_back((cut.for_member, message));
+    }
+
+    fn request_snapshot(&mut self, for_member: Id) {
+        let cut = Cut {
+            for_member,
             at: self.delivered,
             view: self.view.clone(),
             ordered_seqs: self
@@ -404,9 +423,8 @@ impl<Id: MemberId> MeshCore<Id> {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            snapshot,
         };
-        self.transmits.push_back((for_member, message));
+        self.outputs.push_back(Output::TakeSnapshot(cut));
     }
 
     /// Next message to send.
@@ -470,7 +488,10 @@ impl<Id: MemberId> MeshCore<Id> {
             } => self.on_heartbeat(from, view, delivered, ordered, stable),
             Message::JoinRequest => self.on_join_request(from),
             Message::Redirect { sequencer } => {
-                if self.phase == Phase::Joining && sequencer != self.me {
+                if self.phase == Phase::Joining
+                    && sequencer != self.me
+                    && self.contact.as_ref() == Some(&from)
+                {
                     self.contact = Some(sequencer.clone());
                     self.sequencer = sequencer.clone();
                     self.transmits.push_back((sequencer, Message::JoinRequest));
@@ -481,7 +502,12 @@ impl<Id: MemberId> MeshCore<Id> {
                 view,
                 ordered_seqs,
                 snapshot,
-            } => self.on_state(at, view, ordered_seqs, snapshot),
+            } => {
+                // Only from the member we asked, and only if it orders that view.
+                if self.contact.as_ref() == Some(&from) && view.sequencer() == Some(&from) {
+                    self.on_state(at, view, ordered_seqs, snapshot);
+                }
+            }
             Message::Flush { view } => self.on_flush(from, view),
             Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
         }
@@ -604,20 +630,18 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.view.contains(&from) {
             // A retry: it has not got its state yet. Snapshot at our current point.
             self.snapshot_requests.insert(from.clone());
-            self.outputs
-                .push_back(Output::TakeSnapshot { for_member: from });
+            self.request_snapshot(from);
             return;
         }
         let mut members = self.view.members.clone();
         members.push(from.clone());
         let view = View {
-            id: self.max_view_seen + 1,
+            id: self.max_view_seen.saturating_add(1),
             members,
         };
         self.order(Item::View(view));
         self.snapshot_requests.insert(from.clone());
-        self.outputs
-            .push_back(Output::TakeSnapshot { for_member: from });
+        self.request_snapshot(from);
     }
 
     fn exclude_suspects(&mut self) {
@@ -633,7 +657,7 @@ impl<Id: MemberId> MeshCore<Id> {
             .collect();
         if survivors.len() != self.view.members.len() {
             let view = View {
-                id: self.max_view_seen + 1,
+                id: self.max_view_seen.saturating_add(1),
                 members: survivors,
             };
             self.order(Item::View(view));
@@ -648,8 +672,10 @@ impl<Id: MemberId> MeshCore<Id> {
         }
         // Ordered items count only from the sequencer we follow. A flush leader also
         // collects them from survivors; a joiner takes them from whoever adds it.
-        let trusted =
-            *from == self.sequencer || self.flush.is_some() || self.phase == Phase::Joining;
+        let trusted = match self.phase {
+            Phase::Joining => self.contact.as_ref() == Some(from),
+            _ => *from == self.sequencer || (self.flush.is_some() && self.view.contains(from)),
+        };
         if !trusted {
             return;
         }
@@ -763,6 +789,11 @@ impl<Id: MemberId> MeshCore<Id> {
     }
 
     fn on_nack(&mut self, from: Id, first: u64, to: u64) {
+        // Only members get items (a refused joiner must learn nothing), and only for a
+        // well-formed range.
+        if first > to || !self.view.contains(&from) {
+            return;
+        }
         if self.flush.is_some() {
             // Until the flush ends, items past the survivors' common point may still
             // be replaced; serving them now could hand out items that never count.
@@ -781,10 +812,11 @@ impl<Id: MemberId> MeshCore<Id> {
     }
 
     fn on_heartbeat(&mut self, from: Id, view: u64, delivered: u64, ordered: u64, stable: u64) {
-        self.max_view_seen = self.max_view_seen.max(view);
-        if self.view.contains(&from) {
-            self.member_delivered.insert(from.clone(), delivered);
+        if !self.view.contains(&from) {
+            return; // Progress and view ids count only from members.
         }
+        self.max_view_seen = self.max_view_seen.max(view);
+        self.member_delivered.insert(from.clone(), delivered);
         if self.phase == Phase::Member && ordered > self.ordered_known {
             // Asked for by `retry` if delivery stalls; most of it is still in flight.
             self.ordered_known = ordered;
@@ -831,6 +863,11 @@ impl<Id: MemberId> MeshCore<Id> {
         self.view = view.clone();
         self.sequencer = view.sequencer().cloned().unwrap_or(self.me.clone());
         self.ordered_seqs = ordered_seqs.into_iter().collect();
+        // A previous run of this same member may have sent events: continue after
+        // them (nothing is in flight yet while joining; queued items get fresh seqs).
+        if let Some(previous) = self.ordered_seqs.get(&self.me).copied() {
+            self.next_seq = self.next_seq.max(previous + 1 + self.queued.len() as u64);
+        }
         self.log = self.log.split_off(&(at + 1));
         self.leader_term = self.leader_term.max(view.id);
         self.outputs.push_back(Output::InstallSnapshot { snapshot });
@@ -899,7 +936,7 @@ impl<Id: MemberId> MeshCore<Id> {
     }
 
     fn start_flush(&mut self, now: Millis) {
-        let view = self.max_view_seen + 1;
+        let view = self.max_view_seen.saturating_add(1);
         self.max_view_seen = view;
         tracing::debug!(
             "{:?}: sequencer {:?} suspected; flushing for view {view}",
@@ -972,6 +1009,9 @@ impl<Id: MemberId> MeshCore<Id> {
     }
 
     fn on_flush_reply(&mut self, from: Id, view: u64, received: u64) {
+        if !self.view.contains(&from) || self.suspected.contains(&from) {
+            return;
+        }
         let Some(flush) = &mut self.flush else { return };
         if flush.view != view {
             return;

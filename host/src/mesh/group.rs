@@ -479,8 +479,8 @@ impl Group {
                     }
                 }
             }
-            Output::TakeSnapshot { for_member } => match self.replica.snapshot() {
-                Ok(snapshot) => self.core.snapshot_taken(for_member, snapshot),
+            Output::TakeSnapshot(cut) => match self.replica.snapshot() {
+                Ok(snapshot) => self.core.snapshot_taken(cut, snapshot),
                 Err(e) => tracing::error!("{}: cannot snapshot for a joiner: {e}", self.object),
             },
             Output::InstallSnapshot { snapshot } => {

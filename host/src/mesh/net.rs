@@ -298,11 +298,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound>) 
                 connection.close(1u32.into(), b"no ed25519 certificate");
                 return;
             };
+            let remote = connection.remote_address();
             while let Ok(stream) = connection.accept_uni().await {
                 let inbound = inbound.clone();
                 let connection = connection.clone();
                 tokio::spawn(async move {
-                    if let Err(reason) = read_frames(stream, key, &inbound).await {
+                    if let Err(reason) = read_frames(stream, key, remote, &inbound).await {
                         tracing::warn!("closing the connection of {key}: {reason}");
                         connection.close(2u32.into(), reason.as_bytes());
                     }
@@ -315,6 +316,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound>) 
 async fn read_frames(
     mut stream: quinn::RecvStream,
     key: PublicKey,
+    remote: SocketAddr,
     inbound: &mpsc::Sender<Inbound>,
 ) -> Result<(), String> {
     loop {
@@ -333,10 +335,13 @@ async fn read_frames(
             .map_err(|e| format!("truncated frame: {e}"))?;
         let frame: Frame =
             postcard::from_bytes(&bytes).map_err(|e| format!("malformed frame: {e}"))?;
-        if frame.from.key != key {
+        // The claimed sender must be the authenticated key, at the address it talks
+        // from (each host uses one endpoint to listen and to dial), so replies can
+        // never be aimed at a third party.
+        if frame.from.key != key || frame.from.addr != remote {
             return Err(format!(
-                "frame claims to come from {}, but the connection is {key}",
-                frame.from.key
+                "frame claims to come from {:?}, but the connection is {key} at {remote}",
+                frame.from
             ));
         }
         // Full: drop (the protocol retransmits) rather than block the connection.
