@@ -1,129 +1,43 @@
 //! The directory end to end with real processes on loopback: `lo directory serve` in
 //! one process, `lo keygen / zone / publish / ls / resolve / fetch` in others.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new() -> Self {
-        Home {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn lo(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lo"));
-        cmd.env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env_remove("LO_DIRECTORY")
-            .env_remove("LO_ROOT_KEY")
-            .env("RUST_BACKTRACE", "0");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.lo().args(args).output().expect("lo runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "lo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(out.status.code(), Some(1), "lo {args:?} should fail");
-        String::from_utf8_lossy(&out.stderr).to_string()
-    }
-
-    fn keygen(&self, file: &str) -> String {
-        let out = self.ok(&["keygen", "--out", self.path(file).to_str().unwrap()]);
-        out.lines()
-            .find_map(|l| l.strip_prefix("public key "))
-            .expect("keygen prints the public key")
-            .to_string()
-    }
-}
+use common::{Daemon, Home};
+use std::path::Path;
 
 /// A `lo directory serve` child process, killed when dropped.
 struct DirectoryProcess {
-    child: Child,
+    daemon: Daemon,
     addr: String,
     root: String,
 }
 
 impl DirectoryProcess {
     fn start(home: &Home, root_key: &Path, db: &Path) -> Self {
-        let mut child = home
-            .lo()
-            .args([
-                "directory",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-blob-bytes",
-                "1000000",
-            ])
-            .arg("--root-key")
-            .arg(root_key)
-            .arg("--db")
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut addr = None;
-        let mut root = None;
-        while addr.is_none() || root.is_none() {
-            let line = lines
-                .next()
-                .expect("server printed its address and root key")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("directory listening on ") {
-                addr = Some(a.to_string());
-            }
-            if let Some(r) = line.strip_prefix("root key ") {
-                root = Some(r.to_string());
-            }
-        }
-        // Keep draining stdout so the server never writes into a closed pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let mut cmd = home.lo();
+        cmd.args([
+            "directory",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-blob-bytes",
+            "1000000",
+        ])
+        .arg("--root-key")
+        .arg(root_key)
+        .arg("--db")
+        .arg(db);
+        let daemon = Daemon::start(cmd, &["directory listening on ", "root key "]);
         DirectoryProcess {
-            child,
-            addr: addr.unwrap(),
-            root: root.unwrap(),
+            addr: daemon.value("directory listening on "),
+            root: daemon.value("root key "),
+            daemon,
         }
     }
 
     fn kill9(&mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for DirectoryProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill9();
     }
 }
 

@@ -2,101 +2,12 @@
 //! chat room by name; posts from all reach all; a node killed with SIGKILL leaves
 //! the view and, restarted, rejoins with the state.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{Daemon, Home};
 use std::time::{Duration, Instant};
 
 const ROOM: &str = "lo://acme/rooms/lobby";
-
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn lo(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lo"));
-        cmd.env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env_remove("LO_DIRECTORY")
-            .env_remove("LO_ROOT_KEY")
-            .env_remove("LO_CONTROL")
-            .env("RUST_BACKTRACE", "0");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.lo().args(args).output().expect("lo runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "lo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-}
-
-/// A child process killed on drop; `first_lines` are what it printed first.
-struct Daemon {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Daemon {
-    fn start(mut cmd: Command, wait_for: &[&str]) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut lines = Vec::new();
-        while !wait_for
-            .iter()
-            .all(|w| lines.iter().any(|l: &String| l.starts_with(w)))
-        {
-            lines.push(
-                reader
-                    .next()
-                    .expect("daemon printed its startup lines")
-                    .unwrap(),
-            );
-        }
-        std::thread::spawn(move || for _ in reader {});
-        Daemon { child, lines }
-    }
-
-    fn value(&self, prefix: &str) -> String {
-        self.lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap()
-            .to_string()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_node(home: &Home, n: usize, directory: &str, root: &str) -> (Daemon, String) {
     let mut cmd = home.lo();
@@ -157,9 +68,7 @@ fn members(home: &Home, n: usize) -> usize {
 
 #[test]
 fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
-    let home = Home {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let home = Home::new();
     for key in ["root", "acme", "n1", "n2", "n3"] {
         home.ok(&[
             "keygen",

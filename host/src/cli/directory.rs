@@ -166,14 +166,6 @@ pub struct FetchArgs {
     target: DirectoryTarget,
 }
 
-fn tokio() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 fn identity_path(key: &KeyArg) -> Result<PathBuf> {
     match &key.key {
         Some(p) => Ok(p.clone()),
@@ -234,7 +226,7 @@ pub fn directory(cmd: DirectoryCommand) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let root_public = root.public();
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let server = Server::start(ServerConfig {
             listen,
             db_path: db_path.clone(),
@@ -254,7 +246,7 @@ pub fn directory(cmd: DirectoryCommand) -> Result<()> {
 }
 
 pub fn zone(cmd: ZoneCommand) -> Result<()> {
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         match cmd {
             ZoneCommand::Create { zone, key, target } => {
                 let owner = load_identity(&key)?;
@@ -326,7 +318,7 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
         options.insert(k.to_string(), v.to_string());
     }
     let hash: [u8; 32] = Sha256::digest(&bytes).into();
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let version = match args.version {
             Some(v) => v,
@@ -400,7 +392,7 @@ pub fn ls(args: LsArgs) -> Result<()> {
         format!("{}/", args.folder)
     };
     Name::parse(&folder)?;
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let listing = resolver.list(&folder).await?;
         println!(
@@ -458,7 +450,7 @@ fn print_record(v: &VerifiedRecord) {
 }
 
 pub fn resolve(args: ResolveArgs) -> Result<()> {
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let v = resolver.resolve(&args.name).await?;
         print_record(&v);
@@ -467,7 +459,7 @@ pub fn resolve(args: ResolveArgs) -> Result<()> {
 }
 
 pub fn fetch(args: FetchArgs) -> Result<()> {
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let v = resolver.resolve(&args.name).await?;
         let bytes = resolver.fetch_logic(&v).await?;

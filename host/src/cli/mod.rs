@@ -471,12 +471,17 @@ fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
 }
 
 fn demo(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
+    tokio()?.block_on(demo::run(runtime, duration, interval))
+}
+
+/// The async runtime the network commands run on (two workers: the machine size we
+/// plan for).
+pub(crate) fn tokio() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(demo::run(runtime, duration, interval))
+        .context("starting the async runtime")
 }
 
 #[cfg(test)]

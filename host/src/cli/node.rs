@@ -78,19 +78,11 @@ pub struct LeaveArgs {
     control: ControlArg,
 }
 
-fn tokio() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
     let identity = super::directory::load_identity(&args.key)?;
     let root = super::directory::root_key(&args.target)?;
     let control = args.control.path()?;
-    tokio()?.block_on(async move {
+    super::tokio()?.block_on(async move {
         let mesh = MeshNode::start(&identity, args.listen, Config::default())?;
         let client = Client::connect(args.target.directory).await?;
         // Each node identity keeps its own version memory (the CLI's, or another
@@ -120,7 +112,7 @@ fn expect(response: ControlResponse) -> Result<ControlResponse> {
 
 pub fn join(args: JoinArgs) -> Result<()> {
     let path = args.control.path()?;
-    let rt = tokio()?;
+    let rt = super::tokio()?;
     let joined = rt.block_on(request(
         &path,
         &ControlRequest::Join {
@@ -195,7 +187,7 @@ pub fn join(args: JoinArgs) -> Result<()> {
 /// `lo call lo://NAME METHOD ARGS` through the node.
 pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> Result<()> {
     let path = control.path()?;
-    let answer = tokio()?.block_on(request(
+    let answer = super::tokio()?.block_on(request(
         &path,
         &ControlRequest::Call {
             name: name.to_string(),
@@ -215,7 +207,8 @@ pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> 
 }
 
 pub fn status(args: StatusArgs) -> Result<()> {
-    let answer = tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
+    let answer =
+        super::tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
     let ControlResponse::Status { key, addr, objects } = expect(answer)? else {
         bail!("unexpected answer");
     };
@@ -244,7 +237,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
 }
 
 pub fn leave(args: LeaveArgs) -> Result<()> {
-    let answer = tokio()?.block_on(request(
+    let answer = super::tokio()?.block_on(request(
         &args.control.path()?,
         &ControlRequest::Leave {
             name: args.name.clone(),

@@ -1,0 +1,126 @@
+//! Process harness shared by the tests that run `lo` as real processes: a private
+//! home directory per test, and daemons killed when dropped.
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+/// A private HOME (config, data, cache) for `lo` processes.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `lo` with this home and none of the caller's `LO_*` settings.
+    pub fn lo(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lo"));
+        cmd.env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env_remove("LO_DIRECTORY")
+            .env_remove("LO_ROOT_KEY")
+            .env_remove("LO_CONTROL")
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.lo().args(args).output().expect("lo runs")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lo {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Run and require exit code 1; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(out.status.code(), Some(1), "lo {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    /// `lo keygen --out FILE`; returns the public key.
+    pub fn keygen(&self, file: &str) -> String {
+        let out = self.ok(&["keygen", "--out", self.path(file).to_str().unwrap()]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("public key "))
+            .expect("keygen prints the public key")
+            .to_string()
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped; `lines` are its first stdout lines.
+pub struct Daemon {
+    pub child: Child,
+    pub lines: Vec<String>,
+}
+
+impl Daemon {
+    /// Spawn `cmd` and read stdout until a line starting with each of `wait_for` was
+    /// printed; the rest of stdout is drained so the process never writes into a
+    /// closed pipe.
+    pub fn start(mut cmd: Command, wait_for: &[&str]) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = Vec::new();
+        while !wait_for
+            .iter()
+            .all(|w| lines.iter().any(|l: &String| l.starts_with(w)))
+        {
+            lines.push(
+                reader
+                    .next()
+                    .expect("daemon printed its startup lines")
+                    .unwrap(),
+            );
+        }
+        std::thread::spawn(move || for _ in reader {});
+        Daemon { child, lines }
+    }
+
+    /// The rest of the first startup line beginning with `prefix`.
+    pub fn value(&self, prefix: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
