@@ -54,6 +54,9 @@ use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::cell::RefCell;
 
+/// Gossip aggregate objects (counts, averages, extremes).
+pub mod aggregate;
+
 #[doc(hidden)]
 pub mod __private {
     //! Glue used by [`export_object!`](crate::export_object); not a stable API.

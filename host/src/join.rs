@@ -32,19 +32,39 @@ pub struct DriverInfo {
     pub reliability: Reliability,
     /// Strongest protection it provides.
     pub security: Security,
+    /// The object categories it runs.
+    pub categories: &'static [Category],
     /// One line for users.
     pub summary: &'static str,
 }
 
-/// The drivers this host provides. (qsm, vsync and gossip are added as they land.)
-pub const DRIVERS: &[DriverInfo] = &[DriverInfo {
-    name: "mesh",
-    // Total order among connected members through a sequencer; links mutually
-    // authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
-    reliability: Reliability::TotalOrder,
-    security: Security::Encrypted,
-    summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
-}];
+/// The drivers this host provides. (qsm and vsync are added as they land.)
+pub const DRIVERS: &[DriverInfo] = &[
+    DriverInfo {
+        name: "mesh",
+        // Total order among connected members through a sequencer; links mutually
+        // authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
+        reliability: Reliability::TotalOrder,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
+    },
+    DriverInfo {
+        name: "gossip",
+        // Aggregates converge; nothing is delivered in order or exactly once, and
+        // datagrams are not authenticated (see `crate::gossip`).
+        reliability: Reliability::BestEffort,
+        security: Security::Open,
+        categories: &[Category::GossipAggregate],
+        summary: "SWIM membership, Cyclon peer sampling, push-pull aggregates over UDP; \
+                  run with `lo gossip`",
+    },
+];
 
 /// The driver called `name`, if this host has it.
 pub fn driver(name: &str) -> Option<&'static DriverInfo> {
@@ -149,6 +169,23 @@ pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), S
             available.join(", ")
         ));
     };
+    if !d.categories.contains(&t.category) {
+        let fitting: Vec<&str> = DRIVERS
+            .iter()
+            .filter(|other| other.categories.contains(&t.category))
+            .map(|other| other.name)
+            .collect();
+        return Err(format!(
+            "it is a {} object, which the {} driver does not run (drivers for it: {})",
+            t.category,
+            d.name,
+            if fitting.is_empty() {
+                "none yet".to_string()
+            } else {
+                fitting.join(", ")
+            }
+        ));
+    }
     if t.reliability > d.reliability {
         return Err(format!(
             "it needs {} delivery but the {} driver provides {}",
@@ -243,6 +280,20 @@ pub async fn join(
         name: name.to_string(),
         reason,
     })?;
+    if record.driver.name != "mesh" {
+        return Err(JoinError::Type {
+            name: name.to_string(),
+            reason: format!(
+                "its driver is {}, and the node joins mesh objects only{}",
+                record.driver.name,
+                if record.driver.name == "gossip" {
+                    "; run gossip aggregates with `lo gossip --object NAME`"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let me = node.me().key;
     Grant::check(
         &record.policy,

@@ -11,6 +11,7 @@
 //! [`Replica`]: runtime::Replica
 #![deny(missing_docs, unsafe_code)]
 
+pub mod gossip;
 pub mod join;
 pub mod local;
 pub mod mesh;

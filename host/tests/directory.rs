@@ -3,43 +3,7 @@
 
 mod common;
 
-use common::{Daemon, Home};
-use std::path::Path;
-
-/// A `lo directory serve` child process, killed when dropped.
-struct DirectoryProcess {
-    daemon: Daemon,
-    addr: String,
-    root: String,
-}
-
-impl DirectoryProcess {
-    fn start(home: &Home, root_key: &Path, db: &Path) -> Self {
-        let mut cmd = home.lo();
-        cmd.args([
-            "directory",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-blob-bytes",
-            "1000000",
-        ])
-        .arg("--root-key")
-        .arg(root_key)
-        .arg("--db")
-        .arg(db);
-        let daemon = Daemon::start(cmd, &["directory listening on ", "root key "]);
-        DirectoryProcess {
-            addr: daemon.value("directory listening on "),
-            root: daemon.value("root key "),
-            daemon,
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.daemon.kill9();
-    }
-}
+use common::{DirectoryProcess, Home};
 
 #[test]
 fn publish_resolve_list_fetch_and_republish_across_processes() {

@@ -15,7 +15,11 @@ const OBJECTS: &[(&str, &str, bool)] = &[
     ("COUNTER", "counter", true),
     ("REGISTER", "register", true),
     ("CHAT", "chat", true),
+    ("CENSUS", "census", true),
+    ("AVERAGE", "average", true),
+    ("MAX", "max", true),
     ("HOSTILE", "hostile", false),
+    ("HOSTILE_AGGREGATE", "hostile_aggregate", false),
     ("STRANGER", "stranger", false),
 ];
 
@@ -40,6 +44,9 @@ fn main() {
         objects_dir.join("counter"),
         objects_dir.join("register"),
         objects_dir.join("chat"),
+        objects_dir.join("census"),
+        objects_dir.join("average"),
+        objects_dir.join("max"),
         objects_dir.join("testing"),
         repo_dir.join("guest-sdk"),
         repo_dir.join("wit"),

@@ -189,7 +189,7 @@ pub(super) fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
     )
 }
 
-async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
+pub(super) async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
     let root = root_key(target)?;
     let client = Client::connect(target.directory).await?;
     let seen_path = super::data_dir()?.join("seen-versions.redb");
@@ -300,15 +300,22 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     // Refuse to publish what no host could run.
-    let logic = runtime.load_bytes(&args.file.display().to_string(), &bytes)?;
-    let interface = match args.interface {
-        Some(i) => i,
-        None => logic
-            .interface()
-            .methods
-            .iter()
-            .find_map(|m| m.interface.clone())
-            .unwrap_or_default(),
+    let file_name = args.file.display().to_string();
+    let interface = if args.category == Category::GossipAggregate {
+        runtime.load_aggregate_bytes(&file_name, &bytes)?;
+        args.interface
+            .unwrap_or_else(|| liveobjects_host::runtime::AGGREGATE_INTERFACE.to_string())
+    } else {
+        let logic = runtime.load_bytes(&file_name, &bytes)?;
+        match args.interface {
+            Some(i) => i,
+            None => logic
+                .interface()
+                .methods
+                .iter()
+                .find_map(|m| m.interface.clone())
+                .unwrap_or_default(),
+        }
     };
     let mut options = BTreeMap::new();
     for opt in &args.driver_opts {
@@ -353,6 +360,8 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
             options,
         };
         record.policy = args.policy;
+        liveobjects_host::join::check_type(&record, &Default::default())
+            .map_err(|reason| anyhow::anyhow!("refusing to publish {name}: {reason}"))?;
         let blob = if client.has_blob(hash).await? {
             None
         } else {

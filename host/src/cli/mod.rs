@@ -2,6 +2,7 @@
 
 mod demo;
 mod directory;
+mod gossip;
 mod node;
 
 use anyhow::{Context, Result, bail};
@@ -100,6 +101,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Gossip with other hosts: SWIM membership, peer sampling, and aggregates over
+    /// every live host (census, average load, max), printed as each epoch ends.
+    Gossip(gossip::GossipArgs),
     /// Run a directory server.
     #[command(subcommand)]
     Directory(directory::DirectoryCommand),
@@ -149,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Leave(args) => node::leave(args),
         Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
         Command::Demo { duration, interval } => demo(&runtime()?, duration, interval),
+        Command::Gossip(args) => gossip::gossip(runtime()?, args),
         Command::Keygen { out } => directory::keygen(out),
         Command::Directory(cmd) => directory::directory(cmd),
         Command::Zone(cmd) => directory::zone(cmd),

@@ -12,11 +12,16 @@
 //! # Ok(()) }
 //! ```
 
+mod aggregate;
 mod cache;
 mod interface;
 mod replica;
 pub(crate) mod sandbox;
 
+pub use self::aggregate::{
+    AGGREGATE_INTERFACE, AggregateError, AggregateInstance, AggregateLogic, MAX_STATE_BYTES,
+    SharedAggregate,
+};
 pub use self::interface::{Method, ObjectInterface, type_name};
 pub use self::replica::{
     CallOutcome, Delivery, Notification, Replica, ReplicaError, ReplicaIdentity,
@@ -225,6 +230,7 @@ impl fmt::Debug for Logic {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<ReplicaState>,
+    aggregate_linker: Linker<aggregate::AggregateState>,
     cache: Option<CompiledCache>,
     limits: Limits,
 }
@@ -246,10 +252,13 @@ impl Runtime {
             .relaxed_simd_deterministic(true);
         let engine = Engine::new(&wasm_config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let aggregate_linker =
+            aggregate::build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let cache = config.cache_dir.map(|dir| CompiledCache::new(dir, &engine));
         Ok(Runtime {
             engine,
             linker,
+            aggregate_linker,
             cache,
             limits: config.limits,
         })
@@ -267,26 +276,13 @@ impl Runtime {
 
     /// Load a component from a file (name for errors: the path).
     pub fn load_file(&self, path: &Path) -> Result<Arc<Logic>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.load_bytes(&path.display().to_string(), &bytes)
+        self.load_bytes(&path.display().to_string(), &read_component(path)?)
     }
 
     /// Load a component from bytes: check it is a component, compile it (or take the
     /// compiled code from the cache), and check it implements our world.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Logic>, LoadError> {
-        check_component_header(name, bytes)?;
-        let hash = LogicHash::of(bytes);
-        let component = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, hash, bytes),
-            None => Component::new(&self.engine, bytes),
-        }
-        .map_err(|e| LoadError::Compile {
-            name: name.to_string(),
-            message: format!("{e:#}"),
-        })?;
+        let (hash, component) = self.compile(name, bytes)?;
         let interface = ObjectInterface::of(&self.engine, &component);
         if !interface.has_lifecycle {
             return Err(LoadError::WrongWorld {
@@ -322,6 +318,44 @@ impl Runtime {
         }))
     }
 
+    /// Check that `bytes` are a component, and compile them (or take the compiled
+    /// code from the cache).
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<(LogicHash, Component), LoadError> {
+        check_component_header(name, bytes)?;
+        let hash = LogicHash::of(bytes);
+        let component = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, hash, bytes),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::Compile {
+            name: name.to_string(),
+            message: format!("{e:#}"),
+        })?;
+        Ok((hash, component))
+    }
+
+    /// Load a gossip aggregate object (world `aggregate-object`) from bytes.
+    pub fn load_aggregate_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<AggregateLogic>, LoadError> {
+        let (hash, component) = self.compile(name, bytes)?;
+        aggregate::AggregateLogic::new(
+            name,
+            hash,
+            &self.aggregate_linker,
+            &component,
+            &self.engine,
+            self.limits.clone(),
+        )
+    }
+
+    /// Load a gossip aggregate object from a file.
+    pub fn load_aggregate_file(&self, path: &Path) -> Result<Arc<AggregateLogic>, LoadError> {
+        self.load_aggregate_bytes(&path.display().to_string(), &read_component(path)?)
+    }
+
     /// Create a replica of `logic` in a fresh sandbox. Call [`Replica::init`] next.
     pub fn instantiate(
         &self,
@@ -332,11 +366,26 @@ impl Runtime {
     }
 }
 
+fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<ReplicaState>> {
     let mut linker = Linker::new(engine);
     Object::add_to_linker::<ReplicaState, HasSelf<ReplicaState>>(&mut linker, |s| s)?;
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    // A replica must never block its host on a timer: sleeping traps instead.
+    add_sandboxed_wasi(&mut linker)?;
+    Ok(linker)
+}
+
+/// Add WASI as a guest sees it: capability-free (see [`sandbox`]), and a guest that
+/// tries to sleep traps, because it must never block its host on a timer.
+pub(crate) fn add_sandboxed_wasi<T: wasmtime_wasi::WasiView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
     let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
     clock.func_wrap(
@@ -352,7 +401,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<ReplicaState>> {
         },
     )?;
     linker.allow_shadowing(false);
-    Ok(linker)
+    Ok(())
 }
 
 /// Tell apart "not wasm at all", "a core module" and "a component" before handing

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 /// A private HOME (config, data, cache) for `lo` processes.
@@ -122,5 +122,40 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `lo directory serve` child process, killed when dropped.
+pub struct DirectoryProcess {
+    pub daemon: Daemon,
+    pub addr: String,
+    pub root: String,
+}
+
+impl DirectoryProcess {
+    pub fn start(home: &Home, root_key: &Path, db: &Path) -> Self {
+        let mut cmd = home.lo();
+        cmd.args([
+            "directory",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-blob-bytes",
+            "1000000",
+        ])
+        .arg("--root-key")
+        .arg(root_key)
+        .arg("--db")
+        .arg(db);
+        let daemon = Daemon::start(cmd, &["directory listening on ", "root key "]);
+        DirectoryProcess {
+            addr: daemon.value("directory listening on "),
+            root: daemon.value("root key "),
+            daemon,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
     }
 }

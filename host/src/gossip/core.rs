@@ -1,0 +1,985 @@
+//! The gossip driver's protocol as a sans-IO state machine.
+//!
+//! A [`GossipNode`] is one host. It is driven from outside, quinn-style:
+//! - [`GossipNode::handle_datagram`] with each datagram received,
+//! - [`GossipNode::handle_timeout`] when [`GossipNode::poll_timeout`] is reached,
+//! - then drain [`GossipNode::poll_transmit`] (datagrams to send) and
+//!   [`GossipNode::poll_event`] (membership changes and finished aggregates).
+//!
+//! Time is a parameter (`now`), so the same code runs in the simulator
+//! (`host/tests/gossip_simulation.rs`) and under tokio (`super::net`).
+//!
+//! Three protocols share one datagram socket:
+//! 1. **SWIM** (optional) through foca: failure detection and full membership.
+//!    foca's packets travel inside [`Wire::Swim`]; its timers live in this node's
+//!    timer heap. SWIM's member table grows with N (about 100 bytes per host), so
+//!    very large deployments run without it and rely on Cyclon's aging alone.
+//! 2. **Cyclon** peer sampling ([`super::sampling`]): a bounded partial view,
+//!    shuffled once per round.
+//! 3. **Push-pull anti-entropy** of aggregate objects: once per round the node
+//!    sends its partial aggregates to a random peer of its view, which merges them
+//!    and replies with its own (merged) ones. Aggregates are computed per *epoch*:
+//!    each epoch every host contributes afresh, so hosts that died stop counting at
+//!    the next epoch. An epoch lasts `epoch_rounds` rounds; a host that hears of a
+//!    newer epoch joins it at once, so epochs stay aligned without clocks.
+//!
+//! Every message is bounded ([`MAX_DATAGRAM`]), every table is bounded (view
+//! capacity, pending shuffles, one state per object), so memory per host does not
+//! grow with N (except SWIM's table when enabled).
+
+use super::HostId;
+use super::sampling::{Entry, Sampler};
+use crate::runtime::{AggregateError, SharedAggregate};
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Largest datagram the node sends or accepts.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+/// Longest object name accepted from the network.
+pub const MAX_OBJECT_NAME: usize = 256;
+/// Most entries accepted in one shuffle.
+const MAX_ENTRIES: usize = 64;
+/// Most object states accepted in one exchange.
+const MAX_SHARES: usize = 64;
+/// Cyclon entries at most this many rounds old are introduced to SWIM.
+const FRESH_AGE: u16 = 20;
+/// First byte of every datagram: the wire format's version.
+const WIRE_VERSION: u8 = 1;
+
+/// What gossip datagrams carry (after the version byte), encoded with postcard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Wire {
+    /// A foca (SWIM) packet.
+    Swim(Vec<u8>),
+    /// A Cyclon shuffle request.
+    Shuffle {
+        /// The sender.
+        from: HostId,
+        /// Entries offered.
+        entries: Vec<Entry>,
+    },
+    /// A Cyclon shuffle reply.
+    ShuffleReply {
+        /// The sender.
+        from: HostId,
+        /// Entries offered.
+        entries: Vec<Entry>,
+    },
+    /// A push (or, if `reply`, the pull answer) of partial aggregates.
+    Exchange {
+        /// The sender.
+        from: HostId,
+        /// Whether this answers an exchange (and must not be answered).
+        reply: bool,
+        /// One state per object.
+        shares: Vec<Share>,
+    },
+}
+
+/// One object's partial aggregate, as gossiped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    /// The object's name.
+    pub object: String,
+    /// The epoch the state belongs to.
+    pub epoch: u64,
+    /// The state (object-defined bytes).
+    pub state: Vec<u8>,
+}
+
+/// Why a datagram was dropped. None of these changes the node's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramError {
+    /// Larger than [`MAX_DATAGRAM`].
+    #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
+    TooLarge(usize),
+    /// Unknown version byte (or empty).
+    #[error("datagram has wire version {0:?}, expected {WIRE_VERSION}")]
+    Version(Option<u8>),
+    /// The body does not decode.
+    #[error("datagram does not decode: {0}")]
+    Malformed(String),
+    /// The body decodes but breaks a bound (too many entries, a long name).
+    #[error("datagram breaks a bound: {0}")]
+    OutOfBounds(&'static str),
+    /// The claimed sender is not the address it came from.
+    #[error("datagram claims to be from {claimed} but came from {actual}")]
+    Spoofed {
+        /// The sender it names.
+        claimed: SocketAddr,
+        /// The address it came from.
+        actual: SocketAddr,
+    },
+    /// foca refused the SWIM packet.
+    #[error("SWIM packet refused: {0}")]
+    Swim(String),
+}
+
+/// Encode a message (version byte + postcard).
+pub fn encode(message: &Wire) -> Vec<u8> {
+    let mut bytes = vec![WIRE_VERSION];
+    bytes.extend(postcard::to_allocvec(message).expect("encoding to a Vec cannot fail"));
+    bytes
+}
+
+/// Decode and bound-check a datagram.
+pub fn decode(bytes: &[u8]) -> Result<Wire, DatagramError> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(DatagramError::TooLarge(bytes.len()));
+    }
+    match bytes.first() {
+        Some(&WIRE_VERSION) => {}
+        other => return Err(DatagramError::Version(other.copied())),
+    }
+    let message: Wire =
+        postcard::from_bytes(&bytes[1..]).map_err(|e| DatagramError::Malformed(e.to_string()))?;
+    match &message {
+        Wire::Shuffle { entries, .. } | Wire::ShuffleReply { entries, .. }
+            if entries.len() > MAX_ENTRIES =>
+        {
+            Err(DatagramError::OutOfBounds("too many view entries"))
+        }
+        Wire::Exchange { shares, .. } if shares.len() > MAX_SHARES => {
+            Err(DatagramError::OutOfBounds("too many object states"))
+        }
+        Wire::Exchange { shares, .. }
+            if shares.iter().any(|s| s.object.len() > MAX_OBJECT_NAME) =>
+        {
+            Err(DatagramError::OutOfBounds("object name too long"))
+        }
+        _ => Ok(message),
+    }
+}
+
+/// Settings of a gossip node. Every host of a deployment should use the same.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// One round: one shuffle and one push-pull exchange.
+    pub round: Duration,
+    /// Capacity of the Cyclon partial view.
+    pub view_size: usize,
+    /// Entries exchanged per shuffle.
+    pub shuffle_length: usize,
+    /// Rounds per aggregation epoch. Must comfortably exceed the rounds an update
+    /// needs to reach every host (about `log2(N) + 5`).
+    pub epoch_rounds: u32,
+    /// SWIM settings, or `None` to run without SWIM (Cyclon aging alone then
+    /// removes dead hosts).
+    pub swim: Option<foca::Config>,
+}
+
+impl GossipConfig {
+    /// Settings for a LAN of about `cluster_size` hosts: 200 ms rounds, a view of
+    /// 20, epochs of 25 rounds (5 s), SWIM with foca's LAN settings for that size.
+    pub fn lan(cluster_size: u32) -> Self {
+        let size = std::num::NonZeroU32::new(cluster_size.max(1)).expect("at least one");
+        GossipConfig {
+            round: Duration::from_millis(200),
+            view_size: 20,
+            shuffle_length: 8,
+            epoch_rounds: 25,
+            swim: Some(swim_config(size)),
+        }
+    }
+}
+
+/// foca's LAN settings for `size` hosts, with three changes:
+/// - every update is retransmitted twice as often (`8 log10(N+1)` instead of
+///   `4 log10(N+1)`): with 5-10% loss, 4 log10(N+1) copies leave a host now and
+///   then that never hears of a crash and keeps the dead host until its own
+///   round-robin probe reaches it (up to N probe periods later);
+/// - a periodic announce every 5 s instead of 30 s: the answer carries a page of
+///   the peer's member list, which is how a host that joined late learns the
+///   members whose own updates it missed;
+/// - no periodic announce to down members (a rejoining host announces itself;
+///   probing the dead every 65 s only costs traffic).
+pub fn swim_config(size: std::num::NonZeroU32) -> foca::Config {
+    let lan = foca::Config::new_lan(size);
+    foca::Config {
+        max_transmissions: lan
+            .max_transmissions
+            .saturating_mul(std::num::NonZeroU8::new(2).expect("2 > 0")),
+        periodic_announce: Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(5),
+            num_members: std::num::NonZeroUsize::MIN,
+        }),
+        periodic_announce_to_down_members: None,
+        ..lan
+    }
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// SWIM found a new live host.
+    MemberUp(HostId),
+    /// SWIM declared a host down.
+    MemberDown(HostId),
+    /// An epoch of an aggregate finished on this host with this value.
+    Estimate {
+        /// The object.
+        object: String,
+        /// The epoch that finished.
+        epoch: u64,
+        /// The aggregate's value over that epoch.
+        value: f64,
+    },
+    /// The object's code failed (the state is unchanged).
+    AggregateFailed {
+        /// The object.
+        object: String,
+        /// What happened.
+        error: String,
+    },
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Bytes (a full datagram).
+    pub bytes: Vec<u8>,
+}
+
+/// Counters a node keeps about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GossipStats {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams received and accepted.
+    pub datagrams_received: u64,
+    /// Datagrams dropped as malformed, oversized, spoofed or refused.
+    pub datagrams_dropped: u64,
+    /// Object states received for objects this host has not joined, or stale epochs.
+    pub shares_ignored: u64,
+    /// Object states not sent because the datagram was full.
+    pub shares_deferred: u64,
+}
+
+/// A finished epoch's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// The epoch.
+    pub epoch: u64,
+    /// The value.
+    pub value: f64,
+}
+
+struct Aggregation {
+    code: SharedAggregate,
+    input: f64,
+    epoch: u64,
+    deadline: Instant,
+    state: Vec<u8>,
+    finished: Option<Estimate>,
+}
+
+type Swim = Foca<HostId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// One host of the gossip driver (see the module docs).
+pub struct GossipNode {
+    id: HostId,
+    salt: u64,
+    config: GossipConfig,
+    rng: StdRng,
+    sampler: Sampler,
+    swim: Option<Swim>,
+    swim_io: AccumulatingRuntime<HostId>,
+    /// SWIM timers: (deadline, sequence) ordered; the timer itself in `timer_slots`.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_slots: HashMap<u64, Timer<HostId>>,
+    next_timer: u64,
+    aggregations: BTreeMap<String, Aggregation>,
+    /// Where the next exchange starts in `aggregations`, so that all objects get a
+    /// turn when they do not fit one datagram.
+    exchange_cursor: usize,
+    next_round: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: GossipStats,
+}
+
+impl GossipNode {
+    /// A node with identity `id`; `seed` drives every random choice it makes.
+    pub fn new(id: HostId, config: GossipConfig, seed: u64, now: Instant) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let swim = config.swim.clone().map(|swim_config| {
+            Foca::new(
+                id,
+                swim_config,
+                StdRng::seed_from_u64(rng.random()),
+                PostcardCodec,
+            )
+        });
+        // Start the first round at a random point of the period, so that hosts
+        // started together do not send in lockstep.
+        let offset = config.round.mul_f64(rng.random::<f64>());
+        GossipNode {
+            id,
+            salt: rng.random(),
+            sampler: Sampler::new(id, config.view_size, config.shuffle_length),
+            config,
+            rng,
+            swim,
+            swim_io: AccumulatingRuntime::new(),
+            timers: BinaryHeap::new(),
+            timer_slots: HashMap::new(),
+            next_timer: 0,
+            aggregations: BTreeMap::new(),
+            exchange_cursor: 0,
+            next_round: now + offset,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: GossipStats::default(),
+        }
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> HostId {
+        self.id
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GossipStats {
+        self.stats
+    }
+
+    /// The Cyclon partial view.
+    pub fn view(&self) -> &[Entry] {
+        self.sampler.entries()
+    }
+
+    /// Hosts SWIM currently considers alive (empty without SWIM).
+    pub fn swim_members(&self) -> Vec<HostId> {
+        match &self.swim {
+            Some(swim) => swim.iter_members().map(|m| *m.id()).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Join through hosts known by address (their boot number is learnt from
+    /// their answers).
+    pub fn join(&mut self, seeds: &[SocketAddr], now: Instant) {
+        for &addr in seeds {
+            if addr == self.id.addr {
+                continue;
+            }
+            let seed = HostId { addr, boot: 0 };
+            self.sampler.offer(seed);
+            if let Some(swim) = &mut self.swim {
+                // An announce only fails if encoding fails; nothing to undo.
+                let _ = swim.announce(seed, &mut self.swim_io);
+            }
+        }
+        self.drain_swim(now);
+    }
+
+    /// Leave politely: SWIM tells peers this host is going (others would
+    /// otherwise notice after the suspicion timeout).
+    pub fn leave(&mut self, now: Instant) {
+        if let Some(swim) = &mut self.swim {
+            let _ = swim.leave_cluster(&mut self.swim_io);
+        }
+        self.drain_swim(now);
+    }
+
+    /// Start computing `object` with `code`; `input` is this host's number.
+    pub fn add_aggregate(&mut self, object: &str, code: SharedAggregate, input: f64, now: Instant) {
+        let mut aggregation = Aggregation {
+            code,
+            input,
+            epoch: 0,
+            deadline: now + self.epoch_length(),
+            state: Vec::new(),
+            finished: None,
+        };
+        let seed = self.epoch_seed(object, 0);
+        match contribute(&aggregation.code, input, seed) {
+            Ok(state) => aggregation.state = state,
+            Err(e) => self.events.push_back(Event::AggregateFailed {
+                object: object.to_string(),
+                error: e.to_string(),
+            }),
+        }
+        self.aggregations.insert(object.to_string(), aggregation);
+    }
+
+    /// Change this host's number for `object`, counted from the next epoch.
+    pub fn set_input(&mut self, object: &str, input: f64) {
+        if let Some(aggregation) = self.aggregations.get_mut(object) {
+            aggregation.input = input;
+        }
+    }
+
+    /// Merge a contribution of `input` into the current epoch at once (as well as
+    /// counting it from the next): for monotone aggregates such as a maximum, where
+    /// a new value should spread like a rumour instead of waiting for the epoch.
+    pub fn contribute_now(&mut self, object: &str, input: f64) {
+        let seed = match self.aggregations.get(object) {
+            Some(a) => self.epoch_seed(object, a.epoch),
+            None => return,
+        };
+        let Some(aggregation) = self.aggregations.get_mut(object) else {
+            return;
+        };
+        aggregation.input = input;
+        let merged = contribute(&aggregation.code, input, seed)
+            .and_then(|mine| merge(&aggregation.code, &aggregation.state, &mine));
+        match merged {
+            Ok(state) => aggregation.state = state,
+            Err(e) => self.events.push_back(Event::AggregateFailed {
+                object: object.to_string(),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    /// The value of the last finished epoch of `object`.
+    pub fn estimate(&self, object: &str) -> Option<Estimate> {
+        self.aggregations.get(object)?.finished
+    }
+
+    /// The value of the current, unfinished epoch (what this host has heard so far).
+    pub fn current(&self, object: &str) -> Option<Estimate> {
+        let aggregation = self.aggregations.get(object)?;
+        let value = estimate(&aggregation.code, &aggregation.state).ok()?;
+        Some(Estimate {
+            epoch: aggregation.epoch,
+            value,
+        })
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_round;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            next = next.min(*at);
+        }
+        for aggregation in self.aggregations.values() {
+            next = next.min(aggregation.deadline);
+        }
+        next
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Run whatever is due at `now`: SWIM timers, epoch ends, the gossip round.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, slot))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let (Some(timer), Some(swim)) = (self.timer_slots.remove(&slot), &mut self.swim) {
+                // foca reports errors for timers it no longer cares about; they
+                // do not affect its state.
+                let _ = swim.handle_timer(timer, &mut self.swim_io);
+            }
+        }
+        self.drain_swim(now);
+
+        let due: Vec<String> = self
+            .aggregations
+            .iter()
+            .filter(|(_, a)| a.deadline <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for object in due {
+            let next = self.aggregations[&object].epoch + 1;
+            self.start_epoch(&object, next, now, true);
+        }
+
+        if now >= self.next_round {
+            self.round(now);
+            self.next_round += self.config.round;
+            if self.next_round <= now {
+                self.next_round = now + self.config.round;
+            }
+        }
+    }
+
+    /// Handle one datagram from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), DatagramError> {
+        let result = self.handle_message(from, bytes, now);
+        match result {
+            Ok(()) => self.stats.datagrams_received += 1,
+            Err(_) => self.stats.datagrams_dropped += 1,
+        }
+        result
+    }
+
+    fn handle_message(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), DatagramError> {
+        let message = decode(bytes)?;
+        let check = |claimed: &HostId| {
+            if claimed.addr == from {
+                Ok(())
+            } else {
+                Err(DatagramError::Spoofed {
+                    claimed: claimed.addr,
+                    actual: from,
+                })
+            }
+        };
+        match message {
+            Wire::Swim(packet) => {
+                let Some(swim) = &mut self.swim else {
+                    return Err(DatagramError::Swim("this node runs without SWIM".into()));
+                };
+                let result = swim
+                    .handle_data(&packet, &mut self.swim_io)
+                    .map_err(|e| DatagramError::Swim(e.to_string()));
+                self.drain_swim(now);
+                result
+            }
+            Wire::Shuffle {
+                from: peer,
+                entries,
+            } => {
+                check(&peer)?;
+                self.introduce_to_swim(peer, &entries, now);
+                let reply = self.sampler.answer_shuffle(peer, &entries, &mut self.rng);
+                self.send(
+                    peer.addr,
+                    &Wire::ShuffleReply {
+                        from: self.id,
+                        entries: reply,
+                    },
+                );
+                Ok(())
+            }
+            Wire::ShuffleReply {
+                from: peer,
+                entries,
+            } => {
+                check(&peer)?;
+                self.introduce_to_swim(peer, &entries, now);
+                self.sampler.take_reply(peer.addr, &entries);
+                // The peer answered, so it is alive: keep it if there is room.
+                self.sampler.offer(peer);
+                Ok(())
+            }
+            Wire::Exchange {
+                from: peer,
+                reply,
+                shares,
+            } => {
+                check(&peer)?;
+                for share in shares {
+                    self.absorb(share, now);
+                }
+                if !reply {
+                    let shares = self.shares();
+                    self.send(
+                        peer.addr,
+                        &Wire::Exchange {
+                            from: self.id,
+                            reply: true,
+                            shares,
+                        },
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Tell SWIM about hosts peer sampling shows to be alive: the sender of a
+    /// shuffle, and entries a host put into circulation within the last
+    /// [`FRESH_AGE`] rounds. foca on its own learns members only from the updates it
+    /// piggybacks, so a host joining a large cluster would take minutes to know
+    /// everyone; with this it takes about `N / view_size` rounds. A stale entry
+    /// costs one probe: SWIM confirms or refutes it like any other member.
+    fn introduce_to_swim(&mut self, peer: HostId, entries: &[Entry], now: Instant) {
+        let Some(swim) = &mut self.swim else {
+            return;
+        };
+        let fresh = entries
+            .iter()
+            .filter(|e| e.age <= FRESH_AGE && e.id.boot != 0 && e.id.addr != self.id.addr)
+            .map(|e| e.id)
+            .chain(std::iter::once(peer));
+        // Errors here concern single updates (e.g. about ourselves); foca skips them.
+        let _ = swim.apply_many(fresh.map(foca::Member::alive), false, &mut self.swim_io);
+        self.drain_swim(now);
+    }
+
+    fn round(&mut self, now: Instant) {
+        self.stats.rounds += 1;
+        if let Some((target, entries)) = self.sampler.start_shuffle(&mut self.rng) {
+            self.send(
+                target.addr,
+                &Wire::Shuffle {
+                    from: self.id,
+                    entries,
+                },
+            );
+        }
+        if self.aggregations.is_empty() {
+            return;
+        }
+        if let Some(peer) = self.sampler.sample(&mut self.rng) {
+            let shares = self.shares();
+            self.send(
+                peer.addr,
+                &Wire::Exchange {
+                    from: self.id,
+                    reply: false,
+                    shares,
+                },
+            );
+        }
+        let _ = now;
+    }
+
+    /// This host's states, as many as fit one datagram, starting at the cursor.
+    fn shares(&mut self) -> Vec<Share> {
+        let count = self.aggregations.len();
+        let mut shares = Vec::new();
+        // Room for the envelope (sender, flags) and per-share overheads.
+        let mut budget = MAX_DATAGRAM - 128;
+        let start = self.exchange_cursor % count.max(1);
+        let mut taken = 0;
+        for (name, aggregation) in self.aggregations.iter().cycle().skip(start).take(count) {
+            let size = name.len() + aggregation.state.len() + 24;
+            if size > budget || shares.len() == MAX_SHARES {
+                self.stats.shares_deferred += 1;
+                continue;
+            }
+            budget -= size;
+            taken += 1;
+            shares.push(Share {
+                object: name.clone(),
+                epoch: aggregation.epoch,
+                state: aggregation.state.clone(),
+            });
+        }
+        self.exchange_cursor = start + taken.max(1);
+        shares
+    }
+
+    fn absorb(&mut self, share: Share, now: Instant) {
+        let Some(aggregation) = self.aggregations.get(&share.object) else {
+            self.stats.shares_ignored += 1;
+            return;
+        };
+        if share.epoch < aggregation.epoch {
+            // The answer (or our next push) carries the newer epoch to the peer.
+            self.stats.shares_ignored += 1;
+            return;
+        }
+        if share.epoch > aggregation.epoch {
+            // Only a host that was in the previous epoch has a complete value for it.
+            let finished_previous = share.epoch == aggregation.epoch + 1;
+            self.start_epoch(&share.object, share.epoch, now, finished_previous);
+        }
+        let aggregation = self
+            .aggregations
+            .get_mut(&share.object)
+            .expect("checked above");
+        match merge(&aggregation.code, &aggregation.state, &share.state) {
+            Ok(state) => aggregation.state = state,
+            Err(e) => self.events.push_back(Event::AggregateFailed {
+                object: share.object,
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    /// End the current epoch of `object` (reporting its value if `report`) and
+    /// start `epoch` with this host's own contribution.
+    fn start_epoch(&mut self, object: &str, epoch: u64, now: Instant, report: bool) {
+        let seed = self.epoch_seed(object, epoch);
+        let epoch_length = self.epoch_length();
+        let aggregation = self.aggregations.get_mut(object).expect("caller checked");
+        if report {
+            match estimate(&aggregation.code, &aggregation.state) {
+                Ok(value) => {
+                    let finished = Estimate {
+                        epoch: aggregation.epoch,
+                        value,
+                    };
+                    aggregation.finished = Some(finished);
+                    self.events.push_back(Event::Estimate {
+                        object: object.to_string(),
+                        epoch: finished.epoch,
+                        value,
+                    });
+                }
+                Err(e) => self.events.push_back(Event::AggregateFailed {
+                    object: object.to_string(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        aggregation.epoch = epoch;
+        aggregation.deadline = now + epoch_length;
+        match contribute(&aggregation.code, aggregation.input, seed) {
+            Ok(state) => aggregation.state = state,
+            Err(e) => {
+                aggregation.state = Vec::new();
+                self.events.push_back(Event::AggregateFailed {
+                    object: object.to_string(),
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn epoch_length(&self) -> Duration {
+        self.config.round * self.config.epoch_rounds.max(1)
+    }
+
+    /// A seed unique to this node, object and epoch (stable if SWIM renews the
+    /// node's identity, so a host never counts twice in one epoch).
+    fn epoch_seed(&self, object: &str, epoch: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.id.addr.to_string().as_bytes());
+        hash.update(self.salt.to_le_bytes());
+        hash.update(object.as_bytes());
+        hash.update(epoch.to_le_bytes());
+        u64::from_le_bytes(hash.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
+    fn send(&mut self, to: SocketAddr, message: &Wire) {
+        let bytes = encode(message);
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+
+    /// Move what foca asked for into our queues.
+    fn drain_swim(&mut self, now: Instant) {
+        while let Some((to, packet)) = self.swim_io.to_send() {
+            self.send(to.addr, &Wire::Swim(packet.to_vec()));
+        }
+        while let Some((after, timer)) = self.swim_io.to_schedule() {
+            let slot = self.next_timer;
+            self.next_timer += 1;
+            self.timers.push(Reverse((now + after, slot)));
+            self.timer_slots.insert(slot, timer);
+        }
+        while let Some(notification) = self.swim_io.to_notify() {
+            match notification {
+                OwnedNotification::MemberUp(id) => {
+                    self.sampler.offer(id);
+                    self.events.push_back(Event::MemberUp(id));
+                }
+                OwnedNotification::MemberDown(id) => {
+                    self.sampler.remove(id.addr);
+                    self.events.push_back(Event::MemberDown(id));
+                }
+                OwnedNotification::Rename(old, new) => {
+                    self.sampler.remove(old.addr);
+                    self.sampler.offer(new);
+                }
+                OwnedNotification::Rejoin(new) => {
+                    // SWIM declared us down (a false suspicion, or we were cut off)
+                    // and we came back under a higher boot number.
+                    self.id = new;
+                    self.sampler.set_me(new);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn contribute(code: &SharedAggregate, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
+    code.0
+        .lock()
+        .expect("aggregate instance poisoned")
+        .contribute(input, seed)
+}
+
+fn merge(code: &SharedAggregate, a: &[u8], b: &[u8]) -> Result<Vec<u8>, AggregateError> {
+    code.0
+        .lock()
+        .expect("aggregate instance poisoned")
+        .merge(a, b)
+}
+
+fn estimate(code: &SharedAggregate, state: &[u8]) -> Result<f64, AggregateError> {
+    code.0
+        .lock()
+        .expect("aggregate instance poisoned")
+        .estimate(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host(port: u16) -> HostId {
+        HostId {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            boot: 7,
+        }
+    }
+
+    fn node(port: u16, swim: bool) -> GossipNode {
+        let mut config = GossipConfig::lan(4);
+        if !swim {
+            config.swim = None;
+        }
+        GossipNode::new(host(port), config, u64::from(port), Instant::now())
+    }
+
+    #[test]
+    fn a_shuffle_is_answered_and_its_sender_enters_the_view() {
+        let mut a = node(1, false);
+        let shuffle = encode(&Wire::Shuffle {
+            from: host(2),
+            entries: vec![
+                Entry {
+                    id: host(2),
+                    age: 0,
+                },
+                Entry {
+                    id: host(3),
+                    age: 4,
+                },
+            ],
+        });
+        a.handle_datagram(host(2).addr, &shuffle, Instant::now())
+            .unwrap();
+        let reply = a.poll_transmit().expect("a reply");
+        assert_eq!(reply.to, host(2).addr);
+        assert!(matches!(
+            decode(&reply.bytes),
+            Ok(Wire::ShuffleReply { .. })
+        ));
+        assert!(a.view().iter().any(|e| e.id == host(2)));
+        assert!(a.view().iter().any(|e| e.id == host(3)));
+    }
+
+    #[test]
+    fn a_message_naming_another_sender_is_dropped_and_counted() {
+        let mut a = node(1, false);
+        let forged = encode(&Wire::Shuffle {
+            from: host(2),
+            entries: vec![Entry {
+                id: host(9),
+                age: 0,
+            }],
+        });
+        let err = a
+            .handle_datagram(host(3).addr, &forged, Instant::now())
+            .unwrap_err();
+        assert!(matches!(err, DatagramError::Spoofed { .. }), "{err}");
+        assert_eq!(a.stats().datagrams_dropped, 1);
+        assert!(a.view().is_empty(), "a forged shuffle changed the view");
+        assert!(a.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn wrong_version_oversized_and_overfull_datagrams_are_refused() {
+        let mut a = node(1, true);
+        let from = host(2).addr;
+        let mut bytes = encode(&Wire::Swim(vec![1, 2, 3]));
+        bytes[0] = 9;
+        assert_eq!(
+            a.handle_datagram(from, &bytes, Instant::now()),
+            Err(DatagramError::Version(Some(9)))
+        );
+        let huge = vec![WIRE_VERSION; MAX_DATAGRAM + 1];
+        assert_eq!(
+            a.handle_datagram(from, &huge, Instant::now()),
+            Err(DatagramError::TooLarge(MAX_DATAGRAM + 1))
+        );
+        let overfull = encode(&Wire::Shuffle {
+            from: host(2),
+            entries: vec![
+                Entry {
+                    id: host(3),
+                    age: 0
+                };
+                MAX_ENTRIES + 1
+            ],
+        });
+        assert!(matches!(
+            a.handle_datagram(from, &overfull, Instant::now()),
+            Err(DatagramError::OutOfBounds(_))
+        ));
+        assert_eq!(a.stats().datagrams_dropped, 3);
+        assert!(a.view().is_empty());
+    }
+
+    #[test]
+    fn a_node_without_swim_refuses_swim_packets() {
+        let mut a = node(1, false);
+        let packet = encode(&Wire::Swim(vec![0; 10]));
+        assert!(matches!(
+            a.handle_datagram(host(2).addr, &packet, Instant::now()),
+            Err(DatagramError::Swim(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Arbitrary bytes never panic the node; what does not decode is counted.
+        #[test]
+        fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut a = node(1, true);
+            let before = a.stats();
+            let result = a.handle_datagram(host(2).addr, &bytes, Instant::now());
+            let after = a.stats();
+            prop_assert_eq!(
+                after.datagrams_dropped + after.datagrams_received,
+                before.datagrams_dropped + before.datagrams_received + 1
+            );
+            prop_assert_eq!(result.is_err(), after.datagrams_dropped == 1);
+        }
+
+        /// Flipping bytes of a valid datagram never panics, and a mutated message
+        /// that still decodes stays within its bounds.
+        #[test]
+        fn mutated_datagrams_never_panic(flips in proptest::collection::vec((0usize..512, any::<u8>()), 1..8)) {
+            let mut bytes = encode(&Wire::Exchange {
+                from: host(2),
+                reply: false,
+                shares: vec![Share { object: "census".into(), epoch: 3, state: vec![1; 100] }],
+            });
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] ^= value;
+            }
+            let mut a = node(1, true);
+            if let Ok(Wire::Exchange { shares, .. }) = decode(&bytes) {
+                prop_assert!(shares.len() <= MAX_SHARES);
+            }
+            let _ = a.handle_datagram(host(2).addr, &bytes, Instant::now());
+        }
+    }
+}
