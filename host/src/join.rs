@@ -264,6 +264,8 @@ pub struct JoinOptions {
     pub found_if_alone: bool,
     /// How long to wait for each seed.
     pub seed_timeout: Option<Duration>,
+    /// Members to try after the record's seeds (e.g. found by gossip).
+    pub extra_seeds: Vec<Peer>,
 }
 
 /// Join `name` on `node`: resolve, check, fetch, authenticate, transfer state.
@@ -312,7 +314,12 @@ pub async fn join(
         policy: record.policy.clone(),
         grant: options.grant.clone(),
     };
-    let seeds: Vec<Peer> = seeds(record).into_iter().filter(|p| p.key != me).collect();
+    let mut seeds: Vec<Peer> = seeds(record).into_iter().filter(|p| p.key != me).collect();
+    for extra in &options.extra_seeds {
+        if extra.key != me && !seeds.contains(extra) {
+            seeds.push(*extra);
+        }
+    }
     let wait = options.seed_timeout.unwrap_or(Duration::from_secs(10));
     for seed in &seeds {
         let group = node.join(runtime, &logic, name, *seed, admission.clone())?;

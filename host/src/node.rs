@@ -5,8 +5,11 @@
 //! length and a postcard body ([`ControlRequest`] in, [`ControlResponse`] out). A
 //! `Watch` request keeps its connection open and streams notices.
 
-use crate::join::{JoinOptions, join};
+use crate::gossip::agent::GossipAgent;
+use crate::gossip::core::MAX_CARD;
+use crate::join::{JoinError, JoinOptions, join};
 use crate::mesh::group::{GroupHandle, GroupNotice, MeshNode};
+use crate::mesh::net::Peer;
 use crate::runtime::Runtime;
 use liveobjects_directory::client::Resolver;
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,48 @@ use tokio::sync::Mutex;
 
 /// Largest control message.
 const MAX_CONTROL_BYTES: usize = 16 << 20;
+
+/// The node's gossip agent, as `lo status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GossipSummary {
+    /// Its UDP address.
+    pub addr: String,
+    /// Other hosts SWIM considers alive.
+    pub members: usize,
+    /// The last finished census of live hosts, if one finished.
+    pub census: Option<f64>,
+}
+
+/// What a node publishes on its gossip card: where its mesh listens and which
+/// objects it hosts. Another node that cannot reach any seed a record lists asks
+/// live gossip hosts for their cards and tries the ones hosting the object. A card
+/// is a hint only: the mesh handshake authenticates the key it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCard {
+    /// The node's mesh identity and address.
+    pub mesh: Peer,
+    /// Objects it has joined (as many as fit a card).
+    pub objects: Vec<String>,
+}
+
+impl NodeCard {
+    /// Encode, dropping objects from the end until the card fits [`MAX_CARD`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut card = self.clone();
+        loop {
+            let bytes = postcard::to_allocvec(&card).expect("encoding to a Vec cannot fail");
+            if bytes.len() <= MAX_CARD || card.objects.is_empty() {
+                return bytes;
+            }
+            card.objects.pop();
+        }
+    }
+}
+
+/// How many live hosts a node asks for cards when a record's seeds do not answer,
+/// and how long it waits for the answers.
+const DISCOVERY_HOSTS: usize = 64;
+const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A request to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,6 +137,8 @@ pub enum ControlResponse {
         addr: String,
         /// Its objects.
         objects: Vec<ObjectStatus>,
+        /// Its gossip agent, if it runs one.
+        gossip: Option<GossipSummary>,
     },
     /// Left.
     Left,
@@ -144,18 +191,54 @@ pub struct Node {
     objects: Mutex<BTreeMap<String, GroupHandle>>,
     /// Names with a join in progress (so two joins of one name cannot race).
     joining: Mutex<std::collections::BTreeSet<String>>,
+    gossip: Option<GossipAgent>,
 }
 
 impl Node {
-    /// A daemon over a started mesh node.
-    pub fn new(mesh: MeshNode, runtime: Arc<Runtime>, resolver: Resolver) -> Arc<Self> {
+    /// A daemon over a started mesh node, with a gossip agent for discovery if
+    /// `gossip` is given.
+    pub fn new(
+        mesh: MeshNode,
+        runtime: Arc<Runtime>,
+        resolver: Resolver,
+        gossip: Option<GossipAgent>,
+    ) -> Arc<Self> {
         Arc::new(Node {
             mesh,
             runtime,
             resolver,
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
+            gossip,
         })
+    }
+
+    /// Publish this node's card (mesh address, joined objects) on gossip.
+    async fn publish_card(&self) {
+        let Some(gossip) = &self.gossip else {
+            return;
+        };
+        let card = NodeCard {
+            mesh: self.mesh.me(),
+            objects: self.objects.lock().await.keys().cloned().collect(),
+        };
+        gossip.set_card(card.encode()).await;
+    }
+
+    /// Members of `name` that gossip knows of: live hosts whose card lists it.
+    async fn discover(&self, name: &str) -> Vec<Peer> {
+        let Some(gossip) = &self.gossip else {
+            return Vec::new();
+        };
+        let me = self.mesh.me().key;
+        gossip
+            .cards(DISCOVERY_HOSTS, DISCOVERY_WAIT)
+            .await
+            .into_iter()
+            .filter_map(|(_, bytes)| postcard::from_bytes::<NodeCard>(&bytes).ok())
+            .filter(|card| card.mesh.key != me && card.objects.iter().any(|o| o == name))
+            .map(|card| card.mesh)
+            .collect()
     }
 
     /// The mesh node.
@@ -263,10 +346,19 @@ impl Node {
                         state_bytes,
                     });
                 }
+                let gossip = match &self.gossip {
+                    Some(agent) => agent.status().await.map(|status| GossipSummary {
+                        addr: status.addr.to_string(),
+                        members: status.members,
+                        census: status.estimates.get("census").map(|e| e.value),
+                    }),
+                    None => None,
+                };
                 ControlResponse::Status {
                     key: self.mesh.me().key.to_string(),
                     addr: self.mesh.me().addr.to_string(),
                     objects,
+                    gossip,
                 }
             }
             ControlRequest::Leave { name } => {
@@ -274,6 +366,7 @@ impl Node {
                     return ControlResponse::Error(not_joined(&name));
                 }
                 self.mesh.leave(&name).await;
+                self.publish_card().await;
                 ControlResponse::Left
             }
             ControlRequest::Watch { .. } => ControlResponse::Error("unreachable".into()),
@@ -287,15 +380,30 @@ impl Node {
             Ok(r) => r,
             Err(e) => return ControlResponse::Error(e),
         };
-        let options = JoinOptions {
+        // The record's seeds first; if none answers, members gossip knows of;
+        // only then found the group (founding while members exist elsewhere would
+        // split the object in two).
+        let mut options = JoinOptions {
             require,
-            found_if_alone,
+            found_if_alone: found_if_alone && self.gossip.is_none(),
             ..JoinOptions::default()
         };
-        match join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await {
+        let mut result = join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await;
+        if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
+            options.extra_seeds = self.discover(&name).await;
+            options.found_if_alone = found_if_alone;
+            tracing::info!(
+                object = %name,
+                hints = options.extra_seeds.len(),
+                "no seed of the record answered; trying members found by gossip"
+            );
+            result = join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await;
+        }
+        match result {
             Ok((group, record)) => {
                 let members = group.status().await.map(|s| s.members.len()).unwrap_or(0);
                 self.objects.lock().await.insert(name, group);
+                self.publish_card().await;
                 ControlResponse::Joined {
                     version: record.record.version,
                     members,

@@ -192,20 +192,9 @@ fn a_published_aggregate_runs_by_name_and_only_on_the_gossip_driver() {
     home.keygen("root.key");
     home.ok(&["keygen"]);
     let server = DirectoryProcess::start(&home, &home.path("root.key"), &home.path("dir.redb"));
-    let at = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .map(|s| s.to_string())
-            .chain([
-                "--directory".into(),
-                server.addr.clone(),
-                "--root".into(),
-                server.root.clone(),
-            ])
-            .collect()
-    };
-    let ok = |args: Vec<String>| home.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let fails =
-        |args: Vec<String>| home.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let at = |args: &[&str]| server.args(args);
+    let ok = |args: Vec<String>| home.ok_owned(args);
+    let fails = |args: Vec<String>| home.fails_owned(args);
     ok(at(&["zone", "create", "lo://demo/"]));
     let census = liveobjects_objects::CENSUS;
     let aggregate = [

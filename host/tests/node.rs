@@ -1,15 +1,27 @@
 //! Real processes on loopback: a directory server and three `lo node` daemons join a
 //! chat room by name; posts from all reach all; a node killed with SIGKILL leaves
-//! the view and, restarted, rejoins with the state.
+//! the view and, restarted, rejoins with the state. With gossip on, a joiner whose
+//! record seed is dead finds the members through gossip.
 
 mod common;
 
-use common::{Daemon, Home};
+use common::{Daemon, DirectoryProcess, Home};
 use std::time::{Duration, Instant};
 
 const ROOM: &str = "lo://acme/rooms/lobby";
 
 fn start_node(home: &Home, n: usize, directory: &str, root: &str) -> (Daemon, String) {
+    start_node_with(home, n, directory, root, &[], &[])
+}
+
+fn start_node_with(
+    home: &Home,
+    n: usize,
+    directory: &str,
+    root: &str,
+    extra: &[&str],
+    wait_for: &[&str],
+) -> (Daemon, String) {
     let mut cmd = home.lo();
     let control = home.path(&format!("n{n}.sock"));
     cmd.args([
@@ -24,8 +36,11 @@ fn start_node(home: &Home, n: usize, directory: &str, root: &str) -> (Daemon, St
     .arg("--key")
     .arg(home.path(&format!("n{n}.key")))
     .arg("--control")
-    .arg(&control);
-    let daemon = Daemon::start(cmd, &["node listening on ", "control socket "]);
+    .arg(&control)
+    .args(extra);
+    let mut expected = vec!["node listening on ", "control socket "];
+    expected.extend(wait_for);
+    let daemon = Daemon::start(cmd, &expected);
     let listening = daemon.value("node listening on ");
     let (addr, key) = listening.split_once(" key ").unwrap();
     let seed = format!("{key}@{addr}");
@@ -66,9 +81,8 @@ fn members(home: &Home, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
-    let home = Home::new();
+/// Keys for root, acme and nodes 1-3, a directory, and the zone lo://acme/.
+fn directory_with_acme_zone(home: &Home) -> DirectoryProcess {
     for key in ["root", "acme", "n1", "n2", "n3"] {
         home.ok(&[
             "keygen",
@@ -76,30 +90,27 @@ fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
             home.path(&format!("{key}.key")).to_str().unwrap(),
         ]);
     }
-    let mut cmd = home.lo();
-    cmd.args(["directory", "serve", "--listen", "127.0.0.1:0"])
-        .arg("--root-key")
-        .arg(home.path("root.key"))
-        .arg("--db")
-        .arg(home.path("dir.redb"));
-    let directory = Daemon::start(cmd, &["directory listening on ", "root key "]);
-    let dir_addr = directory.value("directory listening on ");
-    let root = directory.value("root key ");
+    let directory = DirectoryProcess::start(home, &home.path("root.key"), &home.path("dir.redb"));
+    let acme_key = home.path("acme.key");
+    home.ok_owned(directory.args(&[
+        "zone",
+        "create",
+        "lo://acme/",
+        "--key",
+        acme_key.to_str().unwrap(),
+    ]));
+    directory
+}
+
+#[test]
+fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let (dir_addr, root) = (directory.addr.clone(), directory.root.clone());
     let acme_key = home.path("acme.key");
     let acme: &str = acme_key.to_str().unwrap();
-    let at = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .map(|s| s.to_string())
-            .chain([
-                "--directory".into(),
-                dir_addr.clone(),
-                "--root".into(),
-                root.clone(),
-            ])
-            .collect()
-    };
-    let run = |args: Vec<String>| home.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    run(at(&["zone", "create", "lo://acme/", "--key", acme]));
+    let at = |args: &[&str]| directory.args(args);
+    let run = |args: Vec<String>| home.ok_owned(args);
 
     let (n1, seed) = start_node(&home, 1, &dir_addr, &root);
     run(at(&[
@@ -220,4 +231,99 @@ fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
         "{status}"
     );
     drop(n1);
+}
+
+#[test]
+fn a_joiner_finds_members_through_gossip_when_the_record_seed_is_dead() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let acme_key = home.path("acme.key");
+    let acme = acme_key.to_str().unwrap();
+    let at = |args: &[&str]| directory.args(args);
+    let run = |args: Vec<String>| home.ok_owned(args);
+
+    let gossip = ["--gossip", "127.0.0.1:0"];
+    let (mut n1, seed) = start_node_with(
+        &home,
+        1,
+        &directory.addr,
+        &directory.root,
+        &gossip,
+        &["gossip on "],
+    );
+    let first_gossip = n1.value("gossip on ");
+    let joined_gossip = [
+        "--gossip",
+        "127.0.0.1:0",
+        "--gossip-seed",
+        first_gossip.as_str(),
+    ];
+    let (_n2, _) = start_node_with(
+        &home,
+        2,
+        &directory.addr,
+        &directory.root,
+        &joined_gossip,
+        &["gossip on "],
+    );
+    let (_n3, _) = start_node_with(
+        &home,
+        3,
+        &directory.addr,
+        &directory.root,
+        &joined_gossip,
+        &["gossip on "],
+    );
+    // The record names node 1 as its only seed.
+    run(at(&[
+        "publish",
+        liveobjects_objects::CHAT,
+        "--name",
+        ROOM,
+        "--driver-opt",
+        &format!("seeds={seed}"),
+        "--key",
+        acme,
+    ]));
+    let join = |n: usize, found: bool| {
+        let control = control(&home, n);
+        let mut args = vec![
+            "join",
+            ROOM,
+            "--no-interactive",
+            "--control",
+            control.as_str(),
+        ];
+        if found {
+            args.push("--found");
+        }
+        home.ok(&args)
+    };
+    join(1, true);
+    join(2, false);
+    home.ok(&[
+        "call",
+        ROOM,
+        "post",
+        "\"before the crash\"",
+        "--control",
+        &control(&home, 2),
+    ]);
+    eventually(20, "the post at nodes 1 and 2", || {
+        count(&home, 1) == Some(1) && count(&home, 2) == Some(1)
+    });
+    // Gossip has seen all three hosts.
+    eventually(20, "gossip membership at node 3", || {
+        home.ok(&["status", "--control", &control(&home, 3)])
+            .contains("2 other live host(s)")
+    });
+
+    n1.kill9();
+    eventually(30, "node 1 excluded at node 2", || members(&home, 2) == 1);
+    // Node 3's only record seed is dead; its card-based discovery finds node 2.
+    let out = join(3, false);
+    assert!(out.contains("2 member(s)"), "{out}");
+    eventually(20, "node 3 has the state", || count(&home, 3) == Some(1));
+    let status = home.ok(&["status", "--control", &control(&home, 3)]);
+    assert!(status.contains("gossip 127.0.0.1:"), "{status}");
 }

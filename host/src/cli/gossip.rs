@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use liveobjects_directory::record::Category;
+use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{Event, GossipConfig, GossipNode, HostId};
 use liveobjects_host::join::{Requirements, check_type};
@@ -123,11 +124,7 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind UDP {}", args.listen))?;
         let addr = socket.local_addr()?;
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1)
-            .max(1);
+        let boot = boot_number();
         let mut config = GossipConfig::lan(args.expected_hosts);
         config.round = Duration::from_millis(args.round_ms);
         config.epoch_rounds = args.epoch_rounds;
@@ -201,6 +198,49 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
     })
 }
 
+/// Start the gossip agent of `lo node --gossip ADDR`: SWIM, the shipped census,
+/// and cards for discovery. Returns it with the address it is bound to.
+pub(super) async fn start_agent(
+    runtime: &Runtime,
+    listen: SocketAddr,
+    seeds: &[SocketAddr],
+) -> Result<(GossipAgent, SocketAddr)> {
+    let (_, bytes) = liveobjects_objects::SHIPPED
+        .iter()
+        .find(|(n, _)| *n == "census")
+        .context("the census object is not shipped in this build")?;
+    let census = runtime
+        .load_aggregate_bytes("census", bytes)?
+        .instantiate()
+        .context("starting the census")?;
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind gossip UDP {listen}"))?;
+    let addr = socket.local_addr()?;
+    let now = Instant::now();
+    let boot = boot_number();
+    let mut node = GossipNode::new(
+        HostId { addr, boot },
+        GossipConfig::lan(16),
+        boot ^ u64::from(addr.port()),
+        now,
+    );
+    node.add_aggregate("census", SharedAggregate::new(census), 1.0, now);
+    node.join(seeds, now);
+    let agent = GossipAgent::spawn(GossipSocket::new(socket, node), vec!["census".into()]);
+    Ok((agent, addr))
+}
+
+/// Milliseconds since the Unix epoch: grows across restarts, so a restarted host
+/// wins over its old identity.
+fn boot_number() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Resolve a published aggregate: verify its record, check it is a gossip
 /// aggregate, fetch and verify its logic. Returns it with the seeds its record
 /// lists (driver option `seeds=ADDR,...`).
@@ -253,6 +293,8 @@ fn report(json: bool, event: &Event) {
             serde_json::json!({"event": "estimate", "object": object, "epoch": epoch, "value": value}),
             &format!("{object:<8} epoch {epoch:>5}: {value:.3}"),
         ),
+        // Cards answer requests this command never makes.
+        Event::Card { .. } => {}
         Event::AggregateFailed { object, error } => print_line(
             json,
             serde_json::json!({"event": "failed", "object": object, "error": error}),

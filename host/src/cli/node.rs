@@ -36,6 +36,14 @@ pub struct NodeArgs {
     /// UDP address for the mesh (QUIC).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Also gossip on this UDP address: the node then runs SWIM membership and the
+    /// census, publishes which objects it hosts, and finds members that way when
+    /// the seeds a record lists do not answer.
+    #[arg(long, value_name = "ADDR")]
+    gossip: Option<SocketAddr>,
+    /// Gossip hosts to join through (repeat or separate with commas).
+    #[arg(long = "gossip-seed", value_delimiter = ',', value_name = "ADDR")]
+    gossip_seeds: Vec<SocketAddr>,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -92,9 +100,24 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
         )?;
         let resolver = Resolver::new(client, root, Some(seen));
         let me = mesh.me();
-        let node = Node::new(mesh, Arc::new(runtime), resolver);
+        let runtime = Arc::new(runtime);
+        let gossip = match args.gossip {
+            Some(addr) => {
+                Some(super::gossip::start_agent(&runtime, addr, &args.gossip_seeds).await?)
+            }
+            None => None,
+        };
+        let node = Node::new(
+            mesh,
+            runtime,
+            resolver,
+            gossip.as_ref().map(|(agent, _)| agent.clone()),
+        );
         let mut out = std::io::stdout();
         let _ = writeln!(out, "node listening on {} key {}", me.addr, me.key);
+        if let Some((_, addr)) = &gossip {
+            let _ = writeln!(out, "gossip on {addr}");
+        }
         let _ = writeln!(out, "control socket {}", control.display());
         let _ = out.flush();
         node.serve(&control)
@@ -209,10 +232,26 @@ pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> 
 pub fn status(args: StatusArgs) -> Result<()> {
     let answer =
         super::tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
-    let ControlResponse::Status { key, addr, objects } = expect(answer)? else {
+    let ControlResponse::Status {
+        key,
+        addr,
+        objects,
+        gossip,
+    } = expect(answer)?
+    else {
         bail!("unexpected answer");
     };
     println!("node {addr} key {key}");
+    if let Some(g) = gossip {
+        println!(
+            "gossip {}  {} other live host(s)  census {}",
+            g.addr,
+            g.members,
+            g.census
+                .map(|c| format!("{c:.0}"))
+                .unwrap_or_else(|| "(first epoch running)".into())
+        );
+    }
     if objects.is_empty() {
         println!("(no objects joined)");
     }

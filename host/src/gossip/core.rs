@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 pub const MAX_DATAGRAM: usize = 16 * 1024;
 /// Longest object name accepted from the network.
 pub const MAX_OBJECT_NAME: usize = 256;
+/// Largest card a host publishes (see [`GossipNode::set_card`]).
+pub const MAX_CARD: usize = 1024;
 /// Most entries accepted in one shuffle.
 const MAX_ENTRIES: usize = 64;
 /// Most object states accepted in one exchange.
@@ -70,6 +72,18 @@ pub enum Wire {
         from: HostId,
         /// Entries offered.
         entries: Vec<Entry>,
+    },
+    /// Ask a host for its card (see [`GossipNode::set_card`]).
+    CardRequest {
+        /// The sender.
+        from: HostId,
+    },
+    /// A host's card.
+    Card {
+        /// The sender (whose card it is).
+        from: HostId,
+        /// The card: opaque to gossip, at most [`MAX_CARD`] bytes.
+        card: Vec<u8>,
     },
     /// A push (or, if `reply`, the pull answer) of partial aggregates.
     Exchange {
@@ -144,6 +158,9 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, DatagramError> {
             if entries.len() > MAX_ENTRIES =>
         {
             Err(DatagramError::OutOfBounds("too many view entries"))
+        }
+        Wire::Card { card, .. } if card.len() > MAX_CARD => {
+            Err(DatagramError::OutOfBounds("card too large"))
         }
         Wire::Exchange { shares, .. } if shares.len() > MAX_SHARES => {
             Err(DatagramError::OutOfBounds("too many object states"))
@@ -230,6 +247,13 @@ pub enum Event {
         /// The aggregate's value over that epoch.
         value: f64,
     },
+    /// A host answered [`GossipNode::request_cards`] with its card.
+    Card {
+        /// The host.
+        host: HostId,
+        /// Its card.
+        card: Vec<u8>,
+    },
     /// The object's code failed (the state is unchanged).
     AggregateFailed {
         /// The object.
@@ -301,6 +325,7 @@ pub struct GossipNode {
     timer_slots: HashMap<u64, Timer<HostId>>,
     next_timer: u64,
     aggregations: BTreeMap<String, Aggregation>,
+    card: Vec<u8>,
     /// Where the next exchange starts in `aggregations`, so that all objects get a
     /// turn when they do not fit one datagram.
     exchange_cursor: usize,
@@ -337,6 +362,7 @@ impl GossipNode {
             timer_slots: HashMap::new(),
             next_timer: 0,
             aggregations: BTreeMap::new(),
+            card: Vec::new(),
             exchange_cursor: 0,
             next_round: now + offset,
             transmits: VecDeque::new(),
@@ -392,6 +418,34 @@ impl GossipNode {
             let _ = swim.leave_cluster(&mut self.swim_io);
         }
         self.drain_swim(now);
+    }
+
+    /// Publish this host's *card*: a few bytes other hosts can ask for with
+    /// [`Self::request_cards`]. Gossip does not interpret it; the node daemon puts
+    /// its mesh address and the objects it hosts there, so that mesh joins can find
+    /// members when the seeds a record lists are gone.
+    pub fn set_card(&mut self, card: Vec<u8>) -> Result<(), DatagramError> {
+        if card.len() > MAX_CARD {
+            return Err(DatagramError::OutOfBounds("card too large"));
+        }
+        self.card = card;
+        Ok(())
+    }
+
+    /// Ask up to `limit` live hosts for their cards (SWIM's members if SWIM runs,
+    /// else the partial view). Answers arrive as [`Event::Card`]; returns how many
+    /// hosts were asked.
+    pub fn request_cards(&mut self, limit: usize) -> usize {
+        use rand::seq::IndexedRandom;
+        let mut hosts = self.swim_members();
+        if hosts.is_empty() {
+            hosts = self.sampler.entries().iter().map(|e| e.id).collect();
+        }
+        let chosen: Vec<HostId> = hosts.sample(&mut self.rng, limit).copied().collect();
+        for host in &chosen {
+            self.send(host.addr, &Wire::CardRequest { from: self.id });
+        }
+        chosen.len()
     }
 
     /// Start computing `object` with `code`; `input` is this host's number.
@@ -585,6 +639,24 @@ impl GossipNode {
                 self.sampler.take_reply(peer.addr, &entries);
                 // The peer answered, so it is alive: keep it if there is room.
                 self.sampler.offer(peer);
+                Ok(())
+            }
+            Wire::CardRequest { from: peer } => {
+                check(&peer)?;
+                if !self.card.is_empty() {
+                    self.send(
+                        peer.addr,
+                        &Wire::Card {
+                            from: self.id,
+                            card: self.card.clone(),
+                        },
+                    );
+                }
+                Ok(())
+            }
+            Wire::Card { from: peer, card } => {
+                check(&peer)?;
+                self.events.push_back(Event::Card { host: peer, card });
                 Ok(())
             }
             Wire::Exchange {
@@ -933,6 +1005,40 @@ mod tests {
         ));
         assert_eq!(a.stats().datagrams_dropped, 3);
         assert!(a.view().is_empty());
+    }
+
+    #[test]
+    fn cards_are_answered_only_when_published_and_bounded() {
+        let mut a = node(1, false);
+        let request = encode(&Wire::CardRequest { from: host(2) });
+        a.handle_datagram(host(2).addr, &request, Instant::now())
+            .unwrap();
+        assert!(a.poll_transmit().is_none(), "answered without a card");
+        assert!(a.set_card(vec![0; MAX_CARD + 1]).is_err());
+        a.set_card(b"mesh key and objects".to_vec()).unwrap();
+        a.handle_datagram(host(2).addr, &request, Instant::now())
+            .unwrap();
+        let answer = a.poll_transmit().expect("an answer");
+        assert_eq!(answer.to, host(2).addr);
+
+        let mut b = node(2, false);
+        b.handle_datagram(host(1).addr, &answer.bytes, Instant::now())
+            .unwrap();
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Card {
+                host: host(1),
+                card: b"mesh key and objects".to_vec()
+            })
+        );
+        let oversized = encode(&Wire::Card {
+            from: host(1),
+            card: vec![0; MAX_CARD + 1],
+        });
+        assert!(matches!(
+            b.handle_datagram(host(1).addr, &oversized, Instant::now()),
+            Err(DatagramError::OutOfBounds(_))
+        ));
     }
 
     #[test]

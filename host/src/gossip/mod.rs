@@ -4,21 +4,30 @@
 //! - [`core`]: the protocol as a sans-IO state machine ([`GossipNode`]).
 //! - [`sampling`]: Cyclon partial views (bounded, no full membership needed).
 //! - [`net`]: the tokio/UDP shell that runs a node on a real socket.
+//! - [`agent`]: that shell in its own task, driven through a handle (used by the
+//!   node daemon).
+//! - [`sim`]: a deterministic simulator of many nodes.
 //!
 //! Gossip objects are *aggregates* (world `aggregate-object` in `wit/object.wit`):
 //! `census` (live hosts), `average` and `max` in `objects/`. Each host runs every
 //! aggregate it has joined over the whole gossip domain: they describe the system
 //! (how many hosts are up, their average load), not a subset of it.
 //!
-//! What is wired to the other drivers: a gossip node's SWIM member list and Cyclon
-//! view are available through [`GossipNode::swim_members`] and
-//! [`GossipNode::view`]; `lo gossip` prints membership changes. The mesh driver does
-//! not yet take seeds from them (it takes seeds from the directory record).
+//! What is wired to the other drivers: the node daemon (`lo node --gossip ADDR`)
+//! runs a gossip agent with SWIM and the census, and publishes a *card*
+//! ([`crate::node::NodeCard`]: its mesh key and address, the objects it hosts).
+//! When none of the seeds a mesh record lists answers a join, the node asks up to 64
+//! live gossip hosts for their cards and tries the members hosting the object
+//! before it would found a new group; the mesh handshake authenticates whatever key
+//! a card names, so a lying card costs a failed attempt, nothing more. `lo status`
+//! shows the gossip membership and census. qsm and vsync do not exist yet; they can
+//! take the same cards.
 //!
 //! Security: gossip datagrams are not authenticated yet. A datagram is bounded,
 //! version-checked and must come from the address it names, so a forger off-path
 //! cannot impersonate a host, but an on-path attacker can lie about aggregates.
 
+pub mod agent;
 pub mod core;
 pub mod net;
 pub mod sampling;

@@ -53,6 +53,16 @@ impl Home {
     }
 
     /// Run and require exit code 1; returns stderr.
+    /// [`Self::ok`] for owned arguments (e.g. from [`DirectoryProcess::args`]).
+    pub fn ok_owned(&self, args: Vec<String>) -> String {
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// [`Self::fails`] for owned arguments.
+    pub fn fails_owned(&self, args: Vec<String>) -> String {
+        self.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert_eq!(out.status.code(), Some(1), "lo {args:?} should fail");
@@ -153,6 +163,19 @@ impl DirectoryProcess {
             root: daemon.value("root key "),
             daemon,
         }
+    }
+
+    /// `args` followed by the flags that point `lo` at this directory.
+    pub fn args(&self, args: &[&str]) -> Vec<String> {
+        args.iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--directory".into(),
+                self.addr.clone(),
+                "--root".into(),
+                self.root.clone(),
+            ])
+            .collect()
     }
 
     pub fn kill9(&mut self) {
