@@ -1,5 +1,6 @@
-//! Real processes on loopback: 20 `lo gossip` hosts run the shipped `census`; a
-//! quarter of them are killed with SIGKILL; the census and SWIM follow. And gossip
+//! Real processes on loopback: 20 `lo gossip` hosts sharing a domain secret run the
+//! shipped `census` (a 21st host with another secret is not counted); a quarter of
+//! them are killed with SIGKILL; the census and SWIM follow. And gossip
 //! objects published in the directory run by name, and only on the gossip driver.
 
 mod common;
@@ -31,8 +32,18 @@ impl Drop for Host {
 /// One JSON line a host printed: (host index, the value).
 type Line = (usize, serde_json::Value);
 
+/// The gossip domain's secret in the census test; the intruder has another.
+const SECRET: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+const OTHER_SECRET: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
 fn start(home: &Home, index: usize, seed: Option<&str>, lines: mpsc::Sender<Line>) -> Host {
-    start_with(home, index, seed, &["--object", "census"], lines)
+    start_with(
+        home,
+        index,
+        seed,
+        &["--object", "census", "--secret", SECRET],
+        lines,
+    )
 }
 
 fn start_with(
@@ -104,6 +115,11 @@ fn await_census(
             let missing: Vec<_> = hosts.iter().filter(|&&h| !reported[h]).collect();
             panic!("hosts {missing:?} did not report a census of {count} within {within:?}")
         });
+        let counted = value["value"].as_f64().unwrap_or(0.0);
+        assert!(
+            value["event"] != "estimate" || counted <= HOSTS as f64,
+            "host {host} counted {counted}: the intruder with another secret was counted"
+        );
         match value["event"].as_str() {
             Some("estimate")
                 if value["object"] == "census" && value["value"].as_f64() == Some(count) =>
@@ -126,6 +142,16 @@ fn census_follows_killed_hosts_and_swim_reports_them_down() {
     for index in 1..HOSTS {
         hosts.push(start(&home, index, Some(&first), sender.clone()));
     }
+    // A host with another domain's secret joins through the same seed: it must
+    // not be counted (its datagrams do not authenticate).
+    let (intruder_lines, _intruder_receiver) = mpsc::channel();
+    let _intruder = start_with(
+        &home,
+        HOSTS,
+        Some(&first),
+        &["--object", "census", "--secret", OTHER_SECRET],
+        intruder_lines,
+    );
     let all: Vec<usize> = (0..HOSTS).collect();
     let mut downs = Vec::new();
     let formed = await_census(

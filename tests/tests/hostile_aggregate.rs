@@ -24,6 +24,58 @@ fn hostile() -> AggregateInstance {
         .unwrap()
 }
 
+/// The peer every test datagram comes from.
+fn peer() -> HostId {
+    HostId {
+        addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+        boot: 1,
+    }
+}
+
+/// A node without SWIM running `objects` (name, code, input).
+fn node_with(objects: Vec<(&str, AggregateInstance, f64)>) -> GossipNode {
+    let me = HostId {
+        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        boot: 1,
+    };
+    let now = Instant::now();
+    let mut config = GossipConfig::lan(2);
+    config.swim = None;
+    let mut node = GossipNode::new(me, config, 1, now);
+    for (name, code, input) in objects {
+        node.add_aggregate(name, SharedAggregate::new(code), input, now);
+    }
+    node
+}
+
+/// An exchange answer from [`peer`] carrying `shares` (object, epoch, state).
+fn exchange(shares: Vec<(&str, u64, Vec<u8>)>) -> Vec<u8> {
+    let shares = shares
+        .into_iter()
+        .map(|(object, epoch, state)| Share {
+            object: object.into(),
+            epoch,
+            state,
+        })
+        .collect();
+    liveobjects_host::gossip::core::encode(
+        &Wire::Exchange {
+            from: peer(),
+            reply: true,
+            shares,
+        },
+        None,
+    )
+}
+
+fn max_instance() -> AggregateInstance {
+    runtime()
+        .load_aggregate_file(Path::new(objects::MAX))
+        .unwrap()
+        .instantiate()
+        .unwrap()
+}
+
 fn trap_message(err: AggregateError) -> String {
     match err {
         AggregateError::Trap {
@@ -87,46 +139,14 @@ fn garbage_states_are_refused_by_the_object() {
 
 #[test]
 fn a_poisoned_state_from_a_peer_leaves_the_node_and_its_other_objects_working() {
-    let runtime = runtime();
     let mut code = hostile();
     let poisoned = code.contribute(-1.0, 0).unwrap();
-    let max = runtime
-        .load_aggregate_file(Path::new(objects::MAX))
-        .unwrap();
-    let mut max_code = max.instantiate().unwrap();
+    let mut max_code = max_instance();
     let peer_max = max_code.contribute(77.0, 0).unwrap();
-
-    let me = HostId {
-        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-        boot: 1,
-    };
-    let peer = HostId {
-        addr: SocketAddr::from(([127, 0, 0, 1], 2)),
-        boot: 1,
-    };
-    let now = Instant::now();
-    let mut config = GossipConfig::lan(2);
-    config.swim = None;
-    let mut node = GossipNode::new(me, config, 1, now);
-    node.add_aggregate("hostile", SharedAggregate::new(code), 5.0, now);
-    node.add_aggregate("max", SharedAggregate::new(max_code), 10.0, now);
-    let datagram = liveobjects_host::gossip::core::encode(&Wire::Exchange {
-        from: peer,
-        reply: true,
-        shares: vec![
-            Share {
-                object: "hostile".into(),
-                epoch: 0,
-                state: poisoned,
-            },
-            Share {
-                object: "max".into(),
-                epoch: 0,
-                state: peer_max,
-            },
-        ],
-    });
-    node.handle_datagram(peer.addr, &datagram, now).unwrap();
+    let mut node = node_with(vec![("hostile", code, 5.0), ("max", max_code, 10.0)]);
+    let datagram = exchange(vec![("hostile", 0, poisoned), ("max", 0, peer_max)]);
+    node.handle_datagram(peer().addr, &datagram, Instant::now())
+        .unwrap();
 
     let mut failures = Vec::new();
     while let Some(event) = node.poll_event() {
@@ -159,4 +179,39 @@ fn objects_of_the_wrong_world_are_refused_with_a_clear_error() {
     );
     let err = runtime.load_file(Path::new(objects::CENSUS)).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+}
+
+#[test]
+fn a_peer_cannot_drag_a_node_to_an_absurd_epoch_or_with_a_garbage_state() {
+    let mut code = max_instance();
+    let good = code.contribute(50.0, 0).unwrap();
+    let mut node = node_with(vec![("max", code, 10.0)]);
+    let push = |epoch: u64, state: Vec<u8>| exchange(vec![("max", epoch, state)]);
+    let (peer, now) = (peer(), Instant::now());
+    node.handle_datagram(peer.addr, &push(u64::MAX, good.clone()), now)
+        .unwrap();
+    assert_eq!(node.current("max").unwrap().epoch, 0, "jumped to u64::MAX");
+    node.handle_datagram(peer.addr, &push(1, vec![0xff; 9]), now)
+        .unwrap();
+    assert_eq!(
+        node.current("max").unwrap().epoch,
+        0,
+        "a garbage state moved it"
+    );
+    assert!(matches!(
+        node.poll_event(),
+        Some(Event::AggregateFailed { .. })
+    ));
+    node.handle_datagram(peer.addr, &push(1, good), now)
+        .unwrap();
+    let current = node.current("max").unwrap();
+    assert_eq!((current.epoch, current.value), (1, 50.0));
+    assert_eq!(
+        node.poll_event(),
+        Some(Event::Estimate {
+            object: "max".into(),
+            epoch: 0,
+            value: 10.0
+        })
+    );
 }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use liveobjects_directory::record::Category;
 use liveobjects_host::gossip::agent::GossipAgent;
+use liveobjects_host::gossip::core::DomainSecret;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{Event, GossipConfig, GossipNode, HostId};
 use liveobjects_host::join::{Requirements, check_type};
@@ -53,6 +54,11 @@ pub struct GossipArgs {
     /// Print one JSON object per line (for scripts) instead of text.
     #[arg(long)]
     json: bool,
+    /// The gossip domain's shared secret (64 hex digits): every datagram is then
+    /// authenticated, and only hosts with the secret take part. Without it anyone
+    /// who can send UDP to this host can lie to it.
+    #[arg(long, env = "LO_GOSSIP_SECRET", value_name = "HEX", value_parser = parse_secret)]
+    secret: Option<DomainSecret>,
     /// The directory to resolve lo:// objects with.
     #[command(flatten)]
     target: super::directory::DirectoryTarget,
@@ -131,6 +137,7 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
         if args.no_swim {
             config.swim = None;
         }
+        config.secret = args.secret;
         let now = Instant::now();
         let mut node = GossipNode::new(
             HostId { addr, boot },
@@ -151,6 +158,7 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
         );
 
         let deadline = (args.duration > 0).then(|| now + Duration::from_secs(args.duration));
+        let mut last_read = Instant::now();
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         loop {
@@ -167,12 +175,16 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
                 },
                 _ = &mut ctrl_c => break,
             }
-            while let Some(event) = shell.node().poll_event() {
-                if let Event::Estimate { object, .. } = &event {
-                    // A new epoch started: count this host's current number in it.
-                    let value = input.read();
-                    shell.node().set_input(object, value);
+            // The number counts from the next epoch a host starts; refresh it once
+            // a second so that epoch gets a current reading.
+            if last_read.elapsed() >= Duration::from_secs(1) {
+                last_read = Instant::now();
+                let value = input.read();
+                for (name, _) in &objects {
+                    shell.node().set_input(name, value);
                 }
+            }
+            while let Some(event) = shell.node().poll_event() {
                 report(args.json, &event);
             }
         }
@@ -204,6 +216,7 @@ pub(super) async fn start_agent(
     runtime: &Runtime,
     listen: SocketAddr,
     seeds: &[SocketAddr],
+    secret: Option<DomainSecret>,
 ) -> Result<(GossipAgent, SocketAddr)> {
     let (_, bytes) = liveobjects_objects::SHIPPED
         .iter()
@@ -219,9 +232,11 @@ pub(super) async fn start_agent(
     let addr = socket.local_addr()?;
     let now = Instant::now();
     let boot = boot_number();
+    let mut config = GossipConfig::lan(16);
+    config.secret = secret;
     let mut node = GossipNode::new(
         HostId { addr, boot },
-        GossipConfig::lan(16),
+        config,
         boot ^ u64::from(addr.port()),
         now,
     );
@@ -229,6 +244,18 @@ pub(super) async fn start_agent(
     node.join(seeds, now);
     let agent = GossipAgent::spawn(GossipSocket::new(socket, node), vec!["census".into()]);
     Ok((agent, addr))
+}
+
+/// Parse a domain secret: 64 hex digits (32 bytes).
+pub(super) fn parse_secret(text: &str) -> Result<DomainSecret, String> {
+    let bytes =
+        hex::decode(text.trim()).map_err(|e| format!("a gossip secret is 64 hex digits: {e}"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "a gossip secret is 32 bytes (64 hex digits), not {}",
+            b.len()
+        )
+    })
 }
 
 /// Milliseconds since the Unix epoch: grows across restarts, so a restarted host

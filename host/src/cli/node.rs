@@ -44,6 +44,14 @@ pub struct NodeArgs {
     /// Gossip hosts to join through (repeat or separate with commas).
     #[arg(long = "gossip-seed", value_delimiter = ',', value_name = "ADDR")]
     gossip_seeds: Vec<SocketAddr>,
+    /// The gossip domain's shared secret (64 hex digits; see `lo gossip --secret`).
+    #[arg(
+        long,
+        env = "LO_GOSSIP_SECRET",
+        value_name = "HEX",
+        value_parser = super::gossip::parse_secret
+    )]
+    gossip_secret: Option<liveobjects_host::gossip::core::DomainSecret>,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -102,9 +110,10 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
         let me = mesh.me();
         let runtime = Arc::new(runtime);
         let gossip = match args.gossip {
-            Some(addr) => {
-                Some(super::gossip::start_agent(&runtime, addr, &args.gossip_seeds).await?)
-            }
+            Some(addr) => Some(
+                super::gossip::start_agent(&runtime, addr, &args.gossip_seeds, args.gossip_secret)
+                    .await?,
+            ),
             None => None,
         };
         let node = Node::new(

@@ -23,9 +23,13 @@
 //! shows the gossip membership and census. qsm and vsync do not exist yet; they can
 //! take the same cards.
 //!
-//! Security: gossip datagrams are not authenticated yet. A datagram is bounded,
-//! version-checked and must come from the address it names, so a forger off-path
-//! cannot impersonate a host, but an on-path attacker can lie about aggregates.
+//! Security: with a domain secret ([`core::GossipConfig::secret`], `lo gossip
+//! --secret`) every datagram carries an HMAC-SHA256 tag and only holders of the
+//! secret can speak; whoever holds it is trusted (it can lie about membership and
+//! aggregates). Without a secret anyone who can send a UDP datagram to a host can
+//! (source addresses are checked against the sender a message names, but UDP
+//! sources can be forged). Replayed datagrams are harmless to aggregates (merges
+//! are idempotent, old epochs are ignored) and SWIM tolerates duplicates.
 
 pub mod agent;
 pub mod core;
@@ -57,7 +61,7 @@ impl foca::Identity for HostId {
     fn renew(&self) -> Option<Self> {
         Some(HostId {
             addr: self.addr,
-            boot: self.boot.wrapping_add(1),
+            boot: self.boot.checked_add(1)?,
         })
     }
 

@@ -34,7 +34,9 @@ impl GossipSocket {
     }
 
     /// Wait for one datagram or the node's next timeout, handle it, and send what
-    /// the node asked to send. Cancel-safe: dropping the future loses nothing.
+    /// the node asked to send. Dropping the future (to serve a command, or at a
+    /// deadline) loses at most the datagram being sent at that moment, which
+    /// gossip tolerates like any loss; nothing received is lost.
     pub async fn step(&mut self) -> io::Result<()> {
         self.flush().await;
         let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());

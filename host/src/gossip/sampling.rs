@@ -8,10 +8,11 @@
 //! graph, so the push-pull exchanges that pick peers from it spread information in
 //! O(log N) rounds, while no host ever holds more than `capacity` entries.
 //!
-//! Dead hosts disappear without a failure detector: a dead host never re-enters
-//! views with age 0 (only a host itself does that), its entries only get older, and
+//! Dead hosts disappear without a failure detector: shuffles never put a dead host
+//! back with age 0 (only a host itself does that), its entries only get older, and
 //! the oldest entry is the one removed at each shuffle. SWIM's down notices (when
-//! SWIM runs) remove them sooner.
+//! SWIM runs) remove them sooner. (A host SWIM reports up is offered with age 0;
+//! if SWIM was wrong, its down notice removes the entry again.)
 //!
 //! Hand-written because no maintained crate offers a sans-IO Cyclon; it is about a
 //! hundred lines.
@@ -84,9 +85,26 @@ impl Sampler {
         self.merge(&[Entry { id, age: 0 }], &mut Vec::new());
     }
 
-    /// Drop every entry for `addr` (SWIM reported the host down).
-    pub fn remove(&mut self, addr: SocketAddr) {
-        self.view.retain(|e| e.id.addr != addr);
+    /// Put `id` in place of a random entry (or add it if there is room), unless it
+    /// is already in the view.
+    pub fn replace_random(&mut self, id: HostId, rng: &mut impl RngExt) {
+        if id.addr == self.me.addr || self.contains(id.addr) {
+            return;
+        }
+        let entry = Entry { id, age: 0 };
+        if self.view.len() < self.capacity {
+            self.view.push(entry);
+        } else {
+            let index = rng.random_range(0..self.view.len());
+            self.view[index] = entry;
+        }
+    }
+
+    /// Drop the entries of `id` and of older boots of its host (SWIM reported it
+    /// down); a newer boot of the same host stays.
+    pub fn remove_down(&mut self, id: HostId) {
+        self.view
+            .retain(|e| e.id.addr != id.addr || e.id.boot > id.boot);
     }
 
     /// Start a shuffle: age the view, take out the oldest entry and return it with

@@ -55,6 +55,8 @@ pub struct Simulation {
     /// (due, node) wake-ups; stale ones are skipped.
     wakeups: BinaryHeap<Reverse<(Instant, usize)>>,
     sequence: u64,
+    /// Side of each node while a partition is on; datagrams between sides are lost.
+    partition: Option<Vec<u8>>,
     /// Datagrams delivered, lost.
     pub delivered: u64,
     /// Datagrams lost by the network.
@@ -83,6 +85,7 @@ impl Simulation {
             in_flight: HashMap::new(),
             wakeups: BinaryHeap::new(),
             sequence: 0,
+            partition: None,
             delivered: 0,
             lost: 0,
             events: Vec::new(),
@@ -172,6 +175,17 @@ impl Simulation {
         self.config.round
     }
 
+    /// Cut the network: `side(node)` for every node; datagrams between different
+    /// sides are lost until [`Self::heal`]. Nodes added meanwhile are on side 0.
+    pub fn partition(&mut self, side: impl Fn(usize) -> u8) {
+        self.partition = Some((0..self.nodes.len()).map(side).collect());
+    }
+
+    /// End the partition.
+    pub fn heal(&mut self) {
+        self.partition = None;
+    }
+
     /// Change the network (e.g. remove loss for a liveness phase).
     pub fn set_network(&mut self, network: Network) {
         self.network = network;
@@ -245,6 +259,15 @@ impl Simulation {
                 self.lost += 1;
                 continue;
             };
+            let side = |node: usize| {
+                self.partition
+                    .as_ref()
+                    .map_or(0, |sides| sides.get(node).copied().unwrap_or(0))
+            };
+            if side(index) != side(to) {
+                self.lost += 1;
+                continue;
+            }
             if self.rng.random_bool(self.network.loss.clamp(0.0, 1.0)) {
                 self.lost += 1;
                 continue;

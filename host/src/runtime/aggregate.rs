@@ -2,9 +2,15 @@
 //! `contribute`, `merge` and `estimate` functions run in the same sandbox as
 //! replicas (no files, sockets or clocks; fuel and memory caps).
 //!
-//! Because the functions are pure, one instance can serve every host of a
-//! simulation, and a trap costs nothing but a fresh instance: there is no state to
-//! roll back.
+//! The functions are meant to be pure, so one instance can serve every host of a
+//! simulation and a trap costs nothing but a fresh instance. The host does not
+//! enforce purity: a guest could keep data in its memory between calls (or draw
+//! from WASI random, which is seeded once per instance). Such a guest only skews
+//! its own aggregate; the sandbox limits still hold.
+//!
+//! Calls run on the gossip node's network path, so each gets at most
+//! [`MAX_AGGREGATE_FUEL`] fuel whatever the replica limit is: merging two sketches
+//! takes well under a million instructions.
 
 use super::sandbox::{self, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail};
 use super::{Limits, LoadError, LogicHash};
@@ -26,6 +32,9 @@ use bindings::{AggregateObject, AggregateObjectIndices};
 
 /// The interface an aggregate object must export.
 pub const AGGREGATE_INTERFACE: &str = "liveobjects:object/aggregate@0.1.0";
+
+/// Fuel cap per call into an aggregate (see the module docs).
+pub const MAX_AGGREGATE_FUEL: u64 = 50_000_000;
 
 /// Most bytes of a state passed into or accepted out of a guest; a state is one
 /// gossip message's worth, so anything bigger is a bug or an attack.
@@ -165,6 +174,11 @@ impl AggregateLogic {
         }))
     }
 
+    /// Fuel for one call: the replica limit, capped at [`MAX_AGGREGATE_FUEL`].
+    fn fuel(&self) -> u64 {
+        self.limits.fuel_per_call.min(MAX_AGGREGATE_FUEL)
+    }
+
     /// The name it was loaded under.
     pub fn name(&self) -> &str {
         &self.name
@@ -199,7 +213,7 @@ impl AggregateLogic {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let _ = store.set_fuel(self.limits.fuel_per_call);
+        let _ = store.set_fuel(self.fuel());
         let failed = |e: wasmtime::Error| AggregateError::Instantiate {
             object: self.name.clone(),
             message: format!("{e:#}"),
@@ -282,11 +296,11 @@ impl AggregateInstance {
         during: &'static str,
         f: impl FnOnce(&mut Store<AggregateState>, &AggregateObject) -> wasmtime::Result<R>,
     ) -> Result<R, AggregateError> {
-        let _ = self.store.set_fuel(self.logic.limits.fuel_per_call);
+        let _ = self.store.set_fuel(self.logic.fuel());
         match f(&mut self.store, &self.bindings) {
             Ok(value) => Ok(value),
             Err(err) => {
-                let message = describe(&err, self.logic.limits.fuel_per_call);
+                let message = describe(&err, self.logic.fuel());
                 // A trapped instance cannot be entered again; the functions are
                 // pure, so a fresh one is an exact replacement.
                 let (store, bindings) = self.logic.fresh()?;
