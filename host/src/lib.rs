@@ -5,6 +5,10 @@
 //!   with memory, CPU and multicast limits, dynamic method calls by name (WAVE text).
 //! - [`local`]: the in-process driver: several replicas of one object in one process,
 //!   every multicast delivered to all of them in one total order.
+//! - [`mesh`]: the mesh driver (QUIC between all members, total order through a
+//!   sequencer); [`join`] and [`node`]: joining by name and the host daemon.
+//! - [`gossip`]: the gossip driver (SWIM, Cyclon peer sampling, push-pull
+//!   aggregates such as the census).
 //!
 //! The `lo` binary (`src/main.rs`) is the command-line front end.
 //!

@@ -1,20 +1,25 @@
 //! `lo demo`: an embedded directory and three hosts on loopback that join a chat
-//! room and a counter by name over the mesh driver (QUIC), then talk.
+//! room and a counter by name over the mesh driver (QUIC), then talk; the same
+//! hosts gossip (UDP, SWIM) and count themselves with the census object.
 
 use anyhow::{Context, Result, bail};
 use liveobjects_directory::client::{Client, Resolver};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::protocol::DEFAULT_MAX_BLOB_BYTES;
-use liveobjects_directory::record::{AccessPolicy, ObjectRecord, Reliability, Signed};
+use liveobjects_directory::record::{AccessPolicy, Category, ObjectRecord, Reliability, Signed};
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
-use liveobjects_host::join::{JoinOptions, join};
+use liveobjects_host::gossip::agent::GossipAgent;
+use liveobjects_host::gossip::net::GossipSocket;
+use liveobjects_host::gossip::{GossipConfig, GossipNode, HostId};
+use liveobjects_host::join::{JoinOptions, Requirements, check_type, join};
 use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::{GroupHandle, GroupNotice, MeshNode};
-use liveobjects_host::runtime::{LogicHash, Runtime};
+use liveobjects_host::runtime::{AGGREGATE_INTERFACE, LogicHash, Runtime, SharedAggregate};
 use std::time::{Duration, Instant};
 
 const ROOM: &str = "lo://demo/rooms/lobby";
 const COUNTER: &str = "lo://demo/counters/hits";
+const CENSUS: &str = "lo://demo/system/census";
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
 struct Host {
@@ -194,7 +199,26 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     }
     agreement(&hosts).await?;
 
-    // 6. Live until the duration ends (or Ctrl-C).
+    // 6. The same hosts gossip: the census, published as a gossip aggregate, run by
+    //    name on every host over UDP with SWIM and a fresh domain secret.
+    let agents = start_gossip(runtime, &client, &owner, server.local_addr(), root_key).await?;
+    println!();
+    wait_for("the census to count 3 hosts everywhere", || async {
+        for agent in &agents {
+            let counted = agent
+                .status()
+                .await
+                .and_then(|s| s.estimates.get(CENSUS).map(|e| e.value));
+            if counted != Some(3.0) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    println!("gossip     every host's census counts 3 live hosts ({CENSUS})");
+
+    // 7. Live until the duration ends (or Ctrl-C).
     println!();
     if duration == 0 {
         println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
@@ -226,6 +250,66 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// Publish the shipped census as a gossip aggregate and start a gossip agent per
+/// host that resolves it by name (verified) and runs it: 100 ms rounds, 1 s
+/// epochs, SWIM, a fresh domain secret.
+async fn start_gossip(
+    runtime: &Runtime,
+    client: &Client,
+    owner: &Identity,
+    directory: std::net::SocketAddr,
+    root_key: liveobjects_directory::keys::PublicKey,
+) -> Result<Vec<GossipAgent>> {
+    let (_, bytes) = liveobjects_objects::SHIPPED
+        .iter()
+        .find(|(n, _)| *n == "census")
+        .context("shipped census missing from this build")?;
+    let mut record = ObjectRecord::new(CENSUS, 1, bytes, unix_now(), 3600);
+    record.object_type.interface = AGGREGATE_INTERFACE.to_string();
+    record.object_type.category = Category::GossipAggregate;
+    record.object_type.reliability = Reliability::BestEffort;
+    record.driver.name = "gossip".into();
+    client
+        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
+        .await?;
+    println!(
+        "published  {CENSUS:<26} census, gossip aggregate, logic sha256 {}",
+        &LogicHash::of(bytes).to_hex()[..12]
+    );
+    // A public key is 32 unpredictable bytes: good enough for a demo's secret.
+    let secret = Identity::generate().public().0;
+    let mut agents = Vec::new();
+    let mut first = None;
+    for name in NAMES {
+        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
+        let verified = resolver.resolve(CENSUS).await?;
+        let require = Requirements {
+            category: Some(Category::GossipAggregate),
+            ..Requirements::default()
+        };
+        check_type(&verified.record, &require).map_err(anyhow::Error::msg)?;
+        let logic =
+            runtime.load_aggregate_bytes(CENSUS, &resolver.fetch_logic(&verified).await?)?;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = socket.local_addr()?;
+        let mut config = GossipConfig::lan(3);
+        config.round = Duration::from_millis(100);
+        config.epoch_rounds = 10;
+        config.secret = Some(secret);
+        let now = Instant::now();
+        let mut node = GossipNode::new(HostId { addr, boot: 1 }, config, addr.port().into(), now);
+        node.add_aggregate(CENSUS, SharedAggregate::new(logic.instantiate()?), 1.0, now);
+        node.join(first.as_slice(), now);
+        first.get_or_insert(addr);
+        agents.push(GossipAgent::spawn(
+            GossipSocket::new(socket, node),
+            vec![CENSUS.to_string()],
+        ));
+        println!("gossip     {name:<6} {addr} runs {CENSUS}");
+    }
+    Ok(agents)
 }
 
 /// Wait until every host's chat shows `count` messages.
