@@ -42,7 +42,8 @@ pub struct GossipSummary {
 pub struct NodeCard {
     /// The node's mesh identity and address.
     pub mesh: Peer,
-    /// Objects it has joined (as many as fit a card).
+    /// Objects it has joined (as many as fit a card; a node with more objects
+    /// than fit is not found through the ones left out).
     pub objects: Vec<String>,
 }
 
@@ -60,10 +61,13 @@ impl NodeCard {
     }
 }
 
-/// How many live hosts a node asks for cards when a record's seeds do not answer,
-/// and how long it waits for the answers.
-const DISCOVERY_HOSTS: usize = 64;
+/// How many live hosts a node asks for cards when a record's seeds do not answer
+/// (all of them, up to this many), how long it waits for answers, how often it
+/// asks before giving up, and how many members found that way it tries.
+const DISCOVERY_HOSTS: usize = 1024;
 const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const DISCOVERY_ATTEMPTS: usize = 2;
+const DISCOVERY_MAX_HINTS: usize = 8;
 
 /// A request to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
@@ -231,14 +235,21 @@ impl Node {
             return Vec::new();
         };
         let me = self.mesh.me().key;
-        gossip
-            .cards(DISCOVERY_HOSTS, DISCOVERY_WAIT)
-            .await
-            .into_iter()
-            .filter_map(|(_, bytes)| postcard::from_bytes::<NodeCard>(&bytes).ok())
-            .filter(|card| card.mesh.key != me && card.objects.iter().any(|o| o == name))
-            .map(|card| card.mesh)
-            .collect()
+        for _ in 0..DISCOVERY_ATTEMPTS {
+            let mut members: Vec<Peer> = gossip
+                .cards(DISCOVERY_HOSTS, DISCOVERY_WAIT)
+                .await
+                .into_iter()
+                .filter_map(|(_, bytes)| postcard::from_bytes::<NodeCard>(&bytes).ok())
+                .filter(|card| card.mesh.key != me && card.objects.iter().any(|o| o == name))
+                .map(|card| card.mesh)
+                .collect();
+            if !members.is_empty() {
+                members.truncate(DISCOVERY_MAX_HINTS);
+                return members;
+            }
+        }
+        Vec::new()
     }
 
     /// The mesh node.

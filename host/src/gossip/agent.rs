@@ -44,7 +44,9 @@ pub struct GossipAgent {
 /// Cards being collected for one [`GossipAgent::cards`] call.
 struct Collector {
     deadline: Instant,
-    cards: BTreeMap<HostId, Vec<u8>>,
+    /// The hosts asked: answers from anyone else are ignored.
+    asked: std::collections::HashSet<SocketAddr>,
+    cards: BTreeMap<SocketAddr, (HostId, Vec<u8>)>,
     reply: oneshot::Sender<Vec<(HostId, Vec<u8>)>>,
 }
 
@@ -84,9 +86,10 @@ impl GossipAgent {
                         }
                     }
                     Wake::Command(Some(Command::Cards { limit, wait, reply })) => {
-                        shell.node().request_cards(limit);
+                        let asked = shell.node().request_cards(limit).into_iter().collect();
                         collectors.push(Collector {
                             deadline: Instant::now() + wait,
+                            asked,
                             cards: BTreeMap::new(),
                             reply,
                         });
@@ -113,7 +116,9 @@ impl GossipAgent {
                     match event {
                         Event::Card { host, card } => {
                             for collector in &mut collectors {
-                                collector.cards.insert(host, card.clone());
+                                if collector.asked.contains(&host.addr) {
+                                    collector.cards.insert(host.addr, (host, card.clone()));
+                                }
                             }
                         }
                         Event::MemberDown(host) => {
@@ -133,7 +138,9 @@ impl GossipAgent {
                     collectors.into_iter().partition(|c| c.deadline <= now);
                 collectors = pending;
                 for collector in due {
-                    let _ = collector.reply.send(collector.cards.into_iter().collect());
+                    let _ = collector
+                        .reply
+                        .send(collector.cards.into_values().collect());
                 }
             }
         });
@@ -145,8 +152,9 @@ impl GossipAgent {
         let _ = self.commands.send(Command::SetCard(card)).await;
     }
 
-    /// Ask up to `limit` live hosts for their cards and collect the answers that
-    /// arrive within `wait`. Empty if the agent stopped.
+    /// Ask up to `limit` live hosts for their cards and collect the answers (from
+    /// those hosts only, one per host) that arrive within `wait`. Empty if the
+    /// agent stopped.
     pub async fn cards(&self, limit: usize, wait: Duration) -> Vec<(HostId, Vec<u8>)> {
         let (reply, answer) = oneshot::channel();
         if self

@@ -49,6 +49,11 @@ pub const MAX_CARD: usize = 1024;
 const MAX_ENTRIES: usize = 64;
 /// Most object states accepted in one exchange.
 const MAX_SHARES: usize = 64;
+/// An exchange is answered with at most this many times the push's bytes...
+const ANSWER_FACTOR: usize = 4;
+/// ...or this many, if more (one MTU-sized answer is always allowed, so a small
+/// early-epoch push still pulls a full sketch).
+const ANSWER_FLOOR: usize = 1_200;
 /// Chance per round of swapping a view entry for a random SWIM member.
 const VIEW_MIXING: f64 = 0.1;
 /// Most object states merged from one datagram (guest code runs for each).
@@ -377,6 +382,10 @@ struct Aggregation {
     /// This host's partial aggregate for `epoch`; `None` if the object's code
     /// failed to contribute (then what peers send is adopted as is).
     state: Option<Vec<u8>>,
+    /// Whether this host has met the group's epochs (merged a peer's state).
+    /// Until then it follows a peer to any epoch, however far ahead; after, at
+    /// most [`MAX_EPOCH_JUMP`] at a time.
+    synced: bool,
     finished: Option<Estimate>,
 }
 
@@ -400,6 +409,9 @@ pub struct GossipNode {
     /// The addresses this node joined through, asked again whenever it finds
     /// itself alone (after a partition, or if every host it knew died).
     seeds: Vec<SocketAddr>,
+    /// Rounds to wait before asking the seeds again, and the current backoff.
+    rounds_until_reseed: u32,
+    reseed_backoff: u32,
     /// Where the next exchange starts in `aggregations`, so that all objects get a
     /// turn when they do not fit one datagram.
     exchange_cursor: usize,
@@ -438,6 +450,8 @@ impl GossipNode {
             aggregations: BTreeMap::new(),
             card: Vec::new(),
             seeds: Vec::new(),
+            rounds_until_reseed: 0,
+            reseed_backoff: 0,
             exchange_cursor: 0,
             next_round: now + offset,
             transmits: VecDeque::new(),
@@ -511,9 +525,10 @@ impl GossipNode {
     }
 
     /// Ask up to `limit` live hosts for their cards (SWIM's members if SWIM runs,
-    /// else the partial view). Answers arrive as [`Event::Card`]; returns how many
-    /// hosts were asked.
-    pub fn request_cards(&mut self, limit: usize) -> usize {
+    /// else the partial view). Answers arrive as [`Event::Card`]; returns the hosts
+    /// asked (only their answers should be believed). Hosts answer only hosts they
+    /// know.
+    pub fn request_cards(&mut self, limit: usize) -> Vec<SocketAddr> {
         use rand::seq::IndexedRandom;
         let mut hosts = self.swim_members();
         if hosts.is_empty() {
@@ -523,7 +538,7 @@ impl GossipNode {
         for host in &chosen {
             self.send(host.addr, &Wire::CardRequest { from: self.id });
         }
-        chosen.len()
+        chosen.iter().map(|h| h.addr).collect()
     }
 
     /// Start computing `object` with `code`; `input` is this host's number.
@@ -537,6 +552,7 @@ impl GossipNode {
             deadline: now + self.epoch_length(),
             state,
             finished: None,
+            synced: false,
         };
         self.aggregations.insert(object.to_string(), aggregation);
     }
@@ -609,7 +625,8 @@ impl GossipNode {
         };
         let merged = match &aggregation.state {
             Some(state) => merge(&aggregation.code, state, incoming),
-            None => Ok(incoming.to_vec()),
+            // No state of our own: adopt the peer's, if the object can read it.
+            None => estimate(&aggregation.code, incoming).map(|_| incoming.to_vec()),
         };
         match merged {
             Ok(state) => aggregation.state = Some(state),
@@ -724,6 +741,13 @@ impl GossipNode {
                 let Some(swim) = &mut self.swim else {
                     return Err(DatagramError::Swim("this node runs without SWIM".into()));
                 };
+                // foca trusts the sender its header names; make that the address the
+                // datagram came from, as for our own messages.
+                use foca::Codec;
+                let header = PostcardCodec
+                    .decode_header(&packet[..])
+                    .map_err(|e| DatagramError::Swim(e.to_string()))?;
+                check(&header.src)?;
                 let result = swim
                     .handle_data(&packet, &mut self.swim_io)
                     .map_err(|e| DatagramError::Swim(e.to_string()));
@@ -759,7 +783,11 @@ impl GossipNode {
             }
             Wire::CardRequest { from: peer } => {
                 check(&peer)?;
-                if !self.card.is_empty() {
+                // Only hosts this one knows get an answer: a card is larger than
+                // the request, and a forged source should not get one.
+                let known = self.sampler.contains(peer.addr)
+                    || self.swim_members().iter().any(|m| m.addr == peer.addr);
+                if known && !self.card.is_empty() {
                     self.send(
                         peer.addr,
                         &Wire::Card {
@@ -781,16 +809,23 @@ impl GossipNode {
                 shares,
             } => {
                 check(&peer)?;
-                let asked: Vec<String> = shares.iter().map(|s| s.object.clone()).collect();
+                let pushed = bytes.len();
+                let mut asked: Vec<String> = Vec::new();
                 // Merges run guest code on the network path: at most
-                // MAX_MERGES_PER_DATAGRAM per datagram, the rest is dropped.
-                for share in shares.into_iter().take(MAX_MERGES_PER_DATAGRAM) {
+                // MAX_MERGES_PER_DATAGRAM per datagram, and one share per object (so
+                // one datagram cannot move an object through many epochs).
+                for share in shares {
+                    if asked.len() == MAX_MERGES_PER_DATAGRAM || asked.contains(&share.object) {
+                        continue;
+                    }
+                    asked.push(share.object.clone());
                     self.absorb(share, now);
                 }
                 if !reply {
-                    // Answer only for the objects pushed, so an answer is about as
-                    // large as the push (no amplification for a forged source).
-                    let shares = self.shares(Some(&asked));
+                    // Answer only for the objects pushed, and at most a few times
+                    // the push's size, so a forged source gains little.
+                    let budget = (pushed * ANSWER_FACTOR).max(ANSWER_FLOOR);
+                    let shares = self.shares_within(Some(&asked), budget);
                     self.send(
                         peer.addr,
                         &Wire::Exchange {
@@ -841,7 +876,7 @@ impl GossipNode {
             return;
         }
         if let Some(peer) = self.sampler.sample(&mut self.rng) {
-            let shares = self.shares(None);
+            let shares = self.shares_within(None, MAX_DATAGRAM - 128);
             self.send(
                 peer.addr,
                 &Wire::Exchange {
@@ -877,18 +912,29 @@ impl GossipNode {
             }
         }
         if self.sampler.entries().is_empty() && self.swim_members().is_empty() {
-            let seeds = self.seeds.clone();
-            self.join(&seeds, now);
+            // Alone: ask the seeds again, backing off exponentially (1, 2, 4 ... 64
+            // rounds) while they do not answer.
+            if self.rounds_until_reseed == 0 {
+                let seeds = self.seeds.clone();
+                self.join(&seeds, now);
+                self.reseed_backoff = (self.reseed_backoff * 2).clamp(1, 64);
+                self.rounds_until_reseed = self.reseed_backoff;
+            } else {
+                self.rounds_until_reseed -= 1;
+            }
+        } else {
+            self.reseed_backoff = 0;
+            self.rounds_until_reseed = 0;
         }
     }
 
-    /// This host's states (of the objects in `only`, if given), as many as fit one
-    /// datagram, starting at the cursor.
-    fn shares(&mut self, only: Option<&[String]>) -> Vec<Share> {
+    /// This host's states (of the objects in `only`, if given), as many as fit
+    /// `budget` bytes, starting at the cursor.
+    fn shares_within(&mut self, only: Option<&[String]>, budget: usize) -> Vec<Share> {
         let count = self.aggregations.len();
         let mut shares = Vec::new();
         // Room for the envelope (sender, flags, tag) and per-share overheads.
-        let mut budget = MAX_DATAGRAM - 128;
+        let mut budget = budget.min(MAX_DATAGRAM - 128);
         let start = self.exchange_cursor % count.max(1);
         let mut taken = 0;
         for (name, aggregation) in self.aggregations.iter().cycle().skip(start).take(count) {
@@ -923,7 +969,14 @@ impl GossipNode {
             return;
         };
         let current = aggregation.epoch;
-        if share.epoch < current || share.epoch - current > MAX_EPOCH_JUMP {
+        let limit = if aggregation.synced {
+            MAX_EPOCH_JUMP
+        } else {
+            // Anything a running group can reach; far below u64::MAX so that
+            // counting on from it never overflows.
+            u64::MAX / 4
+        };
+        if share.epoch < current || share.epoch - current > limit {
             // Older: the answer (or our next push) carries the newer epoch to the
             // peer. Absurdly far ahead: a broken or hostile peer.
             self.stats.shares_ignored += 1;
@@ -931,6 +984,9 @@ impl GossipNode {
         }
         if share.epoch == current {
             self.merge_into(&share.object, &share.state);
+            if let Some(aggregation) = self.aggregations.get_mut(&share.object) {
+                aggregation.synced = true;
+            }
             return;
         }
         // A newer epoch: move to it only if the peer's state merges with our own
@@ -938,8 +994,12 @@ impl GossipNode {
         let seed = self.epoch_seed(&share.object, share.epoch);
         let code = aggregation.code.clone();
         let input = aggregation.input;
-        let merged =
-            contribute(&code, input, seed).and_then(|mine| merge(&code, &mine, &share.state));
+        let merged = match contribute(&code, input, seed) {
+            Ok(mine) => merge(&code, &mine, &share.state),
+            // This host cannot contribute (its input makes the object fail): still
+            // follow the group's epochs with the peer's state, if it reads.
+            Err(_) => estimate(&code, &share.state).map(|_| share.state.clone()),
+        };
         match merged {
             Ok(state) => {
                 // Only a host that was in the previous epoch has a complete value
@@ -1003,6 +1063,10 @@ impl GossipNode {
             None => self.contribute_or_report(object, &code, input, seed),
         };
         let aggregation = self.aggregations.get_mut(object).expect("caller checked");
+        if epoch > aggregation.epoch.saturating_add(1) {
+            // Followed a peer: this host now runs the group's epochs.
+            aggregation.synced = true;
+        }
         aggregation.epoch = epoch;
         aggregation.deadline = now + epoch_length;
         aggregation.state = state;
@@ -1199,9 +1263,19 @@ mod tests {
     }
 
     #[test]
-    fn cards_are_answered_only_when_published_and_bounded() {
+    fn cards_are_answered_only_when_published_to_known_hosts_and_bounded() {
         let mut a = node(1, false);
         let request = plain(&Wire::CardRequest { from: host(2) });
+        a.set_card(b"mesh key and objects".to_vec()).unwrap();
+        a.handle_datagram(host(2).addr, &request, Instant::now())
+            .unwrap();
+        assert!(
+            a.poll_transmit().is_none(),
+            "answered a host it does not know"
+        );
+        a.set_card(Vec::new()).unwrap();
+        a.join(&[host(2).addr], Instant::now());
+        while a.poll_transmit().is_some() {}
         a.handle_datagram(host(2).addr, &request, Instant::now())
             .unwrap();
         assert!(a.poll_transmit().is_none(), "answered without a card");
@@ -1305,6 +1379,39 @@ mod tests {
     }
 
     #[test]
+    fn a_swim_packet_must_come_from_the_sender_its_header_names() {
+        use foca::Codec;
+        let mut a = node(1, true);
+        let mut packet = Vec::new();
+        PostcardCodec
+            .encode_header(
+                &foca::Header {
+                    src: host(2),
+                    src_incarnation: 0,
+                    dst: host(1),
+                    message: foca::Message::Announce,
+                },
+                &mut packet,
+            )
+            .unwrap();
+        let datagram = plain(&Wire::Swim(packet));
+        let err = a
+            .handle_datagram(host(3).addr, &datagram, Instant::now())
+            .unwrap_err();
+        assert!(matches!(err, DatagramError::Spoofed { .. }), "{err}");
+        assert!(
+            a.poll_transmit().is_none(),
+            "a forged announce was answered"
+        );
+        a.handle_datagram(host(2).addr, &datagram, Instant::now())
+            .unwrap();
+        assert!(
+            a.poll_transmit().is_some(),
+            "a genuine announce gets a feed"
+        );
+    }
+
+    #[test]
     fn a_node_without_swim_refuses_swim_packets() {
         let mut a = node(1, false);
         let packet = plain(&Wire::Swim(vec![0; 10]));
@@ -1332,6 +1439,18 @@ mod tests {
                 before.datagrams_dropped + before.datagrams_received + 1
             );
             prop_assert_eq!(result.is_err(), after.datagrams_dropped == 1);
+        }
+
+        /// Arbitrary bytes after the sealed version byte never get past the tag.
+        #[test]
+        fn arbitrary_sealed_datagrams_are_refused(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut bytes = vec![WIRE_VERSION_SEALED];
+            bytes.extend(body);
+            let mut config = GossipConfig::lan(4);
+            config.secret = Some([3; 32]);
+            let mut a = GossipNode::new(host(1), config, 1, Instant::now());
+            let result = a.handle_datagram(host(2).addr, &bytes, Instant::now());
+            prop_assert_eq!(result, Err(DatagramError::BadTag));
         }
 
         /// Flipping bytes of a valid datagram never panics, and a mutated message

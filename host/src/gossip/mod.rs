@@ -27,9 +27,11 @@
 //! --secret`) every datagram carries an HMAC-SHA256 tag and only holders of the
 //! secret can speak; whoever holds it is trusted (it can lie about membership and
 //! aggregates). Without a secret anyone who can send a UDP datagram to a host can
-//! (source addresses are checked against the sender a message names, but UDP
-//! sources can be forged). Replayed datagrams are harmless to aggregates (merges
-//! are idempotent, old epochs are ignored) and SWIM tolerates duplicates.
+//! (every message, SWIM's included, must come from the address of the sender it
+//! names, but UDP sources can be forged). Answers are bounded to discourage
+//! reflection: an exchange is answered with at most 4x its size (or 1,200 bytes),
+//! and cards only to known hosts. Replayed datagrams are harmless to aggregates
+//! (merges are idempotent, old epochs are ignored) and SWIM tolerates duplicates.
 
 pub mod agent;
 pub mod core;
