@@ -307,3 +307,33 @@ async fn a_peer_sending_malformed_or_oversized_frames_is_cut_off_and_the_group_i
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_larger_than_a_read_chunk_arrive_whole() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let logic = runtime
+        .load_file(liveobjects_objects::HOSTILE.as_ref())
+        .unwrap();
+    let (a, b) = (node(), node());
+    let ga = a
+        .found(&runtime, &logic, "test:big", Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, "test:big", a.me(), Admission::default())
+        .unwrap();
+    eventually(20, "two members", || async { members(&gb).await == 2 }).await;
+    // 60,000-byte events: each frame is read in several pieces.
+    for _ in 0..3 {
+        gb.call("huge-multicast", &["60000"]).await.unwrap();
+    }
+    eventually(20, "three big events at both members", || async {
+        let applied =
+            |g: GroupHandle| async move { g.status().await.map(|s| s.events_applied).unwrap_or(0) };
+        applied(ga.clone()).await == 3 && applied(gb.clone()).await == 3
+    })
+    .await;
+    assert_eq!(ga.snapshot().await.unwrap(), gb.snapshot().await.unwrap());
+    for n in [a, b] {
+        n.shutdown();
+    }
+}

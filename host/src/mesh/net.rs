@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 pub const ALPN: &[u8] = b"liveobjects-mesh/1";
 /// Largest frame accepted (a state transfer carries a whole snapshot).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Frames are read in pieces of at most this many bytes.
+const READ_CHUNK: usize = 16 << 10;
 /// Frames queued per peer before new ones are dropped (the core retransmits).
 pub const PEER_QUEUE: usize = 4096;
 
@@ -328,11 +330,17 @@ async fn read_frames(
         if len > MAX_FRAME_BYTES {
             return Err(format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}"));
         }
-        let mut bytes = vec![0u8; len];
-        stream
-            .read_exact(&mut bytes)
-            .await
-            .map_err(|e| format!("truncated frame: {e}"))?;
+        // Grow the buffer as bytes arrive, not to the claimed length up front: a
+        // peer that claims 64 MiB and sends nothing must not cost 64 MiB.
+        let mut bytes = Vec::with_capacity(len.min(READ_CHUNK));
+        while bytes.len() < len {
+            let start = bytes.len();
+            bytes.resize(start + (len - start).min(READ_CHUNK), 0);
+            stream
+                .read_exact(&mut bytes[start..])
+                .await
+                .map_err(|e| format!("truncated frame: {e}"))?;
+        }
         let frame: Frame =
             postcard::from_bytes(&bytes).map_err(|e| format!("malformed frame: {e}"))?;
         // The claimed sender must be the authenticated key, at the address it talks
