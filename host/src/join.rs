@@ -16,7 +16,7 @@
 
 use crate::mesh::group::{Admission, GroupError, GroupHandle, MeshNode};
 use crate::mesh::net::Peer;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{AggregateLogic, LoadError, Runtime};
 use liveobjects_directory::client::{ResolveError, Resolver};
 use liveobjects_directory::record::{Category, Grant, ObjectRecord, Reliability, Security, Signed};
 use liveobjects_directory::verify::VerifiedRecord;
@@ -266,6 +266,28 @@ pub struct JoinOptions {
     pub seed_timeout: Option<Duration>,
     /// Members to try after the record's seeds (e.g. found by gossip).
     pub extra_seeds: Vec<Peer>,
+}
+
+/// Resolve a gossip aggregate by name: verify its record, check it is a
+/// `gossip-aggregate` object on a driver that runs it, fetch and verify its logic,
+/// and load it.
+pub async fn resolve_aggregate(
+    runtime: &Runtime,
+    resolver: &Resolver,
+    name: &str,
+) -> Result<(std::sync::Arc<AggregateLogic>, VerifiedRecord), JoinError> {
+    let verified = resolver.resolve(name).await?;
+    let require = Requirements {
+        category: Some(Category::GossipAggregate),
+        ..Requirements::default()
+    };
+    check_type(&verified.record, &require).map_err(|reason| JoinError::Type {
+        name: name.to_string(),
+        reason,
+    })?;
+    let bytes = resolver.fetch_logic(&verified).await?;
+    let logic = runtime.load_aggregate_bytes(name, &bytes)?;
+    Ok((logic, verified))
 }
 
 /// Join `name` on `node`: resolve, check, fetch, authenticate, transfer state.

@@ -11,7 +11,7 @@ use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{GossipConfig, GossipNode, HostId};
-use liveobjects_host::join::{JoinOptions, Requirements, check_type, join};
+use liveobjects_host::join::{JoinOptions, join, resolve_aggregate};
 use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::{GroupHandle, GroupNotice, MeshNode};
 use liveobjects_host::runtime::{AGGREGATE_INTERFACE, LogicHash, Runtime, SharedAggregate};
@@ -74,9 +74,7 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     let seed = format!("{}@{}", nodes[0].me().key, nodes[0].me().addr);
     let policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
     for (name, object) in [(ROOM, "chat"), (COUNTER, "counter")] {
-        let (_, bytes) = liveobjects_objects::SHIPPED
-            .iter()
-            .find(|(n, _)| *n == object)
+        let bytes = liveobjects_objects::shipped(object)
             .context("shipped object missing from this build")?;
         let logic = runtime.load_bytes(name, bytes)?;
         let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
@@ -262,10 +260,8 @@ async fn start_gossip(
     directory: std::net::SocketAddr,
     root_key: liveobjects_directory::keys::PublicKey,
 ) -> Result<Vec<GossipAgent>> {
-    let (_, bytes) = liveobjects_objects::SHIPPED
-        .iter()
-        .find(|(n, _)| *n == "census")
-        .context("shipped census missing from this build")?;
+    let bytes =
+        liveobjects_objects::shipped("census").context("shipped census missing from this build")?;
     let mut record = ObjectRecord::new(CENSUS, 1, bytes, unix_now(), 3600);
     record.object_type.interface = AGGREGATE_INTERFACE.to_string();
     record.object_type.category = Category::GossipAggregate;
@@ -284,14 +280,7 @@ async fn start_gossip(
     let mut first = None;
     for name in NAMES {
         let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
-        let verified = resolver.resolve(CENSUS).await?;
-        let require = Requirements {
-            category: Some(Category::GossipAggregate),
-            ..Requirements::default()
-        };
-        check_type(&verified.record, &require).map_err(anyhow::Error::msg)?;
-        let logic =
-            runtime.load_aggregate_bytes(CENSUS, &resolver.fetch_logic(&verified).await?)?;
+        let (logic, _) = resolve_aggregate(runtime, &resolver, CENSUS).await?;
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
         let addr = socket.local_addr()?;
         let mut config = GossipConfig::lan(3);

@@ -3,12 +3,11 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use liveobjects_directory::record::Category;
 use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::core::DomainSecret;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{Event, GossipConfig, GossipNode, HostId};
-use liveobjects_host::join::{Requirements, check_type};
+use liveobjects_host::join::{JoinError, resolve_aggregate};
 use liveobjects_host::runtime::{AggregateLogic, Runtime, SharedAggregate};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -94,7 +93,7 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
     let mut seeds = args.seeds.clone();
     for spec in &args.objects {
         let (name, logic) = if spec.starts_with("lo://") {
-            let (logic, record_seeds) = resolve_aggregate(&runtime, &args.target, spec)?;
+            let (logic, record_seeds) = resolve_published(&runtime, &args.target, spec)?;
             seeds.extend(record_seeds);
             (spec.clone(), logic)
         } else {
@@ -104,9 +103,7 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
                     runtime.load_aggregate_file(Path::new(file))?,
                 ),
                 None => {
-                    let Some((_, bytes)) =
-                        liveobjects_objects::SHIPPED.iter().find(|(n, _)| n == spec)
-                    else {
+                    let Some(bytes) = liveobjects_objects::shipped(spec) else {
                         bail!(
                             "--object {spec:?}: no shipped aggregate of that name (census, \
                              average, max); give lo://NAME or NAME=FILE.wasm for your own"
@@ -218,9 +215,7 @@ pub(super) async fn start_agent(
     seeds: &[SocketAddr],
     secret: Option<DomainSecret>,
 ) -> Result<(GossipAgent, SocketAddr)> {
-    let (_, bytes) = liveobjects_objects::SHIPPED
-        .iter()
-        .find(|(n, _)| *n == "census")
+    let bytes = liveobjects_objects::shipped("census")
         .context("the census object is not shipped in this build")?;
     let census = runtime
         .load_aggregate_bytes("census", bytes)?
@@ -271,22 +266,20 @@ fn boot_number() -> u64 {
 /// Resolve a published aggregate: verify its record, check it is a gossip
 /// aggregate, fetch and verify its logic. Returns it with the seeds its record
 /// lists (driver option `seeds=ADDR,...`).
-fn resolve_aggregate(
+fn resolve_published(
     runtime: &Runtime,
     target: &super::directory::DirectoryTarget,
     name: &str,
 ) -> Result<(std::sync::Arc<AggregateLogic>, Vec<SocketAddr>)> {
     super::tokio()?.block_on(async {
         let resolver = super::directory::resolver(target).await?;
-        let verified = resolver.resolve(name).await?;
+        let (logic, verified) = resolve_aggregate(runtime, &resolver, name)
+            .await
+            .map_err(|e| match e {
+                JoinError::Type { reason, .. } => anyhow!("cannot run {name}: {reason}"),
+                other => other.into(),
+            })?;
         let record = &verified.record;
-        let require = Requirements {
-            category: Some(Category::GossipAggregate),
-            ..Default::default()
-        };
-        check_type(record, &require).map_err(|reason| anyhow!("cannot run {name}: {reason}"))?;
-        let bytes = resolver.fetch_logic(&verified).await?;
-        let logic = runtime.load_aggregate_bytes(name, &bytes)?;
         let mut seeds = Vec::new();
         if let Some(list) = record.driver.options.get("seeds") {
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {

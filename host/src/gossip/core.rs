@@ -591,11 +591,21 @@ impl GossipNode {
     /// The value of the current, unfinished epoch (what this host has heard so far).
     pub fn current(&self, object: &str) -> Option<Estimate> {
         let aggregation = self.aggregations.get(object)?;
-        let value = estimate(&aggregation.code, aggregation.state.as_ref()?).ok()?;
+        let value = aggregation
+            .code
+            .estimate(aggregation.state.as_ref()?)
+            .ok()?;
         Some(Estimate {
             epoch: aggregation.epoch,
             value,
         })
+    }
+
+    fn report_failure(&mut self, object: &str, error: AggregateError) {
+        self.events.push_back(Event::AggregateFailed {
+            object: object.to_string(),
+            error: error.to_string(),
+        });
     }
 
     fn contribute_or_report(
@@ -605,13 +615,10 @@ impl GossipNode {
         input: f64,
         seed: u64,
     ) -> Option<Vec<u8>> {
-        match contribute(code, input, seed) {
+        match code.contribute(input, seed) {
             Ok(state) => Some(state),
             Err(e) => {
-                self.events.push_back(Event::AggregateFailed {
-                    object: object.to_string(),
-                    error: e.to_string(),
-                });
+                self.report_failure(object, e);
                 None
             }
         }
@@ -624,16 +631,16 @@ impl GossipNode {
             return;
         };
         let merged = match &aggregation.state {
-            Some(state) => merge(&aggregation.code, state, incoming),
+            Some(state) => aggregation.code.merge(state, incoming),
             // No state of our own: adopt the peer's, if the object can read it.
-            None => estimate(&aggregation.code, incoming).map(|_| incoming.to_vec()),
+            None => aggregation
+                .code
+                .estimate(incoming)
+                .map(|_| incoming.to_vec()),
         };
         match merged {
             Ok(state) => aggregation.state = Some(state),
-            Err(e) => self.events.push_back(Event::AggregateFailed {
-                object: object.to_string(),
-                error: e.to_string(),
-            }),
+            Err(e) => self.report_failure(object, e),
         }
     }
 
@@ -786,7 +793,10 @@ impl GossipNode {
                 // Only hosts this one knows get an answer: a card is larger than
                 // the request, and a forged source should not get one.
                 let known = self.sampler.contains(peer.addr)
-                    || self.swim_members().iter().any(|m| m.addr == peer.addr);
+                    || self
+                        .swim
+                        .as_ref()
+                        .is_some_and(|swim| swim.iter_members().any(|m| m.id().addr == peer.addr));
                 if known && !self.card.is_empty() {
                     self.send(
                         peer.addr,
@@ -886,7 +896,6 @@ impl GossipNode {
                 },
             );
         }
-        let _ = now;
     }
 
     /// Keep the partial view from running dry: top it up from SWIM's members, and
@@ -895,8 +904,8 @@ impl GossipNode {
     /// this, the two sides of a healed partition would never talk again.
     fn heal(&mut self, now: Instant) {
         use rand::seq::IndexedRandom;
+        let members = self.swim_members();
         if self.sampler.entries().len() < self.config.view_size / 2 {
-            let members = self.swim_members();
             for member in members.sample(&mut self.rng, self.config.shuffle_length) {
                 self.sampler.offer(*member);
             }
@@ -905,13 +914,12 @@ impl GossipNode {
         // partition heals, SWIM reconnects first (its announces to down members),
         // and this carries the reconnection into the view, and so into the
         // aggregates.
-        if self.rng.random_bool(VIEW_MIXING) {
-            let members = self.swim_members();
-            if let Some(member) = members.choose(&mut self.rng) {
-                self.sampler.replace_random(*member, &mut self.rng);
-            }
+        if self.rng.random_bool(VIEW_MIXING)
+            && let Some(member) = members.choose(&mut self.rng)
+        {
+            self.sampler.replace_random(*member, &mut self.rng);
         }
-        if self.sampler.entries().is_empty() && self.swim_members().is_empty() {
+        if self.sampler.entries().is_empty() && members.is_empty() {
             // Alone: ask the seeds again, backing off exponentially (1, 2, 4 ... 64
             // rounds) while they do not answer.
             if self.rounds_until_reseed == 0 {
@@ -994,11 +1002,11 @@ impl GossipNode {
         let seed = self.epoch_seed(&share.object, share.epoch);
         let code = aggregation.code.clone();
         let input = aggregation.input;
-        let merged = match contribute(&code, input, seed) {
-            Ok(mine) => merge(&code, &mine, &share.state),
+        let merged = match code.contribute(input, seed) {
+            Ok(mine) => code.merge(&mine, &share.state),
             // This host cannot contribute (its input makes the object fail): still
             // follow the group's epochs with the peer's state, if it reads.
-            Err(_) => estimate(&code, &share.state).map(|_| share.state.clone()),
+            Err(_) => code.estimate(&share.state).map(|_| share.state.clone()),
         };
         match merged {
             Ok(state) => {
@@ -1013,10 +1021,7 @@ impl GossipNode {
                     Some(state),
                 );
             }
-            Err(e) => self.events.push_back(Event::AggregateFailed {
-                object: share.object,
-                error: e.to_string(),
-            }),
+            Err(e) => self.report_failure(&share.object, e),
         }
     }
 
@@ -1037,7 +1042,7 @@ impl GossipNode {
         let input = aggregation.input;
         if report && let Some(current) = &aggregation.state {
             let finished_epoch = aggregation.epoch;
-            match estimate(&code, current) {
+            match code.estimate(current) {
                 Ok(value) => {
                     self.aggregations
                         .get_mut(object)
@@ -1052,10 +1057,7 @@ impl GossipNode {
                         value,
                     });
                 }
-                Err(e) => self.events.push_back(Event::AggregateFailed {
-                    object: object.to_string(),
-                    error: e.to_string(),
-                }),
+                Err(e) => self.report_failure(object, e),
             }
         }
         let state = match state {
@@ -1135,27 +1137,6 @@ impl GossipNode {
             }
         }
     }
-}
-
-fn contribute(code: &SharedAggregate, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
-    code.0
-        .lock()
-        .expect("aggregate instance poisoned")
-        .contribute(input, seed)
-}
-
-fn merge(code: &SharedAggregate, a: &[u8], b: &[u8]) -> Result<Vec<u8>, AggregateError> {
-    code.0
-        .lock()
-        .expect("aggregate instance poisoned")
-        .merge(a, b)
-}
-
-fn estimate(code: &SharedAggregate, state: &[u8]) -> Result<f64, AggregateError> {
-    code.0
-        .lock()
-        .expect("aggregate instance poisoned")
-        .estimate(state)
 }
 
 #[cfg(test)]

@@ -339,4 +339,23 @@ impl SharedAggregate {
     pub fn new(instance: AggregateInstance) -> Self {
         SharedAggregate(Arc::new(Mutex::new(instance)))
     }
+
+    fn instance(&self) -> std::sync::MutexGuard<'_, AggregateInstance> {
+        self.0.lock().expect("aggregate instance poisoned")
+    }
+
+    /// [`AggregateInstance::contribute`] on the shared instance.
+    pub fn contribute(&self, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
+        self.instance().contribute(input, seed)
+    }
+
+    /// [`AggregateInstance::merge`] on the shared instance.
+    pub fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, AggregateError> {
+        self.instance().merge(a, b)
+    }
+
+    /// [`AggregateInstance::estimate`] on the shared instance.
+    pub fn estimate(&self, state: &[u8]) -> Result<f64, AggregateError> {
+        self.instance().estimate(state)
+    }
 }

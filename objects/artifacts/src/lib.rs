@@ -15,3 +15,11 @@ pub const SHIPPED: &[(&str, &[u8])] = &[
     ("average", AVERAGE_BYTES),
     ("max", MAX_BYTES),
 ];
+
+/// The bytes of the shipped object called `name`, if there is one.
+pub fn shipped(name: &str) -> Option<&'static [u8]> {
+    SHIPPED
+        .iter()
+        .find(|(shipped, _)| *shipped == name)
+        .map(|(_, bytes)| *bytes)
+}
