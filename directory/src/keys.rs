@@ -87,6 +87,7 @@ pub enum KeyFileError {
 const KEY_FILE_HEADER: &str = "liveobjects-secret-key-v1";
 
 /// A secret ed25519 key with its public half.
+#[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
 }

@@ -9,15 +9,19 @@
 //! 4. Authenticate: our key must satisfy the record's access policy (open, a list of
 //!    keys, or a grant signed by the named issuer). Members enforce the same policy on
 //!    our join request, so a refused joiner learns nothing of the state.
-//! 5. State transfer and live events: join the group through one of the record's
-//!    seed members (the mesh core transfers a snapshot at a cut and then every later
-//!    event, exactly once). If no seed answers and `found_if_alone` is set, start the
-//!    group.
+//! 5. State transfer and live events. mesh: join the group through one of the
+//!    record's seed members (the mesh core transfers a snapshot at a cut and then
+//!    every later event, exactly once); if no seed answers and `found_if_alone` is
+//!    set, start the group. qsm: ask the domain's membership service (named in the
+//!    record), which admits the host under the same policy, then take a snapshot
+//!    from an older member at a cut (see `crate::qsm::core`).
 
 use crate::mesh::group::{Admission, GroupError, GroupHandle, MeshNode};
 use crate::mesh::net::Peer;
-use crate::runtime::{AggregateLogic, LoadError, Runtime};
+use crate::qsm::driver::{QsmHandle, QsmNode};
+use crate::runtime::{AggregateLogic, LoadError, Logic, Runtime};
 use liveobjects_directory::client::{ResolveError, Resolver};
+use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::{Category, Grant, ObjectRecord, Reliability, Security, Signed};
 use liveobjects_directory::verify::VerifiedRecord;
 use std::time::{Duration, Instant};
@@ -38,7 +42,7 @@ pub struct DriverInfo {
     pub summary: &'static str,
 }
 
-/// The drivers this host provides. (qsm and vsync are added as they land.)
+/// The drivers this host provides. (vsync is added when it lands.)
 pub const DRIVERS: &[DriverInfo] = &[
     DriverInfo {
         name: "mesh",
@@ -53,6 +57,21 @@ pub const DRIVERS: &[DriverInfo] = &[
             Category::CheckpointedChannel,
         ],
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
+    },
+    DriverInfo {
+        name: "qsm",
+        // Reliable FIFO per sender over IP multicast regions; every datagram sealed
+        // with AES-256-GCM under keys the membership service hands to members only.
+        reliability: Reliability::ReliableFifo,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "IP multicast per region, token-ring repair, rate-based flow control; \
+                  many objects per host, LAN scale",
     },
     DriverInfo {
         name: "gossip",
@@ -148,6 +167,14 @@ pub enum JoinError {
     /// Starting the replica failed.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// The join did not finish in time.
+    #[error("joining {name} did not finish within {after:?}; is its membership service running?")]
+    Timeout {
+        /// The object.
+        name: String,
+        /// How long it waited.
+        after: Duration,
+    },
     /// No member answered and we may not start the group.
     #[error("no member of {name} answered (tried {tried}); is any host running it?")]
     NoMembers {
@@ -230,7 +257,30 @@ pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), S
             t.interface
         ));
     }
+    if d.name == "qsm" {
+        membership_of(record)?;
+    }
     Ok(())
+}
+
+/// The qsm membership service a record names (`--driver-opt membership=KEY@ADDR`).
+pub fn membership_of(record: &ObjectRecord) -> Result<Peer, String> {
+    let option = record.driver.options.get("membership").ok_or_else(|| {
+        "a qsm record must name its membership service: \
+         --driver-opt membership=KEY@ADDR (printed by `lo qsm-membership`)"
+            .to_string()
+    })?;
+    let (key, addr) = option
+        .split_once('@')
+        .ok_or_else(|| format!("membership `{option}` is not KEY@ADDR"))?;
+    Ok(Peer {
+        key: key
+            .parse()
+            .map_err(|e| format!("membership `{option}`: {e}"))?,
+        addr: addr
+            .parse()
+            .map_err(|e| format!("membership `{option}`: bad address: {e}"))?,
+    })
 }
 
 /// The seed members listed in a record's driver options (`seeds=KEY@ADDR,...`).
@@ -290,35 +340,36 @@ pub async fn resolve_aggregate(
     Ok((logic, verified))
 }
 
-/// Join `name` on `node`: resolve, check, fetch, authenticate, transfer state.
-pub async fn join(
-    node: &MeshNode,
+/// A record resolved, checked and authorized, with its logic loaded: what every
+/// driver's join starts from.
+pub struct Prepared {
+    /// The verified record.
+    pub verified: VerifiedRecord,
+    /// The object's logic, compiled.
+    pub logic: std::sync::Arc<Logic>,
+}
+
+/// Steps 1-4 of a join by `me`: resolve and verify `name`, check its type, check
+/// that `me` satisfies its policy, fetch and load its logic.
+pub async fn prepare(
     runtime: &Runtime,
     resolver: &Resolver,
     name: &str,
+    me: PublicKey,
     options: &JoinOptions,
-) -> Result<(GroupHandle, VerifiedRecord), JoinError> {
+) -> Result<Prepared, JoinError> {
     let verified = resolver.resolve(name).await?;
     let record = &verified.record;
     check_type(record, &options.require).map_err(|reason| JoinError::Type {
         name: name.to_string(),
         reason,
     })?;
-    if record.driver.name != "mesh" {
+    if record.driver.name == "gossip" {
         return Err(JoinError::Type {
             name: name.to_string(),
-            reason: format!(
-                "its driver is {}, and the node joins mesh objects only{}",
-                record.driver.name,
-                if record.driver.name == "gossip" {
-                    "; run gossip aggregates with `lo gossip --object NAME`"
-                } else {
-                    ""
-                }
-            ),
+            reason: "it is a gossip aggregate; run it with `lo gossip --object NAME`".into(),
         });
     }
-    let me = node.me().key;
     Grant::check(
         &record.policy,
         name,
@@ -332,6 +383,90 @@ pub async fn join(
     })?;
     let bytes = resolver.fetch_logic(&verified).await?;
     let logic = runtime.load_bytes(name, &bytes)?;
+    Ok(Prepared { verified, logic })
+}
+
+/// How long a qsm join may take (membership, then the snapshot) before it fails.
+const QSM_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Join a prepared qsm object on `qsm`, whose domain must be the one the record
+/// names.
+pub async fn join_qsm(
+    qsm: &QsmNode,
+    runtime: &std::sync::Arc<Runtime>,
+    name: &str,
+    prepared: &Prepared,
+    options: &JoinOptions,
+) -> Result<QsmHandle, JoinError> {
+    let wanted = membership_of(&prepared.verified.record).map_err(|reason| JoinError::Type {
+        name: name.to_string(),
+        reason,
+    })?;
+    if wanted != qsm.membership() {
+        return Err(JoinError::Type {
+            name: name.to_string(),
+            reason: format!(
+                "its qsm domain is served by {}@{}, but this node's is {}@{} \
+                 (a node takes part in one qsm domain)",
+                wanted.key,
+                wanted.addr,
+                qsm.membership().key,
+                qsm.membership().addr
+            ),
+        });
+    }
+    let joining = qsm.join(runtime, &prepared.logic, name, options.grant.clone());
+    match tokio::time::timeout(QSM_JOIN_TIMEOUT, joining).await {
+        Ok(Ok(handle)) => Ok(handle),
+        Ok(Err(GroupError::Refused { reason, .. })) => Err(JoinError::NotAllowed {
+            name: name.to_string(),
+            reason,
+        }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            qsm.leave(name).await;
+            Err(JoinError::Timeout {
+                name: name.to_string(),
+                after: QSM_JOIN_TIMEOUT,
+            })
+        }
+    }
+}
+
+/// Join `name` on `node`: resolve, check, fetch, authenticate, transfer state.
+pub async fn join(
+    node: &MeshNode,
+    runtime: &Runtime,
+    resolver: &Resolver,
+    name: &str,
+    options: &JoinOptions,
+) -> Result<(GroupHandle, VerifiedRecord), JoinError> {
+    let prepared = prepare(runtime, resolver, name, node.me().key, options).await?;
+    let group = join_mesh(node, runtime, name, &prepared, options).await?;
+    Ok((group, prepared.verified))
+}
+
+/// Join a prepared mesh object on `node` through its record's seeds (then
+/// `options.extra_seeds`), or found it.
+pub async fn join_mesh(
+    node: &MeshNode,
+    runtime: &Runtime,
+    name: &str,
+    prepared: &Prepared,
+    options: &JoinOptions,
+) -> Result<GroupHandle, JoinError> {
+    let record = &prepared.verified.record;
+    if record.driver.name != "mesh" {
+        return Err(JoinError::Type {
+            name: name.to_string(),
+            reason: format!(
+                "its driver is {}, and this joins mesh objects only",
+                record.driver.name
+            ),
+        });
+    }
+    let me = node.me().key;
+    let logic = &prepared.logic;
     let admission = Admission {
         policy: record.policy.clone(),
         grant: options.grant.clone(),
@@ -344,19 +479,19 @@ pub async fn join(
     }
     let wait = options.seed_timeout.unwrap_or(Duration::from_secs(10));
     for seed in &seeds {
-        let group = node.join(runtime, &logic, name, *seed, admission.clone())?;
+        let group = node.join(runtime, logic, name, *seed, admission.clone())?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if group.status().await.map(|s| s.member).unwrap_or(false) {
-                return Ok((group, verified));
+                return Ok(group);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         node.leave(name).await;
     }
     if options.found_if_alone {
-        let group = node.found(runtime, &logic, name, admission)?;
-        return Ok((group, verified));
+        let group = node.found(runtime, logic, name, admission)?;
+        return Ok(group);
     }
     Err(JoinError::NoMembers {
         name: name.to_string(),

@@ -20,4 +20,5 @@ pub mod join;
 pub mod local;
 pub mod mesh;
 pub mod node;
+pub mod qsm;
 pub mod runtime;

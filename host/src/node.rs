@@ -1,5 +1,7 @@
-//! The host daemon (`lo node`): keeps joined objects live on the mesh and serves a
-//! local control API (a Unix socket) to the CLI and applications.
+//! The host daemon (`lo node`): keeps joined objects live on their drivers (mesh
+//! and qsm) and serves a local control API (a Unix socket) to the CLI and
+//! applications. The qsm driver starts with the first qsm object joined, in the
+//! domain that object's record names (a node takes part in one qsm domain).
 //!
 //! Control protocol: one request per connection, each message a big-endian `u32`
 //! length and a postcard body ([`ControlRequest`] in, [`ControlResponse`] out). A
@@ -7,11 +9,13 @@
 
 use crate::gossip::agent::GossipAgent;
 use crate::gossip::core::MAX_CARD;
-use crate::join::{JoinError, JoinOptions, join};
-use crate::mesh::group::{GroupHandle, GroupNotice, MeshNode};
+use crate::join::{JoinError, JoinOptions, join_mesh, join_qsm, membership_of, prepare};
+use crate::mesh::group::{GroupError, GroupHandle, GroupNotice, GroupStatus, MeshNode};
 use crate::mesh::net::Peer;
+use crate::qsm::driver::{QsmHandle, QsmNode, QsmSettings, QsmStatus};
 use crate::runtime::Runtime;
 use liveobjects_directory::client::Resolver;
+use liveobjects_directory::keys::Identity;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,6 +113,8 @@ pub enum ControlRequest {
 pub struct ObjectStatus {
     /// The name.
     pub name: String,
+    /// Its driver.
+    pub driver: String,
     /// Members (key prefix @ address).
     pub members: Vec<String>,
     /// Whether this host orders the group's events.
@@ -143,6 +149,8 @@ pub enum ControlResponse {
         objects: Vec<ObjectStatus>,
         /// Its gossip agent, if it runs one.
         gossip: Option<GossipSummary>,
+        /// Its qsm driver, if it runs one.
+        qsm: Option<Box<QsmStatus>>,
     },
     /// Left.
     Left,
@@ -187,25 +195,87 @@ pub async fn write_message<T: Serialize>(
     stream.write_all(&bytes).await
 }
 
+/// A joined object, on whichever driver carries it.
+#[derive(Clone, Debug)]
+pub enum Joined {
+    /// A mesh group.
+    Mesh(GroupHandle),
+    /// A qsm object.
+    Qsm(QsmHandle),
+}
+
+impl Joined {
+    /// Call a method (WAVE arguments).
+    pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
+        match self {
+            Joined::Mesh(g) => g.call(method, args).await,
+            Joined::Qsm(q) => q.call(method, args).await,
+        }
+    }
+
+    /// Membership and progress.
+    pub async fn status(&self) -> Result<GroupStatus, GroupError> {
+        match self {
+            Joined::Mesh(g) => g.status().await,
+            Joined::Qsm(q) => q.status().await,
+        }
+    }
+
+    /// The replica's snapshot.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
+        match self {
+            Joined::Mesh(g) => g.snapshot().await,
+            Joined::Qsm(q) => q.snapshot().await,
+        }
+    }
+
+    /// Notifications and membership changes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<GroupNotice> {
+        match self {
+            Joined::Mesh(g) => g.subscribe(),
+            Joined::Qsm(q) => q.subscribe(),
+        }
+    }
+
+    /// The driver's name.
+    pub fn driver(&self) -> &'static str {
+        match self {
+            Joined::Mesh(_) => "mesh",
+            Joined::Qsm(_) => "qsm",
+        }
+    }
+}
+
+/// How a node starts its qsm driver when it first joins a qsm object.
+pub struct QsmLauncher {
+    /// The host's identity (its QUIC certificate).
+    pub identity: Identity,
+    /// Sockets and tunables.
+    pub settings: QsmSettings,
+}
+
 /// The daemon's state.
 pub struct Node {
     mesh: MeshNode,
     runtime: Arc<Runtime>,
     resolver: Resolver,
-    objects: Mutex<BTreeMap<String, GroupHandle>>,
+    objects: Mutex<BTreeMap<String, Joined>>,
     /// Names with a join in progress (so two joins of one name cannot race).
     joining: Mutex<std::collections::BTreeSet<String>>,
     gossip: Option<GossipAgent>,
+    qsm_launcher: Option<QsmLauncher>,
+    qsm: Mutex<Option<Arc<QsmNode>>>,
 }
 
 impl Node {
     /// A daemon over a started mesh node, with a gossip agent for discovery if
-    /// `gossip` is given.
+    /// `gossip` is given, and qsm if `qsm` says how to start it.
     pub fn new(
         mesh: MeshNode,
         runtime: Arc<Runtime>,
         resolver: Resolver,
         gossip: Option<GossipAgent>,
+        qsm: Option<QsmLauncher>,
     ) -> Arc<Self> {
         Arc::new(Node {
             mesh,
@@ -214,7 +284,26 @@ impl Node {
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
             gossip,
+            qsm_launcher: qsm,
+            qsm: Mutex::new(None),
         })
+    }
+
+    /// The qsm driver for the domain served by `membership`, started if needed.
+    async fn qsm_for(&self, membership: Peer) -> Result<Arc<QsmNode>, String> {
+        let mut running = self.qsm.lock().await;
+        if let Some(q) = running.as_ref() {
+            return Ok(q.clone());
+        }
+        let launcher = self
+            .qsm_launcher
+            .as_ref()
+            .ok_or("this node does not run qsm (start it with --qsm-bind ADDR)")?;
+        let node = QsmNode::start(&launcher.identity, launcher.settings.clone(), membership)
+            .map_err(|e| format!("cannot start qsm: {e}"))?;
+        let node = Arc::new(node);
+        *running = Some(node.clone());
+        Ok(node)
     }
 
     /// Publish this node's card (mesh address, joined objects) on gossip.
@@ -346,6 +435,7 @@ impl Node {
                     let state_bytes = group.snapshot().await.map(|s| s.len() as u64).unwrap_or(0);
                     objects.push(ObjectStatus {
                         name: name.clone(),
+                        driver: group.driver().to_string(),
                         members: status
                             .members
                             .iter()
@@ -365,18 +455,32 @@ impl Node {
                     }),
                     None => None,
                 };
+                let qsm = self.qsm.lock().await.clone();
+                let qsm = match qsm {
+                    Some(q) => q.status().await.map(Box::new),
+                    None => None,
+                };
                 ControlResponse::Status {
                     key: self.mesh.me().key.to_string(),
                     addr: self.mesh.me().addr.to_string(),
                     objects,
                     gossip,
+                    qsm,
                 }
             }
             ControlRequest::Leave { name } => {
-                if self.objects.lock().await.remove(&name).is_none() {
+                let Some(joined) = self.objects.lock().await.remove(&name) else {
                     return ControlResponse::Error(not_joined(&name));
+                };
+                match joined {
+                    Joined::Mesh(_) => self.mesh.leave(&name).await,
+                    Joined::Qsm(_) => {
+                        let qsm = self.qsm.lock().await.clone();
+                        if let Some(q) = qsm {
+                            q.leave(&name).await;
+                        }
+                    }
                 }
-                self.mesh.leave(&name).await;
                 self.publish_card().await;
                 ControlResponse::Left
             }
@@ -391,32 +495,57 @@ impl Node {
             Ok(r) => r,
             Err(e) => return ControlResponse::Error(e),
         };
-        // The record's seeds first; if none answers, members gossip knows of;
-        // only then found the group (founding while members exist elsewhere would
-        // split the object in two).
         let mut options = JoinOptions {
             require,
-            found_if_alone: found_if_alone && self.gossip.is_none(),
             ..JoinOptions::default()
         };
-        let mut result = join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await;
-        if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
-            options.extra_seeds = self.discover(&name).await;
-            options.found_if_alone = found_if_alone;
-            tracing::info!(
-                object = %name,
-                hints = options.extra_seeds.len(),
-                "no seed of the record answered; trying members found by gossip"
-            );
-            result = join(&self.mesh, &self.runtime, &self.resolver, &name, &options).await;
-        }
+        let me = self.mesh.me().key;
+        let prepared = match prepare(&self.runtime, &self.resolver, &name, me, &options).await {
+            Ok(p) => p,
+            Err(e) => return ControlResponse::Error(e.to_string()),
+        };
+        let record = prepared.verified.record.clone();
+        let result = match record.driver.name.as_str() {
+            "qsm" => {
+                let membership = match membership_of(&record) {
+                    Ok(m) => m,
+                    Err(e) => return ControlResponse::Error(format!("cannot join {name}: {e}")),
+                };
+                let qsm = match self.qsm_for(membership).await {
+                    Ok(q) => q,
+                    Err(e) => return ControlResponse::Error(format!("cannot join {name}: {e}")),
+                };
+                join_qsm(&qsm, &self.runtime, &name, &prepared, &options)
+                    .await
+                    .map(Joined::Qsm)
+            }
+            _ => {
+                // The record's seeds first; if none answers, members gossip knows
+                // of; only then found the group (founding while members exist
+                // elsewhere would split the object in two).
+                options.found_if_alone = found_if_alone && self.gossip.is_none();
+                let mut result =
+                    join_mesh(&self.mesh, &self.runtime, &name, &prepared, &options).await;
+                if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
+                    options.extra_seeds = self.discover(&name).await;
+                    options.found_if_alone = found_if_alone;
+                    tracing::info!(
+                        object = %name,
+                        hints = options.extra_seeds.len(),
+                        "no seed of the record answered; trying members found by gossip"
+                    );
+                    result = join_mesh(&self.mesh, &self.runtime, &name, &prepared, &options).await;
+                }
+                result.map(Joined::Mesh)
+            }
+        };
         match result {
-            Ok((group, record)) => {
-                let members = group.status().await.map(|s| s.members.len()).unwrap_or(0);
-                self.objects.lock().await.insert(name, group);
+            Ok(joined) => {
+                let members = joined.status().await.map(|s| s.members.len()).unwrap_or(0);
+                self.objects.lock().await.insert(name, joined);
                 self.publish_card().await;
                 ControlResponse::Joined {
-                    version: record.record.version,
+                    version: record.version,
                     members,
                 }
             }

@@ -238,7 +238,7 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
 
     // Mallory has her own (valid) identity but claims to be b in her frames.
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let mallory =
+    let mallory: std::sync::Arc<Transport> =
         Transport::start(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), tx).unwrap();
     let forged = Frame {
         object: ROOM.to_string(),
@@ -280,13 +280,13 @@ async fn a_peer_sending_malformed_or_oversized_frames_is_cut_off_and_the_group_i
     eventually(20, "two members", || async { members(&gb).await == 2 }).await;
 
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let mallory =
+    let mallory: std::sync::Arc<Transport> =
         Transport::start(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), tx).unwrap();
     // A frame that does not decode, and from another peer a length far over the limit.
     let mut garbage = 64u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[0xff; 64]);
     mallory.send_raw_for_tests(a.me(), garbage);
-    let mallory2 = Transport::start(
+    let mallory2: std::sync::Arc<Transport> = Transport::start(
         &Identity::generate(),
         "127.0.0.1:0".parse().unwrap(),
         tokio::sync::mpsc::channel(16).0,

@@ -4,6 +4,7 @@ mod demo;
 mod directory;
 mod gossip;
 mod node;
+mod qsm;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -101,6 +102,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the membership service of a qsm domain (hosts register with it; qsm
+    /// records name it with --driver-opt membership=KEY@ADDR).
+    QsmMembership(qsm::MembershipArgs),
     /// Gossip with other hosts: SWIM membership, peer sampling, and aggregates over
     /// every live host (census, average load, max), printed as each epoch ends.
     Gossip(gossip::GossipArgs),
@@ -154,6 +158,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
         Command::Demo { duration, interval } => demo(&runtime()?, duration, interval),
         Command::Gossip(args) => gossip::gossip(runtime()?, args),
+        Command::QsmMembership(args) => qsm::membership(args),
         Command::Keygen { out } => directory::keygen(out),
         Command::Directory(cmd) => directory::directory(cmd),
         Command::Zone(cmd) => directory::zone(cmd),

@@ -6,7 +6,9 @@ use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
 use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::MeshNode;
-use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
+use liveobjects_host::node::{ControlRequest, ControlResponse, Node, QsmLauncher, request};
+use liveobjects_host::qsm::core::QsmConfig;
+use liveobjects_host::qsm::driver::QsmSettings;
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -52,6 +54,19 @@ pub struct NodeArgs {
         value_parser = super::gossip::parse_secret
     )]
     gossip_secret: Option<liveobjects_host::gossip::core::DomainSecret>,
+    /// Run qsm objects: the UDP data address (an interface's address; port 0 picks
+    /// one). Multicast goes out on that interface only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    qsm_bind: SocketAddr,
+    /// The QUIC address of qsm's control plane (default: the data address' IP).
+    #[arg(long, value_name = "ADDR")]
+    qsm_control: Option<SocketAddr>,
+    /// The interface's name (needed for IPv6 multicast).
+    #[arg(long, value_name = "NAME")]
+    qsm_interface: Option<String>,
+    /// Never use IP multicast for qsm (regions with this host use the overlay).
+    #[arg(long)]
+    qsm_no_multicast: bool,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -116,11 +131,24 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
             ),
             None => None,
         };
+        let qsm = QsmLauncher {
+            identity: identity.clone(),
+            settings: QsmSettings {
+                data: args.qsm_bind,
+                control: args
+                    .qsm_control
+                    .unwrap_or_else(|| SocketAddr::new(args.qsm_bind.ip(), 0)),
+                interface: args.qsm_interface.clone(),
+                multicast: !args.qsm_no_multicast,
+                config: QsmConfig::default(),
+            },
+        };
         let node = Node::new(
             mesh,
             runtime,
             resolver,
             gossip.as_ref().map(|(agent, _)| agent.clone()),
+            Some(qsm),
         );
         let mut out = std::io::stdout();
         let _ = writeln!(out, "node listening on {} key {}", me.addr, me.key);
@@ -246,6 +274,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         addr,
         objects,
         gossip,
+        qsm,
     } = expect(answer)?
     else {
         bail!("unexpected answer");
@@ -261,13 +290,17 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 .unwrap_or_else(|| "(first epoch running)".into())
         );
     }
+    if let Some(q) = qsm {
+        print_qsm(&q);
+    }
     if objects.is_empty() {
         println!("(no objects joined)");
     }
     for o in objects {
         println!(
-            "{}  driver mesh  {} member(s){}  events applied {}  state {} bytes",
+            "{}  driver {}  {} member(s){}  events applied {}  state {} bytes",
             o.name,
+            o.driver,
             o.members.len(),
             if o.sequencer {
                 ", sequencer"
@@ -282,6 +315,61 @@ pub fn status(args: StatusArgs) -> Result<()> {
         println!("    members: {}", o.members.join(" "));
     }
     Ok(())
+}
+
+fn print_qsm(q: &liveobjects_host::qsm::driver::QsmStatus) {
+    let s = &q.stats;
+    println!(
+        "qsm host {}  data {}  {}  membership {}@{}  objects {}",
+        s.host,
+        q.data,
+        if q.multicast { "multicast" } else { "overlay" },
+        q.membership.key.short(),
+        q.membership.addr,
+        s.objects
+    );
+    if let Some(r) = &s.region {
+        println!(
+            "    region {}: {} host(s), ring of {}{}, {}{}  received {} msgs ({:.0}/s), loss repaired {}",
+            r.id,
+            r.members,
+            r.ring_size,
+            if r.levels > 1 {
+                format!(" ({} levels)", r.levels)
+            } else {
+                String::new()
+            },
+            if r.overlay { "overlay" } else { "multicast" },
+            if r.leader { ", leader" } else { "" },
+            r.received,
+            q.receive_rate,
+            r.repaired
+        );
+    }
+    for st in &s.streams {
+        let rate = q
+            .send_rates
+            .iter()
+            .find(|(id, _)| *id == st.region)
+            .map(|(_, r)| *r)
+            .unwrap_or(0.0);
+        println!(
+            "    sending to region {}: {:.1} KB/s (limit {:.1} MB/s)  sent {} msgs, re-multicast {}, unacked {}",
+            st.region,
+            rate / 1e3,
+            st.rate / 1e6,
+            st.messages,
+            st.retransmitted,
+            st.in_flight
+        );
+    }
+    let d = &s.drops;
+    if d.total() > 0 || q.send_drops > 0 {
+        println!(
+            "    dropped datagrams: {} forged, {} replayed, {} malformed, {} foreign; {} not sent",
+            d.forged, d.replayed, d.malformed, d.foreign, q.send_drops
+        );
+    }
 }
 
 pub fn leave(args: LeaveArgs) -> Result<()> {

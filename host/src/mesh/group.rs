@@ -77,6 +77,14 @@ pub enum GroupError {
     /// The replica has no state yet (joining).
     #[error("{0} is still joining (waiting for its state)")]
     Joining(String),
+    /// The driver or its membership service refused the join.
+    #[error("cannot join {object}: {reason}")]
+    Refused {
+        /// The object.
+        object: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 enum Command {

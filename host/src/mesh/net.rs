@@ -1,6 +1,7 @@
 //! The mesh's network shell: one QUIC endpoint per host, mutually authenticated with
 //! certificates bound to the hosts' ed25519 identities, carrying length-prefixed
-//! protocol frames between group members.
+//! protocol frames between group members. The transport is generic over the frame
+//! type ([`WireFrame`]): the qsm driver's control plane uses it too.
 //!
 //! - Every host presents a self-signed certificate made from its identity key. The
 //!   dialing side checks that the server's key is the peer it meant to reach; the
@@ -20,6 +21,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +37,22 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 const READ_CHUNK: usize = 16 << 10;
 /// Frames queued per peer before new ones are dropped (the core retransmits).
 pub const PEER_QUEUE: usize = 4096;
+
+/// A frame type a [`Transport`] carries.
+pub trait WireFrame: Serialize + DeserializeOwned + Send + 'static {
+    /// The ALPN protocol name of the endpoint.
+    const ALPN: &'static [u8];
+    /// Who the frame claims to come from (checked against the connection).
+    fn sender(&self) -> Peer;
+}
+
+impl WireFrame for Frame {
+    const ALPN: &'static [u8] = ALPN;
+
+    fn sender(&self) -> Peer {
+        self.from
+    }
+}
 
 /// A member of a mesh group: its identity key and where it listens.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -66,9 +84,9 @@ pub struct Frame {
 }
 
 /// A frame received from an authenticated peer.
-pub struct Inbound {
+pub struct Inbound<F = Frame> {
     /// The frame.
-    pub frame: Frame,
+    pub frame: F,
 }
 
 /// Failure to start the endpoint.
@@ -87,12 +105,14 @@ pub enum NetError {
     Tls(String),
 }
 
-/// The host's QUIC endpoint for the mesh.
-pub struct Transport {
+/// The host's QUIC endpoint for the mesh (or, with another frame type, the qsm
+/// control plane).
+pub struct Transport<F: WireFrame = Frame> {
     endpoint: quinn::Endpoint,
     me: Peer,
     client_config: quinn::ClientConfig,
     links: Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>,
+    frames: std::marker::PhantomData<fn() -> F>,
 }
 
 fn certificate(
@@ -138,13 +158,13 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-impl Transport {
+impl<F: WireFrame> Transport<F> {
     /// Bind `listen` and start accepting peers; inbound frames go to `inbound`.
     pub fn start(
         identity: &Identity,
         listen: SocketAddr,
-        inbound: mpsc::Sender<Inbound>,
-    ) -> Result<Arc<Transport>, NetError> {
+        inbound: mpsc::Sender<Inbound<F>>,
+    ) -> Result<Arc<Transport<F>>, NetError> {
         let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
         let signatures = HandshakeSignatures::default();
         let (cert, key) = certificate(identity)?;
@@ -154,7 +174,7 @@ impl Transport {
             .with_client_cert_verifier(Arc::new(AnyEd25519Peer(signatures.clone())))
             .with_single_cert(vec![cert.clone()], key.clone_key().into())
             .map_err(|e| tls(&e))?;
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.alpn_protocols = vec![F::ALPN.to_vec()];
         let server =
             quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| tls(&e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
@@ -166,7 +186,7 @@ impl Transport {
             .with_custom_certificate_verifier(Arc::new(ExpectedPeer(signatures)))
             .with_client_auth_cert(vec![cert], key.into())
             .map_err(|e| tls(&e))?;
-        client.alpn_protocols = vec![ALPN.to_vec()];
+        client.alpn_protocols = vec![F::ALPN.to_vec()];
         let client =
             quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| tls(&e))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client));
@@ -188,6 +208,7 @@ impl Transport {
             },
             client_config,
             links: Mutex::new(HashMap::new()),
+            frames: std::marker::PhantomData,
         });
         tokio::spawn(accept_loop(endpoint, inbound));
         Ok(transport)
@@ -200,7 +221,7 @@ impl Transport {
 
     /// Queue a frame for `to`. Never waits: if the peer's queue is full the frame is
     /// dropped (the protocol retransmits).
-    pub fn send(self: &Arc<Self>, to: Peer, frame: &Frame) {
+    pub fn send(self: &Arc<Self>, to: Peer, frame: &F) {
         let body = postcard::to_allocvec(frame).expect("encoding to a Vec cannot fail");
         if body.len() > MAX_FRAME_BYTES {
             tracing::warn!(
@@ -270,7 +291,11 @@ fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
 }
 
 /// Writes length-prefixed frames (already encoded) to `to`, in order.
-async fn writer(transport: Arc<Transport>, to: Peer, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn writer<F: WireFrame>(
+    transport: Arc<Transport<F>>,
+    to: Peer,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
     let mut stream: Option<quinn::SendStream> = None;
     while let Some(bytes) = rx.recv().await {
         if stream.is_none() {
@@ -289,7 +314,7 @@ async fn writer(transport: Arc<Transport>, to: Peer, mut rx: mpsc::Receiver<Vec<
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound>) {
+async fn accept_loop<F: WireFrame>(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound<F>>) {
     while let Some(incoming) = endpoint.accept().await {
         let inbound = inbound.clone();
         tokio::spawn(async move {
@@ -315,11 +340,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound>) 
     }
 }
 
-async fn read_frames(
+async fn read_frames<F: WireFrame>(
     mut stream: quinn::RecvStream,
     key: PublicKey,
     remote: SocketAddr,
-    inbound: &mpsc::Sender<Inbound>,
+    inbound: &mpsc::Sender<Inbound<F>>,
 ) -> Result<(), String> {
     loop {
         let mut len = [0u8; 4];
@@ -341,15 +366,14 @@ async fn read_frames(
                 .await
                 .map_err(|e| format!("truncated frame: {e}"))?;
         }
-        let frame: Frame =
-            postcard::from_bytes(&bytes).map_err(|e| format!("malformed frame: {e}"))?;
+        let frame: F = postcard::from_bytes(&bytes).map_err(|e| format!("malformed frame: {e}"))?;
         // The claimed sender must be the authenticated key, at the address it talks
         // from (each host uses one endpoint to listen and to dial), so replies can
         // never be aimed at a third party.
-        if frame.from.key != key || frame.from.addr != remote {
+        let from = frame.sender();
+        if from.key != key || from.addr != remote {
             return Err(format!(
-                "frame claims to come from {:?}, but the connection is {key} at {remote}",
-                frame.from
+                "frame claims to come from {from:?}, but the connection is {key} at {remote}"
             ));
         }
         // Full: drop (the protocol retransmits) rather than block the connection.

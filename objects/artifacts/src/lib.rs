@@ -11,6 +11,7 @@ pub const SHIPPED: &[(&str, &[u8])] = &[
     ("counter", COUNTER_BYTES),
     ("register", REGISTER_BYTES),
     ("chat", CHAT_BYTES),
+    ("ticker", TICKER_BYTES),
     ("census", CENSUS_BYTES),
     ("average", AVERAGE_BYTES),
     ("max", MAX_BYTES),

@@ -1,0 +1,1083 @@
+//! A host's qsm driver: the [`QsmHost`] core with its UDP sockets and QUIC endpoint
+//! on a thread of its own (so the network loop never waits on a guest), and each
+//! object's sandboxed replica in a task of its own on the caller's runtime.
+//!
+//! Flow control end to end, with every queue bounded:
+//! - **Sending is pulled.** A replica hands its multicasts to the driver at most
+//!   [`REPLICA_WINDOW`] at a time; the driver gives them to the core only while the
+//!   core [`has_room`](QsmHost::has_room) (stream windows and delivery credit), and
+//!   reports each accepted one back. A replica with a full outbox takes no new
+//!   calls, so callers wait.
+//! - **Receiving is credited.** The core hands a replica at most its delivery credit
+//!   of events; the replica reports how many it applied, which returns credit. A
+//!   slow replica stalls its region's consumption, the region's acks, and so the
+//!   senders' windows.
+//!
+//! The membership service's messages are numbered; a gap (or being declared
+//! failed) means this host's view of the domain can no longer be trusted: every
+//! object is dropped (handles report it) and the host registers again.
+
+use super::core::{Output, QsmConfig, QsmHost, QsmStats};
+use super::membership::{FromMembership, Micros};
+use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
+use super::wire::ObjectNum;
+use crate::mesh::group::{GroupError, GroupNotice, GroupStatus};
+use crate::mesh::net::{Inbound, NetError, Peer, Transport};
+use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
+use bytes::Bytes;
+use liveobjects_directory::keys::Identity;
+use liveobjects_directory::record::{Grant, Signed};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Multicasts a replica has handed to the driver and not yet seen accepted.
+pub const REPLICA_WINDOW: usize = 256;
+/// Multicasts a replica keeps before it stops taking calls.
+const OUTBOX_LIMIT: usize = 1024;
+/// The driver's input queue (replicas and handles).
+const INPUTS: usize = 65_536;
+/// Control frames queued from the network.
+const CONTROL_QUEUE: usize = 65_536;
+/// Receive batches per socket per loop turn.
+const RECEIVE_BATCHES: usize = 16;
+
+/// Where and how a host runs qsm.
+#[derive(Debug, Clone)]
+pub struct QsmSettings {
+    /// The unicast data address: an interface's address (port 0 picks one).
+    pub data: SocketAddr,
+    /// The QUIC control address.
+    pub control: SocketAddr,
+    /// The interface's name (needed for IPv6 multicast).
+    pub interface: Option<String>,
+    /// Use IP multicast if the interface supports it (otherwise the overlay).
+    pub multicast: bool,
+    /// Protocol tunables.
+    pub config: QsmConfig,
+}
+
+impl QsmSettings {
+    /// Loopback defaults: data and control on 127.0.0.1, multicast on.
+    pub fn loopback() -> Self {
+        QsmSettings {
+            data: "127.0.0.1:0".parse().expect("valid"),
+            control: "127.0.0.1:0".parse().expect("valid"),
+            interface: None,
+            multicast: true,
+            config: QsmConfig::default(),
+        }
+    }
+}
+
+/// Why the driver did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QsmError {
+    /// The QUIC endpoint.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The data sockets.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The driver's thread.
+    #[error("qsm driver thread: {0}")]
+    Thread(String),
+}
+
+/// The driver's state for `lo status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QsmStatus {
+    /// The protocol's counters.
+    pub stats: QsmStats,
+    /// This host's data address.
+    pub data: SocketAddr,
+    /// Whether it receives IP multicast (or relies on the overlay).
+    pub multicast: bool,
+    /// The membership service.
+    pub membership: Peer,
+    /// Per region view this host sends to: bytes per second over the last second.
+    pub send_rates: Vec<(u64, f64)>,
+    /// Messages per second received in its region over the last second.
+    pub receive_rate: f64,
+    /// Datagrams the kernel refused to send.
+    pub send_drops: u64,
+}
+
+enum Command {
+    Call {
+        method: String,
+        args: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<String>, GroupError>>,
+    },
+    Status(oneshot::Sender<GroupStatus>),
+    Snapshot(oneshot::Sender<Result<Vec<u8>, GroupError>>),
+}
+
+/// A local handle on one qsm object's replica.
+#[derive(Clone)]
+pub struct QsmHandle {
+    object: String,
+    commands: mpsc::Sender<Command>,
+    notices: broadcast::Sender<GroupNotice>,
+}
+
+impl std::fmt::Debug for QsmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QsmHandle")
+            .field("object", &self.object)
+            .finish()
+    }
+}
+
+impl QsmHandle {
+    /// Call a method (WAVE arguments). An update returns once its events are
+    /// applied by this replica.
+    pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Call {
+            method: method.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            reply,
+        })
+        .await?;
+        answer
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))?
+    }
+
+    /// Membership and progress.
+    pub async fn status(&self) -> Result<GroupStatus, GroupError> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Status(reply)).await?;
+        answer
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))
+    }
+
+    /// The replica's snapshot.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Snapshot(reply)).await?;
+        answer
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))?
+    }
+
+    /// Notifications and membership changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {
+        self.notices.subscribe()
+    }
+
+    async fn command(&self, command: Command) -> Result<(), GroupError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))
+    }
+}
+
+/// What a replica tells the driver.
+enum FromReplica {
+    Multicast {
+        object: ObjectNum,
+        payload: Vec<u8>,
+        timestamp_ms: u64,
+    },
+    Applied {
+        object: ObjectNum,
+        count: usize,
+    },
+    Snapshot {
+        object: ObjectNum,
+        for_host: u32,
+        view: u64,
+        cut: Vec<(u32, u64)>,
+        state: Vec<u8>,
+    },
+    Failed {
+        name: String,
+        reason: String,
+    },
+}
+
+/// What the driver tells a replica.
+enum ToReplica {
+    Deliver(Event),
+    View(View, Vec<Peer>),
+    TakeSnapshot {
+        for_host: u32,
+        view: u64,
+        cut: Vec<(u32, u64)>,
+    },
+    Accepted(usize),
+}
+
+enum Input {
+    Join {
+        name: String,
+        runtime: Arc<Runtime>,
+        logic: Arc<Logic>,
+        grant: Option<Signed<Grant>>,
+        reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
+    },
+    Leave(String),
+    Replica(FromReplica),
+    Status(oneshot::Sender<QsmStatus>),
+}
+
+/// A host's qsm driver.
+pub struct QsmNode {
+    inputs: mpsc::Sender<Input>,
+    me: Peer,
+    membership: Peer,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QsmNode {
+    /// Start the driver for the domain served by `membership`. Must be called
+    /// inside a tokio runtime (replicas run there).
+    pub fn start(
+        identity: &Identity,
+        settings: QsmSettings,
+        membership: Peer,
+    ) -> Result<QsmNode, QsmError> {
+        let main = tokio::runtime::Handle::current();
+        let identity = identity.clone();
+        let (inputs_tx, inputs_rx) = mpsc::channel(INPUTS);
+        let replica_inputs = inputs_tx.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Peer, QsmError>>();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("qsm-driver".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(QsmError::Thread(e.to_string())));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let driver = match Driver::new(
+                        &identity,
+                        settings,
+                        membership,
+                        inputs_rx,
+                        replica_inputs,
+                        main,
+                    ) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(driver.me));
+                    driver.run(stop_rx).await;
+                });
+            })
+            .map_err(|e| QsmError::Thread(e.to_string()))?;
+        let me = ready_rx
+            .recv()
+            .map_err(|_| QsmError::Thread("the driver thread died".into()))??;
+        Ok(QsmNode {
+            inputs: inputs_tx,
+            me,
+            membership,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// This host's control identity and address.
+    pub fn me(&self) -> Peer {
+        self.me
+    }
+
+    /// The membership service of its domain.
+    pub fn membership(&self) -> Peer {
+        self.membership
+    }
+
+    /// Join `name` (already authorized locally); returns once the replica has its
+    /// state.
+    pub async fn join(
+        &self,
+        runtime: &Arc<Runtime>,
+        logic: &Arc<Logic>,
+        name: &str,
+        grant: Option<Signed<Grant>>,
+    ) -> Result<QsmHandle, GroupError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Join {
+                name: name.to_string(),
+                runtime: runtime.clone(),
+                logic: logic.clone(),
+                grant,
+                reply,
+            })
+            .await
+            .map_err(|_| GroupError::Gone(name.to_string()))?;
+        answer
+            .await
+            .map_err(|_| GroupError::Gone(name.to_string()))?
+    }
+
+    /// Leave `name` (once this host's events of it are acknowledged).
+    pub async fn leave(&self, name: &str) {
+        let _ = self.inputs.send(Input::Leave(name.to_string())).await;
+    }
+
+    /// Counters, rates and sizes.
+    pub async fn status(&self) -> Option<QsmStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+impl Drop for QsmNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct PendingJoin {
+    runtime: Arc<Runtime>,
+    logic: Arc<Logic>,
+    reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
+}
+
+struct ObjectEntry {
+    name: String,
+    to_replica: mpsc::Sender<ToReplica>,
+    notices: broadcast::Sender<GroupNotice>,
+    outbox: VecDeque<(Vec<u8>, u64)>,
+}
+
+struct Driver {
+    core: QsmHost<Peer>,
+    config: QsmConfig,
+    sockets: DataSockets,
+    multicast: bool,
+    transport: Arc<Transport<QsmFrame>>,
+    control: mpsc::Receiver<Inbound<QsmFrame>>,
+    inputs: mpsc::Receiver<Input>,
+    replica_inputs: mpsc::Sender<Input>,
+    main: tokio::runtime::Handle,
+    me: Peer,
+    membership: Peer,
+    started: Instant,
+    expected: u64,
+    pending: HashMap<String, PendingJoin>,
+    grants: HashMap<String, Option<Signed<Grant>>>,
+    objects: HashMap<ObjectNum, ObjectEntry>,
+    blocked: BTreeSet<ObjectNum>,
+    // Rates: the last sample's counters and time.
+    sampled: Instant,
+    sent_bytes: BTreeMap<u64, u64>,
+    received: u64,
+    send_rates: Vec<(u64, f64)>,
+    receive_rate: f64,
+}
+
+impl Driver {
+    fn new(
+        identity: &Identity,
+        settings: QsmSettings,
+        membership: Peer,
+        inputs: mpsc::Receiver<Input>,
+        replica_inputs: mpsc::Sender<Input>,
+        main: tokio::runtime::Handle,
+    ) -> Result<Driver, QsmError> {
+        let (sockets, can_multicast) =
+            DataSockets::bind(settings.data, settings.interface.as_deref())?;
+        let multicast = can_multicast && settings.multicast;
+        if settings.multicast && !can_multicast {
+            tracing::warn!(
+                "qsm: IP multicast is not available on the interface of {}; using the overlay",
+                settings.data
+            );
+        }
+        let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+        let transport = Transport::<QsmFrame>::start(identity, settings.control, control_tx)?;
+        let started = Instant::now();
+        let core = QsmHost::new(settings.config.clone(), sockets.local_addr(), multicast, 0);
+        Ok(Driver {
+            core,
+            config: settings.config,
+            sockets,
+            multicast,
+            me: transport.me(),
+            transport,
+            control,
+            inputs,
+            replica_inputs,
+            main,
+            membership,
+            started,
+            expected: 1,
+            pending: HashMap::new(),
+            grants: HashMap::new(),
+            objects: HashMap::new(),
+            blocked: BTreeSet::new(),
+            sampled: started,
+            sent_bytes: BTreeMap::new(),
+            received: 0,
+            send_rates: Vec::new(),
+            receive_rate: 0.0,
+        })
+    }
+
+    fn now(&self) -> Micros {
+        self.started.elapsed().as_micros() as Micros
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut rates = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            self.pump();
+            let deadline = self.started + Duration::from_micros(self.core.poll_timeout());
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = self.sockets.readable() => {
+                    let now = self.now();
+                    let core = &mut self.core;
+                    self.sockets.receive(RECEIVE_BATCHES, |d| core.handle_datagram(now, d));
+                }
+                Some(Inbound { frame }) = self.control.recv() => self.on_frame(frame),
+                Some(input) = self.inputs.recv() => self.on_input(input),
+                _ = rates.tick() => self.sample_rates(),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+        }
+        self.transport.close();
+    }
+
+    fn sample_rates(&mut self) {
+        let stats = self.core.stats();
+        let dt = self.sampled.elapsed().as_secs_f64().max(1e-3);
+        self.sampled = Instant::now();
+        self.send_rates = stats
+            .streams
+            .iter()
+            .map(|s| {
+                let before = self.sent_bytes.get(&s.region).copied().unwrap_or(0);
+                (s.region, s.bytes.saturating_sub(before) as f64 / dt)
+            })
+            .collect();
+        self.sent_bytes = stats.streams.iter().map(|s| (s.region, s.bytes)).collect();
+        let received = stats.region.as_ref().map(|r| r.received).unwrap_or(0);
+        self.receive_rate = received.saturating_sub(self.received) as f64 / dt;
+        self.received = received;
+    }
+
+    /// Move everything the core produced to the network and the replicas.
+    fn pump(&mut self) {
+        loop {
+            self.feed();
+            let mut progressed = false;
+            while let Some(d) = self.core.poll_transmit() {
+                progressed = true;
+                self.sockets.send(d.to, &d.bytes);
+            }
+            while let Some(message) = self.core.poll_membership() {
+                progressed = true;
+                let grant = match &message {
+                    super::membership::ToMembership::Join { object } => {
+                        self.grants.get(object).cloned().flatten()
+                    }
+                    _ => None,
+                };
+                let frame = QsmFrame {
+                    from: self.me,
+                    body: QsmBody::Request { message, grant },
+                };
+                self.transport.send(self.membership, &frame);
+            }
+            while let Some((to, message)) = self.core.poll_peer() {
+                progressed = true;
+                if let Some(h) = self.core.host(to) {
+                    let frame = QsmFrame {
+                        from: self.me,
+                        body: QsmBody::Peer(message),
+                    };
+                    self.transport.send(h.id, &frame);
+                }
+            }
+            while let Some(output) = self.core.poll_output() {
+                progressed = true;
+                self.output(output);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Hand replicas' multicasts to the core while it has room.
+    fn feed(&mut self) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        let now = self.now();
+        for object in std::mem::take(&mut self.blocked) {
+            let Some(entry) = self.objects.get_mut(&object) else {
+                continue;
+            };
+            let mut accepted = 0;
+            while self.core.has_room(object) {
+                let Some((payload, timestamp_ms)) = entry.outbox.pop_front() else {
+                    break;
+                };
+                match self
+                    .core
+                    .multicast(now, object, timestamp_ms, Bytes::from(payload))
+                {
+                    Ok(_) => accepted += 1,
+                    Err(e) => {
+                        tracing::warn!("qsm: {}: multicast refused: {e}", entry.name);
+                        accepted += 1;
+                    }
+                }
+            }
+            if accepted > 0 {
+                let _ = entry.to_replica.try_send(ToReplica::Accepted(accepted));
+            }
+            if !entry.outbox.is_empty() {
+                self.blocked.insert(object);
+            }
+        }
+    }
+
+    fn output(&mut self, output: Output) {
+        match output {
+            Output::Registered { host } => {
+                tracing::info!("qsm: registered with {:?} as host {host}", self.membership);
+            }
+            Output::Joined {
+                object,
+                name,
+                snapshot,
+            } => self.start_replica(object, name, snapshot),
+            Output::Deliver {
+                object,
+                sender,
+                seq,
+                timestamp_ms,
+                payload,
+            } => {
+                let Some(entry) = self.objects.get(&object) else {
+                    return;
+                };
+                let sender = self
+                    .core
+                    .host(sender)
+                    .map(|h| h.id.key.to_string())
+                    .unwrap_or_else(|| format!("qsm-host-{sender}"));
+                let event = Event {
+                    sender,
+                    seq,
+                    timestamp_ms,
+                    payload: payload.to_vec(),
+                };
+                if entry
+                    .to_replica
+                    .try_send(ToReplica::Deliver(event))
+                    .is_err()
+                {
+                    // The credit bounds the queue; a full queue means the replica
+                    // is gone. Its credit is returned so the region is not held up.
+                    let now = self.now();
+                    self.core.delivered(now, object, 1);
+                }
+            }
+            Output::View {
+                object,
+                view,
+                members,
+            } => {
+                let Some(entry) = self.objects.get(&object) else {
+                    return;
+                };
+                let peers: Vec<Peer> = members
+                    .iter()
+                    .filter_map(|m| self.core.host(*m).map(|h| h.id))
+                    .collect();
+                let guest = View {
+                    id: view,
+                    members: peers.iter().map(|p| p.key.to_string()).collect(),
+                };
+                let _ = entry.notices.send(GroupNotice::View(peers.clone()));
+                let _ = entry.to_replica.try_send(ToReplica::View(guest, peers));
+            }
+            Output::TakeSnapshot {
+                object,
+                for_host,
+                view,
+                cut,
+            } => {
+                if let Some(entry) = self.objects.get(&object) {
+                    let _ = entry.to_replica.try_send(ToReplica::TakeSnapshot {
+                        for_host,
+                        view,
+                        cut,
+                    });
+                }
+            }
+            Output::Left { object, name } => {
+                if let Some(entry) = self.objects.remove(&object) {
+                    let _ = entry.notices.send(GroupNotice::Excluded);
+                }
+                if let Some(p) = self.pending.remove(&name) {
+                    let _ = p.reply.send(Err(GroupError::Gone(name)));
+                }
+            }
+            Output::JoinRefused { name, reason } => {
+                self.grants.remove(&name);
+                if let Some(p) = self.pending.remove(&name) {
+                    let _ = p.reply.send(Err(GroupError::Refused {
+                        object: name,
+                        reason,
+                    }));
+                }
+            }
+            Output::JoinGroup(group) => {
+                if let Err(e) = self.sockets.join_group(group) {
+                    tracing::error!("qsm: {e}");
+                }
+            }
+            Output::LeaveGroup(group) => self.sockets.leave_group(group),
+            Output::Excluded => self.restart("the membership service declared this host failed"),
+        }
+    }
+
+    /// Drop every object and register again with a fresh core.
+    fn restart(&mut self, why: &str) {
+        tracing::warn!("qsm: {why}; dropping every object and registering again");
+        for (_, entry) in self.objects.drain() {
+            let _ = entry.notices.send(GroupNotice::Excluded);
+        }
+        for (name, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(GroupError::Gone(name)));
+        }
+        self.blocked.clear();
+        self.grants.clear();
+        let now = self.now();
+        let data = self.core.data_addr();
+        self.core = QsmHost::new(self.config.clone(), data, self.multicast, now);
+        self.expected = 1;
+    }
+
+    fn start_replica(&mut self, object: ObjectNum, name: String, snapshot: Option<Vec<u8>>) {
+        let Some(pending) = self.pending.remove(&name) else {
+            // Nobody waits for it any more: leave.
+            let now = self.now();
+            self.core.leave(now, &name);
+            return;
+        };
+        let (to_replica, from_driver) =
+            mpsc::channel(self.config.delivery_credit + REPLICA_WINDOW + 64);
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (notices, _) = broadcast::channel(1024);
+        let handle = QsmHandle {
+            object: name.clone(),
+            commands: commands_tx,
+            notices: notices.clone(),
+        };
+        self.objects.insert(
+            object,
+            ObjectEntry {
+                name: name.clone(),
+                to_replica,
+                notices: notices.clone(),
+                outbox: VecDeque::new(),
+            },
+        );
+        let task = ReplicaTask {
+            object,
+            name,
+            me: self.me.key.to_string(),
+            to_driver: self.replica_inputs.clone(),
+            notices,
+            members: Vec::new(),
+            outbox: VecDeque::new(),
+            in_flight: 0,
+            own_sent: 0,
+            own_applied: 0,
+            waiting: VecDeque::new(),
+        };
+        self.main.spawn(task.run(
+            pending.runtime,
+            pending.logic,
+            snapshot,
+            from_driver,
+            commands,
+            handle,
+            pending.reply,
+        ));
+    }
+
+    fn on_frame(&mut self, frame: QsmFrame) {
+        let now = self.now();
+        match frame.body {
+            QsmBody::Membership { seq, message } => {
+                if frame.from != self.membership {
+                    tracing::warn!("qsm: membership message from {:?}; ignored", frame.from);
+                    return;
+                }
+                if matches!(message, FromMembership::Welcome { .. }) {
+                    self.expected = seq;
+                }
+                if seq != self.expected {
+                    self.restart(&format!(
+                        "membership message {seq} arrived where {} was due",
+                        self.expected
+                    ));
+                    return;
+                }
+                self.expected += 1;
+                self.core.handle_membership(now, message);
+            }
+            QsmBody::Peer(message) => match self.core.host_num(&frame.from) {
+                Some(num) => self.core.handle_peer(now, num, message),
+                None => tracing::debug!("qsm: peer message from unknown {:?}", frame.from),
+            },
+            QsmBody::Request { .. } => {}
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Join {
+                name,
+                runtime,
+                logic,
+                grant,
+                reply,
+            } => {
+                if self.pending.contains_key(&name) || self.core.object_num(&name).is_some() {
+                    let _ = reply.send(Err(GroupError::Refused {
+                        object: name,
+                        reason: "already joined or joining".into(),
+                    }));
+                    return;
+                }
+                self.grants.insert(name.clone(), grant);
+                self.pending.insert(
+                    name.clone(),
+                    PendingJoin {
+                        runtime,
+                        logic,
+                        reply,
+                    },
+                );
+                self.core.join(&name);
+            }
+            Input::Leave(name) => {
+                self.pending.remove(&name);
+                self.grants.remove(&name);
+                if let Some(num) = self.core.object_num(&name) {
+                    self.objects.remove(&num);
+                    self.blocked.remove(&num);
+                }
+                self.core.leave(now, &name);
+            }
+            Input::Replica(message) => match message {
+                FromReplica::Multicast {
+                    object,
+                    payload,
+                    timestamp_ms,
+                } => {
+                    if let Some(entry) = self.objects.get_mut(&object) {
+                        entry.outbox.push_back((payload, timestamp_ms));
+                        self.blocked.insert(object);
+                    }
+                }
+                FromReplica::Applied { object, count } => self.core.delivered(now, object, count),
+                FromReplica::Snapshot {
+                    object,
+                    for_host,
+                    view,
+                    cut,
+                    state,
+                } => self.core.snapshot_taken(object, for_host, view, cut, state),
+                FromReplica::Failed { name, reason } => {
+                    tracing::error!("qsm: {name}: {reason}; leaving it");
+                    if let Some(num) = self.core.object_num(&name) {
+                        self.objects.remove(&num);
+                    }
+                    self.core.leave(now, &name);
+                }
+            },
+            Input::Status(reply) => {
+                let _ = reply.send(QsmStatus {
+                    stats: self.core.stats(),
+                    data: self.sockets.local_addr(),
+                    multicast: self.multicast,
+                    membership: self.membership,
+                    send_rates: self.send_rates.clone(),
+                    receive_rate: self.receive_rate,
+                    send_drops: self.sockets.send_drops,
+                });
+            }
+        }
+    }
+}
+
+/// A call whose results go out once this replica applied its own event number
+/// `.0` (counting from the first).
+type WaitingCall = (
+    u64,
+    Vec<String>,
+    oneshot::Sender<Result<Vec<String>, GroupError>>,
+);
+
+/// One object's replica, in its own task.
+struct ReplicaTask {
+    object: ObjectNum,
+    name: String,
+    me: String,
+    to_driver: mpsc::Sender<Input>,
+    notices: broadcast::Sender<GroupNotice>,
+    members: Vec<Peer>,
+    /// Multicasts not yet handed to the driver.
+    outbox: VecDeque<(Vec<u8>, u64)>,
+    /// Handed to the driver, not yet accepted.
+    in_flight: usize,
+    /// This replica's own events: multicast, and applied (they come back in order).
+    own_sent: u64,
+    own_applied: u64,
+    /// Calls waiting for their last own event to be applied.
+    waiting: VecDeque<WaitingCall>,
+}
+
+impl ReplicaTask {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        runtime: Arc<Runtime>,
+        logic: Arc<Logic>,
+        snapshot: Option<Vec<u8>>,
+        mut from_driver: mpsc::Receiver<ToReplica>,
+        mut commands: mpsc::Receiver<Command>,
+        handle: QsmHandle,
+        ready: oneshot::Sender<Result<QsmHandle, GroupError>>,
+    ) {
+        let identity = ReplicaIdentity {
+            object: self.name.clone(),
+            member: self.me.clone(),
+        };
+        let started = runtime
+            .instantiate(&logic, identity)
+            .and_then(|mut r| r.init(snapshot.as_deref()).map(|_| r));
+        let mut replica = match started {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("cannot start the replica: {e}");
+                let _ = self
+                    .to_driver
+                    .send(Input::Replica(FromReplica::Failed {
+                        name: self.name.clone(),
+                        reason,
+                    }))
+                    .await;
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(handle));
+        loop {
+            self.forward();
+            let retry = !self.outbox.is_empty() && self.in_flight < REPLICA_WINDOW;
+            tokio::select! {
+                biased;
+                input = from_driver.recv() => {
+                    let Some(input) = input else { break };
+                    let mut applied = self.handle(&mut replica, input).await;
+                    // Apply what else is queued before returning credit.
+                    while let Ok(input) = from_driver.try_recv() {
+                        applied += self.handle(&mut replica, input).await;
+                        if applied >= 256 {
+                            break;
+                        }
+                    }
+                    if applied > 0 {
+                        let done = FromReplica::Applied { object: self.object, count: applied };
+                        if self.to_driver.send(Input::Replica(done)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                command = commands.recv(), if self.outbox.len() < OUTBOX_LIMIT => {
+                    let Some(command) = command else { break };
+                    self.command(&mut replica, command);
+                }
+                _ = tokio::time::sleep(Duration::from_millis(1)), if retry => {}
+            }
+        }
+        for (_, _, reply) in self.waiting.drain(..) {
+            let _ = reply.send(Err(GroupError::Gone(self.name.clone())));
+        }
+    }
+
+    /// Hand queued multicasts to the driver while the window allows.
+    fn forward(&mut self) {
+        while self.in_flight < REPLICA_WINDOW {
+            let Some((payload, timestamp_ms)) = self.outbox.pop_front() else {
+                return;
+            };
+            let message = Input::Replica(FromReplica::Multicast {
+                object: self.object,
+                payload,
+                timestamp_ms,
+            });
+            match self.to_driver.try_send(message) {
+                Ok(()) => self.in_flight += 1,
+                Err(mpsc::error::TrySendError::Full(Input::Replica(FromReplica::Multicast {
+                    payload,
+                    timestamp_ms,
+                    ..
+                }))) => {
+                    self.outbox.push_front((payload, timestamp_ms));
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn multicast(&mut self, payloads: Vec<Vec<u8>>) {
+        let now = crate::local::system_time_ms();
+        self.own_sent += payloads.len() as u64;
+        self.outbox.extend(payloads.into_iter().map(|p| (p, now)));
+    }
+
+    /// Returns how many events were applied (delivery credit to return).
+    async fn handle(&mut self, replica: &mut Replica, input: ToReplica) -> usize {
+        match input {
+            ToReplica::Deliver(event) => {
+                let own = event.sender == self.me;
+                match replica.deliver(&event) {
+                    Ok(delivery) => {
+                        for n in delivery.notifications {
+                            let _ = self.notices.send(GroupNotice::Notification {
+                                topic: n.topic,
+                                detail: n.detail,
+                            });
+                        }
+                        self.multicast(delivery.multicasts);
+                    }
+                    // Deterministic: every replica refuses the same event alike.
+                    Err(e) => tracing::warn!("{}: {e}", self.name),
+                }
+                if own {
+                    self.own_applied += 1;
+                    while self
+                        .waiting
+                        .front()
+                        .is_some_and(|(target, _, _)| *target <= self.own_applied)
+                    {
+                        let (_, results, reply) = self.waiting.pop_front().expect("checked");
+                        let _ = reply.send(Ok(results));
+                    }
+                }
+                1
+            }
+            ToReplica::View(view, members) => {
+                self.members = members;
+                match replica.view_changed(&view) {
+                    Ok(delivery) => self.multicast(delivery.multicasts),
+                    Err(e) => tracing::warn!("{}: view change refused: {e}", self.name),
+                }
+                0
+            }
+            ToReplica::TakeSnapshot {
+                for_host,
+                view,
+                cut,
+            } => {
+                match replica.snapshot() {
+                    Ok(state) => {
+                        let message = FromReplica::Snapshot {
+                            object: self.object,
+                            for_host,
+                            view,
+                            cut,
+                            state,
+                        };
+                        let _ = self.to_driver.send(Input::Replica(message)).await;
+                    }
+                    Err(e) => tracing::error!("{}: cannot snapshot for a joiner: {e}", self.name),
+                }
+                0
+            }
+            ToReplica::Accepted(n) => {
+                self.in_flight = self.in_flight.saturating_sub(n);
+                0
+            }
+        }
+    }
+
+    fn command(&mut self, replica: &mut Replica, command: Command) {
+        match command {
+            Command::Call {
+                method,
+                args,
+                reply,
+            } => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                match replica.call_wave(&method, &args) {
+                    Ok(outcome) => {
+                        let results = outcome.results_wave();
+                        for n in outcome.notifications {
+                            let _ = self.notices.send(GroupNotice::Notification {
+                                topic: n.topic,
+                                detail: n.detail,
+                            });
+                        }
+                        if outcome.multicasts.is_empty() {
+                            let _ = reply.send(Ok(results));
+                        } else {
+                            self.multicast(outcome.multicasts);
+                            self.waiting.push_back((self.own_sent, results, reply));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Status(reply) => {
+                let stats = replica.stats();
+                let _ = reply.send(GroupStatus {
+                    members: self.members.clone(),
+                    delivered: stats.events_applied,
+                    member: true,
+                    sequencer: false,
+                    events_applied: stats.events_applied,
+                });
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(replica.snapshot().map_err(GroupError::from));
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Real processes on loopback for the qsm driver: a directory, a qsm membership
+//! service and `lo node` daemons that join a ticker by name over IP multicast on
+//! `lo`. Quotes from every node reach every node in each sender's order (equal
+//! digests); a node killed with SIGKILL is dropped and the others go on; it rejoins
+//! from a snapshot; a host outside the object's policy is refused.
+
+mod common;
+
+use common::{Daemon, DirectoryProcess, Home};
+use std::time::{Duration, Instant};
+
+const TICKER: &str = "lo://acme/markets/ticker";
+const PRIVATE: &str = "lo://acme/markets/private";
+
+fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Domain {
+    home: Home,
+    directory: DirectoryProcess,
+    _membership: Daemon,
+    membership: String,
+}
+
+impl Domain {
+    /// Keys, a directory with the zone lo://acme/, and a membership service on a
+    /// group port of its own (tests run in parallel).
+    fn start(nodes: usize) -> Domain {
+        let home = Home::new();
+        let mut keys = vec!["root".to_string(), "acme".into(), "ms".into()];
+        keys.extend((1..=nodes).map(|n| format!("n{n}")));
+        for key in &keys {
+            home.ok(&[
+                "keygen",
+                "--out",
+                home.path(&format!("{key}.key")).to_str().unwrap(),
+            ]);
+        }
+        let directory =
+            DirectoryProcess::start(&home, &home.path("root.key"), &home.path("dir.redb"));
+        home.ok_owned(directory.args(&[
+            "zone",
+            "create",
+            "lo://acme/",
+            "--key",
+            home.path("acme.key").to_str().unwrap(),
+        ]));
+        let port = (48_000 + std::process::id() % 8_000).to_string();
+        let mut cmd = home.lo();
+        cmd.args(directory.args(&[
+            "qsm-membership",
+            "--listen",
+            "127.0.0.1:0",
+            "--group-port",
+            &port,
+            "--domain",
+            &port,
+            "--failure-timeout-ms",
+            "1500",
+            "--key",
+            home.path("ms.key").to_str().unwrap(),
+        ]));
+        let membership = Daemon::start(cmd, &["qsm membership listening on "]);
+        let listening = membership.value("qsm membership listening on ");
+        let (addr, key) = listening.split_once(" key ").unwrap();
+        let membership_opt = format!("membership={key}@{addr}");
+        Domain {
+            home,
+            directory,
+            _membership: membership,
+            membership: membership_opt,
+        }
+    }
+
+    fn publish(&self, name: &str, policy: &str) {
+        self.home.ok_owned(self.directory.args(&[
+            "publish",
+            liveobjects_objects::TICKER,
+            "--name",
+            name,
+            "--driver",
+            "qsm",
+            "--driver-opt",
+            &self.membership,
+            "--reliability",
+            "reliable-fifo",
+            "--category",
+            "event-stream",
+            "--policy",
+            policy,
+            "--key",
+            self.home.path("acme.key").to_str().unwrap(),
+        ]));
+    }
+
+    fn node(&self, n: usize) -> Daemon {
+        let mut cmd = self.home.lo();
+        cmd.args(self.directory.args(&["node", "--listen", "127.0.0.1:0"]))
+            .arg("--key")
+            .arg(self.home.path(&format!("n{n}.key")))
+            .arg("--control")
+            .arg(self.control(n));
+        Daemon::start(cmd, &["node listening on ", "control socket "])
+    }
+
+    fn control(&self, n: usize) -> String {
+        self.home
+            .path(&format!("n{n}.sock"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn lo(&self, n: usize, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = args.to_vec();
+        let control = self.control(n);
+        all.extend(["--control", &control]);
+        self.home.run(&all)
+    }
+
+    fn ok(&self, n: usize, args: &[&str]) -> String {
+        let out = self.lo(n, args);
+        assert!(
+            out.status.success(),
+            "lo {args:?} on node {n} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn count(&self, n: usize) -> Option<u64> {
+        let out = self.lo(n, &["call", TICKER, "count"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    fn digest(&self, n: usize) -> String {
+        self.ok(n, &["call", TICKER, "digest"])
+    }
+
+    fn publish_quotes(&self, n: usize, from: i64, count: i64) {
+        for i in from..from + count {
+            self.ok(
+                n,
+                &[
+                    "call",
+                    TICKER,
+                    "publish",
+                    &format!("\"N{n}\""),
+                    &i.to_string(),
+                ],
+            );
+        }
+    }
+}
+
+#[test]
+fn nodes_share_a_ticker_over_multicast_survive_a_kill_9_and_refuse_strangers() {
+    let d = Domain::start(4);
+    d.publish(TICKER, "open");
+    let mut nodes: Vec<Option<Daemon>> = (1..=3).map(|n| Some(d.node(n))).collect();
+    for n in 1..=3 {
+        let joined = d.ok(
+            n,
+            &[
+                "join",
+                TICKER,
+                "--no-interactive",
+                "--require",
+                "reliable-fifo",
+            ],
+        );
+        assert!(joined.starts_with("joined "), "{joined}");
+    }
+    // Every node publishes; every node applies every quote, in each sender's order.
+    for n in 1..=3 {
+        d.publish_quotes(n, 1, 20);
+    }
+    eventually(30, "every node applied 60 quotes", || {
+        (1..=3).all(|n| d.count(n) == Some(60))
+    });
+    let digest = d.digest(1);
+    assert_eq!(d.digest(2), digest);
+    assert_eq!(d.digest(3), digest);
+
+    // lo status shows the qsm region and the ring.
+    let status = d.ok(1, &["status"]);
+    assert!(status.contains("qsm host "), "{status}");
+    assert!(status.contains("region "), "{status}");
+    assert!(status.contains("3 host(s), ring of 3"), "{status}");
+    assert!(status.contains("multicast"), "{status}");
+    assert!(
+        status.contains(&format!("{TICKER}  driver qsm")),
+        "{status}"
+    );
+
+    // Kill node 3: the others go on, and the view drops it.
+    nodes[2].as_mut().unwrap().kill9();
+    nodes[2] = None;
+    d.publish_quotes(1, 21, 10);
+    d.publish_quotes(2, 21, 10);
+    eventually(30, "nodes 1 and 2 applied 80 quotes", || {
+        (1..=2).all(|n| d.count(n) == Some(80))
+    });
+    eventually(30, "node 3 left the view", || {
+        !d.ok(1, &["status"]).contains("3 host(s)")
+    });
+    assert_eq!(d.digest(1), d.digest(2));
+
+    // Node 3 comes back and rejoins: it starts from a snapshot.
+    nodes[2] = Some(d.node(3));
+    d.ok(3, &["join", TICKER, "--no-interactive"]);
+    eventually(30, "node 3 has the 80 quotes", || d.count(3) == Some(80));
+    d.publish_quotes(3, 31, 5);
+    eventually(30, "everyone has 85", || {
+        (1..=3).all(|n| d.count(n) == Some(85))
+    });
+    assert_eq!(d.digest(3), d.digest(1));
+    assert_eq!(d.digest(2), d.digest(1));
+
+    // An object only nodes 1 and 2 may join: node 4 is refused with a reason.
+    let key = |n: usize| -> String {
+        let status = d.ok(n, &["status"]);
+        status
+            .lines()
+            .next()
+            .and_then(|l| l.split(" key ").nth(1))
+            .unwrap()
+            .to_string()
+    };
+    d.publish(PRIVATE, &format!("keys:{},{}", key(1), key(2)));
+    let _n4 = d.node(4);
+    d.ok(1, &["join", PRIVATE, "--no-interactive"]);
+    let refused = d.lo(4, &["join", PRIVATE, "--no-interactive"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not allowed to join"), "{stderr}");
+}
