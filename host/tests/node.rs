@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{Daemon, DirectoryProcess, Home};
-use std::time::{Duration, Instant};
+use common::{Daemon, DirectoryProcess, Home, eventually};
 
 const ROOM: &str = "lo://acme/rooms/lobby";
 
@@ -52,17 +51,6 @@ fn control(home: &Home, n: usize) -> String {
         .to_str()
         .unwrap()
         .to_string()
-}
-
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn count(home: &Home, n: usize) -> Option<u64> {

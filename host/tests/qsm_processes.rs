@@ -6,22 +6,10 @@
 
 mod common;
 
-use common::{Daemon, DirectoryProcess, Home};
-use std::time::{Duration, Instant};
+use common::{Daemon, DirectoryProcess, Home, eventually};
 
 const TICKER: &str = "lo://acme/markets/ticker";
 const PRIVATE: &str = "lo://acme/markets/private";
-
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 struct Domain {
     home: Home,

@@ -20,6 +20,7 @@
 use super::core::{Output, QsmConfig, QsmHost, QsmStats};
 use super::membership::{FromMembership, Micros};
 use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
+use super::thread::ServiceThread;
 use super::wire::ObjectNum;
 use crate::mesh::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
@@ -228,13 +229,12 @@ enum Input {
     Status(oneshot::Sender<QsmStatus>),
 }
 
-/// A host's qsm driver.
+/// A host's qsm driver (stopped when dropped).
 pub struct QsmNode {
     inputs: mpsc::Sender<Input>,
     me: Peer,
     membership: Peer,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ServiceThread,
 }
 
 impl QsmNode {
@@ -249,50 +249,23 @@ impl QsmNode {
         let identity = identity.clone();
         let (inputs_tx, inputs_rx) = mpsc::channel(INPUTS);
         let replica_inputs = inputs_tx.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Peer, QsmError>>();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("qsm-driver".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(QsmError::Thread(e.to_string())));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let driver = match Driver::new(
-                        &identity,
-                        settings,
-                        membership,
-                        inputs_rx,
-                        replica_inputs,
-                        main,
-                    ) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(driver.me));
-                    driver.run(stop_rx).await;
-                });
-            })
-            .map_err(|e| QsmError::Thread(e.to_string()))?;
-        let me = ready_rx
-            .recv()
-            .map_err(|_| QsmError::Thread("the driver thread died".into()))??;
+        let (thread, me) = ServiceThread::spawn("qsm-driver", QsmError::Thread, move |stop| {
+            let driver = Driver::new(
+                &identity,
+                settings,
+                membership,
+                inputs_rx,
+                replica_inputs,
+                main,
+            )?;
+            let me = driver.me;
+            Ok((me, driver.run(stop)))
+        })?;
         Ok(QsmNode {
             inputs: inputs_tx,
             me,
             membership,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -341,17 +314,6 @@ impl QsmNode {
         let (reply, answer) = oneshot::channel();
         self.inputs.send(Input::Status(reply)).await.ok()?;
         answer.await.ok()
-    }
-}
-
-impl Drop for QsmNode {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -25,4 +25,5 @@ pub mod ring;
 pub mod service;
 pub mod sim;
 pub mod stream;
+mod thread;
 pub mod wire;

@@ -13,6 +13,7 @@
 
 use super::membership::{FromMembership, Membership, MembershipConfig, Micros, ToMembership};
 use super::net::{QsmBody, QsmFrame};
+use super::thread::ServiceThread;
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
 use liveobjects_directory::client::Resolver;
 use liveobjects_directory::keys::{Identity, PublicKey};
@@ -114,11 +115,10 @@ impl Authorize for DirectoryPolicy {
     }
 }
 
-/// A running membership service.
+/// A running membership service (stopped when dropped).
 pub struct MembershipServer {
     me: Peer,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ServiceThread,
 }
 
 impl MembershipServer {
@@ -131,59 +131,21 @@ impl MembershipServer {
         authorize: Arc<dyn Authorize>,
     ) -> Result<MembershipServer, NetError> {
         let identity = identity.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("qsm-membership".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(NetError::Tls(e.to_string())));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-                    let transport = match Transport::<QsmFrame>::start(&identity, listen, tx) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(transport.me()));
-                    serve(transport, rx, config, authorize, stop_rx).await;
-                });
-            })
-            .map_err(|e| NetError::Tls(e.to_string()))?;
-        let me = ready_rx
-            .recv()
-            .map_err(|_| NetError::Tls("membership thread died".into()))??;
+        let (thread, me) = ServiceThread::spawn("qsm-membership", NetError::Tls, move |stop| {
+            let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+            let transport = Transport::<QsmFrame>::start(&identity, listen, tx)?;
+            let me = transport.me();
+            Ok((me, serve(transport, rx, config, authorize, stop)))
+        })?;
         Ok(MembershipServer {
             me,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
     /// The service's key and address, as records name it (`membership=KEY@ADDR`).
     pub fn peer(&self) -> Peer {
         self.me
-    }
-}
-
-impl Drop for MembershipServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
