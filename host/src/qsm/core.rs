@@ -863,6 +863,20 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         }
     }
 
+    /// This host's region view and its master secret: for tests that play a
+    /// hostile *member* (holders of the region's keys can seal anything).
+    #[doc(hidden)]
+    pub fn region_secret_for_tests(&self) -> Option<(RegionId, [u8; 32], Vec<HostNum>)> {
+        self.region
+            .as_ref()
+            .map(|r| (r.id, r.master, r.members.clone()))
+    }
+
+    /// The qsm domain number (from the membership service).
+    pub fn domain(&self) -> u32 {
+        self.params.domain
+    }
+
     /// Messages held in every buffer (for memory-bound checks).
     pub fn retained(&self) -> usize {
         let send: usize = self.streams.values().map(|s| s.buffer.len()).sum();
@@ -1215,12 +1229,12 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         for (sender, upto) in cut {
             if sender == me {
                 // A member that left and came back continues its numbering.
-                o.next_seq = o.next_seq.max(upto + 1);
+                o.next_seq = o.next_seq.max(upto.saturating_add(1));
             } else {
                 o.senders.insert(
                     sender,
                     SenderIn {
-                        next: upto + 1,
+                        next: upto.saturating_add(1),
                         holdback: BTreeMap::new(),
                     },
                 );
@@ -1497,7 +1511,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         };
         let stream = region.inbound.entry(sender).or_default();
         for (i, m) in messages.iter().enumerate() {
-            let seq = first + i as u64;
+            let Some(seq) = first.checked_add(i as u64) else {
+                break;
+            };
             stream.insert(seq, m.to_message(plain), limit);
         }
         stream.max_seen = stream.max_seen.max(last.min(stream.consumed + limit));
@@ -1769,7 +1785,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             }
             let mut found: Vec<(u64, Message)> = Vec::new();
             let mut first_unserved = None;
-            let upto = nak.to.min(nak.from + budget as u64 - 1);
+            let upto = nak.to.min(nak.from.saturating_add(budget as u64 - 1));
             for seq in nak.from..=upto {
                 let have = if nak.sender == me {
                     self.streams
@@ -1791,7 +1807,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 }
             }
             if upto < nak.to {
-                first_unserved.get_or_insert(upto + 1);
+                first_unserved.get_or_insert(upto.saturating_add(1));
             }
             budget -= found.len().min(budget);
             if found.is_empty() {
@@ -1941,7 +1957,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         // than two rounds ago.
         if ack.max < stream.sent {
             let old = now.saturating_sub(2 * interval);
-            let from = ack.max.max(stream.acked) + 1;
+            let from = ack.max.max(stream.acked).saturating_add(1);
             let to = (from..=stream.sent)
                 .take_while(|s| stream.get(*s).is_some_and(|o| o.last_sent <= old))
                 .last();

@@ -19,6 +19,13 @@
 //!   replays ([`ReplayWindow`]); only then is the body decoded, with every length
 //!   bounded by the datagram itself.
 //!
+//! Trust: the keys are symmetric, so a *member* of a region can seal anything any
+//! other member or sender could (forge their messages, or jump their counter so
+//! their datagrams look replayed). Members are trusted, as in every group-key
+//! scheme; outsiders, including hosts of other regions and senders into this one
+//! for other streams, can do neither. Signing every datagram would close that gap
+//! at the cost of an ed25519 signature per datagram.
+//!
 //! Bodies are postcard ([`Body`]). Payloads are not copied out of the received
 //! buffer: [`Message`]s hold [`Bytes`] slices of it.
 
