@@ -11,8 +11,10 @@ use liveobjects_host::mesh::group::{Admission, GroupHandle, MeshNode};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+
+#[path = "common/nats.rs"]
+mod nats_client;
+use nats_client::{Nats, nats_server};
 
 struct Row {
     throughput: f64,
@@ -142,105 +144,6 @@ async fn mesh(
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
     }
-}
-
-/// A minimal NATS client for the benchmark: the text protocol is a few lines (CONNECT,
-/// SUB, PUB, MSG, PING/PONG), and pulling in a full client crate for one benchmark
-/// would cost more build time than this.
-struct Nats {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Nats {
-    async fn connect(port: u16) -> Nats {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        let mut nats = Nats {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let mut info = String::new();
-        nats.reader.read_line(&mut info).await.unwrap();
-        assert!(info.starts_with("INFO"), "{info}");
-        nats.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
-            .await;
-        nats
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    async fn subscribe(&mut self) {
-        self.send(b"SUB bench 1\r\nPING\r\n").await;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).await.unwrap();
-            if line.starts_with("PONG") {
-                return;
-            }
-        }
-    }
-
-    /// Wait for the next message; answer server PINGs on the way.
-    async fn next_message(&mut self) {
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).await.unwrap() == 0 {
-                panic!("nats closed the connection");
-            }
-            if line.starts_with("PING") {
-                self.send(b"PONG\r\n").await;
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("MSG ") {
-                let len: usize = rest.trim().rsplit(' ').next().unwrap().parse().unwrap();
-                let mut body = vec![0u8; len + 2];
-                self.reader.read_exact(&mut body).await.unwrap();
-                return;
-            }
-        }
-    }
-
-    fn publish_frame(size: usize) -> Vec<u8> {
-        let mut frame = format!("PUB bench {size}\r\n").into_bytes();
-        frame.extend(std::iter::repeat_n(7u8, size));
-        frame.extend_from_slice(b"\r\n");
-        frame
-    }
-}
-
-struct NatsServer(std::process::Child, u16);
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn nats_server() -> Option<NatsServer> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = NatsServer(child, port);
-    for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// One publisher, `n` subscribers (so `n` receivers, like `n` members).

@@ -7,6 +7,8 @@
 //!   every multicast delivered to all of them in one total order.
 //! - [`mesh`]: the mesh driver (QUIC between all members, total order through a
 //!   sequencer); [`join`] and [`node`]: joining by name and the host daemon.
+//! - [`qsm`]: the qsm driver (IP multicast per region, token-ring repair, rate
+//!   control; many objects per host).
 //! - [`gossip`]: the gossip driver (SWIM, Cyclon peer sampling, push-pull
 //!   aggregates such as the census).
 //!

@@ -188,6 +188,8 @@ fn demo_runs_three_members_that_agree() {
     );
     assert!(text.contains("chat: replicas identical"), "{text}");
     assert!(text.contains("counter: replicas identical"), "{text}");
+    assert!(text.contains("ticker: replicas identical"), "{text}");
+    assert!(text.contains("IP multicast on lo"), "{text}");
     assert!(!text.contains("DIFFER"), "{text}");
     assert!(
         text.contains("every host's census counts 3 live hosts"),

@@ -1,6 +1,8 @@
 //! `lo demo`: an embedded directory and three hosts on loopback that join a chat
 //! room and a counter by name over the mesh driver (QUIC), then talk; the same
-//! hosts gossip (UDP, SWIM) and count themselves with the census object.
+//! hosts share a stock ticker over the qsm driver (IP multicast on `lo`, with an
+//! embedded membership service), gossip (UDP, SWIM) and count themselves with the
+//! census object.
 
 use anyhow::{Context, Result, bail};
 use liveobjects_directory::client::{Client, Resolver};
@@ -11,15 +13,20 @@ use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{GossipConfig, GossipNode, HostId};
-use liveobjects_host::join::{JoinOptions, join, resolve_aggregate};
+use liveobjects_host::join::{JoinOptions, join, join_qsm, prepare, resolve_aggregate};
 use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::{GroupHandle, GroupNotice, MeshNode};
+use liveobjects_host::qsm::driver::{QsmHandle, QsmNode, QsmSettings};
+use liveobjects_host::qsm::membership::MembershipConfig;
+use liveobjects_host::qsm::service::{DirectoryPolicy, MembershipServer};
 use liveobjects_host::runtime::{AGGREGATE_INTERFACE, LogicHash, Runtime, SharedAggregate};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ROOM: &str = "lo://demo/rooms/lobby";
 const COUNTER: &str = "lo://demo/counters/hits";
 const CENSUS: &str = "lo://demo/system/census";
+const TICKER: &str = "lo://demo/markets/ticker";
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
 struct Host {
@@ -29,7 +36,7 @@ struct Host {
     counter: GroupHandle,
 }
 
-pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
+pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) -> Result<()> {
     // 1. An embedded directory with a root key and the zone lo://demo/.
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let root = Identity::generate();
@@ -197,7 +204,49 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     }
     agreement(&hosts).await?;
 
-    // 6. The same hosts gossip: the census, published as a gossip aggregate, run by
+    // 6. The same hosts share a ticker over qsm: IP multicast on lo, one region.
+    let ticker = start_ticker(
+        runtime,
+        &client,
+        &owner,
+        server.local_addr(),
+        root_key,
+        &identities,
+    )
+    .await?;
+    for (i, (_, handle)) in ticker.hosts.iter().enumerate() {
+        for q in 0..5 {
+            let price = 10_000 + 100 * i as i64 + q;
+            handle
+                .call(
+                    "publish",
+                    &[
+                        &format!("\"{}\"", ["ACME", "GLOBEX", "INITECH"][i]),
+                        &price.to_string(),
+                    ],
+                )
+                .await?;
+        }
+    }
+    ticker_settle(&ticker, 15).await?;
+    if let Some(status) = ticker.hosts[0].0.status().await
+        && let Some(region) = status.stats.region
+    {
+        println!(
+            "qsm        region {}: {} hosts, ring of {}, {}; 15 quotes, each applied once everywhere",
+            region.id,
+            region.members,
+            region.ring_size,
+            if region.overlay {
+                "overlay"
+            } else {
+                "IP multicast on lo"
+            }
+        );
+    }
+    ticker_agreement(&ticker).await?;
+
+    // 7. The same hosts gossip: the census, published as a gossip aggregate, run by
     //    name on every host over UDP with SWIM and a fresh domain secret.
     let agents = start_gossip(runtime, &client, &owner, server.local_addr(), root_key).await?;
     println!();
@@ -216,7 +265,7 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     .await?;
     println!("gossip     every host's census counts 3 live hosts ({CENSUS})");
 
-    // 7. Live until the duration ends (or Ctrl-C).
+    // 8. Live until the duration ends (or Ctrl-C).
     println!();
     if duration == 0 {
         println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
@@ -234,10 +283,16 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
             .call("post", &[&format!("\"tick {tick} from {}\"", h.name)])
             .await?;
         h.counter.call("add", &["1"]).await?;
+        let (_, quotes) = &ticker.hosts[(tick as usize) % ticker.hosts.len()];
+        quotes
+            .call("publish", &["\"ACME\"", &(10_000 + tick).to_string()])
+            .await?;
     }
     settle(&hosts, script.len() as u64 + tick).await?;
+    ticker_settle(&ticker, 15 + tick).await?;
     println!();
     agreement(&hosts).await?;
+    ticker_agreement(&ticker).await?;
     println!(
         "Done: {} chat messages and {} counter updates, each applied once by all 3 replicas.",
         script.len() as u64 + tick,
@@ -246,7 +301,115 @@ pub(super) async fn run(runtime: &Runtime, duration: u64, interval: f64) -> Resu
     for h in &hosts {
         h.node.shutdown();
     }
+    drop(ticker);
     server.shutdown().await;
+    Ok(())
+}
+
+/// The qsm part of the demo: a membership service and a driver per host.
+struct Ticker {
+    _membership: MembershipServer,
+    hosts: Vec<(QsmNode, QsmHandle)>,
+}
+
+/// Start an embedded qsm membership service (authorizing joins against the
+/// directory), publish the shipped ticker on qsm, and join it from three hosts.
+async fn start_ticker(
+    runtime: &Arc<Runtime>,
+    client: &Client,
+    owner: &Identity,
+    directory: std::net::SocketAddr,
+    root_key: liveobjects_directory::keys::PublicKey,
+    identities: &[Identity],
+) -> Result<Ticker> {
+    let service = Identity::generate();
+    let resolver = Arc::new(Resolver::new(
+        Client::connect(directory).await?,
+        root_key,
+        None,
+    ));
+    // A group port and domain of its own, so that two demos on one machine never mix.
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let config = MembershipConfig {
+        domain: port as u32,
+        group_port: port,
+        ..MembershipConfig::default()
+    };
+    let policy = Arc::new(DirectoryPolicy::new(resolver, service.public()));
+    let membership = MembershipServer::start(
+        &service,
+        "127.0.0.1:0".parse().expect("valid"),
+        config,
+        policy,
+    )?;
+    let peer = membership.peer();
+    let bytes =
+        liveobjects_objects::shipped("ticker").context("shipped ticker missing from this build")?;
+    let logic = runtime.load_bytes(TICKER, bytes)?;
+    let mut record = ObjectRecord::new(TICKER, 1, bytes, unix_now(), 3600);
+    record.object_type.interface = logic
+        .interface()
+        .methods
+        .iter()
+        .find_map(|m| m.interface.clone())
+        .unwrap_or_default();
+    record.object_type.category = Category::EventStream;
+    record.driver.name = "qsm".into();
+    record
+        .driver
+        .options
+        .insert("membership".into(), format!("{}@{}", peer.key, peer.addr));
+    client
+        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
+        .await?;
+    println!(
+        "published  {TICKER:<26} ticker, qsm driver (membership service {}), reliable FIFO",
+        peer.addr
+    );
+    let mut hosts = Vec::new();
+    for (name, identity) in NAMES.iter().zip(identities) {
+        let qsm = QsmNode::start(identity, QsmSettings::loopback(), peer)?;
+        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
+        let options = JoinOptions::default();
+        let prepared = prepare(runtime, &resolver, TICKER, identity.public(), &options).await?;
+        let handle = join_qsm(&qsm, runtime, TICKER, &prepared, &options).await?;
+        println!("joined     {name:<6} -> {TICKER} (qsm)");
+        hosts.push((qsm, handle));
+    }
+    Ok(Ticker {
+        _membership: membership,
+        hosts,
+    })
+}
+
+/// Wait until every host's ticker applied `count` quotes.
+async fn ticker_settle(ticker: &Ticker, count: u64) -> Result<()> {
+    let want = vec![count.to_string()];
+    wait_for("every quote everywhere", || async {
+        for (_, h) in &ticker.hosts {
+            if h.call("count", &[]).await.ok().as_ref() != Some(&want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
+async fn ticker_agreement(ticker: &Ticker) -> Result<()> {
+    let mut digests = Vec::new();
+    for (_, h) in &ticker.hosts {
+        digests.push(h.call("digest", &[]).await?.join(""));
+    }
+    let same = digests.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "  ticker: replicas {} (digest of every sender's quotes in order: {})",
+        if same { "identical" } else { "DIFFER" },
+        digests.join(" / ")
+    );
+    if !same {
+        bail!("ticker replicas diverged; this is a bug, please report it");
+    }
     Ok(())
 }
 

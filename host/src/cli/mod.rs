@@ -156,7 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => node::status(args),
         Command::Leave(args) => node::leave(args),
         Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
-        Command::Demo { duration, interval } => demo(&runtime()?, duration, interval),
+        Command::Demo { duration, interval } => demo(runtime()?, duration, interval),
         Command::Gossip(args) => gossip::gossip(runtime()?, args),
         Command::QsmMembership(args) => qsm::membership(args),
         Command::Keygen { out } => directory::keygen(out),
@@ -480,8 +480,8 @@ fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
     Ok(())
 }
 
-fn demo(runtime: &Runtime, duration: u64, interval: f64) -> Result<()> {
-    tokio()?.block_on(demo::run(runtime, duration, interval))
+fn demo(runtime: Runtime, duration: u64, interval: f64) -> Result<()> {
+    tokio()?.block_on(demo::run(&std::sync::Arc::new(runtime), duration, interval))
 }
 
 /// The async runtime the network commands run on (two workers: the machine size we

@@ -20,8 +20,8 @@
 //! live gossip hosts for their cards and tries the members hosting the object
 //! before it would found a new group; the mesh handshake authenticates whatever key
 //! a card names, so a lying card costs a failed attempt, nothing more. `lo status`
-//! shows the gossip membership and census. qsm and vsync do not exist yet; they can
-//! take the same cards.
+//! shows the gossip membership and census. qsm finds members through its membership service
+//! instead; vsync does not exist yet.
 //!
 //! Security: with a domain secret ([`core::GossipConfig::secret`], `lo gossip
 //! --secret`) every datagram carries an HMAC-SHA256 tag and only holders of the

@@ -81,8 +81,11 @@ pub struct QsmConfig {
     /// Datagrams are filled with messages up to this many bytes (a larger single
     /// message travels alone).
     pub max_datagram: usize,
-    /// Ring leaders start a token round this often.
+    /// Ring leaders start a token round this often while the ring is idle.
     pub token_interval: Micros,
+    /// ... and this often while the last round saw unacknowledged messages or
+    /// losses (acks then come in tens of milliseconds, so windows drain fast).
+    pub busy_token_interval: Micros,
     /// A round whose token has not come back by then is abandoned.
     pub token_timeout: Micros,
     /// Most unacknowledged messages per stream.
@@ -118,11 +121,12 @@ impl Default for QsmConfig {
     fn default() -> Self {
         QsmConfig {
             max_datagram: 8192,
-            token_interval: 100_000,
+            token_interval: 200_000,
+            busy_token_interval: 10_000,
             token_timeout: 500_000,
             window: 32_768,
-            window_bytes: 32 << 20,
-            initial_rate: 20e6,
+            window_bytes: 8 << 20,
+            initial_rate: 50e6,
             min_rate: 200e3,
             max_rate: 4e9,
             retransmit_after: 1_500_000,
@@ -400,6 +404,10 @@ struct RingState {
     carried: Vec<Nak>,
     /// The last completed round of this ring (when leading it), for the level above.
     summary: Option<(Vec<StreamSummary>, Vec<Nak>)>,
+    /// Whether the last round saw traffic, unacknowledged messages or open naks.
+    busy: bool,
+    /// Per stream, the ack of the last round.
+    acks: BTreeMap<HostNum, u64>,
 }
 
 struct Region {
@@ -437,6 +445,8 @@ impl Region {
                 last_complete: 0,
                 carried: Vec::new(),
                 summary: None,
+                busy: false,
+                acks: BTreeMap::new(),
             })
             .collect();
         Region {
@@ -751,8 +761,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 payload,
             },
         };
+        // Not sent yet: the next `poll_transmit` packs everything multicast since
+        // the last one into as few datagrams as fit (batching without a timer).
         self.enqueue(object, msg);
-        self.flush(now);
         Ok(seq)
     }
 
@@ -778,11 +789,16 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         let credit = self.config.delivery_credit;
         if let Some(o) = self.objects.get_mut(&object) {
             o.credit_used = o.credit_used.saturating_sub(count);
-            drain_holdback(object, o, credit, &mut self.outputs);
+            if o.holdback_len > 0 {
+                drain_holdback(object, o, credit, &mut self.outputs);
+            }
         }
-        self.resume();
+        // Called once per object per batch: with thousands of objects it must cost
+        // next to nothing unless something waits for credit.
+        if self.region.as_ref().is_some_and(|r| !r.stalled.is_empty()) {
+            self.resume();
+        }
         self.check_requests();
-        self.flush(now);
     }
 
     /// The snapshot asked for by [`Output::TakeSnapshot`].
@@ -805,8 +821,13 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         ));
     }
 
-    /// Next datagram to send.
+    /// Next datagram to send. Multicasts made since the last call go out now, as
+    /// many per datagram as fit; call it after a burst of
+    /// [`multicast`](Self::multicast)s, not between them.
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        if self.transmits.is_empty() {
+            self.flush(self.now);
+        }
         self.transmits.pop_front()
     }
 
@@ -1631,7 +1652,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             if ring.in_progress && now >= ring.started + self.config.token_timeout {
                 ring.in_progress = false;
             }
-            if ring.in_progress || now < ring.last_complete + self.config.token_interval {
+            if ring.in_progress || now < ring.last_complete + self.ring_interval(ring) {
                 continue;
             }
             ring.round += 1;
@@ -1712,7 +1733,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 });
             }
             if let Some(own) = self.streams.get(&region.id) {
-                let sent = own.next_seq() - 1;
+                // What has gone out, not what waits for the pacer: peers would ask
+                // for the rest and get it by repair, around the pacing.
+                let sent = own.sent;
                 mine.push(StreamSummary {
                     sender: me,
                     ack: sent,
@@ -1790,6 +1813,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 let have = if nak.sender == me {
                     self.streams
                         .get(&region.id)
+                        .filter(|s| seq <= s.sent)
                         .and_then(|s| s.get(seq))
                         .map(|o| o.msg.clone())
                 } else {
@@ -1861,6 +1885,14 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         }
         let ring = &mut region.rings[index];
         ring.last_complete = now;
+        // Busy: something is missing or unacknowledged, or acks moved this round
+        // (traffic flows, and senders wait for the next ack to open their window).
+        let moved = token
+            .streams
+            .iter()
+            .any(|s| ring.acks.get(&s.sender).is_none_or(|a| s.ack > *a));
+        ring.busy = moved || !token.naks.is_empty() || token.streams.iter().any(|s| s.ack < s.max);
+        ring.acks = token.streams.iter().map(|s| (s.sender, s.ack)).collect();
         let others = ring.role.nodes.len().saturating_sub(1) as u16;
         let (escalated, carried): (Vec<Nak>, Vec<Nak>) =
             token.naks.into_iter().partition(|n| n.visits >= others);
@@ -1907,6 +1939,14 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         }
     }
 
+    fn ring_interval(&self, ring: &RingState) -> Micros {
+        if ring.busy {
+            self.config.busy_token_interval
+        } else {
+            self.config.token_interval
+        }
+    }
+
     /// Tokens go twice: a round crosses every host of a ring, so one lost hop
     /// loses the round (at 5% loss a 25-host ring would lose most rounds); the
     /// copy is dropped by round number.
@@ -1942,7 +1982,8 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
     // ----- sending -----
 
     fn on_ack(&mut self, now: Micros, region: RegionId, ack: Ack) {
-        let interval = self.config.token_interval;
+        // One cut per loss episode: a few busy rounds report it.
+        let interval = 5 * self.config.busy_token_interval;
         let Some(stream) = self.streams.get_mut(&region) else {
             return;
         };
@@ -2145,7 +2186,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 next = next.min(if ring.in_progress {
                     ring.started + self.config.token_timeout
                 } else {
-                    ring.last_complete + self.config.token_interval
+                    ring.last_complete + self.ring_interval(ring)
                 });
             }
         }

@@ -108,11 +108,12 @@ struct Receiver {
     state: UdpSocketState,
 }
 
-/// The data sockets of one host: a unicast socket that sends everything and
-/// receives unicast, and (once the group port is known) a socket receiving the
-/// joined multicast groups.
+/// The data sockets of one host: one receiving unicast (at the address peers
+/// know), one sending everything, and (once the group port is known) one
+/// receiving the joined multicast groups.
 pub struct DataSockets {
     unicast: Receiver,
+    sender: Socket,
     multicast: Option<Receiver>,
     interface: Interface,
     local: SocketAddr,
@@ -155,7 +156,6 @@ impl DataSockets {
             .map_err(io_error("create", data))?;
         socket.bind(&data.into()).map_err(io_error("bind", data))?;
         grow_receive_buffer(&socket);
-        let _ = socket.set_send_buffer_size(RECV_BUFFER);
         let interface = match data.ip() {
             IpAddr::V4(ip) => Interface::V4(ip),
             IpAddr::V6(_) => {
@@ -166,26 +166,39 @@ impl DataSockets {
                 )
             }
         };
-        // Multicast leaves only on the chosen interface, one hop at most.
-        let multicast = match interface {
-            Interface::V4(ip) => socket
-                .set_multicast_if_v4(&ip)
-                .and_then(|_| socket.set_multicast_ttl_v4(1))
-                .and_then(|_| socket.set_multicast_loop_v4(true)),
-            Interface::V6(index) => socket
-                .set_multicast_if_v6(index)
-                .and_then(|_| socket.set_multicast_hops_v6(1))
-                .and_then(|_| socket.set_multicast_loop_v6(true)),
-        };
         let local = socket
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(data);
+        // Sending has a socket of its own: quinn-udp forbids fragmentation on the
+        // sockets it receives with (QUIC's path MTU discovery), and batched qsm
+        // datagrams of 8 KiB need IP fragmentation on 1,500-byte links.
+        let sender = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+            .map_err(io_error("create", data))?;
+        sender
+            .bind(&SocketAddr::new(data.ip(), 0).into())
+            .map_err(io_error("bind", data))?;
+        let _ = sender.set_send_buffer_size(RECV_BUFFER);
+        sender
+            .set_nonblocking(true)
+            .map_err(io_error("set non-blocking", data))?;
+        // Multicast leaves only on the chosen interface, one hop at most.
+        let multicast = match interface {
+            Interface::V4(ip) => sender
+                .set_multicast_if_v4(&ip)
+                .and_then(|_| sender.set_multicast_ttl_v4(1))
+                .and_then(|_| sender.set_multicast_loop_v4(true)),
+            Interface::V6(index) => sender
+                .set_multicast_if_v6(index)
+                .and_then(|_| sender.set_multicast_hops_v6(1))
+                .and_then(|_| sender.set_multicast_loop_v6(true)),
+        };
         // Can this interface receive multicast at all? Join and leave a group.
-        let multicast = multicast.is_ok() && probe(&socket, interface);
+        let multicast = multicast.is_ok() && probe(&sender, interface);
         let sockets = DataSockets {
             unicast: receiver(socket, data)?,
+            sender,
             multicast: None,
             interface,
             local,
@@ -265,10 +278,7 @@ impl DataSockets {
     /// Send one datagram now; if the kernel's buffer is full it is dropped and
     /// counted (the protocol repairs it, and the pacer backs off).
     pub fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
-        // Straight to the kernel: tokio's `try_send_to` refuses until it has seen
-        // the socket writable once.
-        let socket = socket2::SockRef::from(&self.unicast.socket);
-        if socket.send_to(bytes, &to.into()).is_err() {
+        if self.sender.send_to(bytes, &to.into()).is_err() {
             self.send_drops += 1;
         }
     }

@@ -19,9 +19,10 @@ pub(crate) struct Outgoing {
     pub last_sent: Micros,
 }
 
-/// Rate pacing with a token bucket, adapted from the region's reports (AIMD with a
-/// slow start, like TCP's, driven by per-round loss and backlog reports instead
-/// of per-packet acks).
+/// Rate pacing with a token bucket, adapted from the region's reports (like TCP's
+/// slow start and congestion avoidance, driven by per-round loss and backlog
+/// reports instead of per-packet acks): each clean report grows the rate by 25%
+/// (slow start) or 1%, a congested one cuts it by 30%, at most once per interval.
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer {
     /// Bytes per second.
@@ -87,9 +88,9 @@ impl Pacer {
                 self.last_decrease = now;
             }
         } else if self.slow_start {
-            self.rate = (self.rate * 1.5).min(self.max);
+            self.rate = (self.rate * 1.25).min(self.max);
         } else {
-            self.rate = (self.rate * 1.05).min(self.max);
+            self.rate = (self.rate * 1.01).min(self.max);
         }
     }
 }
@@ -392,14 +393,14 @@ mod tests {
     fn pacer_backs_off_on_congestion_and_grows_otherwise() {
         let mut p = Pacer::new(1e6, 1e4, 1e9, 0);
         p.report(false, 0, 100);
-        assert_eq!(p.rate, 1.5e6);
+        assert_eq!(p.rate, 1.25e6);
         p.report(true, 1000, 100);
-        assert_eq!(p.rate, 1.5e6 * 0.7);
+        assert_eq!(p.rate, 1.25e6 * 0.7);
         // A second loss report within the same round does not cut again.
         p.report(true, 1050, 100);
-        assert_eq!(p.rate, 1.5e6 * 0.7);
+        assert_eq!(p.rate, 1.25e6 * 0.7);
         p.report(false, 2000, 100);
-        assert!((p.rate - 1.5e6 * 0.7 * 1.05).abs() < 1e-6);
+        assert!((p.rate - 1.25e6 * 0.7 * 1.01).abs() < 1e-6);
         p.refill(1_000_000, 8192);
         assert!(p.ready());
         p.spend(1_000_000);
