@@ -41,7 +41,10 @@ impl Domain {
             "--key",
             home.path("acme.key").to_str().unwrap(),
         ]));
-        let port = (48_000 + std::process::id() % 8_000).to_string();
+        // A port and domain per test: tests of one binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (48_000 + (std::process::id() * 4 + offset) % 8_000).to_string();
         let mut cmd = home.lo();
         cmd.args(directory.args(&[
             "qsm-membership",
@@ -90,8 +93,13 @@ impl Domain {
     }
 
     fn node(&self, n: usize) -> Daemon {
+        self.node_with(n, &[])
+    }
+
+    fn node_with(&self, n: usize, extra: &[&str]) -> Daemon {
         let mut cmd = self.home.lo();
         cmd.args(self.directory.args(&["node", "--listen", "127.0.0.1:0"]))
+            .args(extra)
             .arg("--key")
             .arg(self.home.path(&format!("n{n}.key")))
             .arg("--control")
@@ -231,4 +239,26 @@ fn nodes_share_a_ticker_over_multicast_survive_a_kill_9_and_refuse_strangers() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("not allowed to join"), "{stderr}");
+}
+
+#[test]
+fn a_host_without_multicast_puts_its_region_on_the_overlay_with_the_same_guarantees() {
+    let d = Domain::start(3);
+    d.publish(TICKER, "open");
+    let _n1 = d.node(1);
+    let _n2 = d.node(2);
+    let _n3 = d.node_with(3, &["--qsm-no-multicast"]);
+    for n in 1..=3 {
+        d.ok(n, &["join", TICKER, "--no-interactive"]);
+    }
+    for n in 1..=3 {
+        d.publish_quotes(n, 1, 15);
+    }
+    eventually(30, "every node applied 45 quotes", || {
+        (1..=3).all(|n| d.count(n) == Some(45))
+    });
+    assert_eq!(d.digest(1), d.digest(3));
+    assert_eq!(d.digest(2), d.digest(3));
+    let status = d.ok(1, &["status"]);
+    assert!(status.contains("3 host(s), ring of 3, overlay"), "{status}");
 }
