@@ -14,7 +14,10 @@
 //!    every later event, exactly once); if no seed answers and `found_if_alone` is
 //!    set, start the group. qsm: ask the domain's membership service (named in the
 //!    record), which admits the host under the same policy, then take a snapshot
-//!    from an older member at a cut (see `crate::qsm::core`).
+//!    from an older member at a cut (see `crate::qsm::core`). vsync: ask a seed
+//!    (the leader admits the host under the same policy; it catches up from the
+//!    log or a snapshot at a view boundary), resume from disk (a durable member
+//!    restarting), or found the group (see `crate::vsync`).
 
 use crate::mesh::group::{Admission, GroupError, GroupHandle, MeshNode};
 use crate::mesh::net::Peer;
@@ -42,7 +45,7 @@ pub struct DriverInfo {
     pub summary: &'static str,
 }
 
-/// The drivers this host provides. (vsync is added when it lands.)
+/// The drivers this host provides.
 pub const DRIVERS: &[DriverInfo] = &[
     DriverInfo {
         name: "mesh",
@@ -72,6 +75,22 @@ pub const DRIVERS: &[DriverInfo] = &[
         ],
         summary: "IP multicast per region, token-ring repair, rate-based flow control; \
                   many objects per host, LAN scale",
+    },
+    DriverInfo {
+        name: "vsync",
+        // Virtual synchrony with consensus: views and the total order are Raft's
+        // log (openraft); `durable` objects keep it on disk and survive the crash
+        // of every member. Links as the mesh's (QUIC, identity certificates).
+        reliability: Reliability::Durable,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "consensus (Raft) on views and order; durable objects survive a crash \
+                  of every member; transactions commit everywhere or nowhere",
     },
     DriverInfo {
         name: "gossip",

@@ -24,3 +24,4 @@ pub mod mesh;
 pub mod node;
 pub mod qsm;
 pub mod runtime;
+pub mod vsync;

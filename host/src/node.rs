@@ -1,5 +1,5 @@
-//! The host daemon (`lo node`): keeps joined objects live on their drivers (mesh
-//! and qsm) and serves a local control API (a Unix socket) to the CLI and
+//! The host daemon (`lo node`): keeps joined objects live on their drivers (mesh,
+//! qsm and vsync) and serves a local control API (a Unix socket) to the CLI and
 //! applications. The qsm driver starts with the first qsm object joined, in the
 //! domain that object's record names (a node takes part in one qsm domain).
 //!
@@ -14,6 +14,7 @@ use crate::mesh::group::{GroupError, GroupHandle, GroupNotice, GroupStatus, Mesh
 use crate::mesh::net::Peer;
 use crate::qsm::driver::{QsmHandle, QsmNode, QsmSettings, QsmStatus};
 use crate::runtime::Runtime;
+use crate::vsync::host::{VsyncHandle, VsyncJoin, VsyncNode};
 use liveobjects_directory::client::Resolver;
 use liveobjects_directory::keys::Identity;
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,8 @@ pub struct ObjectStatus {
     pub events_applied: u64,
     /// Size of its snapshot in bytes.
     pub state_bytes: u64,
+    /// SHA-256 of its snapshot (hex): replicas that applied the same events agree.
+    pub state_digest: String,
 }
 
 /// The daemon's answer.
@@ -151,6 +154,8 @@ pub enum ControlResponse {
         gossip: Option<GossipSummary>,
         /// Its qsm driver, if it runs one.
         qsm: Option<Box<QsmStatus>>,
+        /// Its vsync endpoint's address.
+        vsync_addr: String,
     },
     /// Left.
     Left,
@@ -202,6 +207,8 @@ pub enum Joined {
     Mesh(GroupHandle),
     /// A qsm object.
     Qsm(QsmHandle),
+    /// A vsync object.
+    Vsync(VsyncHandle),
 }
 
 impl Joined {
@@ -210,6 +217,7 @@ impl Joined {
         match self {
             Joined::Mesh(g) => g.call(method, args).await,
             Joined::Qsm(q) => q.call(method, args).await,
+            Joined::Vsync(v) => v.call(method, args).await,
         }
     }
 
@@ -218,6 +226,7 @@ impl Joined {
         match self {
             Joined::Mesh(g) => g.status().await,
             Joined::Qsm(q) => q.status().await,
+            Joined::Vsync(v) => v.status().await,
         }
     }
 
@@ -226,6 +235,7 @@ impl Joined {
         match self {
             Joined::Mesh(g) => g.snapshot().await,
             Joined::Qsm(q) => q.snapshot().await,
+            Joined::Vsync(v) => v.snapshot().await,
         }
     }
 
@@ -234,6 +244,7 @@ impl Joined {
         match self {
             Joined::Mesh(g) => g.subscribe(),
             Joined::Qsm(q) => q.subscribe(),
+            Joined::Vsync(v) => v.subscribe(),
         }
     }
 
@@ -242,6 +253,7 @@ impl Joined {
         match self {
             Joined::Mesh(_) => "mesh",
             Joined::Qsm(_) => "qsm",
+            Joined::Vsync(_) => "vsync",
         }
     }
 }
@@ -265,13 +277,15 @@ pub struct Node {
     gossip: Option<GossipAgent>,
     qsm_launcher: Option<QsmLauncher>,
     qsm: Mutex<Option<Arc<QsmNode>>>,
+    vsync: VsyncNode,
 }
 
 impl Node {
-    /// A daemon over a started mesh node, with a gossip agent for discovery if
-    /// `gossip` is given, and qsm if `qsm` says how to start it.
+    /// A daemon over a started mesh node and vsync endpoint, with a gossip agent
+    /// for discovery if `gossip` is given, and qsm if `qsm` says how to start it.
     pub fn new(
         mesh: MeshNode,
+        vsync: VsyncNode,
         runtime: Arc<Runtime>,
         resolver: Resolver,
         gossip: Option<GossipAgent>,
@@ -279,6 +293,7 @@ impl Node {
     ) -> Arc<Self> {
         Arc::new(Node {
             mesh,
+            vsync,
             runtime,
             resolver,
             objects: Mutex::new(BTreeMap::new()),
@@ -344,6 +359,11 @@ impl Node {
     /// The mesh node.
     pub fn mesh(&self) -> &MeshNode {
         &self.mesh
+    }
+
+    /// The vsync endpoint.
+    pub fn vsync(&self) -> &VsyncNode {
+        &self.vsync
     }
 
     /// Serve the control socket at `path` until the process stops.
@@ -432,7 +452,9 @@ impl Node {
                     let Ok(status) = group.status().await else {
                         continue;
                     };
-                    let state_bytes = group.snapshot().await.map(|s| s.len() as u64).unwrap_or(0);
+                    let snapshot = group.snapshot().await.unwrap_or_default();
+                    let state_digest =
+                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot));
                     objects.push(ObjectStatus {
                         name: name.clone(),
                         driver: group.driver().to_string(),
@@ -444,7 +466,8 @@ impl Node {
                         sequencer: status.sequencer,
                         member: status.member,
                         events_applied: status.events_applied,
-                        state_bytes,
+                        state_bytes: snapshot.len() as u64,
+                        state_digest,
                     });
                 }
                 let gossip = match &self.gossip {
@@ -466,6 +489,7 @@ impl Node {
                     objects,
                     gossip,
                     qsm,
+                    vsync_addr: self.vsync.me().addr.to_string(),
                 }
             }
             ControlRequest::Leave { name } => {
@@ -480,6 +504,7 @@ impl Node {
                             q.leave(&name).await;
                         }
                     }
+                    Joined::Vsync(_) => self.vsync.leave(&name).await,
                 }
                 self.publish_card().await;
                 ControlResponse::Left
@@ -518,6 +543,21 @@ impl Node {
                 join_qsm(&qsm, &self.runtime, &name, &prepared, &options)
                     .await
                     .map(Joined::Qsm)
+            }
+            "vsync" => {
+                let how = VsyncJoin {
+                    seeds: crate::join::seeds(&record),
+                    found_if_alone,
+                    durable: record.object_type.reliability
+                        == liveobjects_directory::record::Reliability::Durable,
+                    policy: record.policy.clone(),
+                    grant: options.grant.clone(),
+                };
+                self.vsync
+                    .join(&self.runtime, &prepared.logic, &name, how)
+                    .await
+                    .map(Joined::Vsync)
+                    .map_err(JoinError::from)
             }
             _ => {
                 // The record's seeds first; if none answers, members gossip knows

@@ -10,6 +10,8 @@ use liveobjects_host::node::{ControlRequest, ControlResponse, Node, QsmLauncher,
 use liveobjects_host::qsm::core::QsmConfig;
 use liveobjects_host::qsm::driver::QsmSettings;
 use liveobjects_host::runtime::Runtime;
+use liveobjects_host::vsync::group::GroupConfig;
+use liveobjects_host::vsync::host::{VsyncNode, VsyncSettings};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +69,18 @@ pub struct NodeArgs {
     /// Never use IP multicast for qsm (regions with this host use the overlay).
     #[arg(long)]
     qsm_no_multicast: bool,
+    /// UDP address of the vsync endpoint (QUIC). Durable members must come back
+    /// on the address they had, since their group remembers it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    vsync_listen: SocketAddr,
+    /// Where durable vsync objects keep their logs (default:
+    /// ~/.local/share/liveobjects/vsync-KEY/).
+    #[arg(long, value_name = "DIR")]
+    vsync_data: Option<PathBuf>,
+    /// A vsync group snapshots its object every this many log entries (and drops
+    /// older entries).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    vsync_snapshot_every: u64,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -115,6 +129,22 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
     let control = args.control.path()?;
     super::tokio()?.block_on(async move {
         let mesh = MeshNode::start(&identity, args.listen, Config::default())?;
+        let vsync_data = match &args.vsync_data {
+            Some(dir) => dir.clone(),
+            None => super::data_dir()?.join(format!("vsync-{}", identity.public())),
+        };
+        let vsync = VsyncNode::start(
+            &identity,
+            args.vsync_listen,
+            VsyncSettings {
+                data_dir: vsync_data,
+                group: GroupConfig {
+                    snapshot_every: args.vsync_snapshot_every.max(1),
+                    ..GroupConfig::default()
+                },
+            },
+        )?;
+        let vsync_me = vsync.me();
         let client = Client::connect(args.target.directory).await?;
         // Each node identity keeps its own version memory (the CLI's, or another
         // node's, may be in use meanwhile).
@@ -145,6 +175,7 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
         };
         let node = Node::new(
             mesh,
+            vsync,
             runtime,
             resolver,
             gossip.as_ref().map(|(agent, _)| agent.clone()),
@@ -152,6 +183,7 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
         );
         let mut out = std::io::stdout();
         let _ = writeln!(out, "node listening on {} key {}", me.addr, me.key);
+        let _ = writeln!(out, "vsync listening on {}", vsync_me.addr);
         if let Some((_, addr)) = &gossip {
             let _ = writeln!(out, "gossip on {addr}");
         }
@@ -275,11 +307,12 @@ pub fn status(args: StatusArgs) -> Result<()> {
         objects,
         gossip,
         qsm,
+        vsync_addr,
     } = expect(answer)?
     else {
         bail!("unexpected answer");
     };
-    println!("node {addr} key {key}");
+    println!("node {addr} key {key}  vsync {vsync_addr}");
     if let Some(g) = gossip {
         println!(
             "gossip {}  {} other live host(s)  census {}",
@@ -298,11 +331,13 @@ pub fn status(args: StatusArgs) -> Result<()> {
     }
     for o in objects {
         println!(
-            "{}  driver {}  {} member(s){}  events applied {}  state {} bytes",
+            "{}  driver {}  {} member(s){}  events applied {}  state {} bytes sha256 {}",
             o.name,
             o.driver,
             o.members.len(),
-            if o.sequencer {
+            if o.sequencer && o.driver == "vsync" {
+                ", leader"
+            } else if o.sequencer {
                 ", sequencer"
             } else if o.member {
                 ""
@@ -310,7 +345,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 ", joining"
             },
             o.events_applied,
-            o.state_bytes
+            o.state_bytes,
+            o.state_digest
         );
         println!("    members: {}", o.members.join(" "));
     }

@@ -77,6 +77,24 @@ pub enum GroupError {
     /// The replica has no state yet (joining).
     #[error("{0} is still joining (waiting for its state)")]
     Joining(String),
+    /// The object refused an update (a transaction): it aborted at every replica
+    /// and changed nothing.
+    #[error("transaction on {object} aborted at every replica: {reason}")]
+    Aborted {
+        /// The object.
+        object: String,
+        /// The object's reason.
+        reason: String,
+    },
+    /// The group could not order or confirm the request in time (for vsync: no
+    /// majority reachable); an update may or may not have committed.
+    #[error("{object}: {reason}")]
+    Unavailable {
+        /// The object.
+        object: String,
+        /// What happened.
+        reason: String,
+    },
     /// The driver or its membership service refused the join.
     #[error("cannot join {object}: {reason}")]
     Refused {

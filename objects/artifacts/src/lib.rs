@@ -15,6 +15,8 @@ pub const SHIPPED: &[(&str, &[u8])] = &[
     ("census", CENSUS_BYTES),
     ("average", AVERAGE_BYTES),
     ("max", MAX_BYTES),
+    ("ledger", LEDGER_BYTES),
+    ("cardtable", CARDTABLE_BYTES),
 ];
 
 /// The bytes of the shipped object called `name`, if there is one.

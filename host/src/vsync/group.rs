@@ -1,0 +1,739 @@
+//! A member's side of one vsync group, over any [`Link`] (QUIC in the host, an
+//! in-process faulty network in the simulations): the Raft instance, its network
+//! client, the handler of requests from other members, joins, leaves, failure
+//! exclusion, writes (forwarded to the leader) and linearizable read barriers.
+
+use super::machine::{Application, Machine};
+use super::store::LogStore;
+use super::types::{Applied, Command, Member, Raft, TypeConfig, node_id};
+use liveobjects_directory::keys::PublicKey;
+use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A request between members of a group.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Raft: replicate entries (and heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Raft: ask for a vote.
+    Vote(VoteRequest<u64>),
+    /// Raft: a chunk of a snapshot.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A host asks to become a member (handled by the leader).
+    Join {
+        /// The joiner.
+        member: Member,
+        /// Its grant, for `grants:` policies.
+        grant: Option<Signed<Grant>>,
+    },
+    /// A member leaves.
+    Leave {
+        /// Who.
+        member: Member,
+    },
+    /// Order and commit a command (handled by the leader).
+    Write(Command),
+    /// The leader's read index (a linearizable read waits until it has applied it).
+    ReadIndex,
+}
+
+/// Why a leader-only request was not served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NotServed {
+    /// Ask the leader instead (if known).
+    #[error("not the leader")]
+    NotLeader(Option<Member>),
+    /// Refused (policy) or failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The answer to an [`Rpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// To [`Rpc::Append`].
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// To [`Rpc::Vote`].
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// To [`Rpc::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// To [`Rpc::Join`] and [`Rpc::Leave`].
+    Membership(Result<(), NotServed>),
+    /// To [`Rpc::Write`].
+    Write(Result<Applied, NotServed>),
+    /// To [`Rpc::ReadIndex`]: the log index to have applied.
+    ReadIndex(Result<u64, NotServed>),
+    /// The receiver does not run this group, or the sender may not talk to it.
+    NoGroup,
+}
+
+/// A transport between members.
+pub trait Link: Clone + Send + Sync + 'static {
+    /// Send `rpc` for `group` to `to` and wait at most `timeout` for the reply.
+    fn call(
+        &self,
+        to: Member,
+        group: &str,
+        rpc: Rpc,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, String>> + Send;
+}
+
+/// Timing of a group.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Leader heartbeat (milliseconds).
+    pub heartbeat_ms: u64,
+    /// Election timeout range (milliseconds).
+    pub election_ms: (u64, u64),
+    /// A voter the leader has not heard from for this long is removed.
+    pub exclude_after: Duration,
+    /// A snapshot is taken every this many entries (and older entries purged).
+    pub snapshot_every: u64,
+    /// How long a write, read barrier or join keeps retrying.
+    pub request_timeout: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            heartbeat_ms: 100,
+            election_ms: (600, 1200),
+            exclude_after: Duration::from_secs(3),
+            snapshot_every: 2000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a group operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupFailure {
+    /// The object refused the command: it aborted at every replica.
+    #[error("the object refused it: {0}")]
+    Refused(String),
+    /// Not done within the time limit (no leader reachable: a minority, or the
+    /// group is still electing).
+    #[error("no leader answered within {0:?} (is a majority of the group up?)")]
+    Timeout(Duration),
+    /// Refused by the group (policy) or failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// When each member was last heard from (by this member's network client).
+#[derive(Clone, Default)]
+struct Liveness(Arc<Mutex<HashMap<u64, Instant>>>);
+
+impl Liveness {
+    fn heard(&self, id: u64) {
+        self.0.lock().expect("liveness").insert(id, Instant::now());
+    }
+
+    fn last(&self, id: u64) -> Option<Instant> {
+        self.0.lock().expect("liveness").get(&id).copied()
+    }
+}
+
+/// openraft's network factory over a [`Link`].
+pub struct Network<L> {
+    link: L,
+    group: String,
+    liveness: Liveness,
+}
+
+/// A client for one target.
+pub struct Client<L> {
+    link: L,
+    group: String,
+    target: u64,
+    member: Member,
+    liveness: Liveness,
+}
+
+impl<L: Link> RaftNetworkFactory<TypeConfig> for Network<L> {
+    type Network = Client<L>;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> Client<L> {
+        Client {
+            link: self.link.clone(),
+            group: self.group.clone(),
+            target,
+            member: *node,
+            liveness: self.liveness.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, Member, RaftError<u64, E>>>;
+
+impl<L: Link> Client<L> {
+    async fn send(&self, rpc: Rpc, option: &RPCOption) -> Result<Reply, Unreachable> {
+        match self
+            .link
+            .call(self.member, &self.group, rpc, option.hard_ttl())
+            .await
+        {
+            Ok(Reply::NoGroup) => Err(Unreachable::new(&std::io::Error::other(
+                "the target does not run this group",
+            ))),
+            Ok(reply) => {
+                // Alive means its Raft answered, not merely its endpoint.
+                if matches!(
+                    reply,
+                    Reply::Append(Ok(_)) | Reply::Vote(Ok(_)) | Reply::Snapshot(Ok(_))
+                ) {
+                    self.liveness.heard(self.target);
+                }
+                Ok(reply)
+            }
+            Err(e) => Err(Unreachable::new(&std::io::Error::other(e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, Member, RaftError<u64, E>> {
+        RPCError::Network(NetworkError::new(&std::io::Error::other(
+            "unexpected reply kind",
+        )))
+    }
+
+    // openraft's error types, as its network trait requires.
+    #[allow(clippy::result_large_err)]
+    fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<u64, E>>) -> RpcResult<T, E> {
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<L: Link> RaftNetwork<TypeConfig> for Client<L> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        match self.send(Rpc::Append(rpc), &option).await? {
+            Reply::Append(r) => self.remote(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        match self.send(Rpc::Snapshot(rpc), &option).await? {
+            Reply::Snapshot(r) => self.remote(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        match self.send(Rpc::Vote(rpc), &option).await? {
+            Reply::Vote(r) => self.remote(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+/// One member's side of a group.
+pub struct Group<A, L> {
+    name: String,
+    me: Member,
+    raft: Raft,
+    machine: Machine<A>,
+    link: L,
+    config: GroupConfig,
+    policy: AccessPolicy,
+    liveness: Liveness,
+    /// This start's incarnation number (random): its commands are numbered from 1.
+    boot: u64,
+    /// The last command number this start used.
+    last_seq: std::sync::atomic::AtomicU64,
+    started: Instant,
+    /// Peers a joining member asked (and leaders they named): until it is in a
+    /// membership config, only they may replicate to it.
+    trusted: Mutex<BTreeSet<PublicKey>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl<A: Application, L: Link> Group<A, L> {
+    /// Start this member's Raft instance for group `name` over `store` and `app`.
+    /// A restarted durable member resumes from its log and snapshot.
+    pub async fn start(
+        name: &str,
+        me: Member,
+        app: A,
+        store: LogStore,
+        link: L,
+        config: GroupConfig,
+        policy: AccessPolicy,
+    ) -> Result<Arc<Self>, String> {
+        let machine = Machine::new(app, store.database())?;
+        let raft_config = Config {
+            cluster_name: name.to_string(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_ms.0,
+            election_timeout_max: config.election_ms.1,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 2,
+            install_snapshot_timeout: 2_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| format!("vsync configuration: {e}"))?;
+        let liveness = Liveness::default();
+        let network = Network {
+            link: link.clone(),
+            group: name.to_string(),
+            liveness: liveness.clone(),
+        };
+        let raft = Raft::new(
+            node_id(&me.key),
+            Arc::new(raft_config),
+            network,
+            store,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| format!("starting raft for {name}: {e}"))?;
+        Ok(Arc::new(Group {
+            name: name.to_string(),
+            me,
+            raft,
+            machine,
+            link,
+            config,
+            policy,
+            liveness,
+            boot: {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| format!("no random source: {e}"))?;
+                u64::from_le_bytes(b)
+            },
+            last_seq: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
+            trusted: Mutex::new(BTreeSet::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This member.
+    pub fn me(&self) -> Member {
+        self.me
+    }
+
+    /// The Raft instance.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated object and what was applied.
+    pub fn machine(&self) -> &Machine<A> {
+        &self.machine
+    }
+
+    /// Start a new group with this member alone.
+    pub async fn found(&self) -> Result<(), GroupFailure> {
+        let members = BTreeMap::from([(node_id(&self.me.key), self.me)]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Already initialized (a restarted durable member): fine.
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(GroupFailure::Failed(e.to_string())),
+        }
+    }
+
+    /// The current voters.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let nodes: BTreeMap<u64, Member> = metrics
+            .membership_config
+            .nodes()
+            .map(|(id, m)| (*id, *m))
+            .collect();
+        metrics
+            .membership_config
+            .voter_ids()
+            .filter_map(|v| nodes.get(&v).copied())
+            .collect()
+    }
+
+    /// Whether this member is a voter now.
+    pub fn is_voter(&self) -> bool {
+        let id = node_id(&self.me.key);
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .any(|v| v == id)
+    }
+
+    /// Whether this member leads the group now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn leader(&self) -> Option<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, m)| *m)
+    }
+
+    /// Ask `contact` (and then the leader it names) to add this member, for at
+    /// most `patience`; returns once it is a voter.
+    pub async fn join(
+        &self,
+        contact: Member,
+        grant: Option<Signed<Grant>>,
+        patience: Duration,
+    ) -> Result<(), GroupFailure> {
+        let deadline = Instant::now() + patience;
+        let mut target = contact;
+        loop {
+            self.trusted.lock().expect("trusted").insert(target.key);
+            let rpc = Rpc::Join {
+                member: self.me,
+                grant: grant.clone(),
+            };
+            match self
+                .link
+                .call(
+                    target,
+                    &self.name,
+                    rpc,
+                    patience.min(Duration::from_secs(5)),
+                )
+                .await
+            {
+                Ok(Reply::Membership(Ok(()))) => return Ok(()),
+                Ok(Reply::Membership(Err(NotServed::NotLeader(Some(l))))) => target = l,
+                Ok(Reply::Membership(Err(NotServed::Failed(reason)))) => {
+                    return Err(GroupFailure::Failed(reason));
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(GroupFailure::Timeout(patience));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Leave the group (the leader removes this member), then stop.
+    pub async fn leave(&self) {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let me = self.me;
+        while Instant::now() < deadline {
+            let reply = match self.leader() {
+                Some(l) if l.key == me.key => Reply::Membership(self.remove(me).await),
+                Some(l) => self
+                    .link
+                    .call(
+                        l,
+                        &self.name,
+                        Rpc::Leave { member: me },
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap_or(Reply::NoGroup),
+                None => Reply::NoGroup,
+            };
+            if matches!(reply, Reply::Membership(Ok(()))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.stop().await;
+    }
+
+    /// Stop this member's Raft instance (as a crash would, without leaving).
+    pub async fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Whether [`stop`](Self::stop) or [`leave`](Self::leave) ran.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn remove(&self, member: Member) -> Result<(), NotServed> {
+        let id = node_id(&member.key);
+        let voters: BTreeSet<u64> = BTreeSet::from([id]);
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(voters), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    async fn add(&self, member: Member, grant: Option<Signed<Grant>>) -> Result<(), NotServed> {
+        Grant::check(
+            &self.policy,
+            &self.name,
+            member.key,
+            grant.as_ref(),
+            liveobjects_directory::server::unix_now(),
+        )
+        .map_err(NotServed::Failed)?;
+        let id = node_id(&member.key);
+        if self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .any(|v| v == id)
+        {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// Serve a request from member (or would-be member) `from`.
+    pub async fn handle(&self, from: Member, rpc: Rpc) -> Reply {
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(_, m)| m.key == from.key);
+        match rpc {
+            Rpc::Join { member, grant } if member.key == from.key => {
+                if !self.is_leader() {
+                    return Reply::Membership(Err(NotServed::NotLeader(self.leader())));
+                }
+                Reply::Membership(self.add(member, grant).await)
+            }
+            // A joiner takes its log from the members it asked.
+            Rpc::Append(req)
+                if !known
+                    && self.trusted.lock().expect("trusted").contains(&from.key)
+                    && req.vote.leader_id().voted_for() == Some(node_id(&from.key)) =>
+            {
+                Reply::Append(self.raft.append_entries(req).await)
+            }
+            Rpc::Snapshot(req)
+                if !known
+                    && self.trusted.lock().expect("trusted").contains(&from.key)
+                    && req.vote.leader_id().voted_for() == Some(node_id(&from.key)) =>
+            {
+                Reply::Snapshot(self.raft.install_snapshot(req).await)
+            }
+            // Everything else only from members, and Raft messages only in the
+            // sender's own name: no outsider can vote, lead or write.
+            _ if !known => Reply::NoGroup,
+            Rpc::Append(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
+                Reply::Append(self.raft.append_entries(req).await)
+            }
+            Rpc::Vote(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
+                Reply::Vote(self.raft.vote(req).await)
+            }
+            Rpc::Snapshot(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
+                Reply::Snapshot(self.raft.install_snapshot(req).await)
+            }
+            Rpc::Leave { member } if member.key == from.key => {
+                if !self.is_leader() {
+                    return Reply::Membership(Err(NotServed::NotLeader(self.leader())));
+                }
+                Reply::Membership(self.remove(member).await)
+            }
+            Rpc::Write(command) => Reply::Write(self.write_here(command).await),
+            Rpc::ReadIndex => Reply::ReadIndex(
+                self.raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|l| l.map(|l| l.index).unwrap_or(0))
+                    .map_err(|e| not_served(&e, |e| e.forward_to_leader())),
+            ),
+            _ => Reply::NoGroup,
+        }
+    }
+
+    async fn write_here(&self, command: Command) -> Result<Applied, NotServed> {
+        self.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// The next sequence number for a command of this member (this start).
+    fn next_seq(&self) -> u64 {
+        self.last_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// Order and commit `payload` as this member's command; returns once it is
+    /// committed and applied here. `Refused` means the object aborted it everywhere.
+    pub async fn submit(&self, timestamp_ms: u64, payload: Vec<u8>) -> Result<(), GroupFailure> {
+        let command = Command {
+            sender: self.me.key.to_string(),
+            boot: self.boot,
+            seq: self.next_seq(),
+            timestamp_ms,
+            payload,
+        };
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let outcome = match self.leader() {
+                Some(l) if l.key == self.me.key => self.write_here(command.clone()).await,
+                Some(l) => match self
+                    .link
+                    .call(
+                        l,
+                        &self.name,
+                        Rpc::Write(command.clone()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(Reply::Write(r)) => r,
+                    _ => Err(NotServed::NotLeader(None)),
+                },
+                None => Err(NotServed::NotLeader(None)),
+            };
+            match outcome {
+                Ok(Applied::Refused(reason)) => return Err(GroupFailure::Refused(reason)),
+                Ok(_) => break,
+                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
+                Err(NotServed::NotLeader(_)) => {
+                    if Instant::now() > deadline {
+                        return Err(GroupFailure::Timeout(self.config.request_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        // Applied here too before returning, so a following read sees it.
+        self.barrier().await
+    }
+
+    /// A linearizable read barrier: returns once this replica has applied every
+    /// entry committed before the call (the leader confirms its leadership).
+    pub async fn barrier(&self) -> Result<(), GroupFailure> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let index = loop {
+            let got = match self.leader() {
+                Some(l) if l.key == self.me.key => self
+                    .raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|l| l.map(|l| l.index).unwrap_or(0))
+                    .map_err(|e| not_served(&e, |e| e.forward_to_leader())),
+                Some(l) => match self
+                    .link
+                    .call(l, &self.name, Rpc::ReadIndex, Duration::from_secs(5))
+                    .await
+                {
+                    Ok(Reply::ReadIndex(r)) => r,
+                    _ => Err(NotServed::NotLeader(None)),
+                },
+                None => Err(NotServed::NotLeader(None)),
+            };
+            match got {
+                Ok(i) => break i,
+                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
+                Err(NotServed::NotLeader(_)) => {
+                    if Instant::now() > deadline {
+                        return Err(GroupFailure::Timeout(self.config.request_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left.max(Duration::from_millis(1))))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| GroupFailure::Timeout(self.config.request_timeout))
+    }
+
+    /// Leader duty, every half second: remove voters not heard from for
+    /// [`GroupConfig::exclude_after`] (bounded exclusion of failed members).
+    pub async fn exclude_silent(&self) {
+        if !self.is_leader() || self.started.elapsed() < self.config.exclude_after {
+            return;
+        }
+        let me = node_id(&self.me.key);
+        let voters: Vec<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect();
+        // Only when what remains is still a majority of the current config;
+        // otherwise nothing could commit the change anyway.
+        let silent: BTreeSet<u64> = voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me)
+            .filter(|v| {
+                self.liveness
+                    .last(*v)
+                    .is_none_or(|t| t.elapsed() > self.config.exclude_after)
+            })
+            .collect();
+        if silent.is_empty() || (voters.len() - silent.len()) * 2 <= voters.len() {
+            return;
+        }
+        tracing::info!("{}: excluding silent members {silent:?}", self.name);
+        let _ = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(silent), false)
+            .await;
+    }
+}
+
+fn not_served<E, F>(e: &RaftError<u64, E>, forward: F) -> NotServed
+where
+    E: std::error::Error,
+    F: Fn(&RaftError<u64, E>) -> Option<&openraft::error::ForwardToLeader<u64, Member>>,
+{
+    match forward(e) {
+        Some(f) => NotServed::NotLeader(f.leader_node),
+        None => NotServed::Failed(e.to_string()),
+    }
+}

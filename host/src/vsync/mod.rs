@@ -1,0 +1,48 @@
+//! The `vsync` driver: virtual synchrony with total order, and durable objects
+//! (QuickSilver's QS/2 role, `DESIGN.md` section 7).
+//!
+//! # How openraft is wired
+//! Each object's group is one Raft cluster (openraft 0.9), and the object's whole
+//! ordered stream is its Raft log, not only its membership:
+//! - **Views** are Raft membership configs. A view change is a log entry, so every
+//!   member that survives from one view to the next delivers the same messages in
+//!   the same order before it, and the flush at a view change is Raft's commit of
+//!   everything before the config entry. The object sees the view at its place in
+//!   the stream ([`machine::Application::view`]).
+//! - **Joins** go to the leader ([`group::Rpc::Join`]), which checks the object's
+//!   access policy, adds the joiner as a learner (it catches up from the log or a
+//!   snapshot: state transfer at a view boundary), then makes it a voter. Leaves
+//!   remove the member; the leader removes voters it has not heard from for
+//!   [`group::GroupConfig::exclude_after`] (bounded exclusion), while a majority
+//!   remains.
+//! - **Messages** are commands ([`types::Command`]) written through the leader
+//!   (followers forward); the state machine ([`machine`]) applies them to the
+//!   sandboxed replica in log order, once each (retries are de-duplicated by the
+//!   sender's sequence number).
+//! - **Transactions**: a command is one operation of the object; it commits at
+//!   every replica or none (Raft), and the object may refuse it at apply time (the
+//!   same at every replica, deterministically): the caller learns commit or abort.
+//!   Total order plus determinism make the execution one-copy serializable.
+//! - **Reads** pass a linearizable barrier first: the leader confirms its
+//!   leadership (openraft's read index) and the replica waits until it has applied
+//!   up to it.
+//! - **Durability** (`durable` objects): the log, vote, committed index and
+//!   latest snapshot live in a redb file per group, every change fsynced before it
+//!   is acknowledged (see [`store`]); after every member is killed, the group
+//!   restarts from disk with exactly the committed state.
+//!
+//! Partitions: only a side with a majority can elect a leader and commit, so two
+//! sides never diverge (what the `mesh` driver does not promise).
+//!
+//! - [`types`]: openraft's type configuration and the log's commands.
+//! - [`store`]: log storage (memory or redb).
+//! - [`machine`]: the state machine over an [`machine::Application`].
+//! - [`group`]: one member's side of a group over a [`group::Link`].
+//! - [`net`]: the QUIC link between members.
+//! - [`host`]: groups over sandboxed replicas, as the node runs them.
+pub mod group;
+pub mod host;
+pub mod machine;
+pub mod net;
+pub mod store;
+pub mod types;

@@ -1,0 +1,354 @@
+//! openraft log storage for a group: in memory (`total-order` objects: the log
+//! survives the crash of a minority) or in a redb file (`durable` objects: it
+//! survives the crash of every member).
+//!
+//! Fsync policy (durable): every call that changes the log, the vote or the
+//! committed index is one redb write transaction committed with
+//! `Durability::Immediate` (redb's default: data and a commit record fsynced)
+//! *before* openraft is told it is done. openraft batches appends, so one fsync
+//! covers many entries (group commit). A member therefore never acknowledges an
+//! entry it could lose, and an entry acknowledged by a majority is committed.
+//! The latest snapshot is kept in the same file (see [`super::machine`]).
+
+use super::types::{Entry, LogId, StorageError, TypeConfig};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+/// Key of the latest snapshot (written by the state machine).
+pub(crate) const SNAPSHOT: &str = "snapshot";
+
+#[derive(Default)]
+struct Memory {
+    log: BTreeMap<u64, Entry>,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
+/// A group's log, shared by openraft's log writer and readers.
+#[derive(Clone)]
+pub struct LogStore {
+    memory: Arc<Mutex<Memory>>,
+    disk: Option<Arc<Database>>,
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding to a Vec cannot fail")
+}
+
+/// Why a durable log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// redb refused the file.
+    #[error("vsync log {path}: {reason}")]
+    Database {
+        /// The file.
+        path: String,
+        /// What redb said.
+        reason: String,
+    },
+}
+
+impl LogStore {
+    /// A log kept in memory only.
+    pub fn memory() -> LogStore {
+        LogStore {
+            memory: Arc::default(),
+            disk: None,
+        }
+    }
+
+    /// A log in the redb file at `path` (created if missing), with what it held
+    /// loaded. The same database keeps the group's latest snapshot.
+    pub fn open(path: &Path) -> Result<LogStore, OpenError> {
+        let fail = |e: &dyn std::fmt::Display| OpenError::Database {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(&e))?;
+        Self::load(db).map_err(|e| fail(&e))
+    }
+
+    /// A durable log whose "disk" is memory (redb's in-memory backend): it
+    /// survives a restart of the group's instance in this process exactly as a
+    /// file survives a crash. For simulations.
+    pub fn simulated_disk() -> Result<LogStore, OpenError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| OpenError::Database {
+                path: "(memory)".into(),
+                reason: e.to_string(),
+            })?;
+        Self::load(db).map_err(|e| OpenError::Database {
+            path: "(memory)".into(),
+            reason: e,
+        })
+    }
+
+    fn load(db: Database) -> Result<LogStore, String> {
+        let fail = |e: &dyn std::fmt::Display| e.to_string();
+        {
+            let tx = db.begin_write().map_err(|e| fail(&e))?;
+            tx.open_table(LOG).map_err(|e| fail(&e))?;
+            tx.open_table(META).map_err(|e| fail(&e))?;
+            tx.commit().map_err(|e| fail(&e))?;
+        }
+        let memory = Self::load_memory(&db)?;
+        Ok(LogStore {
+            memory: Arc::new(Mutex::new(memory)),
+            disk: Some(Arc::new(db)),
+        })
+    }
+
+    fn load_memory(db: &Database) -> Result<Memory, String> {
+        let fail = |e: &dyn std::fmt::Display| e.to_string();
+        let mut memory = Memory::default();
+        {
+            let tx = db.begin_read().map_err(|e| fail(&e))?;
+            let log = tx.open_table(LOG).map_err(|e| fail(&e))?;
+            for row in log.iter().map_err(|e| fail(&e))? {
+                let (index, bytes) = row.map_err(|e| fail(&e))?;
+                let entry: Entry = postcard::from_bytes(bytes.value()).map_err(|e| fail(&e))?;
+                memory.log.insert(index.value(), entry);
+            }
+            let meta = tx.open_table(META).map_err(|e| fail(&e))?;
+            let get = |key: &str| -> Result<Option<Vec<u8>>, String> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| fail(&e))?
+                    .map(|v| v.value().to_vec()))
+            };
+            memory.vote = decode(get(VOTE)?)?;
+            // Committed and purged are stored as `Option<LogId>`.
+            memory.committed = decode::<Option<LogId>>(get(COMMITTED)?)?.flatten();
+            memory.purged = decode::<Option<LogId>>(get(PURGED)?)?.flatten();
+        }
+        Ok(memory)
+    }
+
+    /// The same log, as a new instance would find it after a restart: what was
+    /// written to its database (for a memory-only log: nothing survives).
+    pub fn reopen(&self) -> Result<LogStore, OpenError> {
+        match &self.disk {
+            None => Ok(LogStore::memory()),
+            Some(db) => {
+                let memory = Self::load_memory(db).map_err(|e| OpenError::Database {
+                    path: "(reopened)".into(),
+                    reason: e,
+                })?;
+                Ok(LogStore {
+                    memory: Arc::new(Mutex::new(memory)),
+                    disk: Some(db.clone()),
+                })
+            }
+        }
+    }
+
+    /// The database, if durable (the state machine keeps its snapshot there).
+    pub fn database(&self) -> Option<Arc<Database>> {
+        self.disk.clone()
+    }
+
+    /// Whether this log holds anything (a vote or entries): a member restarting.
+    pub fn has_state(&self) -> bool {
+        let m = self.memory.lock().expect("log lock");
+        m.vote.is_some() || !m.log.is_empty() || m.purged.is_some()
+    }
+
+    // openraft's error type, as its storage traits require.
+    #[allow(clippy::result_large_err)]
+    fn persist(
+        &self,
+        write: impl FnOnce(
+            &mut redb::Table<u64, &[u8]>,
+            &mut redb::Table<&str, &[u8]>,
+        ) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StorageError> {
+        let Some(db) = &self.disk else {
+            return Ok(());
+        };
+        let tx = db.begin_write().map_err(io_write)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(io_write)?;
+            let mut meta = tx.open_table(META).map_err(io_write)?;
+            write(&mut log, &mut meta).map_err(io_write)?;
+        }
+        tx.commit().map_err(io_write)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let m = self
+            .memory
+            .lock()
+            .map_err(|_| io_read(std::io::Error::other("log lock poisoned")))?;
+        Ok(m.log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let m = self.memory.lock().expect("log lock");
+        let last = m.log.values().next_back().map(|e| e.log_id).or(m.purged);
+        Ok(LogState {
+            last_purged_log_id: m.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let bytes = encode(vote);
+        self.persist(|_, meta| meta.insert(VOTE, bytes.as_slice()).map(|_| ()))
+            .map_err(|_| {
+                StorageError::from(StorageIOError::write_vote(&std::io::Error::other("vote")))
+            })?;
+        self.memory.lock().expect("log lock").vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        Ok(self.memory.lock().expect("log lock").vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = encode(&committed);
+        self.persist(|_, meta| meta.insert(COMMITTED, bytes.as_slice()).map(|_| ()))?;
+        self.memory.lock().expect("log lock").committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.memory.lock().expect("log lock").committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
+        let result = self.persist(|log, _| {
+            for (index, bytes) in &encoded {
+                log.insert(*index, bytes.as_slice())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(e);
+        }
+        {
+            let mut m = self.memory.lock().expect("log lock");
+            for e in entries {
+                m.log.insert(e.log_id.index, e);
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let doomed: Vec<u64> = {
+            let m = self.memory.lock().expect("log lock");
+            m.log.range(log_id.index..).map(|(k, _)| *k).collect()
+        };
+        self.persist(|log, _| {
+            for k in &doomed {
+                log.remove(*k)?;
+            }
+            Ok(())
+        })?;
+        let mut m = self.memory.lock().expect("log lock");
+        for k in doomed {
+            m.log.remove(&k);
+        }
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let doomed: Vec<u64> = {
+            let m = self.memory.lock().expect("log lock");
+            m.log.range(..=log_id.index).map(|(k, _)| *k).collect()
+        };
+        let purged = encode(&Some(log_id));
+        self.persist(|log, meta| {
+            for k in &doomed {
+                log.remove(*k)?;
+            }
+            meta.insert(PURGED, purged.as_slice())?;
+            Ok(())
+        })?;
+        let mut m = self.memory.lock().expect("log lock");
+        for k in doomed {
+            m.log.remove(&k);
+        }
+        m.purged = Some(log_id);
+        Ok(())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, String> {
+    bytes
+        .map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// Read a value the state machine stored in the group's database.
+pub(crate) fn read_meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = tx.open_table(META).map_err(|e| e.to_string())?;
+    Ok(meta
+        .get(key)
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value().to_vec()))
+}
+
+/// Store a value in the group's database (one fsynced transaction).
+pub(crate) fn write_meta(db: &Database, key: &str, value: &[u8]) -> Result<(), String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+        meta.insert(key, value).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}

@@ -1,0 +1,106 @@
+//! The types openraft is instantiated with, and the commands of an object's log.
+
+use crate::mesh::net::Peer;
+use liveobjects_directory::keys::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A member as openraft stores it in membership configs: its key and QUIC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The host's public key.
+    pub key: PublicKey,
+    /// Where its vsync endpoint listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Default for Member {
+    fn default() -> Self {
+        Member {
+            key: PublicKey([0; 32]),
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+impl From<Peer> for Member {
+    fn from(p: Peer) -> Self {
+        Member {
+            key: p.key,
+            addr: p.addr,
+        }
+    }
+}
+
+impl From<Member> for Peer {
+    fn from(m: Member) -> Self {
+        Peer {
+            key: m.key,
+            addr: m.addr,
+        }
+    }
+}
+
+/// A host's node id in every group: the first 8 bytes of its key. Two keys
+/// sharing them would collide; with 64 random bits that takes about four billion
+/// members in one group.
+pub fn node_id(key: &PublicKey) -> u64 {
+    u64::from_be_bytes(key.0[..8].try_into().expect("8 bytes"))
+}
+
+/// One entry of an object's ordered log: an event, as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The member that submitted it (its key, hex).
+    pub sender: String,
+    /// The sender's incarnation (random per start): sequence numbers restart with
+    /// each boot, so a command still in flight from before a restart can never be
+    /// mistaken for a new one.
+    pub boot: u64,
+    /// The sender's sequence number within its boot: a retried command (same
+    /// sender, boot and seq) is applied once.
+    pub seq: u64,
+    /// The sender's clock.
+    pub timestamp_ms: u64,
+    /// The object's bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Applied (committed at every replica).
+    Done,
+    /// The object refused it (deterministically, at every replica: the transaction
+    /// aborted and changed nothing).
+    Refused(String),
+    /// Already applied (a retry).
+    Duplicate,
+    /// Not a command (a leader's blank entry or a membership change).
+    Internal,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft configuration of vsync groups.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A group's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// openraft's storage error for our node ids.
+pub type StorageError = openraft::StorageError<u64>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<u64>;
+/// A stored membership config.
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;

@@ -1,0 +1,289 @@
+//! Shipped objects on the vsync driver, in one process with real QUIC links and
+//! sandboxed replicas: the cardtable's slap race has one winner every replica
+//! agrees on; the ledger's refused transfers abort everywhere; a silent member is
+//! excluded in bounded time; a joiner outside the policy is refused; and the type
+//! check refuses durable or total-order objects on drivers that lack them.
+
+use liveobjects_directory::keys::Identity;
+use liveobjects_directory::record::{AccessPolicy, ObjectRecord, Reliability};
+use liveobjects_host::join::{Requirements, check_type};
+use liveobjects_host::mesh::group::GroupError;
+use liveobjects_host::mesh::net::Peer;
+use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use liveobjects_host::vsync::group::GroupConfig;
+use liveobjects_host::vsync::host::{VsyncHandle, VsyncJoin, VsyncNode, VsyncSettings};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Host {
+    node: VsyncNode,
+    _dir: tempfile::TempDir,
+}
+
+fn host() -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let node = VsyncNode::start(
+        &Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        VsyncSettings {
+            data_dir: dir.path().to_path_buf(),
+            group: GroupConfig {
+                exclude_after: Duration::from_secs(2),
+                ..GroupConfig::default()
+            },
+        },
+    )
+    .unwrap();
+    Host { node, _dir: dir }
+}
+
+fn how(seeds: Vec<Peer>, found: bool, policy: AccessPolicy) -> VsyncJoin {
+    VsyncJoin {
+        seeds,
+        found_if_alone: found,
+        durable: true,
+        policy,
+        grant: None,
+    }
+}
+
+/// Three hosts in one group of `object`.
+async fn group_of_three(
+    runtime: &Runtime,
+    logic: &Arc<Logic>,
+    object: &str,
+) -> (Vec<Host>, Vec<VsyncHandle>) {
+    let hosts: Vec<Host> = (0..3).map(|_| host()).collect();
+    let mut handles = vec![
+        hosts[0]
+            .node
+            .join(
+                runtime,
+                logic,
+                object,
+                how(vec![], true, AccessPolicy::Open),
+            )
+            .await
+            .unwrap(),
+    ];
+    for h in &hosts[1..] {
+        let seeds = vec![hosts[0].node.me()];
+        handles.push(
+            h.node
+                .join(
+                    runtime,
+                    logic,
+                    object,
+                    how(seeds, false, AccessPolicy::Open),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    (hosts, handles)
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_agrees_on_who_won_each_slap_race() {
+    let runtime = runtime();
+    let logic = runtime
+        .load_file(liveobjects_objects::CARDTABLE.as_ref())
+        .unwrap();
+    let (_hosts, tables) = group_of_three(&runtime, &logic, "lo://games/table").await;
+    let players = ["ann", "ben", "cat"];
+    for p in players {
+        tables[0].call("sit", &[&format!("{p:?}")]).await.unwrap();
+    }
+    let mut races = 0;
+    for _flip in 0..500 {
+        if races == 5 {
+            break;
+        }
+        tables[races % 3].call("flip", &[]).await.unwrap();
+        if tables[0].call("slappable", &[]).await.unwrap() != ["true"] {
+            continue;
+        }
+        let round = tables[0].call("round", &[]).await.unwrap()[0].clone();
+        // All three players slap the same round at once, each through its host.
+        let slaps: Vec<_> = (0..3)
+            .map(|i| {
+                let table = tables[i].clone();
+                let (player, round) = (format!("{:?}", players[i]), round.clone());
+                tokio::spawn(async move { table.call("slap", &[&player, &round]).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for (i, s) in slaps.into_iter().enumerate() {
+            match s.await.unwrap() {
+                Ok(_) => winners.push(players[i]),
+                Err(GroupError::Aborted { reason, .. }) => {
+                    assert!(reason.contains("already won by"), "{reason}");
+                }
+                Err(e) => panic!("slap failed: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        for t in &tables {
+            assert_eq!(
+                t.call("winner", &[&round]).await.unwrap(),
+                [format!("some({:?})", winners[0])],
+                "a replica disagrees on round {round}"
+            );
+        }
+        races += 1;
+    }
+    assert_eq!(races, 5, "too few slappable rounds in 500 flips");
+    let scores: Vec<_> = {
+        let mut all = Vec::new();
+        for t in &tables {
+            all.push(t.call("scores", &[]).await.unwrap());
+        }
+        all
+    };
+    assert!(scores.iter().all(|s| *s == scores[0]), "{scores:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdraft_aborts_at_every_replica_and_changes_nothing() {
+    let runtime = runtime();
+    let logic = runtime
+        .load_file(liveobjects_objects::LEDGER.as_ref())
+        .unwrap();
+    let (_hosts, ledgers) = group_of_three(&runtime, &logic, "lo://bank/books").await;
+    ledgers[0]
+        .call("open", &["\"alice\"", "100"])
+        .await
+        .unwrap();
+    ledgers[1].call("open", &["\"bob\"", "0"]).await.unwrap();
+    ledgers[2]
+        .call("transfer", &["\"t1\"", "\"alice\"", "\"bob\"", "60"])
+        .await
+        .unwrap();
+    let refused = ledgers[1]
+        .call("transfer", &["\"t2\"", "\"alice\"", "\"bob\"", "60"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GroupError::Aborted { reason, .. } if reason.contains("no overdrafts")),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("lo://bank/books"), "{refused}");
+    for l in &ledgers {
+        assert_eq!(
+            l.call("balance", &["\"alice\""]).await.unwrap(),
+            ["some(40)"]
+        );
+        assert_eq!(l.call("balance", &["\"bob\""]).await.unwrap(), ["some(60)"]);
+        assert_eq!(l.call("applied", &["\"t2\""]).await.unwrap(), ["false"]);
+        assert_eq!(l.call("total", &[]).await.unwrap(), ["100"]);
+    }
+    // A retry of a committed transfer is refused, not applied twice.
+    let again = ledgers[0]
+        .call("transfer", &["\"t1\"", "\"alice\"", "\"bob\"", "10"])
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already applied"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_member_is_excluded_and_the_rest_carry_on() {
+    let runtime = runtime();
+    let logic = runtime
+        .load_file(liveobjects_objects::COUNTER.as_ref())
+        .unwrap();
+    let (hosts, counters) = group_of_three(&runtime, &logic, "lo://x/counter").await;
+    counters[2].call("add", &["1"]).await.unwrap();
+    // Host 2 goes silent without leaving (its endpoint closes, as a crashed
+    // host's would).
+    let silent = hosts[2].node.me().key;
+    hosts[2].node.shutdown().await;
+    let started = Instant::now();
+    loop {
+        let members = counters[0].status().await.unwrap().members;
+        if members.len() == 2 && members.iter().all(|m| m.key != silent) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the silent member was not excluded: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "excluded before it could have been silent for long"
+    );
+    counters[1].call("add", &["2"]).await.unwrap();
+    for c in &counters[..2] {
+        assert_eq!(c.call("get", &[]).await.unwrap(), ["3"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_outside_the_policy_is_refused_and_gets_no_state() {
+    let runtime = runtime();
+    let logic = runtime
+        .load_file(liveobjects_objects::COUNTER.as_ref())
+        .unwrap();
+    let founder = host();
+    let outsider = host();
+    let policy = AccessPolicy::Keys(vec![founder.node.me().key]);
+    let counter = founder
+        .node
+        .join(
+            &runtime,
+            &logic,
+            "lo://x/private",
+            how(vec![], true, policy.clone()),
+        )
+        .await
+        .unwrap();
+    counter.call("add", &["5"]).await.unwrap();
+    let refused = outsider
+        .node
+        .join(
+            &runtime,
+            &logic,
+            "lo://x/private",
+            how(vec![founder.node.me()], false, policy),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is not among the keys allowed"),
+        "{refused}"
+    );
+    assert_eq!(counter.status().await.unwrap().members.len(), 1);
+}
+
+fn record(driver: &str, reliability: Reliability) -> ObjectRecord {
+    let mut r = ObjectRecord::new("lo://bank/ledger", 1, b"logic", 0, 60);
+    r.driver.name = driver.to_string();
+    r.object_type.reliability = reliability;
+    r
+}
+
+#[test]
+fn durable_objects_are_refused_on_drivers_without_durability() {
+    let none = Requirements::default();
+    for driver in ["mesh", "qsm"] {
+        let e = check_type(&record(driver, Reliability::Durable), &none).unwrap_err();
+        assert!(
+            e.contains("needs durable delivery") && e.contains(driver),
+            "{driver}: {e}"
+        );
+    }
+    let e = check_type(&record("qsm", Reliability::TotalOrder), &none).unwrap_err();
+    assert!(e.contains("needs total-order delivery"), "{e}");
+    assert!(check_type(&record("vsync", Reliability::Durable), &none).is_ok());
+    // A joiner that requires durability refuses a record that does not offer it.
+    let durable: Requirements = "durable".parse().unwrap();
+    let e = check_type(&record("vsync", Reliability::TotalOrder), &durable).unwrap_err();
+    assert!(e.contains("you require durable"), "{e}");
+}

@@ -1,0 +1,713 @@
+//! Simulation of vsync groups: real openraft instances and our storage, state
+//! machine and group logic, over an in-process network with seeded loss, latency,
+//! partitions and crashes, under tokio's paused clock (a minute of group time
+//! takes about a second). Each seed runs a safety phase with faults, then a
+//! liveness phase without them that requires the group to heal; then each
+//! invariant is checked on its own (`check_*` below, one property each).
+//!
+//! The fault schedule and workload derive from the seed (`VSYNC_SEED=n` replays
+//! one schedule); openraft's election jitter comes from its own random source, so
+//! a replay follows the same faults, not always the same elections.
+
+use liveobjects_directory::keys::PublicKey;
+use liveobjects_directory::record::AccessPolicy;
+use liveobjects_host::vsync::group::{Group, GroupConfig, GroupFailure, Link, Reply, Rpc};
+use liveobjects_host::vsync::machine::{Application, GroupView};
+use liveobjects_host::vsync::store::LogStore;
+use liveobjects_host::vsync::types::{Command, Member};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A command's identity as a client knows it: (payload tag).
+type CommandId = u64;
+
+/// What one node observed, across its restarts (the test's record, not state).
+#[derive(Default)]
+struct Trace {
+    /// (log index, command id) applied, in the order applied (replays after a
+    /// restart appear again, at the same index).
+    applied: Vec<(u64, CommandId)>,
+    /// (log index, command id) the object refused.
+    refused: Vec<(u64, CommandId)>,
+    /// Views by log index.
+    views: BTreeMap<u64, Vec<u64>>,
+}
+
+/// The replicated model: the ordered list of commands applied (its snapshot is
+/// the whole list). A command whose id is a multiple of 7 is refused by the
+/// object (a deterministic abort).
+#[derive(Default, Serialize, Deserialize, Clone)]
+struct ModelState {
+    applied: Vec<(u64, CommandId)>,
+}
+
+struct ModelApp {
+    state: ModelState,
+    trace: Arc<Mutex<Trace>>,
+}
+
+fn id_of(command: &Command) -> CommandId {
+    u64::from_le_bytes(command.payload[..8].try_into().expect("8-byte payload"))
+}
+
+fn refused_by_object(id: CommandId) -> bool {
+    id.is_multiple_of(7)
+}
+
+impl Application for ModelApp {
+    fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
+        self.state = match snapshot {
+            None => ModelState::default(),
+            Some(b) => postcard::from_bytes(b).map_err(|e| e.to_string())?,
+        };
+        Ok(())
+    }
+
+    fn apply(&mut self, index: u64, command: &Command) -> Result<(), String> {
+        let id = id_of(command);
+        if refused_by_object(id) {
+            self.trace.lock().unwrap().refused.push((index, id));
+            return Err(format!("command {id} refused"));
+        }
+        self.state.applied.push((index, id));
+        self.trace.lock().unwrap().applied.push((index, id));
+        Ok(())
+    }
+
+    fn view(&mut self, view: &GroupView) {
+        let members = view
+            .members
+            .iter()
+            .map(|m| liveobjects_host::vsync::types::node_id(&m.key))
+            .collect();
+        self.trace.lock().unwrap().views.insert(view.id, members);
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        postcard::to_allocvec(&self.state).unwrap()
+    }
+}
+
+type SimGroup = Group<ModelApp, SimLink>;
+
+#[derive(Default)]
+struct Faults {
+    loss_percent: u64,
+    /// Partition side of each node (nodes on different sides cannot talk).
+    side: HashMap<PublicKey, u8>,
+}
+
+struct Net {
+    rng: Mutex<Rng>,
+    faults: Mutex<Faults>,
+    nodes: Mutex<HashMap<PublicKey, Arc<SimGroup>>>,
+}
+
+impl Net {
+    fn connected(&self, a: &PublicKey, b: &PublicKey) -> bool {
+        let f = self.faults.lock().unwrap();
+        f.side.get(a).copied().unwrap_or(0) == f.side.get(b).copied().unwrap_or(0)
+    }
+
+    fn lost(&self) -> bool {
+        let loss = self.faults.lock().unwrap().loss_percent;
+        self.rng.lock().unwrap().chance(loss)
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_millis(1 + self.rng.lock().unwrap().below(15))
+    }
+}
+
+#[derive(Clone)]
+struct SimLink {
+    me: Member,
+    net: Arc<Net>,
+}
+
+impl Link for SimLink {
+    async fn call(
+        &self,
+        to: Member,
+        _group: &str,
+        rpc: Rpc,
+        timeout: Duration,
+    ) -> Result<Reply, String> {
+        let net = self.net.clone();
+        let me = self.me;
+        let attempt = async move {
+            tokio::time::sleep(net.delay()).await;
+            if !net.connected(&me.key, &to.key) || net.lost() {
+                return None;
+            }
+            let target = net.nodes.lock().unwrap().get(&to.key).cloned()?;
+            let reply = target.handle(me, rpc).await;
+            tokio::time::sleep(net.delay()).await;
+            if !net.connected(&me.key, &to.key) || net.lost() {
+                return None;
+            }
+            Some(reply)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                tokio::time::sleep(timeout).await;
+                Err("lost".into())
+            }
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+/// How a client's submission ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    Refused,
+    Unknown,
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    config: GroupConfig,
+    /// Every node ever started: its member, store and trace.
+    nodes: BTreeMap<u64, (Member, LogStore, Arc<Mutex<Trace>>)>,
+    /// Nodes down now (crashed, not restarted).
+    down: BTreeSet<u64>,
+    /// Nodes crashed for good (in-memory groups lose their log).
+    gone: BTreeSet<u64>,
+    durable: bool,
+    outcomes: Arc<Mutex<BTreeMap<CommandId, Outcome>>>,
+    faults: FaultCount,
+}
+
+/// How many faults a run injected (so a run that injected none is noticed).
+#[derive(Debug, Default, Clone, Copy)]
+struct FaultCount {
+    partitions: u64,
+    crashes: u64,
+    whole_group_crashes: u64,
+    joins: u64,
+}
+
+fn member(i: u64) -> Member {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&(i + 1).to_be_bytes());
+    key[31] = 0xAA;
+    Member {
+        key: PublicKey(key),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+    }
+}
+
+const GROUP: &str = "lo://sim/object";
+
+impl Cluster {
+    fn new(seed: u64, durable: bool) -> Cluster {
+        Cluster {
+            net: Arc::new(Net {
+                rng: Mutex::new(Rng(seed)),
+                faults: Mutex::default(),
+                nodes: Mutex::default(),
+            }),
+            config: GroupConfig {
+                heartbeat_ms: 50,
+                election_ms: (300, 600),
+                exclude_after: Duration::from_secs(3),
+                snapshot_every: 40,
+                request_timeout: Duration::from_secs(5),
+            },
+            nodes: BTreeMap::new(),
+            down: BTreeSet::new(),
+            gone: BTreeSet::new(),
+            durable,
+            outcomes: Arc::default(),
+            faults: FaultCount::default(),
+        }
+    }
+
+    fn group(&self, i: u64) -> Option<Arc<SimGroup>> {
+        let key = self.nodes.get(&i)?.0.key;
+        self.net.nodes.lock().unwrap().get(&key).cloned()
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|i| !self.down.contains(i) && !self.gone.contains(i))
+            .collect()
+    }
+
+    async fn start(&mut self, i: u64) -> Arc<SimGroup> {
+        let m = member(i);
+        let restarting = self.nodes.contains_key(&i);
+        let (store, trace) = match self.nodes.get(&i) {
+            Some((_, store, trace)) => (store.reopen().unwrap(), trace.clone()),
+            None => {
+                let store = if self.durable {
+                    LogStore::simulated_disk().unwrap()
+                } else {
+                    LogStore::memory()
+                };
+                (store, Arc::default())
+            }
+        };
+        let app = ModelApp {
+            state: ModelState::default(),
+            trace: trace.clone(),
+        };
+        let link = SimLink {
+            me: m,
+            net: self.net.clone(),
+        };
+        let group = Group::start(
+            GROUP,
+            m,
+            app,
+            store.clone(),
+            link,
+            self.config.clone(),
+            AccessPolicy::Open,
+        )
+        .await
+        .unwrap();
+        self.net.nodes.lock().unwrap().insert(m.key, group.clone());
+        self.nodes.insert(i, (m, store, trace));
+        self.down.remove(&i);
+        if restarting {
+            // As the host does: a restarted member asks to be re-admitted, in case
+            // it was excluded while down.
+            let rejoining = group.clone();
+            let contact = member((i + 1) % NODES);
+            tokio::spawn(async move {
+                let _ = rejoining.join(contact, None, Duration::from_secs(5)).await;
+            });
+        }
+        group
+    }
+
+    /// The leaders' duty every tick: exclude members silent for too long.
+    async fn exclude_silent(&self) {
+        for i in self.live() {
+            if let Some(g) = self.group(i) {
+                g.exclude_silent().await;
+            }
+        }
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        self.live()
+            .into_iter()
+            .filter(|i| self.group(*i).is_some_and(|g| g.is_voter()))
+            .collect()
+    }
+
+    async fn crash(&mut self, i: u64) {
+        let key = self.nodes[&i].0.key;
+        let group = self.net.nodes.lock().unwrap().remove(&key);
+        if let Some(g) = group {
+            g.stop().await;
+        }
+        self.down.insert(i);
+        if !self.durable {
+            self.gone.insert(i);
+        }
+    }
+
+    /// A client submits command `id` through node `i` (in the background).
+    fn submit(&self, i: u64, id: CommandId) {
+        let Some(group) = self.group(i) else { return };
+        let outcomes = self.outcomes.clone();
+        outcomes.lock().unwrap().insert(id, Outcome::Unknown);
+        tokio::spawn(async move {
+            let outcome = match group.submit(id, id.to_le_bytes().to_vec()).await {
+                Ok(()) => Outcome::Committed,
+                Err(GroupFailure::Refused(_)) => Outcome::Refused,
+                Err(_) => Outcome::Unknown,
+            };
+            outcomes.lock().unwrap().insert(id, outcome);
+        });
+    }
+
+    fn applied_index(&self, i: u64) -> u64 {
+        self.group(i)
+            .and_then(|g| g.machine().state().lock().unwrap().applied())
+            .map_or(0, |l| l.index)
+    }
+
+    fn state(&self, i: u64) -> ModelState {
+        self.group(i)
+            .map(|g| g.machine().state().lock().unwrap().app.state.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Everything one seed produced, for the checks.
+struct Run {
+    seed: u64,
+    traces: BTreeMap<u64, Arc<Mutex<Trace>>>,
+    finals: BTreeMap<u64, ModelState>,
+    outcomes: BTreeMap<CommandId, Outcome>,
+    healed: Result<(), String>,
+    faults: FaultCount,
+}
+
+const NODES: u64 = 5;
+
+async fn scenario(seed: u64, durable: bool) -> Run {
+    let mut c = Cluster::new(seed, durable);
+    let mut rng = Rng(seed ^ 0x5EED);
+    // Form the group: node 0 founds, the others join through it.
+    let first = c.start(0).await;
+    first.found().await.unwrap();
+    for i in 1..NODES {
+        let g = c.start(i).await;
+        g.join(member(0), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let mut next_id: CommandId = 1;
+    let mut next_node = NODES;
+    // Safety phase: 30 s of faults and load.
+    for _tick in 0..60 {
+        for _ in 0..4 {
+            let live = c.live();
+            let at = live[rng.below(live.len() as u64) as usize];
+            c.submit(at, next_id);
+            next_id += 1;
+        }
+        match rng.below(20) {
+            0 => {
+                // Partition: a random split in two.
+                let mut f = c.net.faults.lock().unwrap();
+                f.side.clear();
+                for (m, _, _) in c.nodes.values() {
+                    f.side.insert(m.key, rng.below(2) as u8);
+                }
+                c.faults.partitions += 1;
+            }
+            1 | 2 => c.net.faults.lock().unwrap().side.clear(),
+            3 => c.net.faults.lock().unwrap().loss_percent = rng.below(25),
+            4 => {
+                // Crash a node (in-memory groups: for good, at most two).
+                let live = c.live();
+                if live.len() > 3 && (durable || c.gone.len() < 2) {
+                    let victim = live[rng.below(live.len() as u64) as usize];
+                    c.crash(victim).await;
+                    c.faults.crashes += 1;
+                }
+            }
+            5 if durable => {
+                if let Some(&i) = c.down.iter().next() {
+                    c.start(i).await;
+                }
+            }
+            6 if !durable && c.nodes.len() < 8 => {
+                // Churn: a new host joins through a random live member.
+                let live = c.live();
+                let contact = live[rng.below(live.len() as u64) as usize];
+                let g = c.start(next_node).await;
+                let contact = member(contact);
+                tokio::spawn(async move {
+                    let _ = g.join(contact, None, Duration::from_secs(5)).await;
+                });
+                next_node += 1;
+                c.faults.joins += 1;
+            }
+            7 if durable && rng.chance(30) => {
+                // The whole group crashes, then comes back.
+                for i in c.live() {
+                    c.crash(i).await;
+                }
+                c.faults.whole_group_crashes += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for i in c.down.clone() {
+                    c.start(i).await;
+                }
+            }
+            _ => {}
+        }
+        c.exclude_silent().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Liveness phase: faults removed, crashed durable members restarted.
+    {
+        let mut f = c.net.faults.lock().unwrap();
+        f.side.clear();
+        f.loss_percent = 0;
+    }
+    for i in c.down.clone() {
+        if !c.gone.contains(&i) {
+            c.start(i).await;
+        }
+    }
+    for _ in 0..20 {
+        c.exclude_silent().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every voter must commit new work and catch up.
+    let mut healed = Ok(());
+    let mut finale: Vec<(u64, CommandId)> = Vec::new();
+    for i in c.voters() {
+        while refused_by_object(next_id) {
+            next_id += 1;
+        }
+        finale.push((i, next_id));
+        next_id += 1;
+    }
+    for &(i, id) in &finale {
+        c.submit(i, id);
+    }
+    let mut converged = false;
+    for _ in 0..120 {
+        c.exclude_silent().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let outcomes = c.outcomes.lock().unwrap().clone();
+        let done = finale
+            .iter()
+            .all(|(_, id)| outcomes.get(id) == Some(&Outcome::Committed));
+        let voters = c.voters();
+        let indexes: BTreeSet<u64> = voters.iter().map(|i| c.applied_index(*i)).collect();
+        if done && indexes.len() == 1 && !voters.is_empty() {
+            converged = true;
+            break;
+        }
+    }
+    if !converged {
+        let outcomes = c.outcomes.lock().unwrap().clone();
+        healed = Err(format!(
+            "not healed after the faults stopped: finale {:?}, applied {:?}",
+            finale
+                .iter()
+                .map(|(i, id)| (i, outcomes.get(id)))
+                .collect::<Vec<_>>(),
+            c.live()
+                .iter()
+                .map(|i| (*i, c.applied_index(*i)))
+                .collect::<Vec<_>>()
+        ));
+    }
+    let finals = c.voters().into_iter().map(|i| (i, c.state(i))).collect();
+    let traces = c
+        .nodes
+        .iter()
+        .map(|(i, (_, _, t))| (*i, t.clone()))
+        .collect();
+    let outcomes = c.outcomes.lock().unwrap().clone();
+    for i in c.live() {
+        c.crash(i).await;
+    }
+    Run {
+        seed,
+        traces,
+        finals,
+        outcomes,
+        healed,
+        faults: c.faults,
+    }
+}
+
+/// Agreement on order: no two replicas ever applied different commands (or one
+/// applied and one refused) at the same log position.
+fn check_order_agreement(run: &Run) -> Result<(), String> {
+    let mut at: BTreeMap<u64, (CommandId, bool, u64)> = BTreeMap::new();
+    for (node, trace) in &run.traces {
+        let t = trace.lock().unwrap();
+        let entries = t
+            .applied
+            .iter()
+            .map(|e| (e, true))
+            .chain(t.refused.iter().map(|e| (e, false)));
+        for (&(index, id), ok) in entries {
+            match at.get(&index) {
+                Some(&(other, other_ok, by)) if (other, other_ok) != (id, ok) => {
+                    return Err(format!(
+                        "position {index}: node {node} has command {id} ({ok}), \
+                         node {by} has {other} ({other_ok})"
+                    ));
+                }
+                _ => {
+                    at.insert(index, (id, ok, *node));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// No duplicates: a command is at one log position only, and a final state holds
+/// each command once.
+fn check_no_duplicates(run: &Run) -> Result<(), String> {
+    let mut position: BTreeMap<CommandId, u64> = BTreeMap::new();
+    for (node, trace) in &run.traces {
+        for &(index, id) in &trace.lock().unwrap().applied {
+            if let Some(&p) = position.get(&id)
+                && p != index
+            {
+                return Err(format!(
+                    "command {id} applied at positions {p} and {index} (node {node})"
+                ));
+            }
+            position.insert(id, index);
+        }
+    }
+    for (node, state) in &run.finals {
+        let mut seen = BTreeSet::new();
+        for (_, id) in &state.applied {
+            if !seen.insert(*id) {
+                return Err(format!(
+                    "node {node}'s final state holds command {id} twice"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// View agreement: every replica that installed the view at a log position
+/// installed the same members.
+fn check_view_agreement(run: &Run) -> Result<(), String> {
+    let mut views: BTreeMap<u64, (Vec<u64>, u64)> = BTreeMap::new();
+    for (node, trace) in &run.traces {
+        for (id, members) in &trace.lock().unwrap().views {
+            match views.get(id) {
+                Some((other, by)) if other != members => {
+                    return Err(format!(
+                        "view {id}: node {node} has {members:?}, node {by} has {other:?}"
+                    ));
+                }
+                _ => {
+                    views.insert(*id, (members.clone(), *node));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Durability: every command a client saw committed is in every final replica,
+/// every command refused is in none, and all final replicas are identical.
+fn check_durability(run: &Run) -> Result<(), String> {
+    let mut reference: Option<(&u64, &ModelState)> = None;
+    for (node, state) in &run.finals {
+        let held: BTreeSet<CommandId> = state.applied.iter().map(|(_, id)| *id).collect();
+        for (id, outcome) in &run.outcomes {
+            match outcome {
+                Outcome::Committed if !held.contains(id) => {
+                    return Err(format!("node {node} lost acknowledged command {id}"));
+                }
+                Outcome::Refused if held.contains(id) => {
+                    return Err(format!("node {node} holds command {id}, which was refused"));
+                }
+                _ => {}
+            }
+        }
+        match reference {
+            None => reference = Some((node, state)),
+            Some((by, other)) if other.applied != state.applied => {
+                return Err(format!("final states of nodes {by} and {node} differ"));
+            }
+            _ => {}
+        }
+    }
+    if run.finals.is_empty() {
+        return Err("no replica survived to the end".into());
+    }
+    Ok(())
+}
+
+fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
+    match std::env::var("VSYNC_SEED") {
+        Ok(s) => vec![s.parse().expect("VSYNC_SEED is a number")],
+        Err(_) => default.collect(),
+    }
+}
+
+fn run_seeds(durable: bool, seeds: Vec<u64>) {
+    let mut failures = Vec::new();
+    let mut committed = 0;
+    let mut refused = 0;
+    let mut faults = FaultCount::default();
+    for seed in seeds {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let run = runtime.block_on(scenario(seed, durable));
+        faults.partitions += run.faults.partitions;
+        faults.crashes += run.faults.crashes;
+        faults.whole_group_crashes += run.faults.whole_group_crashes;
+        faults.joins += run.faults.joins;
+        committed += run
+            .outcomes
+            .values()
+            .filter(|o| **o == Outcome::Committed)
+            .count();
+        refused += run
+            .outcomes
+            .values()
+            .filter(|o| **o == Outcome::Refused)
+            .count();
+        for (name, check) in [
+            ("order agreement", check_order_agreement(&run)),
+            ("no duplicates", check_no_duplicates(&run)),
+            ("view agreement", check_view_agreement(&run)),
+            ("durability", check_durability(&run)),
+            ("liveness", run.healed.clone()),
+        ] {
+            if let Err(e) = check {
+                failures.push(format!("seed {}: {name}: {e}", run.seed));
+            }
+        }
+    }
+    println!("{committed} commands committed, {refused} refused by the object; faults {faults:?}");
+    assert!(committed > 0, "no command committed at all");
+    assert!(
+        faults.partitions > 0 && faults.crashes > 0,
+        "no faults injected"
+    );
+    if durable {
+        assert!(
+            faults.whole_group_crashes > 0,
+            "the whole group never crashed"
+        );
+    } else {
+        assert!(faults.joins > 0, "no host joined during the faults");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn total_order_groups_agree_under_partitions_loss_and_churn() {
+    run_seeds(false, seeds(0..60));
+}
+
+#[test]
+fn durable_groups_keep_every_acknowledged_command_across_whole_group_crashes() {
+    run_seeds(true, seeds(100..160));
+}
