@@ -251,24 +251,37 @@ async fn jetstream(n: usize) -> Option<JetStream> {
 struct JsClient {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
+    /// This connection's own reply subjects (`{inbox}.*`): acknowledgements for
+    /// other connections never arrive here.
+    inbox: String,
 }
+
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 impl JsClient {
     async fn connect(port: u16) -> JsClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (r, w) = stream.into_split();
+        let inbox = format!("_INBOX.c{}", CONNECTIONS.fetch_add(1, Ordering::SeqCst));
         let mut c = JsClient {
             reader: BufReader::new(r),
             writer: w,
+            inbox,
         };
         let mut info = String::new();
         c.reader.read_line(&mut info).await.unwrap();
-        c.writer
-            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.> 1\r\n")
-            .await
-            .unwrap();
+        let hello = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {}.* 1\r\n",
+            c.inbox
+        );
+        c.writer.write_all(hello.as_bytes()).await.unwrap();
         c
+    }
+
+    /// The reply subject for request `n` of this connection.
+    fn reply_to(&self, n: impl std::fmt::Display) -> String {
+        format!("{}.{n}", self.inbox)
     }
 
     async fn publish(&mut self, subject: &str, reply: &str, payload: &[u8]) {
@@ -302,7 +315,8 @@ impl JsClient {
 
     /// A JetStream API request; the answer's JSON.
     async fn request(&mut self, subject: &str, body: &str) -> String {
-        self.publish(subject, "_INBOX.api", body.as_bytes()).await;
+        let reply = self.reply_to("api");
+        self.publish(subject, &reply, body.as_bytes()).await;
         tokio::time::timeout(Duration::from_secs(5), self.next())
             .await
             .unwrap_or_else(|_| "{\"error\":\"timeout\"}".into())
@@ -356,11 +370,13 @@ async fn nats_jetstream(
             let mut acked = 0;
             while acked < share {
                 while sent < share && sent - acked < per_conn {
-                    c.publish(&subject, &format!("_INBOX.{sent}"), &payload)
-                        .await;
+                    let reply = c.reply_to(sent);
+                    c.publish(&subject, &reply, &payload).await;
                     sent += 1;
                 }
-                let ack = c.next().await;
+                let ack = tokio::time::timeout(Duration::from_secs(10), c.next())
+                    .await
+                    .expect("JetStream acknowledged nothing for 10 s");
                 assert!(!ack.contains("\"error\""), "JetStream refused: {ack}");
                 acked += 1;
             }
@@ -374,8 +390,11 @@ async fn nats_jetstream(
     let mut latencies = Vec::with_capacity(pings);
     for i in 0..pings {
         let t = Instant::now();
-        c.publish(&subject, &format!("_INBOX.p{i}"), &payload).await;
-        c.next().await;
+        let reply = c.reply_to(i);
+        c.publish(&subject, &reply, &payload).await;
+        tokio::time::timeout(Duration::from_secs(10), c.next())
+            .await
+            .expect("JetStream acknowledged nothing for 10 s");
         latencies.push(t.elapsed());
     }
     latencies.sort();

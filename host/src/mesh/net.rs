@@ -112,6 +112,8 @@ pub struct Transport<F: WireFrame = Frame> {
     me: Peer,
     client_config: quinn::ClientConfig,
     links: Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>,
+    /// The latest connection each peer dialed to us.
+    incoming: Mutex<HashMap<PublicKey, quinn::Connection>>,
     frames: std::marker::PhantomData<fn() -> F>,
 }
 
@@ -208,9 +210,10 @@ impl<F: WireFrame> Transport<F> {
             },
             client_config,
             links: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
             frames: std::marker::PhantomData,
         });
-        tokio::spawn(accept_loop(endpoint, inbound));
+        tokio::spawn(accept_loop(endpoint, inbound, Arc::downgrade(&transport)));
         Ok(transport)
     }
 
@@ -257,6 +260,27 @@ impl<F: WireFrame> Transport<F> {
             tx
         });
         let _ = link.try_send(bytes);
+    }
+
+    /// A peer dialed us again while its previous connection still looked alive:
+    /// it restarted (a crashed process never closes its connections). Our own
+    /// link to it then points at the dead process and would stay silent until
+    /// the idle timeout, so drop it; the next frame dials afresh.
+    fn peer_redialed(&self, key: PublicKey, connection: &quinn::Connection) {
+        let previous = self
+            .incoming
+            .lock()
+            .expect("incoming lock")
+            .insert(key, connection.clone());
+        if let Some(old) = previous
+            && old.close_reason().is_none()
+        {
+            old.close(3u32.into(), b"superseded by a new connection");
+            self.links
+                .lock()
+                .expect("links lock")
+                .retain(|peer, _| peer.key != key);
+        }
     }
 
     /// Stop: close every connection.
@@ -314,9 +338,14 @@ async fn writer<F: WireFrame>(
     }
 }
 
-async fn accept_loop<F: WireFrame>(endpoint: quinn::Endpoint, inbound: mpsc::Sender<Inbound<F>>) {
+async fn accept_loop<F: WireFrame>(
+    endpoint: quinn::Endpoint,
+    inbound: mpsc::Sender<Inbound<F>>,
+    transport: std::sync::Weak<Transport<F>>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let inbound = inbound.clone();
+        let transport = transport.clone();
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else {
                 return;
@@ -325,6 +354,9 @@ async fn accept_loop<F: WireFrame>(endpoint: quinn::Endpoint, inbound: mpsc::Sen
                 connection.close(1u32.into(), b"no ed25519 certificate");
                 return;
             };
+            if let Some(t) = transport.upgrade() {
+                t.peer_redialed(key, &connection);
+            }
             let remote = connection.remote_address();
             while let Ok(stream) = connection.accept_uni().await {
                 let inbound = inbound.clone();

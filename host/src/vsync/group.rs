@@ -9,7 +9,8 @@ use super::types::{Applied, Command, Member, Raft, TypeConfig, node_id};
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ChangeMembershipError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError,
+    RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -72,8 +73,8 @@ pub enum Reply {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// To [`Rpc::Join`] and [`Rpc::Leave`].
     Membership(Result<(), NotServed>),
-    /// To [`Rpc::Write`].
-    Write(Result<Applied, NotServed>),
+    /// To [`Rpc::Write`]: the command's log position and what applying it did.
+    Write(Result<(u64, Applied), NotServed>),
     /// To [`Rpc::ReadIndex`]: the log index to have applied.
     ReadIndex(Result<u64, NotServed>),
     /// The receiver does not run this group, or the sender may not talk to it.
@@ -486,14 +487,36 @@ impl<A: Application, L: Link> Group<A, L> {
         self.stopped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Run a membership change, again while another is still in progress (one
+    /// at a time is Raft's rule; joins and exclusions may overlap).
+    async fn change_membership<F, Fut>(&self, change: F) -> Result<(), NotServed>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), RaftError<u64, ClientWriteError<u64, Member>>>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            match change().await {
+                Ok(()) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(not_served(&e, |e| e.forward_to_leader())),
+            }
+        }
+    }
+
     async fn remove(&self, member: Member) -> Result<(), NotServed> {
-        let id = node_id(&member.key);
-        let voters: BTreeSet<u64> = BTreeSet::from([id]);
-        self.raft
-            .change_membership(ChangeMembers::RemoveVoters(voters), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+        let voters: BTreeSet<u64> = BTreeSet::from([node_id(&member.key)]);
+        self.change_membership(|| async {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(voters.clone()), false)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     async fn add(&self, member: Member, grant: Option<Signed<Grant>>) -> Result<(), NotServed> {
@@ -516,15 +539,17 @@ impl<A: Application, L: Link> Group<A, L> {
         {
             return Ok(());
         }
-        self.raft
-            .add_learner(id, member, true)
-            .await
-            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+        self.change_membership(|| async {
+            self.raft.add_learner(id, member, true).await.map(|_| ())
+        })
+        .await?;
+        self.change_membership(|| async {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Serve a request from member (or would-be member) `from`.
@@ -588,11 +613,11 @@ impl<A: Application, L: Link> Group<A, L> {
         }
     }
 
-    async fn write_here(&self, command: Command) -> Result<Applied, NotServed> {
+    async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
         self.raft
             .client_write(command)
             .await
-            .map(|r| r.data)
+            .map(|r| (r.log_id.index, r.data))
             .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
     }
 
@@ -614,7 +639,7 @@ impl<A: Application, L: Link> Group<A, L> {
             payload,
         };
         let deadline = Instant::now() + self.config.request_timeout;
-        loop {
+        let index = loop {
             let outcome = match self.leader() {
                 Some(l) if l.key == self.me.key => self.write_here(command.clone()).await,
                 Some(l) => match self
@@ -633,8 +658,8 @@ impl<A: Application, L: Link> Group<A, L> {
                 None => Err(NotServed::NotLeader(None)),
             };
             match outcome {
-                Ok(Applied::Refused(reason)) => return Err(GroupFailure::Refused(reason)),
-                Ok(_) => break,
+                Ok((_, Applied::Refused(reason))) => return Err(GroupFailure::Refused(reason)),
+                Ok((index, _)) => break index,
                 Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
                 Err(NotServed::NotLeader(_)) => {
                     if Instant::now() > deadline {
@@ -643,9 +668,20 @@ impl<A: Application, L: Link> Group<A, L> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        }
-        // Applied here too before returning, so a following read sees it.
-        self.barrier().await
+        };
+        // Applied here too before returning, so a following read here sees it
+        // (the entry is committed, so waiting for it needs no leader round).
+        self.applied_up_to(index, deadline).await
+    }
+
+    async fn applied_up_to(&self, index: u64, deadline: Instant) -> Result<(), GroupFailure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left.max(Duration::from_millis(1))))
+            .applied_index_at_least(Some(index), "applied here")
+            .await
+            .map(|_| ())
+            .map_err(|_| GroupFailure::Timeout(self.config.request_timeout))
     }
 
     /// A linearizable read barrier: returns once this replica has applied every
@@ -681,13 +717,7 @@ impl<A: Application, L: Link> Group<A, L> {
                 }
             }
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(left.max(Duration::from_millis(1))))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|_| GroupFailure::Timeout(self.config.request_timeout))
+        self.applied_up_to(index, deadline).await
     }
 
     /// Leader duty, every half second: remove voters not heard from for
