@@ -287,3 +287,61 @@ fn durable_objects_are_refused_on_drivers_without_durability() {
     let e = check_type(&record("vsync", Reliability::TotalOrder), &durable).unwrap_err();
     assert!(e.contains("you require durable"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_durable_log_is_refused_with_its_file_named() {
+    let runtime = runtime();
+    let logic = runtime
+        .load_file(liveobjects_objects::COUNTER.as_ref())
+        .unwrap();
+    let h = host();
+    let path = h.node.log_path("lo://x/kept");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, vec![0x5Au8; 8192]).unwrap();
+    let e = h
+        .node
+        .join(
+            &runtime,
+            &logic,
+            "lo://x/kept",
+            how(vec![], true, AccessPolicy::Open),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&path.display().to_string()),
+        "the error does not name the file: {e}"
+    );
+}
+
+proptest::proptest! {
+    /// Whatever bytes arrive, decoding a vsync frame fails cleanly or succeeds.
+    #[test]
+    fn vsync_frames_decode_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let _ = postcard::from_bytes::<liveobjects_host::vsync::net::VsyncFrame>(&bytes);
+    }
+
+    /// A valid frame with one byte changed decodes or fails cleanly too.
+    #[test]
+    fn flipped_vsync_frames_decode_or_fail_without_panicking(at in 0usize..200, byte in proptest::num::u8::ANY) {
+        use liveobjects_host::vsync::group::Rpc;
+        use liveobjects_host::vsync::net::{Body, VsyncFrame};
+        use liveobjects_host::vsync::types::Command;
+        let frame = VsyncFrame {
+            from: Peer { key: Identity::from_secret([7; 32]).public(), addr: "127.0.0.1:9".parse().unwrap() },
+            group: "lo://x/y".into(),
+            id: 42,
+            body: Body::Request(Rpc::Write(Command {
+                sender: "me".into(),
+                boot: 1,
+                seq: 2,
+                timestamp_ms: 3,
+                payload: vec![1, 2, 3, 4],
+            })),
+        };
+        let mut bytes = postcard::to_allocvec(&frame).unwrap();
+        let at = at % bytes.len();
+        bytes[at] = byte;
+        let _ = postcard::from_bytes::<VsyncFrame>(&bytes);
+    }
+}
