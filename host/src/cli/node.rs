@@ -312,7 +312,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
     else {
         bail!("unexpected answer");
     };
-    println!("node {addr} key {key}  vsync {vsync_addr}");
+    println!("node {addr} key {key}");
+    println!("vsync {vsync_addr}");
     if let Some(g) = gossip {
         println!(
             "gossip {}  {} other live host(s)  census {}",
