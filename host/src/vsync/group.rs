@@ -602,13 +602,7 @@ impl<A: Application, L: Link> Group<A, L> {
                 Reply::Membership(self.remove(member).await)
             }
             Rpc::Write(command) => Reply::Write(self.write_here(command).await),
-            Rpc::ReadIndex => Reply::ReadIndex(
-                self.raft
-                    .ensure_linearizable()
-                    .await
-                    .map(|l| l.map(|l| l.index).unwrap_or(0))
-                    .map_err(|e| not_served(&e, |e| e.forward_to_leader())),
-            ),
+            Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),
             _ => Reply::NoGroup,
         }
     }
@@ -628,6 +622,54 @@ impl<A: Application, L: Link> Group<A, L> {
             + 1
     }
 
+    async fn read_index_here(&self) -> Result<u64, NotServed> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|l| l.map(|l| l.index).unwrap_or(0))
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// Have the leader serve a request: `here` if this member leads, else `rpc`
+    /// sent to the leader it knows (`answer` picks the reply); again while no
+    /// leader serves it, until `deadline`.
+    async fn at_leader<T, H, F>(
+        &self,
+        deadline: Instant,
+        here: H,
+        rpc: impl Fn() -> Rpc,
+        answer: fn(Reply) -> Option<Result<T, NotServed>>,
+    ) -> Result<T, GroupFailure>
+    where
+        H: Fn() -> F,
+        F: Future<Output = Result<T, NotServed>>,
+    {
+        loop {
+            let got = match self.leader() {
+                Some(l) if l.key == self.me.key => here().await,
+                Some(l) => match self
+                    .link
+                    .call(l, &self.name, rpc(), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(reply) => answer(reply).unwrap_or(Err(NotServed::NotLeader(None))),
+                    Err(_) => Err(NotServed::NotLeader(None)),
+                },
+                None => Err(NotServed::NotLeader(None)),
+            };
+            match got {
+                Ok(value) => return Ok(value),
+                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
+                Err(NotServed::NotLeader(_)) => {
+                    if Instant::now() > deadline {
+                        return Err(GroupFailure::Timeout(self.config.request_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// Order and commit `payload` as this member's command; returns once it is
     /// committed and applied here. `Refused` means the object aborted it everywhere.
     pub async fn submit(&self, timestamp_ms: u64, payload: Vec<u8>) -> Result<(), GroupFailure> {
@@ -639,36 +681,20 @@ impl<A: Application, L: Link> Group<A, L> {
             payload,
         };
         let deadline = Instant::now() + self.config.request_timeout;
-        let index = loop {
-            let outcome = match self.leader() {
-                Some(l) if l.key == self.me.key => self.write_here(command.clone()).await,
-                Some(l) => match self
-                    .link
-                    .call(
-                        l,
-                        &self.name,
-                        Rpc::Write(command.clone()),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                {
-                    Ok(Reply::Write(r)) => r,
-                    _ => Err(NotServed::NotLeader(None)),
+        let (index, applied) = self
+            .at_leader(
+                deadline,
+                || self.write_here(command.clone()),
+                || Rpc::Write(command.clone()),
+                |reply| match reply {
+                    Reply::Write(r) => Some(r),
+                    _ => None,
                 },
-                None => Err(NotServed::NotLeader(None)),
-            };
-            match outcome {
-                Ok((_, Applied::Refused(reason))) => return Err(GroupFailure::Refused(reason)),
-                Ok((index, _)) => break index,
-                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
-                Err(NotServed::NotLeader(_)) => {
-                    if Instant::now() > deadline {
-                        return Err(GroupFailure::Timeout(self.config.request_timeout));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
+            )
+            .await?;
+        if let Applied::Refused(reason) = applied {
+            return Err(GroupFailure::Refused(reason));
+        }
         // Applied here too before returning, so a following read here sees it
         // (the entry is committed, so waiting for it needs no leader round).
         self.applied_up_to(index, deadline).await
@@ -688,35 +714,17 @@ impl<A: Application, L: Link> Group<A, L> {
     /// entry committed before the call (the leader confirms its leadership).
     pub async fn barrier(&self) -> Result<(), GroupFailure> {
         let deadline = Instant::now() + self.config.request_timeout;
-        let index = loop {
-            let got = match self.leader() {
-                Some(l) if l.key == self.me.key => self
-                    .raft
-                    .ensure_linearizable()
-                    .await
-                    .map(|l| l.map(|l| l.index).unwrap_or(0))
-                    .map_err(|e| not_served(&e, |e| e.forward_to_leader())),
-                Some(l) => match self
-                    .link
-                    .call(l, &self.name, Rpc::ReadIndex, Duration::from_secs(5))
-                    .await
-                {
-                    Ok(Reply::ReadIndex(r)) => r,
-                    _ => Err(NotServed::NotLeader(None)),
+        let index = self
+            .at_leader(
+                deadline,
+                || self.read_index_here(),
+                || Rpc::ReadIndex,
+                |reply| match reply {
+                    Reply::ReadIndex(r) => Some(r),
+                    _ => None,
                 },
-                None => Err(NotServed::NotLeader(None)),
-            };
-            match got {
-                Ok(i) => break i,
-                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
-                Err(NotServed::NotLeader(_)) => {
-                    if Instant::now() > deadline {
-                        return Err(GroupFailure::Timeout(self.config.request_timeout));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
+            )
+            .await?;
         self.applied_up_to(index, deadline).await
     }
 

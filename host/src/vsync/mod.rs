@@ -19,17 +19,21 @@
 //!   (followers forward); the state machine ([`machine`]) applies them to the
 //!   sandboxed replica in log order, once each (retries are de-duplicated by the
 //!   sender's sequence number).
-//! - **Transactions**: a command is one operation of the object; it commits at
-//!   every replica or none (Raft), and the object may refuse it at apply time (the
-//!   same at every replica, deterministically): the caller learns commit or abort.
-//!   Total order plus determinism make the execution one-copy serializable.
+//! - **Transactions**: an update method's multicast is one command; it commits
+//!   at every replica or none (Raft), and the object may refuse it at apply time
+//!   (the same at every replica, deterministically): the caller learns commit or
+//!   abort. Total order plus determinism make the execution one-copy
+//!   serializable. Retries are applied once ((sender, boot, seq) de-duplication
+//!   in the state machine), and a retry of a refused command learns the refusal.
 //! - **Reads** pass a linearizable barrier first: the leader confirms its
 //!   leadership (openraft's read index) and the replica waits until it has applied
-//!   up to it.
-//! - **Durability** (`durable` objects): the log, vote, committed index and
-//!   latest snapshot live in a redb file per group, every change fsynced before it
-//!   is acknowledged (see [`store`]); after every member is killed, the group
-//!   restarts from disk with exactly the committed state.
+//!   up to it. A write is acknowledged once committed and applied at the member
+//!   that submitted it (so a following read there sees it).
+//! - **Durability** (`durable` objects): the log, vote and latest snapshot live
+//!   in a redb file per group; appends are group-committed by a writer thread
+//!   and acknowledged to openraft only after their fsync (see [`store`] for the
+//!   policy); after every member is killed, the group restarts from disk with
+//!   exactly the committed state.
 //!
 //! Partitions: only a side with a majority can elect a leader and commit, so two
 //! sides never diverge (what the `mesh` driver does not promise).
@@ -40,6 +44,12 @@
 //! - [`group`]: one member's side of a group over a [`group::Link`].
 //! - [`net`]: the QUIC link between members.
 //! - [`host`]: groups over sandboxed replicas, as the node runs them.
+//!
+//! Tests: `host/tests/vsync_simulation.rs` (real openraft groups over a seeded
+//! faulty network under a paused clock, one check per invariant),
+//! `host/tests/vsync_objects.rs` (shipped objects over QUIC in one process),
+//! `host/tests/vsync_processes.rs` (five `lo node` processes, kill -9, a
+//! linearizability check of the clients' history); `host/benches/vsync.rs`.
 pub mod group;
 pub mod host;
 pub mod machine;
