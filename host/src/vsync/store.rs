@@ -2,17 +2,13 @@
 //! survives the crash of a minority) or in a redb file (`durable` objects: it
 //! survives the crash of every member).
 //!
-//! Fsync policy (durable): every change is queued, in order, to one writer
-//! thread per log, which commits whatever has queued up as one redb write
-//! transaction (group commit: one fsync for many entries; redb's
-//! `Durability::Immediate` fsyncs data and commit record). openraft learns that
-//! appended entries are durable only from the flush callback, after that
-//! commit, so a member never acknowledges an entry it could lose, and an entry
-//! acknowledged by a majority is committed. Votes, truncations and purges wait
-//! for their commit before returning. The committed index alone is written
-//! without an fsync of its own (losing it only means re-applying less at
-//! restart; it rides on the next fsync). The latest snapshot is kept in the
-//! same file (see [`super::machine`]).
+//! Fsync policy (durable): every call that changes the log, the vote or the
+//! committed index is one redb write transaction committed with
+//! `Durability::Immediate` (redb's default: data and a commit record fsynced)
+//! *before* openraft is told it is done. openraft batches appends, so one fsync
+//! covers many entries (group commit). A member therefore never acknowledges an
+//! entry it could lose, and an entry acknowledged by a majority is committed.
+//! The latest snapshot is kept in the same file (see [`super::machine`]).
 
 use super::types::{Entry, LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -45,103 +41,6 @@ struct Memory {
 pub struct LogStore {
     memory: Arc<Mutex<Memory>>,
     disk: Option<Arc<Database>>,
-    writer: Option<Writer>,
-}
-
-/// Who commits a durable log's changes.
-#[derive(Clone)]
-enum Writer {
-    /// A thread that commits whatever has queued up together (files).
-    Thread(std::sync::mpsc::Sender<Job>),
-    /// The caller, at once, one change per commit: for simulations under a
-    /// paused clock, where waiting on another thread would let the clock run.
-    Inline(Arc<Database>),
-}
-
-/// One change to the log's file.
-enum DiskOp {
-    Put(u64, Vec<u8>),
-    Remove(u64),
-    Meta(&'static str, Vec<u8>),
-}
-
-/// Who waits for a batch of changes to be on disk.
-enum Done {
-    /// openraft's append callback.
-    Flushed(LogFlushed<TypeConfig>),
-    /// A caller blocked until the commit.
-    Wait(std::sync::mpsc::SyncSender<Result<(), String>>),
-}
-
-struct Job {
-    ops: Vec<DiskOp>,
-    /// Needs an fsync (everything but the committed index).
-    durable: bool,
-    done: Done,
-}
-
-/// Jobs committed together at most (bounds one transaction's size).
-const MAX_BATCH: usize = 4096;
-
-/// The writer thread: commits what has queued up as one transaction, then tells
-/// every waiter. Ends when the log (every clone) is dropped.
-fn write_jobs(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_and_tell(&db, batch);
-    }
-}
-
-/// Commit `batch` as one transaction, then tell every waiter how it went.
-fn commit_and_tell(db: &Database, batch: Vec<Job>) {
-    let durable = batch.iter().any(|j| j.durable);
-    let result = commit_batch(db, &batch, durable);
-    if let Err(e) = &result {
-        tracing::error!("vsync log write failed: {e}");
-    }
-    for job in batch {
-        match job.done {
-            Done::Flushed(callback) => {
-                callback.log_io_completed(result.clone().map_err(std::io::Error::other))
-            }
-            Done::Wait(reply) => {
-                let _ = reply.send(result.clone());
-            }
-        }
-    }
-}
-
-fn commit_batch(db: &Database, batch: &[Job], durable: bool) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| e.to_string();
-    let mut tx = db.begin_write().map_err(|e| fail(&e))?;
-    if !durable {
-        tx.set_durability(redb::Durability::None)
-            .map_err(|e| fail(&e))?;
-    }
-    {
-        let mut log = tx.open_table(LOG).map_err(|e| fail(&e))?;
-        let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
-        for op in batch.iter().flat_map(|j| &j.ops) {
-            match op {
-                DiskOp::Put(index, bytes) => {
-                    log.insert(*index, bytes.as_slice()).map_err(|e| fail(&e))?;
-                }
-                DiskOp::Remove(index) => {
-                    log.remove(*index).map_err(|e| fail(&e))?;
-                }
-                DiskOp::Meta(key, bytes) => {
-                    meta.insert(*key, bytes.as_slice()).map_err(|e| fail(&e))?;
-                }
-            }
-        }
-    }
-    tx.commit().map_err(|e| fail(&e))
 }
 
 fn io_write(e: impl std::error::Error + 'static) -> StorageError {
@@ -175,7 +74,6 @@ impl LogStore {
         LogStore {
             memory: Arc::default(),
             disk: None,
-            writer: None,
         }
     }
 
@@ -190,7 +88,7 @@ impl LogStore {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
         let db = Database::create(path).map_err(|e| fail(&e))?;
-        Self::load(db, true).map_err(|e| fail(&e))
+        Self::load(db).map_err(|e| fail(&e))
     }
 
     /// A durable log whose "disk" is memory (redb's in-memory backend): it
@@ -203,13 +101,13 @@ impl LogStore {
                 path: "(memory)".into(),
                 reason: e.to_string(),
             })?;
-        Self::load(db, false).map_err(|e| OpenError::Database {
+        Self::load(db).map_err(|e| OpenError::Database {
             path: "(memory)".into(),
             reason: e,
         })
     }
 
-    fn load(db: Database, threaded: bool) -> Result<LogStore, String> {
+    fn load(db: Database) -> Result<LogStore, String> {
         let fail = |e: &dyn std::fmt::Display| e.to_string();
         {
             let tx = db.begin_write().map_err(|e| fail(&e))?;
@@ -218,27 +116,10 @@ impl LogStore {
             tx.commit().map_err(|e| fail(&e))?;
         }
         let memory = Self::load_memory(&db)?;
-        Ok(Self::over(Arc::new(db), memory, threaded))
-    }
-
-    /// A log over `db` holding `memory`, with its writer thread if `threaded`.
-    fn over(db: Arc<Database>, memory: Memory, threaded: bool) -> LogStore {
-        let writer = if threaded {
-            let (writer, jobs) = std::sync::mpsc::channel();
-            let thread_db = db.clone();
-            std::thread::Builder::new()
-                .name("vsync-log".into())
-                .spawn(move || write_jobs(thread_db, jobs))
-                .expect("spawning the vsync log writer");
-            Writer::Thread(writer)
-        } else {
-            Writer::Inline(db.clone())
-        };
-        LogStore {
+        Ok(LogStore {
             memory: Arc::new(Mutex::new(memory)),
-            disk: Some(db),
-            writer: Some(writer),
-        }
+            disk: Some(Arc::new(db)),
+        })
     }
 
     fn load_memory(db: &Database) -> Result<Memory, String> {
@@ -277,8 +158,10 @@ impl LogStore {
                     path: "(reopened)".into(),
                     reason: e,
                 })?;
-                let threaded = matches!(self.writer, Some(Writer::Thread(_)));
-                Ok(Self::over(db.clone(), memory, threaded))
+                Ok(LogStore {
+                    memory: Arc::new(Mutex::new(memory)),
+                    disk: Some(db.clone()),
+                })
             }
         }
     }
@@ -294,40 +177,25 @@ impl LogStore {
         m.vote.is_some() || !m.log.is_empty() || m.purged.is_some()
     }
 
-    /// Queue `ops` for the disk (nothing for a memory-only log).
-    fn queue(&self, ops: Vec<DiskOp>, durable: bool, done: Done) {
-        match &self.writer {
-            Some(Writer::Thread(writer)) => {
-                if let Err(std::sync::mpsc::SendError(job)) =
-                    writer.send(Job { ops, durable, done })
-                    && let Done::Flushed(callback) = job.done
-                {
-                    callback.log_io_completed(Err(std::io::Error::other("log writer stopped")));
-                }
-            }
-            Some(Writer::Inline(db)) => commit_and_tell(db, vec![Job { ops, durable, done }]),
-            None => {
-                if let Done::Flushed(callback) = done {
-                    callback.log_io_completed(Ok(()));
-                }
-            }
-        }
-    }
-
-    /// Queue `ops` and wait until they are committed.
     // openraft's error type, as its storage traits require.
     #[allow(clippy::result_large_err)]
-    fn write(&self, ops: Vec<DiskOp>, durable: bool) -> Result<(), StorageError> {
-        if self.writer.is_none() {
+    fn persist(
+        &self,
+        write: impl FnOnce(
+            &mut redb::Table<u64, &[u8]>,
+            &mut redb::Table<&str, &[u8]>,
+        ) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StorageError> {
+        let Some(db) = &self.disk else {
             return Ok(());
+        };
+        let tx = db.begin_write().map_err(io_write)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(io_write)?;
+            let mut meta = tx.open_table(META).map_err(io_write)?;
+            write(&mut log, &mut meta).map_err(io_write)?;
         }
-        let (reply, committed) = std::sync::mpsc::sync_channel(1);
-        self.queue(ops, durable, Done::Wait(reply));
-        match committed.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io_write(std::io::Error::other(e))),
-            Err(_) => Err(io_write(std::io::Error::other("log writer stopped"))),
-        }
+        tx.commit().map_err(io_write)
     }
 }
 
@@ -361,8 +229,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.write(vec![DiskOp::Meta(VOTE, encode(vote))], true)
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        let bytes = encode(vote);
+        self.persist(|_, meta| meta.insert(VOTE, bytes.as_slice()).map(|_| ()))
+            .map_err(|_| {
+                StorageError::from(StorageIOError::write_vote(&std::io::Error::other("vote")))
+            })?;
         self.memory.lock().expect("log lock").vote = Some(*vote);
         Ok(())
     }
@@ -372,15 +243,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not waited for and not fsynced by itself: a committed index lost in a
-        // crash only means re-applying less from disk at restart.
+        let bytes = encode(&committed);
+        self.persist(|_, meta| meta.insert(COMMITTED, bytes.as_slice()).map(|_| ()))?;
         self.memory.lock().expect("log lock").committed = committed;
-        let (reply, _) = std::sync::mpsc::sync_channel(1);
-        self.queue(
-            vec![DiskOp::Meta(COMMITTED, encode(&committed))],
-            false,
-            Done::Wait(reply),
-        );
         Ok(())
     }
 
@@ -397,47 +262,68 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Readable at once (replication may send entries before they are
-        // durable here); acknowledged by the callback once they are.
-        let mut ops = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
+        let result = self.persist(|log, _| {
+            for (index, bytes) in &encoded {
+                log.insert(*index, bytes.as_slice())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(e);
+        }
         {
             let mut m = self.memory.lock().expect("log lock");
             for e in entries {
-                if self.writer.is_some() {
-                    ops.push(DiskOp::Put(e.log_id.index, encode(&e)));
-                }
                 m.log.insert(e.log_id.index, e);
             }
         }
-        self.queue(ops, true, Done::Flushed(callback));
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let doomed: Vec<u64> = {
-            let mut m = self.memory.lock().expect("log lock");
-            let doomed: Vec<u64> = m.log.range(log_id.index..).map(|(k, _)| *k).collect();
-            for k in &doomed {
-                m.log.remove(k);
-            }
-            doomed
+            let m = self.memory.lock().expect("log lock");
+            m.log.range(log_id.index..).map(|(k, _)| *k).collect()
         };
-        self.write(doomed.into_iter().map(DiskOp::Remove).collect(), true)
+        self.persist(|log, _| {
+            for k in &doomed {
+                log.remove(*k)?;
+            }
+            Ok(())
+        })?;
+        let mut m = self.memory.lock().expect("log lock");
+        for k in doomed {
+            m.log.remove(&k);
+        }
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let doomed: Vec<u64> = {
-            let mut m = self.memory.lock().expect("log lock");
-            let doomed: Vec<u64> = m.log.range(..=log_id.index).map(|(k, _)| *k).collect();
-            for k in &doomed {
-                m.log.remove(k);
-            }
-            m.purged = Some(log_id);
-            doomed
+            let m = self.memory.lock().expect("log lock");
+            m.log.range(..=log_id.index).map(|(k, _)| *k).collect()
         };
-        let mut ops: Vec<DiskOp> = doomed.into_iter().map(DiskOp::Remove).collect();
-        ops.push(DiskOp::Meta(PURGED, encode(&Some(log_id))));
-        self.write(ops, true)
+        let purged = encode(&Some(log_id));
+        self.persist(|log, meta| {
+            for k in &doomed {
+                log.remove(*k)?;
+            }
+            meta.insert(PURGED, purged.as_slice())?;
+            Ok(())
+        })?;
+        let mut m = self.memory.lock().expect("log lock");
+        for k in doomed {
+            m.log.remove(&k);
+        }
+        m.purged = Some(log_id);
+        Ok(())
     }
 }
 
