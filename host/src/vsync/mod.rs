@@ -29,11 +29,12 @@
 //!   leadership (openraft's read index) and the replica waits until it has applied
 //!   up to it. A write is acknowledged once committed and applied at the member
 //!   that submitted it (so a following read there sees it).
-//! - **Durability** (`durable` objects): the log, vote and latest snapshot live
-//!   in a redb file per group; appends are group-committed by a writer thread
-//!   and acknowledged to openraft only after their fsync (see [`store`] for the
-//!   policy); after every member is killed, the group restarts from disk with
-//!   exactly the committed state.
+//! - **Durability** (`durable` objects): the log, vote, committed index and
+//!   latest snapshot live in a redb file per group, every change fsynced before
+//!   `append` (or the vote) returns, since openraft 0.9 acknowledges entries to
+//!   the leader when `append` returns (see [`store`] for the policy); after
+//!   every member is killed, the group restarts from disk with exactly the
+//!   committed state.
 //!
 //! Partitions: only a side with a majority can elect a leader and commit, so two
 //! sides never diverge (what the `mesh` driver does not promise).
