@@ -142,13 +142,6 @@ impl<A> MachineState<A> {
     pub fn membership(&self) -> &StoredMembership {
         &self.membership
     }
-
-    /// The highest sequence number applied from `sender` in `boot`.
-    pub fn last_seq(&self, sender: &str, boot: u64) -> u64 {
-        self.senders
-            .get(&(sender.to_string(), boot))
-            .map_or(0, SenderProgress::highest)
-    }
 }
 
 /// openraft's state machine over an [`Application`].
