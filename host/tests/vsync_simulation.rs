@@ -7,14 +7,21 @@
 //!
 //! The fault schedule and workload derive from the seed (`VSYNC_SEED=n` replays
 //! one schedule); openraft's election jitter comes from its own random source, so
-//! a replay follows the same faults, not always the same elections.
+//! a replay follows the same faults, not always the same elections. A failure
+//! prints each live member's Raft view (term, leader, log, config halves).
+//!
+//! Every member runs the host's upkeep ([`Group::tick`]) each half second, on
+//! the paused clock too: leaders exclude silent members, members cut off ask to
+//! be re-admitted. In-memory members lost for good are only ever lost while a
+//! majority of every config a live member holds survives (past that no Raft
+//! group can recover, nor is one expected to).
 
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::AccessPolicy;
 use liveobjects_host::vsync::group::{Group, GroupConfig, GroupFailure, Link, Reply, Rpc};
 use liveobjects_host::vsync::machine::{Application, GroupView};
 use liveobjects_host::vsync::store::LogStore;
-use liveobjects_host::vsync::types::{Command, Member};
+use liveobjects_host::vsync::types::{Command, Member, node_id};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -98,11 +105,7 @@ impl Application for ModelApp {
     }
 
     fn view(&mut self, view: &GroupView) {
-        let members = view
-            .members
-            .iter()
-            .map(|m| liveobjects_host::vsync::types::node_id(&m.key))
-            .collect();
+        let members = view.members.iter().map(|m| node_id(&m.key)).collect();
         self.trace.lock().unwrap().views.insert(view.id, members);
     }
 
@@ -237,6 +240,7 @@ impl Cluster {
                 heartbeat_ms: 50,
                 election_ms: (300, 600),
                 exclude_after: Duration::from_secs(3),
+                min_voters: 3,
                 snapshot_every: 40,
                 request_timeout: Duration::from_secs(5),
             },
@@ -310,13 +314,45 @@ impl Cluster {
         group
     }
 
-    /// The leaders' duty every tick: exclude members silent for too long.
-    async fn exclude_silent(&self) {
+    /// Every member's upkeep, as the host runs it every half second (leaders
+    /// exclude members silent for too long; members without a leader act).
+    async fn tick(&self) {
         for i in self.live() {
             if let Some(g) = self.group(i) {
-                g.exclude_silent().await;
+                // Each member's own task, as in the host.
+                tokio::spawn(async move { g.tick().await });
             }
         }
+    }
+
+    /// Whether losing `victim` for good (an in-memory member's crash) leaves a
+    /// majority of every membership a live member holds alive (each half of a
+    /// joint one: an exclusion still in progress needs both): past that no
+    /// group can recover (nor is it expected to), so the simulation does not go
+    /// there. At most two members are lost this way in a run.
+    fn survivable(&self, victim: u64) -> bool {
+        if self.gone.len() >= 2 {
+            return false;
+        }
+        let alive: BTreeSet<u64> = self
+            .live()
+            .into_iter()
+            .filter(|i| *i != victim)
+            .map(|i| node_id(&self.nodes[&i].0.key))
+            .collect();
+        // Each half of a joint config needs its own majority.
+        self.live().iter().all(|i| {
+            let Some(g) = self.group(*i) else { return true };
+            let metrics = g.raft().metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .iter()
+                .all(|voters| {
+                    voters.iter().filter(|v| alive.contains(v)).count() * 2 > voters.len()
+                })
+        })
     }
 
     fn voters(&self) -> Vec<u64> {
@@ -357,6 +393,51 @@ impl Cluster {
         self.group(i)
             .and_then(|g| g.machine().state().lock().unwrap().applied())
             .map_or(0, |l| l.index)
+    }
+
+    /// Each live node's Raft view of the group, for a failure message.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for i in self.live() {
+            let Some(g) = self.group(i) else { continue };
+            let m = g.raft().metrics().borrow().clone();
+            let who = |id: &u64| {
+                self.nodes
+                    .iter()
+                    .find(|(_, (m, _, _))| node_id(&m.key) == *id)
+                    .map_or(u64::MAX, |(i, _)| *i)
+            };
+            out += &format!(
+                "\n  node {i}: {:?} {:?} vote {} term {} leader {:?} last log {:?} applied {:?} \
+                 snapshot {:?} purged {:?} config {:?} voters {:?} learners {:?} replication {:?}",
+                m.state,
+                m.running_state,
+                m.vote,
+                m.current_term,
+                m.current_leader.as_ref().map(who),
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+                m.membership_config.log_id().map(|l| l.index),
+                m.membership_config
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .map(|c| c.iter().map(who).collect::<Vec<_>>())
+                    .collect::<Vec<_>>(),
+                m.membership_config
+                    .membership()
+                    .learner_ids()
+                    .map(|v| who(&v))
+                    .collect::<Vec<_>>(),
+                m.replication.as_ref().map(|r| r
+                    .iter()
+                    .map(|(id, l)| (who(id), l.map(|l| l.index)))
+                    .collect::<Vec<_>>()),
+            );
+        }
+        out
     }
 
     fn state(&self, i: u64) -> ModelState {
@@ -415,8 +496,8 @@ async fn scenario(seed: u64, durable: bool) -> Run {
             4 => {
                 // Crash a node (in-memory groups: for good, at most two).
                 let live = c.live();
-                if live.len() > 3 && (durable || c.gone.len() < 2) {
-                    let victim = live[rng.below(live.len() as u64) as usize];
+                let victim = live[rng.below(live.len() as u64) as usize];
+                if live.len() > 3 && (durable || c.survivable(victim)) {
                     c.crash(victim).await;
                     c.faults.crashes += 1;
                 }
@@ -451,7 +532,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
             }
             _ => {}
         }
-        c.exclude_silent().await;
+        c.tick().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Liveness phase: faults removed, crashed durable members restarted.
@@ -466,7 +547,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         }
     }
     for _ in 0..20 {
-        c.exclude_silent().await;
+        c.tick().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Every voter must commit new work and catch up.
@@ -484,7 +565,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
     }
     let mut converged = false;
     for _ in 0..120 {
-        c.exclude_silent().await;
+        c.tick().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let outcomes = c.outcomes.lock().unwrap().clone();
         let done = finale
@@ -509,7 +590,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
                 .iter()
                 .map(|i| (*i, c.applied_index(*i)))
                 .collect::<Vec<_>>()
-        ));
+        ) + &c.describe());
     }
     let finals = c.voters().into_iter().map(|i| (i, c.state(i))).collect();
     let traces = c

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the real one, or the simulations' paused one), as openraft uses.
+use tokio::time::Instant;
 
 /// A request between members of a group.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +62,9 @@ pub enum NotServed {
     /// Refused (policy) or failed.
     #[error("{0}")]
     Failed(String),
+    /// Not now: ask again (a joiner still catching up).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// The answer to an [`Rpc`].
@@ -102,6 +107,9 @@ pub struct GroupConfig {
     pub election_ms: (u64, u64),
     /// A voter the leader has not heard from for this long is removed.
     pub exclude_after: Duration,
+    /// Exclusion never leaves fewer voters than this (as Consul's autopilot
+    /// `min_quorum`): a smaller group keeps a failed member in its view.
+    pub min_voters: usize,
     /// A snapshot is taken every this many entries (and older entries purged).
     pub snapshot_every: u64,
     /// How long a write, read barrier or join keeps retrying.
@@ -114,6 +122,7 @@ impl Default for GroupConfig {
             heartbeat_ms: 100,
             election_ms: (600, 1200),
             exclude_after: Duration::from_secs(3),
+            min_voters: 3,
             snapshot_every: 2000,
             request_timeout: Duration::from_secs(10),
         }
@@ -268,11 +277,41 @@ pub struct Group<A, L> {
     boot: u64,
     /// The last command number this start used.
     last_seq: std::sync::atomic::AtomicU64,
-    started: Instant,
     /// Peers a joining member asked (and leaders they named): until it is in a
     /// membership config, only they may replicate to it.
     trusted: Mutex<BTreeSet<PublicKey>>,
     stopped: std::sync::atomic::AtomicBool,
+    /// The grant this member joined with (asked again on a re-join).
+    grant: Mutex<Option<Signed<Grant>>>,
+    /// What [`tick`](Self::tick) keeps between calls.
+    watch: Mutex<Watch>,
+}
+
+/// A member's upkeep state (see [`Group::tick`]).
+struct Watch {
+    /// The term in which this member last saw itself lead, and since when.
+    leading: Option<(u64, Instant)>,
+    /// When a leader last replicated to this member (or this member last acted
+    /// on its silence, or started).
+    quiet_since: Instant,
+    /// When this member last acted on it.
+    acted: Instant,
+    /// How long without a leader before this member acts (drawn anew each time).
+    patience: Duration,
+    /// splitmix64 state for drawing `patience`.
+    rng: u64,
+}
+
+impl Watch {
+    fn draw(&mut self, election_max_ms: u64) -> Duration {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // Between one and three maximal election timeouts.
+        Duration::from_millis(election_max_ms + z % (2 * election_max_ms).max(1))
+    }
 }
 
 impl<A: Application, L: Link> Group<A, L> {
@@ -315,6 +354,19 @@ impl<A: Application, L: Link> Group<A, L> {
         )
         .await
         .map_err(|e| format!("starting raft for {name}: {e}"))?;
+        let boot = {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| format!("no random source: {e}"))?;
+            u64::from_le_bytes(b)
+        };
+        let mut watch = Watch {
+            leading: None,
+            quiet_since: Instant::now(),
+            acted: Instant::now(),
+            patience: Duration::ZERO,
+            rng: boot,
+        };
+        watch.patience = watch.draw(config.election_ms.1);
         Ok(Arc::new(Group {
             name: name.to_string(),
             me,
@@ -324,15 +376,12 @@ impl<A: Application, L: Link> Group<A, L> {
             config,
             policy,
             liveness,
-            boot: {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).map_err(|e| format!("no random source: {e}"))?;
-                u64::from_le_bytes(b)
-            },
+            boot,
             last_seq: std::sync::atomic::AtomicU64::new(0),
-            started: Instant::now(),
             trusted: Mutex::new(BTreeSet::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            grant: Mutex::new(None),
+            watch: Mutex::new(watch),
         }))
     }
 
@@ -416,6 +465,7 @@ impl<A: Application, L: Link> Group<A, L> {
         grant: Option<Signed<Grant>>,
         patience: Duration,
     ) -> Result<(), GroupFailure> {
+        *self.grant.lock().expect("grant") = grant.clone();
         let deadline = Instant::now() + patience;
         let mut target = contact;
         loop {
@@ -489,15 +539,15 @@ impl<A: Application, L: Link> Group<A, L> {
 
     /// Run a membership change, again while another is still in progress (one
     /// at a time is Raft's rule; joins and exclusions may overlap).
-    async fn change_membership<F, Fut>(&self, change: F) -> Result<(), NotServed>
+    async fn change_membership<T, F, Fut>(&self, change: F) -> Result<T, NotServed>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<(), RaftError<u64, ClientWriteError<u64, Member>>>>,
+        Fut: Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, Member>>>>,
     {
         let deadline = Instant::now() + self.config.request_timeout;
         loop {
             match change().await {
-                Ok(()) => return Ok(()),
+                Ok(value) => return Ok(value),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 ))) if Instant::now() < deadline => {
@@ -539,10 +589,50 @@ impl<A: Application, L: Link> Group<A, L> {
         {
             return Ok(());
         }
-        self.change_membership(|| async {
-            self.raft.add_learner(id, member, true).await.map(|_| ())
-        })
-        .await?;
+        let learner = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(n, _)| *n == id);
+        let target = if learner {
+            // Asked again while still a learner: no new config entry.
+            self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+        } else {
+            self.change_membership(|| async {
+                self.raft
+                    .add_learner(id, member, false)
+                    .await
+                    .map(|r| r.log_id.index)
+            })
+            .await?
+        };
+        // A learner is made a voter once it holds the log up to its admission:
+        // one that does not (it may have died since it asked) is not, since a
+        // dead voter added to a group that has lost one already can leave it
+        // without a majority for good. (openraft's own blocking wait counts a
+        // learner within 5,000 entries as caught up, and otherwise waits forever.)
+        let caught_up = self
+            .raft
+            .wait(Some(self.config.request_timeout / 2))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched.index >= target)
+                },
+                "learner caught up",
+            )
+            .await
+            .is_ok();
+        if !caught_up {
+            return Err(NotServed::Busy(format!(
+                "{} is still catching up with {}; ask again",
+                member.key, self.name
+            )));
+        }
         self.change_membership(|| async {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -554,13 +644,22 @@ impl<A: Application, L: Link> Group<A, L> {
 
     /// Serve a request from member (or would-be member) `from`.
     pub async fn handle(&self, from: Member, rpc: Rpc) -> Reply {
+        // Who may take part: members of this member's config, and anyone the
+        // object's policy admits without a grant (`open` and `keys:` records).
+        // Raft needs the second: a member that has not yet learned of a newer
+        // config must still answer the leader and candidates of that config, or
+        // it can block their majority (the simulation found such a livelock). In
+        // a `grants:` group, where only the leader sees a joiner's grant, the
+        // rest follow only the members of their config and leaders they were
+        // pointed at (`trusted`).
         let known = self
             .raft
             .metrics()
             .borrow()
             .membership_config
             .nodes()
-            .any(|(_, m)| m.key == from.key);
+            .any(|(_, m)| m.key == from.key)
+            || Grant::check(&self.policy, &self.name, from.key, None, 0).is_ok();
         match rpc {
             Rpc::Join { member, grant } if member.key == from.key => {
                 if !self.is_leader() {
@@ -568,13 +667,14 @@ impl<A: Application, L: Link> Group<A, L> {
                 }
                 Reply::Membership(self.add(member, grant).await)
             }
-            // A joiner takes its log from the members it asked.
+            // A joiner takes its log from the members it asked (and a member the
+            // group excluded from the leader it was pointed at).
             Rpc::Append(req)
                 if !known
                     && self.trusted.lock().expect("trusted").contains(&from.key)
                     && req.vote.leader_id().voted_for() == Some(node_id(&from.key)) =>
             {
-                Reply::Append(self.raft.append_entries(req).await)
+                self.appended(self.raft.append_entries(req).await)
             }
             Rpc::Snapshot(req)
                 if !known
@@ -583,11 +683,12 @@ impl<A: Application, L: Link> Group<A, L> {
             {
                 Reply::Snapshot(self.raft.install_snapshot(req).await)
             }
-            // Everything else only from members, and Raft messages only in the
-            // sender's own name: no outsider can vote, lead or write.
+            // Everything else only from those who may take part, and Raft
+            // messages only in the sender's own name: no outsider can vote, lead
+            // or write.
             _ if !known => Reply::NoGroup,
             Rpc::Append(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
-                Reply::Append(self.raft.append_entries(req).await)
+                self.appended(self.raft.append_entries(req).await)
             }
             Rpc::Vote(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
                 Reply::Vote(self.raft.vote(req).await)
@@ -605,6 +706,14 @@ impl<A: Application, L: Link> Group<A, L> {
             Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),
             _ => Reply::NoGroup,
         }
+    }
+
+    /// The reply to an append: one this member accepted is a leader's contact.
+    fn appended(&self, result: Result<AppendEntriesResponse<u64>, RaftError<u64>>) -> Reply {
+        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.watch.lock().expect("watch").quiet_since = Instant::now();
+        }
+        Reply::Append(result)
     }
 
     async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
@@ -660,7 +769,7 @@ impl<A: Application, L: Link> Group<A, L> {
             match got {
                 Ok(value) => return Ok(value),
                 Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
-                Err(NotServed::NotLeader(_)) => {
+                Err(NotServed::NotLeader(_) | NotServed::Busy(_)) => {
                     if Instant::now() > deadline {
                         return Err(GroupFailure::Timeout(self.config.request_timeout));
                     }
@@ -728,33 +837,161 @@ impl<A: Application, L: Link> Group<A, L> {
         self.applied_up_to(index, deadline).await
     }
 
-    /// Leader duty, every half second: remove voters not heard from for
-    /// [`GroupConfig::exclude_after`] (bounded exclusion of failed members).
-    pub async fn exclude_silent(&self) {
-        if !self.is_leader() || self.started.elapsed() < self.config.exclude_after {
+    /// Upkeep, every half second or so (the host and the simulations call it).
+    ///
+    /// - A leader removes voters it has not heard from for
+    ///   [`GroupConfig::exclude_after`] (bounded exclusion of failed members).
+    /// - A member no leader has replicated to for a while (a random one to three
+    ///   election timeouts, drawn anew each time) starts an election itself if it
+    ///   is a voter, and asks the members it knows to (re-)admit it; so does, at
+    ///   the same pace, a former voter that is now only a learner. openraft 0.9 draws each
+    ///   member's election timeout once: a candidate that can never win (voters
+    ///   that have not yet learned of it ignore it) restarts its election before
+    ///   anyone else's timer runs out, and each restart resets theirs, forever.
+    ///   The simulation found this. The re-admission covers a member the group
+    ///   excluded while it was cut off: it never learns that it was, and would
+    ///   wait for a leader forever.
+    pub async fn tick(&self) {
+        if self.is_stopped() {
             return;
         }
-        let me = node_id(&self.me.key);
-        let voters: Vec<u64> = self
+        let now = Instant::now();
+        let (leading, quorum_ack) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            (
+                metrics.state == ServerState::Leader,
+                metrics.millis_since_quorum_ack,
+            )
+        };
+        if leading {
+            // A leader a majority still answers is in touch; one cut off from the
+            // group it leads (it may have been excluded) is as quiet as a follower.
+            let patience = self.watch.lock().expect("watch").patience;
+            if quorum_ack.is_some_and(|ms| Duration::from_millis(ms) < patience) {
+                self.watch.lock().expect("watch").quiet_since = now;
+            }
+            self.exclude_silent().await;
+        } else {
+            self.watch.lock().expect("watch").leading = None;
+        }
+        // A member the group excluded and re-added as a learner (or one whose
+        // promotion was cut short) hears from the leader but is not a voter: it
+        // asks again, at the same pace. A host still joining has no config yet.
+        let promoted = self.is_voter() || self.members().is_empty();
+        let act = {
+            let mut w = self.watch.lock().expect("watch");
+            let quiet = now.duration_since(w.quiet_since) >= w.patience;
+            let waited = now.duration_since(w.acted) >= w.patience;
+            if !(quiet || (!promoted && waited)) {
+                false
+            } else {
+                w.quiet_since = now;
+                w.acted = now;
+                w.patience = w.draw(self.config.election_ms.1);
+                true
+            }
+        };
+        if !act {
+            return;
+        }
+        if !leading && self.is_voter() {
+            let _ = self.raft.trigger().elect().await;
+        }
+        self.rejoin().await;
+    }
+
+    /// Ask the members this one knows, briefly, following their redirects:
+    /// whoever leads re-admits it (or answers at once that it is a voter).
+    async fn rejoin(&self) {
+        let me = self.me.key;
+        let others: Vec<Member> = self
             .raft
             .metrics()
             .borrow()
             .membership_config
-            .voter_ids()
+            .nodes()
+            .map(|(_, m)| *m)
+            .filter(|m| m.key != me)
             .collect();
-        // Only when what remains is still a majority of the current config;
-        // otherwise nothing could commit the change anyway.
+        let grant = self.grant.lock().expect("grant").clone();
+        // The leader answers once the member is a voter again (or the change
+        // failed): cut short, the change could stop between its two steps.
+        let timeout = self.config.request_timeout;
+        for contact in others {
+            let mut target = contact;
+            // A few redirects at most: a stale answer is not followed far.
+            for _ in 0..3 {
+                let rpc = Rpc::Join {
+                    member: self.me,
+                    grant: grant.clone(),
+                };
+                match self.link.call(target, &self.name, rpc, timeout).await {
+                    Ok(Reply::Membership(Ok(()))) => return,
+                    Ok(Reply::Membership(Err(NotServed::NotLeader(Some(l)))))
+                        if l.key != me && l.key != target.key =>
+                    {
+                        // The leader it names may replicate to this member
+                        // before this member knows it as one (see `handle`).
+                        self.trusted.lock().expect("trusted").insert(l.key);
+                        target = l;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Leader duty: remove voters not heard from for
+    /// [`GroupConfig::exclude_after`] since this member began to lead.
+    async fn exclude_silent(&self) {
+        let (term, voters) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let voters: Vec<u64> = metrics.membership_config.voter_ids().collect();
+            (metrics.current_term, voters)
+        };
+        let now = Instant::now();
+        // A member not heard from in this term counts from the start of the term:
+        // a new leader has not yet sent it anything.
+        let leading_since = {
+            let mut w = self.watch.lock().expect("watch");
+            match w.leading {
+                Some((t, since)) if t == term => since,
+                _ => {
+                    w.leading = Some((term, now));
+                    now
+                }
+            }
+        };
+        let me = node_id(&self.me.key);
+        let quiet_for = |v: u64| {
+            let last = self
+                .liveness
+                .last(v)
+                .map_or(leading_since, |t| t.max(leading_since));
+            now.duration_since(last)
+        };
         let silent: BTreeSet<u64> = voters
             .iter()
             .copied()
-            .filter(|v| *v != me)
-            .filter(|v| {
-                self.liveness
-                    .last(*v)
-                    .is_none_or(|t| t.elapsed() > self.config.exclude_after)
-            })
+            .filter(|v| *v != me && quiet_for(*v) > self.config.exclude_after)
             .collect();
-        if silent.is_empty() || (voters.len() - silent.len()) * 2 <= voters.len() {
+        // The change must be able to commit with members that answered just now
+        // (one that answered two seconds ago may be dead): a majority of the old
+        // config and of the new one. Openraft moves through a joint config that
+        // needs both, and would stay in it for good if the new half could not
+        // commit. And never below `min_voters`: two voters are one failure away
+        // from a group that can never commit again.
+        let recent = Duration::from_millis(2 * self.config.election_ms.1);
+        let kept = voters.len() - silent.len();
+        let kept_up = voters
+            .iter()
+            .filter(|v| !silent.contains(v) && (**v == me || quiet_for(**v) <= recent))
+            .count();
+        if silent.is_empty()
+            || kept_up * 2 <= voters.len()
+            || kept_up * 2 <= kept
+            || kept < self.config.min_voters
+        {
             return;
         }
         tracing::info!("{}: excluding silent members {silent:?}", self.name);

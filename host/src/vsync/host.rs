@@ -259,7 +259,7 @@ impl VsyncNode {
             group.stop().await;
             return Err(refused(reason));
         }
-        // The replica's cascades, and the leader's exclusion duty.
+        // The replica's cascades, and the group's upkeep (exclusion, stuck elections).
         let cascading = group.clone();
         tokio::spawn(async move {
             while let Some(payload) = cascade_rx.recv().await {
@@ -281,7 +281,7 @@ impl VsyncNode {
                 if group.is_stopped() {
                     return;
                 }
-                group.exclude_silent().await;
+                group.tick().await;
             }
         });
         self.groups

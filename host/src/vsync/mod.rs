@@ -11,10 +11,20 @@
 //!   the stream ([`machine::Application::view`]).
 //! - **Joins** go to the leader ([`group::Rpc::Join`]), which checks the object's
 //!   access policy, adds the joiner as a learner (it catches up from the log or a
-//!   snapshot: state transfer at a view boundary), then makes it a voter. Leaves
-//!   remove the member; the leader removes voters it has not heard from for
-//!   [`group::GroupConfig::exclude_after`] (bounded exclusion), while a majority
-//!   remains.
+//!   snapshot: state transfer at a view boundary), then makes it a voter once
+//!   it holds the log up to its admission. Leaves remove the member.
+//! - **Exclusion**: the leader removes voters it has not heard from for
+//!   [`group::GroupConfig::exclude_after`] (bounded exclusion), if members that
+//!   answered just now form a majority of the old view and of the new one, and
+//!   never below [`group::GroupConfig::min_voters`] (3): a group of three keeps
+//!   a failed member in its view. A member that no leader replicates to for a
+//!   while (say it was excluded while cut off: it is never told) starts an
+//!   election and asks the members it knows to re-admit it
+//!   ([`group::Group::tick`]); the same upkeep breaks an election livelock of
+//!   openraft 0.9, whose election timeouts are drawn once per member.
+//! - **Who may take part**: members of a member's config, anyone the object's
+//!   `open` or `keys:` policy admits, and (for `grants:` objects) leaders a
+//!   member was pointed at by a member it asked.
 //! - **Messages** are commands ([`types::Command`]) written through the leader
 //!   (followers forward); the state machine ([`machine`]) applies them to the
 //!   sandboxed replica in log order, once each (retries are de-duplicated by the
