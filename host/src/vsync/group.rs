@@ -105,7 +105,8 @@ pub struct GroupConfig {
     pub heartbeat_ms: u64,
     /// Election timeout range (milliseconds).
     pub election_ms: (u64, u64),
-    /// A voter the leader has not heard from for this long is removed.
+    /// A voter (or learner) the leader has not heard from for this long is
+    /// removed, within the limits [`Group::tick`] describes.
     pub exclude_after: Duration,
     /// Exclusion never leaves fewer voters than this (as Consul's autopilot
     /// `min_quorum`): a smaller group keeps a failed member in its view.
@@ -458,7 +459,8 @@ impl<A: Application, L: Link> Group<A, L> {
     }
 
     /// Ask `contact` (and then the leader it names) to add this member, for at
-    /// most `patience`; returns once it is a voter.
+    /// most `patience` if nobody answers (for [`GroupConfig::request_timeout`]
+    /// once a member has); returns once it is a voter.
     pub async fn join(
         &self,
         contact: Member,
@@ -466,7 +468,8 @@ impl<A: Application, L: Link> Group<A, L> {
         patience: Duration,
     ) -> Result<(), GroupFailure> {
         *self.grant.lock().expect("grant") = grant.clone();
-        let deadline = Instant::now() + patience;
+        let started = Instant::now();
+        let mut deadline = started + patience;
         let mut target = contact;
         loop {
             self.trusted.lock().expect("trusted").insert(target.key);
@@ -485,9 +488,16 @@ impl<A: Application, L: Link> Group<A, L> {
                 .await
             {
                 Ok(Reply::Membership(Ok(()))) => return Ok(()),
-                Ok(Reply::Membership(Err(NotServed::NotLeader(Some(l))))) => target = l,
                 Ok(Reply::Membership(Err(NotServed::Failed(reason)))) => {
                     return Err(GroupFailure::Failed(reason));
+                }
+                Ok(Reply::Membership(Err(answer))) => {
+                    // A member answered: the group exists, so even a would-be
+                    // founder waits for it as long as any joiner does.
+                    deadline = deadline.max(started + self.config.request_timeout);
+                    if let NotServed::NotLeader(Some(l)) = answer {
+                        target = l;
+                    }
                 }
                 _ => {}
             }
@@ -596,6 +606,7 @@ impl<A: Application, L: Link> Group<A, L> {
             .membership_config
             .nodes()
             .any(|(n, _)| *n == id);
+        let asked = Instant::now();
         let target = if learner {
             // Asked again while still a learner: no new config entry.
             self.raft.metrics().borrow().last_log_index.unwrap_or(0)
@@ -608,30 +619,38 @@ impl<A: Application, L: Link> Group<A, L> {
             })
             .await?
         };
-        // A learner is made a voter once it holds the log up to its admission:
-        // one that does not (it may have died since it asked) is not, since a
-        // dead voter added to a group that has lost one already can leave it
-        // without a majority for good. (openraft's own blocking wait counts a
-        // learner within 5,000 entries as caught up, and otherwise waits forever.)
-        let caught_up = self
-            .raft
-            .wait(Some(self.config.request_timeout / 2))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).copied().flatten())
-                        .is_some_and(|matched| matched.index >= target)
-                },
-                "learner caught up",
-            )
-            .await
-            .is_ok();
-        if !caught_up {
-            return Err(NotServed::Busy(format!(
-                "{} is still catching up with {}; ask again",
-                member.key, self.name
-            )));
+        // A learner is made a voter once it has answered the leader since it
+        // asked (or holds the log up to its admission): one that has not may have
+        // died since, and a dead voter added to a group that has lost one
+        // already can leave it without a majority for good. openraft's own
+        // blocking wait counts a learner within 5,000 entries as caught up, and
+        // otherwise waits forever. The wait here is short, well inside any
+        // joiner's call: one that is not answered yet asks again.
+        let wait_until = asked + (self.config.request_timeout / 4).min(Duration::from_millis(500));
+        loop {
+            let (leading, matched) = {
+                let m = self.raft.metrics().borrow().clone();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index);
+                (m.state == ServerState::Leader, matched)
+            };
+            if !leading {
+                return Err(NotServed::NotLeader(self.leader()));
+            }
+            let answered = self.liveness.last(id).is_some_and(|t| t >= asked);
+            if answered || matched.is_some_and(|i| i >= target) {
+                break;
+            }
+            if Instant::now() >= wait_until {
+                return Err(NotServed::Busy(format!(
+                    "{} has not answered {}'s leader yet; ask again",
+                    member.key, self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.change_membership(|| async {
             self.raft
@@ -644,22 +663,26 @@ impl<A: Application, L: Link> Group<A, L> {
 
     /// Serve a request from member (or would-be member) `from`.
     pub async fn handle(&self, from: Member, rpc: Rpc) -> Reply {
-        // Who may take part: members of this member's config, and anyone the
-        // object's policy admits without a grant (`open` and `keys:` records).
-        // Raft needs the second: a member that has not yet learned of a newer
-        // config must still answer the leader and candidates of that config, or
-        // it can block their majority (the simulation found such a livelock). In
-        // a `grants:` group, where only the leader sees a joiner's grant, the
-        // rest follow only the members of their config and leaders they were
-        // pointed at (`trusted`).
-        let known = self
+        // Who may take part: members of this member's config; for Raft's own
+        // messages also anyone the object's policy admits without a grant (`open`
+        // and `keys:` records, where any such host could join anyway). Raft needs
+        // that: a member that has not yet learned of a newer config must still
+        // answer the leader and candidates of that config, or it can block their
+        // majority (the simulation found such a livelock). In a `grants:` group,
+        // where only the leader sees a joiner's grant, the rest follow only the
+        // members of their config and leaders they were pointed at (`trusted`).
+        // Writes, reads and leaves come from members only (members forward
+        // their clients' calls).
+        let member_here = self
             .raft
             .metrics()
             .borrow()
             .membership_config
             .nodes()
-            .any(|(_, m)| m.key == from.key)
-            || Grant::check(&self.policy, &self.name, from.key, None, 0).is_ok();
+            .any(|(_, m)| m.key == from.key);
+        let known = member_here
+            || (matches!(rpc, Rpc::Append(_) | Rpc::Vote(_) | Rpc::Snapshot(_))
+                && Grant::check(&self.policy, &self.name, from.key, None, 0).is_ok());
         match rpc {
             Rpc::Join { member, grant } if member.key == from.key => {
                 if !self.is_leader() {
@@ -681,11 +704,11 @@ impl<A: Application, L: Link> Group<A, L> {
                     && self.trusted.lock().expect("trusted").contains(&from.key)
                     && req.vote.leader_id().voted_for() == Some(node_id(&from.key)) =>
             {
-                Reply::Snapshot(self.raft.install_snapshot(req).await)
+                self.installed(self.raft.install_snapshot(req).await)
             }
             // Everything else only from those who may take part, and Raft
-            // messages only in the sender's own name: no outsider can vote, lead
-            // or write.
+            // messages only in the sender's own name: no host the policy keeps
+            // out can vote, lead or write.
             _ if !known => Reply::NoGroup,
             Rpc::Append(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
                 self.appended(self.raft.append_entries(req).await)
@@ -694,7 +717,7 @@ impl<A: Application, L: Link> Group<A, L> {
                 Reply::Vote(self.raft.vote(req).await)
             }
             Rpc::Snapshot(req) if req.vote.leader_id().voted_for() == Some(node_id(&from.key)) => {
-                Reply::Snapshot(self.raft.install_snapshot(req).await)
+                self.installed(self.raft.install_snapshot(req).await)
             }
             Rpc::Leave { member } if member.key == from.key => {
                 if !self.is_leader() {
@@ -714,6 +737,18 @@ impl<A: Application, L: Link> Group<A, L> {
             self.watch.lock().expect("watch").quiet_since = Instant::now();
         }
         Reply::Append(result)
+    }
+
+    /// The reply to a snapshot chunk: one this member accepted is a leader's
+    /// contact too.
+    fn installed(
+        &self,
+        result: Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
+    ) -> Reply {
+        if result.is_ok() {
+            self.watch.lock().expect("watch").quiet_since = Instant::now();
+        }
+        Reply::Snapshot(result)
     }
 
     async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
@@ -877,7 +912,12 @@ impl<A: Application, L: Link> Group<A, L> {
         // A member the group excluded and re-added as a learner (or one whose
         // promotion was cut short) hears from the leader but is not a voter: it
         // asks again, at the same pace. A host still joining has no config yet.
-        let promoted = self.is_voter() || self.members().is_empty();
+        let voter = self.is_voter();
+        if voter {
+            // Back in a config: only its members (and the policy) count again.
+            self.trusted.lock().expect("trusted").clear();
+        }
+        let promoted = voter || self.members().is_empty();
         let act = {
             let mut w = self.watch.lock().expect("watch");
             let quiet = now.duration_since(w.quiet_since) >= w.patience;
@@ -926,7 +966,6 @@ impl<A: Application, L: Link> Group<A, L> {
                     grant: grant.clone(),
                 };
                 match self.link.call(target, &self.name, rpc, timeout).await {
-                    Ok(Reply::Membership(Ok(()))) => return,
                     Ok(Reply::Membership(Err(NotServed::NotLeader(Some(l)))))
                         if l.key != me && l.key != target.key =>
                     {
@@ -934,6 +973,13 @@ impl<A: Application, L: Link> Group<A, L> {
                         // before this member knows it as one (see `handle`).
                         self.trusted.lock().expect("trusted").insert(l.key);
                         target = l;
+                    }
+                    // Admitted, or the leader answered (busy or refusing): the
+                    // next tick asks again if need be.
+                    Ok(Reply::Membership(
+                        Ok(()) | Err(NotServed::Busy(_) | NotServed::Failed(_)),
+                    )) => {
+                        return;
                     }
                     _ => break,
                 }
@@ -944,10 +990,15 @@ impl<A: Application, L: Link> Group<A, L> {
     /// Leader duty: remove voters not heard from for
     /// [`GroupConfig::exclude_after`] since this member began to lead.
     async fn exclude_silent(&self) {
-        let (term, voters) = {
+        let (term, voters, learners) = {
             let metrics = self.raft.metrics().borrow().clone();
             let voters: Vec<u64> = metrics.membership_config.voter_ids().collect();
-            (metrics.current_term, voters)
+            let learners: Vec<u64> = metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .collect();
+            (metrics.current_term, voters, learners)
         };
         let now = Instant::now();
         // A member not heard from in this term counts from the start of the term:
@@ -987,18 +1038,32 @@ impl<A: Application, L: Link> Group<A, L> {
             .iter()
             .filter(|v| !silent.contains(v) && (**v == me || quiet_for(**v) <= recent))
             .count();
-        if silent.is_empty()
-            || kept_up * 2 <= voters.len()
-            || kept_up * 2 <= kept
-            || kept < self.config.min_voters
+        let change = if !silent.is_empty()
+            && kept_up * 2 > voters.len()
+            && kept_up * 2 > kept
+            && kept >= self.config.min_voters
         {
-            return;
-        }
-        tracing::info!("{}: excluding silent members {silent:?}", self.name);
-        let _ = self
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(silent), false)
-            .await;
+            tracing::info!("{}: excluding silent members {silent:?}", self.name);
+            ChangeMembers::RemoveVoters(silent)
+        } else {
+            // Learners that went silent (a joiner that died before it was made
+            // a voter) leave no mark on any majority: they just go.
+            let gone: BTreeSet<u64> = learners
+                .into_iter()
+                .filter(|l| quiet_for(*l) > self.config.exclude_after)
+                .collect();
+            if gone.is_empty() {
+                return;
+            }
+            ChangeMembers::RemoveNodes(gone)
+        };
+        // Bounded: a change that cannot commit (a kept member died just now)
+        // must not stop this member's upkeep until it loses the lead.
+        let _ = tokio::time::timeout(
+            self.config.request_timeout,
+            self.raft.change_membership(change, false),
+        )
+        .await;
     }
 }
 
