@@ -12,7 +12,8 @@
 //! - **Joins** go to the leader ([`group::Rpc::Join`]), which checks the object's
 //!   access policy, adds the joiner as a learner (it catches up from the log or a
 //!   snapshot: state transfer at a view boundary), then makes it a voter once
-//!   it holds the log up to its admission. Leaves remove the member.
+//!   it has answered since it asked (a joiner that died meanwhile is not made a
+//!   voter; a silent learner is removed). Leaves remove the member.
 //! - **Exclusion**: the leader removes voters it has not heard from for
 //!   [`group::GroupConfig::exclude_after`] (bounded exclusion), if members that
 //!   answered just now form a majority of the old view and of the new one, and
