@@ -93,16 +93,16 @@ async fn group_of(
     (hosts, handles)
 }
 
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig::default()).unwrap()
+/// A sandbox runtime and the shipped object at `path`, loaded into it.
+fn load(path: &std::path::Path) -> (Runtime, Arc<Logic>) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let logic = runtime.load_file(path).unwrap();
+    (runtime, logic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_agrees_on_who_won_each_slap_race() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::CARDTABLE.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::CARDTABLE.as_ref());
     let (_hosts, tables) = group_of_three(&runtime, &logic, "lo://games/table").await;
     let players = ["ann", "ben", "cat"];
     for p in players {
@@ -159,10 +159,7 @@ async fn every_replica_agrees_on_who_won_each_slap_race() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overdraft_aborts_at_every_replica_and_changes_nothing() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::LEDGER.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::LEDGER.as_ref());
     let (_hosts, ledgers) = group_of_three(&runtime, &logic, "lo://bank/books").await;
     ledgers[0]
         .call("open", &["\"alice\"", "100"])
@@ -201,10 +198,7 @@ async fn an_overdraft_aborts_at_every_replica_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_member_is_excluded_and_the_rest_carry_on() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::COUNTER.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::COUNTER.as_ref());
     let (hosts, counters) = group_of(4, &runtime, &logic, "lo://x/counter").await;
     counters[3].call("add", &["1"]).await.unwrap();
     // Host 3 goes silent without leaving (its endpoint closes, as a crashed
@@ -235,10 +229,7 @@ async fn a_silent_member_is_excluded_and_the_rest_carry_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_three_keeps_a_silent_member_and_carries_on() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::COUNTER.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::COUNTER.as_ref());
     let (hosts, counters) = group_of_three(&runtime, &logic, "lo://x/three").await;
     hosts[2].node.shutdown().await;
     // Well past the exclusion delay (2 s here): two voters would be one
@@ -254,10 +245,7 @@ async fn a_group_of_three_keeps_a_silent_member_and_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_outside_the_policy_is_refused_and_gets_no_state() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::COUNTER.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::COUNTER.as_ref());
     let founder = host();
     let outsider = host();
     let policy = AccessPolicy::Keys(vec![founder.node.me().key]);
@@ -319,10 +307,7 @@ fn durable_objects_are_refused_on_drivers_without_durability() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_durable_log_is_refused_with_its_file_named() {
-    let runtime = runtime();
-    let logic = runtime
-        .load_file(liveobjects_objects::COUNTER.as_ref())
-        .unwrap();
+    let (runtime, logic) = load(liveobjects_objects::COUNTER.as_ref());
     let h = host();
     let path = h.node.log_path("lo://x/kept");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -18,6 +18,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -299,19 +301,15 @@ struct Watch {
     acted: Instant,
     /// How long without a leader before this member acts (drawn anew each time).
     patience: Duration,
-    /// splitmix64 state for drawing `patience`.
-    rng: u64,
+    /// Draws `patience`.
+    rng: StdRng,
 }
 
 impl Watch {
+    /// Between one and three maximal election timeouts.
     fn draw(&mut self, election_max_ms: u64) -> Duration {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // Between one and three maximal election timeouts.
-        Duration::from_millis(election_max_ms + z % (2 * election_max_ms).max(1))
+        let max = election_max_ms.max(1);
+        Duration::from_millis(self.rng.random_range(max..3 * max))
     }
 }
 
@@ -365,7 +363,7 @@ impl<A: Application, L: Link> Group<A, L> {
             quiet_since: Instant::now(),
             acted: Instant::now(),
             patience: Duration::ZERO,
-            rng: boot,
+            rng: StdRng::seed_from_u64(boot),
         };
         watch.patience = watch.draw(config.election_ms.1);
         Ok(Arc::new(Group {
@@ -589,27 +587,22 @@ impl<A: Application, L: Link> Group<A, L> {
         )
         .map_err(NotServed::Failed)?;
         let id = node_id(&member.key);
-        if self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .any(|v| v == id)
-        {
+        let (voter, learner, last_index) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.membership_config.voter_ids().any(|v| v == id),
+                m.membership_config.nodes().any(|(n, _)| *n == id),
+                m.last_log_index.unwrap_or(0),
+            )
+        };
+        if voter {
             return Ok(());
         }
-        let learner = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .any(|(n, _)| *n == id);
         let asked = Instant::now();
         let target = if learner {
             // Asked again while still a learner: no new config entry.
-            self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+            last_index
         } else {
             self.change_membership(|| async {
                 self.raft
@@ -734,7 +727,7 @@ impl<A: Application, L: Link> Group<A, L> {
     /// The reply to an append: one this member accepted is a leader's contact.
     fn appended(&self, result: Result<AppendEntriesResponse<u64>, RaftError<u64>>) -> Reply {
         if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.watch.lock().expect("watch").quiet_since = Instant::now();
+            self.leader_contact();
         }
         Reply::Append(result)
     }
@@ -746,9 +739,14 @@ impl<A: Application, L: Link> Group<A, L> {
         result: Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
     ) -> Reply {
         if result.is_ok() {
-            self.watch.lock().expect("watch").quiet_since = Instant::now();
+            self.leader_contact();
         }
         Reply::Snapshot(result)
+    }
+
+    /// A leader replicated to this member: it is not cut off.
+    fn leader_contact(&self) {
+        self.watch.lock().expect("watch").quiet_since = Instant::now();
     }
 
     async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
@@ -901,9 +899,11 @@ impl<A: Application, L: Link> Group<A, L> {
         if leading {
             // A leader a majority still answers is in touch; one cut off from the
             // group it leads (it may have been excluded) is as quiet as a follower.
-            let patience = self.watch.lock().expect("watch").patience;
-            if quorum_ack.is_some_and(|ms| Duration::from_millis(ms) < patience) {
-                self.watch.lock().expect("watch").quiet_since = now;
+            {
+                let mut w = self.watch.lock().expect("watch");
+                if quorum_ack.is_some_and(|ms| Duration::from_millis(ms) < w.patience) {
+                    w.quiet_since = now;
+                }
             }
             self.exclude_silent().await;
         } else {
@@ -934,7 +934,7 @@ impl<A: Application, L: Link> Group<A, L> {
         if !act {
             return;
         }
-        if !leading && self.is_voter() {
+        if !leading && voter {
             let _ = self.raft.trigger().elect().await;
         }
         self.rejoin().await;
