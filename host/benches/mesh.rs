@@ -6,8 +6,9 @@
 //! Run: `cargo bench -p liveobjects-host --bench mesh` (`-- --quick` for a short run).
 
 use liveobjects_directory::keys::Identity;
+use liveobjects_host::group::Admission;
 use liveobjects_host::mesh::core::Config;
-use liveobjects_host::mesh::group::{Admission, GroupHandle, MeshNode};
+use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -19,7 +19,8 @@
 //!    log or a snapshot at a view boundary), resume from disk (a durable member
 //!    restarting), or found the group (see `crate::vsync`).
 
-use crate::mesh::group::{Admission, GroupError, GroupHandle, MeshNode};
+use crate::group::{Admission, GroupError};
+use crate::mesh::group::{GroupHandle, MeshNode};
 use crate::mesh::net::Peer;
 use crate::qsm::driver::{QsmHandle, QsmNode};
 use crate::runtime::{AggregateLogic, LoadError, Logic, Runtime};
@@ -29,85 +30,7 @@ use liveobjects_directory::record::{Category, Grant, ObjectRecord, Reliability, 
 use liveobjects_directory::verify::VerifiedRecord;
 use std::time::{Duration, Instant};
 
-/// A communication driver and the guarantees it declares. The join protocol matches
-/// an object's type against these before anything else happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DriverInfo {
-    /// The name records use (`--driver`).
-    pub name: &'static str,
-    /// Strongest delivery guarantee it provides.
-    pub reliability: Reliability,
-    /// Strongest protection it provides.
-    pub security: Security,
-    /// The object categories it runs.
-    pub categories: &'static [Category],
-    /// One line for users.
-    pub summary: &'static str,
-}
-
-/// The drivers this host provides.
-pub const DRIVERS: &[DriverInfo] = &[
-    DriverInfo {
-        name: "mesh",
-        // Total order among connected members through a sequencer; links mutually
-        // authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
-        reliability: Reliability::TotalOrder,
-        security: Security::Encrypted,
-        categories: &[
-            Category::EventStream,
-            Category::ReplicatedState,
-            Category::ReplicatedService,
-            Category::CheckpointedChannel,
-        ],
-        summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
-    },
-    DriverInfo {
-        name: "qsm",
-        // Reliable FIFO per sender over IP multicast regions; every datagram sealed
-        // with AES-256-GCM under keys the membership service hands to members only.
-        reliability: Reliability::ReliableFifo,
-        security: Security::Encrypted,
-        categories: &[
-            Category::EventStream,
-            Category::ReplicatedState,
-            Category::ReplicatedService,
-            Category::CheckpointedChannel,
-        ],
-        summary: "IP multicast per region, token-ring repair, rate-based flow control; \
-                  many objects per host, LAN scale",
-    },
-    DriverInfo {
-        name: "vsync",
-        // Virtual synchrony with consensus: views and the total order are Raft's
-        // log (openraft); `durable` objects keep it on disk and survive the crash
-        // of every member. Links as the mesh's (QUIC, identity certificates).
-        reliability: Reliability::Durable,
-        security: Security::Encrypted,
-        categories: &[
-            Category::EventStream,
-            Category::ReplicatedState,
-            Category::ReplicatedService,
-            Category::CheckpointedChannel,
-        ],
-        summary: "consensus (Raft) on views and order; durable objects survive a crash \
-                  of every member; transactions commit everywhere or nowhere",
-    },
-    DriverInfo {
-        name: "gossip",
-        // Aggregates converge; nothing is delivered in order or exactly once, and
-        // datagrams are not authenticated (see `crate::gossip`).
-        reliability: Reliability::BestEffort,
-        security: Security::Open,
-        categories: &[Category::GossipAggregate],
-        summary: "SWIM membership, Cyclon peer sampling, push-pull aggregates over UDP; \
-                  run with `lo gossip`",
-    },
-];
-
-/// The driver called `name`, if this host has it.
-pub fn driver(name: &str) -> Option<&'static DriverInfo> {
-    DRIVERS.iter().find(|d| d.name == name)
-}
+pub use crate::driver::{DRIVERS, DriverInfo, driver};
 
 /// Aspects a joiner insists on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -279,6 +202,7 @@ pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), S
     if d.name == "qsm" {
         membership_of(record)?;
     }
+    crate::executor::Budgets::default().with_overrides(&record.driver.options)?;
     Ok(())
 }
 
@@ -405,6 +329,24 @@ pub async fn prepare(
     Ok(Prepared { verified, logic })
 }
 
+/// The budgets `name` runs under on this node: the executor's defaults with the
+/// record's `budget.*` driver options applied (see
+/// [`Budgets::with_overrides`](crate::executor::Budgets::with_overrides)).
+pub fn budgets_for(
+    runtime: &Runtime,
+    name: &str,
+    record: &ObjectRecord,
+) -> Result<crate::executor::Budgets, JoinError> {
+    runtime
+        .executor()
+        .budgets()
+        .with_overrides(&record.driver.options)
+        .map_err(|reason| JoinError::Type {
+            name: name.to_string(),
+            reason,
+        })
+}
+
 /// How long a qsm join may take (membership, then the snapshot) before it fails.
 const QSM_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -434,7 +376,14 @@ pub async fn join_qsm(
             ),
         });
     }
-    let joining = qsm.join(runtime, &prepared.logic, name, options.grant.clone());
+    let budgets = budgets_for(runtime, name, &prepared.verified.record)?;
+    let joining = qsm.join(
+        runtime,
+        &prepared.logic,
+        name,
+        options.grant.clone(),
+        &budgets,
+    );
     match tokio::time::timeout(QSM_JOIN_TIMEOUT, joining).await {
         Ok(Ok(handle)) => Ok(handle),
         Ok(Err(GroupError::Refused { reason, .. })) => Err(JoinError::NotAllowed {
@@ -496,9 +445,10 @@ pub async fn join_mesh(
             seeds.push(*extra);
         }
     }
+    let budgets = budgets_for(runtime, name, record)?;
     let wait = options.seed_timeout.unwrap_or(Duration::from_secs(10));
     for seed in &seeds {
-        let group = node.join(runtime, logic, name, *seed, admission.clone())?;
+        let group = node.join_with(runtime, logic, name, *seed, admission.clone(), &budgets)?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if group.status().await.map(|s| s.member).unwrap_or(false) {
@@ -509,7 +459,7 @@ pub async fn join_mesh(
         node.leave(name).await;
     }
     if options.found_if_alone {
-        let group = node.found(runtime, logic, name, admission)?;
+        let group = node.found_with(runtime, logic, name, admission, &budgets)?;
         return Ok(group);
     }
     Err(JoinError::NoMembers {

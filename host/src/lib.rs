@@ -12,12 +12,20 @@
 //! - [`gossip`]: the gossip driver (SWIM, Cyclon peer sampling, push-pull
 //!   aggregates such as the census).
 //!
+//! - [`executor`]: the object executor every networked driver runs guests on
+//!   (worker pool, mailboxes bounded in bytes, budgets, quarantine).
+//! - [`driver`]: the one `Driver` trait and the table of drivers; [`group`]: the
+//!   vocabulary every driver's objects share (errors, notices, status).
+//!
 //! The `lo` binary (`src/main.rs`) is the command-line front end.
 //!
 //! [`Replica`]: runtime::Replica
 #![deny(missing_docs, unsafe_code)]
 
+pub mod driver;
+pub mod executor;
 pub mod gossip;
+pub mod group;
 pub mod join;
 pub mod local;
 pub mod mesh;

@@ -1,22 +1,21 @@
-//! The host daemon (`lo node`): keeps joined objects live on their drivers (mesh,
-//! qsm and vsync) and serves a local control API (a Unix socket) to the CLI and
-//! applications. The qsm driver starts with the first qsm object joined, in the
-//! domain that object's record names (a node takes part in one qsm domain).
+//! The host daemon (`lo node`): keeps joined objects live on their drivers (the
+//! node's [`NodeDrivers`] table; nothing here names a driver) and serves a local
+//! control API (a Unix socket) to the CLI and applications. Status comes from what
+//! drivers and the executor publish: it answers within a bound whatever any object
+//! is doing, and the node never holds its objects lock across an object.
 //!
 //! Control protocol: one request per connection, each message a big-endian `u32`
 //! length and a postcard body ([`ControlRequest`] in, [`ControlResponse`] out). A
 //! `Watch` request keeps its connection open and streams notices.
 
+use crate::driver::{JoinRequest, JoinedObject, NodeDrivers, ObjectReport};
 use crate::gossip::agent::GossipAgent;
 use crate::gossip::core::MAX_CARD;
-use crate::join::{JoinError, JoinOptions, join_mesh, join_qsm, membership_of, prepare};
-use crate::mesh::group::{GroupError, GroupHandle, GroupNotice, GroupStatus, MeshNode};
+use crate::group::GroupNotice;
+use crate::join::{JoinError, JoinOptions, prepare};
 use crate::mesh::net::Peer;
-use crate::qsm::driver::{QsmHandle, QsmNode, QsmSettings, QsmStatus};
 use crate::runtime::Runtime;
-use crate::vsync::host::{VsyncHandle, VsyncJoin, VsyncNode};
 use liveobjects_directory::client::Resolver;
-use liveobjects_directory::keys::Identity;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,19 +115,21 @@ pub struct ObjectStatus {
     pub name: String,
     /// Its driver.
     pub driver: String,
-    /// Members (key prefix @ address).
-    pub members: Vec<String>,
-    /// Whether this host orders the group's events.
-    pub sequencer: bool,
-    /// Whether it has state yet.
-    pub member: bool,
-    /// Events applied by the object.
-    pub events_applied: u64,
-    /// Size of its snapshot in bytes.
-    pub state_bytes: u64,
-    /// SHA-256 of its snapshot (hex): replicas that applied the same events agree.
-    pub state_digest: String,
+    /// What the driver and the executor report of it.
+    pub report: ObjectReport,
 }
+
+/// A driver's own lines of `lo status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverStatus {
+    /// The driver's name.
+    pub driver: String,
+    /// Its lines (addresses, regions, rates).
+    pub lines: Vec<String>,
+}
+
+/// Longest `lo status` waits for one driver's own report.
+const DRIVER_REPORT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The daemon's answer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,10 +153,8 @@ pub enum ControlResponse {
         objects: Vec<ObjectStatus>,
         /// Its gossip agent, if it runs one.
         gossip: Option<GossipSummary>,
-        /// Its qsm driver, if it runs one.
-        qsm: Option<Box<QsmStatus>>,
-        /// Its vsync endpoint's address.
-        vsync_addr: String,
+        /// Each driver's own report.
+        drivers: Vec<DriverStatus>,
     },
     /// Left.
     Left,
@@ -200,125 +199,48 @@ pub async fn write_message<T: Serialize>(
     stream.write_all(&bytes).await
 }
 
-/// A joined object, on whichever driver carries it.
+/// A joined object and the driver that carries it.
 #[derive(Clone, Debug)]
-pub enum Joined {
-    /// A mesh group.
-    Mesh(GroupHandle),
-    /// A qsm object.
-    Qsm(QsmHandle),
-    /// A vsync object.
-    Vsync(VsyncHandle),
-}
-
-impl Joined {
-    /// Call a method (WAVE arguments).
-    pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
-        match self {
-            Joined::Mesh(g) => g.call(method, args).await,
-            Joined::Qsm(q) => q.call(method, args).await,
-            Joined::Vsync(v) => v.call(method, args).await,
-        }
-    }
-
-    /// Membership and progress.
-    pub async fn status(&self) -> Result<GroupStatus, GroupError> {
-        match self {
-            Joined::Mesh(g) => g.status().await,
-            Joined::Qsm(q) => q.status().await,
-            Joined::Vsync(v) => v.status().await,
-        }
-    }
-
-    /// The replica's snapshot.
-    pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
-        match self {
-            Joined::Mesh(g) => g.snapshot().await,
-            Joined::Qsm(q) => q.snapshot().await,
-            Joined::Vsync(v) => v.snapshot().await,
-        }
-    }
-
-    /// Notifications and membership changes.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<GroupNotice> {
-        match self {
-            Joined::Mesh(g) => g.subscribe(),
-            Joined::Qsm(q) => q.subscribe(),
-            Joined::Vsync(v) => v.subscribe(),
-        }
-    }
-
+pub struct Joined {
     /// The driver's name.
-    pub fn driver(&self) -> &'static str {
-        match self {
-            Joined::Mesh(_) => "mesh",
-            Joined::Qsm(_) => "qsm",
-            Joined::Vsync(_) => "vsync",
-        }
-    }
-}
-
-/// How a node starts its qsm driver when it first joins a qsm object.
-pub struct QsmLauncher {
-    /// The host's identity (its QUIC certificate).
-    pub identity: Identity,
-    /// Sockets and tunables.
-    pub settings: QsmSettings,
+    pub driver: &'static str,
+    /// The object.
+    pub object: Arc<dyn JoinedObject>,
 }
 
 /// The daemon's state.
 pub struct Node {
-    mesh: MeshNode,
+    drivers: NodeDrivers,
     runtime: Arc<Runtime>,
     resolver: Resolver,
     objects: Mutex<BTreeMap<String, Joined>>,
     /// Names with a join in progress (so two joins of one name cannot race).
     joining: Mutex<std::collections::BTreeSet<String>>,
     gossip: Option<GossipAgent>,
-    qsm_launcher: Option<QsmLauncher>,
-    qsm: Mutex<Option<Arc<QsmNode>>>,
-    vsync: VsyncNode,
 }
 
 impl Node {
-    /// A daemon over a started mesh node and vsync endpoint, with a gossip agent
-    /// for discovery if `gossip` is given, and qsm if `qsm` says how to start it.
+    /// A daemon over started drivers, with a gossip agent for discovery if
+    /// `gossip` is given.
     pub fn new(
-        mesh: MeshNode,
-        vsync: VsyncNode,
+        drivers: NodeDrivers,
         runtime: Arc<Runtime>,
         resolver: Resolver,
         gossip: Option<GossipAgent>,
-        qsm: Option<QsmLauncher>,
     ) -> Arc<Self> {
         Arc::new(Node {
-            mesh,
-            vsync,
+            drivers,
             runtime,
             resolver,
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
             gossip,
-            qsm_launcher: qsm,
-            qsm: Mutex::new(None),
         })
     }
 
-    /// The qsm driver for the domain served by `membership`, started if needed.
-    async fn qsm_for(&self, membership: Peer) -> Result<Arc<QsmNode>, String> {
-        let mut running = self.qsm.lock().await;
-        if let Some(q) = running.as_ref() {
-            return Ok(q.clone());
-        }
-        let launcher = self
-            .qsm_launcher
-            .as_ref()
-            .ok_or("this node does not run qsm (start it with --qsm-bind ADDR)")?;
-        let node = QsmNode::start(&launcher.identity, launcher.settings.clone(), membership)
-            .map_err(|e| format!("cannot start qsm: {e}"))?;
-        let node = Arc::new(node);
-        *running = Some(node.clone());
-        Ok(node)
+    /// This node's identity and contact address.
+    pub fn me(&self) -> Peer {
+        self.drivers.me
     }
 
     /// Publish this node's card (mesh address, joined objects) on gossip.
@@ -327,7 +249,7 @@ impl Node {
             return;
         };
         let card = NodeCard {
-            mesh: self.mesh.me(),
+            mesh: self.drivers.me,
             objects: self.objects.lock().await.keys().cloned().collect(),
         };
         gossip.set_card(card.encode()).await;
@@ -338,7 +260,7 @@ impl Node {
         let Some(gossip) = &self.gossip else {
             return Vec::new();
         };
-        let me = self.mesh.me().key;
+        let me = self.drivers.me.key;
         for _ in 0..DISCOVERY_ATTEMPTS {
             let mut members: Vec<Peer> = gossip
                 .cards(DISCOVERY_HOSTS, DISCOVERY_WAIT)
@@ -354,16 +276,6 @@ impl Node {
             }
         }
         Vec::new()
-    }
-
-    /// The mesh node.
-    pub fn mesh(&self) -> &MeshNode {
-        &self.mesh
-    }
-
-    /// The vsync endpoint.
-    pub fn vsync(&self) -> &VsyncNode {
-        &self.vsync
     }
 
     /// Serve the control socket at `path` until the process stops.
@@ -403,12 +315,13 @@ impl Node {
                 return write_message(&mut stream, &ControlResponse::Error(not_joined(&name)))
                     .await;
             };
-            let mut notices = group.subscribe();
+            let mut notices = group.object.subscribe();
             while let Ok(notice) = notices.recv().await {
                 let text = match notice {
                     GroupNotice::Notification { topic, detail } => format!("{topic}: {detail}"),
                     GroupNotice::View(members) => format!("view: {} members", members.len()),
                     GroupNotice::Excluded => "excluded from the group".to_string(),
+                    GroupNotice::Quarantined(reason) => format!("quarantined: {reason}"),
                 };
                 write_message(&mut stream, &ControlResponse::Notice(text)).await?;
             }
@@ -441,34 +354,23 @@ impl Node {
                     return ControlResponse::Error(not_joined(&name));
                 };
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match group.call(&method, &args).await {
+                match group.object.call(&method, &args).await {
                     Ok(results) => ControlResponse::Results(results),
                     Err(e) => ControlResponse::Error(e.to_string()),
                 }
             }
             ControlRequest::Status => {
+                // Never hold the objects lock across an object: copy the handles out.
+                let joined: Vec<(String, Joined)> = self
+                    .objects
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|(name, group)| (name.clone(), group.clone()))
+                    .collect();
                 let mut objects = Vec::new();
-                for (name, group) in self.objects.lock().await.iter() {
-                    let Ok(status) = group.status().await else {
-                        continue;
-                    };
-                    let snapshot = group.snapshot().await.unwrap_or_default();
-                    let state_digest =
-                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot));
-                    objects.push(ObjectStatus {
-                        name: name.clone(),
-                        driver: group.driver().to_string(),
-                        members: status
-                            .members
-                            .iter()
-                            .map(|p| format!("{}@{}", p.key.short(), p.addr))
-                            .collect(),
-                        sequencer: status.sequencer,
-                        member: status.member,
-                        events_applied: status.events_applied,
-                        state_bytes: snapshot.len() as u64,
-                        state_digest,
-                    });
+                for (name, group) in joined {
+                    objects.push(object_status(name, &group).await);
                 }
                 let gossip = match &self.gossip {
                     Some(agent) => agent.status().await.map(|status| GossipSummary {
@@ -478,33 +380,37 @@ impl Node {
                     }),
                     None => None,
                 };
-                let qsm = self.qsm.lock().await.clone();
-                let qsm = match qsm {
-                    Some(q) => q.status().await.map(Box::new),
-                    None => None,
-                };
+                let mut drivers = Vec::new();
+                for driver in &self.drivers.drivers {
+                    let name = driver.info().name.to_string();
+                    let lines = tokio::time::timeout(DRIVER_REPORT_WAIT, driver.report())
+                        .await
+                        .unwrap_or_else(|_| {
+                            vec![format!(
+                                "{name} (busy: no report within {DRIVER_REPORT_WAIT:?})"
+                            )]
+                        });
+                    if !lines.is_empty() {
+                        drivers.push(DriverStatus {
+                            driver: name,
+                            lines,
+                        });
+                    }
+                }
                 ControlResponse::Status {
-                    key: self.mesh.me().key.to_string(),
-                    addr: self.mesh.me().addr.to_string(),
+                    key: self.drivers.me.key.to_string(),
+                    addr: self.drivers.me.addr.to_string(),
                     objects,
                     gossip,
-                    qsm,
-                    vsync_addr: self.vsync.me().addr.to_string(),
+                    drivers,
                 }
             }
             ControlRequest::Leave { name } => {
                 let Some(joined) = self.objects.lock().await.remove(&name) else {
                     return ControlResponse::Error(not_joined(&name));
                 };
-                match joined {
-                    Joined::Mesh(_) => self.mesh.leave(&name).await,
-                    Joined::Qsm(_) => {
-                        let qsm = self.qsm.lock().await.clone();
-                        if let Some(q) = qsm {
-                            q.leave(&name).await;
-                        }
-                    }
-                    Joined::Vsync(_) => self.vsync.leave(&name).await,
+                if let Some(driver) = self.drivers.get(joined.driver) {
+                    driver.leave(&name).await;
                 }
                 self.publish_card().await;
                 ControlResponse::Left
@@ -524,64 +430,54 @@ impl Node {
             require,
             ..JoinOptions::default()
         };
-        let me = self.mesh.me().key;
+        let me = self.drivers.me.key;
         let prepared = match prepare(&self.runtime, &self.resolver, &name, me, &options).await {
             Ok(p) => p,
             Err(e) => return ControlResponse::Error(e.to_string()),
         };
         let record = prepared.verified.record.clone();
-        let result = match record.driver.name.as_str() {
-            "qsm" => {
-                let membership = match membership_of(&record) {
-                    Ok(m) => m,
-                    Err(e) => return ControlResponse::Error(format!("cannot join {name}: {e}")),
-                };
-                let qsm = match self.qsm_for(membership).await {
-                    Ok(q) => q,
-                    Err(e) => return ControlResponse::Error(format!("cannot join {name}: {e}")),
-                };
-                join_qsm(&qsm, &self.runtime, &name, &prepared, &options)
-                    .await
-                    .map(Joined::Qsm)
-            }
-            "vsync" => {
-                let how = VsyncJoin {
-                    seeds: crate::join::seeds(&record),
-                    found_if_alone,
-                    durable: record.object_type.reliability
-                        == liveobjects_directory::record::Reliability::Durable,
-                    policy: record.policy.clone(),
-                    grant: options.grant.clone(),
-                };
-                self.vsync
-                    .join(&self.runtime, &prepared.logic, &name, how)
-                    .await
-                    .map(Joined::Vsync)
-                    .map_err(JoinError::from)
-            }
-            _ => {
-                // The record's seeds first; if none answers, members gossip knows
-                // of; only then found the group (founding while members exist
-                // elsewhere would split the object in two).
-                options.found_if_alone = found_if_alone && self.gossip.is_none();
-                let mut result =
-                    join_mesh(&self.mesh, &self.runtime, &name, &prepared, &options).await;
-                if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
-                    options.extra_seeds = self.discover(&name).await;
-                    options.found_if_alone = found_if_alone;
-                    tracing::info!(
-                        object = %name,
-                        hints = options.extra_seeds.len(),
-                        "no seed of the record answered; trying members found by gossip"
-                    );
-                    result = join_mesh(&self.mesh, &self.runtime, &name, &prepared, &options).await;
-                }
-                result.map(Joined::Mesh)
-            }
+        let Some(driver) = self.drivers.get(&record.driver.name) else {
+            return ControlResponse::Error(format!(
+                "cannot join {name}: this node does not run the {} driver",
+                record.driver.name
+            ));
         };
+        // The record's seeds first; if none answers, members gossip knows of; only
+        // then found the group (founding while members exist elsewhere would split
+        // the object in two).
+        options.found_if_alone = found_if_alone && self.gossip.is_none();
+        let mut result = driver
+            .join(JoinRequest {
+                name: &name,
+                prepared: &prepared,
+                options: &options,
+                runtime: &self.runtime,
+            })
+            .await;
+        if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
+            options.extra_seeds = self.discover(&name).await;
+            options.found_if_alone = found_if_alone;
+            tracing::info!(
+                object = %name,
+                hints = options.extra_seeds.len(),
+                "no seed of the record answered; trying members found by gossip"
+            );
+            result = driver
+                .join(JoinRequest {
+                    name: &name,
+                    prepared: &prepared,
+                    options: &options,
+                    runtime: &self.runtime,
+                })
+                .await;
+        }
+        let result = result.map(|object| Joined {
+            driver: driver.info().name,
+            object,
+        });
         match result {
             Ok(joined) => {
-                let members = joined.status().await.map(|s| s.members.len()).unwrap_or(0);
+                let members = joined.object.report().await.members.len();
                 self.objects.lock().await.insert(name, joined);
                 self.publish_card().await;
                 ControlResponse::Joined {
@@ -591,6 +487,16 @@ impl Node {
             }
             Err(e) => ControlResponse::Error(e.to_string()),
         }
+    }
+}
+
+/// One object's line of `lo status`: from what its driver and the executor
+/// published, so it answers within a bound whatever the object does.
+async fn object_status(name: String, group: &Joined) -> ObjectStatus {
+    ObjectStatus {
+        name,
+        driver: group.driver.to_string(),
+        report: group.object.report().await,
     }
 }
 

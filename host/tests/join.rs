@@ -5,9 +5,10 @@ use liveobjects_directory::client::{Client, Resolver};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{AccessPolicy, Grant, ObjectRecord, Reliability, Signed};
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_host::group::Admission;
 use liveobjects_host::join::{JoinError, JoinOptions, join};
 use liveobjects_host::mesh::core::Config;
-use liveobjects_host::mesh::group::{Admission, MeshNode};
+use liveobjects_host::mesh::group::MeshNode;
 use liveobjects_host::runtime::{Runtime, RuntimeConfig};
 use std::time::Duration;
 

@@ -2,8 +2,9 @@
 //! each with its own endpoint and identity) run sandboxed replicas of the chat object.
 
 use liveobjects_directory::keys::Identity;
+use liveobjects_host::group::Admission;
 use liveobjects_host::mesh::core::Config;
-use liveobjects_host::mesh::group::{Admission, GroupHandle, MeshNode};
+use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::mesh::net::{Frame, Transport};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use std::sync::Arc;

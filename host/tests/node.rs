@@ -315,3 +315,163 @@ fn a_joiner_finds_members_through_gossip_when_the_record_seed_is_dead() {
     let status = home.ok(&["status", "--control", &control(&home, 3)]);
     assert!(status.contains("gossip 127.0.0.1:"), "{status}");
 }
+
+const CHAIN: &str = "lo://acme/hostile/chain";
+
+/// Resident memory of a process, in bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Most memory a node may hold during the storm. An unbounded cascade grew
+/// nodes to 4 and 7 GiB within 40 s before the executor; each object may now
+/// hold its mailbox (8 MiB) and its group's backlog (32 MiB) at most.
+const STORM_RSS_BOUND: u64 = 512 << 20;
+
+#[test]
+fn a_chain_reaction_is_quarantined_and_the_chat_beside_it_loses_nothing() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let (dir_addr, root) = (directory.addr.clone(), directory.root.clone());
+    let acme_key = home.path("acme.key");
+    let acme: &str = acme_key.to_str().unwrap();
+    let run = |args: Vec<String>| home.ok_owned(args);
+
+    let mut nodes = Vec::new();
+    let mut seed = String::new();
+    for n in 1..=3 {
+        let (daemon, s) = start_node(&home, n, &dir_addr, &root);
+        if n == 1 {
+            seed = s;
+        }
+        nodes.push(daemon);
+    }
+    for (name, logic) in [
+        (ROOM, liveobjects_objects::CHAT),
+        (CHAIN, liveobjects_objects::HOSTILE),
+    ] {
+        run(directory.args(&[
+            "publish",
+            logic,
+            "--name",
+            name,
+            "--reliability",
+            "total-order",
+            "--driver-opt",
+            &format!("seeds={seed}"),
+            "--key",
+            acme,
+        ]));
+        for n in 1..=3 {
+            let mut args = vec!["join", name, "--no-interactive", "--control"];
+            let control = control(&home, n);
+            args.push(&control);
+            if n == 1 {
+                args.push("--found");
+            }
+            home.ok(&args);
+        }
+    }
+    eventually(20, "three members of the chat at node 1", || {
+        members(&home, 1) == 3
+    });
+
+    // Every `deliver` of a chain event multicasts two more, at every replica.
+    home.ok(&["call", CHAIN, "chain", "--control", &control(&home, 1)]);
+
+    let status_of = |n: usize| {
+        let started = std::time::Instant::now();
+        let out = home.ok(&["status", "--control", &control(&home, n)]);
+        (started.elapsed(), out)
+    };
+    let mut slowest_status = std::time::Duration::ZERO;
+    let mut most_rss = 0u64;
+    let mut posts = 0u64;
+    let started = std::time::Instant::now();
+    let mut quarantined = [false; 3];
+    // Bounded: at most 60 rounds or 60 s, whichever comes first.
+    for round in 0..60 {
+        for n in 1..=3 {
+            home.ok(&[
+                "call",
+                ROOM,
+                "post",
+                &format!("\"storm r{round} n{n}\""),
+                "--control",
+                &control(&home, n),
+            ]);
+            posts += 1;
+            let (took, status) = status_of(n);
+            slowest_status = slowest_status.max(took);
+            assert!(
+                took < std::time::Duration::from_secs(1),
+                "lo status took {took:?} at node {n} during the storm"
+            );
+            let chain_line = status
+                .lines()
+                .skip_while(|l| !l.starts_with(CHAIN))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n");
+            if chain_line.contains("quarantined: exceeded") {
+                quarantined[n - 1] = true;
+            }
+            let rss = rss_bytes(nodes[n - 1].child.id());
+            most_rss = most_rss.max(rss);
+            assert!(
+                rss < STORM_RSS_BOUND,
+                "node {n} holds {} MiB during the storm",
+                rss >> 20
+            );
+        }
+        if quarantined.iter().all(|q| *q) && round >= 5 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the chain reaction was not quarantined everywhere within 60 s: {quarantined:?}"
+        );
+    }
+    assert!(
+        quarantined.iter().all(|q| *q),
+        "quarantined at nodes 1-3: {quarantined:?}"
+    );
+    eprintln!(
+        "storm: quarantined everywhere after {:?}; slowest lo status {slowest_status:?}; \
+         most RSS {} MiB; {posts} chat posts",
+        started.elapsed(),
+        most_rss >> 20
+    );
+
+    // A call on the quarantined object names it and the limit.
+    let out = home.run(&["call", CHAIN, "chained", "--control", &control(&home, 2)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(CHAIN) && err.contains("quarantined") && err.contains("multicasts/s"),
+        "{err}"
+    );
+
+    // Every chat post made during the storm is applied once, in one order, everywhere.
+    eventually(20, "every post everywhere", || {
+        (1..=3).all(|n| count(&home, n) == Some(posts))
+    });
+    let history = |n: usize| {
+        home.ok(&[
+            "call",
+            ROOM,
+            "history",
+            "1000",
+            "--control",
+            &control(&home, n),
+        ])
+    };
+    assert_eq!(history(1), history(2));
+    assert_eq!(history(1), history(3));
+}

@@ -7,8 +7,8 @@
 
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{AccessPolicy, ObjectRecord, Reliability};
+use liveobjects_host::group::GroupError;
 use liveobjects_host::join::{Requirements, check_type};
-use liveobjects_host::mesh::group::GroupError;
 use liveobjects_host::mesh::net::Peer;
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use liveobjects_host::vsync::group::GroupConfig;

@@ -17,6 +17,7 @@ pub fn runtime_with(limits: Limits) -> Runtime {
     Runtime::new(RuntimeConfig {
         cache_dir: None,
         limits,
+        ..RuntimeConfig::default()
     })
     .expect("runtime starts")
 }

@@ -59,6 +59,7 @@ fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled")),
         limits: Limits::default(),
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let logic = runtime.load_file(&component).unwrap();

@@ -4,14 +4,9 @@ use super::directory::{DirectoryTarget, KeyArg};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
-use liveobjects_host::mesh::core::Config;
-use liveobjects_host::mesh::group::MeshNode;
-use liveobjects_host::node::{ControlRequest, ControlResponse, Node, QsmLauncher, request};
-use liveobjects_host::qsm::core::QsmConfig;
-use liveobjects_host::qsm::driver::QsmSettings;
+use liveobjects_host::driver::DriverArgs;
+use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
 use liveobjects_host::runtime::Runtime;
-use liveobjects_host::vsync::group::GroupConfig;
-use liveobjects_host::vsync::host::{VsyncNode, VsyncSettings};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +32,8 @@ impl ControlArg {
 /// `lo node`
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// UDP address for the mesh (QUIC).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    #[command(flatten)]
+    drivers: DriverArgs,
     /// Also gossip on this UDP address: the node then runs SWIM membership and the
     /// census, publishes which objects it hosts, and finds members that way when
     /// the seeds a record lists do not answer.
@@ -56,31 +50,6 @@ pub struct NodeArgs {
         value_parser = super::gossip::parse_secret
     )]
     gossip_secret: Option<liveobjects_host::gossip::core::DomainSecret>,
-    /// Run qsm objects: the UDP data address (an interface's address; port 0 picks
-    /// one). Multicast goes out on that interface only.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    qsm_bind: SocketAddr,
-    /// The QUIC address of qsm's control plane (default: the data address' IP).
-    #[arg(long, value_name = "ADDR")]
-    qsm_control: Option<SocketAddr>,
-    /// The interface's name (needed for IPv6 multicast).
-    #[arg(long, value_name = "NAME")]
-    qsm_interface: Option<String>,
-    /// Never use IP multicast for qsm (regions with this host use the overlay).
-    #[arg(long)]
-    qsm_no_multicast: bool,
-    /// UDP address of the vsync endpoint (QUIC). Durable members must come back
-    /// on the address they had, since their group remembers it.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    vsync_listen: SocketAddr,
-    /// Where durable vsync objects keep their logs (default:
-    /// ~/.local/share/liveobjects/vsync-KEY/).
-    #[arg(long, value_name = "DIR")]
-    vsync_data: Option<PathBuf>,
-    /// A vsync group snapshots its object every this many log entries (and drops
-    /// older entries).
-    #[arg(long, value_name = "N", default_value_t = 2000)]
-    vsync_snapshot_every: u64,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -128,23 +97,10 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
     let root = super::directory::root_key(&args.target)?;
     let control = args.control.path()?;
     super::tokio()?.block_on(async move {
-        let mesh = MeshNode::start(&identity, args.listen, Config::default())?;
-        let vsync_data = match &args.vsync_data {
-            Some(dir) => dir.clone(),
-            None => super::data_dir()?.join(format!("vsync-{}", identity.public())),
-        };
-        let vsync = VsyncNode::start(
-            &identity,
-            args.vsync_listen,
-            VsyncSettings {
-                data_dir: vsync_data,
-                group: GroupConfig {
-                    snapshot_every: args.vsync_snapshot_every.max(1),
-                    ..GroupConfig::default()
-                },
-            },
-        )?;
-        let vsync_me = vsync.me();
+        let drivers = args
+            .drivers
+            .start(&identity, &super::data_dir()?)
+            .map_err(anyhow::Error::msg)?;
         let client = Client::connect(args.target.directory).await?;
         // Each node identity keeps its own version memory (the CLI's, or another
         // node's, may be in use meanwhile).
@@ -152,7 +108,6 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
             &super::data_dir()?.join(format!("seen-versions-node-{}.redb", identity.public())),
         )?;
         let resolver = Resolver::new(client, root, Some(seen));
-        let me = mesh.me();
         let runtime = Arc::new(runtime);
         let gossip = match args.gossip {
             Some(addr) => Some(
@@ -161,29 +116,17 @@ pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
             ),
             None => None,
         };
-        let qsm = QsmLauncher {
-            identity: identity.clone(),
-            settings: QsmSettings {
-                data: args.qsm_bind,
-                control: args
-                    .qsm_control
-                    .unwrap_or_else(|| SocketAddr::new(args.qsm_bind.ip(), 0)),
-                interface: args.qsm_interface.clone(),
-                multicast: !args.qsm_no_multicast,
-                config: QsmConfig::default(),
-            },
-        };
+        let banner = drivers.banner.clone();
         let node = Node::new(
-            mesh,
-            vsync,
+            drivers,
             runtime,
             resolver,
             gossip.as_ref().map(|(agent, _)| agent.clone()),
-            Some(qsm),
         );
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "node listening on {} key {}", me.addr, me.key);
-        let _ = writeln!(out, "vsync listening on {}", vsync_me.addr);
+        for line in &banner {
+            let _ = writeln!(out, "{line}");
+        }
         if let Some((_, addr)) = &gossip {
             let _ = writeln!(out, "gossip on {addr}");
         }
@@ -306,14 +249,17 @@ pub fn status(args: StatusArgs) -> Result<()> {
         addr,
         objects,
         gossip,
-        qsm,
-        vsync_addr,
+        drivers,
     } = expect(answer)?
     else {
         bail!("unexpected answer");
     };
     println!("node {addr} key {key}");
-    println!("vsync {vsync_addr}");
+    for d in &drivers {
+        for line in &d.lines {
+            println!("{line}");
+        }
+    }
     if let Some(g) = gossip {
         println!(
             "gossip {}  {} other live host(s)  census {}",
@@ -324,89 +270,41 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 .unwrap_or_else(|| "(first epoch running)".into())
         );
     }
-    if let Some(q) = qsm {
-        print_qsm(&q);
-    }
     if objects.is_empty() {
         println!("(no objects joined)");
     }
     for o in objects {
+        let r = &o.report;
         println!(
             "{}  driver {}  {} member(s){}  events applied {}  state {} bytes sha256 {}",
             o.name,
             o.driver,
-            o.members.len(),
-            if o.sequencer && o.driver == "vsync" {
-                ", leader"
-            } else if o.sequencer {
-                ", sequencer"
-            } else if o.member {
-                ""
+            r.members.len(),
+            if r.sequencer {
+                format!(
+                    ", {}",
+                    liveobjects_host::driver::driver(&o.driver).map_or("sequencer", |d| d.orderer)
+                )
+            } else if r.member {
+                String::new()
             } else {
-                ", joining"
+                ", joining".to_string()
             },
-            o.events_applied,
-            o.state_bytes,
-            o.state_digest
+            r.events_applied,
+            r.state_bytes,
+            r.state_digest
         );
-        println!("    members: {}", o.members.join(" "));
+        if let Some(reason) = &r.quarantined {
+            println!("    quarantined: {reason}");
+        }
+        if let Some((jobs, bytes)) = r.queued
+            && jobs > 0
+        {
+            println!("    queued: {jobs} job(s), {bytes} bytes");
+        }
+        println!("    members: {}", r.members.join(" "));
     }
     Ok(())
-}
-
-fn print_qsm(q: &liveobjects_host::qsm::driver::QsmStatus) {
-    let s = &q.stats;
-    println!(
-        "qsm host {}  data {}  {}  membership {}@{}  objects {}",
-        s.host,
-        q.data,
-        if q.multicast { "multicast" } else { "overlay" },
-        q.membership.key.short(),
-        q.membership.addr,
-        s.objects
-    );
-    if let Some(r) = &s.region {
-        println!(
-            "    region {}: {} host(s), ring of {}{}, {}{}  received {} msgs ({:.0}/s), loss repaired {}",
-            r.id,
-            r.members,
-            r.ring_size,
-            if r.levels > 1 {
-                format!(" ({} levels)", r.levels)
-            } else {
-                String::new()
-            },
-            if r.overlay { "overlay" } else { "multicast" },
-            if r.leader { ", leader" } else { "" },
-            r.received,
-            q.receive_rate,
-            r.repaired
-        );
-    }
-    for st in &s.streams {
-        let rate = q
-            .send_rates
-            .iter()
-            .find(|(id, _)| *id == st.region)
-            .map(|(_, r)| *r)
-            .unwrap_or(0.0);
-        println!(
-            "    sending to region {}: {:.1} KB/s (limit {:.1} MB/s)  sent {} msgs, re-multicast {}, unacked {}",
-            st.region,
-            rate / 1e3,
-            st.rate / 1e6,
-            st.messages,
-            st.retransmitted,
-            st.in_flight
-        );
-    }
-    let d = &s.drops;
-    if d.total() > 0 || q.send_drops > 0 {
-        println!(
-            "    dropped datagrams: {} forged, {} replayed, {} malformed, {} foreign; {} not sent",
-            d.forged, d.replayed, d.malformed, d.foreign, q.send_drops
-        );
-    }
 }
 
 pub fn leave(args: LeaveArgs) -> Result<()> {

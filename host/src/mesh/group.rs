@@ -1,13 +1,26 @@
-//! A host on the mesh ([`MeshNode`]) and the replicas it runs ([`GroupHandle`]): each
-//! object's protocol core and sandboxed replica live in one task, fed by the
-//! transport, timers and local calls.
+//! A host on the mesh ([`MeshNode`]) and the objects it takes part in
+//! ([`GroupHandle`]). Each object's protocol core runs in a task of its own, fed by
+//! the transport, timers and local calls; its sandboxed replica runs on the node's
+//! object executor ([`crate::executor`]), never in that task. The task hands the
+//! replica deliveries, views, calls and snapshot requests in the order the core
+//! produced them (the executor's mailbox is FIFO, so a snapshot reflects exactly
+//! the cut the core asked for) and acts on the results as they come back.
+//!
+//! Back-pressure: the mesh has no flow control between members yet (a total-order
+//! sequencer cannot slow for one member), so work the object's mailbox refuses
+//! waits in the task's backlog. A backlog above [`BACKLOG_LIMIT`] bytes quarantines
+//! the object on this node (the host memory it may hold) instead of dropping
+//! anything: the replica leaves the group and every caller sees why.
 
 use super::core::{Config, Event as CoreEvent, MeshCore, Message, Output, View as CoreView};
 use super::net::{Frame, Inbound, NetError, Peer, Transport};
-use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
+use crate::executor::{Budgets, Full, Job, ObjectRef};
+use crate::group::{Admission, GroupError, GroupNotice, GroupStatus};
+use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
-use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
+use liveobjects_directory::record::Grant;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,95 +28,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Frames and commands queued per group before new frames are dropped.
 const GROUP_QUEUE: usize = 8192;
-
-/// Something a local application may want to see.
-#[derive(Debug, Clone)]
-pub enum GroupNotice {
-    /// The object raised a notification.
-    Notification {
-        /// What changed.
-        topic: String,
-        /// Free text.
-        detail: String,
-    },
-    /// The membership changed.
-    View(Vec<Peer>),
-    /// This replica is no longer a member.
-    Excluded,
-}
-
-/// Who may join a group, and this host's own credential.
-#[derive(Debug, Clone)]
-pub struct Admission {
-    /// The object's access policy (from its record); members enforce it on joiners.
-    pub policy: AccessPolicy,
-    /// This host's grant, presented when it joins (for `grants:` policies).
-    pub grant: Option<Signed<Grant>>,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Admission {
-            policy: AccessPolicy::Open,
-            grant: None,
-        }
-    }
-}
-
-/// A snapshot of a group's state, for `lo status`.
-#[derive(Debug, Clone)]
-pub struct GroupStatus {
-    /// Current members.
-    pub members: Vec<Peer>,
-    /// Highest position of the total order delivered here.
-    pub delivered: u64,
-    /// Whether this replica has state and takes part.
-    pub member: bool,
-    /// Whether this host orders the group's events.
-    pub sequencer: bool,
-    /// Events the object applied.
-    pub events_applied: u64,
-}
-
-/// Why a call on a group failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    /// The replica refused or failed.
-    #[error(transparent)]
-    Replica(#[from] crate::runtime::ReplicaError),
-    /// The group task is gone (left, or excluded).
-    #[error("this host no longer takes part in {0}")]
-    Gone(String),
-    /// The replica has no state yet (joining).
-    #[error("{0} is still joining (waiting for its state)")]
-    Joining(String),
-    /// The object refused an update (a transaction): it aborted at every replica
-    /// and changed nothing.
-    #[error("transaction on {object} aborted at every replica: {reason}")]
-    Aborted {
-        /// The object.
-        object: String,
-        /// The object's reason.
-        reason: String,
-    },
-    /// The group could not order or confirm the request in time (for vsync: no
-    /// majority reachable); an update may or may not have committed.
-    #[error("{object}: {reason}")]
-    Unavailable {
-        /// The object.
-        object: String,
-        /// What happened.
-        reason: String,
-    },
-    /// The driver or its membership service refused the join.
-    #[error("cannot join {object}: {reason}")]
-    Refused {
-        /// The object.
-        object: String,
-        /// Why.
-        reason: String,
-    },
-}
+/// Bytes of work for the replica a group task may hold beyond the executor's
+/// mailbox before the object is quarantined on this node.
+pub const BACKLOG_LIMIT: usize = 32 << 20;
 
 enum Command {
     Call {
@@ -111,7 +38,6 @@ enum Command {
         args: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, GroupError>>,
     },
-    Status(oneshot::Sender<GroupStatus>),
     Snapshot(oneshot::Sender<Result<Vec<u8>, GroupError>>),
     Leave,
 }
@@ -162,7 +88,8 @@ impl MeshNode {
         self.transport.me()
     }
 
-    /// Start a new group for `object`, with this host as its first member.
+    /// Start a new group for `object`, with this host as its first member, under
+    /// the node's default budgets.
     pub fn found(
         &self,
         runtime: &Runtime,
@@ -170,13 +97,27 @@ impl MeshNode {
         object: &str,
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
+        let budgets = runtime.executor().budgets().clone();
+        self.found_with(runtime, logic, object, admission, &budgets)
+    }
+
+    /// [`found`](Self::found) under `budgets`.
+    pub fn found_with(
+        &self,
+        runtime: &Runtime,
+        logic: &Arc<Logic>,
+        object: &str,
+        admission: Admission,
+        budgets: &Budgets,
+    ) -> Result<GroupHandle, GroupError> {
         let mut replica = self.replica(runtime, logic, object)?;
         replica.init(None)?;
         let core = MeshCore::found(self.me(), self.config.clone(), self.now());
-        Ok(self.spawn(object, core, replica, admission))
+        Ok(self.spawn(runtime, object, core, replica, admission, budgets))
     }
 
-    /// Join the group of `object` through `contact` (any member).
+    /// Join the group of `object` through `contact` (any member), under the node's
+    /// default budgets.
     pub fn join(
         &self,
         runtime: &Runtime,
@@ -185,9 +126,23 @@ impl MeshNode {
         contact: Peer,
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
+        let budgets = runtime.executor().budgets().clone();
+        self.join_with(runtime, logic, object, contact, admission, &budgets)
+    }
+
+    /// [`join`](Self::join) under `budgets`.
+    pub fn join_with(
+        &self,
+        runtime: &Runtime,
+        logic: &Arc<Logic>,
+        object: &str,
+        contact: Peer,
+        admission: Admission,
+        budgets: &Budgets,
+    ) -> Result<GroupHandle, GroupError> {
         let replica = self.replica(runtime, logic, object)?;
         let core = MeshCore::join(self.me(), contact, self.config.clone(), self.now());
-        Ok(self.spawn(object, core, replica, admission))
+        Ok(self.spawn(runtime, object, core, replica, admission, budgets))
     }
 
     /// Stop taking part in `object` (its task ends; peers exclude this host).
@@ -225,34 +180,55 @@ impl MeshNode {
 
     fn spawn(
         &self,
+        runtime: &Runtime,
         object: &str,
         core: MeshCore<Peer>,
         replica: Replica,
         admission: Admission,
+        budgets: &Budgets,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::channel(GROUP_QUEUE);
         let (notices, _) = broadcast::channel(1024);
+        let (results_tx, results) = mpsc::unbounded_channel();
+        let quarantined = results_tx.clone();
+        let replica = runtime.executor().spawn(replica, budgets, move |reason| {
+            let _ = quarantined.send(FromReplica::Quarantined(reason));
+        });
         self.groups
             .lock()
             .expect("routes")
             .insert(object.to_string(), tx.clone());
+        let status = Arc::new(Mutex::new(GroupStatus {
+            members: core.view().members.clone(),
+            delivered: core.delivered(),
+            member: core.is_member(),
+            sequencer: core.is_sequencer(),
+            events_applied: 0,
+        }));
         let group = Group {
             object: object.to_string(),
             me: self.me(),
             core,
-            replica,
+            replica: replica.clone(),
+            results_tx,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
             transport: self.transport.clone(),
             notices: notices.clone(),
             started: self.started,
             waiting: Vec::new(),
             gone: false,
             admission,
+            status: status.clone(),
+            view_id: None,
         };
-        tokio::spawn(group.run(rx));
+        tokio::spawn(group.run(rx, results));
         GroupHandle {
             object: object.to_string(),
             tx,
             notices,
+            replica,
+            status,
         }
     }
 }
@@ -263,6 +239,8 @@ pub struct GroupHandle {
     object: String,
     tx: mpsc::Sender<GroupInput>,
     notices: broadcast::Sender<GroupNotice>,
+    replica: ObjectRef,
+    status: Arc<Mutex<GroupStatus>>,
 }
 
 impl std::fmt::Debug for GroupHandle {
@@ -277,6 +255,9 @@ impl GroupHandle {
     /// Call a method (WAVE arguments). An update returns once its events are applied
     /// by this replica, so a following query sees them.
     pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
+        if let Some(reason) = self.replica.quarantined() {
+            return Err(quarantined(&self.object, reason));
+        }
         let (reply, answer) = oneshot::channel();
         self.command(Command::Call {
             method: method.to_string(),
@@ -284,27 +265,32 @@ impl GroupHandle {
             reply,
         })
         .await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))?
+        answer.await.map_err(|_| self.gone())?
     }
 
-    /// Membership and progress.
+    /// Membership and progress, as the group task last published them: answers at
+    /// once, whatever the object is doing.
     pub async fn status(&self) -> Result<GroupStatus, GroupError> {
-        let (reply, answer) = oneshot::channel();
-        self.command(Command::Status(reply)).await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))
+        Ok(self.status_now())
     }
 
-    /// The replica's snapshot.
+    /// [`status`](Self::status) without a runtime.
+    pub fn status_now(&self) -> GroupStatus {
+        let mut status = self.status.lock().expect("status").clone();
+        status.events_applied = self.replica.metrics().events_applied;
+        status
+    }
+
+    /// The replica on the executor (its metrics: queue, CPU, digest, quarantine).
+    pub fn replica(&self) -> &ObjectRef {
+        &self.replica
+    }
+
+    /// The replica's snapshot (queued behind its pending work).
     pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Snapshot(reply)).await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))?
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// Notifications and membership changes from now on.
@@ -312,12 +298,26 @@ impl GroupHandle {
         self.notices.subscribe()
     }
 
+    fn gone(&self) -> GroupError {
+        match self.replica.quarantined() {
+            Some(reason) => quarantined(&self.object, reason),
+            None => GroupError::Gone(self.object.clone()),
+        }
+    }
+
     async fn command(&self, command: Command) -> Result<(), GroupError> {
         self.tx
             .send(GroupInput::Command(command))
             .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))
+            .map_err(|_| self.gone())
     }
+}
+
+fn quarantined(object: &str, reason: String) -> GroupError {
+    GroupError::Replica(ReplicaError::Quarantined {
+        object: object.to_string(),
+        reason,
+    })
 }
 
 /// A call whose results go out once its last multicast (this sender's seq) is
@@ -328,11 +328,38 @@ type WaitingCall = (
     oneshot::Sender<Result<Vec<String>, GroupError>>,
 );
 
+/// What the replica's jobs send back to the group task.
+enum FromReplica {
+    /// A call ran: its results and multicasts (or why it failed).
+    Called {
+        outcome: Result<(Vec<String>, Vec<Vec<u8>>), GroupError>,
+        reply: oneshot::Sender<Result<Vec<String>, GroupError>>,
+    },
+    /// An event was applied (or refused); `own` is its seq if this host sent it.
+    Delivered {
+        own: Option<u64>,
+        multicasts: Vec<Vec<u8>>,
+        notifications: Vec<crate::runtime::Notification>,
+    },
+    /// A view change's multicasts.
+    Reacted(Vec<Vec<u8>>),
+    /// The snapshot for a joiner at `cut`.
+    Snapshot(super::core::Cut<Peer>, Vec<u8>),
+    /// The replica could not start from the state it was sent.
+    InitFailed(String),
+    /// The executor quarantined the object.
+    Quarantined(String),
+}
+
 struct Group {
     object: String,
     me: Peer,
     core: MeshCore<Peer>,
-    replica: Replica,
+    replica: ObjectRef,
+    results_tx: mpsc::UnboundedSender<FromReplica>,
+    /// Work the replica's mailbox refused, in order (sent before anything newer).
+    backlog: VecDeque<(usize, Job)>,
+    backlog_bytes: usize,
     transport: Arc<Transport>,
     notices: broadcast::Sender<GroupNotice>,
     started: Instant,
@@ -340,6 +367,8 @@ struct Group {
     waiting: Vec<WaitingCall>,
     gone: bool,
     admission: Admission,
+    status: Arc<Mutex<GroupStatus>>,
+    view_id: Option<u64>,
 }
 
 impl Group {
@@ -347,9 +376,15 @@ impl Group {
         self.started.elapsed().as_millis() as u64
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<GroupInput>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<GroupInput>,
+        mut results: mpsc::UnboundedReceiver<FromReplica>,
+    ) {
+        let replica = self.replica.clone();
         loop {
             self.pump();
+            self.publish_status();
             if self.gone {
                 break;
             }
@@ -358,6 +393,11 @@ impl Group {
                 .poll_timeout()
                 .map(|t| self.started + Duration::from_millis(t))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let credit = replica.credit().notified();
+            tokio::pin!(credit);
+            credit.as_mut().enable();
+            self.flush_backlog();
+            let backlogged = !self.backlog.is_empty();
             tokio::select! {
                 input = rx.recv() => match input {
                     None => break,
@@ -370,14 +410,85 @@ impl Group {
                     }
                     Some(GroupInput::Command(command)) => self.command(command),
                 },
+                Some(result) = results.recv() => self.result(result),
+                _ = &mut credit, if backlogged => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = self.now();
                     self.core.handle_timeout(now);
                 }
             }
         }
+        let reason = self
+            .replica
+            .quarantined()
+            .unwrap_or_else(|| "the object left this node".to_string());
+        self.replica.retire(&reason);
+        for (_, job) in self.backlog.drain(..) {
+            job(Err(ReplicaError::Quarantined {
+                object: self.object.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        // Answer what the replica still sends back (its queued jobs were answered).
+        results.close();
+        while let Ok(result) = results.try_recv() {
+            if let FromReplica::Called { reply, .. } = result {
+                let _ = reply.send(Err(quarantined(&self.object, reason.clone())));
+            }
+        }
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(GroupError::Gone(self.object.clone())));
+            let _ = reply.send(Err(match self.replica.quarantined() {
+                Some(reason) => quarantined(&self.object, reason),
+                None => GroupError::Gone(self.object.clone()),
+            }));
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let mut status = self.status.lock().expect("status");
+        let view = self.core.view();
+        if self.view_id != Some(view.id) {
+            self.view_id = Some(view.id);
+            status.members = view.members.clone();
+        }
+        status.delivered = self.core.delivered();
+        status.member = self.core.is_member();
+        status.sequencer = self.core.is_sequencer();
+    }
+
+    /// Hand `job` to the replica, behind anything already waiting.
+    fn enqueue(&mut self, bytes: usize, job: Job) {
+        if self.backlog.is_empty() {
+            match self.replica.submit(bytes, job) {
+                Ok(()) => return,
+                Err(Full(job)) => self.backlog.push_back((bytes, job)),
+            }
+        } else {
+            self.backlog.push_back((bytes, job));
+        }
+        self.backlog_bytes += bytes;
+        if self.backlog_bytes > BACKLOG_LIMIT {
+            self.replica.retire(&format!(
+                "exceeded its host memory: {} MiB of events waiting to be applied \
+                 (it applies them slower than its group sends them)",
+                self.backlog_bytes >> 20
+            ));
+            let _ = self.notices.send(GroupNotice::Quarantined(
+                self.replica.quarantined().unwrap_or_default(),
+            ));
+            self.gone = true;
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some((bytes, job)) = self.backlog.pop_front() {
+            match self.replica.submit(bytes, job) {
+                Ok(()) => self.backlog_bytes -= bytes,
+                Err(Full(job)) => {
+                    self.backlog.push_front((bytes, job));
+                    return;
+                }
+            }
         }
     }
 
@@ -414,42 +525,96 @@ impl Group {
                     let _ = reply.send(Err(GroupError::Joining(self.object.clone())));
                     return;
                 }
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match self.replica.call_wave(&method, &args) {
-                    Ok(outcome) => {
-                        let results = outcome.results_wave();
-                        let mut last = None;
-                        for payload in outcome.multicasts {
-                            last = Some(self.multicast(payload));
-                        }
-                        match last {
-                            Some(seq) => self.waiting.push((seq, results, reply)),
-                            None => {
-                                let _ = reply.send(Ok(results));
-                            }
+                let bytes = method.len() + args.iter().map(String::len).sum::<usize>();
+                let results = self.results_tx.clone();
+                self.enqueue(
+                    bytes,
+                    Box::new(move |replica| {
+                        let outcome = replica.and_then(|r| {
+                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                            r.call_wave(&method, &args)
+                        });
+                        let outcome = outcome
+                            .map(|o| (o.results_wave(), o.multicasts))
+                            .map_err(GroupError::from);
+                        let _ = results.send(FromReplica::Called { outcome, reply });
+                    }),
+                );
+            }
+            Command::Snapshot(reply) => {
+                if !self.core.is_member() {
+                    let _ = reply.send(Err(GroupError::Joining(self.object.clone())));
+                    return;
+                }
+                self.enqueue(
+                    0,
+                    Box::new(move |replica| {
+                        let _ = reply
+                            .send(replica.and_then(|r| r.snapshot()).map_err(GroupError::from));
+                    }),
+                );
+            }
+        }
+    }
+
+    fn result(&mut self, result: FromReplica) {
+        match result {
+            FromReplica::Called { outcome, reply } => match outcome {
+                Ok((results, multicasts)) => {
+                    let mut last = None;
+                    for payload in multicasts {
+                        last = Some(self.multicast(payload));
+                    }
+                    match last {
+                        Some(seq) => self.waiting.push((seq, results, reply)),
+                        None => {
+                            let _ = reply.send(Ok(results));
                         }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            FromReplica::Delivered {
+                own,
+                multicasts,
+                notifications,
+            } => {
+                for n in notifications {
+                    let _ = self.notices.send(GroupNotice::Notification {
+                        topic: n.topic,
+                        detail: n.detail,
+                    });
+                }
+                for payload in multicasts {
+                    self.multicast(payload);
+                }
+                if let Some(seq) = own {
+                    let (done, waiting): (Vec<_>, Vec<_>) =
+                        self.waiting.drain(..).partition(|(s, _, _)| *s <= seq);
+                    self.waiting = waiting;
+                    for (_, results, reply) in done {
+                        let _ = reply.send(Ok(results));
                     }
                 }
             }
-            Command::Status(reply) => {
-                let _ = reply.send(GroupStatus {
-                    members: self.core.view().members.clone(),
-                    delivered: self.core.delivered(),
-                    member: self.core.is_member(),
-                    sequencer: self.core.is_sequencer(),
-                    events_applied: self.replica.stats().events_applied,
-                });
+            FromReplica::Reacted(multicasts) => {
+                for payload in multicasts {
+                    self.multicast(payload);
+                }
             }
-            Command::Snapshot(reply) => {
-                let result = if self.core.is_member() {
-                    self.replica.snapshot().map_err(GroupError::from)
-                } else {
-                    Err(GroupError::Joining(self.object.clone()))
-                };
-                let _ = reply.send(result);
+            FromReplica::Snapshot(cut, snapshot) => self.core.snapshot_taken(cut, snapshot),
+            FromReplica::InitFailed(reason) => {
+                tracing::error!(
+                    "{}: cannot start from the received state: {reason}",
+                    self.object
+                );
+                self.gone = true;
+            }
+            FromReplica::Quarantined(reason) => {
+                let _ = self.notices.send(GroupNotice::Quarantined(reason));
+                self.gone = true;
             }
         }
     }
@@ -460,7 +625,7 @@ impl Group {
             .multicast(now, crate::local::system_time_ms(), payload)
     }
 
-    /// Move the core's transmits to the network and its outputs into the replica,
+    /// Move the core's transmits to the network and its outputs to the replica,
     /// until both are empty.
     fn pump(&mut self) {
         loop {
@@ -482,39 +647,51 @@ impl Group {
                 progressed = true;
                 self.output(output);
             }
-            if !progressed {
+            if !progressed || self.gone {
                 return;
             }
         }
     }
 
     fn output(&mut self, output: Output<Peer>) {
+        let object = self.object.clone();
+        let results = self.results_tx.clone();
         match output {
             Output::Deliver { event, .. } => self.deliver(event),
             Output::View(view) => {
                 let _ = self.notices.send(GroupNotice::View(view.members.clone()));
                 if self.core.is_member() {
                     let view = guest_view(&view);
-                    match self.replica.view_changed(&view) {
-                        Ok(delivery) => {
-                            for payload in delivery.multicasts {
-                                self.multicast(payload);
+                    self.enqueue(
+                        view.members.iter().map(String::len).sum(),
+                        Box::new(move |replica| {
+                            match replica.and_then(|r| r.view_changed(&view)) {
+                                Ok(delivery) => {
+                                    let _ = results.send(FromReplica::Reacted(delivery.multicasts));
+                                }
+                                Err(e) => tracing::warn!("{object}: view change refused: {e}"),
                             }
-                        }
-                        Err(e) => tracing::warn!("{}: view change refused: {e}", self.object),
+                        }),
+                    );
+                }
+            }
+            Output::TakeSnapshot(cut) => self.enqueue(
+                0,
+                Box::new(move |replica| match replica.and_then(|r| r.snapshot()) {
+                    Ok(snapshot) => {
+                        let _ = results.send(FromReplica::Snapshot(cut, snapshot));
                     }
-                }
-            }
-            Output::TakeSnapshot(cut) => match self.replica.snapshot() {
-                Ok(snapshot) => self.core.snapshot_taken(cut, snapshot),
-                Err(e) => tracing::error!("{}: cannot snapshot for a joiner: {e}", self.object),
-            },
-            Output::InstallSnapshot { snapshot } => {
-                if let Err(e) = self.replica.init(Some(&snapshot)) {
-                    tracing::error!("{}: cannot start from the received state: {e}", self.object);
-                    self.gone = true;
-                }
-            }
+                    Err(e) => tracing::error!("{object}: cannot snapshot for a joiner: {e}"),
+                }),
+            ),
+            Output::InstallSnapshot { snapshot } => self.enqueue(
+                snapshot.len(),
+                Box::new(move |replica| {
+                    if let Err(e) = replica.and_then(|r| r.init(Some(&snapshot))) {
+                        let _ = results.send(FromReplica::InitFailed(e.to_string()));
+                    }
+                }),
+            ),
             Output::Excluded => {
                 let _ = self.notices.send(GroupNotice::Excluded);
                 self.gone = true;
@@ -523,37 +700,37 @@ impl Group {
     }
 
     fn deliver(&mut self, event: CoreEvent<Peer>) {
-        let own = event.sender == self.me;
-        let seq = event.seq;
+        let own = (event.sender == self.me).then_some(event.seq);
         let guest_event = Event {
             sender: event.sender.key.to_string(),
             seq: event.seq,
             timestamp_ms: event.timestamp_ms,
             payload: event.payload,
         };
-        match self.replica.deliver(&guest_event) {
-            Ok(delivery) => {
-                for n in delivery.notifications {
-                    let _ = self.notices.send(GroupNotice::Notification {
-                        topic: n.topic,
-                        detail: n.detail,
-                    });
-                }
-                for payload in delivery.multicasts {
-                    self.multicast(payload);
-                }
-            }
-            // Deterministic: every replica refuses the same event the same way.
-            Err(e) => tracing::warn!("{}: {e}", self.object),
-        }
-        if own {
-            let (done, waiting): (Vec<_>, Vec<_>) =
-                self.waiting.drain(..).partition(|(s, _, _)| *s <= seq);
-            self.waiting = waiting;
-            for (_, results, reply) in done {
-                let _ = reply.send(Ok(results));
-            }
-        }
+        let object = self.object.clone();
+        let results = self.results_tx.clone();
+        self.enqueue(
+            guest_event.payload.len() + 64,
+            Box::new(move |replica| {
+                let (multicasts, notifications) =
+                    match replica.and_then(|r| r.deliver(&guest_event)) {
+                        Ok(delivery) => (delivery.multicasts, delivery.notifications),
+                        // Not applied here: the group task hears of the quarantine and
+                        // fails the calls waiting for this event.
+                        Err(ReplicaError::Quarantined { .. }) => return,
+                        // Deterministic: every replica refuses the same event the same way.
+                        Err(e) => {
+                            tracing::warn!("{object}: {e}");
+                            (Vec::new(), Vec::new())
+                        }
+                    };
+                let _ = results.send(FromReplica::Delivered {
+                    own,
+                    multicasts,
+                    notifications,
+                });
+            }),
+        );
     }
 }
 

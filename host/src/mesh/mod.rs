@@ -5,11 +5,13 @@
 //!   simulator over many seeds (`host/tests/mesh_simulation.rs`).
 //! - [`net`]: the QUIC transport, mutually authenticated with certificates bound to
 //!   the hosts' ed25519 identities; bounded frames and queues.
-//! - [`group`]: a host's groups: each object's core and sandboxed replica in one task.
+//! - [`group`]: a host's groups: each object's core in a task of its own, its
+//!   sandboxed replica on the node's object executor.
+//! - [`node_driver`]: the mesh as a node's [`Driver`](crate::driver::Driver).
 //!
-//! Joining by name is in [`crate::join`], the daemon in [`crate::node`]. Not built
-//! yet: running guests on a worker pool instead of inside the group task.
+//! Joining by name is in [`crate::join`], the daemon in [`crate::node`].
 
 pub mod core;
 pub mod group;
 pub mod net;
+pub mod node_driver;

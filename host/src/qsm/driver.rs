@@ -1,6 +1,7 @@
 //! A host's qsm driver: the [`QsmHost`] core with its UDP sockets and QUIC endpoint
 //! on a thread of its own (so the network loop never waits on a guest), and each
-//! object's sandboxed replica in a task of its own on the caller's runtime.
+//! object's replica task on the caller's runtime, whose guest calls run on the
+//! node's object executor ([`crate::executor`]).
 //!
 //! Flow control end to end, with every queue bounded:
 //! - **Sending is pulled.** A replica hands its multicasts to the driver at most
@@ -11,7 +12,10 @@
 //! - **Receiving is credited.** The core hands a replica at most its delivery credit
 //!   of events; the replica reports how many it applied, which returns credit. A
 //!   slow replica stalls its region's consumption, the region's acks, and so the
-//!   senders' windows.
+//!   senders' windows. Nothing for a live replica is ever dropped: its queue from
+//!   the driver is unbounded (deliveries are bounded by the credit, views and
+//!   snapshot requests by the protocol), and a send fails only once the replica is
+//!   gone, which returns its credit.
 //!
 //! The membership service's messages are numbered; a gap (or being declared
 //! failed) means this host's view of the domain can no longer be trusted: every
@@ -22,9 +26,10 @@ use super::membership::{FromMembership, Micros};
 use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
 use super::thread::ServiceThread;
 use super::wire::ObjectNum;
-use crate::mesh::group::{GroupError, GroupNotice, GroupStatus};
+use crate::executor::{Budgets, ObjectRef};
+use crate::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
-use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
+use crate::runtime::{Event, Logic, ReplicaError, ReplicaIdentity, Runtime, View};
 use bytes::Bytes;
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{Grant, Signed};
@@ -43,6 +48,8 @@ const OUTBOX_LIMIT: usize = 1024;
 const INPUTS: usize = 65_536;
 /// Control frames queued from the network.
 const CONTROL_QUEUE: usize = 65_536;
+/// How long `lo status` waits for a replica's task.
+const STATUS_WAIT: Duration = Duration::from_millis(300);
 /// Receive batches per socket per loop turn.
 const RECEIVE_BATCHES: usize = 16;
 
@@ -123,6 +130,8 @@ pub struct QsmHandle {
     object: String,
     commands: mpsc::Sender<Command>,
     notices: broadcast::Sender<GroupNotice>,
+    /// The replica on the executor, once its task has started it.
+    replica: Arc<std::sync::OnceLock<ObjectRef>>,
 }
 
 impl std::fmt::Debug for QsmHandle {
@@ -170,6 +179,59 @@ impl QsmHandle {
     /// Notifications and membership changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {
         self.notices.subscribe()
+    }
+
+    /// The object's state for `lo status`, waiting at most [`STATUS_WAIT`] for the
+    /// replica's task.
+    pub async fn report_now(&self) -> crate::driver::ObjectReport {
+        if let Some(replica) = self.replica.get() {
+            let status = tokio::time::timeout(STATUS_WAIT, self.status()).await;
+            let status = match status {
+                Ok(Ok(status)) => status,
+                _ => GroupStatus {
+                    members: Vec::new(),
+                    delivered: 0,
+                    member: false,
+                    sequencer: false,
+                    events_applied: 0,
+                },
+            };
+            return crate::driver::ObjectReport::from_status(&status, &replica.metrics());
+        }
+        let status = tokio::time::timeout(STATUS_WAIT, self.status()).await;
+        let snapshot = tokio::time::timeout(STATUS_WAIT, self.snapshot()).await;
+        let (state_bytes, state_digest) = match snapshot {
+            Ok(Ok(snapshot)) => (
+                snapshot.len() as u64,
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot)),
+            ),
+            Ok(Err(e)) => (0, format!("({e})")),
+            Err(_) => (0, format!("(busy: no snapshot within {STATUS_WAIT:?})")),
+        };
+        let status = match status {
+            Ok(Ok(status)) => status,
+            _ => GroupStatus {
+                members: Vec::new(),
+                delivered: 0,
+                member: false,
+                sequencer: false,
+                events_applied: 0,
+            },
+        };
+        crate::driver::ObjectReport {
+            members: status
+                .members
+                .iter()
+                .map(|p| format!("{}@{}", p.key.short(), p.addr))
+                .collect(),
+            sequencer: status.sequencer,
+            member: status.member,
+            events_applied: status.events_applied,
+            state_bytes,
+            state_digest,
+            quarantined: None,
+            queued: None,
+        }
     }
 
     async fn command(&self, command: Command) -> Result<(), GroupError> {
@@ -221,6 +283,7 @@ enum Input {
         name: String,
         runtime: Arc<Runtime>,
         logic: Arc<Logic>,
+        budgets: Budgets,
         grant: Option<Signed<Grant>>,
         reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
     },
@@ -287,6 +350,7 @@ impl QsmNode {
         logic: &Arc<Logic>,
         name: &str,
         grant: Option<Signed<Grant>>,
+        budgets: &Budgets,
     ) -> Result<QsmHandle, GroupError> {
         let (reply, answer) = oneshot::channel();
         self.inputs
@@ -294,6 +358,7 @@ impl QsmNode {
                 name: name.to_string(),
                 runtime: runtime.clone(),
                 logic: logic.clone(),
+                budgets: budgets.clone(),
                 grant,
                 reply,
             })
@@ -320,12 +385,13 @@ impl QsmNode {
 struct PendingJoin {
     runtime: Arc<Runtime>,
     logic: Arc<Logic>,
+    budgets: Budgets,
     reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
 }
 
 struct ObjectEntry {
     name: String,
-    to_replica: mpsc::Sender<ToReplica>,
+    to_replica: mpsc::UnboundedSender<ToReplica>,
     notices: broadcast::Sender<GroupNotice>,
     outbox: VecDeque<(Vec<u8>, u64)>,
 }
@@ -520,7 +586,7 @@ impl Driver {
                 }
             }
             if accepted > 0 {
-                let _ = entry.to_replica.try_send(ToReplica::Accepted(accepted));
+                let _ = entry.to_replica.send(ToReplica::Accepted(accepted));
             }
             if !entry.outbox.is_empty() {
                 self.blocked.insert(object);
@@ -559,13 +625,9 @@ impl Driver {
                     timestamp_ms,
                     payload: payload.to_vec(),
                 };
-                if entry
-                    .to_replica
-                    .try_send(ToReplica::Deliver(event))
-                    .is_err()
-                {
-                    // The credit bounds the queue; a full queue means the replica
-                    // is gone. Its credit is returned so the region is not held up.
+                if entry.to_replica.send(ToReplica::Deliver(event)).is_err() {
+                    // The replica is gone (quarantined, failed): its credit is
+                    // returned so the region is not held up.
                     let now = self.now();
                     self.core.delivered(now, object, 1);
                 }
@@ -587,7 +649,7 @@ impl Driver {
                     members: peers.iter().map(|p| p.key.to_string()).collect(),
                 };
                 let _ = entry.notices.send(GroupNotice::View(peers.clone()));
-                let _ = entry.to_replica.try_send(ToReplica::View(guest, peers));
+                let _ = entry.to_replica.send(ToReplica::View(guest, peers));
             }
             Output::TakeSnapshot {
                 object,
@@ -596,7 +658,7 @@ impl Driver {
                 cut,
             } => {
                 if let Some(entry) = self.objects.get(&object) {
-                    let _ = entry.to_replica.try_send(ToReplica::TakeSnapshot {
+                    let _ = entry.to_replica.send(ToReplica::TakeSnapshot {
                         for_host,
                         view,
                         cut,
@@ -654,14 +716,14 @@ impl Driver {
             self.core.leave(now, &name);
             return;
         };
-        let (to_replica, from_driver) =
-            mpsc::channel(self.config.delivery_credit + REPLICA_WINDOW + 64);
+        let (to_replica, from_driver) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(64);
         let (notices, _) = broadcast::channel(1024);
         let handle = QsmHandle {
             object: name.clone(),
             commands: commands_tx,
             notices: notices.clone(),
+            replica: Arc::default(),
         };
         self.objects.insert(
             object,
@@ -688,6 +750,7 @@ impl Driver {
         self.main.spawn(task.run(
             pending.runtime,
             pending.logic,
+            pending.budgets,
             snapshot,
             from_driver,
             commands,
@@ -732,6 +795,7 @@ impl Driver {
                 name,
                 runtime,
                 logic,
+                budgets,
                 grant,
                 reply,
             } => {
@@ -748,6 +812,7 @@ impl Driver {
                     PendingJoin {
                         runtime,
                         logic,
+                        budgets,
                         reply,
                     },
                 );
@@ -812,7 +877,34 @@ type WaitingCall = (
     oneshot::Sender<Result<Vec<String>, GroupError>>,
 );
 
-/// One object's replica, in its own task.
+/// What the replica's jobs on the executor send back to its task.
+enum JobDone {
+    /// An event was applied (or refused alike everywhere).
+    Delivered {
+        own: bool,
+        multicasts: Vec<Vec<u8>>,
+        notifications: Vec<crate::runtime::Notification>,
+    },
+    /// A view change's multicasts.
+    Reacted(Vec<Vec<u8>>),
+    /// A snapshot for a joiner.
+    Snapshot {
+        for_host: u32,
+        view: u64,
+        cut: Vec<(u32, u64)>,
+        state: Vec<u8>,
+    },
+    /// A call ran.
+    Called {
+        outcome: Result<crate::runtime::CallOutcome, ReplicaError>,
+        reply: oneshot::Sender<Result<Vec<String>, GroupError>>,
+    },
+    /// The executor quarantined the object.
+    Quarantined(String),
+}
+
+/// One object's replica task: it moves work between the driver and the object's
+/// mailbox on the executor, where every guest call runs.
 struct ReplicaTask {
     object: ObjectNum,
     name: String,
@@ -837,8 +929,9 @@ impl ReplicaTask {
         mut self,
         runtime: Arc<Runtime>,
         logic: Arc<Logic>,
+        budgets: Budgets,
         snapshot: Option<Vec<u8>>,
-        mut from_driver: mpsc::Receiver<ToReplica>,
+        mut from_driver: mpsc::UnboundedReceiver<ToReplica>,
         mut commands: mpsc::Receiver<Command>,
         handle: QsmHandle,
         ready: oneshot::Sender<Result<QsmHandle, GroupError>>,
@@ -847,39 +940,43 @@ impl ReplicaTask {
             object: self.name.clone(),
             member: self.me.clone(),
         };
-        let started = runtime
-            .instantiate(&logic, identity)
-            .and_then(|mut r| r.init(snapshot.as_deref()).map(|_| r));
-        let mut replica = match started {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = format!("cannot start the replica: {e}");
-                let _ = self
-                    .to_driver
-                    .send(Input::Replica(FromReplica::Failed {
-                        name: self.name.clone(),
-                        reason,
-                    }))
-                    .await;
-                let _ = ready.send(Err(e.into()));
-                return;
-            }
+        let (done_tx, mut done) = mpsc::unbounded_channel::<JobDone>();
+        let quarantined = done_tx.clone();
+        let replica = match runtime.instantiate(&logic, identity) {
+            Ok(r) => runtime.executor().spawn(r, &budgets, move |reason| {
+                let _ = quarantined.send(JobDone::Quarantined(reason));
+            }),
+            Err(e) => return self.failed(e, ready).await,
         };
+        let (init_tx, init) = oneshot::channel();
+        replica
+            .submit_waiting(
+                snapshot.as_ref().map_or(0, Vec::len),
+                Box::new(move |r| {
+                    let _ = init_tx.send(r.and_then(|r| r.init(snapshot.as_deref())));
+                }),
+            )
+            .await;
+        match init.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.failed(e, ready).await,
+            Err(_) => return,
+        }
+        let _ = handle.replica.set(replica.clone());
         let _ = ready.send(Ok(handle));
         loop {
             self.forward();
             let retry = !self.outbox.is_empty() && self.in_flight < REPLICA_WINDOW;
             tokio::select! {
                 biased;
-                input = from_driver.recv() => {
-                    let Some(input) = input else { break };
-                    let mut applied = self.handle(&mut replica, input).await;
-                    // Apply what else is queued before returning credit.
-                    while let Ok(input) = from_driver.try_recv() {
-                        applied += self.handle(&mut replica, input).await;
-                        if applied >= 256 {
-                            break;
-                        }
+                finished = done.recv() => {
+                    let Some(finished) = finished else { break };
+                    let mut applied = self.finished(finished).await;
+                    while let Ok(more) = done.try_recv() {
+                        applied += self.finished(more).await;
+                    }
+                    if applied == usize::MAX {
+                        break;
                     }
                     if applied > 0 {
                         let done = FromReplica::Applied { object: self.object, count: applied };
@@ -888,16 +985,39 @@ impl ReplicaTask {
                         }
                     }
                 }
+                input = from_driver.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(&replica, &done_tx, input).await;
+                }
                 command = commands.recv(), if self.outbox.len() < OUTBOX_LIMIT => {
                     let Some(command) = command else { break };
-                    self.command(&mut replica, command);
+                    self.command(&replica, &done_tx, command).await;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(1)), if retry => {}
             }
         }
+        let reason = replica
+            .quarantined()
+            .unwrap_or_else(|| "the object left this node".to_string());
+        replica.retire(&reason);
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(GroupError::Gone(self.name.clone())));
+            let _ = reply.send(Err(GroupError::Replica(ReplicaError::Quarantined {
+                object: self.name.clone(),
+                reason: reason.clone(),
+            })));
         }
+    }
+
+    async fn failed(self, e: ReplicaError, ready: oneshot::Sender<Result<QsmHandle, GroupError>>) {
+        let reason = format!("cannot start the replica: {e}");
+        let _ = self
+            .to_driver
+            .send(Input::Replica(FromReplica::Failed {
+                name: self.name.clone(),
+                reason,
+            }))
+            .await;
+        let _ = ready.send(Err(e.into()));
     }
 
     /// Hand queued multicasts to the driver while the window allows.
@@ -932,24 +1052,26 @@ impl ReplicaTask {
         self.outbox.extend(payloads.into_iter().map(|p| (p, now)));
     }
 
-    /// Returns how many events were applied (delivery credit to return).
-    async fn handle(&mut self, replica: &mut Replica, input: ToReplica) -> usize {
-        match input {
-            ToReplica::Deliver(event) => {
-                let own = event.sender == self.me;
-                match replica.deliver(&event) {
-                    Ok(delivery) => {
-                        for n in delivery.notifications {
-                            let _ = self.notices.send(GroupNotice::Notification {
-                                topic: n.topic,
-                                detail: n.detail,
-                            });
-                        }
-                        self.multicast(delivery.multicasts);
-                    }
-                    // Deterministic: every replica refuses the same event alike.
-                    Err(e) => tracing::warn!("{}: {e}", self.name),
-                }
+    fn notify(&self, notifications: Vec<crate::runtime::Notification>) {
+        for n in notifications {
+            let _ = self.notices.send(GroupNotice::Notification {
+                topic: n.topic,
+                detail: n.detail,
+            });
+        }
+    }
+
+    /// Act on a finished job. Returns how many events it applied (delivery credit
+    /// to return), or `usize::MAX` if the object was quarantined.
+    async fn finished(&mut self, finished: JobDone) -> usize {
+        match finished {
+            JobDone::Delivered {
+                own,
+                multicasts,
+                notifications,
+            } => {
+                self.notify(notifications);
+                self.multicast(multicasts);
                 if own {
                     self.own_applied += 1;
                     while self
@@ -963,58 +1085,31 @@ impl ReplicaTask {
                 }
                 1
             }
-            ToReplica::View(view, members) => {
-                self.members = members;
-                match replica.view_changed(&view) {
-                    Ok(delivery) => self.multicast(delivery.multicasts),
-                    Err(e) => tracing::warn!("{}: view change refused: {e}", self.name),
-                }
+            JobDone::Reacted(multicasts) => {
+                self.multicast(multicasts);
                 0
             }
-            ToReplica::TakeSnapshot {
+            JobDone::Snapshot {
                 for_host,
                 view,
                 cut,
+                state,
             } => {
-                match replica.snapshot() {
-                    Ok(state) => {
-                        let message = FromReplica::Snapshot {
-                            object: self.object,
-                            for_host,
-                            view,
-                            cut,
-                            state,
-                        };
-                        let _ = self.to_driver.send(Input::Replica(message)).await;
-                    }
-                    Err(e) => tracing::error!("{}: cannot snapshot for a joiner: {e}", self.name),
-                }
+                let message = FromReplica::Snapshot {
+                    object: self.object,
+                    for_host,
+                    view,
+                    cut,
+                    state,
+                };
+                let _ = self.to_driver.send(Input::Replica(message)).await;
                 0
             }
-            ToReplica::Accepted(n) => {
-                self.in_flight = self.in_flight.saturating_sub(n);
-                0
-            }
-        }
-    }
-
-    fn command(&mut self, replica: &mut Replica, command: Command) {
-        match command {
-            Command::Call {
-                method,
-                args,
-                reply,
-            } => {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match replica.call_wave(&method, &args) {
+            JobDone::Called { outcome, reply } => {
+                match outcome {
                     Ok(outcome) => {
                         let results = outcome.results_wave();
-                        for n in outcome.notifications {
-                            let _ = self.notices.send(GroupNotice::Notification {
-                                topic: n.topic,
-                                detail: n.detail,
-                            });
-                        }
+                        self.notify(outcome.notifications);
                         if outcome.multicasts.is_empty() {
                             let _ = reply.send(Ok(results));
                         } else {
@@ -1026,19 +1121,145 @@ impl ReplicaTask {
                         let _ = reply.send(Err(e.into()));
                     }
                 }
+                0
+            }
+            JobDone::Quarantined(reason) => {
+                let _ = self.notices.send(GroupNotice::Quarantined(reason.clone()));
+                let message = FromReplica::Failed {
+                    name: self.name.clone(),
+                    reason: format!("quarantined: {reason}"),
+                };
+                let _ = self.to_driver.send(Input::Replica(message)).await;
+                usize::MAX
+            }
+        }
+    }
+
+    /// Queue the work for one input from the driver on the executor (waiting for
+    /// mailbox credit: the driver's delivery credit bounds what can pile up).
+    async fn handle(
+        &mut self,
+        replica: &ObjectRef,
+        done: &mpsc::UnboundedSender<JobDone>,
+        input: ToReplica,
+    ) {
+        let done = done.clone();
+        let name = self.name.clone();
+        match input {
+            ToReplica::Deliver(event) => {
+                let own = event.sender == self.me;
+                let bytes = event.payload.len() + 64;
+                replica
+                    .submit_waiting(
+                        bytes,
+                        Box::new(move |r| {
+                            let (multicasts, notifications) =
+                                match r.and_then(|r| r.deliver(&event)) {
+                                    Ok(d) => (d.multicasts, d.notifications),
+                                    // The task hears of the quarantine and stops.
+                                    Err(ReplicaError::Quarantined { .. }) => return,
+                                    // Deterministic: every replica refuses the same event alike.
+                                    Err(e) => {
+                                        tracing::warn!("{name}: {e}");
+                                        (Vec::new(), Vec::new())
+                                    }
+                                };
+                            let _ = done.send(JobDone::Delivered {
+                                own,
+                                multicasts,
+                                notifications,
+                            });
+                        }),
+                    )
+                    .await;
+            }
+            ToReplica::View(view, members) => {
+                self.members = members;
+                replica
+                    .submit_waiting(
+                        64,
+                        Box::new(move |r| match r.and_then(|r| r.view_changed(&view)) {
+                            Ok(d) => {
+                                let _ = done.send(JobDone::Reacted(d.multicasts));
+                            }
+                            Err(e) => tracing::warn!("{name}: view change refused: {e}"),
+                        }),
+                    )
+                    .await;
+            }
+            ToReplica::TakeSnapshot {
+                for_host,
+                view,
+                cut,
+            } => {
+                replica
+                    .submit_waiting(
+                        0,
+                        Box::new(move |r| match r.and_then(|r| r.snapshot()) {
+                            Ok(state) => {
+                                let _ = done.send(JobDone::Snapshot {
+                                    for_host,
+                                    view,
+                                    cut,
+                                    state,
+                                });
+                            }
+                            Err(e) => tracing::error!("{name}: cannot snapshot for a joiner: {e}"),
+                        }),
+                    )
+                    .await;
+            }
+            ToReplica::Accepted(n) => {
+                self.in_flight = self.in_flight.saturating_sub(n);
+            }
+        }
+    }
+
+    async fn command(
+        &mut self,
+        replica: &ObjectRef,
+        done: &mpsc::UnboundedSender<JobDone>,
+        command: Command,
+    ) {
+        match command {
+            Command::Call {
+                method,
+                args,
+                reply,
+            } => {
+                let done = done.clone();
+                let bytes = method.len() + args.iter().map(String::len).sum::<usize>();
+                replica
+                    .submit_waiting(
+                        bytes,
+                        Box::new(move |r| {
+                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                            let outcome = r.and_then(|r| r.call_wave(&method, &args));
+                            let _ = done.send(JobDone::Called { outcome, reply });
+                        }),
+                    )
+                    .await;
             }
             Command::Status(reply) => {
-                let stats = replica.stats();
+                let m = replica.metrics();
                 let _ = reply.send(GroupStatus {
                     members: self.members.clone(),
-                    delivered: stats.events_applied,
+                    delivered: m.events_applied,
                     member: true,
                     sequencer: false,
-                    events_applied: stats.events_applied,
+                    events_applied: m.events_applied,
                 });
             }
             Command::Snapshot(reply) => {
-                let _ = reply.send(replica.snapshot().map_err(GroupError::from));
+                replica
+                    .submit_waiting(
+                        0,
+                        Box::new(move |r| {
+                            let _ =
+                                reply.send(r.and_then(|r| r.snapshot()).map_err(GroupError::from));
+                        }),
+                    )
+                    .await;
             }
         }
     }

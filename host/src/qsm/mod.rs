@@ -21,6 +21,7 @@ pub mod core;
 pub mod driver;
 pub mod membership;
 pub mod net;
+pub mod node_driver;
 pub mod ring;
 pub mod service;
 pub mod sim;

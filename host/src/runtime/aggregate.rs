@@ -214,6 +214,7 @@ impl AggregateLogic {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let _ = store.set_fuel(self.fuel());
+        store.set_epoch_deadline(super::deadline_ticks(&self.limits));
         let failed = |e: wasmtime::Error| AggregateError::Instantiate {
             object: self.name.clone(),
             message: format!("{e:#}"),
@@ -297,6 +298,8 @@ impl AggregateInstance {
         f: impl FnOnce(&mut Store<AggregateState>, &AggregateObject) -> wasmtime::Result<R>,
     ) -> Result<R, AggregateError> {
         let _ = self.store.set_fuel(self.logic.fuel());
+        self.store
+            .set_epoch_deadline(super::deadline_ticks(&self.logic.limits));
         match f(&mut self.store, &self.bindings) {
             Ok(value) => Ok(value),
             Err(err) => {

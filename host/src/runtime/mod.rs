@@ -24,7 +24,7 @@ pub use self::aggregate::{
 };
 pub use self::interface::{Method, ObjectInterface, type_name};
 pub use self::replica::{
-    CallOutcome, Delivery, Notification, Replica, ReplicaError, ReplicaIdentity,
+    CallOutcome, Delivery, Notification, Replica, ReplicaError, ReplicaIdentity, ReplicaStats,
 };
 pub use self::sandbox::Limit;
 
@@ -69,7 +69,16 @@ pub struct Limits {
     pub multicast_max_bytes: usize,
     /// Most `multicast`s one call may make.
     pub multicast_max_per_call: usize,
+    /// Wall-clock bound on one call (wasmtime epoch interruption, checked every
+    /// [`EPOCH_TICK`]). Fuel bounds instructions deterministically; this bounds the
+    /// time a call may hold a worker whatever it does (a host call that blocks, a
+    /// slow machine). Unlike fuel it is not deterministic, so a replica that hits it
+    /// while applying an event is taken out of service rather than left to diverge.
+    pub call_deadline: std::time::Duration,
 }
+
+/// How often the engine's epoch advances: the granularity of [`Limits::call_deadline`].
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -79,6 +88,7 @@ impl Default for Limits {
             fuel_per_call: 2_000_000_000,
             multicast_max_bytes: 64 << 10,
             multicast_max_per_call: 1024,
+            call_deadline: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -90,6 +100,8 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Limits applied to every replica.
     pub limits: Limits,
+    /// The object executor's workers, mailboxes and default budgets.
+    pub executor: crate::executor::ExecutorConfig,
 }
 
 impl RuntimeConfig {
@@ -233,15 +245,59 @@ pub struct Runtime {
     aggregate_linker: Linker<aggregate::AggregateState>,
     cache: Option<CompiledCache>,
     limits: Limits,
+    executor_config: crate::executor::ExecutorConfig,
+    executor: std::sync::OnceLock<crate::executor::Executor>,
+    /// Stops the epoch ticker thread when the runtime is dropped.
+    _ticker: EpochTicker,
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`], so a guest call
+/// past its deadline traps (see [`Limits::call_deadline`]). One per runtime: a
+/// per-node timer, not one per object.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = engine.clone();
+        let stopped = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lo-epoch".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the ticker deadlines never fire; fuel still bounds every call.
+            tracing::error!("cannot start the epoch ticker (call deadlines are off): {e}");
+        }
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Epoch ticks a call may run for under `limits` (at least one).
+pub(crate) fn deadline_ticks(limits: &Limits) -> u64 {
+    (limits.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
 }
 
 impl Runtime {
-    /// Set up the engine (fuel metering on, component model on, no async
-    /// concurrency) and the linker with our host interface and a sandboxed WASI.
+    /// Set up the engine (fuel metering and epoch deadlines on, component model on,
+    /// no async concurrency) and the linker with our host interface and a sandboxed WASI.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let mut wasm_config = Config::new();
         wasm_config
             .consume_fuel(true)
+            .epoch_interruption(true)
             .wasm_component_model(true)
             // Component-model async is unused; with it on every call costs about twice as much.
             .concurrency_support(false)
@@ -255,13 +311,24 @@ impl Runtime {
         let aggregate_linker =
             aggregate::build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let cache = config.cache_dir.map(|dir| CompiledCache::new(dir, &engine));
+        let ticker = EpochTicker::start(&engine);
         Ok(Runtime {
+            _ticker: ticker,
             engine,
             linker,
             aggregate_linker,
             cache,
             limits: config.limits,
+            executor_config: config.executor,
+            executor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The node's object executor, started on first use: every networked driver
+    /// runs its replicas' guest calls there, never on its own tasks.
+    pub fn executor(&self) -> &crate::executor::Executor {
+        self.executor
+            .get_or_init(|| crate::executor::Executor::start(self.executor_config.clone()))
     }
 
     /// The limits every replica runs under.

@@ -168,6 +168,15 @@ pub enum ReplicaError {
         /// What broke it.
         reason: String,
     },
+    /// The host took the object out of service on this node (a budget exceeded, a
+    /// deadline hit while applying an event, or it left); nothing runs any more.
+    #[error("{object} is quarantined on this node: {reason}")]
+    Quarantined {
+        /// The object.
+        object: String,
+        /// Which limit, e.g. `exceeded 2,000 multicasts/s made while applying events`.
+        reason: String,
+    },
     /// Used before `init`.
     #[error("object {object} was used before init")]
     NotInitialized {
@@ -208,6 +217,13 @@ pub struct ReplicaStats {
     pub events_failed: u64,
     /// Times the replica was rebuilt after a trap.
     pub recoveries: u64,
+    /// Multicasts the object originated from method calls (updates).
+    pub multicasts_from_calls: u64,
+    /// Multicasts it originated while applying events or views: how a chain
+    /// reaction across replicas spreads.
+    pub multicasts_from_events: u64,
+    /// Bytes of every multicast it originated.
+    pub multicast_bytes: u64,
 }
 
 pub(crate) struct ReplicaState {
@@ -447,6 +463,7 @@ impl Replica {
                 self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
                 self.since_checkpoint.push(Applied::Event(event.clone()));
                 let (multicasts, notifications) = self.take_side_effects();
+                self.count_originated(&multicasts, false);
                 let rejected = match outcome {
                     Ok(()) => {
                         self.stats.events_applied += 1;
@@ -467,7 +484,8 @@ impl Replica {
             Err(trap) => {
                 self.stats.events_failed += 1;
                 let during = format!("deliver of event {} from {}", event.seq, event.sender);
-                Err(self.fail_and_recover(trap, during))
+                let error = self.fail_and_recover(trap, during);
+                Err(self.out_of_service_after_deadline(error))
             }
         }
     }
@@ -490,6 +508,7 @@ impl Replica {
                     time_ms,
                 });
                 let (multicasts, notifications) = self.take_side_effects();
+                self.count_originated(&multicasts, false);
                 self.maybe_checkpoint();
                 Ok(Delivery {
                     rejected: None,
@@ -500,7 +519,8 @@ impl Replica {
             Err(trap) => {
                 // The refused view never happened: roll the guest's view back too.
                 self.store.data_mut().view = previous;
-                Err(self.fail_and_recover(trap, format!("view change to {}", view.id)))
+                let error = self.fail_and_recover(trap, format!("view change to {}", view.id));
+                Err(self.out_of_service_after_deadline(error))
             }
         }
     }
@@ -518,7 +538,10 @@ impl Replica {
                 self.take_side_effects();
                 Ok(bytes)
             }
-            Err(trap) => Err(self.fail_and_recover(trap, "snapshot".to_string())),
+            Err(trap) => {
+                let error = self.fail_and_recover(trap, "snapshot".to_string());
+                Err(self.out_of_service_after_deadline(error))
+            }
         }
     }
 
@@ -596,6 +619,7 @@ impl Replica {
         match func.call(&mut self.store, args, &mut results) {
             Ok(()) => {
                 let (multicasts, notifications) = self.take_side_effects();
+                self.count_originated(&multicasts, true);
                 Ok(CallOutcome {
                     results,
                     multicasts,
@@ -604,6 +628,37 @@ impl Replica {
             }
             Err(trap) => Err(self.fail_and_recover(trap, format!("call `{}`", method.name))),
         }
+    }
+
+    fn count_originated(&mut self, multicasts: &[Vec<u8>], from_call: bool) {
+        let n = multicasts.len() as u64;
+        if from_call {
+            self.stats.multicasts_from_calls += n;
+        } else {
+            self.stats.multicasts_from_events += n;
+        }
+        self.stats.multicast_bytes += multicasts.iter().map(|m| m.len() as u64).sum::<u64>();
+    }
+
+    /// A deadline is wall-clock time, so unlike fuel another replica may not hit it on
+    /// the same event. Refusing the event here alone would let this replica diverge;
+    /// instead it goes out of service (the host quarantines it; rejoining starts it
+    /// afresh from a member's snapshot).
+    fn out_of_service_after_deadline(&mut self, error: ReplicaError) -> ReplicaError {
+        if let ReplicaError::LimitExceeded {
+            limit: Limit::Deadline { .. },
+            ..
+        } = &error
+            && self.broken.is_none()
+        {
+            self.broken = Some(error.to_string());
+        }
+        error
+    }
+
+    /// Whether the replica refuses all further work, and why.
+    pub fn out_of_service(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 
     fn ensure_initialized(&self) -> Result<(), ReplicaError> {
@@ -626,6 +681,8 @@ impl Replica {
     fn prepare_call(&mut self, seed: Seed<'_>, time_ms: u64) {
         // Fuel can only fail to set if fuel is disabled in the engine, which it never is.
         let _ = self.store.set_fuel(self.limits.fuel_per_call);
+        self.store
+            .set_epoch_deadline(super::deadline_ticks(&self.limits));
         let object = self.identity.object.as_bytes();
         let data = self.store.data_mut();
         data.clock.set_ms(time_ms);
@@ -687,6 +744,19 @@ impl Replica {
                 object,
                 limit: Limit::Cpu {
                     fuel: self.limits.fuel_per_call,
+                },
+                during,
+            };
+        }
+        let interrupted = err.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+            || err
+                .chain()
+                .any(|c| c.downcast_ref::<Trap>() == Some(&Trap::Interrupt));
+        if interrupted {
+            return ReplicaError::LimitExceeded {
+                object,
+                limit: Limit::Deadline {
+                    ms: self.limits.call_deadline.as_millis() as u64,
                 },
                 during,
             };
@@ -860,6 +930,7 @@ fn instantiate(
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     let _ = store.set_fuel(limits.fuel_per_call);
+    store.set_epoch_deadline(super::deadline_ticks(limits));
     let instance =
         logic
             .instance_pre

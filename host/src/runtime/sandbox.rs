@@ -277,6 +277,12 @@ pub enum Limit {
         /// The cap.
         limit: usize,
     },
+    /// The call ran past its wall-clock deadline (epoch interruption).
+    #[error("it ran past its deadline ({ms} ms of wall-clock time per call)")]
+    Deadline {
+        /// The deadline.
+        ms: u64,
+    },
     /// A guest tried to sleep or wait on a timer.
     #[error("it tried to sleep or wait on a timer, which a live object may not do")]
     Blocking,

@@ -15,7 +15,7 @@ use super::machine::{Application, GroupView};
 use super::net::{Handler, QuicLink};
 use super::store::LogStore;
 use super::types::Command;
-use crate::mesh::group::{GroupError, GroupNotice, GroupStatus};
+use crate::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::Peer;
 use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
@@ -236,6 +236,7 @@ impl VsyncNode {
             Ok(())
         } else {
             let mut outcome = Err(format!("no member answered (tried {})", seeds.len()));
+            let mut answered = false;
             for seed in &seeds {
                 match group.join(*seed, how.grant.clone(), patience).await {
                     Ok(()) => {
@@ -243,6 +244,7 @@ impl VsyncNode {
                         break;
                     }
                     Err(GroupFailure::Failed(reason)) => {
+                        answered = true;
                         outcome = Err(reason);
                         break;
                     }
@@ -251,6 +253,14 @@ impl VsyncNode {
             }
             if outcome.is_err() && how.found_if_alone {
                 outcome = group.found().await.map_err(|e| e.to_string());
+            }
+            if outcome.is_err() && !answered && !how.found_if_alone {
+                self.link.unserve(object);
+                group.stop().await;
+                return Err(GroupError::NoMembers {
+                    object: object.to_string(),
+                    tried: seeds.len(),
+                });
             }
             outcome
         };
@@ -292,6 +302,7 @@ impl VsyncNode {
             object: object.to_string(),
             group,
             notices,
+            last_report: Arc::default(),
         })
     }
 
@@ -322,6 +333,8 @@ pub struct VsyncHandle {
     object: String,
     group: Arc<ReplicaGroup>,
     notices: broadcast::Sender<GroupNotice>,
+    /// The last report taken while the replica was free (see [`Self::report_now`]).
+    last_report: Arc<Mutex<Option<crate::driver::ObjectReport>>>,
 }
 
 impl std::fmt::Debug for VsyncHandle {
@@ -380,6 +393,59 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: state.app.replica.stats().events_applied,
         })
+    }
+
+    /// The object's state for `lo status`, without waiting: if the replica is busy
+    /// applying (its lock is held by openraft's apply), the last report taken is
+    /// returned with the membership refreshed. The digest is recomputed only when
+    /// the replica applied events since the last one.
+    pub fn report_now(&self) -> crate::driver::ObjectReport {
+        let members: Vec<Peer> = self.group.members().into_iter().map(Peer::from).collect();
+        let mut cached = self.last_report.lock().expect("report").clone();
+        let state = self.group.machine().state();
+        if let Ok(mut state) = state.try_lock() {
+            let applied = state.app.replica.stats().events_applied;
+            let stale = cached
+                .as_ref()
+                .is_none_or(|r| r.events_applied != applied || r.state_digest.starts_with('('));
+            if stale {
+                let (state_bytes, state_digest) = match state.app.replica.snapshot() {
+                    Ok(s) => (
+                        s.len() as u64,
+                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&s)),
+                    ),
+                    Err(e) => (0, format!("({e})")),
+                };
+                cached = Some(crate::driver::ObjectReport {
+                    members: Vec::new(),
+                    sequencer: false,
+                    member: false,
+                    events_applied: applied,
+                    state_bytes,
+                    state_digest,
+                    quarantined: state.app.replica.out_of_service().map(str::to_string),
+                    queued: None,
+                });
+            }
+        }
+        let mut report = cached.unwrap_or(crate::driver::ObjectReport {
+            members: Vec::new(),
+            sequencer: false,
+            member: false,
+            events_applied: 0,
+            state_bytes: 0,
+            state_digest: "(busy applying)".to_string(),
+            quarantined: None,
+            queued: None,
+        });
+        report.members = members
+            .iter()
+            .map(|p| format!("{}@{}", p.key.short(), p.addr))
+            .collect();
+        report.member = self.group.is_voter();
+        report.sequencer = self.group.is_leader();
+        *self.last_report.lock().expect("report") = Some(report.clone());
+        report
     }
 
     /// The replica's snapshot (of what it has applied so far).

@@ -66,5 +66,6 @@ pub mod group;
 pub mod host;
 pub mod machine;
 pub mod net;
+pub mod node_driver;
 pub mod store;
 pub mod types;

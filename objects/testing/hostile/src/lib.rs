@@ -46,6 +46,11 @@ wit_bindgen::generate!({
             observations: func() -> list<observation>;
             /// Sleep for `ms` milliseconds (the host must refuse to block).
             sleep: func(ms: u64);
+            /// Start a chain reaction: multicast an event whose `deliver` multicasts
+            /// two more such events, at every replica, without end.
+            chain: func();
+            /// Chain events this replica applied.
+            chained: func() -> u64;
             /// Try to reach outside the sandbox: read a file, list `/`, read the
             /// environment, open a TCP connection. Returns one line per attempt saying
             /// what happened; the host must have denied each.
@@ -73,6 +78,7 @@ struct Seen {
 struct Hostile {
     total: i64,
     seen: Vec<Seen>,
+    chained: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +88,7 @@ enum Event {
     Bomb,
     Blob(Vec<u8>),
     Observe,
+    Chain(u64),
 }
 
 fn spin_forever() -> ! {
@@ -123,6 +130,11 @@ impl LiveObject for Hostile {
                 allocate_without_bound();
             }
             Event::Blob(_) => {}
+            Event::Chain(generation) => {
+                self.chained += 1;
+                Hostile::emit(&Event::Chain(generation + 1));
+                Hostile::emit(&Event::Chain(generation + 1));
+            }
             Event::Observe => {
                 let start = Instant::now();
                 let wall = (wall_ns(), wall_ns());
@@ -188,6 +200,14 @@ impl Guest for Hostile {
 
     fn sleep(ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    fn chain() {
+        Hostile::emit(&Event::Chain(0));
+    }
+
+    fn chained() -> u64 {
+        Hostile::read(|h| h.chained)
     }
 
     fn probe_authority() -> Vec<String> {

@@ -1,0 +1,272 @@
+//! The one `Driver` trait: how the node, the join protocol and the CLI use every
+//! communication driver without naming any.
+//!
+//! A driver (its own folder: `mesh/`, `qsm/`, `vsync/`) declares what it provides
+//! ([`DriverInfo`], matched against an object's type before anything else
+//! happens), joins objects from a verified, checked and authorized record
+//! ([`Driver::join`]), leaves them, and reports its state as data. A joined object
+//! is a [`JoinedObject`]: calls, a status report that answers within a bound
+//! whatever the object is doing, and notices. The node keeps drivers in one table
+//! ([`NodeDrivers`]), built from the command line's settings by one registration
+//! line per driver in [`DriverSettings::start`].
+//!
+//! In the spirit of foca's `Runtime` and quinn's proto/shell split: the trait is
+//! the seam between the node and a driver's IO shell; each driver's protocol stays
+//! a sans-IO core behind it.
+
+use crate::group::{GroupError, GroupNotice, GroupStatus};
+use crate::join::{JoinError, JoinOptions, Prepared};
+use crate::mesh::net::Peer;
+use crate::runtime::Runtime;
+use liveobjects_directory::record::{Category, Reliability, Security};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// A boxed future, as the [`Driver`] and [`JoinedObject`] traits return (they are
+/// used as trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A communication driver and the guarantees it declares. The join protocol matches
+/// an object's type against these before anything else happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverInfo {
+    /// The name records use (`--driver`).
+    pub name: &'static str,
+    /// Strongest delivery guarantee it provides.
+    pub reliability: Reliability,
+    /// Strongest protection it provides.
+    pub security: Security,
+    /// The object categories it runs.
+    pub categories: &'static [Category],
+    /// One line for users.
+    pub summary: &'static str,
+    /// What `lo status` calls the member that orders a group's events.
+    pub orderer: &'static str,
+}
+
+/// The drivers this host provides.
+pub const DRIVERS: &[DriverInfo] = &[
+    DriverInfo {
+        name: "mesh",
+        // Total order among connected members through a sequencer; links mutually
+        // authenticated and encrypted (QUIC, TLS 1.3, identity certificates).
+        reliability: Reliability::TotalOrder,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
+        orderer: "sequencer",
+    },
+    DriverInfo {
+        name: "qsm",
+        // Reliable FIFO per sender over IP multicast regions; every datagram sealed
+        // with AES-256-GCM under keys the membership service hands to members only.
+        reliability: Reliability::ReliableFifo,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "IP multicast per region, token-ring repair, rate-based flow control; \
+                  many objects per host, LAN scale",
+        orderer: "sequencer",
+    },
+    DriverInfo {
+        name: "vsync",
+        // Virtual synchrony with consensus: views and the total order are Raft's
+        // log (openraft); `durable` objects keep it on disk and survive the crash
+        // of every member. Links as the mesh's (QUIC, identity certificates).
+        reliability: Reliability::Durable,
+        security: Security::Encrypted,
+        categories: &[
+            Category::EventStream,
+            Category::ReplicatedState,
+            Category::ReplicatedService,
+            Category::CheckpointedChannel,
+        ],
+        summary: "consensus (Raft) on views and order; durable objects survive a crash \
+                  of every member; transactions commit everywhere or nowhere",
+        orderer: "leader",
+    },
+    DriverInfo {
+        name: "gossip",
+        // Aggregates converge; nothing is delivered in order or exactly once, and
+        // datagrams are not authenticated (see `crate::gossip`).
+        reliability: Reliability::BestEffort,
+        security: Security::Open,
+        categories: &[Category::GossipAggregate],
+        summary: "SWIM membership, Cyclon peer sampling, push-pull aggregates over UDP; \
+                  run with `lo gossip`",
+        orderer: "sequencer",
+    },
+];
+
+/// The driver called `name`, if this host has it.
+pub fn driver(name: &str) -> Option<&'static DriverInfo> {
+    DRIVERS.iter().find(|d| d.name == name)
+}
+
+/// One joined object's state, as `lo status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectReport {
+    /// Members (key prefix @ address).
+    pub members: Vec<String>,
+    /// Whether this host orders the group's events (sequencer or leader).
+    pub sequencer: bool,
+    /// Whether it has state yet.
+    pub member: bool,
+    /// Events applied by the object.
+    pub events_applied: u64,
+    /// Size of its snapshot in bytes.
+    pub state_bytes: u64,
+    /// SHA-256 of a recent snapshot (hex): replicas that applied the same events
+    /// agree. Or why there is none, in parentheses.
+    pub state_digest: String,
+    /// Why the host quarantined the object on this node, if it did.
+    pub quarantined: Option<String>,
+    /// Work queued for the object on the executor (jobs, bytes).
+    pub queued: Option<(u64, u64)>,
+}
+
+impl ObjectReport {
+    /// A report from a driver's group status plus the executor's metrics.
+    pub fn from_status(status: &GroupStatus, metrics: &crate::executor::ObjectMetrics) -> Self {
+        ObjectReport {
+            members: status
+                .members
+                .iter()
+                .map(|p| format!("{}@{}", p.key.short(), p.addr))
+                .collect(),
+            sequencer: status.sequencer,
+            member: status.member,
+            events_applied: metrics.events_applied.max(status.events_applied),
+            state_bytes: metrics.state_bytes,
+            state_digest: if metrics.state_digest.is_empty() {
+                "(not yet taken)".to_string()
+            } else {
+                metrics.state_digest.clone()
+            },
+            quarantined: metrics.quarantined.clone(),
+            queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
+        }
+    }
+}
+
+/// A joined object, on whichever driver carries it.
+pub trait JoinedObject: Send + Sync + std::fmt::Debug {
+    /// Call a method (WAVE arguments). An update returns once it is applied here
+    /// (vsync: committed everywhere, or aborted everywhere).
+    fn call<'a>(
+        &'a self,
+        method: &'a str,
+        args: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<String>, GroupError>>;
+
+    /// The object's state now, from what the driver and the executor published:
+    /// it answers within a bound whatever the object is doing.
+    fn report(&self) -> BoxFuture<'_, ObjectReport>;
+
+    /// The replica's snapshot (queued behind its pending work).
+    fn snapshot(&self) -> BoxFuture<'_, Result<Vec<u8>, GroupError>>;
+
+    /// Notifications and membership changes from now on.
+    fn subscribe(&self) -> broadcast::Receiver<GroupNotice>;
+}
+
+/// What a driver joins with: a record already resolved, verified, type-checked
+/// and authorized, and its logic loaded.
+pub struct JoinRequest<'a> {
+    /// The object's name.
+    pub name: &'a str,
+    /// The verified record and loaded logic.
+    pub prepared: &'a Prepared,
+    /// The joiner's options (grant, seeds to add, whether to found).
+    pub options: &'a JoinOptions,
+    /// The runtime (and its executor; the object's budgets come from
+    /// [`crate::join::budgets_for`]).
+    pub runtime: &'a Arc<Runtime>,
+}
+
+/// A communication driver as the node uses it.
+pub trait Driver: Send + Sync {
+    /// What it provides, and its name in records.
+    fn info(&self) -> &'static DriverInfo;
+
+    /// Join the object of `request` (state transfer included): returns once the
+    /// replica has its state. [`JoinError::NoMembers`] means nobody answered and
+    /// founding was not allowed, so the node may try again with more seeds.
+    fn join<'a>(
+        &'a self,
+        request: JoinRequest<'a>,
+    ) -> BoxFuture<'a, Result<Arc<dyn JoinedObject>, JoinError>>;
+
+    /// Stop taking part in `name`.
+    fn leave<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()>;
+
+    /// The driver's own state for `lo status` (addresses, regions, rates), as
+    /// lines; empty if it has nothing to say.
+    fn report(&self) -> BoxFuture<'_, Vec<String>>;
+}
+
+/// A node's drivers, one per name, and the address it is known by.
+pub struct NodeDrivers {
+    /// This node's identity and main contact address (what its gossip card says).
+    pub me: Peer,
+    /// The drivers, in the order `lo status` reports them.
+    pub drivers: Vec<Arc<dyn Driver>>,
+    /// Lines to print once the node is up (addresses tests and scripts read).
+    pub banner: Vec<String>,
+}
+
+impl NodeDrivers {
+    /// The driver called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Driver>> {
+        self.drivers.iter().find(|d| d.info().name == name)
+    }
+}
+
+/// Every driver's settings, as `lo node` takes them on its command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DriverArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub mesh: crate::mesh::node_driver::MeshArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vsync: crate::vsync::node_driver::VsyncArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub qsm: crate::qsm::node_driver::QsmArgs,
+}
+
+impl DriverArgs {
+    /// Start every driver (inside a tokio runtime) as `identity`, keeping durable
+    /// state under `data_dir`. Adding a driver means its folder, its settings
+    /// above and one line here.
+    pub fn start(
+        &self,
+        identity: &liveobjects_directory::keys::Identity,
+        data_dir: &std::path::Path,
+    ) -> Result<NodeDrivers, String> {
+        let mesh = crate::mesh::node_driver::MeshDriver::start(identity, &self.mesh)?;
+        let vsync = crate::vsync::node_driver::VsyncDriver::start(identity, &self.vsync, data_dir)?;
+        let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm);
+        let me = mesh.me();
+        let mut banner = vec![format!("node listening on {} key {}", me.addr, me.key)];
+        banner.extend(vsync.banner());
+        Ok(NodeDrivers {
+            me,
+            drivers: vec![Arc::new(mesh), Arc::new(vsync), Arc::new(qsm)],
+            banner,
+        })
+    }
+}

@@ -1,0 +1,854 @@
+//! The object executor: where every guest call of a node runs.
+//!
+//! Protocol and network tasks never call a guest. They hand work for an object to
+//! its [`ObjectRef`] (a mailbox bounded in bytes) and get the results back on their
+//! own channels; a bounded pool of worker threads runs the objects.
+//!
+//! - **Fair.** A worker takes the object at the head of the ready queue, runs its
+//!   jobs for at most one [`ExecutorConfig::slice`] (or [`JOBS_PER_SLICE`] jobs), and
+//!   puts it back at the tail if it has more: a busy object cannot starve the others.
+//!   A single call is bounded by fuel and by its wall-clock deadline
+//!   ([`Limits::call_deadline`](crate::runtime::Limits::call_deadline)).
+//! - **Back-pressure, never a silent drop.** [`ObjectRef::submit`] refuses a job
+//!   when the mailbox holds more than [`ExecutorConfig::mailbox_bytes`]; the caller
+//!   keeps it and waits for [`ObjectRef::credit`] (the mailbox drained below half).
+//! - **Budgets** ([`Budgets`]): multicasts and bytes an object originates per
+//!   second (and, separately, multicasts made while applying events, which is how a
+//!   chain reaction spreads across replicas) and CPU time per second. An object over
+//!   a budget is throttled: it is not scheduled again until its budget refills. One
+//!   throttled for [`Budgets::grace`] without once running out of work, or whose
+//!   replica went out of
+//!   service (a deadline hit while applying an event), is **quarantined**: its
+//!   replica is dropped, every queued and later job is answered with
+//!   [`ReplicaError::Quarantined`] naming the limit, and the driver is told (it
+//!   leaves the object's group, so the cascade stops at its source).
+//! - **Status as data.** Each object publishes [`ObjectMetrics`] (applied events,
+//!   queue, CPU, multicasts, a recent snapshot digest, quarantine) that the control
+//!   API reads without waiting on the object's queue. The digest is refreshed when
+//!   the object goes idle after applying events (at most every
+//!   [`DIGEST_INTERVAL`], or 20 snapshot-times for objects with large state).
+
+use crate::runtime::{Replica, ReplicaError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most jobs a worker runs for one object before it moves on to the next.
+pub const JOBS_PER_SLICE: usize = 64;
+/// Shortest time between two snapshot digests of one object.
+pub const DIGEST_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What an object may use per second on this node. Node defaults; a record may
+/// override them (see [`Budgets::with_overrides`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budgets {
+    /// Multicasts per second the object may originate (calls and events together).
+    pub multicasts_per_sec: u64,
+    /// Multicasts per second it may originate while applying events or views.
+    pub event_multicasts_per_sec: u64,
+    /// Bytes per second of multicast payload it may originate.
+    pub bytes_per_sec: u64,
+    /// Milliseconds of worker time per second it may use.
+    pub cpu_ms_per_sec: u64,
+    /// How long an object may stay throttled without pause before it is
+    /// quarantined.
+    pub grace: Duration,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            multicasts_per_sec: 200_000,
+            event_multicasts_per_sec: 2_000,
+            bytes_per_sec: 256 << 20,
+            cpu_ms_per_sec: 900,
+            grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The most a record may raise a node's budget: this many times the node's value.
+/// A record is signed by the object's publisher, not by the node's operator, so it
+/// may tighten a node's budgets freely but widen them only this far.
+pub const RECORD_BUDGET_CEILING: u64 = 16;
+
+impl Budgets {
+    /// These budgets with a record's driver options applied: `budget.multicasts`,
+    /// `budget.event-multicasts`, `budget.bytes`, `budget.cpu-ms` (per second) and
+    /// `budget.grace-ms`. Values above [`RECORD_BUDGET_CEILING`] times the node's
+    /// are clamped; a value that is not a number is an error naming the option.
+    pub fn with_overrides(
+        &self,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Budgets, String> {
+        let mut out = self.clone();
+        let fields: [(&str, &mut u64, u64); 4] = [
+            (
+                "budget.multicasts",
+                &mut out.multicasts_per_sec,
+                self.multicasts_per_sec,
+            ),
+            (
+                "budget.event-multicasts",
+                &mut out.event_multicasts_per_sec,
+                self.event_multicasts_per_sec,
+            ),
+            ("budget.bytes", &mut out.bytes_per_sec, self.bytes_per_sec),
+            (
+                "budget.cpu-ms",
+                &mut out.cpu_ms_per_sec,
+                self.cpu_ms_per_sec,
+            ),
+        ];
+        for (key, field, node) in fields {
+            if let Some(text) = options.get(key) {
+                let value: u64 = text.parse().map_err(|_| {
+                    format!("driver option {key}={text} is not a whole number per second")
+                })?;
+                *field = value.min(node.saturating_mul(RECORD_BUDGET_CEILING)).max(1);
+            }
+        }
+        if let Some(text) = options.get("budget.grace-ms") {
+            let ms: u64 = text
+                .parse()
+                .map_err(|_| format!("driver option budget.grace-ms={text} is not a number"))?;
+            let ceiling = self.grace.saturating_mul(RECORD_BUDGET_CEILING as u32);
+            out.grace = Duration::from_millis(ms).min(ceiling);
+        }
+        Ok(out)
+    }
+}
+
+/// How a node's executor runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Bytes of queued work one object's mailbox may hold before it refuses more.
+    pub mailbox_bytes: usize,
+    /// Longest one object runs before a worker moves on to the next.
+    pub slice: Duration,
+    /// Default budgets per object.
+    pub budgets: Budgets,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 16),
+            mailbox_bytes: 8 << 20,
+            slice: Duration::from_millis(2),
+            budgets: Budgets::default(),
+        }
+    }
+}
+
+/// A unit of work for one object. It is called exactly once: with the replica, or
+/// with the reason the object cannot run (quarantined), so every reply is answered.
+pub type Job = Box<dyn FnOnce(Result<&mut Replica, ReplicaError>) + Send>;
+
+/// What the executor publishes about one object, readable at any time without
+/// waiting on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectMetrics {
+    /// Events the object applied.
+    pub events_applied: u64,
+    /// Jobs waiting in its mailbox.
+    pub queued_jobs: u64,
+    /// Bytes waiting in its mailbox (host memory held for it).
+    pub queued_bytes: u64,
+    /// Worker time it used, in microseconds.
+    pub cpu_us: u64,
+    /// Multicasts it originated (calls and events).
+    pub multicasts: u64,
+    /// Whether it is throttled right now (over a budget).
+    pub throttled: bool,
+    /// Size of its last snapshot digest's snapshot, in bytes.
+    pub state_bytes: u64,
+    /// SHA-256 (hex) of a recent snapshot; empty before the first.
+    pub state_digest: String,
+    /// Why it was quarantined on this node, if it was.
+    pub quarantined: Option<String>,
+}
+
+/// Token bucket per budget: refilled at `rate` per second up to one second's worth.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    level: f64,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Self {
+        Bucket {
+            rate: rate as f64,
+            level: rate as f64,
+        }
+    }
+
+    fn refill(&mut self, seconds: f64) {
+        self.level = (self.level + self.rate * seconds).min(self.rate);
+    }
+
+    /// Time until the level is back to zero (nothing if it is not below).
+    fn deficit(&self) -> Duration {
+        if self.level >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.level / self.rate)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Meter {
+    multicasts: Bucket,
+    event_multicasts: Bucket,
+    bytes: Bucket,
+    cpu_us: Bucket,
+    refilled: Instant,
+    /// Since when the object has been throttled without pause.
+    over_since: Option<Instant>,
+    grace: Duration,
+}
+
+impl Meter {
+    fn new(b: &Budgets) -> Self {
+        Meter {
+            multicasts: Bucket::new(b.multicasts_per_sec),
+            event_multicasts: Bucket::new(b.event_multicasts_per_sec),
+            bytes: Bucket::new(b.bytes_per_sec),
+            cpu_us: Bucket::new(b.cpu_ms_per_sec.saturating_mul(1000)),
+            refilled: Instant::now(),
+            over_since: None,
+            grace: b.grace,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let seconds = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        for b in self.buckets_mut() {
+            b.refill(seconds);
+        }
+    }
+
+    fn buckets_mut(&mut self) -> [&mut Bucket; 4] {
+        [
+            &mut self.multicasts,
+            &mut self.event_multicasts,
+            &mut self.bytes,
+            &mut self.cpu_us,
+        ]
+    }
+
+    /// The budget most over, as users read it, and how long until it refills.
+    fn worst(&self) -> Option<(String, Duration)> {
+        let named = [
+            (
+                &self.multicasts,
+                format!("{} multicasts/s", group(self.multicasts.rate)),
+            ),
+            (
+                &self.event_multicasts,
+                format!(
+                    "{} multicasts/s made while applying events (a chain reaction?)",
+                    group(self.event_multicasts.rate)
+                ),
+            ),
+            (
+                &self.bytes,
+                format!("{} multicast bytes/s", group(self.bytes.rate)),
+            ),
+            (
+                &self.cpu_us,
+                format!("{} ms of CPU per second", group(self.cpu_us.rate / 1000.0)),
+            ),
+        ];
+        named
+            .into_iter()
+            .map(|(b, name)| (name, b.deficit()))
+            .filter(|(_, d)| !d.is_zero())
+            .max_by_key(|(_, d)| *d)
+    }
+}
+
+/// `2000` as `2,000`.
+fn group(n: f64) -> String {
+    let digits = format!("{:.0}", n);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Mailbox {
+    jobs: VecDeque<(usize, Job)>,
+    bytes: usize,
+    /// In the ready queue, the timer heap, or running on a worker.
+    scheduled: bool,
+}
+
+/// Called once, with the reason, when an object is quarantined.
+type QuarantineHook = Box<dyn FnOnce(String) + Send>;
+
+/// One object on the executor.
+struct Cell {
+    name: String,
+    mailbox: Mutex<Mailbox>,
+    /// Held only by the worker running the object (one at a time: `scheduled`).
+    replica: Mutex<Option<Replica>>,
+    meter: Mutex<Meter>,
+    metrics: Mutex<ObjectMetrics>,
+    quarantined: AtomicBool,
+    credit: tokio::sync::Notify,
+    on_quarantine: Mutex<Option<QuarantineHook>>,
+    /// The digest reflects every applied event.
+    digest_fresh: AtomicBool,
+    last_digest: Mutex<(Instant, Duration)>,
+    mailbox_bytes: usize,
+}
+
+struct Timed {
+    at: Instant,
+    seq: u64,
+    cell: Arc<Cell>,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    // Earliest first in a max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Default)]
+struct Queues {
+    ready: VecDeque<Arc<Cell>>,
+    timed: BinaryHeap<Timed>,
+    seq: u64,
+    stop: bool,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    wake: Condvar,
+    config: ExecutorConfig,
+    objects: AtomicU64,
+}
+
+/// A node's pool of worker threads running its objects. Dropping it stops the
+/// workers once they finish their current job.
+pub struct Executor {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("workers", &self.shared.config.workers)
+            .field("objects", &self.shared.objects.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Executor {
+    /// Start `config.workers` worker threads.
+    pub fn start(config: ExecutorConfig) -> Executor {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            wake: Condvar::new(),
+            config,
+            objects: AtomicU64::new(0),
+        });
+        for i in 0..shared.config.workers.max(1) {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("lo-worker-{i}"))
+                .spawn(move || worker(&shared));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start executor worker {i}: {e}");
+            }
+        }
+        Executor { shared }
+    }
+
+    /// The node's default budgets.
+    pub fn budgets(&self) -> &Budgets {
+        &self.shared.config.budgets
+    }
+
+    /// Put `replica` (already initialised, or to be initialised by the first job)
+    /// on the executor under `budgets`. `on_quarantine` is called once, from a
+    /// worker, if the object is quarantined.
+    pub fn spawn(
+        &self,
+        replica: Replica,
+        budgets: &Budgets,
+        on_quarantine: impl FnOnce(String) + Send + 'static,
+    ) -> ObjectRef {
+        self.shared.objects.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(Cell {
+            name: replica.identity().object.clone(),
+            mailbox: Mutex::new(Mailbox {
+                jobs: VecDeque::new(),
+                bytes: 0,
+                scheduled: false,
+            }),
+            replica: Mutex::new(Some(replica)),
+            meter: Mutex::new(Meter::new(budgets)),
+            metrics: Mutex::new(ObjectMetrics::default()),
+            quarantined: AtomicBool::new(false),
+            credit: tokio::sync::Notify::new(),
+            on_quarantine: Mutex::new(Some(Box::new(on_quarantine))),
+            digest_fresh: AtomicBool::new(false),
+            last_digest: Mutex::new((Instant::now() - DIGEST_INTERVAL, Duration::ZERO)),
+            mailbox_bytes: self.shared.config.mailbox_bytes,
+        });
+        ObjectRef {
+            cell,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        lock(&self.shared.queues).stop = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// A job the mailbox refused because it is full; submit it again after
+/// [`ObjectRef::credit`].
+pub struct Full(pub Job);
+
+impl std::fmt::Debug for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Full(..)")
+    }
+}
+
+/// A handle on one object on the executor: submit work, read its metrics.
+#[derive(Clone)]
+pub struct ObjectRef {
+    cell: Arc<Cell>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRef")
+            .field("object", &self.cell.name)
+            .finish()
+    }
+}
+
+impl ObjectRef {
+    /// Queue `job`, which holds about `bytes` bytes (its event, its arguments). An
+    /// empty mailbox always takes one job, whatever its size. A quarantined object's
+    /// job is answered at once, on this thread.
+    pub fn submit(&self, bytes: usize, job: Job) -> Result<(), Full> {
+        let schedule = {
+            let mut mailbox = lock(&self.cell.mailbox);
+            // Checked under the mailbox lock: `quarantine` sets the flag before it
+            // drains the mailbox under this lock, so no job is left unanswered.
+            if self.cell.quarantined.load(Ordering::Acquire) {
+                drop(mailbox);
+                job(Err(self.quarantine_error()));
+                return Ok(());
+            }
+            if !mailbox.jobs.is_empty() && mailbox.bytes + bytes > self.cell.mailbox_bytes {
+                return Err(Full(job));
+            }
+            mailbox.bytes += bytes;
+            mailbox.jobs.push_back((bytes, job));
+            let mut m = lock(&self.cell.metrics);
+            m.queued_jobs = mailbox.jobs.len() as u64;
+            m.queued_bytes = mailbox.bytes as u64;
+            drop(m);
+            !std::mem::replace(&mut mailbox.scheduled, true)
+        };
+        if schedule {
+            push_ready(&self.shared, self.cell.clone());
+        }
+        Ok(())
+    }
+
+    /// Queue `job`; if the mailbox is full, wait for credit and try again.
+    pub async fn submit_waiting(&self, bytes: usize, mut job: Job) {
+        loop {
+            let credit = self.cell.credit.notified();
+            tokio::pin!(credit);
+            credit.as_mut().enable();
+            match self.submit(bytes, job) {
+                Ok(()) => return,
+                Err(Full(back)) => {
+                    job = back;
+                    credit.await;
+                }
+            }
+        }
+    }
+
+    /// Notified when the mailbox drains below half (after a [`Full`]) or the object
+    /// is quarantined. Create and `enable` the `notified()` future before calling
+    /// [`submit`](Self::submit), or a notification may come in between.
+    pub fn credit(&self) -> &tokio::sync::Notify {
+        &self.cell.credit
+    }
+
+    /// The object's metrics now.
+    pub fn metrics(&self) -> ObjectMetrics {
+        lock(&self.cell.metrics).clone()
+    }
+
+    /// Why the object was quarantined, if it was.
+    pub fn quarantined(&self) -> Option<String> {
+        lock(&self.cell.metrics).quarantined.clone()
+    }
+
+    /// Take the object out of service on this node now (e.g. when it leaves):
+    /// queued jobs are answered with `reason`, the replica is dropped.
+    pub fn retire(&self, reason: &str) {
+        quarantine(&self.cell, reason.to_string(), false);
+    }
+
+    fn quarantine_error(&self) -> ReplicaError {
+        ReplicaError::Quarantined {
+            object: self.cell.name.clone(),
+            reason: self.quarantined().unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        // Answer whatever is still queued (a handle dropped with work pending).
+        let jobs = std::mem::take(&mut lock(&self.mailbox).jobs);
+        for (_, job) in jobs {
+            job(Err(ReplicaError::Quarantined {
+                object: self.name.clone(),
+                reason: "the object was removed from this node".into(),
+            }));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic in a job (a host bug) must not take every other object down with it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn push_ready(shared: &Shared, cell: Arc<Cell>) {
+    lock(&shared.queues).ready.push_back(cell);
+    shared.wake.notify_one();
+}
+
+fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant) {
+    let mut q = lock(&shared.queues);
+    q.seq += 1;
+    let seq = q.seq;
+    q.timed.push(Timed { at, seq, cell });
+    drop(q);
+    shared.wake.notify_one();
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        let cell = {
+            let mut q = lock(&shared.queues);
+            loop {
+                if q.stop {
+                    return;
+                }
+                let now = Instant::now();
+                while q.timed.peek().is_some_and(|t| t.at <= now) {
+                    let t = q.timed.pop().expect("peeked");
+                    q.ready.push_back(t.cell);
+                }
+                if let Some(cell) = q.ready.pop_front() {
+                    break cell;
+                }
+                q = match q.timed.peek().map(|t| t.at) {
+                    Some(at) => {
+                        shared
+                            .wake
+                            .wait_timeout(q, at.saturating_duration_since(now))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => shared.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+                };
+            }
+        };
+        run_slice(shared, cell);
+    }
+}
+
+/// Run one object for a slice, then reschedule it: at the tail of the ready queue
+/// if it has more work, on the timer heap if it is throttled or its digest is due,
+/// or not at all if it is idle.
+fn run_slice(shared: &Shared, cell: Arc<Cell>) {
+    let started = Instant::now();
+    let mut ran = 0;
+    let mut replica_slot = lock(&cell.replica);
+    loop {
+        if cell.quarantined.load(Ordering::Acquire) {
+            break;
+        }
+        if let Some(wait) = throttle(&cell, Instant::now()) {
+            drop(replica_slot);
+            lock(&cell.metrics).throttled = true;
+            push_timed(shared, cell, Instant::now() + wait);
+            return;
+        }
+        let next = {
+            let mut mailbox = lock(&cell.mailbox);
+            let next = mailbox.jobs.pop_front();
+            if let Some((bytes, _)) = &next {
+                mailbox.bytes -= bytes;
+                if mailbox.bytes < cell.mailbox_bytes / 2 {
+                    cell.credit.notify_waiters();
+                }
+            }
+            let mut m = lock(&cell.metrics);
+            m.queued_jobs = mailbox.jobs.len() as u64;
+            m.queued_bytes = mailbox.bytes as u64;
+            next
+        };
+        let Some((_, job)) = next else {
+            lock(&cell.meter).over_since = None;
+            break;
+        };
+        let Some(replica) = replica_slot.as_mut() else {
+            job(Err(ReplicaError::Quarantined {
+                object: cell.name.clone(),
+                reason: "the object is no longer on this node".into(),
+            }));
+            continue;
+        };
+        let before = replica.stats();
+        let t0 = Instant::now();
+        job(Ok(replica));
+        let used = t0.elapsed();
+        let after = replica.stats();
+        let broken = replica.out_of_service().map(str::to_string);
+        charge(&cell, before, after, used);
+        if let Some(reason) = broken {
+            drop(replica_slot);
+            quarantine(&cell, reason, true);
+            return;
+        }
+        ran += 1;
+        if ran >= JOBS_PER_SLICE || started.elapsed() >= shared.config.slice {
+            break;
+        }
+    }
+    if cell.quarantined.load(Ordering::Acquire) {
+        replica_slot.take();
+        drop(replica_slot);
+        answer_quarantined(&cell);
+        return;
+    }
+    // Refresh the digest if the object is idle and its last one is stale.
+    let idle = lock(&cell.mailbox).jobs.is_empty();
+    if idle && !cell.digest_fresh.load(Ordering::Acquire) {
+        let (last, took) = *lock(&cell.last_digest);
+        let due = last + DIGEST_INTERVAL.max(took * 20);
+        if Instant::now() >= due {
+            if let Some(replica) = replica_slot.as_mut() {
+                refresh_digest(&cell, replica);
+                if let Some(reason) = replica.out_of_service().map(str::to_string) {
+                    drop(replica_slot);
+                    quarantine(&cell, reason, true);
+                    return;
+                }
+            }
+        } else {
+            drop(replica_slot);
+            push_timed(shared, cell, due);
+            return;
+        }
+    }
+    drop(replica_slot);
+    lock(&cell.metrics).throttled = false;
+    let mut mailbox = lock(&cell.mailbox);
+    if mailbox.jobs.is_empty() {
+        mailbox.scheduled = false;
+    } else {
+        drop(mailbox);
+        push_ready(shared, cell);
+    }
+}
+
+fn refresh_digest(cell: &Cell, replica: &mut Replica) {
+    let t0 = Instant::now();
+    match replica.snapshot() {
+        Ok(snapshot) => {
+            let took = t0.elapsed();
+            *lock(&cell.last_digest) = (Instant::now(), took);
+            cell.digest_fresh.store(true, Ordering::Release);
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot));
+            let mut m = lock(&cell.metrics);
+            m.state_bytes = snapshot.len() as u64;
+            m.state_digest = digest;
+            m.cpu_us += took.as_micros() as u64;
+        }
+        Err(e) => {
+            *lock(&cell.last_digest) = (Instant::now(), t0.elapsed());
+            tracing::warn!(object = %cell.name, "cannot take a snapshot for status: {e}");
+        }
+    }
+}
+
+/// Charge one job's use to the object's budgets and publish its counters.
+fn charge(
+    cell: &Cell,
+    before: crate::runtime::ReplicaStats,
+    after: crate::runtime::ReplicaStats,
+    used: Duration,
+) {
+    let calls = after.multicasts_from_calls - before.multicasts_from_calls;
+    let events = after.multicasts_from_events - before.multicasts_from_events;
+    let bytes = after.multicast_bytes - before.multicast_bytes;
+    {
+        let mut meter = lock(&cell.meter);
+        meter.multicasts.level -= (calls + events) as f64;
+        meter.event_multicasts.level -= events as f64;
+        meter.bytes.level -= bytes as f64;
+        meter.cpu_us.level -= used.as_micros() as f64;
+    }
+    if after.events_applied != before.events_applied
+        || after.events_rejected != before.events_rejected
+    {
+        cell.digest_fresh.store(false, Ordering::Release);
+    }
+    let mut m = lock(&cell.metrics);
+    m.events_applied = after.events_applied;
+    m.cpu_us += used.as_micros() as u64;
+    m.multicasts = after.multicasts_from_calls + after.multicasts_from_events;
+}
+
+/// How long the object must wait before it may run again, or `None` if it may run
+/// now. Quarantines it if it has been throttled for longer than its grace.
+fn throttle(cell: &Cell, now: Instant) -> Option<Duration> {
+    let mut meter = lock(&cell.meter);
+    meter.refill(now);
+    // Not reset here when the budget has refilled: an object that is throttled
+    // again as soon as it runs is still over its budget. Only going idle (its
+    // mailbox empty, see `run_slice`) ends a stretch of throttling.
+    let (budget, wait) = meter.worst()?;
+    let since = *meter.over_since.get_or_insert(now);
+    if now.duration_since(since) >= meter.grace {
+        drop(meter);
+        quarantine(cell, format!("exceeded {budget}"), true);
+        return None;
+    }
+    Some(wait.min(Duration::from_millis(100)))
+}
+
+/// Answer every queued job of a quarantined object with its reason.
+fn answer_quarantined(cell: &Cell) {
+    let reason = lock(&cell.metrics).quarantined.clone().unwrap_or_default();
+    let jobs = {
+        let mut mailbox = lock(&cell.mailbox);
+        mailbox.bytes = 0;
+        std::mem::take(&mut mailbox.jobs)
+    };
+    for (_, job) in jobs {
+        job(Err(ReplicaError::Quarantined {
+            object: cell.name.clone(),
+            reason: reason.clone(),
+        }));
+    }
+    let mut m = lock(&cell.metrics);
+    m.queued_jobs = 0;
+    m.queued_bytes = 0;
+    drop(m);
+    cell.credit.notify_waiters();
+}
+
+fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
+    {
+        // The reason is published before the flag, so whoever sees the flag can read it.
+        let mut m = lock(&cell.metrics);
+        if m.quarantined.is_some() {
+            return;
+        }
+        m.quarantined = Some(reason.clone());
+    }
+    cell.quarantined.store(true, Ordering::Release);
+    if tell_driver {
+        tracing::warn!(object = %cell.name, "quarantined on this node: {reason}");
+    }
+    // The replica may be held by the worker that called us (it dropped its guard
+    // first) or by nobody; either way it can be taken now or is dropped with the cell.
+    if let Ok(mut slot) = cell.replica.try_lock() {
+        slot.take();
+    }
+    answer_quarantined(cell);
+    let notify = lock(&cell.on_quarantine).take();
+    if let (true, Some(notify)) = (tell_driver, notify) {
+        notify(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(group(2000.0), "2,000");
+        assert_eq!(group(200.0), "200");
+        assert_eq!(group(1234567.0), "1,234,567");
+    }
+
+    #[test]
+    fn record_overrides_are_clamped_to_the_ceiling() {
+        let node = Budgets::default();
+        let mut options = std::collections::BTreeMap::new();
+        options.insert("budget.event-multicasts".to_string(), "10".to_string());
+        options.insert("budget.cpu-ms".to_string(), "99999999".to_string());
+        let b = node.with_overrides(&options).unwrap();
+        assert_eq!(b.event_multicasts_per_sec, 10);
+        assert_eq!(
+            b.cpu_ms_per_sec,
+            node.cpu_ms_per_sec * RECORD_BUDGET_CEILING
+        );
+        options.insert("budget.bytes".to_string(), "lots".to_string());
+        let err = node.with_overrides(&options).unwrap_err();
+        assert!(err.contains("budget.bytes=lots"), "{err}");
+    }
+
+    #[test]
+    fn a_bucket_in_deficit_says_how_long_until_it_refills() {
+        let mut b = Bucket::new(1000);
+        b.level = -500.0;
+        assert_eq!(b.deficit(), Duration::from_millis(500));
+        b.refill(1.0);
+        assert_eq!(b.level, 500.0);
+        assert_eq!(b.deficit(), Duration::ZERO);
+    }
+}

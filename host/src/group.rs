@@ -1,0 +1,108 @@
+//! What every driver's objects share: the errors a call on a joined object can
+//! fail with, the notices a local application can watch, the status a driver
+//! publishes for one object, and the access policy a group enforces on joiners.
+//! Drivers (`mesh`, `qsm`, `vsync`, `gossip`) speak this vocabulary to the node and
+//! the CLI, which never name a driver.
+
+use crate::mesh::net::Peer;
+use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
+
+/// Something a local application may want to see.
+#[derive(Debug, Clone)]
+pub enum GroupNotice {
+    /// The object raised a notification.
+    Notification {
+        /// What changed.
+        topic: String,
+        /// Free text.
+        detail: String,
+    },
+    /// The membership changed.
+    View(Vec<Peer>),
+    /// This replica is no longer a member.
+    Excluded,
+    /// The host quarantined the object on this node (the limit it exceeded).
+    Quarantined(String),
+}
+
+/// Who may join a group, and this host's own credential.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The object's access policy (from its record); members enforce it on joiners.
+    pub policy: AccessPolicy,
+    /// This host's grant, presented when it joins (for `grants:` policies).
+    pub grant: Option<Signed<Grant>>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            policy: AccessPolicy::Open,
+            grant: None,
+        }
+    }
+}
+
+/// A snapshot of a group's state, for `lo status`.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    /// Current members.
+    pub members: Vec<Peer>,
+    /// Highest position of the total order delivered here.
+    pub delivered: u64,
+    /// Whether this replica has state and takes part.
+    pub member: bool,
+    /// Whether this host orders the group's events.
+    pub sequencer: bool,
+    /// Events the object applied.
+    pub events_applied: u64,
+}
+
+/// Why a call on a group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The replica refused or failed.
+    #[error(transparent)]
+    Replica(#[from] crate::runtime::ReplicaError),
+    /// The group task is gone (left, or excluded).
+    #[error("this host no longer takes part in {0}")]
+    Gone(String),
+    /// The replica has no state yet (joining).
+    #[error("{0} is still joining (waiting for its state)")]
+    Joining(String),
+    /// The object refused an update (a transaction): it aborted at every replica
+    /// and changed nothing.
+    #[error("transaction on {object} aborted at every replica: {reason}")]
+    Aborted {
+        /// The object.
+        object: String,
+        /// The object's reason.
+        reason: String,
+    },
+    /// The group could not order or confirm the request in time (for vsync: no
+    /// majority reachable); an update may or may not have committed.
+    #[error("{object}: {reason}")]
+    Unavailable {
+        /// The object.
+        object: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No member the joiner knows of answered, and it was not allowed to found
+    /// the group.
+    #[error("no member of {object} answered (tried {tried}); is any host running it?")]
+    NoMembers {
+        /// The object.
+        object: String,
+        /// Members tried.
+        tried: usize,
+    },
+    /// The driver or its membership service refused the join.
+    #[error("cannot join {object}: {reason}")]
+    Refused {
+        /// The object.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+}
