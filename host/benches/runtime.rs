@@ -195,4 +195,308 @@ fn main() {
         1.0 / native,
         cold / cached
     );
+    isolation::run(quick, &events);
+}
+
+/// The executor rows: a fast object's throughput alone and beside a slow object
+/// and a chain reaction (ratios measured in this run), and the idle cost of 1,000
+/// joined mesh objects.
+mod isolation {
+    use liveobjects_host::executor::{Full, Job, ObjectRef};
+    use liveobjects_host::runtime::{Event, Limits, ReplicaIdentity, Runtime, RuntimeConfig};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    fn submit(object: &ObjectRef, bytes: usize, mut job: Job) {
+        loop {
+            match object.submit(bytes, job) {
+                Ok(()) => return,
+                Err(Full(back)) => {
+                    job = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+
+    /// Deliver `events` to a fresh counter on the executor; events per second.
+    fn fast_counter(runtime: &Runtime, events: &[Event]) -> f64 {
+        let logic = runtime
+            .load_file(Path::new(liveobjects_objects::COUNTER))
+            .unwrap();
+        let mut replica = runtime
+            .instantiate(&logic, ReplicaIdentity::local("bench:fast", "m1"))
+            .unwrap();
+        replica.init(None).unwrap();
+        let object = runtime
+            .executor()
+            .spawn(replica, runtime.executor().budgets(), |_| {});
+        let (done, finished) = std::sync::mpsc::channel();
+        let start = Instant::now();
+        let last = events.len() - 1;
+        for (i, event) in events.iter().enumerate() {
+            let event = event.clone();
+            let done = done.clone();
+            submit(
+                &object,
+                event.payload.len() + 64,
+                Box::new(move |r| {
+                    r.unwrap().deliver(&event).unwrap();
+                    if i == last {
+                        let _ = done.send(());
+                    }
+                }),
+            );
+        }
+        finished.recv().unwrap();
+        events.len() as f64 / start.elapsed().as_secs_f64()
+    }
+
+    fn hostile(runtime: &Runtime, name: &str) -> liveobjects_host::runtime::Replica {
+        let logic = runtime
+            .load_file(Path::new(liveobjects_objects::HOSTILE))
+            .unwrap();
+        let mut replica = runtime
+            .instantiate(&logic, ReplicaIdentity::local(name, "m1"))
+            .unwrap();
+        replica.init(None).unwrap();
+        replica
+    }
+
+    /// A slow object: one call at a time, each spinning until its deadline.
+    fn start_slow(runtime: &Arc<Runtime>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+        let object = runtime.executor().spawn(
+            hostile(runtime, "bench:slow"),
+            runtime.executor().budgets(),
+            |_| {},
+        );
+        std::thread::spawn(move || {
+            let mut calls = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (tx, rx) = std::sync::mpsc::channel();
+                submit(
+                    &object,
+                    0,
+                    Box::new(move |r| {
+                        let _ = tx.send(r.map(|r| r.call_wave("spin", &[]).is_err()));
+                    }),
+                );
+                match rx.recv() {
+                    Ok(Ok(_)) => calls += 1,
+                    _ => break,
+                }
+            }
+            calls
+        })
+    }
+
+    /// A chain reaction: every event's multicasts are delivered back to it, as
+    /// its group would, until the executor quarantines it.
+    fn start_chain(runtime: &Arc<Runtime>) -> (ObjectRef, std::thread::JoinHandle<u64>) {
+        let mut replica = hostile(runtime, "bench:chain");
+        let first = replica.call_wave("chain", &[]).unwrap().multicasts;
+        let object = runtime
+            .executor()
+            .spawn(replica, runtime.executor().budgets(), |_| {});
+        let feeding = object.clone();
+        let feeder = std::thread::spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+            tx.send(first).unwrap();
+            let mut seq = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(payloads) = rx.recv_timeout(Duration::from_millis(500)) {
+                if feeding.quarantined().is_some() || Instant::now() > deadline {
+                    break;
+                }
+                for payload in payloads {
+                    seq += 1;
+                    let tx = tx.clone();
+                    let event = Event {
+                        sender: "bench-01".into(),
+                        seq,
+                        timestamp_ms: seq,
+                        payload,
+                    };
+                    submit(
+                        &feeding,
+                        64,
+                        Box::new(move |r| {
+                            if let Ok(d) = r.and_then(|r| r.deliver(&event)) {
+                                let _ = tx.send(d.multicasts);
+                            }
+                        }),
+                    );
+                }
+            }
+            seq
+        });
+        (object, feeder)
+    }
+
+    /// Process CPU time (user + system), from /proc/self/stat.
+    fn cpu_time() -> Duration {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn rss_bytes() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Idle cost of `count` single-member mesh objects on one node: CPU share of a
+    /// core over `idle` and RSS per object.
+    fn idle_objects(runtime: &Arc<Runtime>, count: usize, idle: Duration) -> (f64, f64) {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let identity = liveobjects_directory::keys::Identity::generate();
+            let mesh = liveobjects_host::mesh::group::MeshNode::start(
+                &identity,
+                "127.0.0.1:0".parse().unwrap(),
+                Default::default(),
+            )
+            .unwrap();
+            let logic = runtime
+                .load_file(Path::new(liveobjects_objects::COUNTER))
+                .unwrap();
+            let before = rss_bytes();
+            let mut groups = Vec::new();
+            for i in 0..count {
+                groups.push(
+                    mesh.found(
+                        runtime,
+                        &logic,
+                        &format!("bench:idle-{i}"),
+                        Default::default(),
+                    )
+                    .unwrap(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let rss = rss_bytes().saturating_sub(before) as f64 / count as f64;
+            let cpu0 = cpu_time();
+            let t0 = Instant::now();
+            tokio::time::sleep(idle).await;
+            let share = (cpu_time() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+            drop(groups);
+            mesh.shutdown();
+            (share, rss)
+        })
+    }
+
+    pub fn run(quick: bool, events: &[Event]) {
+        let runtime = Arc::new(
+            Runtime::new(RuntimeConfig {
+                limits: Limits {
+                    // The slow object spins until its wall-clock deadline.
+                    fuel_per_call: u64::MAX / 4,
+                    call_deadline: Duration::from_millis(200),
+                    ..Limits::default()
+                },
+                ..RuntimeConfig::default()
+            })
+            .unwrap(),
+        );
+        let rounds = if quick { 3 } else { 5 };
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let alone = median(
+            (0..rounds)
+                .map(|_| fast_counter(&runtime, events))
+                .collect(),
+        );
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let slow = start_slow(&runtime, stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        let beside_slow = median(
+            (0..rounds)
+                .map(|_| fast_counter(&runtime, events))
+                .collect(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        let slow_calls = slow.join().unwrap();
+
+        let (chain, feeder) = start_chain(&runtime);
+        std::thread::sleep(Duration::from_millis(300));
+        let beside_chain = median(
+            (0..rounds)
+                .map(|_| fast_counter(&runtime, events))
+                .collect(),
+        );
+        let chained = feeder.join().unwrap();
+        let quarantine = chain.quarantined();
+
+        let objects = if quick { 200 } else { 1000 };
+        let (idle_share, rss_per_object) = idle_objects(
+            &runtime,
+            objects,
+            Duration::from_secs(if quick { 2 } else { 5 }),
+        );
+
+        println!();
+        println!(
+            "executor isolation ({} events of 32 B to a counter, median of {rounds} rounds, {} workers)",
+            events.len(),
+            liveobjects_host::executor::ExecutorConfig::default().workers
+        );
+        println!("{:<48} {:>14}  compared with", "measurement", "events/s");
+        println!("{:<48} {:>14.0}  (baseline)", "fast object alone", alone);
+        println!(
+            "{:<48} {:>14.0}  {:.2}x of alone ({slow_calls} calls of 200 ms)",
+            "fast object beside a slow one",
+            beside_slow,
+            beside_slow / alone
+        );
+        println!(
+            "{:<48} {:>14.0}  {:.2}x of alone ({chained} chain events, {})",
+            "fast object beside a chain reaction",
+            beside_chain,
+            beside_chain / alone,
+            quarantine
+                .map(|q| format!("then quarantined: {q}"))
+                .unwrap_or_else(|| "not quarantined".into())
+        );
+        println!(
+            "{objects} idle single-member mesh objects: {:.1}% of a core, {:.1} KiB RSS each",
+            idle_share * 100.0,
+            rss_per_object / 1024.0
+        );
+        let line = format!(
+            "{{\"bench\":\"executor\",\"alone\":{alone:.0},\"beside_slow\":{beside_slow:.0},\
+             \"beside_chain\":{beside_chain:.0},\"idle_objects\":{objects},\
+             \"idle_core_share\":{idle_share:.4},\"rss_per_object\":{rss_per_object:.0}}}\n"
+        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("executor.jsonl"))
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
 }

@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 pub const JOBS_PER_SLICE: usize = 64;
 /// Shortest time between two snapshot digests of one object.
 pub const DIGEST_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest: an object with a slow snapshot is digested at most every 20
+/// snapshot-times, but at least this often while it changes.
+pub const MAX_DIGEST_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What an object may use per second on this node. Node defaults; a record may
 /// override them (see [`Budgets::with_overrides`]).
@@ -322,6 +325,10 @@ struct Timed {
     at: Instant,
     seq: u64,
     cell: Arc<Cell>,
+    /// A digest wake-up of an idle object: it does not hold the object's
+    /// `scheduled` claim, so a job arriving meanwhile schedules it at once; when it
+    /// fires it claims the object only if nothing else did.
+    claim: bool,
 }
 
 impl PartialEq for Timed {
@@ -565,11 +572,16 @@ fn push_ready(shared: &Shared, cell: Arc<Cell>) {
     shared.wake.notify_one();
 }
 
-fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant) {
+fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant, claim: bool) {
     let mut q = lock(&shared.queues);
     q.seq += 1;
     let seq = q.seq;
-    q.timed.push(Timed { at, seq, cell });
+    q.timed.push(Timed {
+        at,
+        seq,
+        cell,
+        claim,
+    });
     drop(q);
     shared.wake.notify_one();
 }
@@ -585,6 +597,10 @@ fn worker(shared: &Shared) {
                 let now = Instant::now();
                 while q.timed.peek().is_some_and(|t| t.at <= now) {
                     let t = q.timed.pop().expect("peeked");
+                    if t.claim && std::mem::replace(&mut lock(&t.cell.mailbox).scheduled, true) {
+                        // Already scheduled by a job; that run refreshes the digest.
+                        continue;
+                    }
                     q.ready.push_back(t.cell);
                 }
                 if let Some(cell) = q.ready.pop_front() {
@@ -620,7 +636,7 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
         if let Some(wait) = throttle(&cell, Instant::now()) {
             drop(replica_slot);
             lock(&cell.metrics).throttled = true;
-            push_timed(shared, cell, Instant::now() + wait);
+            push_timed(shared, cell, Instant::now() + wait, false);
             return;
         }
         let next = {
@@ -675,7 +691,7 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
     let idle = lock(&cell.mailbox).jobs.is_empty();
     if idle && !cell.digest_fresh.load(Ordering::Acquire) {
         let (last, took) = *lock(&cell.last_digest);
-        let due = last + DIGEST_INTERVAL.max(took * 20);
+        let due = last + DIGEST_INTERVAL.max(took * 20).min(MAX_DIGEST_INTERVAL);
         if Instant::now() >= due {
             if let Some(replica) = replica_slot.as_mut() {
                 refresh_digest(&cell, replica);
@@ -687,7 +703,17 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
             }
         } else {
             drop(replica_slot);
-            push_timed(shared, cell, due);
+            let mut mailbox = lock(&cell.mailbox);
+            if mailbox.jobs.is_empty() {
+                // Idle until the digest is due: give up the claim (a new job
+                // schedules the object at once) and ask for a wake-up.
+                mailbox.scheduled = false;
+                drop(mailbox);
+                push_timed(shared, cell, due, true);
+            } else {
+                drop(mailbox);
+                push_ready(shared, cell);
+            }
             return;
         }
     }
@@ -790,24 +816,38 @@ fn answer_quarantined(cell: &Cell) {
 }
 
 fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
-    {
-        // The reason is published before the flag, so whoever sees the flag can read it.
-        let mut m = lock(&cell.metrics);
-        if m.quarantined.is_some() {
+    // Flag, reason and an empty mailbox become visible together (mailbox lock, then
+    // metrics lock, as everywhere): whoever sees the reason sees no queued work, and
+    // `submit` (which checks the flag under the mailbox lock) never queues more.
+    let jobs = {
+        let mut mailbox = lock(&cell.mailbox);
+        if cell.quarantined.load(Ordering::Acquire) {
             return;
         }
+        cell.quarantined.store(true, Ordering::Release);
+        mailbox.bytes = 0;
+        let jobs = std::mem::take(&mut mailbox.jobs);
+        let mut m = lock(&cell.metrics);
         m.quarantined = Some(reason.clone());
-    }
-    cell.quarantined.store(true, Ordering::Release);
+        m.queued_jobs = 0;
+        m.queued_bytes = 0;
+        jobs
+    };
     if tell_driver {
         tracing::warn!(object = %cell.name, "quarantined on this node: {reason}");
     }
-    // The replica may be held by the worker that called us (it dropped its guard
-    // first) or by nobody; either way it can be taken now or is dropped with the cell.
+    // The replica may be held by the worker that called us (it is dropped after
+    // the slice) or by nobody (dropped now).
     if let Ok(mut slot) = cell.replica.try_lock() {
         slot.take();
     }
-    answer_quarantined(cell);
+    for (_, job) in jobs {
+        job(Err(ReplicaError::Quarantined {
+            object: cell.name.clone(),
+            reason: reason.clone(),
+        }));
+    }
+    cell.credit.notify_waiters();
     let notify = lock(&cell.on_quarantine).take();
     if let (true, Some(notify)) = (tell_driver, notify) {
         notify(reason);
@@ -817,6 +857,122 @@ fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::runtime::{Event, ReplicaIdentity, Runtime, RuntimeConfig};
+
+    fn on_executor(runtime: &Runtime, path: &str, name: &str) -> ObjectRef {
+        let logic = runtime.load_file(std::path::Path::new(path)).unwrap();
+        let mut replica = runtime
+            .instantiate(&logic, ReplicaIdentity::local(name, "m1"))
+            .unwrap();
+        replica.init(None).unwrap();
+        runtime
+            .executor()
+            .spawn(replica, runtime.executor().budgets(), |_| {})
+    }
+
+    /// Run `job` and wait for what it returns.
+    fn run<R: Send + 'static>(
+        object: &ObjectRef,
+        job: impl FnOnce(Result<&mut Replica, ReplicaError>) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        object
+            .submit(0, Box::new(move |r| tx.send(job(r)).unwrap()))
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the job ran within 10 s")
+    }
+
+    #[test]
+    fn a_job_for_an_idle_object_runs_at_once_while_its_digest_waits() {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let counter = on_executor(&runtime, liveobjects_objects::COUNTER, "t:counter");
+        let add = run(&counter, |r| r.unwrap().call_wave("add", &["1"]).unwrap())
+            .multicasts
+            .remove(0);
+        let started = Instant::now();
+        // Each event applied leaves the object idle with a stale digest; the next
+        // job must not wait for the digest's timer.
+        for seq in 1..=50 {
+            let event = Event {
+                sender: "m1".into(),
+                seq,
+                timestamp_ms: seq,
+                payload: add.clone(),
+            };
+            run(&counter, move |r| r.unwrap().deliver(&event).unwrap());
+        }
+        let took = started.elapsed();
+        assert!(
+            took < DIGEST_INTERVAL * 25,
+            "50 sequential jobs took {took:?}: jobs waited for digest timers"
+        );
+        assert_eq!(
+            run(&counter, |r| r
+                .unwrap()
+                .call_wave("get", &[])
+                .unwrap()
+                .results_wave()),
+            ["50"]
+        );
+        // The digest catches up once the object is idle.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter.metrics().state_digest.is_empty() {
+            assert!(Instant::now() < deadline, "no digest after 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(counter.metrics().events_applied, 50);
+    }
+
+    #[test]
+    fn a_chain_reaction_is_quarantined_and_every_job_is_answered() {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let chain = on_executor(&runtime, liveobjects_objects::HOSTILE, "t:chain");
+        let first = run(&chain, |r| r.unwrap().call_wave("chain", &[]).unwrap()).multicasts;
+        // Feed every event's multicasts back as new events, as a group would.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+        tx.send(first).unwrap();
+        let mut seq = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while chain.quarantined().is_none() {
+            assert!(Instant::now() < deadline, "not quarantined within 20 s");
+            let Ok(payloads) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            for payload in payloads {
+                seq += 1;
+                let event = Event {
+                    sender: "m1".into(),
+                    seq,
+                    timestamp_ms: seq,
+                    payload,
+                };
+                let tx = tx.clone();
+                let mut job: Job = Box::new(move |r| {
+                    if let Ok(d) = r.and_then(|r| r.deliver(&event)) {
+                        let _ = tx.send(d.multicasts);
+                    }
+                });
+                while let Err(Full(back)) = chain.submit(64, job) {
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let reason = chain.quarantined().unwrap();
+        assert!(
+            reason.contains("2,000 multicasts/s made while applying events"),
+            "{reason}"
+        );
+        // Later work is answered at once with the reason.
+        let err = run(&chain, |r| r.err().map(|e| e.to_string())).unwrap();
+        assert!(
+            err.contains("t:chain") && err.contains("quarantined"),
+            "{err}"
+        );
+        assert_eq!(chain.metrics().queued_jobs, 0);
+    }
 
     #[test]
     fn thousands_are_grouped() {

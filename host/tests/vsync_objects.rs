@@ -2,7 +2,8 @@
 //! sandboxed replicas: the cardtable's slap race has one winner every replica
 //! agrees on; the ledger's refused transfers abort everywhere; a silent member is
 //! excluded in bounded time (a group of three keeps it: it is never shrunk to
-//! two); a joiner outside the policy is refused; and the type
+//! two); an update that multicasts twice commits both or neither; a joiner
+//! outside the policy is refused; and the type
 //! check refuses durable or total-order objects on drivers that lack them.
 
 use liveobjects_directory::keys::Identity;
@@ -351,11 +352,39 @@ proptest::proptest! {
                 seq: 2,
                 timestamp_ms: 3,
                 payload: vec![1, 2, 3, 4],
+                more: vec![vec![5]],
             })),
         };
         let mut bytes = postcard::to_allocvec(&frame).unwrap();
         let at = at % bytes.len();
         bytes[at] = byte;
         let _ = postcard::from_bytes::<VsyncFrame>(&bytes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_multicasts_twice_commits_both_or_neither_everywhere() {
+    let (runtime, logic) = load(liveobjects_objects::HOSTILE.as_ref());
+    let (_hosts, replicas) = group_of_three(&runtime, &logic, "lo://test/atomic").await;
+    replicas[0].call("add", &["10"]).await.unwrap();
+    // The first payload (add 5) would apply; the second is refused: neither may.
+    let err = replicas[1]
+        .call("add-then-refuse", &["5"])
+        .await
+        .expect_err("the second payload is refused, so the transaction aborts");
+    match &err {
+        GroupError::Aborted { reason, .. } => {
+            assert!(reason.contains("refused on purpose"), "{reason}");
+            assert!(reason.contains("payload 2 of 2"), "{reason}");
+        }
+        other => panic!("expected an abort, got {other}"),
+    }
+    replicas[2].call("add", &["1"]).await.unwrap();
+    for (i, r) in replicas.iter().enumerate() {
+        assert_eq!(
+            r.call("total", &[]).await.unwrap(),
+            ["11"],
+            "replica {i} applied part of an aborted transaction"
+        );
     }
 }

@@ -815,12 +815,28 @@ impl<A: Application, L: Link> Group<A, L> {
     /// Order and commit `payload` as this member's command; returns once it is
     /// committed and applied here. `Refused` means the object aborted it everywhere.
     pub async fn submit(&self, timestamp_ms: u64, payload: Vec<u8>) -> Result<(), GroupFailure> {
+        self.submit_all(timestamp_ms, vec![payload]).await
+    }
+
+    /// [`submit`](Self::submit) several payloads as one command: they commit (and
+    /// apply) together or not at all. `payloads` must not be empty.
+    pub async fn submit_all(
+        &self,
+        timestamp_ms: u64,
+        mut payloads: Vec<Vec<u8>>,
+    ) -> Result<(), GroupFailure> {
+        let payload = if payloads.is_empty() {
+            Vec::new()
+        } else {
+            payloads.remove(0)
+        };
         let command = Command {
             sender: self.me.key.to_string(),
             boot: self.boot,
             seq: self.next_seq(),
             timestamp_ms,
             payload,
+            more: payloads,
         };
         let deadline = Instant::now() + self.config.request_timeout;
         let (index, applied) = self

@@ -3,9 +3,17 @@
 //! ([`ReplicaApp`]); a [`VsyncHandle`] serves local calls.
 //!
 //! A call runs the method on the local replica (which never changes state by
-//! itself). If it multicast, each payload is submitted as one command: ordered
-//! through the group, committed at every replica or none, and applied here before
-//! the call returns, so the caller learns commit or abort (the object's refusal).
+//! itself). If it multicast, its payloads are submitted as one command (one
+//! transaction, however many payloads): ordered through the group, committed at
+//! every replica or none, and applied here before the call returns, so the caller
+//! learns commit or abort (the object's refusal of any of its payloads).
+//!
+//! The guest runs on the node's object executor ([`crate::executor`]), never on
+//! openraft's tasks: the state machine hands each committed entry to the object's
+//! mailbox and waits for it (openraft applies entries in order anyway), so the
+//! object gets the executor's budgets, deadlines, fairness and quarantine. A
+//! replica quarantined on this node stops its group here (what peers see of a
+//! crash) instead of refusing entries its peers commit.
 //! If it multicast nothing it was a query: the replica first passes a
 //! linearizable read barrier, then the method runs again and its answer is
 //! returned (reads see every write that finished before they started).
@@ -15,9 +23,10 @@ use super::machine::{Application, GroupView};
 use super::net::{Handler, QuicLink};
 use super::store::LogStore;
 use super::types::Command;
+use crate::executor::ObjectRef;
 use crate::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::Peer;
-use crate::runtime::{Event, Logic, Replica, ReplicaIdentity, Runtime, View};
+use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,46 +35,88 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 /// Commands a replica's own cascades (events multicast while applying an event)
-/// may queue before more are dropped.
-const CASCADE_QUEUE: usize = 1024;
+/// may queue; a replica whose cascades outrun its group's commits by more is
+/// quarantined (the executor's budgets usually stop a chain reaction first).
+const CASCADE_QUEUE: usize = 4096;
 
-/// A sandboxed replica as a group's [`Application`].
+/// Run `job` on the object's executor mailbox and wait for what it returns. The
+/// caller is openraft's state machine (or a call), which must not go on before the
+/// object has applied the entry; on a multi-threaded runtime the wait moves this
+/// thread's other tasks elsewhere (`block_in_place`).
+fn run_blocking<R: Send + 'static>(
+    replica: &ObjectRef,
+    job: impl FnOnce(Result<&mut Replica, ReplicaError>) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mut job = Some(Box::new(move |r: Result<&mut Replica, ReplicaError>| {
+        let _ = tx.send(job(r));
+    }) as crate::executor::Job);
+    loop {
+        let submitted = replica.submit(0, job.take().expect("job"));
+        match submitted {
+            Ok(()) => break,
+            Err(crate::executor::Full(back)) => {
+                job = Some(back);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+    let wait = || rx.recv().expect("the executor answers every job");
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// A sandboxed replica (on the executor) as a group's [`Application`].
 pub struct ReplicaApp {
-    replica: Replica,
+    replica: ObjectRef,
     notices: broadcast::Sender<GroupNotice>,
     cascades: mpsc::Sender<Vec<u8>>,
 }
 
+/// What applying one command's payloads did.
+struct AppliedCommand {
+    refused: Option<String>,
+    multicasts: Vec<Vec<u8>>,
+    notifications: Vec<crate::runtime::Notification>,
+}
+
 impl Application for ReplicaApp {
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
-        self.replica.init(snapshot).map_err(|e| e.to_string())
+        let snapshot = snapshot.map(<[u8]>::to_vec);
+        run_blocking(&self.replica, move |r| {
+            r.and_then(|r| r.init(snapshot.as_deref()))
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn apply(&mut self, _index: u64, command: &Command) -> Result<(), String> {
-        let event = Event {
-            sender: command.sender.clone(),
-            seq: command.seq,
-            timestamp_ms: command.timestamp_ms,
-            payload: command.payload.clone(),
-        };
-        // A trap is rolled back and refused alike at every replica (the sandbox
-        // and its limits are deterministic): an abort, like a refusal.
-        let delivery = self.replica.deliver(&event).map_err(|e| e.to_string())?;
-        for n in delivery.notifications {
+        let command = command.clone();
+        let outcome = run_blocking(&self.replica, move |r| apply_command(r, &command));
+        let outcome = outcome.map_err(|e| e.to_string())?;
+        if let Some(reason) = outcome.refused {
+            return Err(reason);
+        }
+        for n in outcome.notifications {
             let _ = self.notices.send(GroupNotice::Notification {
                 topic: n.topic,
                 detail: n.detail,
             });
         }
-        for payload in delivery.multicasts {
+        for payload in outcome.multicasts {
             if self.cascades.try_send(payload).is_err() {
-                tracing::warn!("vsync: cascade queue full; dropping an event the object multicast");
+                self.replica.retire(&format!(
+                    "exceeded its host memory: more than {CASCADE_QUEUE} events it multicast \
+                     while applying events wait to be committed (a chain reaction?)"
+                ));
+                let _ = self.notices.send(GroupNotice::Quarantined(
+                    self.replica.quarantined().unwrap_or_default(),
+                ));
+                break;
             }
         }
-        match delivery.rejected {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn view(&mut self, view: &GroupView) {
@@ -75,13 +126,16 @@ impl Application for ReplicaApp {
             id: view.id,
             members: view.members.iter().map(|m| m.key.to_string()).collect(),
         };
-        if let Err(e) = self.replica.view_changed(&guest) {
+        let refused = run_blocking(&self.replica, move |r| {
+            r.and_then(|r| r.view_changed(&guest)).err()
+        });
+        if let Some(e) = refused {
             tracing::warn!("vsync: view change refused: {e}");
         }
     }
 
     fn snapshot(&mut self) -> Vec<u8> {
-        match self.replica.snapshot() {
+        match run_blocking(&self.replica, |r| r.and_then(|r| r.snapshot())) {
             Ok(s) => s,
             Err(e) => {
                 // A replica that cannot snapshot cannot serve a joiner; openraft
@@ -91,6 +145,67 @@ impl Application for ReplicaApp {
             }
         }
     }
+}
+
+/// Apply every payload of `command` as one transaction: if the object refuses
+/// (or traps on) any of them, the replica is put back as it was before the first
+/// and the whole command is refused, alike at every replica (the sandbox is
+/// deterministic). Multicasts and notifications count only if all applied.
+fn apply_command(
+    replica: Result<&mut Replica, ReplicaError>,
+    command: &Command,
+) -> Result<AppliedCommand, ReplicaError> {
+    let replica = replica?;
+    let payloads = std::iter::once(&command.payload).chain(&command.more);
+    let before = if command.more.is_empty() {
+        None
+    } else {
+        Some(replica.snapshot()?)
+    };
+    let mut outcome = AppliedCommand {
+        refused: None,
+        multicasts: Vec::new(),
+        notifications: Vec::new(),
+    };
+    for (i, payload) in payloads.enumerate() {
+        let event = Event {
+            sender: command.sender.clone(),
+            seq: command.seq,
+            timestamp_ms: command.timestamp_ms,
+            payload: payload.clone(),
+        };
+        let refusal = match replica.deliver(&event) {
+            Ok(delivery) => match delivery.rejected {
+                None => {
+                    outcome.multicasts.extend(delivery.multicasts);
+                    outcome.notifications.extend(delivery.notifications);
+                    None
+                }
+                Some(reason) => Some(reason),
+            },
+            Err(e @ ReplicaError::Quarantined { .. }) => return Err(e),
+            Err(e) if replica.out_of_service().is_some() => return Err(e),
+            // A trap is rolled back and refused alike at every replica (the
+            // sandbox and its limits are deterministic): an abort, like a refusal.
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = refusal {
+            if let Some(before) = &before {
+                replica.init(Some(before))?;
+            }
+            let reason = if command.more.is_empty() {
+                reason
+            } else {
+                format!("payload {} of {}: {reason}", i + 1, command.more.len() + 1)
+            };
+            return Ok(AppliedCommand {
+                refused: Some(reason),
+                multicasts: Vec::new(),
+                notifications: Vec::new(),
+            });
+        }
+    }
+    Ok(outcome)
 }
 
 /// Where a node keeps durable groups, and how its groups are timed.
@@ -170,6 +285,19 @@ impl VsyncNode {
         object: &str,
         how: VsyncJoin,
     ) -> Result<VsyncHandle, GroupError> {
+        let budgets = runtime.executor().budgets().clone();
+        self.join_with(runtime, logic, object, how, &budgets).await
+    }
+
+    /// [`join`](Self::join) under `budgets`.
+    pub async fn join_with(
+        &self,
+        runtime: &Runtime,
+        logic: &Arc<Logic>,
+        object: &str,
+        how: VsyncJoin,
+        budgets: &crate::executor::Budgets,
+    ) -> Result<VsyncHandle, GroupError> {
         let refused = |reason: String| GroupError::Refused {
             object: object.to_string(),
             reason,
@@ -187,10 +315,14 @@ impl VsyncNode {
                 member: self.me().key.to_string(),
             },
         )?;
+        let (quarantined_tx, mut quarantined_rx) = mpsc::unbounded_channel::<String>();
+        let replica = runtime.executor().spawn(replica, budgets, move |reason| {
+            let _ = quarantined_tx.send(reason);
+        });
         let (notices, _) = broadcast::channel(1024);
         let (cascade_tx, mut cascade_rx) = mpsc::channel(CASCADE_QUEUE);
         let app = ReplicaApp {
-            replica,
+            replica: replica.clone(),
             notices: notices.clone(),
             cascades: cascade_tx,
         };
@@ -281,6 +413,22 @@ impl VsyncNode {
                 }
             }
         });
+        // A quarantined replica stops its group on this node: peers see a crash.
+        let stopping = Arc::downgrade(&group);
+        let quarantine_notices = notices.clone();
+        let quarantined_object = object.to_string();
+        tokio::spawn(async move {
+            if let Some(reason) = quarantined_rx.recv().await {
+                let _ = quarantine_notices.send(GroupNotice::Quarantined(reason.clone()));
+                tracing::warn!(
+                    object = %quarantined_object,
+                    "quarantined ({reason}): stopping its group on this node"
+                );
+                if let Some(group) = stopping.upgrade() {
+                    group.stop().await;
+                }
+            }
+        });
         let watching = Arc::downgrade(&group);
         tokio::spawn(async move {
             loop {
@@ -302,7 +450,7 @@ impl VsyncNode {
             object: object.to_string(),
             group,
             notices,
-            last_report: Arc::default(),
+            replica,
         })
     }
 
@@ -333,8 +481,7 @@ pub struct VsyncHandle {
     object: String,
     group: Arc<ReplicaGroup>,
     notices: broadcast::Sender<GroupNotice>,
-    /// The last report taken while the replica was free (see [`Self::report_now`]).
-    last_report: Arc<Mutex<Option<crate::driver::ObjectReport>>>,
+    replica: ObjectRef,
 }
 
 impl std::fmt::Debug for VsyncHandle {
@@ -357,27 +504,42 @@ impl VsyncHandle {
         }
     }
 
-    fn run(&self, method: &str, args: &[&str]) -> Result<crate::runtime::CallOutcome, GroupError> {
-        let state = self.group.machine().state();
-        let mut state = state.lock().expect("replica");
-        Ok(state.app.replica.call_wave(method, args)?)
+    async fn run(
+        &self,
+        method: &str,
+        args: &[&str],
+    ) -> Result<crate::runtime::CallOutcome, GroupError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let method = method.to_string();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let bytes = method.len() + args.iter().map(String::len).sum::<usize>();
+        self.replica
+            .submit_waiting(
+                bytes,
+                Box::new(move |r| {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let _ = reply.send(r.and_then(|r| r.call_wave(&method, &args)));
+                }),
+            )
+            .await;
+        Ok(answer
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))??)
     }
 
     /// Call a method (WAVE arguments): an update commits (or aborts) everywhere
     /// before this returns; a query reads linearizably.
     pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
-        let outcome = self.run(method, args)?;
+        let outcome = self.run(method, args).await?;
         if outcome.multicasts.is_empty() {
             self.group.barrier().await.map_err(|e| self.failed(e))?;
-            return Ok(self.run(method, args)?.results_wave());
+            return Ok(self.run(method, args).await?.results_wave());
         }
         let results = outcome.results_wave();
-        for payload in outcome.multicasts {
-            self.group
-                .submit(crate::local::system_time_ms(), payload)
-                .await
-                .map_err(|e| self.failed(e))?;
-        }
+        self.group
+            .submit_all(crate::local::system_time_ms(), outcome.multicasts)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(results)
     }
 
@@ -385,74 +547,47 @@ impl VsyncHandle {
     pub async fn status(&self) -> Result<GroupStatus, GroupError> {
         let members = self.group.members().into_iter().map(Peer::from).collect();
         let state = self.group.machine().state();
-        let state = state.lock().expect("replica");
+        let delivered = state
+            .lock()
+            .expect("replica")
+            .applied()
+            .map_or(0, |l| l.index);
         Ok(GroupStatus {
             members,
-            delivered: state.applied().map_or(0, |l| l.index),
+            delivered,
             member: self.group.is_voter(),
             sequencer: self.group.is_leader(),
-            events_applied: state.app.replica.stats().events_applied,
+            events_applied: self.replica.metrics().events_applied,
         })
-    }
-
-    /// The object's state for `lo status`, without waiting: if the replica is busy
-    /// applying (its lock is held by openraft's apply), the last report taken is
-    /// returned with the membership refreshed. The digest is recomputed only when
-    /// the replica applied events since the last one.
-    pub fn report_now(&self) -> crate::driver::ObjectReport {
-        let members: Vec<Peer> = self.group.members().into_iter().map(Peer::from).collect();
-        let mut cached = self.last_report.lock().expect("report").clone();
-        let state = self.group.machine().state();
-        if let Ok(mut state) = state.try_lock() {
-            let applied = state.app.replica.stats().events_applied;
-            let stale = cached
-                .as_ref()
-                .is_none_or(|r| r.events_applied != applied || r.state_digest.starts_with('('));
-            if stale {
-                let (state_bytes, state_digest) = match state.app.replica.snapshot() {
-                    Ok(s) => (
-                        s.len() as u64,
-                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&s)),
-                    ),
-                    Err(e) => (0, format!("({e})")),
-                };
-                cached = Some(crate::driver::ObjectReport {
-                    members: Vec::new(),
-                    sequencer: false,
-                    member: false,
-                    events_applied: applied,
-                    state_bytes,
-                    state_digest,
-                    quarantined: state.app.replica.out_of_service().map(str::to_string),
-                    queued: None,
-                });
-            }
-        }
-        let mut report = cached.unwrap_or(crate::driver::ObjectReport {
-            members: Vec::new(),
-            sequencer: false,
-            member: false,
-            events_applied: 0,
-            state_bytes: 0,
-            state_digest: "(busy applying)".to_string(),
-            quarantined: None,
-            queued: None,
-        });
-        report.members = members
-            .iter()
-            .map(|p| format!("{}@{}", p.key.short(), p.addr))
-            .collect();
-        report.member = self.group.is_voter();
-        report.sequencer = self.group.is_leader();
-        *self.last_report.lock().expect("report") = Some(report.clone());
-        report
     }
 
     /// The replica's snapshot (of what it has applied so far).
     pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
-        let state = self.group.machine().state();
-        let mut state = state.lock().expect("replica");
-        Ok(state.app.replica.snapshot()?)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.replica
+            .submit_waiting(
+                0,
+                Box::new(move |r| {
+                    let _ = reply.send(r.and_then(|r| r.snapshot()));
+                }),
+            )
+            .await;
+        Ok(answer
+            .await
+            .map_err(|_| GroupError::Gone(self.object.clone()))??)
+    }
+
+    /// The object's state for `lo status`, from what the group and the executor
+    /// published (no waiting on the object).
+    pub fn report_now(&self) -> crate::driver::ObjectReport {
+        let status = GroupStatus {
+            members: self.group.members().into_iter().map(Peer::from).collect(),
+            delivered: 0,
+            member: self.group.is_voter(),
+            sequencer: self.group.is_leader(),
+            events_applied: 0,
+        };
+        crate::driver::ObjectReport::from_status(&status, &self.replica.metrics())
     }
 
     /// Notifications and membership changes.

@@ -90,9 +90,16 @@ impl Driver for VsyncDriver {
                 policy: record.policy.clone(),
                 grant: request.options.grant.clone(),
             };
+            let budgets = crate::join::budgets_for(request.runtime, request.name, record)?;
             let handle = self
                 .node
-                .join(request.runtime, &request.prepared.logic, request.name, how)
+                .join_with(
+                    request.runtime,
+                    &request.prepared.logic,
+                    request.name,
+                    how,
+                    &budgets,
+                )
                 .await
                 .map_err(|e| match e {
                     GroupError::NoMembers { object, tried } => JoinError::NoMembers {

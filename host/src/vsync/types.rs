@@ -64,6 +64,9 @@ pub struct Command {
     pub timestamp_ms: u64,
     /// The object's bytes.
     pub payload: Vec<u8>,
+    /// Further payloads of the same transaction (an update that multicast several
+    /// times): applied after `payload`, all of them or none.
+    pub more: Vec<Vec<u8>>,
 }
 
 /// What applying one entry did.

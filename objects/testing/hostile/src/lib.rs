@@ -51,6 +51,9 @@ wit_bindgen::generate!({
             chain: func();
             /// Chain events this replica applied.
             chained: func() -> u64;
+            /// One update, two multicasts: add `n`, then an event the object
+            /// refuses. A transaction must apply neither.
+            add-then-refuse: func(n: s64);
             /// Try to reach outside the sandbox: read a file, list `/`, read the
             /// environment, open a TCP connection. Returns one line per attempt saying
             /// what happened; the host must have denied each.
@@ -89,6 +92,7 @@ enum Event {
     Blob(Vec<u8>),
     Observe,
     Chain(u64),
+    Refuse,
 }
 
 fn spin_forever() -> ! {
@@ -130,6 +134,7 @@ impl LiveObject for Hostile {
                 allocate_without_bound();
             }
             Event::Blob(_) => {}
+            Event::Refuse => return Err("refused on purpose".to_string()),
             Event::Chain(generation) => {
                 self.chained += 1;
                 Hostile::emit(&Event::Chain(generation + 1));
@@ -204,6 +209,11 @@ impl Guest for Hostile {
 
     fn chain() {
         Hostile::emit(&Event::Chain(0));
+    }
+
+    fn add_then_refuse(n: i64) {
+        Hostile::emit(&Event::Add(n));
+        Hostile::emit(&Event::Refuse);
     }
 
     fn chained() -> u64 {
