@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
 use liveobjects_host::driver::DriverArgs;
+use liveobjects_host::executor::Budgets;
 use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
@@ -29,11 +30,48 @@ impl ControlArg {
     }
 }
 
+/// What each object may use per second on this node (a record may override
+/// these with `--driver-opt budget.NAME=N`, up to 16 times the node's value).
+#[derive(Args, Debug)]
+pub struct BudgetArgs {
+    /// Multicasts per second one object may originate.
+    #[arg(long, value_name = "N", default_value_t = Budgets::default().multicasts_per_sec)]
+    budget_multicasts: u64,
+    /// Multicasts per second one object may originate while applying events (how
+    /// a chain reaction across replicas spreads).
+    #[arg(long, value_name = "N", default_value_t = Budgets::default().event_multicasts_per_sec)]
+    budget_event_multicasts: u64,
+    /// Bytes of multicast payload per second one object may originate.
+    #[arg(long, value_name = "BYTES", default_value_t = Budgets::default().bytes_per_sec)]
+    budget_bytes: u64,
+    /// Milliseconds of CPU per second one object may use.
+    #[arg(long, value_name = "MS", default_value_t = Budgets::default().cpu_ms_per_sec)]
+    budget_cpu_ms: u64,
+    /// How long an object may stay over a budget (throttled) before it is
+    /// quarantined on this node.
+    #[arg(long, value_name = "MS", default_value_t = Budgets::default().grace.as_millis() as u64)]
+    budget_grace_ms: u64,
+}
+
+impl BudgetArgs {
+    fn budgets(&self) -> Budgets {
+        Budgets {
+            multicasts_per_sec: self.budget_multicasts.max(1),
+            event_multicasts_per_sec: self.budget_event_multicasts.max(1),
+            bytes_per_sec: self.budget_bytes.max(1),
+            cpu_ms_per_sec: self.budget_cpu_ms.max(1),
+            grace: std::time::Duration::from_millis(self.budget_grace_ms),
+        }
+    }
+}
+
 /// `lo node`
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     #[command(flatten)]
     drivers: DriverArgs,
+    #[command(flatten)]
+    budgets: BudgetArgs,
     /// Also gossip on this UDP address: the node then runs SWIM membership and the
     /// census, publishes which objects it hosts, and finds members that way when
     /// the seeds a record lists do not answer.
@@ -92,7 +130,8 @@ pub struct LeaveArgs {
     control: ControlArg,
 }
 
-pub fn node(runtime: Runtime, args: NodeArgs) -> Result<()> {
+pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
+    runtime.set_budgets(args.budgets.budgets());
     let identity = super::directory::load_identity(&args.key)?;
     let root = super::directory::root_key(&args.target)?;
     let control = args.control.path()?;

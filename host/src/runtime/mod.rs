@@ -324,6 +324,17 @@ impl Runtime {
         })
     }
 
+    /// Replace the executor's default budgets (before its first use; `lo node`
+    /// does this from its `--budget-*` flags). Returns false if the executor has
+    /// already started, in which case nothing changed.
+    pub fn set_budgets(&mut self, budgets: crate::executor::Budgets) -> bool {
+        if self.executor.get().is_some() {
+            return false;
+        }
+        self.executor_config.budgets = budgets;
+        true
+    }
+
     /// The node's object executor, started on first use: every networked driver
     /// runs its replicas' guest calls there, never on its own tasks.
     pub fn executor(&self) -> &crate::executor::Executor {
