@@ -31,7 +31,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A communication driver and the guarantees it declares. The join protocol matches
 /// an object's type against these before anything else happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct DriverInfo {
     /// The name records use (`--driver`).
     pub name: &'static str,
@@ -45,6 +45,18 @@ pub struct DriverInfo {
     pub summary: &'static str,
     /// What `lo status` calls the member that orders a group's events.
     pub orderer: &'static str,
+    /// Whether `lo node` joins its objects (gossip aggregates run in `lo gossip`).
+    pub node_hosted: bool,
+    /// Checks the driver's options in a record (at publish and at join).
+    pub check_options: fn(&liveobjects_directory::record::ObjectRecord) -> Result<(), String>,
+}
+
+fn no_options(_: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
+    Ok(())
+}
+
+fn qsm_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
+    crate::join::membership_of(record).map(|_| ())
 }
 
 /// The drivers this host provides.
@@ -63,6 +75,8 @@ pub const DRIVERS: &[DriverInfo] = &[
         ],
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
         orderer: "sequencer",
+        node_hosted: true,
+        check_options: no_options,
     },
     DriverInfo {
         name: "qsm",
@@ -79,6 +93,8 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "IP multicast per region, token-ring repair, rate-based flow control; \
                   many objects per host, LAN scale",
         orderer: "sequencer",
+        node_hosted: true,
+        check_options: qsm_options,
     },
     DriverInfo {
         name: "vsync",
@@ -96,6 +112,8 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "consensus (Raft) on views and order; durable objects survive a crash \
                   of every member; transactions commit everywhere or nowhere",
         orderer: "leader",
+        node_hosted: true,
+        check_options: no_options,
     },
     DriverInfo {
         name: "gossip",
@@ -107,6 +125,8 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "SWIM membership, Cyclon peer sampling, push-pull aggregates over UDP; \
                   run with `lo gossip`",
         orderer: "sequencer",
+        node_hosted: false,
+        check_options: no_options,
     },
 ];
 

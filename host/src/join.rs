@@ -199,9 +199,7 @@ pub fn check_type(record: &ObjectRecord, require: &Requirements) -> Result<(), S
             t.interface
         ));
     }
-    if d.name == "qsm" {
-        membership_of(record)?;
-    }
+    (d.check_options)(record)?;
     crate::executor::Budgets::default().with_overrides(&record.driver.options)?;
     Ok(())
 }
@@ -307,7 +305,7 @@ pub async fn prepare(
         name: name.to_string(),
         reason,
     })?;
-    if record.driver.name == "gossip" {
+    if !driver(&record.driver.name).is_some_and(|d| d.node_hosted) {
         return Err(JoinError::Type {
             name: name.to_string(),
             reason: "it is a gossip aggregate; run it with `lo gossip --object NAME`".into(),
