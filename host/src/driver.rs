@@ -155,6 +155,8 @@ pub struct ObjectReport {
     pub quarantined: Option<String>,
     /// Work queued for the object on the executor (jobs, bytes).
     pub queued: Option<(u64, u64)>,
+    /// Whether the executor is holding it back right now (over a budget).
+    pub throttled: bool,
 }
 
 impl ObjectReport {
@@ -177,6 +179,7 @@ impl ObjectReport {
             },
             quarantined: metrics.quarantined.clone(),
             queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
+            throttled: metrics.throttled,
         }
     }
 }

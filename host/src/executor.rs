@@ -440,11 +440,27 @@ impl Executor {
 }
 
 impl Drop for Executor {
+    /// Stop the workers once they finish their current job, and answer every job
+    /// still queued, and every later one, with "stopped": a caller blocked on a
+    /// job (openraft's apply, a call) must not wait forever on a node that is
+    /// shutting down.
     fn drop(&mut self) {
-        lock(&self.shared.queues).stop = true;
+        let waiting: Vec<Arc<Cell>> = {
+            let mut q = lock(&self.shared.queues);
+            q.stop = true;
+            let mut cells: Vec<Arc<Cell>> = q.ready.drain(..).collect();
+            cells.extend(q.timed.drain().map(|t| t.cell));
+            cells
+        };
         self.shared.wake.notify_all();
+        for cell in waiting {
+            quarantine(&cell, STOPPED.to_string(), false);
+        }
     }
 }
+
+/// Why jobs submitted to an executor that has stopped fail.
+const STOPPED: &str = "the node's object executor has stopped";
 
 /// A job the mailbox refused because it is full; submit it again after
 /// [`ObjectRef::credit`].
@@ -568,12 +584,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn push_ready(shared: &Shared, cell: Arc<Cell>) {
-    lock(&shared.queues).ready.push_back(cell);
+    let mut q = lock(&shared.queues);
+    if q.stop {
+        drop(q);
+        quarantine(&cell, STOPPED.to_string(), false);
+        return;
+    }
+    q.ready.push_back(cell);
+    drop(q);
     shared.wake.notify_one();
 }
 
 fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant, claim: bool) {
     let mut q = lock(&shared.queues);
+    if q.stop {
+        drop(q);
+        quarantine(&cell, STOPPED.to_string(), false);
+        return;
+    }
     q.seq += 1;
     let seq = q.seq;
     q.timed.push(Timed {
@@ -972,6 +1000,25 @@ mod tests {
             "{err}"
         );
         assert_eq!(chain.metrics().queued_jobs, 0);
+    }
+
+    #[test]
+    fn jobs_queued_when_the_executor_stops_are_answered() {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let counter = on_executor(&runtime, liveobjects_objects::COUNTER, "t:stopping");
+        drop(runtime);
+        let (tx, rx) = std::sync::mpsc::channel();
+        counter
+            .submit(
+                0,
+                Box::new(move |r| tx.send(r.err().map(|e| e.to_string())).unwrap()),
+            )
+            .unwrap();
+        let err = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a job on a stopped executor is answered")
+            .expect("with an error");
+        assert!(err.contains("stopped"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Default for Admission {
 }
 
 /// A snapshot of a group's state, for `lo status`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GroupStatus {
     /// Current members.
     pub members: Vec<Peer>,

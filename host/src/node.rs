@@ -447,12 +447,7 @@ impl Node {
         // the object in two).
         options.found_if_alone = found_if_alone && self.gossip.is_none();
         let mut result = driver
-            .join(JoinRequest {
-                name: &name,
-                prepared: &prepared,
-                options: &options,
-                runtime: &self.runtime,
-            })
+            .join(self.join_request(&name, &prepared, &options))
             .await;
         if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
             options.extra_seeds = self.discover(&name).await;
@@ -463,12 +458,7 @@ impl Node {
                 "no seed of the record answered; trying members found by gossip"
             );
             result = driver
-                .join(JoinRequest {
-                    name: &name,
-                    prepared: &prepared,
-                    options: &options,
-                    runtime: &self.runtime,
-                })
+                .join(self.join_request(&name, &prepared, &options))
                 .await;
         }
         let result = result.map(|object| Joined {
@@ -497,6 +487,22 @@ async fn object_status(name: String, group: &Joined) -> ObjectStatus {
         name,
         driver: group.driver.to_string(),
         report: group.object.report().await,
+    }
+}
+
+impl Node {
+    fn join_request<'a>(
+        &'a self,
+        name: &'a str,
+        prepared: &'a crate::join::Prepared,
+        options: &'a JoinOptions,
+    ) -> JoinRequest<'a> {
+        JoinRequest {
+            name,
+            prepared,
+            options,
+            runtime: &self.runtime,
+        }
     }
 }
 

@@ -335,6 +335,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
         );
         if let Some(reason) = &r.quarantined {
             println!("    quarantined: {reason}");
+        } else if r.throttled {
+            println!("    throttled: over its budget (lo node --budget-*)");
         }
         if let Some((jobs, bytes)) = r.queued
             && jobs > 0

@@ -181,57 +181,21 @@ impl QsmHandle {
         self.notices.subscribe()
     }
 
-    /// The object's state for `lo status`, waiting at most [`STATUS_WAIT`] for the
-    /// replica's task.
+    /// The object's state for `lo status`: the executor's metrics (digest, queue,
+    /// quarantine) and the membership from the replica's task, waited for at most
+    /// [`STATUS_WAIT`].
     pub async fn report_now(&self) -> crate::driver::ObjectReport {
-        if let Some(replica) = self.replica.get() {
-            let status = tokio::time::timeout(STATUS_WAIT, self.status()).await;
-            let status = match status {
-                Ok(Ok(status)) => status,
-                _ => GroupStatus {
-                    members: Vec::new(),
-                    delivered: 0,
-                    member: false,
-                    sequencer: false,
-                    events_applied: 0,
-                },
-            };
-            return crate::driver::ObjectReport::from_status(&status, &replica.metrics());
-        }
-        let status = tokio::time::timeout(STATUS_WAIT, self.status()).await;
-        let snapshot = tokio::time::timeout(STATUS_WAIT, self.snapshot()).await;
-        let (state_bytes, state_digest) = match snapshot {
-            Ok(Ok(snapshot)) => (
-                snapshot.len() as u64,
-                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot)),
-            ),
-            Ok(Err(e)) => (0, format!("({e})")),
-            Err(_) => (0, format!("(busy: no snapshot within {STATUS_WAIT:?})")),
-        };
-        let status = match status {
-            Ok(Ok(status)) => status,
-            _ => GroupStatus {
-                members: Vec::new(),
-                delivered: 0,
-                member: false,
-                sequencer: false,
-                events_applied: 0,
-            },
-        };
-        crate::driver::ObjectReport {
-            members: status
-                .members
-                .iter()
-                .map(|p| format!("{}@{}", p.key.short(), p.addr))
-                .collect(),
-            sequencer: status.sequencer,
-            member: status.member,
-            events_applied: status.events_applied,
-            state_bytes,
-            state_digest,
-            quarantined: None,
-            queued: None,
-        }
+        let status = tokio::time::timeout(STATUS_WAIT, self.status())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let metrics = self
+            .replica
+            .get()
+            .map(ObjectRef::metrics)
+            .unwrap_or_default();
+        crate::driver::ObjectReport::from_status(&status, &metrics)
     }
 
     async fn command(&self, command: Command) -> Result<(), GroupError> {
