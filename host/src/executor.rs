@@ -16,8 +16,8 @@
 //!   second (and, separately, multicasts made while applying events, which is how a
 //!   chain reaction spreads across replicas) and CPU time per second. An object over
 //!   a budget is throttled: it is not scheduled again until its budget refills. One
-//!   throttled for [`Budgets::grace`] without once running out of work, or whose
-//!   replica went out of
+//!   held back for at least half of a window of [`Budgets::grace`] (it asks for
+//!   about twice its budget or more, without letting up), or whose replica went out of
 //!   service (a deadline hit while applying an event), is **quarantined**: its
 //!   replica is dropped, every queued and later job is answered with
 //!   [`ReplicaError::Quarantined`] naming the limit, and the driver is told (it
@@ -55,8 +55,8 @@ pub struct Budgets {
     pub bytes_per_sec: u64,
     /// Milliseconds of worker time per second it may use.
     pub cpu_ms_per_sec: u64,
-    /// How long an object may stay throttled without pause before it is
-    /// quarantined.
+    /// The window over which throttling is judged: an object held back for at
+    /// least half of one is quarantined.
     pub grace: Duration,
 }
 
@@ -215,8 +215,11 @@ struct Meter {
     bytes: Bucket,
     cpu_us: Bucket,
     refilled: Instant,
-    /// Since when the object has been throttled without pause.
-    over_since: Option<Instant>,
+    /// The current window of `grace` and how long the object was held back in it.
+    window_start: Instant,
+    held_back: Duration,
+    /// The budget it last exceeded, as users read it.
+    last_exceeded: Option<String>,
     grace: Duration,
 }
 
@@ -228,7 +231,9 @@ impl Meter {
             bytes: Bucket::new(b.bytes_per_sec),
             cpu_us: Bucket::new(b.cpu_ms_per_sec.saturating_mul(1000)),
             refilled: Instant::now(),
-            over_since: None,
+            window_start: Instant::now(),
+            held_back: Duration::ZERO,
+            last_exceeded: None,
             grace: b.grace,
         }
     }
@@ -681,10 +686,7 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
             m.queued_bytes = mailbox.bytes as u64;
             next
         };
-        let Some((_, job)) = next else {
-            lock(&cell.meter).over_since = None;
-            break;
-        };
+        let Some((_, job)) = next else { break };
         let Some(replica) = replica_slot.as_mut() else {
             job(Err(ReplicaError::Quarantined {
                 object: cell.name.clone(),
@@ -805,21 +807,28 @@ fn charge(
 }
 
 /// How long the object must wait before it may run again, or `None` if it may run
-/// now. Quarantines it if it has been throttled for longer than its grace.
+/// now. At the end of each window of `grace`, an object that was held back for at
+/// least half of it (one that asks for about twice its budget or more, without
+/// letting up) is quarantined; one that is merely busy is only slowed.
 fn throttle(cell: &Cell, now: Instant) -> Option<Duration> {
     let mut meter = lock(&cell.meter);
     meter.refill(now);
-    // Not reset here when the budget has refilled: an object that is throttled
-    // again as soon as it runs is still over its budget. Only going idle (its
-    // mailbox empty, see `run_slice`) ends a stretch of throttling.
-    let (budget, wait) = meter.worst()?;
-    let since = *meter.over_since.get_or_insert(now);
-    if now.duration_since(since) >= meter.grace {
-        drop(meter);
-        quarantine(cell, format!("exceeded {budget}"), true);
-        return None;
+    if now.duration_since(meter.window_start) >= meter.grace {
+        let held_back = std::mem::take(&mut meter.held_back);
+        meter.window_start = now;
+        if held_back * 2 >= meter.grace
+            && let Some(budget) = meter.last_exceeded.clone()
+        {
+            drop(meter);
+            quarantine(cell, format!("exceeded {budget}"), true);
+            return None;
+        }
     }
-    Some(wait.min(Duration::from_millis(100)))
+    let (budget, wait) = meter.worst()?;
+    let wait = wait.min(Duration::from_millis(100));
+    meter.held_back += wait;
+    meter.last_exceeded = Some(budget);
+    Some(wait)
 }
 
 /// Answer every queued job of a quarantined object with its reason.
