@@ -317,7 +317,11 @@ struct Cell {
     replica: Mutex<Option<Replica>>,
     meter: Mutex<Meter>,
     metrics: Mutex<ObjectMetrics>,
+    /// The object ended on this node (quarantined, left, or the executor
+    /// stopped): nothing runs any more.
     quarantined: AtomicBool,
+    /// Why it ended: what its jobs are answered with.
+    end_reason: Mutex<String>,
     credit: tokio::sync::Notify,
     on_quarantine: Mutex<Option<QuarantineHook>>,
     /// The digest reflects every applied event.
@@ -431,6 +435,7 @@ impl Executor {
             meter: Mutex::new(Meter::new(budgets)),
             metrics: Mutex::new(ObjectMetrics::default()),
             quarantined: AtomicBool::new(false),
+            end_reason: Mutex::new(String::new()),
             credit: tokio::sync::Notify::new(),
             on_quarantine: Mutex::new(Some(Box::new(on_quarantine))),
             digest_fresh: AtomicBool::new(false),
@@ -459,7 +464,7 @@ impl Drop for Executor {
         };
         self.shared.wake.notify_all();
         for cell in waiting {
-            quarantine(&cell, STOPPED.to_string(), false);
+            end(&cell, STOPPED.to_string(), Ending::Left);
         }
     }
 }
@@ -556,17 +561,22 @@ impl ObjectRef {
         lock(&self.cell.metrics).quarantined.clone()
     }
 
-    /// Take the object out of service on this node now (e.g. when it leaves):
-    /// queued jobs are answered with `reason`, the replica is dropped.
+    /// Take the object off this node because it left (or was excluded): queued
+    /// and later jobs are answered with `reason`, the replica is dropped. It is
+    /// not reported as quarantined, and the driver is not told (it asked).
     pub fn retire(&self, reason: &str) {
-        quarantine(&self.cell, reason.to_string(), false);
+        end(&self.cell, reason.to_string(), Ending::Left);
+    }
+
+    /// Quarantine the object for a limit its driver saw exceeded (host memory the
+    /// driver holds for it): as a budget the executor enforces would, it is
+    /// reported with `reason` and the driver's quarantine hook runs.
+    pub fn quarantine(&self, reason: &str) {
+        end(&self.cell, reason.to_string(), Ending::Quarantined);
     }
 
     fn quarantine_error(&self) -> ReplicaError {
-        ReplicaError::Quarantined {
-            object: self.cell.name.clone(),
-            reason: self.quarantined().unwrap_or_default(),
-        }
+        ended(&self.cell.name, lock(&self.cell.end_reason).clone())
     }
 }
 
@@ -575,10 +585,10 @@ impl Drop for Cell {
         // Answer whatever is still queued (a handle dropped with work pending).
         let jobs = std::mem::take(&mut lock(&self.mailbox).jobs);
         for (_, job) in jobs {
-            job(Err(ReplicaError::Quarantined {
-                object: self.name.clone(),
-                reason: "the object was removed from this node".into(),
-            }));
+            job(Err(ended(
+                &self.name,
+                "the object was removed from this node".into(),
+            )));
         }
     }
 }
@@ -592,7 +602,7 @@ fn push_ready(shared: &Shared, cell: Arc<Cell>) {
     let mut q = lock(&shared.queues);
     if q.stop {
         drop(q);
-        quarantine(&cell, STOPPED.to_string(), false);
+        end(&cell, STOPPED.to_string(), Ending::Left);
         return;
     }
     q.ready.push_back(cell);
@@ -604,7 +614,7 @@ fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant, claim: bool) {
     let mut q = lock(&shared.queues);
     if q.stop {
         drop(q);
-        quarantine(&cell, STOPPED.to_string(), false);
+        end(&cell, STOPPED.to_string(), Ending::Left);
         return;
     }
     q.seq += 1;
@@ -688,10 +698,10 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
         };
         let Some((_, job)) = next else { break };
         let Some(replica) = replica_slot.as_mut() else {
-            job(Err(ReplicaError::Quarantined {
-                object: cell.name.clone(),
-                reason: "the object is no longer on this node".into(),
-            }));
+            job(Err(ended(
+                &cell.name,
+                "the object is no longer on this node".into(),
+            )));
             continue;
         };
         let before = replica.stats();
@@ -703,7 +713,7 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
         charge(&cell, before, after, used);
         if let Some(reason) = broken {
             drop(replica_slot);
-            quarantine(&cell, reason, true);
+            end(&cell, reason, Ending::Quarantined);
             return;
         }
         ran += 1;
@@ -712,9 +722,9 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
         }
     }
     if cell.quarantined.load(Ordering::Acquire) {
+        // `end` drained the mailbox (and `submit` queues nothing after it); the
+        // replica is dropped here if `end` could not take it from this worker.
         replica_slot.take();
-        drop(replica_slot);
-        answer_quarantined(&cell);
         return;
     }
     // Refresh the digest if the object is idle and its last one is stale.
@@ -727,7 +737,7 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
                 refresh_digest(&cell, replica);
                 if let Some(reason) = replica.out_of_service().map(str::to_string) {
                     drop(replica_slot);
-                    quarantine(&cell, reason, true);
+                    end(&cell, reason, Ending::Quarantined);
                     return;
                 }
             }
@@ -820,7 +830,7 @@ fn throttle(cell: &Cell, now: Instant) -> Option<Duration> {
             && let Some(budget) = meter.last_exceeded.clone()
         {
             drop(meter);
-            quarantine(cell, format!("exceeded {budget}"), true);
+            end(cell, format!("exceeded {budget}"), Ending::Quarantined);
             return None;
         }
     }
@@ -831,28 +841,24 @@ fn throttle(cell: &Cell, now: Instant) -> Option<Duration> {
     Some(wait)
 }
 
-/// Answer every queued job of a quarantined object with its reason.
-fn answer_quarantined(cell: &Cell) {
-    let reason = lock(&cell.metrics).quarantined.clone().unwrap_or_default();
-    let jobs = {
-        let mut mailbox = lock(&cell.mailbox);
-        mailbox.bytes = 0;
-        std::mem::take(&mut mailbox.jobs)
-    };
-    for (_, job) in jobs {
-        job(Err(ReplicaError::Quarantined {
-            object: cell.name.clone(),
-            reason: reason.clone(),
-        }));
+/// The error every job of an object that ended on this node is answered with.
+fn ended(object: &str, reason: String) -> ReplicaError {
+    ReplicaError::Quarantined {
+        object: object.to_string(),
+        reason,
     }
-    let mut m = lock(&cell.metrics);
-    m.queued_jobs = 0;
-    m.queued_bytes = 0;
-    drop(m);
-    cell.credit.notify_waiters();
 }
 
-fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
+/// Why an object ends on this node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// A limit: reported in its metrics, logged, and its driver's hook runs.
+    Quarantined,
+    /// It left, was excluded, or the executor stopped: nothing to report.
+    Left,
+}
+
+fn end(cell: &Cell, reason: String, how: Ending) {
     // Flag, reason and an empty mailbox become visible together (mailbox lock, then
     // metrics lock, as everywhere): whoever sees the reason sees no queued work, and
     // `submit` (which checks the flag under the mailbox lock) never queues more.
@@ -862,15 +868,18 @@ fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
             return;
         }
         cell.quarantined.store(true, Ordering::Release);
+        *lock(&cell.end_reason) = reason.clone();
         mailbox.bytes = 0;
         let jobs = std::mem::take(&mut mailbox.jobs);
         let mut m = lock(&cell.metrics);
-        m.quarantined = Some(reason.clone());
+        if how == Ending::Quarantined {
+            m.quarantined = Some(reason.clone());
+        }
         m.queued_jobs = 0;
         m.queued_bytes = 0;
         jobs
     };
-    if tell_driver {
+    if how == Ending::Quarantined {
         tracing::warn!(object = %cell.name, "quarantined on this node: {reason}");
     }
     // The replica may be held by the worker that called us (it is dropped after
@@ -879,14 +888,11 @@ fn quarantine(cell: &Cell, reason: String, tell_driver: bool) {
         slot.take();
     }
     for (_, job) in jobs {
-        job(Err(ReplicaError::Quarantined {
-            object: cell.name.clone(),
-            reason: reason.clone(),
-        }));
+        job(Err(ended(&cell.name, reason.clone())));
     }
     cell.credit.notify_waiters();
     let notify = lock(&cell.on_quarantine).take();
-    if let (true, Some(notify)) = (tell_driver, notify) {
+    if let (Ending::Quarantined, Some(notify)) = (how, notify) {
         notify(reason);
     }
 }

@@ -299,10 +299,7 @@ impl GroupHandle {
     }
 
     fn gone(&self) -> GroupError {
-        match self.replica.quarantined() {
-            Some(reason) => quarantined(&self.object, reason),
-            None => GroupError::Gone(self.object.clone()),
-        }
+        gone(&self.object, &self.replica)
     }
 
     async fn command(&self, command: Command) -> Result<(), GroupError> {
@@ -310,6 +307,14 @@ impl GroupHandle {
             .send(GroupInput::Command(command))
             .await
             .map_err(|_| self.gone())
+    }
+}
+
+/// Why calls on a group whose task ended fail: its quarantine, or that it left.
+fn gone(object: &str, replica: &ObjectRef) -> GroupError {
+    match replica.quarantined() {
+        Some(reason) => quarantined(object, reason),
+        None => GroupError::Gone(object.to_string()),
     }
 }
 
@@ -433,14 +438,11 @@ impl Group {
         results.close();
         while let Ok(result) = results.try_recv() {
             if let FromReplica::Called { reply, .. } = result {
-                let _ = reply.send(Err(quarantined(&self.object, reason.clone())));
+                let _ = reply.send(Err(gone(&self.object, &self.replica)));
             }
         }
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(match self.replica.quarantined() {
-                Some(reason) => quarantined(&self.object, reason),
-                None => GroupError::Gone(self.object.clone()),
-            }));
+            let _ = reply.send(Err(gone(&self.object, &self.replica)));
         }
     }
 
@@ -468,7 +470,7 @@ impl Group {
         }
         self.backlog_bytes += bytes;
         if self.backlog_bytes > BACKLOG_LIMIT {
-            self.replica.retire(&format!(
+            self.replica.quarantine(&format!(
                 "exceeded its host memory: {} MiB of events waiting to be applied \
                  (it applies them slower than its group sends them)",
                 self.backlog_bytes >> 20

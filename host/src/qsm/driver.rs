@@ -960,15 +960,16 @@ impl ReplicaTask {
                 _ = tokio::time::sleep(Duration::from_millis(1)), if retry => {}
             }
         }
-        let reason = replica
-            .quarantined()
-            .unwrap_or_else(|| "the object left this node".to_string());
-        replica.retire(&reason);
+        let quarantined = replica.quarantined();
+        replica.retire("the object left this node");
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(GroupError::Replica(ReplicaError::Quarantined {
-                object: self.name.clone(),
-                reason: reason.clone(),
-            })));
+            let _ = reply.send(Err(match &quarantined {
+                Some(reason) => GroupError::Replica(ReplicaError::Quarantined {
+                    object: self.name.clone(),
+                    reason: reason.clone(),
+                }),
+                None => GroupError::Gone(self.name.clone()),
+            }));
         }
     }
 

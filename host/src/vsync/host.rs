@@ -106,12 +106,10 @@ impl Application for ReplicaApp {
         }
         for payload in outcome.multicasts {
             if self.cascades.try_send(payload).is_err() {
-                self.replica.retire(&format!(
+                // Its quarantine hook stops the group here (and sends the notice).
+                self.replica.quarantine(&format!(
                     "exceeded its host memory: more than {CASCADE_QUEUE} events it multicast \
                      while applying events wait to be committed (a chain reaction?)"
-                ));
-                let _ = self.notices.send(GroupNotice::Quarantined(
-                    self.replica.quarantined().unwrap_or_default(),
                 ));
                 break;
             }
