@@ -805,9 +805,9 @@ fn charge(
         meter.bytes.level -= bytes as f64;
         meter.cpu_us.level -= used.as_micros() as f64;
     }
-    if after.events_applied != before.events_applied
-        || after.events_rejected != before.events_rejected
-    {
+    // Not only events: an `init` from a snapshot (a lagging member catching up)
+    // changes the state too.
+    if after.state_changes != before.state_changes {
         cell.digest_fresh.store(false, Ordering::Release);
     }
     let mut m = lock(&cell.metrics);

@@ -224,6 +224,9 @@ pub struct ReplicaStats {
     pub multicasts_from_events: u64,
     /// Bytes of every multicast it originated.
     pub multicast_bytes: u64,
+    /// Times its replicated state may have changed: every `init`, applied or
+    /// rejected event and view change (what a digest of its state must follow).
+    pub state_changes: u64,
 }
 
 pub(crate) struct ReplicaState {
@@ -426,6 +429,7 @@ impl Replica {
             .call_init(&mut self.store, snapshot);
         match result {
             Ok(Ok(())) => {
+                self.stats.state_changes += 1;
                 self.initialized = true;
                 self.checkpoint = snapshot.map(<[u8]>::to_vec);
                 self.checkpoint_view = self.store.data().view.clone();
@@ -464,6 +468,7 @@ impl Replica {
                 self.since_checkpoint.push(Applied::Event(event.clone()));
                 let (multicasts, notifications) = self.take_side_effects();
                 self.count_originated(&multicasts, false);
+                self.stats.state_changes += 1;
                 let rejected = match outcome {
                     Ok(()) => {
                         self.stats.events_applied += 1;
@@ -509,6 +514,7 @@ impl Replica {
                 });
                 let (multicasts, notifications) = self.take_side_effects();
                 self.count_originated(&multicasts, false);
+                self.stats.state_changes += 1;
                 self.maybe_checkpoint();
                 Ok(Delivery {
                     rejected: None,
