@@ -280,6 +280,12 @@ impl Node {
 
     /// Serve the control socket at `path` until the process stops.
     pub async fn serve(self: Arc<Self>, path: &Path) -> std::io::Result<()> {
+        self.serve_on(Self::bind(path).await?).await
+    }
+
+    /// Bind the control socket at `path` (replacing a stale one), so that callers
+    /// can say it is ready before [`serve_on`](Self::serve_on) accepts on it.
+    pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if path.exists() {
             // A stale socket from a previous run that is not answering.
             if UnixStream::connect(path).await.is_ok() {
@@ -293,7 +299,12 @@ impl Node {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
+        UnixListener::bind(path)
+    }
+
+    /// Serve control connections on a socket from [`bind`](Self::bind) until the
+    /// process stops.
+    pub async fn serve_on(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let node = self.clone();

@@ -169,9 +169,14 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
         if let Some((_, addr)) = &gossip {
             let _ = writeln!(out, "gossip on {addr}");
         }
+        // Bound before it is announced: a script that waits for this line (the
+        // process tests restart nodes and join at once) must find the socket.
+        let listener = Node::bind(&control)
+            .await
+            .with_context(|| format!("binding the control socket {}", control.display()))?;
         let _ = writeln!(out, "control socket {}", control.display());
         let _ = out.flush();
-        node.serve(&control)
+        node.serve_on(listener)
             .await
             .with_context(|| format!("serving the control socket {}", control.display()))
     })
