@@ -7,9 +7,9 @@
 
 use liveobjects_directory::keys::Identity;
 use liveobjects_host::group::Admission;
-use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use liveobjects_protocols::mesh::Config;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

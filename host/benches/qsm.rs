@@ -14,11 +14,11 @@
 //! (`-- --quick` for a short run, `-- --no-netns` to skip the namespaces).
 
 use bytes::Bytes;
-use liveobjects_host::qsm::core::{Output, QsmConfig, QsmHost};
-use liveobjects_host::qsm::membership::{
+use liveobjects_host::qsm::net::DataSockets;
+use liveobjects_protocols::qsm::core::{Output, QsmConfig, QsmHost};
+use liveobjects_protocols::qsm::membership::{
     FromMembership, Membership, MembershipConfig, ToMembership,
 };
-use liveobjects_host::qsm::net::DataSockets;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //!   [`GossipNode::poll_event`] (membership changes and finished aggregates).
 //!
 //! Time is a parameter (`now`), so the same code runs in the simulator
-//! (`host/tests/gossip_simulation.rs`) and under tokio (`super::net`).
+//! (`host/tests/all/gossip_simulation.rs`) and under tokio (`super::net`).
 //!
 //! Three protocols share one datagram socket:
 //! 1. **SWIM** (optional) through foca: failure detection and full membership.

@@ -2,7 +2,8 @@
 //! sampling and push-pull aggregation (QuickSilver's GO, `DESIGN.md` section 7).
 //!
 //! - [`core`]: the protocol as a sans-IO state machine ([`GossipNode`]).
-//! - [`sampling`]: Cyclon partial views (bounded, no full membership needed).
+//! - [`sampling`]: Cyclon partial views (bounded, no full membership needed), in
+//!   `liveobjects-protocols` with [`HostId`].
 //! - [`net`]: the tokio/UDP shell that runs a node on a real socket.
 //! - [`agent`]: that shell in its own task, driven through a handle (used by the
 //!   node daemon).
@@ -36,42 +37,9 @@
 pub mod agent;
 pub mod core;
 pub mod net;
-pub mod sampling;
 pub mod sim;
 
 pub use self::core::{
     DatagramError, Estimate, Event, GossipConfig, GossipNode, GossipStats, Share, Transmit, Wire,
 };
-pub use self::sampling::{Entry, Sampler};
-
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
-
-/// A gossip host: its UDP address and a boot number that grows each time the
-/// host restarts (or SWIM renews it), so a restarted host wins over its old self.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct HostId {
-    /// Where it receives datagrams.
-    pub addr: SocketAddr,
-    /// Boot number; 0 only for a seed known by address alone.
-    pub boot: u64,
-}
-
-impl foca::Identity for HostId {
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(HostId {
-            addr: self.addr,
-            boot: self.boot.checked_add(1)?,
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.boot > adversary.boot
-    }
-}
+pub use liveobjects_protocols::gossip::{Entry, HostId, Sampler, sampling};

@@ -2,7 +2,7 @@
 //! with seeded loss, latency and reordering, crashes and joins. Every random choice
 //! derives from one seed, so a failing run replays exactly.
 //!
-//! Used by `host/tests/gossip_simulation.rs` and `host/benches/gossip.rs`.
+//! Used by `host/tests/all/gossip_simulation.rs` and `host/benches/gossip.rs`.
 
 use super::HostId;
 use super::core::{Event, GossipConfig, GossipNode};

@@ -1,8 +1,8 @@
 //! The `mesh` driver: small groups of hosts connected pairwise over QUIC, with total
 //! order through a sequencer, failure detection and state transfer to joiners.
 //!
-//! - [`core`]: the protocol as a sans-IO state machine, tested by a deterministic
-//!   simulator over many seeds (`host/tests/mesh_simulation.rs`).
+//! - [`core`]: the protocol as a sans-IO state machine (`liveobjects_protocols::mesh`),
+//!   tested by a deterministic simulator over many seeds (`host/tests/all/mesh_simulation.rs`).
 //! - [`net`]: the QUIC transport, mutually authenticated with certificates bound to
 //!   the hosts' ed25519 identities; bounded frames and queues.
 //! - [`group`]: a host's groups: each object's core in a task of its own, its
@@ -11,7 +11,8 @@
 //!
 //! Joining by name is in [`crate::join`], the daemon in [`crate::node`].
 
-pub mod core;
 pub mod group;
 pub mod net;
 pub mod node_driver;
+
+pub use liveobjects_protocols::mesh as core;

@@ -7,24 +7,18 @@
 //! datagrams, paced by a rate the receivers' reports steer, and repaired peer to
 //! peer along token rings of about 25 hosts (a tree of rings beyond that).
 //!
-//! - [`wire`]: datagrams: header, AES-256-GCM sealing with region-derived keys,
-//!   replay window, bounded decoding.
-//! - [`membership`]: the membership service (sans-IO): object views, regions,
-//!   routes, failure detection.
-//! - [`core`]: one host's protocol for all its objects (sans-IO).
-//! - [`stream`], [`ring`]: stream buffers and the tree of rings.
-//! - [`sim`]: a deterministic simulator of a whole domain.
+//! The sans-IO protocol is in `liveobjects_protocols::qsm` (re-exported here but
+//! for its simulator): [`wire`] (datagrams, sealing, replay window), [`membership`]
+//! (the membership service), [`core`] (one host's protocol for all its objects),
+//! [`stream`] and [`ring`] (stream buffers, the tree of rings).
+//!
 //! - [`net`]: UDP data sockets and QUIC control frames.
 //! - [`service`]: the membership service's shell (QUIC, authorization).
 //! - [`driver`]: a host's driver: the core on its own thread, replicas in tasks.
-pub mod core;
 pub mod driver;
-pub mod membership;
 pub mod net;
 pub mod node_driver;
-pub mod ring;
 pub mod service;
-pub mod sim;
-pub mod stream;
 mod thread;
-pub mod wire;
+
+pub use liveobjects_protocols::qsm::{core, membership, ring, stream, wire};

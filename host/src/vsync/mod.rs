@@ -57,10 +57,10 @@
 //! - [`net`]: the QUIC link between members.
 //! - [`host`]: groups over sandboxed replicas, as the node runs them.
 //!
-//! Tests: `host/tests/vsync_simulation.rs` (real openraft groups over a seeded
+//! Tests: `host/tests/all/vsync_simulation.rs` (real openraft groups over a seeded
 //! faulty network under a paused clock, one check per invariant),
-//! `host/tests/vsync_objects.rs` (shipped objects over QUIC in one process),
-//! `host/tests/vsync_processes.rs` (five `lo node` processes, kill -9, a
+//! `host/tests/all/vsync_objects.rs` (shipped objects over QUIC in one process),
+//! `host/tests/all/vsync_processes.rs` (five `lo node` processes, kill -9, a
 //! linearizability check of the clients' history); `host/benches/vsync.rs`.
 pub mod group;
 pub mod host;

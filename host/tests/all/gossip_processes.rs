@@ -3,7 +3,7 @@
 //! them are killed with SIGKILL; the census and SWIM follow. And gossip
 //! objects published in the directory run by name, and only on the gossip driver.
 
-mod common;
+use crate::common;
 
 use common::{DirectoryProcess, Home};
 use std::io::{BufRead, BufReader};

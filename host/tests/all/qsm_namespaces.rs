@@ -9,7 +9,7 @@
 //! `skipped:` and why, and under `CI=true` (where `.ci/run` installs them) it fails
 //! instead. Everything created is removed, even when a test fails.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, Home, eventually};
 use std::process::Command;

@@ -1,9 +1,9 @@
-//! Deterministic simulations of the qsm driver's cores (`liveobjects_host::qsm::sim`).
+//! Deterministic simulations of the qsm driver's cores (`liveobjects_protocols::qsm::sim`).
 //! `QSM_SEEDS=n` runs more seeds; `QSM_SEED=n` replays one.
 
-use liveobjects_host::qsm::core::QsmConfig;
-use liveobjects_host::qsm::membership::MembershipConfig;
-use liveobjects_host::qsm::sim::{NetConfig, Sim};
+use liveobjects_protocols::qsm::core::QsmConfig;
+use liveobjects_protocols::qsm::membership::MembershipConfig;
+use liveobjects_protocols::qsm::sim::{NetConfig, Sim};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! Process harness shared by the tests that run `lo` as real processes: a private
 //! home directory per test, and daemons killed when dropped.
-#![allow(dead_code)] // Each test binary uses its own part of the harness.
+#![allow(dead_code)] // Each test module uses its own part of the harness.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

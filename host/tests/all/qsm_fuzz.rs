@@ -4,10 +4,10 @@
 //! Afterwards the host still delivers genuine traffic.
 
 use bytes::Bytes;
-use liveobjects_host::qsm::core::QsmConfig;
-use liveobjects_host::qsm::membership::MembershipConfig;
-use liveobjects_host::qsm::sim::{NetConfig, Sim};
-use liveobjects_host::qsm::wire::{
+use liveobjects_protocols::qsm::core::QsmConfig;
+use liveobjects_protocols::qsm::membership::MembershipConfig;
+use liveobjects_protocols::qsm::sim::{NetConfig, Sim};
+use liveobjects_protocols::qsm::wire::{
     self, Ack, Body, Header, Key, KeyUse, Kind, Message, MessageBody, Nak, StreamSummary, Token,
 };
 use proptest::prelude::*;

@@ -3,10 +3,10 @@
 
 use liveobjects_directory::keys::Identity;
 use liveobjects_host::group::Admission;
-use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::mesh::net::{Frame, Transport};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use liveobjects_protocols::mesh::Config;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,7 +244,7 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
     let forged = Frame {
         object: ROOM.to_string(),
         from: b.me(),
-        message: liveobjects_host::mesh::core::Message::Submit {
+        message: liveobjects_protocols::mesh::Message::Submit {
             seq: 1,
             timestamp_ms: 0,
             payload: vec![0, 4, b'e', b'v', b'i', b'l'],

@@ -10,7 +10,7 @@
 //!   a sequential ledger (a Wing-Gong search with memoisation; operations whose
 //!   outcome the client never learned may take effect or not).
 
-mod common;
+use crate::common;
 
 use common::{Daemon, DirectoryProcess, Home, eventually};
 use std::collections::HashSet;

@@ -3,7 +3,7 @@
 //! the view and, restarted, rejoins with the state. With gossip on, a joiner whose
 //! record seed is dead finds the members through gossip.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, DirectoryProcess, Home, eventually};
 

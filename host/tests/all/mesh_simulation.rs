@@ -5,7 +5,7 @@
 //!
 //! A failing seed replays exactly: `MESH_SEED=1234 cargo test --release --test mesh_simulation`.
 
-use liveobjects_host::mesh::core::{Config, MeshCore, Message, Output};
+use liveobjects_protocols::mesh::{Config, MeshCore, Message, Output};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 

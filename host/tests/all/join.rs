@@ -7,9 +7,9 @@ use liveobjects_directory::record::{AccessPolicy, Grant, ObjectRecord, Reliabili
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_host::group::Admission;
 use liveobjects_host::join::{JoinError, JoinOptions, join};
-use liveobjects_host::mesh::core::Config;
 use liveobjects_host::mesh::group::MeshNode;
 use liveobjects_host::runtime::{Runtime, RuntimeConfig};
+use liveobjects_protocols::mesh::Config;
 use std::time::Duration;
 
 struct World {

@@ -4,7 +4,7 @@
 //! digests); a node killed with SIGKILL is dropped and the others go on; it rejoins
 //! from a snapshot; a host outside the object's policy is refused.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, DirectoryProcess, Home, eventually};
 

@@ -1,7 +1,7 @@
 //! The directory end to end with real processes on loopback: `lo directory serve` in
 //! one process, `lo keygen / zone / publish / ls / resolve / fetch` in others.
 
-mod common;
+use crate::common;
 
 use common::{DirectoryProcess, Home};
 

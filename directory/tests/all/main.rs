@@ -1,0 +1,4 @@
+//! The directory's integration tests, in one binary.
+
+mod fuzz;
+mod server;
