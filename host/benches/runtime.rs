@@ -448,11 +448,19 @@ mod isolation {
         let quarantine = chain.quarantined();
 
         let objects = if quick { 200 } else { 1000 };
-        let (idle_share, rss_per_object) = idle_objects(
-            &runtime,
-            objects,
-            Duration::from_secs(if quick { 2 } else { 5 }),
+        let idle = Duration::from_secs(if quick { 2 } else { 5 });
+        // Pooled first, as `lo node` runs (`--max-instances`); then on demand, in
+        // the same process (it may reuse memory the first freed: a bias in its favour).
+        let pooled = Arc::new(
+            Runtime::new(RuntimeConfig {
+                pooled_instances: Some(objects as u32 + 8),
+                ..RuntimeConfig::default()
+            })
+            .unwrap(),
         );
+        let (pooled_share, pooled_rss) = idle_objects(&pooled, objects, idle);
+        drop(pooled);
+        let (idle_share, rss_per_object) = idle_objects(&runtime, objects, idle);
 
         println!();
         println!(
@@ -478,14 +486,20 @@ mod isolation {
                 .unwrap_or_else(|| "not quarantined".into())
         );
         println!(
-            "{objects} idle single-member mesh objects: {:.1}% of a core, {:.1} KiB RSS each",
+            "{objects} idle single-member mesh objects, pooled sandboxes: {:.1}% of a core, {:.1} KiB RSS each",
+            pooled_share * 100.0,
+            pooled_rss / 1024.0
+        );
+        println!(
+            "{objects} idle single-member mesh objects, on-demand sandboxes: {:.1}% of a core, {:.1} KiB RSS each",
             idle_share * 100.0,
             rss_per_object / 1024.0
         );
         let line = format!(
             "{{\"bench\":\"executor\",\"alone\":{alone:.0},\"beside_slow\":{beside_slow:.0},\
              \"beside_chain\":{beside_chain:.0},\"idle_objects\":{objects},\
-             \"idle_core_share\":{idle_share:.4},\"rss_per_object\":{rss_per_object:.0}}}\n"
+             \"idle_core_share\":{idle_share:.4},\"rss_per_object\":{rss_per_object:.0},\
+             \"pooled_core_share\":{pooled_share:.4},\"pooled_rss_per_object\":{pooled_rss:.0}}}\n"
         );
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
         if std::fs::create_dir_all(&dir).is_ok() {

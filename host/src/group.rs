@@ -56,6 +56,8 @@ pub struct GroupStatus {
     pub sequencer: bool,
     /// Events the object applied.
     pub events_applied: u64,
+    /// Why the group refused this joiner, if it did (it will not become a member).
+    pub refused: Option<String>,
 }
 
 /// Why a call on a group failed.

@@ -117,6 +117,14 @@ pub enum JoinError {
         /// How long it waited.
         after: Duration,
     },
+    /// A member refused to give this host the object's state.
+    #[error("joining {name} was refused by its members: {reason}")]
+    Refused {
+        /// The object.
+        name: String,
+        /// Why, as the member said.
+        reason: String,
+    },
     /// No member answered and we may not start the group.
     #[error("no member of {name} answered (tried {tried}); is any host running it?")]
     NoMembers {
@@ -449,8 +457,20 @@ pub async fn join_mesh(
         let group = node.join_with(runtime, logic, name, *seed, admission.clone(), &budgets)?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
-            if group.status().await.map(|s| s.member).unwrap_or(false) {
-                return Ok(group);
+            match group.status().await {
+                Ok(status) if status.member => return Ok(group),
+                Ok(status) => {
+                    if let Some(reason) = status.refused {
+                        // Every seed leads to the same sequencer: asking the next
+                        // one would be refused the same way.
+                        node.leave(name).await;
+                        return Err(JoinError::Refused {
+                            name: name.to_string(),
+                            reason,
+                        });
+                    }
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -191,7 +191,16 @@ pub enum Message<Id> {
         /// Highest gseq received contiguously.
         received: u64,
     },
+    /// The sequencer cannot give a joiner its state (the replica's snapshot failed,
+    /// or the object was stopped on that member): the join is over.
+    JoinRefused {
+        /// Why, for the joiner's user (at most [`MAX_REFUSAL_BYTES`]).
+        reason: String,
+    },
 }
+
+/// Longest reason a [`Message::JoinRefused`] carries; longer ones are cut.
+pub const MAX_REFUSAL_BYTES: usize = 512;
 
 /// What the core asks of the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +224,12 @@ pub enum Output<Id> {
     },
     /// This member is no longer in the group (it was excluded or left).
     Excluded,
+    /// The group refused this joiner (see [`Message::JoinRefused`]): it will not
+    /// become a member.
+    JoinRefused {
+        /// Why, as the sequencer said.
+        reason: String,
+    },
 }
 
 /// Where a snapshot for a joiner is cut: fixed when the snapshot is requested, since
@@ -270,6 +285,7 @@ pub struct MeshCore<Id: MemberId> {
     assigned: BTreeMap<Id, u64>,
     waiting_submits: BTreeMap<Id, BTreeMap<u64, (u64, Vec<u8>)>>,
     member_delivered: BTreeMap<Id, u64>,
+    /// Joiners whose snapshot the replica is taking (at most one each).
     snapshot_requests: BTreeSet<Id>,
     /// The latest time passed in (for bookkeeping inside handlers).
     now: Millis,
@@ -401,6 +417,7 @@ impl<Id: MemberId> MeshCore<Id> {
 
     /// The replica's snapshot requested by [`Output::TakeSnapshot`], at that cut.
     pub fn snapshot_taken(&mut self, cut: Cut<Id>, snapshot: Vec<u8>) {
+        self.snapshot_requests.remove(&cut.for_member);
         if !self.view.contains(&cut.for_member) {
             return;
         }
@@ -411,6 +428,37 @@ impl<Id: MemberId> MeshCore<Id> {
             snapshot,
         };
         self.transmits.push_back((cut.for_member, message));
+    }
+
+    /// The replica could not take the snapshot requested for `cut` (it failed,
+    /// or the object was stopped here): tell the joiner its join is over, with
+    /// `reason`, and order a view without it. The group carries on.
+    pub fn snapshot_failed(&mut self, cut: Cut<Id>, reason: &str) {
+        let joiner = cut.for_member;
+        self.snapshot_requests.remove(&joiner);
+        let mut reason = reason.to_string();
+        if reason.len() > MAX_REFUSAL_BYTES {
+            let mut end = MAX_REFUSAL_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.transmits
+            .push_back((joiner.clone(), Message::JoinRefused { reason }));
+        if self.is_sequencer() && self.view.contains(&joiner) {
+            let view = View {
+                id: self.max_view_seen.saturating_add(1),
+                members: self
+                    .view
+                    .members
+                    .iter()
+                    .filter(|m| **m != joiner)
+                    .cloned()
+                    .collect(),
+            };
+            self.order(Item::View(view));
+        }
     }
 
     fn request_snapshot(&mut self, for_member: Id) {
@@ -510,6 +558,13 @@ impl<Id: MemberId> MeshCore<Id> {
             }
             Message::Flush { view } => self.on_flush(from, view),
             Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
+            Message::JoinRefused { reason } => {
+                // Only the member we asked can refuse us, and only while we join.
+                if self.phase == Phase::Joining && self.contact.as_ref() == Some(&from) {
+                    self.phase = Phase::Gone;
+                    self.outputs.push_back(Output::JoinRefused { reason });
+                }
+            }
         }
         self.pump_submits(now);
     }
@@ -628,9 +683,12 @@ impl<Id: MemberId> MeshCore<Id> {
             return;
         }
         if self.view.contains(&from) {
-            // A retry: it has not got its state yet. Snapshot at our current point.
-            self.snapshot_requests.insert(from.clone());
-            self.request_snapshot(from);
+            // A retry: it has not got its state yet. Snapshot at our current point,
+            // unless a snapshot for it is still being taken (a slow snapshot must
+            // not be asked for again every retry period).
+            if self.snapshot_requests.insert(from.clone()) {
+                self.request_snapshot(from);
+            }
             return;
         }
         let mut members = self.view.members.clone();
@@ -1170,5 +1228,71 @@ impl<Id: MemberId> MeshCore<Id> {
             self.suspected.extend(silent);
         }
         self.try_finish_flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deliver every message between `a` and `b` until both are quiet.
+    fn exchange(a: &mut MeshCore<u32>, b: &mut MeshCore<u32>, now: Millis) {
+        loop {
+            let mut moved = false;
+            while let Some((to, message)) = a.poll_transmit() {
+                moved = true;
+                if to == *b.id() {
+                    b.handle_message(now, *a.id(), message);
+                }
+            }
+            while let Some((to, message)) = b.poll_transmit() {
+                moved = true;
+                if to == *a.id() {
+                    a.handle_message(now, *b.id(), message);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// A member whose snapshot fails refuses the joiner with the reason, orders a
+    /// view without it and carries on; the joiner gives up instead of retrying.
+    #[test]
+    fn a_failed_snapshot_refuses_the_joiner_and_the_group_carries_on() {
+        let mut member = MeshCore::found(1u32, Config::default(), 0);
+        let mut joiner = MeshCore::join(2u32, 1, Config::default(), 0);
+        exchange(&mut member, &mut joiner, 0);
+        let cut = std::iter::from_fn(|| member.poll_output())
+            .find_map(|o| match o {
+                Output::TakeSnapshot(cut) => Some(cut),
+                _ => None,
+            })
+            .expect("a snapshot is requested for the joiner");
+        assert_eq!(member.view().members, [1, 2]);
+        let long = "x".repeat(MAX_REFUSAL_BYTES * 2);
+        member.snapshot_failed(cut, &format!("object hostile: out of fuel {long}"));
+        exchange(&mut member, &mut joiner, 1);
+        let refused = std::iter::from_fn(|| joiner.poll_output())
+            .find_map(|o| match o {
+                Output::JoinRefused { reason } => Some(reason),
+                _ => None,
+            })
+            .expect("the joiner is told");
+        assert!(
+            refused.starts_with("object hostile: out of fuel"),
+            "{refused}"
+        );
+        assert_eq!(refused.len(), MAX_REFUSAL_BYTES);
+        assert!(!joiner.is_member());
+        assert_eq!(member.view().members, [1], "the joiner is out of the view");
+        // The joiner no longer asks; the member still orders its own events.
+        joiner.handle_timeout(10_000);
+        assert!(joiner.poll_transmit().is_none(), "a refused joiner retries");
+        member.multicast(2, 2, b"after".to_vec());
+        let delivered = std::iter::from_fn(|| member.poll_output())
+            .any(|o| matches!(o, Output::Deliver { event, .. } if event.payload == b"after"));
+        assert!(delivered, "the member carries on");
     }
 }

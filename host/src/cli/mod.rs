@@ -137,7 +137,7 @@ enum Command {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
-    let runtime = || make_runtime(&cli.runtime);
+    let runtime = || make_runtime(&cli.runtime, None);
     match cli.command {
         Command::Inspect { file } => inspect(&runtime()?, &file),
         Command::Call {
@@ -151,7 +151,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(name) if name.starts_with("lo://") => node::call(name, &method, &args, &control),
             _ => call(&runtime()?, &file, &method, &args, state, fresh),
         },
-        Command::Node(args) => node::node(runtime()?, args),
+        Command::Node(args) => {
+            let pooled = Some(args.max_instances).filter(|&n| n > 0);
+            node::node(make_runtime(&cli.runtime, pooled)?, args)
+        }
         Command::Join(args) => node::join(args),
         Command::Status(args) => node::status(args),
         Command::Leave(args) => node::leave(args),
@@ -169,7 +172,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn make_runtime(args: &RuntimeArgs) -> Result<Runtime> {
+/// The runtime for a command; `pooled`: preallocate that many instance slots.
+fn make_runtime(args: &RuntimeArgs, pooled: Option<u32>) -> Result<Runtime> {
     let mut config = if args.no_cache {
         RuntimeConfig::default()
     } else {
@@ -183,6 +187,7 @@ fn make_runtime(args: &RuntimeArgs) -> Result<Runtime> {
         fuel_per_call: args.fuel,
         ..Limits::default()
     };
+    config.pooled_instances = pooled;
     Runtime::new(config).context("starting the WebAssembly runtime")
 }
 

@@ -72,6 +72,12 @@ pub struct NodeArgs {
     drivers: DriverArgs,
     #[command(flatten)]
     budgets: BudgetArgs,
+    /// Replicas and aggregates this node can run at once. Their sandboxes' slots
+    /// are preallocated (address space, not memory) and reused as objects come and
+    /// go; a join past the limit fails with an error saying so. 0: allocate each
+    /// sandbox on demand instead.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_instances: u32,
     /// Also gossip on this UDP address: the node then runs SWIM membership and the
     /// census, publishes which objects it hosts, and finds members that way when
     /// the seeds a record lists do not answer.

@@ -204,6 +204,7 @@ impl MeshNode {
             member: core.is_member(),
             sequencer: core.is_sequencer(),
             events_applied: 0,
+            refused: None,
         }));
         let group = Group {
             object: object.to_string(),
@@ -350,6 +351,8 @@ enum FromReplica {
     Reacted(Vec<Vec<u8>>),
     /// The snapshot for a joiner at `cut`.
     Snapshot(super::core::Cut<Peer>, Vec<u8>),
+    /// The snapshot for a joiner at `cut` failed (or the object was stopped).
+    SnapshotFailed(super::core::Cut<Peer>, String),
     /// The replica could not start from the state it was sent.
     InitFailed(String),
     /// The executor quarantined the object.
@@ -607,6 +610,7 @@ impl Group {
                 }
             }
             FromReplica::Snapshot(cut, snapshot) => self.core.snapshot_taken(cut, snapshot),
+            FromReplica::SnapshotFailed(cut, reason) => self.core.snapshot_failed(cut, &reason),
             FromReplica::InitFailed(reason) => {
                 tracing::error!(
                     "{}: cannot start from the received state: {reason}",
@@ -683,7 +687,15 @@ impl Group {
                     Ok(snapshot) => {
                         let _ = results.send(FromReplica::Snapshot(cut, snapshot));
                     }
-                    Err(e) => tracing::error!("{object}: cannot snapshot for a joiner: {e}"),
+                    Err(e) => {
+                        tracing::warn!("{object}: cannot snapshot for a joiner: {e}");
+                        // Sent before the executor's quarantine notice (if this
+                        // failure ends the object here), so the joiner hears why.
+                        let _ = results.send(FromReplica::SnapshotFailed(
+                            cut,
+                            format!("the member's snapshot of {object} failed: {e}"),
+                        ));
+                    }
                 }),
             ),
             Output::InstallSnapshot { snapshot } => self.enqueue(
@@ -697,6 +709,12 @@ impl Group {
             Output::Excluded => {
                 let _ = self.notices.send(GroupNotice::Excluded);
                 self.gone = true;
+            }
+            Output::JoinRefused { reason } => {
+                tracing::warn!("{}: the group refused this join: {reason}", self.object);
+                // The task stays to answer `status` (the joiner reads the reason
+                // there) until it is left; the core does nothing more.
+                self.status.lock().expect("status").refused = Some(reason);
             }
         }
     }

@@ -1213,6 +1213,7 @@ impl ReplicaTask {
                     member: true,
                     sequencer: false,
                     events_applied: m.events_applied,
+                    refused: None,
                 });
             }
             Command::Snapshot(reply) => {

@@ -217,7 +217,7 @@ impl AggregateLogic {
         store.set_epoch_deadline(super::deadline_ticks(&self.limits));
         let failed = |e: wasmtime::Error| AggregateError::Instantiate {
             object: self.name.clone(),
-            message: format!("{e:#}"),
+            message: super::explain_pool_limit(format!("{e:#}")),
         };
         let instance = self.instance_pre.instantiate(&mut store).map_err(failed)?;
         let bindings = self.indices.load(&mut store, &instance).map_err(failed)?;

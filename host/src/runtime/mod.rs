@@ -102,7 +102,19 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     /// The object executor's workers, mailboxes and default budgets.
     pub executor: crate::executor::ExecutorConfig,
+    /// Preallocate instance slots (wasmtime's pooling allocator) for this many
+    /// replicas and aggregates at once; `None`: allocate each on demand. `lo node`
+    /// pools (`--max-instances`); in-process users need not.
+    pub pooled_instances: Option<u32>,
 }
+
+/// Core instances (a component's modules and shims) and tables one pooled
+/// component may use, on average: a Rust object has about 4 core instances; a
+/// Python one (componentize-py) several more. Past it, instantiation fails with
+/// wasmtime's "maximum concurrent core instance limit" error naming the pool.
+const POOL_CORE_INSTANCES_PER_OBJECT: u32 = 16;
+/// Linear memories per pooled object, on average (one per memory-defining module).
+const POOL_MEMORIES_PER_OBJECT: u32 = 2;
 
 impl RuntimeConfig {
     /// The default configuration with the compiled-component cache in the user's
@@ -285,6 +297,18 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Add what to do to wasmtime's error when a pooled runtime is full.
+pub(crate) fn explain_pool_limit(message: String) -> String {
+    if message.contains("concurrent") && message.contains("limit") {
+        format!(
+            "{message}: this node runs as many sandboxes as it preallocated; leave an \
+             object or restart the node with a higher `lo node --max-instances`"
+        )
+    } else {
+        message
+    }
+}
+
 /// Epoch ticks a call may run for under `limits` (at least one).
 pub(crate) fn deadline_ticks(limits: &Limits) -> u64 {
     (limits.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
@@ -306,6 +330,22 @@ impl Runtime {
             // the deterministic flavour of relaxed SIMD.
             .cranelift_nan_canonicalization(true)
             .relaxed_simd_deterministic(true);
+        if let Some(instances) = config.pooled_instances {
+            // Slots are reserved address space, not memory: each linear memory's slot
+            // keeps the default 4 GiB reservation (so bounds checks stay elided),
+            // and pages are committed only when a guest touches them and decommitted
+            // (kept copy-on-write from the module's image) when its replica goes.
+            // Instantiation then maps nothing, and a reused slot is warm.
+            let instances = instances.max(1);
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(POOL_CORE_INSTANCES_PER_OBJECT))
+                .total_memories(instances.saturating_mul(POOL_MEMORIES_PER_OBJECT))
+                .total_tables(instances.saturating_mul(POOL_CORE_INSTANCES_PER_OBJECT))
+                .max_memory_size(config.limits.memory_bytes)
+                .table_elements(config.limits.table_elements);
+            wasm_config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&wasm_config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let aggregate_linker =
@@ -526,6 +566,56 @@ mod tests {
         let err = check_component_header("notes.txt", b"hello world").unwrap_err();
         assert!(matches!(err, LoadError::NotAComponent { .. }));
         assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    /// A pooled runtime runs every shipped object and aggregate, reuses slots when
+    /// replicas go (more instantiations than slots), and refuses one past the pool
+    /// with an error rather than growing.
+    #[test]
+    fn pooled_runtime_reuses_slots_and_refuses_past_the_pool() {
+        let slots = 3;
+        let runtime = Runtime::new(RuntimeConfig {
+            pooled_instances: Some(slots),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        for (name, bytes) in liveobjects_objects::SHIPPED {
+            for round in 0..(slots + 2) {
+                if ["census", "average", "max"].contains(name) {
+                    let logic = runtime.load_aggregate_bytes(name, bytes).unwrap();
+                    let mut instance = logic
+                        .instantiate()
+                        .unwrap_or_else(|e| panic!("aggregate {name}, round {round}: {e}"));
+                    instance.contribute(1.0, 7).unwrap();
+                } else {
+                    let logic = runtime.load_bytes(name, bytes).unwrap();
+                    let mut replica = runtime
+                        .instantiate(&logic, ReplicaIdentity::local(*name, "m1"))
+                        .unwrap_or_else(|e| panic!("{name}, round {round}: {e}"));
+                    replica.init(None).unwrap();
+                }
+            }
+        }
+        let logic = runtime
+            .load_bytes("counter", liveobjects_objects::COUNTER_BYTES)
+            .unwrap();
+        let held: Vec<Replica> = (0..slots)
+            .map(|i| {
+                let mut r = runtime
+                    .instantiate(&logic, ReplicaIdentity::local("counter", format!("m{i}")))
+                    .unwrap();
+                r.init(None).unwrap();
+                r
+            })
+            .collect();
+        let past = runtime
+            .instantiate(&logic, ReplicaIdentity::local("counter", "one-too-many"))
+            .and_then(|mut r| r.init(None).map(|_| r));
+        let err = past.err().expect("a replica past the pool must be refused");
+        let message = err.to_string();
+        assert!(message.contains("counter"), "{message}");
+        assert!(message.contains("--max-instances"), "{message}");
+        drop(held);
     }
 
     #[test]

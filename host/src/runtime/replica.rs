@@ -943,7 +943,7 @@ fn instantiate(
             .instantiate(&mut store)
             .map_err(|e| ReplicaError::Instantiate {
                 object: identity.object.clone(),
-                message: format!("{e:#}"),
+                message: super::explain_pool_limit(format!("{e:#}")),
             })?;
     let bindings =
         logic

@@ -556,6 +556,7 @@ impl VsyncHandle {
             member: self.group.is_voter(),
             sequencer: self.group.is_leader(),
             events_applied: self.replica.metrics().events_applied,
+            refused: None,
         })
     }
 
@@ -584,6 +585,7 @@ impl VsyncHandle {
             member: self.group.is_voter(),
             sequencer: self.group.is_leader(),
             events_applied: 0,
+            refused: None,
         };
         crate::driver::ObjectReport::from_status(&status, &self.replica.metrics())
     }

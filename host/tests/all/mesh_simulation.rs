@@ -230,6 +230,8 @@ impl Sim {
                     }
                     Output::InstallSnapshot { snapshot } => node.app.install(&snapshot),
                     Output::Excluded => node.alive = false,
+                    // Snapshots never fail here (see the core's refusal test).
+                    Output::JoinRefused { reason } => panic!("node {id} was refused: {reason}"),
                 }
             }
             if !progressed {

@@ -317,6 +317,124 @@ fn a_joiner_finds_members_through_gossip_when_the_record_seed_is_dead() {
 }
 
 const CHAIN: &str = "lo://acme/hostile/chain";
+const STUCK: &str = "lo://acme/hostile/stuck-snapshot";
+
+/// Publish `name` as a total-order mesh object of `logic` seeded at `seed`.
+fn publish_mesh(home: &Home, directory: &DirectoryProcess, name: &str, logic: &str, seed: &str) {
+    let acme_key = home.path("acme.key");
+    let seeds = format!("seeds={seed}");
+    home.ok_owned(directory.args(&[
+        "publish",
+        logic,
+        "--name",
+        name,
+        "--reliability",
+        "total-order",
+        "--driver-opt",
+        &seeds,
+        "--key",
+        acme_key.to_str().unwrap(),
+    ]));
+}
+
+#[test]
+fn a_snapshot_that_never_ends_refuses_the_joiner_and_the_member_carries_on() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let (dir_addr, root) = (directory.addr.clone(), directory.root.clone());
+    let (_n1, seed) = start_node(&home, 1, &dir_addr, &root);
+    let (_n2, _) = start_node(&home, 2, &dir_addr, &root);
+    publish_mesh(&home, &directory, ROOM, liveobjects_objects::CHAT, &seed);
+    publish_mesh(
+        &home,
+        &directory,
+        STUCK,
+        liveobjects_objects::HOSTILE,
+        &seed,
+    );
+    for name in [ROOM, STUCK] {
+        home.ok(&[
+            "join",
+            name,
+            "--no-interactive",
+            "--found",
+            "--control",
+            &control(&home, 1),
+        ]);
+    }
+    home.ok(&[
+        "join",
+        ROOM,
+        "--no-interactive",
+        "--control",
+        &control(&home, 2),
+    ]);
+    home.ok(&["call", STUCK, "add", "5", "--control", &control(&home, 1)]);
+    home.ok(&[
+        "call",
+        STUCK,
+        "loop-snapshot-on-join",
+        "--control",
+        &control(&home, 1),
+    ]);
+
+    // The joiner is refused with the reason, naming the object; it does not wait
+    // out its seed timeout and then report that nobody answered.
+    let started = std::time::Instant::now();
+    let out = home.run(&[
+        "join",
+        STUCK,
+        "--no-interactive",
+        "--control",
+        &control(&home, 2),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the join succeeded: {err}");
+    assert!(
+        err.contains("refused") && err.contains(STUCK) && err.contains("snapshot"),
+        "{err}"
+    );
+    eprintln!("refused after {:?}: {err}", started.elapsed());
+    let status = home.ok(&["status", "--control", &control(&home, 2)]);
+    assert!(
+        !status.contains(STUCK),
+        "node 2 still lists the refused object:\n{status}"
+    );
+
+    // The member answers and its other object carries on, at both nodes.
+    let took = std::time::Instant::now();
+    let status = home.ok(&["status", "--control", &control(&home, 1)]);
+    assert!(
+        took.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        took.elapsed()
+    );
+    assert!(status.contains(ROOM), "{status}");
+    home.ok(&[
+        "call",
+        ROOM,
+        "post",
+        "\"after the refusal\"",
+        "--control",
+        &control(&home, 1),
+    ]);
+    eventually(20, "the post at both nodes", || {
+        count(&home, 1) == Some(1) && count(&home, 2) == Some(1)
+    });
+    // The stuck object itself is either still serving at node 1 (its snapshot ran
+    // out of fuel, which changes nothing) or quarantined there (it ran past its
+    // wall-clock deadline, or its CPU budget): never silently half-working.
+    let out = home.run(&["call", STUCK, "total", "--control", &control(&home, 1)]);
+    let answer = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        (out.status.success() && answer.contains('5')) || answer.contains("quarantined"),
+        "{answer}"
+    );
+}
 
 /// Resident memory of a process, in bytes (Linux `/proc`).
 fn rss_bytes(pid: u32) -> u64 {

@@ -55,10 +55,13 @@ fn build_python_tally() -> PathBuf {
 #[test]
 fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
     let component = build_python_tally();
-    // Python components take seconds to compile: use a disk cache, as hosts do.
+    // Python components take seconds to compile: use a disk cache, as hosts do; and
+    // pooled instance slots, as `lo node` runs them (a Python component has more
+    // core instances than a Rust one).
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled")),
         limits: Limits::default(),
+        pooled_instances: Some(8),
         ..RuntimeConfig::default()
     })
     .unwrap();

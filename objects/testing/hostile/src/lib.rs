@@ -51,6 +51,10 @@ wit_bindgen::generate!({
             chain: func();
             /// Chain events this replica applied.
             chained: func() -> u64;
+            /// From now on, `snapshot` loops forever whenever the view has more
+            /// than one member (so a joiner's state transfer never completes,
+            /// while a lone member's status digests still work).
+            loop-snapshot-on-join: func();
             /// One update, two multicasts: add `n`, then an event the object
             /// refuses. A transaction must apply neither.
             add-then-refuse: func(n: s64);
@@ -82,6 +86,17 @@ struct Hostile {
     total: i64,
     seen: Vec<Seen>,
     chained: u64,
+    #[serde(default, serialize_with = "spin_if_joined")]
+    loop_snapshot_on_join: bool,
+}
+
+/// Serializing the state (`snapshot`) never ends once `loop-snapshot-on-join` was
+/// called and a second member is in the view.
+fn spin_if_joined<S: serde::Serializer>(flag: &bool, out: S) -> Result<S::Ok, S::Error> {
+    if *flag && liveobjects_guest::view().members.len() > 1 {
+        spin_forever();
+    }
+    out.serialize_bool(*flag)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,6 +108,7 @@ enum Event {
     Observe,
     Chain(u64),
     Refuse,
+    LoopSnapshotOnJoin,
 }
 
 fn spin_forever() -> ! {
@@ -135,6 +151,7 @@ impl LiveObject for Hostile {
             }
             Event::Blob(_) => {}
             Event::Refuse => return Err("refused on purpose".to_string()),
+            Event::LoopSnapshotOnJoin => self.loop_snapshot_on_join = true,
             Event::Chain(generation) => {
                 self.chained += 1;
                 Hostile::emit(&Event::Chain(generation + 1));
@@ -214,6 +231,10 @@ impl Guest for Hostile {
     fn add_then_refuse(n: i64) {
         Hostile::emit(&Event::Add(n));
         Hostile::emit(&Event::Refuse);
+    }
+
+    fn loop_snapshot_on_join() {
+        Hostile::emit(&Event::LoopSnapshotOnJoin);
     }
 
     fn chained() -> u64 {
