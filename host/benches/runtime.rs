@@ -74,6 +74,10 @@ fn fmt_time(secs: f64) -> String {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(isolation::IDLE_CHILD) {
+        isolation::idle_child(&spec);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, count) = if quick { (3, 20_000) } else { (7, 100_000) };
     let cache = tempfile::tempdir().unwrap();
@@ -402,6 +406,49 @@ mod isolation {
         })
     }
 
+    /// Set in a child process that measures only idle objects: `MODE:COUNT:SECS`.
+    pub const IDLE_CHILD: &str = "LO_BENCH_IDLE_CHILD";
+
+    /// Measure `count` idle objects for `secs` in a fresh process of this bench
+    /// (`mode` is `pooled` or `on-demand`): (core share, RSS bytes per object).
+    fn idle_in_child(mode: &str, count: usize, secs: u64) -> (f64, f64) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(IDLE_CHILD, format!("{mode}:{count}:{secs}"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("idle "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the idle-objects child printed no result: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let mut numbers = line.split(' ').map(|n| n.parse::<f64>().unwrap());
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    }
+
+    /// The child's side of [`idle_in_child`].
+    pub fn idle_child(spec: &str) {
+        let mut parts = spec.split(':');
+        let (mode, count, secs) = (
+            parts.next().unwrap(),
+            parts.next().unwrap().parse::<usize>().unwrap(),
+            parts.next().unwrap().parse::<u64>().unwrap(),
+        );
+        let runtime = Arc::new(
+            Runtime::new(RuntimeConfig {
+                pooled_instances: (mode == "pooled").then_some(count as u32 + 8),
+                ..RuntimeConfig::default()
+            })
+            .unwrap(),
+        );
+        let (share, rss) = idle_objects(&runtime, count, Duration::from_secs(secs));
+        println!("idle {share} {rss}");
+    }
+
     pub fn run(quick: bool, events: &[Event]) {
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
@@ -448,19 +495,12 @@ mod isolation {
         let quarantine = chain.quarantined();
 
         let objects = if quick { 200 } else { 1000 };
-        let idle = Duration::from_secs(if quick { 2 } else { 5 });
-        // Pooled first, as `lo node` runs (`--max-instances`); then on demand, in
-        // the same process (it may reuse memory the first freed: a bias in its favour).
-        let pooled = Arc::new(
-            Runtime::new(RuntimeConfig {
-                pooled_instances: Some(objects as u32 + 8),
-                ..RuntimeConfig::default()
-            })
-            .unwrap(),
-        );
-        let (pooled_share, pooled_rss) = idle_objects(&pooled, objects, idle);
-        drop(pooled);
-        let (idle_share, rss_per_object) = idle_objects(&runtime, objects, idle);
+        let idle = if quick { 2 } else { 5 };
+        // Each in a fresh process: the second of two runs in one process reuses
+        // the memory the first freed and looked 5x cheaper per object, whichever
+        // it was.
+        let (pooled_share, pooled_rss) = idle_in_child("pooled", objects, idle);
+        let (idle_share, rss_per_object) = idle_in_child("on-demand", objects, idle);
 
         println!();
         println!(

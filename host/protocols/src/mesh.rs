@@ -487,10 +487,21 @@ impl<Id: MemberId> MeshCore<Id> {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        if self.phase == Phase::Gone {
+        if self.phase == Phase::Gone || self.idle_alone() {
             return None;
         }
         Some((self.last_heartbeat + self.config.heartbeat).min(self.last_retry + self.config.retry))
+    }
+
+    /// A member alone in its view with nothing to resend: it has nobody to
+    /// heartbeat or suspect, so it needs no timer until a message or a multicast
+    /// comes (a node's idle single-member objects then cost no wake-ups).
+    fn idle_alone(&self) -> bool {
+        self.phase == Phase::Member
+            && self.view.members.len() == 1
+            && self.flush.is_none()
+            && self.in_flight.is_empty()
+            && self.queued.is_empty()
     }
 
     /// Time passed: heartbeats, retries, failure detection.
@@ -774,6 +785,11 @@ impl<Id: MemberId> MeshCore<Id> {
                     }
                 }
             }
+        }
+        if self.is_sequencer() && self.view.members.len() == 1 {
+            // Alone, what it delivered is stable at once: nobody's heartbeat will
+            // say so, and the log would otherwise keep every event.
+            self.collect_stable();
         }
     }
 
@@ -1255,6 +1271,32 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A lone member needs no timer and keeps no log; a joiner's request wakes it.
+    #[test]
+    fn a_lone_member_sleeps_and_forgets_what_it_delivered() {
+        let mut member = MeshCore::found(1u32, Config::default(), 0);
+        assert_eq!(
+            member.poll_timeout(),
+            None,
+            "a lone member has nothing to time"
+        );
+        for i in 0..1_000 {
+            member.multicast(i, i, vec![0; 16]);
+        }
+        let delivered = std::iter::from_fn(|| member.poll_output())
+            .filter(|o| matches!(o, Output::Deliver { .. }))
+            .count();
+        assert_eq!(delivered, 1_000);
+        assert_eq!(
+            member.retained(),
+            0,
+            "a lone member keeps its delivered events"
+        );
+        assert_eq!(member.poll_timeout(), None);
+        member.handle_message(2_000, 2, Message::JoinRequest);
+        assert!(member.poll_timeout().is_some(), "a joiner needs heartbeats");
     }
 
     /// A member whose snapshot fails refuses the joiner with the reason, orders a
