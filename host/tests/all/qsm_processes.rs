@@ -2,7 +2,9 @@
 //! service and `lo node` daemons that join a ticker by name over IP multicast on
 //! `lo`. Quotes from every node reach every node in each sender's order (equal
 //! digests); a node killed with SIGKILL is dropped and the others go on; it rejoins
-//! from a snapshot; a host outside the object's policy is refused.
+//! from a snapshot; a host outside the object's policy is refused; a node that
+//! applies events slower than they arrive is back-pressured (throttled, reported)
+//! and still applies every event.
 
 use crate::common;
 
@@ -261,4 +263,90 @@ fn a_host_without_multicast_puts_its_region_on_the_overlay_with_the_same_guarant
     assert_eq!(d.digest(2), d.digest(3));
     let status = d.ok(1, &["status"]);
     assert!(status.contains("3 host(s), ring of 3, overlay"), "{status}");
+}
+
+const FURNACE: &str = "lo://acme/markets/furnace";
+
+#[test]
+fn a_slow_receiver_is_back_pressured_and_skips_nothing() {
+    let d = Domain::start(3);
+    d.home.ok_owned(d.directory.args(&[
+        "publish",
+        liveobjects_objects::HOSTILE,
+        "--name",
+        FURNACE,
+        "--driver",
+        "qsm",
+        "--driver-opt",
+        &d.membership,
+        "--reliability",
+        "reliable-fifo",
+        "--category",
+        "event-stream",
+        "--key",
+        d.home.path("acme.key").to_str().unwrap(),
+    ]));
+    let _n1 = d.node(1);
+    let _n2 = d.node(2);
+    // Node 3 may spend 20 ms of CPU per second on the object, and is never
+    // quarantined for it within the test: 100 events of about 2-5 ms each (a
+    // million loop iterations) take it 10-25 s, the others well under one.
+    let _n3 = d.node_with(3, &["--budget-cpu-ms", "20", "--budget-grace-ms", "600000"]);
+    for n in 1..=3 {
+        d.ok(n, &["join", FURNACE, "--no-interactive"]);
+    }
+    // Progress read from `lo status` (the executor's metrics, which never wait on
+    // the object): a query would queue behind the events it asks about.
+    let applied = |n: usize| -> (u64, String) {
+        let status = d.ok(n, &["status"]);
+        let applied = status
+            .lines()
+            .skip_while(|l| !l.starts_with(FURNACE))
+            .find_map(|l| l.split("events applied ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (applied, status)
+    };
+    d.ok(1, &["call", FURNACE, "burn", "1000000", "100"]);
+    let mut throttled_seen = false;
+    let mut behind_seen = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let counts: Vec<u64> = (1..=3)
+            .map(|n| {
+                let (count, status) = applied(n);
+                if n == 3 {
+                    throttled_seen |= status.contains("throttled: over its budget");
+                }
+                count
+            })
+            .collect();
+        // Events are applied once each: a count never passes 100.
+        assert!(counts.iter().all(|c| *c <= 100), "{counts:?}");
+        behind_seen |= counts[0] == 100 && counts[2] < 100;
+        if counts.iter().all(|c| *c == 100) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every node applied all 100 events within 120 s: {counts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // And each replica's own count says so (no event skipped).
+    for n in 1..=3 {
+        let burned = d.ok(n, &["call", FURNACE, "burned"]);
+        assert_eq!(burned.trim(), "100", "node {n}");
+    }
+    let status = d.ok(3, &["status"]);
+    assert!(
+        behind_seen,
+        "node 3 was never behind: its budget did not bite"
+    );
+    assert!(
+        throttled_seen,
+        "node 3 was never reported throttled:\n{status}"
+    );
+    assert!(!status.contains("quarantined"), "{status}");
 }

@@ -55,6 +55,11 @@ wit_bindgen::generate!({
             /// than one member (so a joiner's state transfer never completes,
             /// while a lone member's status digests still work).
             loop-snapshot-on-join: func();
+            /// Multicast `count` events whose `deliver` each spins `iterations`
+            /// times (a known, deterministic amount of CPU per event).
+            burn: func(iterations: u32, count: u32);
+            /// Burn events this replica applied.
+            burned: func() -> u64;
             /// One update, two multicasts: add `n`, then an event the object
             /// refuses. A transaction must apply neither.
             add-then-refuse: func(n: s64);
@@ -86,6 +91,8 @@ struct Hostile {
     total: i64,
     seen: Vec<Seen>,
     chained: u64,
+    burned: u64,
+    burn_sink: u64,
     #[serde(default, serialize_with = "spin_if_joined")]
     loop_snapshot_on_join: bool,
 }
@@ -109,6 +116,7 @@ enum Event {
     Chain(u64),
     Refuse,
     LoopSnapshotOnJoin,
+    Burn(u32),
 }
 
 fn spin_forever() -> ! {
@@ -152,6 +160,18 @@ impl LiveObject for Hostile {
             Event::Blob(_) => {}
             Event::Refuse => return Err("refused on purpose".to_string()),
             Event::LoopSnapshotOnJoin => self.loop_snapshot_on_join = true,
+            Event::Burn(iterations) => {
+                // A xorshift chain: no closed form for the optimiser to find.
+                let mut x: u64 = self.burned | 1;
+                for _ in 0..iterations {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x = std::hint::black_box(x);
+                }
+                self.burn_sink = x;
+                self.burned += 1;
+            }
             Event::Chain(generation) => {
                 self.chained += 1;
                 Hostile::emit(&Event::Chain(generation + 1));
@@ -231,6 +251,16 @@ impl Guest for Hostile {
     fn add_then_refuse(n: i64) {
         Hostile::emit(&Event::Add(n));
         Hostile::emit(&Event::Refuse);
+    }
+
+    fn burn(iterations: u32, count: u32) {
+        for _ in 0..count {
+            Hostile::emit(&Event::Burn(iterations));
+        }
+    }
+
+    fn burned() -> u64 {
+        Hostile::read(|h| h.burned)
     }
 
     fn loop_snapshot_on_join() {
