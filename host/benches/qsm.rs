@@ -180,7 +180,12 @@ fn qsm_run(
     messages: u64,
 ) -> Measured {
     let hosts = receivers + 1;
-    let port = 47_900 + (std::process::id() % 90) as u16;
+    // A port and domain per row: a row's late datagrams (the hosts of the same
+    // namespaces had the same addresses) must not reach the next row's hosts. A
+    // CI smoke run once timed out joining the second netns row.
+    static ROW: AtomicU64 = AtomicU64::new(0);
+    let row = ROW.fetch_add(1, Ordering::Relaxed);
+    let port = 47_900 + ((u64::from(std::process::id()) + row * 11) % 90) as u16;
     let membership_config = MembershipConfig {
         domain: port as u32,
         group_port: port,
@@ -331,16 +336,15 @@ fn qsm_run(
             });
         }));
     }
-    let wait_until = |what: &str, limit: Duration, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + limit;
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out: {what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
-    wait_until("joined", Duration::from_secs(30), &|| {
-        ready.load(Ordering::Relaxed) == hosts as u64
-    });
+    let join_deadline = Instant::now() + Duration::from_secs(30);
+    while ready.load(Ordering::Relaxed) < hosts as u64 {
+        assert!(
+            Instant::now() < join_deadline,
+            "timed out: {} of {hosts} hosts joined within 30 s (port {port})",
+            ready.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let start = Instant::now();
     go.store(true, Ordering::Relaxed);
     let limit = Duration::from_secs(120);
