@@ -178,7 +178,7 @@ fn qsm_run(
     objects: usize,
     size: usize,
     messages: u64,
-) -> Measured {
+) -> Option<Measured> {
     let hosts = receivers + 1;
     // A port and domain per row: a row's late datagrams (the hosts of the same
     // namespaces had the same addresses) must not reach the next row's hosts. A
@@ -338,11 +338,18 @@ fn qsm_run(
     }
     let join_deadline = Instant::now() + Duration::from_secs(30);
     while ready.load(Ordering::Relaxed) < hosts as u64 {
-        assert!(
-            Instant::now() < join_deadline,
-            "timed out: {} of {hosts} hosts joined within 30 s (port {port})",
-            ready.load(Ordering::Relaxed)
-        );
+        if Instant::now() >= join_deadline {
+            eprintln!(
+                "qsm bench: {} of {hosts} hosts joined within 30 s (port {port})",
+                ready.load(Ordering::Relaxed)
+            );
+            done.store(true, Ordering::Relaxed);
+            for t in threads {
+                t.join().unwrap();
+            }
+            service.join().unwrap();
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     let start = Instant::now();
@@ -376,10 +383,10 @@ fn qsm_run(
         complete,
         "not every receiver got the {messages} events in {limit:?}: {counts:?}"
     );
-    Measured {
+    Some(Measured {
         rate: messages as f64 / elapsed,
         lost: 0.0,
-    }
+    })
 }
 
 /// Raw UDP multicast of the same bytes: `per_datagram` messages of `size` bytes in
@@ -592,7 +599,19 @@ fn main() {
             {
                 continue;
             }
-            let ours = qsm_run(place, receivers, objects, size, messages);
+            // A row whose hosts do not all join is run once more and says so: seen
+            // twice in local CI runs after the full test suite (netns rows), never
+            // with the bench alone; a second failure stops the bench.
+            let ours = qsm_run(place, receivers, objects, size, messages)
+                .or_else(|| {
+                    println!(
+                        "({label} row with {receivers} receivers: not every host joined; run again)"
+                    );
+                    qsm_run(place, receivers, objects, size, messages)
+                })
+                .unwrap_or_else(|| {
+                    panic!("{label}: not every host joined, twice ({receivers} receivers)")
+                });
             let raw = raw_run(place, receivers, size, 1, messages);
             let per = (datagram / (size + 24)).max(1);
             // Enough datagrams to time (small messages fill few).
