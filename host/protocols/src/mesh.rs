@@ -202,6 +202,25 @@ pub enum Message<Id> {
 /// Longest reason a [`Message::JoinRefused`] carries; longer ones are cut.
 pub const MAX_REFUSAL_BYTES: usize = 512;
 
+/// `text` without control characters (it may come from guest code, and ends up
+/// on a user's terminal), cut to [`MAX_REFUSAL_BYTES`].
+fn printable(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_REFUSAL_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Refused joiners a member remembers (the oldest is forgotten first).
+const MAX_REMEMBERED_REFUSALS: usize = 64;
+
+/// How long a refusal is repeated to the same joiner without a new snapshot.
+const REFUSAL_MEMORY: Millis = 5_000;
+
 /// What the core asks of the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output<Id> {
@@ -287,6 +306,12 @@ pub struct MeshCore<Id: MemberId> {
     member_delivered: BTreeMap<Id, u64>,
     /// Joiners whose snapshot the replica is taking (at most one each).
     snapshot_requests: BTreeSet<Id>,
+    /// Joiners this member sent their state since they were added (a snapshot
+    /// that fails afterwards, for a retry, must not refuse a joiner that has it).
+    state_sent: BTreeSet<Id>,
+    /// Joiners refused lately, with why and when: a retry that crossed the refusal
+    /// is answered again instead of re-running the snapshot that failed.
+    refused: BTreeMap<Id, (String, Millis)>,
     /// The latest time passed in (for bookkeeping inside handlers).
     now: Millis,
     /// When `delivered` last advanced: gaps are only asked for once progress stalls,
@@ -359,6 +384,8 @@ impl<Id: MemberId> MeshCore<Id> {
             waiting_submits: BTreeMap::new(),
             member_delivered: BTreeMap::new(),
             snapshot_requests: BTreeSet::new(),
+            state_sent: BTreeSet::new(),
+            refused: BTreeMap::new(),
             now,
             last_progress: now,
             next_seq: 1,
@@ -421,6 +448,7 @@ impl<Id: MemberId> MeshCore<Id> {
         if !self.view.contains(&cut.for_member) {
             return;
         }
+        self.state_sent.insert(cut.for_member.clone());
         let message = Message::State {
             at: cut.at,
             view: cut.view,
@@ -433,20 +461,34 @@ impl<Id: MemberId> MeshCore<Id> {
     /// The replica could not take the snapshot requested for `cut` (it failed,
     /// or the object was stopped here): tell the joiner its join is over, with
     /// `reason`, and order a view without it. The group carries on.
+    ///
+    /// Call it only for failures every replica would meet (fuel, a trap): a
+    /// failure of this member alone (its deadline, its quarantine) should leave
+    /// the joiner to retry elsewhere. Ignored if this member is not the sequencer,
+    /// the joiner left the view, or it was already sent its state.
     pub fn snapshot_failed(&mut self, cut: Cut<Id>, reason: &str) {
         let joiner = cut.for_member;
         self.snapshot_requests.remove(&joiner);
-        let mut reason = reason.to_string();
-        if reason.len() > MAX_REFUSAL_BYTES {
-            let mut end = MAX_REFUSAL_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
+        if !self.is_sequencer() || !self.view.contains(&joiner) || self.state_sent.contains(&joiner)
+        {
+            return;
+        }
+        let reason = printable(reason);
+        self.refused
+            .insert(joiner.clone(), (reason.clone(), self.now));
+        if self.refused.len() > MAX_REMEMBERED_REFUSALS {
+            let oldest = self
+                .refused
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.refused.remove(&oldest);
             }
-            reason.truncate(end);
         }
         self.transmits
             .push_back((joiner.clone(), Message::JoinRefused { reason }));
-        if self.is_sequencer() && self.view.contains(&joiner) {
+        {
             let view = View {
                 id: self.max_view_seen.saturating_add(1),
                 members: self
@@ -573,7 +615,9 @@ impl<Id: MemberId> MeshCore<Id> {
                 // Only the member we asked can refuse us, and only while we join.
                 if self.phase == Phase::Joining && self.contact.as_ref() == Some(&from) {
                     self.phase = Phase::Gone;
-                    self.outputs.push_back(Output::JoinRefused { reason });
+                    self.outputs.push_back(Output::JoinRefused {
+                        reason: printable(&reason),
+                    });
                 }
             }
         }
@@ -691,6 +735,15 @@ impl<Id: MemberId> MeshCore<Id> {
                     sequencer: self.sequencer.clone(),
                 },
             ));
+            return;
+        }
+        if let Some((reason, at)) = self.refused.get(&from)
+            && self.now.saturating_sub(*at) < REFUSAL_MEMORY
+        {
+            // A retry that crossed our refusal (or lost it): say it again.
+            let reason = reason.clone();
+            self.transmits
+                .push_back((from, Message::JoinRefused { reason }));
             return;
         }
         if self.view.contains(&from) {
@@ -811,6 +864,7 @@ impl<Id: MemberId> MeshCore<Id> {
             self.member_delivered.remove(gone);
             self.waiting_submits.remove(gone);
             self.suspected.remove(gone);
+            self.state_sent.remove(gone);
         }
         self.outputs.push_back(Output::View(view.clone()));
         if !view.contains(&self.me) {
@@ -1299,6 +1353,40 @@ mod tests {
         assert!(member.poll_timeout().is_some(), "a joiner needs heartbeats");
     }
 
+    /// A snapshot for a retry that fails after the joiner was sent its state
+    /// refuses nothing: the joiner has the state and stays.
+    #[test]
+    fn a_failed_extra_snapshot_does_not_refuse_a_joiner_that_has_its_state() {
+        let mut member = MeshCore::found(1u32, Config::default(), 0);
+        let mut joiner = MeshCore::join(2u32, 1, Config::default(), 0);
+        exchange(&mut member, &mut joiner, 0);
+        let first = std::iter::from_fn(|| member.poll_output())
+            .find_map(|o| match o {
+                Output::TakeSnapshot(cut) => Some(cut),
+                _ => None,
+            })
+            .unwrap();
+        // A retry arrives while the first snapshot is taken: no second snapshot.
+        member.handle_message(1, 2, Message::JoinRequest);
+        assert!(
+            std::iter::from_fn(|| member.poll_output())
+                .all(|o| !matches!(o, Output::TakeSnapshot(_)))
+        );
+        member.snapshot_taken(first, b"state".to_vec());
+        // A retry that crossed the State asks again; that snapshot fails.
+        member.handle_message(2, 2, Message::JoinRequest);
+        let second = std::iter::from_fn(|| member.poll_output())
+            .find_map(|o| match o {
+                Output::TakeSnapshot(cut) => Some(cut),
+                _ => None,
+            })
+            .expect("a retry after the state was sent gets a fresh snapshot");
+        member.snapshot_failed(second, "object x: out of fuel");
+        exchange(&mut member, &mut joiner, 3);
+        assert!(joiner.is_member(), "the joiner installed the first state");
+        assert_eq!(member.view().members, [1, 2], "the joiner stays");
+    }
+
     /// A member whose snapshot fails refuses the joiner with the reason, orders a
     /// view without it and carries on; the joiner gives up instead of retrying.
     #[test]
@@ -1329,6 +1417,18 @@ mod tests {
         assert_eq!(refused.len(), MAX_REFUSAL_BYTES);
         assert!(!joiner.is_member());
         assert_eq!(member.view().members, [1], "the joiner is out of the view");
+        // A retry that crossed the refusal is refused again, without a new
+        // snapshot or a view with the joiner.
+        member.handle_message(1, 2, Message::JoinRequest);
+        assert!(matches!(
+            member.poll_transmit(),
+            Some((2, Message::JoinRefused { .. }))
+        ));
+        assert!(
+            std::iter::from_fn(|| member.poll_output())
+                .all(|o| !matches!(o, Output::TakeSnapshot(_)))
+        );
+        assert_eq!(member.view().members, [1]);
         // The joiner no longer asks; the member still orders its own events.
         joiner.handle_timeout(10_000);
         assert!(joiner.poll_transmit().is_none(), "a refused joiner retries");

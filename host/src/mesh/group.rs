@@ -689,12 +689,24 @@ impl Group {
                     }
                     Err(e) => {
                         tracing::warn!("{object}: cannot snapshot for a joiner: {e}");
-                        // Sent before the executor's quarantine notice (if this
-                        // failure ends the object here), so the joiner hears why.
-                        let _ = results.send(FromReplica::SnapshotFailed(
-                            cut,
-                            format!("the member's snapshot of {object} failed: {e}"),
-                        ));
+                        // Refuse only for what every replica would meet (fuel,
+                        // memory, a trap): past this member's wall-clock deadline, or
+                        // with the object stopped here, another member may serve the
+                        // joiner, which retries.
+                        let here_only = matches!(
+                            &e,
+                            ReplicaError::Quarantined { .. }
+                                | ReplicaError::LimitExceeded {
+                                    limit: crate::runtime::Limit::Deadline { .. },
+                                    ..
+                                }
+                        );
+                        if !here_only {
+                            let _ = results.send(FromReplica::SnapshotFailed(
+                                cut,
+                                format!("the member's snapshot of {object} failed: {e}"),
+                            ));
+                        }
                     }
                 }),
             ),

@@ -115,6 +115,8 @@ pub struct RuntimeConfig {
 const POOL_CORE_INSTANCES_PER_OBJECT: u32 = 16;
 /// Linear memories per pooled object, on average (one per memory-defining module).
 const POOL_MEMORIES_PER_OBJECT: u32 = 2;
+/// Address space the pool may reserve: half of x86-64's 128 TiB for user space.
+const POOL_ADDRESS_SPACE: u64 = 64 << 40;
 
 impl RuntimeConfig {
     /// The default configuration with the compiled-component cache in the user's
@@ -337,6 +339,15 @@ impl Runtime {
             // (kept copy-on-write from the module's image) when its replica goes.
             // Instantiation then maps nothing, and a reused slot is warm.
             let instances = instances.max(1);
+            let per_object = u64::from(POOL_MEMORIES_PER_OBJECT) * ((4 << 30) + (32 << 20));
+            let most = POOL_ADDRESS_SPACE / per_object;
+            if u64::from(instances) > most {
+                return Err(LoadError::Engine(format!(
+                    "{instances} pooled sandboxes would reserve {} TiB of address space \
+                     (about 8 GiB each); use at most {most} (lo node --max-instances)",
+                    (u64::from(instances) * per_object) >> 40
+                )));
+            }
             let mut pool = wasmtime::PoolingAllocationConfig::new();
             pool.total_component_instances(instances)
                 .total_core_instances(instances.saturating_mul(POOL_CORE_INSTANCES_PER_OBJECT))
