@@ -599,18 +599,21 @@ fn main() {
             {
                 continue;
             }
-            // A row whose hosts do not all join is run once more and says so: seen
-            // twice in local CI runs after the full test suite (netns rows), never
-            // with the bench alone; a second failure stops the bench.
-            let ours = qsm_run(place, receivers, objects, size, messages)
-                .or_else(|| {
-                    println!(
-                        "({label} row with {receivers} receivers: not every host joined; run again)"
-                    );
+            // A row whose hosts do not all join within 30 s is run again, and says
+            // so, up to three times: seen in every local CI run after the full test
+            // suite (a row or two per run), never with the bench alone. Why is an
+            // open question for the speed issue.
+            let ours = (0..3)
+                .find_map(|attempt| {
+                    if attempt > 0 {
+                        println!(
+                            "({label} row with {receivers} receivers: not every host joined; run again)"
+                        );
+                    }
                     qsm_run(place, receivers, objects, size, messages)
                 })
                 .unwrap_or_else(|| {
-                    panic!("{label}: not every host joined, twice ({receivers} receivers)")
+                    panic!("{label}: not every host joined in 3 attempts ({receivers} receivers)")
                 });
             let raw = raw_run(place, receivers, size, 1, messages);
             let per = (datagram / (size + 24)).max(1);
