@@ -191,8 +191,8 @@ pub enum Message<Id> {
         /// Highest gseq received contiguously.
         received: u64,
     },
-    /// The sequencer cannot give a joiner its state (the replica's snapshot failed,
-    /// or the object was stopped on that member): the join is over.
+    /// The sequencer cannot give a joiner its state (the replica's snapshot failed
+    /// in a way every replica would): the join is over.
     JoinRefused {
         /// Why, for the joiner's user (at most [`MAX_REFUSAL_BYTES`]).
         reason: String,
@@ -458,9 +458,9 @@ impl<Id: MemberId> MeshCore<Id> {
         self.transmits.push_back((cut.for_member, message));
     }
 
-    /// The replica could not take the snapshot requested for `cut` (it failed,
-    /// or the object was stopped here): tell the joiner its join is over, with
-    /// `reason`, and order a view without it. The group carries on.
+    /// The replica could not take the snapshot requested for `cut`: tell the
+    /// joiner its join is over, with `reason`, and order a view without it. The
+    /// group carries on.
     ///
     /// Call it only for failures every replica would meet (fuel, a trap): a
     /// failure of this member alone (its deadline, its quarantine) should leave
@@ -488,19 +488,7 @@ impl<Id: MemberId> MeshCore<Id> {
         }
         self.transmits
             .push_back((joiner.clone(), Message::JoinRefused { reason }));
-        {
-            let view = View {
-                id: self.max_view_seen.saturating_add(1),
-                members: self
-                    .view
-                    .members
-                    .iter()
-                    .filter(|m| **m != joiner)
-                    .cloned()
-                    .collect(),
-            };
-            self.order(Item::View(view));
-        }
+        self.order_view_without(|m| *m == joiner);
     }
 
     fn request_snapshot(&mut self, for_member: Id) {
@@ -770,17 +758,25 @@ impl<Id: MemberId> MeshCore<Id> {
         if !self.is_sequencer() {
             return;
         }
-        let survivors: Vec<Id> = self
+        // A copy: ordering the view installs it, which updates `suspected`.
+        let suspected = self.suspected.clone();
+        self.order_view_without(|m| suspected.contains(m));
+    }
+
+    /// Order the next view: the current one without the members `leaving` picks
+    /// (nothing if it picks none).
+    fn order_view_without(&mut self, leaving: impl Fn(&Id) -> bool) {
+        let members: Vec<Id> = self
             .view
             .members
             .iter()
-            .filter(|m| !self.suspected.contains(*m))
+            .filter(|m| !leaving(m))
             .cloned()
             .collect();
-        if survivors.len() != self.view.members.len() {
+        if members.len() != self.view.members.len() {
             let view = View {
                 id: self.max_view_seen.saturating_add(1),
-                members: survivors,
+                members,
             };
             self.order(Item::View(view));
         }
@@ -1327,6 +1323,14 @@ mod tests {
         }
     }
 
+    /// The next snapshot `core` asks its replica for, if any.
+    fn snapshot_request(core: &mut MeshCore<u32>) -> Option<Cut<u32>> {
+        std::iter::from_fn(|| core.poll_output()).find_map(|o| match o {
+            Output::TakeSnapshot(cut) => Some(cut),
+            _ => None,
+        })
+    }
+
     /// A lone member needs no timer and keeps no log; a joiner's request wakes it.
     #[test]
     fn a_lone_member_sleeps_and_forgets_what_it_delivered() {
@@ -1360,12 +1364,7 @@ mod tests {
         let mut member = MeshCore::found(1u32, Config::default(), 0);
         let mut joiner = MeshCore::join(2u32, 1, Config::default(), 0);
         exchange(&mut member, &mut joiner, 0);
-        let first = std::iter::from_fn(|| member.poll_output())
-            .find_map(|o| match o {
-                Output::TakeSnapshot(cut) => Some(cut),
-                _ => None,
-            })
-            .unwrap();
+        let first = snapshot_request(&mut member).unwrap();
         // A retry arrives while the first snapshot is taken: no second snapshot.
         member.handle_message(1, 2, Message::JoinRequest);
         assert!(
@@ -1375,11 +1374,7 @@ mod tests {
         member.snapshot_taken(first, b"state".to_vec());
         // A retry that crossed the State asks again; that snapshot fails.
         member.handle_message(2, 2, Message::JoinRequest);
-        let second = std::iter::from_fn(|| member.poll_output())
-            .find_map(|o| match o {
-                Output::TakeSnapshot(cut) => Some(cut),
-                _ => None,
-            })
+        let second = snapshot_request(&mut member)
             .expect("a retry after the state was sent gets a fresh snapshot");
         member.snapshot_failed(second, "object x: out of fuel");
         exchange(&mut member, &mut joiner, 3);
@@ -1394,12 +1389,7 @@ mod tests {
         let mut member = MeshCore::found(1u32, Config::default(), 0);
         let mut joiner = MeshCore::join(2u32, 1, Config::default(), 0);
         exchange(&mut member, &mut joiner, 0);
-        let cut = std::iter::from_fn(|| member.poll_output())
-            .find_map(|o| match o {
-                Output::TakeSnapshot(cut) => Some(cut),
-                _ => None,
-            })
-            .expect("a snapshot is requested for the joiner");
+        let cut = snapshot_request(&mut member).expect("a snapshot is requested for the joiner");
         assert_eq!(member.view().members, [1, 2]);
         let long = "x".repeat(MAX_REFUSAL_BYTES * 2);
         member.snapshot_failed(cut, &format!("object hostile: out of fuel {long}"));

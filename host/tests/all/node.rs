@@ -58,6 +58,18 @@ fn count(home: &Home, n: usize) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// The chat room's last `limit` messages at node `n`.
+fn history(home: &Home, n: usize, limit: usize) -> String {
+    home.ok(&[
+        "call",
+        ROOM,
+        "history",
+        &limit.to_string(),
+        "--control",
+        &control(home, n),
+    ])
+}
+
 fn members(home: &Home, n: usize) -> usize {
     let out = home.run(&["status", "--control", &control(home, n)]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -153,16 +165,7 @@ fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
     eventually(20, "15 messages everywhere", || {
         (1..=3).all(|n| count(&home, n) == Some(15))
     });
-    let history = |n: usize| {
-        home.ok(&[
-            "call",
-            ROOM,
-            "history",
-            "100",
-            "--control",
-            &control(&home, n),
-        ])
-    };
+    let history = |n: usize| history(&home, n, 100);
     assert_eq!(history(1), history(2));
     assert_eq!(history(1), history(3));
 
@@ -596,16 +599,7 @@ fn a_chain_reaction_is_quarantined_and_the_chat_beside_it_loses_nothing() {
     eventually(20, "every post everywhere", || {
         (1..=3).all(|n| count(&home, n) == Some(posts))
     });
-    let history = |n: usize| {
-        home.ok(&[
-            "call",
-            ROOM,
-            "history",
-            "1000",
-            "--control",
-            &control(&home, n),
-        ])
-    };
+    let history = |n: usize| history(&home, n, 1000);
     assert_eq!(history(1), history(2));
     assert_eq!(history(1), history(3));
 }
