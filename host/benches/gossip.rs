@@ -13,9 +13,9 @@
 //!
 //! Run: `cargo bench -p liveobjects-host --bench gossip` (`-- --quick` for a short run).
 
-use liveobjects_host::gossip::sim::{Network, Simulation};
 use liveobjects_host::gossip::{Event, GossipConfig};
 use liveobjects_host::runtime::{Runtime, RuntimeConfig, SharedAggregate};
+use liveobjects_protocols::gossip::sim::{Network, Simulation};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
@@ -72,7 +72,7 @@ fn convergence(runtime: &Runtime, hosts: usize, seed: u64) -> Convergence {
         if sim
             .live()
             .iter()
-            .all(|&i| sim.node(i).unwrap().current("max").map(|e| e.value) == Some(1e9))
+            .all(|&i| sim.node_mut(i).unwrap().current("max").map(|e| e.value) == Some(1e9))
         {
             rumour_rounds = r;
             break;
@@ -89,9 +89,11 @@ fn convergence(runtime: &Runtime, hosts: usize, seed: u64) -> Convergence {
 
     // Census: rounds into an epoch until every host's current state gives the
     // final value of that epoch.
-    let epoch_of = |sim: &Simulation| sim.node(0).unwrap().current("census").unwrap().epoch;
-    let start_epoch = epoch_of(&sim);
-    while epoch_of(&sim) == start_epoch {
+    let epoch_of = |sim: &mut Simulation<SharedAggregate>| {
+        sim.node_mut(0).unwrap().current("census").unwrap().epoch
+    };
+    let start_epoch = epoch_of(&mut sim);
+    while epoch_of(&mut sim) == start_epoch {
         sim.run_for(round);
     }
     let mut census_rounds = 0;
@@ -102,7 +104,7 @@ fn convergence(runtime: &Runtime, hosts: usize, seed: u64) -> Convergence {
             .live()
             .iter()
             .map(|&i| {
-                sim.node(i)
+                sim.node_mut(i)
                     .unwrap()
                     .current("census")
                     .unwrap()
@@ -146,7 +148,7 @@ struct Detection {
 fn detection(hosts: usize, swim: foca::Config, loss: f64, seed: u64) -> Detection {
     let mut config = GossipConfig::lan(hosts as u32);
     config.swim = Some(swim);
-    let mut sim = Simulation::new(
+    let mut sim = Simulation::<SharedAggregate>::new(
         seed,
         config,
         Network {

@@ -1,7 +1,7 @@
 //! The one `Driver` trait: how the node, the join protocol and the CLI use every
 //! communication driver without naming any.
 //!
-//! A driver (its own folder: `mesh/`, `qsm/`, `vsync/`) declares what it provides
+//! A driver (its own folder: `mesh/`, `qsm/`, `vsync/`, `gossip/`) declares what it provides
 //! ([`DriverInfo`], matched against an object's type before anything else
 //! happens), joins objects from a verified, checked and authorized record
 //! ([`Driver::join`]), leaves them, and reports its state as data. A joined object
@@ -45,8 +45,6 @@ pub struct DriverInfo {
     pub summary: &'static str,
     /// What `lo status` calls the member that orders a group's events.
     pub orderer: &'static str,
-    /// Whether `lo node` joins its objects (gossip aggregates run in `lo gossip`).
-    pub node_hosted: bool,
     /// Checks the driver's options in a record (at publish and at join).
     pub check_options: fn(&liveobjects_directory::record::ObjectRecord) -> Result<(), String>,
 }
@@ -75,7 +73,6 @@ pub const DRIVERS: &[DriverInfo] = &[
         ],
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
         orderer: "sequencer",
-        node_hosted: true,
         check_options: no_options,
     },
     DriverInfo {
@@ -93,7 +90,6 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "IP multicast per region, token-ring repair, rate-based flow control; \
                   many objects per host, LAN scale",
         orderer: "sequencer",
-        node_hosted: true,
         check_options: qsm_options,
     },
     DriverInfo {
@@ -112,7 +108,6 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "consensus (Raft) on views and order; durable objects survive a crash \
                   of every member; transactions commit everywhere or nowhere",
         orderer: "leader",
-        node_hosted: true,
         check_options: no_options,
     },
     DriverInfo {
@@ -123,9 +118,8 @@ pub const DRIVERS: &[DriverInfo] = &[
         security: Security::Open,
         categories: &[Category::GossipAggregate],
         summary: "SWIM membership, Cyclon peer sampling, push-pull aggregates over UDP; \
-                  run with `lo gossip`",
+                  on a node with `lo node --gossip ADDR`, or alone with `lo gossip`",
         orderer: "sequencer",
-        node_hosted: false,
         check_options: no_options,
     },
 ];
@@ -157,20 +151,34 @@ pub struct ObjectReport {
     pub queued: Option<(u64, u64)>,
     /// Whether the executor is holding it back right now (over a budget).
     pub throttled: bool,
+    /// What the object reports beyond its state, if anything (a gossip
+    /// aggregate's last estimate).
+    pub value: Option<String>,
 }
 
 impl ObjectReport {
     /// A report from a driver's group status plus the executor's metrics.
     pub fn from_status(status: &GroupStatus, metrics: &crate::executor::ObjectMetrics) -> Self {
+        let members = status
+            .members
+            .iter()
+            .map(|p| format!("{}@{}", p.key.short(), p.addr))
+            .collect();
         ObjectReport {
-            members: status
-                .members
-                .iter()
-                .map(|p| format!("{}@{}", p.key.short(), p.addr))
-                .collect(),
             sequencer: status.sequencer,
             member: status.member,
             events_applied: metrics.events_applied.max(status.events_applied),
+            ..Self::from_metrics(members, metrics)
+        }
+    }
+
+    /// A report of a member (ordering nothing) from the executor's metrics.
+    pub fn from_metrics(members: Vec<String>, metrics: &crate::executor::ObjectMetrics) -> Self {
+        ObjectReport {
+            members,
+            sequencer: false,
+            member: true,
+            events_applied: metrics.events_applied,
             state_bytes: metrics.state_bytes,
             state_digest: if metrics.state_digest.is_empty() {
                 "(not yet taken)".to_string()
@@ -180,6 +188,7 @@ impl ObjectReport {
             quarantined: metrics.quarantined.clone(),
             queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
             throttled: metrics.throttled,
+            value: None,
         }
     }
 }
@@ -240,12 +249,26 @@ pub trait Driver: Send + Sync {
     fn report(&self) -> BoxFuture<'_, Vec<String>>;
 }
 
+/// A driver that finds other hosts (gossip): the node publishes its *card* (its
+/// address and objects) through it, and asks it for other hosts' cards when none
+/// of the seeds a record lists answers.
+pub trait Discovery: Send + Sync {
+    /// Largest card it carries.
+    fn max_card(&self) -> usize;
+    /// Publish this node's card.
+    fn publish_card(&self, card: Vec<u8>) -> BoxFuture<'_, ()>;
+    /// Cards of up to `limit` live hosts, as they answer within `wait`.
+    fn cards(&self, limit: usize, wait: std::time::Duration) -> BoxFuture<'_, Vec<Vec<u8>>>;
+}
+
 /// A node's drivers, one per name, and the address it is known by.
 pub struct NodeDrivers {
     /// This node's identity and main contact address (what its gossip card says).
     pub me: Peer,
     /// The drivers, in the order `lo status` reports them.
     pub drivers: Vec<Arc<dyn Driver>>,
+    /// How the node finds other hosts, if a driver provides it.
+    pub discovery: Option<Arc<dyn Discovery>>,
     /// Lines to print once the node is up (addresses tests and scripts read).
     pub banner: Vec<String>,
 }
@@ -269,26 +292,40 @@ pub struct DriverArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub qsm: crate::qsm::node_driver::QsmArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub gossip: crate::gossip::node_driver::GossipArgs,
 }
 
 impl DriverArgs {
     /// Start every driver (inside a tokio runtime) as `identity`, keeping durable
-    /// state under `data_dir`. Adding a driver means its folder, its settings
-    /// above and one line here.
-    pub fn start(
+    /// state under `data_dir` and objects on `runtime`. Adding a driver means its
+    /// folder, its settings above and one line here.
+    pub async fn start(
         &self,
         identity: &liveobjects_directory::keys::Identity,
         data_dir: &std::path::Path,
+        runtime: &Arc<Runtime>,
     ) -> Result<NodeDrivers, String> {
         let mesh = crate::mesh::node_driver::MeshDriver::start(identity, &self.mesh)?;
         let vsync = crate::vsync::node_driver::VsyncDriver::start(identity, &self.vsync, data_dir)?;
         let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm);
+        let gossip = crate::gossip::node_driver::GossipDriver::start(&self.gossip, runtime).await?;
         let me = mesh.me();
         let mut banner = vec![format!("node listening on {} key {}", me.addr, me.key)];
         banner.extend(vsync.banner());
+        let mut drivers: Vec<Arc<dyn Driver>> =
+            vec![Arc::new(mesh), Arc::new(vsync), Arc::new(qsm)];
+        let mut discovery = None;
+        if let Some(gossip) = gossip {
+            banner.push(format!("gossip on {}", gossip.addr()));
+            discovery = Some(gossip.discovery());
+            drivers.push(Arc::new(gossip));
+        }
         Ok(NodeDrivers {
             me,
-            drivers: vec![Arc::new(mesh), Arc::new(vsync), Arc::new(qsm)],
+            drivers,
+            discovery,
             banner,
         })
     }

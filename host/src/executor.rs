@@ -28,7 +28,7 @@
 //!   the object goes idle after applying events (at most every
 //!   [`DIGEST_INTERVAL`], or 20 snapshot-times for objects with large state).
 
-use crate::runtime::{Replica, ReplicaError};
+use crate::runtime::{Replica, ReplicaError, ReplicaStats};
 use serde::{Deserialize, Serialize};
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,9 +151,42 @@ impl Default for ExecutorConfig {
     }
 }
 
-/// A unit of work for one object. It is called exactly once: with the replica, or
-/// with the reason the object cannot run (quarantined), so every reply is answered.
-pub type Job = Box<dyn FnOnce(Result<&mut Replica, ReplicaError>) + Send>;
+/// A unit of work for one object. It is called exactly once: with the replica (or
+/// whatever the object is, `H`), or with the reason the object cannot run
+/// (quarantined), so every reply is answered.
+pub type Job<H = Replica> = Box<dyn FnOnce(Result<&mut H, ReplicaError>) + Send>;
+
+/// What the executor runs for an object: a replica, or a gossip aggregate
+/// (`crate::gossip::node_driver`). Everything it runs is charged to the object's
+/// budgets from these counters.
+pub trait Hosted: Send + 'static {
+    /// The object's name.
+    fn object_name(&self) -> &str;
+    /// Its counters now (multicasts originated, events applied, state changes).
+    fn usage(&self) -> ReplicaStats;
+    /// Why it can no longer run, if it cannot: it is quarantined then.
+    fn out_of_service(&self) -> Option<&str>;
+    /// The bytes whose digest `lo status` shows (a replica's snapshot).
+    fn digest_bytes(&mut self) -> Result<Vec<u8>, String>;
+}
+
+impl Hosted for Replica {
+    fn object_name(&self) -> &str {
+        &self.identity().object
+    }
+
+    fn usage(&self) -> ReplicaStats {
+        self.stats()
+    }
+
+    fn out_of_service(&self) -> Option<&str> {
+        Replica::out_of_service(self)
+    }
+
+    fn digest_bytes(&mut self) -> Result<Vec<u8>, String> {
+        self.snapshot().map_err(|e| e.to_string())
+    }
+}
 
 /// What the executor publishes about one object, readable at any time without
 /// waiting on it.
@@ -299,8 +332,8 @@ fn group(n: f64) -> String {
     out
 }
 
-struct Mailbox {
-    jobs: VecDeque<(usize, Job)>,
+struct Mailbox<H> {
+    jobs: VecDeque<(usize, Job<H>)>,
     bytes: usize,
     /// In the ready queue, the timer heap, or running on a worker.
     scheduled: bool,
@@ -310,11 +343,11 @@ struct Mailbox {
 type QuarantineHook = Box<dyn FnOnce(String) + Send>;
 
 /// One object on the executor.
-struct Cell {
+struct Cell<H> {
     name: String,
-    mailbox: Mutex<Mailbox>,
+    mailbox: Mutex<Mailbox<H>>,
     /// Held only by the worker running the object (one at a time: `scheduled`).
-    replica: Mutex<Option<Replica>>,
+    replica: Mutex<Option<H>>,
     meter: Mutex<Meter>,
     metrics: Mutex<ObjectMetrics>,
     /// The object ended on this node (quarantined, left, or the executor
@@ -333,12 +366,38 @@ struct Cell {
 struct Timed {
     at: Instant,
     seq: u64,
-    cell: Arc<Cell>,
+    cell: Runnable,
     /// A digest wake-up of an idle object: it does not hold the object's
     /// `scheduled` claim, so a job arriving meanwhile schedules it at once; when it
     /// fires it claims the object only if nothing else did.
     claim: bool,
 }
+
+/// A cell as the queues see it, whatever it hosts.
+trait Schedulable: Send + Sync {
+    /// Run a slice on this worker.
+    fn run(self: Arc<Self>, shared: &Shared);
+    /// End it because the executor stopped.
+    fn stop(&self);
+    /// Mark it scheduled; returns whether it already was.
+    fn claim(&self) -> bool;
+}
+
+impl<H: Hosted> Schedulable for Cell<H> {
+    fn run(self: Arc<Self>, shared: &Shared) {
+        run_slice(shared, self);
+    }
+
+    fn stop(&self) {
+        end(self, STOPPED.to_string(), Ending::Left);
+    }
+
+    fn claim(&self) -> bool {
+        std::mem::replace(&mut lock(&self.mailbox).scheduled, true)
+    }
+}
+
+type Runnable = Arc<dyn Schedulable>;
 
 impl PartialEq for Timed {
     fn eq(&self, other: &Self) -> bool {
@@ -360,7 +419,7 @@ impl Ord for Timed {
 
 #[derive(Default)]
 struct Queues {
-    ready: VecDeque<Arc<Cell>>,
+    ready: VecDeque<Runnable>,
     timed: BinaryHeap<Timed>,
     seq: u64,
     stop: bool,
@@ -417,15 +476,15 @@ impl Executor {
     /// Put `replica` (already initialised, or to be initialised by the first job)
     /// on the executor under `budgets`. `on_quarantine` is called once, from a
     /// worker, if the object is quarantined.
-    pub fn spawn(
+    pub fn spawn<H: Hosted>(
         &self,
-        replica: Replica,
+        replica: H,
         budgets: &Budgets,
         on_quarantine: impl FnOnce(String) + Send + 'static,
-    ) -> ObjectRef {
+    ) -> ObjectRef<H> {
         self.shared.objects.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(Cell {
-            name: replica.identity().object.clone(),
+            name: replica.object_name().to_string(),
             mailbox: Mutex::new(Mailbox {
                 jobs: VecDeque::new(),
                 bytes: 0,
@@ -455,16 +514,16 @@ impl Drop for Executor {
     /// job (openraft's apply, a call) must not wait forever on a node that is
     /// shutting down.
     fn drop(&mut self) {
-        let waiting: Vec<Arc<Cell>> = {
+        let waiting: Vec<Runnable> = {
             let mut q = lock(&self.shared.queues);
             q.stop = true;
-            let mut cells: Vec<Arc<Cell>> = q.ready.drain(..).collect();
+            let mut cells: Vec<Runnable> = q.ready.drain(..).collect();
             cells.extend(q.timed.drain().map(|t| t.cell));
             cells
         };
         self.shared.wake.notify_all();
         for cell in waiting {
-            end(&cell, STOPPED.to_string(), Ending::Left);
+            cell.stop();
         }
     }
 }
@@ -474,22 +533,30 @@ const STOPPED: &str = "the node's object executor has stopped";
 
 /// A job the mailbox refused because it is full; submit it again after
 /// [`ObjectRef::credit`].
-pub struct Full(pub Job);
+pub struct Full<H = Replica>(pub Job<H>);
 
-impl std::fmt::Debug for Full {
+impl<H> std::fmt::Debug for Full<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Full(..)")
     }
 }
 
 /// A handle on one object on the executor: submit work, read its metrics.
-#[derive(Clone)]
-pub struct ObjectRef {
-    cell: Arc<Cell>,
+pub struct ObjectRef<H = Replica> {
+    cell: Arc<Cell<H>>,
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for ObjectRef {
+impl<H> Clone for ObjectRef<H> {
+    fn clone(&self) -> Self {
+        ObjectRef {
+            cell: self.cell.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for ObjectRef<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectRef")
             .field("object", &self.cell.name)
@@ -497,11 +564,11 @@ impl std::fmt::Debug for ObjectRef {
     }
 }
 
-impl ObjectRef {
+impl<H: Hosted> ObjectRef<H> {
     /// Queue `job`, which holds about `bytes` bytes (its event, its arguments). An
     /// empty mailbox always takes one job, whatever its size. A quarantined object's
     /// job is answered at once, on this thread.
-    pub fn submit(&self, bytes: usize, job: Job) -> Result<(), Full> {
+    pub fn submit(&self, bytes: usize, job: Job<H>) -> Result<(), Full<H>> {
         let schedule = {
             let mut mailbox = lock(&self.cell.mailbox);
             // Checked under the mailbox lock: `quarantine` sets the flag before it
@@ -529,7 +596,7 @@ impl ObjectRef {
     }
 
     /// Queue `job`; if the mailbox is full, wait for credit and try again.
-    pub async fn submit_waiting(&self, bytes: usize, mut job: Job) {
+    pub async fn submit_waiting(&self, bytes: usize, mut job: Job<H>) {
         loop {
             let credit = self.cell.credit.notified();
             tokio::pin!(credit);
@@ -580,7 +647,7 @@ impl ObjectRef {
     }
 }
 
-impl Drop for Cell {
+impl<H> Drop for Cell<H> {
     fn drop(&mut self) {
         // Answer whatever is still queued (a handle dropped with work pending).
         let jobs = std::mem::take(&mut lock(&self.mailbox).jobs);
@@ -598,11 +665,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn push_ready(shared: &Shared, cell: Arc<Cell>) {
+fn push_ready(shared: &Shared, cell: Runnable) {
     let mut q = lock(&shared.queues);
     if q.stop {
         drop(q);
-        end(&cell, STOPPED.to_string(), Ending::Left);
+        cell.stop();
         return;
     }
     q.ready.push_back(cell);
@@ -610,11 +677,11 @@ fn push_ready(shared: &Shared, cell: Arc<Cell>) {
     shared.wake.notify_one();
 }
 
-fn push_timed(shared: &Shared, cell: Arc<Cell>, at: Instant, claim: bool) {
+fn push_timed(shared: &Shared, cell: Runnable, at: Instant, claim: bool) {
     let mut q = lock(&shared.queues);
     if q.stop {
         drop(q);
-        end(&cell, STOPPED.to_string(), Ending::Left);
+        cell.stop();
         return;
     }
     q.seq += 1;
@@ -640,7 +707,7 @@ fn worker(shared: &Shared) {
                 let now = Instant::now();
                 while q.timed.peek().is_some_and(|t| t.at <= now) {
                     let t = q.timed.pop().expect("peeked");
-                    if t.claim && std::mem::replace(&mut lock(&t.cell.mailbox).scheduled, true) {
+                    if t.claim && t.cell.claim() {
                         // Already scheduled by a job; that run refreshes the digest.
                         continue;
                     }
@@ -661,14 +728,14 @@ fn worker(shared: &Shared) {
                 };
             }
         };
-        run_slice(shared, cell);
+        cell.run(shared);
     }
 }
 
 /// Run one object for a slice, then reschedule it: at the tail of the ready queue
 /// if it has more work, on the timer heap if it is throttled or its digest is due,
 /// or not at all if it is idle.
-fn run_slice(shared: &Shared, cell: Arc<Cell>) {
+fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
     let started = Instant::now();
     let mut ran = 0;
     let mut replica_slot = lock(&cell.replica);
@@ -704,11 +771,11 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
             )));
             continue;
         };
-        let before = replica.stats();
+        let before = replica.usage();
         let t0 = Instant::now();
         job(Ok(replica));
         let used = t0.elapsed();
-        let after = replica.stats();
+        let after = replica.usage();
         let broken = replica.out_of_service().map(str::to_string);
         charge(&cell, before, after, used);
         if let Some(reason) = broken {
@@ -768,9 +835,9 @@ fn run_slice(shared: &Shared, cell: Arc<Cell>) {
     }
 }
 
-fn refresh_digest(cell: &Cell, replica: &mut Replica) {
+fn refresh_digest<H: Hosted>(cell: &Cell<H>, replica: &mut H) {
     let t0 = Instant::now();
-    match replica.snapshot() {
+    match replica.digest_bytes() {
         Ok(snapshot) => {
             let took = t0.elapsed();
             *lock(&cell.last_digest) = (Instant::now(), took);
@@ -789,12 +856,7 @@ fn refresh_digest(cell: &Cell, replica: &mut Replica) {
 }
 
 /// Charge one job's use to the object's budgets and publish its counters.
-fn charge(
-    cell: &Cell,
-    before: crate::runtime::ReplicaStats,
-    after: crate::runtime::ReplicaStats,
-    used: Duration,
-) {
+fn charge<H>(cell: &Cell<H>, before: ReplicaStats, after: ReplicaStats, used: Duration) {
     let calls = after.multicasts_from_calls - before.multicasts_from_calls;
     let events = after.multicasts_from_events - before.multicasts_from_events;
     let bytes = after.multicast_bytes - before.multicast_bytes;
@@ -820,7 +882,7 @@ fn charge(
 /// now. At the end of each window of `grace`, an object that was held back for at
 /// least half of it (one that asks for about twice its budget or more, without
 /// letting up) is quarantined; one that is merely busy is only slowed.
-fn throttle(cell: &Cell, now: Instant) -> Option<Duration> {
+fn throttle<H>(cell: &Cell<H>, now: Instant) -> Option<Duration> {
     let mut meter = lock(&cell.meter);
     meter.refill(now);
     if now.duration_since(meter.window_start) >= meter.grace {
@@ -858,7 +920,7 @@ enum Ending {
     Left,
 }
 
-fn end(cell: &Cell, reason: String, how: Ending) {
+fn end<H>(cell: &Cell<H>, reason: String, how: Ending) {
     // Flag, reason and an empty mailbox become visible together (mailbox lock, then
     // metrics lock, as everywhere): whoever sees the reason sees no queued work, and
     // `submit` (which checks the flag under the mailbox lock) never queues more.

@@ -295,7 +295,42 @@ pub struct Prepared {
     /// The verified record.
     pub verified: VerifiedRecord,
     /// The object's logic, compiled.
-    pub logic: std::sync::Arc<Logic>,
+    pub logic: PreparedLogic,
+}
+
+/// An object's compiled logic, by the world it implements.
+pub enum PreparedLogic {
+    /// A replicated object (`world object`).
+    Replica(std::sync::Arc<Logic>),
+    /// A gossip aggregate (`world aggregate-object`).
+    Aggregate(std::sync::Arc<AggregateLogic>),
+}
+
+impl Prepared {
+    /// The logic of a replicated object, or why `name` is not one.
+    pub fn replica_logic(&self, name: &str) -> Result<&std::sync::Arc<Logic>, JoinError> {
+        match &self.logic {
+            PreparedLogic::Replica(logic) => Ok(logic),
+            PreparedLogic::Aggregate(_) => Err(JoinError::Type {
+                name: name.to_string(),
+                reason: "it is a gossip aggregate, which only the gossip driver runs".into(),
+            }),
+        }
+    }
+
+    /// The logic of a gossip aggregate, or why `name` is not one.
+    pub fn aggregate_logic(
+        &self,
+        name: &str,
+    ) -> Result<&std::sync::Arc<AggregateLogic>, JoinError> {
+        match &self.logic {
+            PreparedLogic::Aggregate(logic) => Ok(logic),
+            PreparedLogic::Replica(_) => Err(JoinError::Type {
+                name: name.to_string(),
+                reason: "it is not a gossip aggregate".into(),
+            }),
+        }
+    }
 }
 
 /// Steps 1-4 of a join by `me`: resolve and verify `name`, check its type, check
@@ -313,12 +348,6 @@ pub async fn prepare(
         name: name.to_string(),
         reason,
     })?;
-    if !driver(&record.driver.name).is_some_and(|d| d.node_hosted) {
-        return Err(JoinError::Type {
-            name: name.to_string(),
-            reason: "it is a gossip aggregate; run it with `lo gossip --object NAME`".into(),
-        });
-    }
     Grant::check(
         &record.policy,
         name,
@@ -331,7 +360,11 @@ pub async fn prepare(
         reason,
     })?;
     let bytes = resolver.fetch_logic(&verified).await?;
-    let logic = runtime.load_bytes(name, &bytes)?;
+    let logic = if verified.record.object_type.category == Category::GossipAggregate {
+        PreparedLogic::Aggregate(runtime.load_aggregate_bytes(name, &bytes)?)
+    } else {
+        PreparedLogic::Replica(runtime.load_bytes(name, &bytes)?)
+    };
     Ok(Prepared { verified, logic })
 }
 
@@ -385,7 +418,7 @@ pub async fn join_qsm(
     let budgets = budgets_for(runtime, name, &prepared.verified.record)?;
     let joining = qsm.join(
         runtime,
-        &prepared.logic,
+        prepared.replica_logic(name)?,
         name,
         options.grant.clone(),
         &budgets,
@@ -440,7 +473,7 @@ pub async fn join_mesh(
         });
     }
     let me = node.me().key;
-    let logic = &prepared.logic;
+    let logic = prepared.replica_logic(name)?;
     let admission = Admission {
         policy: record.policy.clone(),
         grant: options.grant.clone(),

@@ -9,8 +9,6 @@
 //! `Watch` request keeps its connection open and streams notices.
 
 use crate::driver::{JoinRequest, JoinedObject, NodeDrivers, ObjectReport};
-use crate::gossip::agent::GossipAgent;
-use crate::gossip::core::MAX_CARD;
 use crate::group::GroupNotice;
 use crate::join::{JoinError, JoinOptions, prepare};
 use crate::mesh::net::Peer;
@@ -27,17 +25,6 @@ use tokio::sync::Mutex;
 /// Largest control message.
 const MAX_CONTROL_BYTES: usize = 16 << 20;
 
-/// The node's gossip agent, as `lo status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GossipSummary {
-    /// Its UDP address.
-    pub addr: String,
-    /// Other hosts SWIM considers alive.
-    pub members: usize,
-    /// The last finished census of live hosts, if one finished.
-    pub census: Option<f64>,
-}
-
 /// What a node publishes on its gossip card: where its mesh listens and which
 /// objects it hosts. Another node that cannot reach any seed a record lists asks
 /// live gossip hosts for their cards and tries the ones hosting the object. A card
@@ -52,12 +39,12 @@ pub struct NodeCard {
 }
 
 impl NodeCard {
-    /// Encode, dropping objects from the end until the card fits [`MAX_CARD`].
-    pub fn encode(&self) -> Vec<u8> {
+    /// Encode, dropping objects from the end until the card fits `max_card` bytes.
+    pub fn encode(&self, max_card: usize) -> Vec<u8> {
         let mut card = self.clone();
         loop {
             let bytes = postcard::to_allocvec(&card).expect("encoding to a Vec cannot fail");
-            if bytes.len() <= MAX_CARD || card.objects.is_empty() {
+            if bytes.len() <= max_card || card.objects.is_empty() {
                 return bytes;
             }
             card.objects.pop();
@@ -151,8 +138,6 @@ pub enum ControlResponse {
         addr: String,
         /// Its objects.
         objects: Vec<ObjectStatus>,
-        /// Its gossip agent, if it runs one.
-        gossip: Option<GossipSummary>,
         /// Each driver's own report.
         drivers: Vec<DriverStatus>,
     },
@@ -216,25 +201,17 @@ pub struct Node {
     objects: Mutex<BTreeMap<String, Joined>>,
     /// Names with a join in progress (so two joins of one name cannot race).
     joining: Mutex<std::collections::BTreeSet<String>>,
-    gossip: Option<GossipAgent>,
 }
 
 impl Node {
-    /// A daemon over started drivers, with a gossip agent for discovery if
-    /// `gossip` is given.
-    pub fn new(
-        drivers: NodeDrivers,
-        runtime: Arc<Runtime>,
-        resolver: Resolver,
-        gossip: Option<GossipAgent>,
-    ) -> Arc<Self> {
+    /// A daemon over started drivers (and their discovery, if one provides it).
+    pub fn new(drivers: NodeDrivers, runtime: Arc<Runtime>, resolver: Resolver) -> Arc<Self> {
         Arc::new(Node {
             drivers,
             runtime,
             resolver,
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
-            gossip,
         })
     }
 
@@ -245,28 +222,30 @@ impl Node {
 
     /// Publish this node's card (mesh address, joined objects) on gossip.
     async fn publish_card(&self) {
-        let Some(gossip) = &self.gossip else {
+        let Some(discovery) = &self.drivers.discovery else {
             return;
         };
         let card = NodeCard {
             mesh: self.drivers.me,
             objects: self.objects.lock().await.keys().cloned().collect(),
         };
-        gossip.set_card(card.encode()).await;
+        discovery
+            .publish_card(card.encode(discovery.max_card()))
+            .await;
     }
 
     /// Members of `name` that gossip knows of: live hosts whose card lists it.
     async fn discover(&self, name: &str) -> Vec<Peer> {
-        let Some(gossip) = &self.gossip else {
+        let Some(discovery) = &self.drivers.discovery else {
             return Vec::new();
         };
         let me = self.drivers.me.key;
         for _ in 0..DISCOVERY_ATTEMPTS {
-            let mut members: Vec<Peer> = gossip
+            let mut members: Vec<Peer> = discovery
                 .cards(DISCOVERY_HOSTS, DISCOVERY_WAIT)
                 .await
                 .into_iter()
-                .filter_map(|(_, bytes)| postcard::from_bytes::<NodeCard>(&bytes).ok())
+                .filter_map(|bytes| postcard::from_bytes::<NodeCard>(&bytes).ok())
                 .filter(|card| card.mesh.key != me && card.objects.iter().any(|o| o == name))
                 .map(|card| card.mesh)
                 .collect();
@@ -383,14 +362,6 @@ impl Node {
                 for (name, group) in joined {
                     objects.push(object_status(name, &group).await);
                 }
-                let gossip = match &self.gossip {
-                    Some(agent) => agent.status().await.map(|status| GossipSummary {
-                        addr: status.addr.to_string(),
-                        members: status.members,
-                        census: status.estimates.get("census").map(|e| e.value),
-                    }),
-                    None => None,
-                };
                 let mut drivers = Vec::new();
                 for driver in &self.drivers.drivers {
                     let name = driver.info().name.to_string();
@@ -412,7 +383,6 @@ impl Node {
                     key: self.drivers.me.key.to_string(),
                     addr: self.drivers.me.addr.to_string(),
                     objects,
-                    gossip,
                     drivers,
                 }
             }
@@ -456,11 +426,12 @@ impl Node {
         // The record's seeds first; if none answers, members gossip knows of; only
         // then found the group (founding while members exist elsewhere would split
         // the object in two).
-        options.found_if_alone = found_if_alone && self.gossip.is_none();
+        let discovery = self.drivers.discovery.is_some();
+        options.found_if_alone = found_if_alone && !discovery;
         let mut result = driver
             .join(self.join_request(&name, &prepared, &options))
             .await;
-        if matches!(result, Err(JoinError::NoMembers { .. })) && self.gossip.is_some() {
+        if matches!(result, Err(JoinError::NoMembers { .. })) && discovery {
             options.extra_seeds = self.discover(&name).await;
             options.found_if_alone = found_if_alone;
             tracing::info!(

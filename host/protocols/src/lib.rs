@@ -7,7 +7,7 @@
 //!
 //! - [`mesh`]: small groups, total order through a sequencer, state transfer.
 //! - [`qsm`]: scalable reliable IP multicast over regions and token rings.
-//! - [`gossip`]: host identities and Cyclon peer sampling.
+//! - [`gossip`]: SWIM membership, Cyclon peer sampling and push-pull aggregates.
 
 pub mod gossip;
 pub mod mesh;

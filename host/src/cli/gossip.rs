@@ -3,15 +3,15 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::core::DomainSecret;
 use liveobjects_host::gossip::net::GossipSocket;
+use liveobjects_host::gossip::node_driver::boot_number;
 use liveobjects_host::gossip::{Event, GossipConfig, GossipNode, HostId};
 use liveobjects_host::join::{JoinError, resolve_aggregate};
 use liveobjects_host::runtime::{AggregateLogic, Runtime, SharedAggregate};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Arguments of `lo gossip`.
 #[derive(Args, Debug)]
@@ -56,7 +56,7 @@ pub struct GossipArgs {
     /// The gossip domain's shared secret (64 hex digits): every datagram is then
     /// authenticated, and only hosts with the secret take part. Without it anyone
     /// who can send UDP to this host can lie to it.
-    #[arg(long, env = "LO_GOSSIP_SECRET", value_name = "HEX", value_parser = parse_secret)]
+    #[arg(long, env = "LO_GOSSIP_SECRET", value_name = "HEX", value_parser = liveobjects_host::gossip::node_driver::parse_secret)]
     secret: Option<DomainSecret>,
     /// The directory to resolve lo:// objects with.
     #[command(flatten)]
@@ -207,62 +207,6 @@ pub fn gossip(runtime: Runtime, args: GossipArgs) -> Result<()> {
     })
 }
 
-/// Start the gossip agent of `lo node --gossip ADDR`: SWIM, the shipped census,
-/// and cards for discovery. Returns it with the address it is bound to.
-pub(super) async fn start_agent(
-    runtime: &Runtime,
-    listen: SocketAddr,
-    seeds: &[SocketAddr],
-    secret: Option<DomainSecret>,
-) -> Result<(GossipAgent, SocketAddr)> {
-    let bytes = liveobjects_objects::shipped("census")
-        .context("the census object is not shipped in this build")?;
-    let census = runtime
-        .load_aggregate_bytes("census", bytes)?
-        .instantiate()
-        .context("starting the census")?;
-    let socket = tokio::net::UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("cannot bind gossip UDP {listen}"))?;
-    let addr = socket.local_addr()?;
-    let now = Instant::now();
-    let boot = boot_number();
-    let mut config = GossipConfig::lan(16);
-    config.secret = secret;
-    let mut node = GossipNode::new(
-        HostId { addr, boot },
-        config,
-        boot ^ u64::from(addr.port()),
-        now,
-    );
-    node.add_aggregate("census", SharedAggregate::new(census), 1.0, now);
-    node.join(seeds, now);
-    let agent = GossipAgent::spawn(GossipSocket::new(socket, node), vec!["census".into()]);
-    Ok((agent, addr))
-}
-
-/// Parse a domain secret: 64 hex digits (32 bytes).
-pub(super) fn parse_secret(text: &str) -> Result<DomainSecret, String> {
-    let bytes =
-        hex::decode(text.trim()).map_err(|e| format!("a gossip secret is 64 hex digits: {e}"))?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
-        format!(
-            "a gossip secret is 32 bytes (64 hex digits), not {}",
-            b.len()
-        )
-    })
-}
-
-/// Milliseconds since the Unix epoch: grows across restarts, so a restarted host
-/// wins over its old identity.
-fn boot_number() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-        .max(1)
-}
-
 /// Resolve a published aggregate: verify its record, check it is a gossip
 /// aggregate, fetch and verify its logic. Returns it with the seeds its record
 /// lists (driver option `seeds=ADDR,...`).
@@ -313,8 +257,9 @@ fn report(json: bool, event: &Event) {
             serde_json::json!({"event": "estimate", "object": object, "epoch": epoch, "value": value}),
             &format!("{object:<8} epoch {epoch:>5}: {value:.3}"),
         ),
-        // Cards answer requests this command never makes.
-        Event::Card { .. } => {}
+        // Cards answer requests this command never makes, and it computes every
+        // aggregate itself (no shares are handed out).
+        Event::Card { .. } | Event::Share(_) => {}
         Event::AggregateFailed { object, error } => print_line(
             json,
             serde_json::json!({"event": "failed", "object": object, "error": error}),

@@ -9,7 +9,6 @@ use liveobjects_host::executor::Budgets;
 use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -78,22 +77,6 @@ pub struct NodeArgs {
     /// sandbox on demand instead.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_instances: u32,
-    /// Also gossip on this UDP address: the node then runs SWIM membership and the
-    /// census, publishes which objects it hosts, and finds members that way when
-    /// the seeds a record lists do not answer.
-    #[arg(long, value_name = "ADDR")]
-    gossip: Option<SocketAddr>,
-    /// Gossip hosts to join through (repeat or separate with commas).
-    #[arg(long = "gossip-seed", value_delimiter = ',', value_name = "ADDR")]
-    gossip_seeds: Vec<SocketAddr>,
-    /// The gossip domain's shared secret (64 hex digits; see `lo gossip --secret`).
-    #[arg(
-        long,
-        env = "LO_GOSSIP_SECRET",
-        value_name = "HEX",
-        value_parser = super::gossip::parse_secret
-    )]
-    gossip_secret: Option<liveobjects_host::gossip::core::DomainSecret>,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -142,9 +125,11 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
     let root = super::directory::root_key(&args.target)?;
     let control = args.control.path()?;
     super::tokio()?.block_on(async move {
+        let runtime = Arc::new(runtime);
         let drivers = args
             .drivers
-            .start(&identity, &super::data_dir()?)
+            .start(&identity, &super::data_dir()?, &runtime)
+            .await
             .map_err(anyhow::Error::msg)?;
         let client = Client::connect(args.target.directory).await?;
         // Each node identity keeps its own version memory (the CLI's, or another
@@ -153,27 +138,11 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
             &super::data_dir()?.join(format!("seen-versions-node-{}.redb", identity.public())),
         )?;
         let resolver = Resolver::new(client, root, Some(seen));
-        let runtime = Arc::new(runtime);
-        let gossip = match args.gossip {
-            Some(addr) => Some(
-                super::gossip::start_agent(&runtime, addr, &args.gossip_seeds, args.gossip_secret)
-                    .await?,
-            ),
-            None => None,
-        };
         let banner = drivers.banner.clone();
-        let node = Node::new(
-            drivers,
-            runtime,
-            resolver,
-            gossip.as_ref().map(|(agent, _)| agent.clone()),
-        );
+        let node = Node::new(drivers, runtime, resolver);
         let mut out = std::io::stdout();
         for line in &banner {
             let _ = writeln!(out, "{line}");
-        }
-        if let Some((_, addr)) = &gossip {
-            let _ = writeln!(out, "gossip on {addr}");
         }
         // Bound before it is announced: a script that waits for this line (the
         // process tests restart nodes and join at once) must find the socket.
@@ -298,7 +267,6 @@ pub fn status(args: StatusArgs) -> Result<()> {
         key,
         addr,
         objects,
-        gossip,
         drivers,
     } = expect(answer)?
     else {
@@ -309,16 +277,6 @@ pub fn status(args: StatusArgs) -> Result<()> {
         for line in &d.lines {
             println!("{line}");
         }
-    }
-    if let Some(g) = gossip {
-        println!(
-            "gossip {}  {} other live host(s)  census {}",
-            g.addr,
-            g.members,
-            g.census
-                .map(|c| format!("{c:.0}"))
-                .unwrap_or_else(|| "(first epoch running)".into())
-        );
     }
     if objects.is_empty() {
         println!("(no objects joined)");
@@ -344,6 +302,9 @@ pub fn status(args: StatusArgs) -> Result<()> {
             r.state_bytes,
             r.state_digest
         );
+        if let Some(value) = &r.value {
+            println!("    {value}");
+        }
         if let Some(reason) = &r.quarantined {
             println!("    quarantined: {reason}");
         } else if r.throttled {

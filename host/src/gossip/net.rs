@@ -1,6 +1,7 @@
 //! The thin tokio shell around [`GossipNode`]: one UDP socket, one timer.
 
-use super::core::{GossipNode, MAX_DATAGRAM};
+use super::GossipNode;
+use super::core::MAX_DATAGRAM;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;

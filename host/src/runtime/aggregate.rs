@@ -8,9 +8,10 @@
 //! from WASI random, which is seeded once per instance). Such a guest only skews
 //! its own aggregate; the sandbox limits still hold.
 //!
-//! Calls run on the gossip node's network path, so each gets at most
-//! [`MAX_AGGREGATE_FUEL`] fuel whatever the replica limit is: merging two sketches
-//! takes well under a million instructions.
+//! Each call gets at most [`MAX_AGGREGATE_FUEL`] fuel whatever the replica limit
+//! is: merging two sketches takes well under a million instructions. On a node
+//! (`lo node --gossip`) calls run on the object executor under the object's
+//! budgets; `lo gossip` and the simulator call them from the gossip node itself.
 
 use super::sandbox::{self, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail};
 use super::{Limits, LoadError, LogicHash};
@@ -360,5 +361,37 @@ impl SharedAggregate {
     /// [`AggregateInstance::estimate`] on the shared instance.
     pub fn estimate(&self, state: &[u8]) -> Result<f64, AggregateError> {
         self.instance().estimate(state)
+    }
+}
+
+impl liveobjects_protocols::gossip::core::AggregateCode for SharedAggregate {
+    type Error = AggregateError;
+
+    fn contribute(&mut self, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
+        SharedAggregate::contribute(self, input, seed)
+    }
+
+    fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, AggregateError> {
+        SharedAggregate::merge(self, a, b)
+    }
+
+    fn estimate(&mut self, state: &[u8]) -> Result<f64, AggregateError> {
+        SharedAggregate::estimate(self, state)
+    }
+}
+
+impl liveobjects_protocols::gossip::core::AggregateCode for AggregateInstance {
+    type Error = AggregateError;
+
+    fn contribute(&mut self, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
+        AggregateInstance::contribute(self, input, seed)
+    }
+
+    fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, AggregateError> {
+        AggregateInstance::merge(self, a, b)
+    }
+
+    fn estimate(&mut self, state: &[u8]) -> Result<f64, AggregateError> {
+        AggregateInstance::estimate(self, state)
     }
 }

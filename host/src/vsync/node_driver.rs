@@ -95,7 +95,7 @@ impl Driver for VsyncDriver {
                 .node
                 .join_with(
                     request.runtime,
-                    &request.prepared.logic,
+                    request.prepared.replica_logic(request.name)?,
                     request.name,
                     how,
                     &budgets,

@@ -9,9 +9,12 @@
 //!
 //! `GOSSIP_SEED=n` replays a run with another seed.
 
-use liveobjects_host::gossip::sim::{Network, Simulation};
 use liveobjects_host::gossip::{Event, GossipConfig};
 use liveobjects_host::runtime::{Runtime, RuntimeConfig, SharedAggregate};
+use liveobjects_protocols::gossip::sim::Network;
+
+/// The simulator, running the aggregates' real components.
+type Simulation = liveobjects_protocols::gossip::sim::Simulation<SharedAggregate>;
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 
@@ -169,7 +172,7 @@ fn rumour_rounds(scenario: &mut Scenario) -> u32 {
         let everyone = scenario.sim.live().iter().all(|&i| {
             scenario
                 .sim
-                .node(i)
+                .node_mut(i)
                 .unwrap()
                 .current("max")
                 .map(|e| e.value)

@@ -603,3 +603,199 @@ fn a_chain_reaction_is_quarantined_and_the_chat_beside_it_loses_nothing() {
     assert_eq!(history(1), history(2));
     assert_eq!(history(1), history(3));
 }
+
+const CENSUS: &str = "lo://acme/census";
+const LOOPING_AGGREGATE: &str = "lo://acme/hostile/looping-aggregate";
+const GREEDY_AGGREGATE: &str = "lo://acme/hostile/greedy-aggregate";
+
+/// The value `lo call NAME estimate` prints at node `n`, if an epoch finished.
+fn estimate(home: &Home, n: usize, name: &str) -> Option<f64> {
+    let out = home.run(&["call", name, "estimate", "--control", &control(home, n)]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn gossip_aggregates_join_on_nodes_and_run_on_the_executor_beside_a_looping_one() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let acme_key = home.path("acme.key");
+    let acme = acme_key.to_str().unwrap();
+    let at = |args: &[&str]| directory.args(args);
+    let run = |args: Vec<String>| home.ok_owned(args);
+    // The greedy one is the looping one under a record budget of 1 ms of CPU per
+    // second, which one stopped loop already exceeds many times over.
+    for (logic, name, options) in [
+        (liveobjects_objects::CENSUS, CENSUS, &[][..]),
+        (
+            liveobjects_objects::HOSTILE_AGGREGATE,
+            LOOPING_AGGREGATE,
+            &[],
+        ),
+        (
+            liveobjects_objects::HOSTILE_AGGREGATE,
+            GREEDY_AGGREGATE,
+            &["--driver-opt", "budget.cpu-ms=1"],
+        ),
+    ] {
+        let mut args = vec![
+            "publish",
+            logic,
+            "--name",
+            name,
+            "--driver",
+            "gossip",
+            "--category",
+            "gossip-aggregate",
+            "--reliability",
+            "best-effort",
+            "--key",
+            acme,
+        ];
+        args.extend(options);
+        run(at(&args));
+    }
+
+    // A node without gossip says which driver it lacks.
+    let (_plain, _) = start_node(&home, 3, &directory.addr, &directory.root);
+    let out = home.run(&[
+        "join",
+        CENSUS,
+        "--no-interactive",
+        "--control",
+        &control(&home, 3),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("does not run the gossip driver"),
+        "{err}"
+    );
+
+    let (n1, _) = start_node_with(
+        &home,
+        1,
+        &directory.addr,
+        &directory.root,
+        &["--gossip", "127.0.0.1:0"],
+        &["gossip on "],
+    );
+    let seed = n1.value("gossip on ");
+    let (_n2, _) = start_node_with(
+        &home,
+        2,
+        &directory.addr,
+        &directory.root,
+        &["--gossip", "127.0.0.1:0", "--gossip-seed", &seed],
+        &["gossip on "],
+    );
+    for n in 1..=2 {
+        for name in [CENSUS, LOOPING_AGGREGATE] {
+            let out = home.ok(&[
+                "join",
+                name,
+                "--no-interactive",
+                "--control",
+                &control(&home, n),
+            ]);
+            assert!(out.contains(&format!("joined {name}")), "{out}");
+        }
+    }
+    home.ok(&[
+        "join",
+        GREEDY_AGGREGATE,
+        "--no-interactive",
+        "--control",
+        &control(&home, 1),
+    ]);
+    // A node's input starts at 1, which makes every contribution of the hostile
+    // aggregate loop until its CPU limit stops it, on the executor. Node 2 gives
+    // it 7 (it then behaves as a maximum); node 1 keeps looping, and follows the
+    // epochs with node 2's state.
+    home.ok(&[
+        "call",
+        LOOPING_AGGREGATE,
+        "set-input",
+        "7",
+        "--control",
+        &control(&home, 2),
+    ]);
+    let wrong = home.run(&[
+        "call",
+        CENSUS,
+        "set-input",
+        "many",
+        "--control",
+        &control(&home, 1),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("set-input takes a number"),
+        "{wrong:?}"
+    );
+
+    // The census counts both nodes at both, epoch after epoch, however the other
+    // aggregate behaves.
+    eventually(60, "the census counts 2 hosts at both nodes", || {
+        (1..=2).all(|n| estimate(&home, n, CENSUS) == Some(2.0))
+    });
+    eventually(
+        30,
+        "node 1 reports the looping aggregate's failures",
+        || {
+            home.ok(&["status", "--control", &control(&home, 1)])
+            .contains("last failure: aggregate object lo://acme/hostile/looping-aggregate failed during contribute: it exceeded the CPU limit")
+        },
+    );
+    eventually(30, "node 1 quarantines the greedy aggregate", || {
+        home.ok(&["status", "--control", &control(&home, 1)])
+            .contains("quarantined: exceeded 1 ms of CPU per second")
+    });
+    let greedy = home.run(&[
+        "call",
+        GREEDY_AGGREGATE,
+        "current",
+        "--control",
+        &control(&home, 1),
+    ]);
+    let err = String::from_utf8_lossy(&greedy.stderr);
+    assert!(
+        err.contains(GREEDY_AGGREGATE) && err.contains("exceeded 1 ms of CPU per second"),
+        "{err}"
+    );
+    eventually(30, "both nodes see the maximum node 2 contributes", || {
+        (1..=2).all(|n| estimate(&home, n, LOOPING_AGGREGATE) == Some(7.0))
+    });
+    let took = std::time::Instant::now();
+    let status = home.ok(&["status", "--control", &control(&home, 1)]);
+    assert!(
+        took.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        took.elapsed()
+    );
+    eprintln!("node 1 with gossip aggregates:\n{status}");
+    let census_line = status
+        .lines()
+        .skip_while(|l| !l.starts_with(CENSUS))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        census_line.contains("driver gossip  2 member(s)") && census_line.contains("estimate 2 "),
+        "{status}"
+    );
+    assert!(
+        status.contains("other live host(s)  census 2"),
+        "the node's own census: {status}"
+    );
+    // Still counted after the looping aggregate ran through several epochs.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(estimate(&home, 2, CENSUS), Some(2.0));
+    assert_eq!(estimate(&home, 1, CENSUS), Some(2.0));
+
+    // Leaving takes it off the node; the other aggregate stays.
+    home.ok(&["leave", CENSUS, "--control", &control(&home, 2)]);
+    let status = home.ok(&["status", "--control", &control(&home, 2)]);
+    assert!(
+        !status.contains(CENSUS) && status.contains(LOOPING_AGGREGATE),
+        "{status}"
+    );
+    drop(n1);
+}

@@ -1,8 +1,11 @@
-//! Gossip's sans-IO parts that call no object code: host identities and Cyclon
-//! peer sampling. The aggregation core (`liveobjects_host::gossip::core`) still
-//! runs aggregate components and stays in the host for now.
+//! The gossip driver's protocol, sans-IO: SWIM membership, Cyclon peer sampling
+//! and push-pull aggregation ([`core`]), and a deterministic simulator of many
+//! hosts ([`sim`]). Aggregates' code is a parameter ([`core::AggregateCode`]): the
+//! host supplies the sandboxed components.
 
+pub mod core;
 pub mod sampling;
+pub mod sim;
 
 pub use self::sampling::{Entry, Sampler};
 

@@ -2,11 +2,11 @@
 //! with seeded loss, latency and reordering, crashes and joins. Every random choice
 //! derives from one seed, so a failing run replays exactly.
 //!
-//! Used by `host/tests/all/gossip_simulation.rs` and `host/benches/gossip.rs`.
+//! Used by `host/tests/all/gossip_simulation.rs` and `host/benches/gossip.rs`,
+//! with the aggregates' real components as the code.
 
 use super::HostId;
-use super::core::{Event, GossipConfig, GossipNode};
-use crate::runtime::SharedAggregate;
+use super::core::{AggregateCode, Event, GossipConfig, GossipNode};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
@@ -38,17 +38,17 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
-/// Many gossip nodes on a simulated network.
-pub struct Simulation {
+/// Many gossip nodes on a simulated network, all running aggregates with code `C`.
+pub struct Simulation<C> {
     rng: StdRng,
     start: Instant,
     now: Instant,
     config: GossipConfig,
     network: Network,
-    nodes: Vec<Option<GossipNode>>,
+    nodes: Vec<Option<GossipNode<C>>>,
     addrs: Vec<SocketAddr>,
     index: HashMap<SocketAddr, usize>,
-    aggregates: Vec<(String, SharedAggregate)>,
+    aggregates: Vec<(String, C)>,
     /// (deliver at, sequence) -> datagram.
     wire: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: HashMap<u64, InFlight>,
@@ -67,7 +67,7 @@ pub struct Simulation {
     pub record_events: bool,
 }
 
-impl Simulation {
+impl<C: AggregateCode + Clone> Simulation<C> {
     /// An empty simulation.
     pub fn new(seed: u64, config: GossipConfig, network: Network) -> Self {
         let start = Instant::now();
@@ -94,7 +94,7 @@ impl Simulation {
     }
 
     /// Every node added from now on runs `object` with `code`.
-    pub fn add_aggregate(&mut self, object: &str, code: SharedAggregate) {
+    pub fn add_aggregate(&mut self, object: &str, code: C) {
         self.aggregates.push((object.to_string(), code));
     }
 
@@ -146,12 +146,12 @@ impl Simulation {
     }
 
     /// A live node.
-    pub fn node(&self, index: usize) -> Option<&GossipNode> {
+    pub fn node(&self, index: usize) -> Option<&GossipNode<C>> {
         self.nodes.get(index)?.as_ref()
     }
 
     /// A live node, mutably (to feed it commands; call [`Self::flush`] after).
-    pub fn node_mut(&mut self, index: usize) -> Option<&mut GossipNode> {
+    pub fn node_mut(&mut self, index: usize) -> Option<&mut GossipNode<C>> {
         self.nodes.get_mut(index)?.as_mut()
     }
 

@@ -29,7 +29,6 @@
 
 use super::HostId;
 use super::sampling::{Entry, Sampler};
-use crate::runtime::{AggregateError, SharedAggregate};
 use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -328,6 +327,9 @@ pub enum Event {
         /// Its card.
         card: Vec<u8>,
     },
+    /// A peer's state for an object hosted elsewhere
+    /// ([`GossipNode::host_elsewhere`]), to hand to its [`Aggregation`].
+    Share(Share),
     /// The object's code failed (the state is unchanged).
     AggregateFailed {
         /// The object.
@@ -374,8 +376,53 @@ pub struct Estimate {
     pub value: f64,
 }
 
-struct Aggregation {
-    code: SharedAggregate,
+/// An aggregate's code: pure functions over opaque states. The host implements
+/// it with the object's sandboxed component (and, on a node, runs it on the object
+/// executor, never here); tests can use plain Rust.
+pub trait AggregateCode {
+    /// Why a call failed (shown to users).
+    type Error: std::fmt::Display;
+    /// This host's contribution of `input` to one epoch; `seed` is unique to the
+    /// host, object and epoch.
+    fn contribute(&mut self, input: f64, seed: u64) -> Result<Vec<u8>, Self::Error>;
+    /// Merge two partial aggregates.
+    fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, Self::Error>;
+    /// The value a partial aggregate stands for.
+    fn estimate(&mut self, state: &[u8]) -> Result<f64, Self::Error>;
+}
+
+/// What makes a host's contributions unique per object and epoch: its address and
+/// a random salt, stable if SWIM renews its identity, so a host never counts twice
+/// in one epoch ([`GossipNode::epoch_seeds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochSeeds {
+    host: SocketAddr,
+    salt: u64,
+}
+
+impl EpochSeeds {
+    /// The seed of `object`'s contribution to `epoch`.
+    pub fn seed(&self, object: &str, epoch: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.host.to_string().as_bytes());
+        hash.update(self.salt.to_le_bytes());
+        hash.update(object.as_bytes());
+        hash.update(epoch.to_le_bytes());
+        u64::from_le_bytes(hash.finalize()[..8].try_into().expect("8 bytes"))
+    }
+}
+
+/// One aggregate object on one host: its epochs, this host's partial aggregate
+/// for the current one, and the last finished value. Calls its code, so a node
+/// daemon runs it on the object executor and feeds it the shares its
+/// [`GossipNode`] receives ([`GossipNode::host_elsewhere`]); `lo gossip` and the
+/// simulator let the node run it inline ([`GossipNode::add_aggregate`]).
+pub struct Aggregation<C> {
+    object: String,
+    code: C,
+    seeds: EpochSeeds,
+    epoch_length: Duration,
     input: f64,
     epoch: u64,
     deadline: Instant,
@@ -387,12 +434,268 @@ struct Aggregation {
     /// most [`MAX_EPOCH_JUMP`] at a time.
     synced: bool,
     finished: Option<Estimate>,
+    merges: u64,
+}
+
+fn failed(object: &str, error: impl std::fmt::Display, events: &mut VecDeque<Event>) {
+    events.push_back(Event::AggregateFailed {
+        object: object.to_string(),
+        error: error.to_string(),
+    });
+}
+
+impl<C: AggregateCode> Aggregation<C> {
+    /// Start computing `object` with `code` from epoch 0; `input` is this host's
+    /// number. A failure of the code is pushed to `events`.
+    pub fn new(
+        object: &str,
+        code: C,
+        input: f64,
+        seeds: EpochSeeds,
+        epoch_length: Duration,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> Self {
+        let mut aggregation = Aggregation {
+            object: object.to_string(),
+            code,
+            seeds,
+            epoch_length,
+            input,
+            epoch: 0,
+            deadline: now + epoch_length,
+            state: None,
+            synced: false,
+            finished: None,
+            merges: 0,
+        };
+        aggregation.state = aggregation.contribute_or_report(input, seeds.seed(object, 0), events);
+        aggregation
+    }
+
+    /// The object's name.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// When the current epoch ends (call [`Self::handle_timeout`] then).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// This host's partial aggregate for the current epoch (what it gossips).
+    pub fn state(&self) -> Option<&[u8]> {
+        self.state.as_deref()
+    }
+
+    /// States merged so far (this host's own contributions included).
+    pub fn merges(&self) -> u64 {
+        self.merges
+    }
+
+    /// The value of the last finished epoch.
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.finished
+    }
+
+    /// The value of the current, unfinished epoch (what this host has heard so far).
+    pub fn current(&mut self) -> Option<Estimate> {
+        let value = self.code.estimate(self.state.as_ref()?).ok()?;
+        Some(Estimate {
+            epoch: self.epoch,
+            value,
+        })
+    }
+
+    /// Change this host's number, counted from the next epoch.
+    pub fn set_input(&mut self, input: f64) {
+        self.input = input;
+    }
+
+    /// Merge a contribution of `input` into the current epoch at once (as well as
+    /// counting it from the next): for monotone aggregates such as a maximum, where
+    /// a new value should spread like a rumour instead of waiting for the epoch.
+    /// (For a sample such as `average` it only counts from the next epoch: the
+    /// sample already holds this host's entry for the epoch.)
+    pub fn contribute_now(&mut self, input: f64, events: &mut VecDeque<Event>) {
+        let seed = self.seeds.seed(&self.object, self.epoch);
+        if let Some(mine) = self.contribute_or_report(input, seed, events) {
+            self.merge_into(&mine, events);
+        }
+        self.input = input;
+    }
+
+    /// End the epoch if its deadline has passed. Returns `false` if the aggregate
+    /// cannot go on (its epoch counter is exhausted) and must be dropped.
+    pub fn handle_timeout(&mut self, now: Instant, events: &mut VecDeque<Event>) -> bool {
+        if self.deadline > now {
+            return true;
+        }
+        match self.epoch.checked_add(1) {
+            Some(next) => {
+                self.end_epoch(next, now, true, None, events);
+                true
+            }
+            // 2^64 epochs: only reachable through a bug; stop this aggregate
+            // rather than wrap around.
+            None => {
+                failed(&self.object, "the epoch counter is exhausted", events);
+                false
+            }
+        }
+    }
+
+    /// Take a peer's partial aggregate for `epoch`. Returns `false` if it was
+    /// ignored (an older epoch, or one absurdly far ahead).
+    pub fn absorb(
+        &mut self,
+        epoch: u64,
+        incoming: &[u8],
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> bool {
+        let current = self.epoch;
+        let limit = if self.synced {
+            MAX_EPOCH_JUMP
+        } else {
+            // Anything a running group can reach; far below u64::MAX so that
+            // counting on from it never overflows.
+            u64::MAX / 4
+        };
+        if epoch < current || epoch - current > limit {
+            // Older: the answer (or our next push) carries the newer epoch to the
+            // peer. Absurdly far ahead: a broken or hostile peer.
+            return false;
+        }
+        if epoch == current {
+            self.merge_into(incoming, events);
+            self.synced = true;
+            return true;
+        }
+        // A newer epoch: move to it only if the peer's state merges with our own
+        // contribution, so a garbage state cannot drag this host along.
+        let seed = self.seeds.seed(&self.object, epoch);
+        let merged = match self.code.contribute(self.input, seed) {
+            Ok(mine) => self.code.merge(&mine, incoming),
+            // This host cannot contribute (its input makes the object fail): still
+            // follow the group's epochs with the peer's state, if it reads.
+            Err(_) => self.code.estimate(incoming).map(|_| incoming.to_vec()),
+        };
+        match merged {
+            Ok(state) => {
+                self.merges += 1;
+                // Only a host that was in the previous epoch has a complete value
+                // for it.
+                let finished_previous = epoch == current + 1;
+                self.end_epoch(epoch, now, finished_previous, Some(state), events);
+            }
+            Err(e) => failed(&self.object, e, events),
+        }
+        true
+    }
+
+    fn contribute_or_report(
+        &mut self,
+        input: f64,
+        seed: u64,
+        events: &mut VecDeque<Event>,
+    ) -> Option<Vec<u8>> {
+        match self.code.contribute(input, seed) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                failed(&self.object, e, events);
+                None
+            }
+        }
+    }
+
+    /// Merge `incoming` into the current state; on failure the state is unchanged
+    /// and the failure reported.
+    fn merge_into(&mut self, incoming: &[u8], events: &mut VecDeque<Event>) {
+        let merged = match &self.state {
+            Some(state) => self.code.merge(state, incoming),
+            // No state of our own: adopt the peer's, if the object can read it.
+            None => self.code.estimate(incoming).map(|_| incoming.to_vec()),
+        };
+        match merged {
+            Ok(state) => {
+                self.merges += 1;
+                self.state = Some(state);
+            }
+            Err(e) => failed(&self.object, e, events),
+        }
+    }
+
+    /// End the current epoch (reporting its value if `report`) and start `epoch`
+    /// with `state`, or with this host's own contribution if `None`.
+    fn end_epoch(
+        &mut self,
+        epoch: u64,
+        now: Instant,
+        report: bool,
+        state: Option<Vec<u8>>,
+        events: &mut VecDeque<Event>,
+    ) {
+        if report && let Some(current) = &self.state {
+            match self.code.estimate(current) {
+                Ok(value) => {
+                    self.finished = Some(Estimate {
+                        epoch: self.epoch,
+                        value,
+                    });
+                    events.push_back(Event::Estimate {
+                        object: self.object.clone(),
+                        epoch: self.epoch,
+                        value,
+                    });
+                }
+                Err(e) => failed(&self.object, e, events),
+            }
+        }
+        let state = match state {
+            Some(state) => Some(state),
+            None => {
+                let seed = self.seeds.seed(&self.object, epoch);
+                self.contribute_or_report(self.input, seed, events)
+            }
+        };
+        if epoch > self.epoch.saturating_add(1) {
+            // Followed a peer: this host now runs the group's epochs.
+            self.synced = true;
+        }
+        self.epoch = epoch;
+        self.deadline = now + self.epoch_length;
+        self.state = state;
+    }
+}
+
+/// An object this node gossips: computed here, or elsewhere (the node daemon's
+/// executor) and published.
+enum Slot<C> {
+    Here(Aggregation<C>),
+    Elsewhere { epoch: u64, state: Option<Vec<u8>> },
+}
+
+impl<C> Slot<C> {
+    /// The epoch and state this host gossips for the object.
+    fn published(&self) -> Option<(u64, &[u8])> {
+        match self {
+            Slot::Here(a) => Some((a.epoch, a.state.as_deref()?)),
+            Slot::Elsewhere { epoch, state } => Some((*epoch, state.as_deref()?)),
+        }
+    }
 }
 
 type Swim = Foca<HostId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
-/// One host of the gossip driver (see the module docs).
-pub struct GossipNode {
+/// One host of the gossip driver (see the module docs), running aggregates whose
+/// code is `C`.
+pub struct GossipNode<C> {
     id: HostId,
     salt: u64,
     config: GossipConfig,
@@ -404,7 +707,7 @@ pub struct GossipNode {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_slots: HashMap<u64, Timer<HostId>>,
     next_timer: u64,
-    aggregations: BTreeMap<String, Aggregation>,
+    aggregations: BTreeMap<String, Slot<C>>,
     card: Vec<u8>,
     /// The addresses this node joined through, asked again whenever it finds
     /// itself alone (after a partition, or if every host it knew died).
@@ -421,7 +724,7 @@ pub struct GossipNode {
     stats: GossipStats,
 }
 
-impl GossipNode {
+impl<C: AggregateCode> GossipNode<C> {
     /// A node with identity `id`; `seed` drives every random choice it makes.
     pub fn new(id: HostId, config: GossipConfig, seed: u64, now: Instant) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -541,107 +844,101 @@ impl GossipNode {
         chosen.iter().map(|h| h.addr).collect()
     }
 
-    /// Start computing `object` with `code`; `input` is this host's number.
-    pub fn add_aggregate(&mut self, object: &str, code: SharedAggregate, input: f64, now: Instant) {
-        let seed = self.epoch_seed(object, 0);
-        let state = self.contribute_or_report(object, &code, input, seed);
-        let aggregation = Aggregation {
+    /// Start computing `object` with `code` on this node; `input` is this host's
+    /// number. The code runs here, while handling datagrams and timeouts.
+    pub fn add_aggregate(&mut self, object: &str, code: C, input: f64, now: Instant) {
+        let aggregation = Aggregation::new(
+            object,
             code,
             input,
-            epoch: 0,
-            deadline: now + self.epoch_length(),
-            state,
-            finished: None,
-            synced: false,
-        };
-        self.aggregations.insert(object.to_string(), aggregation);
+            self.epoch_seeds(),
+            self.epoch_length(),
+            now,
+            &mut self.events,
+        );
+        self.aggregations
+            .insert(object.to_string(), Slot::Here(aggregation));
+    }
+
+    /// Gossip `object` with states computed elsewhere: shares received for it
+    /// become [`Event::Share`] (for an [`Aggregation`] run off the network path,
+    /// built with [`Self::epoch_seeds`] and [`Self::epoch_length`]), and what this
+    /// host sends is what [`Self::publish`] last gave. Nothing is sent for it
+    /// before the first publish.
+    pub fn host_elsewhere(&mut self, object: &str) {
+        self.aggregations.insert(
+            object.to_string(),
+            Slot::Elsewhere {
+                epoch: 0,
+                state: None,
+            },
+        );
+    }
+
+    /// The state to gossip for an object hosted elsewhere (ignored for others).
+    pub fn publish(&mut self, object: &str, epoch: u64, state: Option<Vec<u8>>) {
+        if let Some(Slot::Elsewhere {
+            epoch: published,
+            state: current,
+        }) = self.aggregations.get_mut(object)
+        {
+            *published = epoch;
+            *current = state;
+        }
+    }
+
+    /// Stop gossiping `object`.
+    pub fn remove_aggregate(&mut self, object: &str) {
+        self.aggregations.remove(object);
+    }
+
+    /// The seeds this host's contributions use.
+    pub fn epoch_seeds(&self) -> EpochSeeds {
+        EpochSeeds {
+            host: self.id.addr,
+            salt: self.salt,
+        }
+    }
+
+    /// How long an epoch lasts.
+    pub fn epoch_length(&self) -> Duration {
+        self.config.round * self.config.epoch_rounds.max(1)
+    }
+
+    fn here(&mut self, object: &str) -> Option<&mut Aggregation<C>> {
+        match self.aggregations.get_mut(object)? {
+            Slot::Here(aggregation) => Some(aggregation),
+            Slot::Elsewhere { .. } => None,
+        }
     }
 
     /// Change this host's number for `object`, counted from the next epoch.
     pub fn set_input(&mut self, object: &str, input: f64) {
-        if let Some(aggregation) = self.aggregations.get_mut(object) {
-            aggregation.input = input;
+        if let Some(aggregation) = self.here(object) {
+            aggregation.set_input(input);
         }
     }
 
-    /// Merge a contribution of `input` into the current epoch at once (as well as
-    /// counting it from the next): for monotone aggregates such as a maximum, where
-    /// a new value should spread like a rumour instead of waiting for the epoch.
-    /// (For a sample such as `average` it only counts from the next epoch: the
-    /// sample already holds this host's entry for the epoch.)
+    /// [`Aggregation::contribute_now`] for an object computed here.
     pub fn contribute_now(&mut self, object: &str, input: f64) {
-        let Some(aggregation) = self.aggregations.get(object) else {
-            return;
-        };
-        let seed = self.epoch_seed(object, aggregation.epoch);
-        let code = aggregation.code.clone();
-        if let Some(mine) = self.contribute_or_report(object, &code, input, seed) {
-            self.merge_into(object, &mine);
+        let mut events = std::mem::take(&mut self.events);
+        if let Some(aggregation) = self.here(object) {
+            aggregation.contribute_now(input, &mut events);
         }
-        if let Some(aggregation) = self.aggregations.get_mut(object) {
-            aggregation.input = input;
-        }
+        self.events = events;
     }
 
-    /// The value of the last finished epoch of `object`.
+    /// The value of the last finished epoch of `object` (computed here).
     pub fn estimate(&self, object: &str) -> Option<Estimate> {
-        self.aggregations.get(object)?.finished
+        match self.aggregations.get(object)? {
+            Slot::Here(aggregation) => aggregation.estimate(),
+            Slot::Elsewhere { .. } => None,
+        }
     }
 
     /// The value of the current, unfinished epoch (what this host has heard so far).
-    pub fn current(&self, object: &str) -> Option<Estimate> {
-        let aggregation = self.aggregations.get(object)?;
-        let value = aggregation
-            .code
-            .estimate(aggregation.state.as_ref()?)
-            .ok()?;
-        Some(Estimate {
-            epoch: aggregation.epoch,
-            value,
-        })
-    }
-
-    fn report_failure(&mut self, object: &str, error: AggregateError) {
-        self.events.push_back(Event::AggregateFailed {
-            object: object.to_string(),
-            error: error.to_string(),
-        });
-    }
-
-    fn contribute_or_report(
-        &mut self,
-        object: &str,
-        code: &SharedAggregate,
-        input: f64,
-        seed: u64,
-    ) -> Option<Vec<u8>> {
-        match code.contribute(input, seed) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                self.report_failure(object, e);
-                None
-            }
-        }
-    }
-
-    /// Merge `incoming` into the current state of `object`; on failure the state
-    /// is unchanged and the failure reported.
-    fn merge_into(&mut self, object: &str, incoming: &[u8]) {
-        let Some(aggregation) = self.aggregations.get_mut(object) else {
-            return;
-        };
-        let merged = match &aggregation.state {
-            Some(state) => aggregation.code.merge(state, incoming),
-            // No state of our own: adopt the peer's, if the object can read it.
-            None => aggregation
-                .code
-                .estimate(incoming)
-                .map(|_| incoming.to_vec()),
-        };
-        match merged {
-            Ok(state) => aggregation.state = Some(state),
-            Err(e) => self.report_failure(object, e),
-        }
+    pub fn current(&mut self, object: &str) -> Option<Estimate> {
+        self.here(object)?.current()
     }
 
     /// When to call [`Self::handle_timeout`] next.
@@ -650,8 +947,10 @@ impl GossipNode {
         if let Some(Reverse((at, _))) = self.timers.peek() {
             next = next.min(*at);
         }
-        for aggregation in self.aggregations.values() {
-            next = next.min(aggregation.deadline);
+        for slot in self.aggregations.values() {
+            if let Slot::Here(aggregation) = slot {
+                next = next.min(aggregation.deadline);
+            }
         }
         next
     }
@@ -681,26 +980,12 @@ impl GossipNode {
         }
         self.drain_swim(now);
 
-        let due: Vec<String> = self
-            .aggregations
-            .iter()
-            .filter(|(_, a)| a.deadline <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for object in due {
-            match self.aggregations[&object].epoch.checked_add(1) {
-                Some(next) => self.end_epoch(&object, next, now, true, None),
-                // 2^64 epochs: only reachable through a bug; stop this aggregate
-                // rather than wrap around.
-                None => {
-                    self.aggregations.remove(&object);
-                    self.events.push_back(Event::AggregateFailed {
-                        object,
-                        error: "the epoch counter is exhausted".into(),
-                    });
-                }
-            }
-        }
+        let mut events = std::mem::take(&mut self.events);
+        self.aggregations.retain(|_, slot| match slot {
+            Slot::Here(aggregation) => aggregation.handle_timeout(now, &mut events),
+            Slot::Elsewhere { .. } => true,
+        });
+        self.events = events;
 
         if now >= self.next_round {
             self.round(now);
@@ -873,6 +1158,14 @@ impl GossipNode {
     fn round(&mut self, now: Instant) {
         self.stats.rounds += 1;
         self.heal(now);
+        // Choose the exchange's peer before the shuffle takes its target out of the
+        // view: with a view of one (two hosts) there would be nobody left, and the
+        // two would never exchange.
+        let exchange_with = if self.aggregations.is_empty() {
+            None
+        } else {
+            self.sampler.sample(&mut self.rng)
+        };
         if let Some((target, entries)) = self.sampler.start_shuffle(&mut self.rng) {
             self.send(
                 target.addr,
@@ -882,10 +1175,7 @@ impl GossipNode {
                 },
             );
         }
-        if self.aggregations.is_empty() {
-            return;
-        }
-        if let Some(peer) = self.sampler.sample(&mut self.rng) {
+        if let Some(peer) = exchange_with {
             let shares = self.shares_within(None, MAX_DATAGRAM - 128);
             self.send(
                 peer.addr,
@@ -945,11 +1235,11 @@ impl GossipNode {
         let mut budget = budget.min(MAX_DATAGRAM - 128);
         let start = self.exchange_cursor % count.max(1);
         let mut taken = 0;
-        for (name, aggregation) in self.aggregations.iter().cycle().skip(start).take(count) {
+        for (name, slot) in self.aggregations.iter().cycle().skip(start).take(count) {
             if only.is_some_and(|only| !only.contains(name)) {
                 continue;
             }
-            let Some(state) = &aggregation.state else {
+            let Some((epoch, state)) = slot.published() else {
                 continue;
             };
             let size = name.len() + state.len() + 24;
@@ -961,8 +1251,8 @@ impl GossipNode {
             taken += 1;
             shares.push(Share {
                 object: name.clone(),
-                epoch: aggregation.epoch,
-                state: state.clone(),
+                epoch,
+                state: state.to_vec(),
             });
         }
         if only.is_none() {
@@ -972,122 +1262,23 @@ impl GossipNode {
     }
 
     fn absorb(&mut self, share: Share, now: Instant) {
-        let Some(aggregation) = self.aggregations.get(&share.object) else {
-            self.stats.shares_ignored += 1;
-            return;
-        };
-        let current = aggregation.epoch;
-        let limit = if aggregation.synced {
-            MAX_EPOCH_JUMP
-        } else {
-            // Anything a running group can reach; far below u64::MAX so that
-            // counting on from it never overflows.
-            u64::MAX / 4
-        };
-        if share.epoch < current || share.epoch - current > limit {
-            // Older: the answer (or our next push) carries the newer epoch to the
-            // peer. Absurdly far ahead: a broken or hostile peer.
-            self.stats.shares_ignored += 1;
-            return;
-        }
-        if share.epoch == current {
-            self.merge_into(&share.object, &share.state);
-            if let Some(aggregation) = self.aggregations.get_mut(&share.object) {
-                aggregation.synced = true;
+        let absorbed = match self.aggregations.get_mut(&share.object) {
+            None => false,
+            Some(Slot::Here(aggregation)) => {
+                aggregation.absorb(share.epoch, &share.state, now, &mut self.events)
             }
-            return;
-        }
-        // A newer epoch: move to it only if the peer's state merges with our own
-        // contribution, so a garbage state cannot drag this host along.
-        let seed = self.epoch_seed(&share.object, share.epoch);
-        let code = aggregation.code.clone();
-        let input = aggregation.input;
-        let merged = match code.contribute(input, seed) {
-            Ok(mine) => code.merge(&mine, &share.state),
-            // This host cannot contribute (its input makes the object fail): still
-            // follow the group's epochs with the peer's state, if it reads.
-            Err(_) => code.estimate(&share.state).map(|_| share.state.clone()),
-        };
-        match merged {
-            Ok(state) => {
-                // Only a host that was in the previous epoch has a complete value
-                // for it.
-                let finished_previous = share.epoch == current + 1;
-                self.end_epoch(
-                    &share.object,
-                    share.epoch,
-                    now,
-                    finished_previous,
-                    Some(state),
-                );
-            }
-            Err(e) => self.report_failure(&share.object, e),
-        }
-    }
-
-    /// End the current epoch of `object` (reporting its value if `report`) and
-    /// start `epoch` with `state`, or with this host's own contribution if `None`.
-    fn end_epoch(
-        &mut self,
-        object: &str,
-        epoch: u64,
-        now: Instant,
-        report: bool,
-        state: Option<Vec<u8>>,
-    ) {
-        let seed = self.epoch_seed(object, epoch);
-        let epoch_length = self.epoch_length();
-        let aggregation = self.aggregations.get(object).expect("caller checked");
-        let code = aggregation.code.clone();
-        let input = aggregation.input;
-        if report && let Some(current) = &aggregation.state {
-            let finished_epoch = aggregation.epoch;
-            match code.estimate(current) {
-                Ok(value) => {
-                    self.aggregations
-                        .get_mut(object)
-                        .expect("caller checked")
-                        .finished = Some(Estimate {
-                        epoch: finished_epoch,
-                        value,
-                    });
-                    self.events.push_back(Event::Estimate {
-                        object: object.to_string(),
-                        epoch: finished_epoch,
-                        value,
-                    });
+            Some(Slot::Elsewhere { epoch, .. }) => {
+                // Stale epochs are dropped here already, so they cost no job.
+                let fresh = share.epoch >= *epoch;
+                if fresh {
+                    self.events.push_back(Event::Share(share));
                 }
-                Err(e) => self.report_failure(object, e),
+                fresh
             }
-        }
-        let state = match state {
-            Some(state) => Some(state),
-            None => self.contribute_or_report(object, &code, input, seed),
         };
-        let aggregation = self.aggregations.get_mut(object).expect("caller checked");
-        if epoch > aggregation.epoch.saturating_add(1) {
-            // Followed a peer: this host now runs the group's epochs.
-            aggregation.synced = true;
+        if !absorbed {
+            self.stats.shares_ignored += 1;
         }
-        aggregation.epoch = epoch;
-        aggregation.deadline = now + epoch_length;
-        aggregation.state = state;
-    }
-
-    fn epoch_length(&self) -> Duration {
-        self.config.round * self.config.epoch_rounds.max(1)
-    }
-
-    /// A seed unique to this node, object and epoch (stable if SWIM renews the
-    /// node's identity, so a host never counts twice in one epoch).
-    fn epoch_seed(&self, object: &str, epoch: u64) -> u64 {
-        use sha2::{Digest, Sha256};
-        let mut hash = Sha256::new();
-        hash.update(self.id.addr.to_string().as_bytes());
-        hash.update(self.salt.to_le_bytes());
-        hash.update(object.as_bytes());
-        hash.update(epoch.to_le_bytes());
-        u64::from_le_bytes(hash.finalize()[..8].try_into().expect("8 bytes"))
     }
 
     fn send(&mut self, to: SocketAddr, message: &Wire) {
@@ -1155,7 +1346,29 @@ mod tests {
         encode(message, None)
     }
 
-    fn node(port: u16, swim: bool) -> GossipNode {
+    /// A maximum in plain Rust: states are 8 little-endian bytes.
+    #[derive(Clone)]
+    struct Max;
+
+    impl AggregateCode for Max {
+        type Error = String;
+        fn contribute(&mut self, input: f64, _seed: u64) -> Result<Vec<u8>, String> {
+            Ok(input.to_le_bytes().to_vec())
+        }
+        fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, String> {
+            Ok(self
+                .estimate(a)?
+                .max(self.estimate(b)?)
+                .to_le_bytes()
+                .to_vec())
+        }
+        fn estimate(&mut self, state: &[u8]) -> Result<f64, String> {
+            let bytes: [u8; 8] = state.try_into().map_err(|_| "not 8 bytes".to_string())?;
+            Ok(f64::from_le_bytes(bytes))
+        }
+    }
+
+    fn node(port: u16, swim: bool) -> GossipNode<Max> {
         let mut config = GossipConfig::lan(4);
         if !swim {
             config.swim = None;
@@ -1294,7 +1507,7 @@ mod tests {
             let mut config = GossipConfig::lan(4);
             config.swim = None;
             config.secret = Some(secret);
-            GossipNode::new(host(port), config, 1, Instant::now())
+            GossipNode::<Max>::new(host(port), config, 1, Instant::now())
         };
         let mut a = sealed_node(1);
         let shuffle = Wire::Shuffle {
@@ -1402,6 +1615,134 @@ mod tests {
         ));
     }
 
+    fn exchange_from(from: HostId, reply: bool, shares: Vec<Share>) -> Vec<u8> {
+        plain(&Wire::Exchange {
+            from,
+            reply,
+            shares,
+        })
+    }
+
+    #[test]
+    fn shares_for_an_object_hosted_elsewhere_are_handed_out_and_answered_with_the_published_state()
+    {
+        let mut a = node(1, false);
+        a.host_elsewhere("max");
+        let push = exchange_from(
+            host(2),
+            false,
+            vec![Share {
+                object: "max".into(),
+                epoch: 3,
+                state: 5.0f64.to_le_bytes().to_vec(),
+            }],
+        );
+        // Nothing published yet: the share is handed out, the answer is empty.
+        a.handle_datagram(host(2).addr, &push, Instant::now())
+            .unwrap();
+        let Some(Event::Share(share)) = a.poll_event() else {
+            panic!("the share was not handed out");
+        };
+        assert_eq!((share.object.as_str(), share.epoch), ("max", 3));
+        let answer = a.poll_transmit().expect("an answer");
+        let Ok(Wire::Exchange { shares, reply, .. }) = decode(&answer.bytes, None) else {
+            panic!("not an exchange");
+        };
+        assert!(reply && shares.is_empty(), "{shares:?}");
+        // What the aggregation (run elsewhere) publishes is what the node answers
+        // with; a share older than the published epoch is ignored and costs no job.
+        a.publish("max", 4, Some(7.0f64.to_le_bytes().to_vec()));
+        a.handle_datagram(host(2).addr, &push, Instant::now())
+            .unwrap();
+        assert_eq!(a.poll_event(), None, "a stale share was handed out");
+        assert_eq!(a.stats().shares_ignored, 1);
+        let answer = a.poll_transmit().expect("an answer");
+        let Ok(Wire::Exchange { shares, .. }) = decode(&answer.bytes, None) else {
+            panic!("not an exchange");
+        };
+        assert_eq!(
+            shares,
+            vec![Share {
+                object: "max".into(),
+                epoch: 4,
+                state: 7.0f64.to_le_bytes().to_vec()
+            }]
+        );
+        // Its epochs are the aggregation's business: the node arms no timer for it.
+        assert!(a.poll_timeout() <= Instant::now() + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_aggregation_run_apart_matches_one_run_by_the_node() {
+        let now = Instant::now();
+        let mut inline = node(1, false);
+        inline.add_aggregate("max", Max, 2.0, now);
+        let mut events = VecDeque::new();
+        let mut apart = Aggregation::new(
+            "max",
+            Max,
+            2.0,
+            inline.epoch_seeds(),
+            inline.epoch_length(),
+            now,
+            &mut events,
+        );
+        let share = Share {
+            object: "max".into(),
+            epoch: 0,
+            state: 9.0f64.to_le_bytes().to_vec(),
+        };
+        inline
+            .handle_datagram(
+                host(2).addr,
+                &exchange_from(host(2), true, vec![share.clone()]),
+                now,
+            )
+            .unwrap();
+        assert!(apart.absorb(share.epoch, &share.state, now, &mut events));
+        let end = now + inline.epoch_length();
+        inline.handle_timeout(end);
+        assert!(apart.handle_timeout(end, &mut events));
+        assert_eq!(inline.estimate("max"), apart.estimate());
+        assert_eq!(apart.estimate().map(|e| e.value), Some(9.0));
+        assert_eq!(apart.epoch(), 1);
+        assert_eq!(apart.state(), Some(&2.0f64.to_le_bytes()[..]));
+    }
+
+    #[test]
+    fn two_hosts_alone_exchange_their_states() {
+        let start = Instant::now();
+        let mut config = GossipConfig::lan(2);
+        config.swim = None;
+        let mut a: GossipNode<Max> = GossipNode::new(host(1), config.clone(), 1, start);
+        let mut b: GossipNode<Max> = GossipNode::new(host(2), config, 2, start);
+        a.add_aggregate("max", Max, 3.0, start);
+        b.add_aggregate("max", Max, 8.0, start);
+        b.join(&[host(1).addr], start);
+        let mut now = start;
+        // Ten rounds of 200 ms, datagrams delivered at once.
+        for _ in 0..200 {
+            now += Duration::from_millis(10);
+            for from in [1, 2] {
+                let (src, dst) = if from == 1 {
+                    (&mut a, &mut b)
+                } else {
+                    (&mut b, &mut a)
+                };
+                if src.poll_timeout() <= now {
+                    src.handle_timeout(now);
+                }
+                while let Some(t) = src.poll_transmit() {
+                    let _ = dst.handle_datagram(host(from).addr, &t.bytes, now);
+                }
+            }
+        }
+        // The shuffle takes a host's only view entry out while it waits for the
+        // answer; the exchange must still happen.
+        assert_eq!(a.current("max").map(|e| e.value), Some(8.0));
+        assert_eq!(b.current("max").map(|e| e.value), Some(8.0));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2_000))]
 
@@ -1429,7 +1770,7 @@ mod tests {
             bytes.extend(body);
             let mut config = GossipConfig::lan(4);
             config.secret = Some([3; 32]);
-            let mut a = GossipNode::new(host(1), config, 1, Instant::now());
+            let mut a = GossipNode::<Max>::new(host(1), config, 1, Instant::now());
             let result = a.handle_datagram(host(2).addr, &bytes, Instant::now());
             prop_assert_eq!(result, Err(DatagramError::BadTag));
         }
