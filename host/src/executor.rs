@@ -28,10 +28,10 @@
 //!   the object goes idle after applying events (at most every
 //!   [`DIGEST_INTERVAL`], or 20 snapshot-times for objects with large state).
 
-use crate::runtime::{Replica, ReplicaError, ReplicaStats};
+use crate::runtime::{MemoryUse, Replica, ReplicaError, ReplicaStats};
 use serde::{Deserialize, Serialize};
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,10 @@ pub trait Hosted: Send + 'static {
     fn out_of_service(&self) -> Option<&str>;
     /// The bytes whose digest `lo status` shows (a replica's snapshot).
     fn digest_bytes(&mut self) -> Result<Vec<u8>, String>;
+    /// Its memory against its cap; `None` if it is not capped this way.
+    fn memory(&self) -> Option<MemoryUse> {
+        None
+    }
 }
 
 impl Hosted for Replica {
@@ -185,6 +189,10 @@ impl Hosted for Replica {
 
     fn digest_bytes(&mut self) -> Result<Vec<u8>, String> {
         self.snapshot().map_err(|e| e.to_string())
+    }
+
+    fn memory(&self) -> Option<MemoryUse> {
+        Some(Replica::memory(self))
     }
 }
 
@@ -210,6 +218,9 @@ pub struct ObjectMetrics {
     pub state_digest: String,
     /// Why it was quarantined on this node, if it was.
     pub quarantined: Option<String>,
+    /// Memory it uses against its cap: its sandbox's and what the host holds for
+    /// it (its checkpoint, mailbox and what its driver queued for it), in bytes.
+    pub memory_bytes: u64,
 }
 
 /// Token bucket per budget: refilled at `rate` per second up to one second's worth.
@@ -361,6 +372,10 @@ struct Cell<H> {
     digest_fresh: AtomicBool,
     last_digest: Mutex<(Instant, Duration)>,
     mailbox_bytes: usize,
+    /// What the object used after its last job (sandbox and its own host side).
+    memory: Mutex<Option<MemoryUse>>,
+    /// Bytes its driver holds for it outside the mailbox ([`ObjectRef::hold`]).
+    held: AtomicUsize,
 }
 
 struct Timed {
@@ -483,7 +498,10 @@ impl Executor {
         on_quarantine: impl FnOnce(String) + Send + 'static,
     ) -> ObjectRef<H> {
         self.shared.objects.fetch_add(1, Ordering::Relaxed);
+        let memory = replica.memory();
         let cell = Arc::new(Cell {
+            memory: Mutex::new(memory),
+            held: AtomicUsize::new(0),
             name: replica.object_name().to_string(),
             mailbox: Mutex::new(Mailbox {
                 jobs: VecDeque::new(),
@@ -642,6 +660,31 @@ impl<H: Hosted> ObjectRef<H> {
         end(&self.cell, reason.to_string(), Ending::Quarantined);
     }
 
+    /// Count `bytes` its driver now holds for the object outside the mailbox
+    /// (events it could not queue yet) against the object's memory cap. Past the
+    /// cap the object is quarantined (its hook runs) and the reason returned; what
+    /// `what` says the bytes are appears in it.
+    pub fn hold(&self, bytes: usize, what: &str) -> Result<(), String> {
+        self.cell.held.fetch_add(bytes, Ordering::AcqRel);
+        match over_memory_cap(&self.cell, what) {
+            Some(reason) => {
+                end(&self.cell, reason.clone(), Ending::Quarantined);
+                Err(reason)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The driver no longer holds `bytes` of [`hold`](Self::hold) (it queued them).
+    pub fn release(&self, bytes: usize) {
+        let _ = self
+            .cell
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
     fn quarantine_error(&self) -> ReplicaError {
         ended(&self.cell.name, lock(&self.cell.end_reason).clone())
     }
@@ -776,7 +819,11 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
         job(Ok(replica));
         let used = t0.elapsed();
         let after = replica.usage();
-        let broken = replica.out_of_service().map(str::to_string);
+        *lock(&cell.memory) = replica.memory();
+        let broken = replica
+            .out_of_service()
+            .map(str::to_string)
+            .or_else(|| over_memory_cap(&cell, "its queued work"));
         charge(&cell, before, after, used);
         if let Some(reason) = broken {
             drop(replica_slot);
@@ -853,6 +900,28 @@ fn refresh_digest<H: Hosted>(cell: &Cell<H>, replica: &mut H) {
             tracing::warn!(object = %cell.name, "cannot take a snapshot for status: {e}");
         }
     }
+}
+
+/// Why the object is over its memory cap, if it is: its sandbox, the host side it
+/// keeps itself, its mailbox and what its driver holds (`held`, described by
+/// `what`) count together. Publishes the total in its metrics.
+fn over_memory_cap<H>(cell: &Cell<H>, what: &str) -> Option<String> {
+    let memory = (*lock(&cell.memory))?;
+    let mailbox = lock(&cell.mailbox).bytes;
+    let held = cell.held.load(Ordering::Acquire);
+    let host = memory.host + mailbox + held;
+    let total = memory.sandbox + host;
+    lock(&cell.metrics).memory_bytes = total as u64;
+    (total > memory.cap).then(|| {
+        format!(
+            "exceeded its memory cap of {} MiB: {} MiB in its sandbox and {} MiB held by \
+             the host for it ({} MiB of {what})",
+            memory.cap >> 20,
+            memory.sandbox >> 20,
+            host >> 20,
+            held >> 20
+        )
+    })
 }
 
 /// Charge one job's use to the object's budgets and publish its counters.
@@ -987,6 +1056,48 @@ mod tests {
             .unwrap();
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the job ran within 10 s")
+    }
+
+    #[test]
+    fn host_memory_held_for_an_object_counts_against_its_memory_cap() {
+        let runtime = Runtime::new(RuntimeConfig {
+            limits: crate::runtime::Limits {
+                memory_bytes: 16 << 20,
+                ..crate::runtime::Limits::default()
+            },
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let counter = on_executor(&runtime, liveobjects_objects::COUNTER, "t:held");
+        run(&counter, |r| r.unwrap().call_wave("add", &["1"]).unwrap());
+        // Holding nothing publishes what it uses now: its sandbox and checkpoint.
+        counter.hold(0, "nothing").unwrap();
+        let sandbox = counter.metrics().memory_bytes;
+        assert!(sandbox > 0 && sandbox < 16 << 20, "{sandbox}");
+        // Within the cap: counted, and released again (up to the cap exactly).
+        counter.hold(4 << 20, "test events").unwrap();
+        assert_eq!(counter.metrics().memory_bytes, sandbox + (4 << 20));
+        counter.release(4 << 20);
+        counter
+            .hold((16 << 20) - sandbox as usize, "test events")
+            .unwrap();
+        counter.release((16 << 20) - sandbox as usize);
+        // Past it (with the sandbox's share): quarantined, with the numbers.
+        let err = counter
+            .hold((16 << 20) - sandbox as usize + 1, "test events")
+            .unwrap_err();
+        assert!(
+            err.starts_with("exceeded its memory cap of 16 MiB")
+                && err.contains("held by the host for it")
+                && err.contains("of test events"),
+            "{err}"
+        );
+        assert_eq!(counter.quarantined(), Some(err.clone()));
+        let answered = run(&counter, |r| r.err().map(|e| e.to_string()));
+        assert!(
+            answered.as_deref().is_some_and(|a| a.contains(&err)),
+            "{answered:?}"
+        );
     }
 
     #[test]

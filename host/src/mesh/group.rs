@@ -8,9 +8,10 @@
 //!
 //! Back-pressure: the mesh has no flow control between members yet (a total-order
 //! sequencer cannot slow for one member), so work the object's mailbox refuses
-//! waits in the task's backlog. A backlog above [`BACKLOG_LIMIT`] bytes quarantines
-//! the object on this node (the host memory it may hold) instead of dropping
-//! anything: the replica leaves the group and every caller sees why.
+//! waits in the task's backlog, counted against the object's memory cap with its
+//! sandbox and mailbox ([`ObjectRef::hold`]). Past the cap the object is
+//! quarantined on this node instead of anything being dropped: the replica leaves
+//! the group and every caller sees why.
 
 use super::core::{Config, Event as CoreEvent, MeshCore, Message, Output, View as CoreView};
 use super::net::{Frame, Inbound, NetError, Peer, Transport};
@@ -28,9 +29,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Frames and commands queued per group before new frames are dropped.
 const GROUP_QUEUE: usize = 8192;
-/// Bytes of work for the replica a group task may hold beyond the executor's
-/// mailbox before the object is quarantined on this node.
-pub const BACKLOG_LIMIT: usize = 32 << 20;
 
 enum Command {
     Call {
@@ -472,15 +470,12 @@ impl Group {
             self.backlog.push_back((bytes, job));
         }
         self.backlog_bytes += bytes;
-        if self.backlog_bytes > BACKLOG_LIMIT {
-            self.replica.quarantine(&format!(
-                "exceeded its host memory: {} MiB of events waiting to be applied \
-                 (it applies them slower than its group sends them)",
-                self.backlog_bytes >> 20
-            ));
-            let _ = self.notices.send(GroupNotice::Quarantined(
-                self.replica.quarantined().unwrap_or_default(),
-            ));
+        let held = self.replica.hold(
+            bytes,
+            "events waiting to be applied, which it applies slower than its group sends them",
+        );
+        if let Err(reason) = held {
+            let _ = self.notices.send(GroupNotice::Quarantined(reason));
             self.gone = true;
         }
     }
@@ -488,7 +483,10 @@ impl Group {
     fn flush_backlog(&mut self) {
         while let Some((bytes, job)) = self.backlog.pop_front() {
             match self.replica.submit(bytes, job) {
-                Ok(()) => self.backlog_bytes -= bytes,
+                Ok(()) => {
+                    self.backlog_bytes -= bytes;
+                    self.replica.release(bytes);
+                }
                 Err(Full(job)) => {
                     self.backlog.push_front((bytes, job));
                     return;

@@ -24,7 +24,8 @@ pub use self::aggregate::{
 };
 pub use self::interface::{Method, ObjectInterface, type_name};
 pub use self::replica::{
-    CallOutcome, Delivery, Notification, Replica, ReplicaError, ReplicaIdentity, ReplicaStats,
+    CallOutcome, Delivery, MemoryUse, Notification, Replica, ReplicaError, ReplicaIdentity,
+    ReplicaStats,
 };
 pub use self::sandbox::Limit;
 

@@ -229,6 +229,19 @@ pub struct ReplicaStats {
     pub state_changes: u64,
 }
 
+/// An object's memory against its cap: the cap covers its sandbox's linear
+/// memory and what the host holds for it (checkpoints, queued work, snapshots in
+/// flight) together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes of linear memory granted to its sandbox.
+    pub sandbox: usize,
+    /// Bytes the replica itself keeps on the host side (its rollback checkpoint).
+    pub host: usize,
+    /// The cap on both together.
+    pub cap: usize,
+}
+
 pub(crate) struct ReplicaState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -418,6 +431,15 @@ impl Replica {
     /// Counters.
     pub fn stats(&self) -> ReplicaStats {
         self.stats
+    }
+
+    /// The memory it uses now, against its cap ([`Limits::memory_bytes`]).
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            sandbox: self.store.data().limiter.granted,
+            host: self.checkpoint.as_ref().map_or(0, Vec::len),
+            cap: self.limits.memory_bytes,
+        }
     }
 
     /// Start the replica from scratch or from a snapshot.
