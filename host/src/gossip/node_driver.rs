@@ -237,7 +237,6 @@ struct Board {
     estimate: Option<Estimate>,
     epoch: u64,
     state: Option<Vec<u8>>,
-    merges: u64,
     last_error: Option<String>,
 }
 
@@ -285,23 +284,28 @@ impl HostedAggregate {
         let now = Instant::now();
         let mut events = std::mem::take(&mut self.events);
         let aggregation = self.aggregation();
-        match feed {
+        let goes_on = match feed {
             Feed::Share(share) => {
                 aggregation.absorb(share.epoch, &share.state, now, &mut events);
+                true
             }
-            Feed::EpochDue => {
-                if !aggregation.handle_timeout(now, &mut events) {
-                    // Its epochs are exhausted (only a bug gets there): it reports
-                    // the failure and gossips nothing more.
-                    self.events.append(&mut events);
-                    self.publish();
-                    self.hosting.publication.publish(Published::default());
-                    return;
-                }
-            }
-        }
+            Feed::EpochDue => aggregation.handle_timeout(now, &mut events),
+        };
         self.events.append(&mut events);
         self.publish();
+        if !goes_on {
+            // Its epochs are exhausted (only a bug gets there): the failure is
+            // reported, and it gossips nothing more.
+            self.hosting.publication.publish(Published::default());
+        }
+    }
+
+    /// The aggregation, if the first job started it.
+    fn started(&self) -> Option<&Aggregation<AggregateInstance>> {
+        match &self.state {
+            Running::Started(aggregation) => Some(aggregation),
+            _ => None,
+        }
     }
 
     /// Publish the state to the agent and the board, and pass events on.
@@ -312,13 +316,12 @@ impl HostedAggregate {
             state: aggregation.state().map(<[u8]>::to_vec),
             deadline: Some(aggregation.deadline()),
         };
-        let (estimate, merges) = (aggregation.estimate(), aggregation.merges());
+        let estimate = aggregation.estimate();
         {
             let mut board = self.board.lock().unwrap_or_else(|p| p.into_inner());
             board.estimate = estimate;
             board.epoch = published.epoch;
             board.state = published.state.clone();
-            board.merges = merges;
             for event in &self.events {
                 if let Event::AggregateFailed { error, .. } = event {
                     board.last_error = Some(error.clone());
@@ -349,7 +352,7 @@ impl Hosted for HostedAggregate {
     }
 
     fn usage(&self) -> ReplicaStats {
-        let merges = self.board.lock().unwrap_or_else(|p| p.into_inner()).merges;
+        let merges = self.started().map_or(0, Aggregation::merges);
         // Its multicasts are the agent's gossip, bounded by the protocol (one
         // exchange per round); what it can overdo is CPU, which the executor meters.
         ReplicaStats {
@@ -366,17 +369,14 @@ impl Hosted for HostedAggregate {
 
     fn digest_bytes(&mut self) -> Result<Vec<u8>, String> {
         Ok(self
-            .board
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .state
-            .clone()
+            .started()
+            .and_then(Aggregation::state)
+            .map(<[u8]>::to_vec)
             .unwrap_or_default())
     }
 }
 
 /// A joined gossip aggregate.
-#[derive(Clone)]
 pub struct AggregateObject {
     name: String,
     executor: ObjectRef<HostedAggregate>,

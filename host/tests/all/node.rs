@@ -46,6 +46,30 @@ fn start_node_with(
     (daemon, seed)
 }
 
+/// Start node `n` gossiping on a free loopback port, through `gossip_seed` if
+/// given. Returns it, its mesh seed (KEY@ADDR) and its gossip address.
+fn start_gossip_node(
+    home: &Home,
+    n: usize,
+    directory: &DirectoryProcess,
+    gossip_seed: Option<&str>,
+) -> (Daemon, String, String) {
+    let mut extra = vec!["--gossip", "127.0.0.1:0"];
+    if let Some(seed) = gossip_seed {
+        extra.extend(["--gossip-seed", seed]);
+    }
+    let (daemon, seed) = start_node_with(
+        home,
+        n,
+        &directory.addr,
+        &directory.root,
+        &extra,
+        &["gossip on "],
+    );
+    let gossip = daemon.value("gossip on ");
+    (daemon, seed, gossip)
+}
+
 fn control(home: &Home, n: usize) -> String {
     home.path(&format!("n{n}.sock"))
         .to_str()
@@ -233,38 +257,9 @@ fn a_joiner_finds_members_through_gossip_when_the_record_seed_is_dead() {
     let at = |args: &[&str]| directory.args(args);
     let run = |args: Vec<String>| home.ok_owned(args);
 
-    let gossip = ["--gossip", "127.0.0.1:0"];
-    let (mut n1, seed) = start_node_with(
-        &home,
-        1,
-        &directory.addr,
-        &directory.root,
-        &gossip,
-        &["gossip on "],
-    );
-    let first_gossip = n1.value("gossip on ");
-    let joined_gossip = [
-        "--gossip",
-        "127.0.0.1:0",
-        "--gossip-seed",
-        first_gossip.as_str(),
-    ];
-    let (_n2, _) = start_node_with(
-        &home,
-        2,
-        &directory.addr,
-        &directory.root,
-        &joined_gossip,
-        &["gossip on "],
-    );
-    let (_n3, _) = start_node_with(
-        &home,
-        3,
-        &directory.addr,
-        &directory.root,
-        &joined_gossip,
-        &["gossip on "],
-    );
+    let (mut n1, seed, first_gossip) = start_gossip_node(&home, 1, &directory, None);
+    let (_n2, _, _) = start_gossip_node(&home, 2, &directory, Some(&first_gossip));
+    let (_n3, _, _) = start_gossip_node(&home, 3, &directory, Some(&first_gossip));
     // The record names node 1 as its only seed.
     run(at(&[
         "publish",
@@ -670,23 +665,8 @@ fn gossip_aggregates_join_on_nodes_and_run_on_the_executor_beside_a_looping_one(
         "{err}"
     );
 
-    let (n1, _) = start_node_with(
-        &home,
-        1,
-        &directory.addr,
-        &directory.root,
-        &["--gossip", "127.0.0.1:0"],
-        &["gossip on "],
-    );
-    let seed = n1.value("gossip on ");
-    let (_n2, _) = start_node_with(
-        &home,
-        2,
-        &directory.addr,
-        &directory.root,
-        &["--gossip", "127.0.0.1:0", "--gossip-seed", &seed],
-        &["gossip on "],
-    );
+    let (n1, _, seed) = start_gossip_node(&home, 1, &directory, None);
+    let (_n2, _, _) = start_gossip_node(&home, 2, &directory, Some(&seed));
     for n in 1..=2 {
         for name in [CENSUS, LOOPING_AGGREGATE] {
             let out = home.ok(&[
