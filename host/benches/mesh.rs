@@ -9,7 +9,7 @@ use liveobjects_directory::keys::Identity;
 use liveobjects_host::group::Admission;
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
-use liveobjects_protocols::mesh::Config;
+use liveobjects_protocols::mesh::{Config, Liveness};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ async fn group(
         heartbeat: 100,
         suspect_after: 3_000,
         retry: 200,
+        liveness: Liveness::PerPeer,
         ..Config::default()
     };
     let nodes: Vec<MeshNode> = (0..n)
@@ -205,7 +206,10 @@ async fn join_time(runtime: &Runtime, chat: &Arc<Logic>) -> (Duration, usize) {
     let joiner = MeshNode::start(
         &Identity::generate(),
         "127.0.0.1:0".parse().unwrap(),
-        Config::default(),
+        Config {
+            liveness: Liveness::PerPeer,
+            ..Config::default()
+        },
     )
     .unwrap();
     let start = Instant::now();

@@ -207,7 +207,9 @@ fn main() {
 /// joined mesh objects.
 mod isolation {
     use liveobjects_host::executor::{Full, Job, ObjectRef};
+    use liveobjects_host::mesh::group::MeshNode;
     use liveobjects_host::runtime::{Event, Limits, ReplicaIdentity, Runtime, RuntimeConfig};
+    use liveobjects_protocols::mesh::{Config as MeshConfig, Liveness};
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -362,47 +364,94 @@ mod isolation {
             .map_or(0, |kb| kb * 1024)
     }
 
-    /// Idle cost of `count` single-member mesh objects on one node: CPU share of a
-    /// core over `idle` and RSS per object.
-    fn idle_objects(runtime: &Arc<Runtime>, count: usize, idle: Duration) -> (f64, f64) {
+    /// What an idle measurement reports.
+    struct Idle {
+        /// Share of a core the process used while idle.
+        core_share: f64,
+        /// RSS per object (all its replicas in the process together).
+        rss_per_object: f64,
+        /// Frames the mesh hosts sent per second while idle.
+        frames_per_sec: f64,
+    }
+
+    /// Idle cost of `count` mesh objects: single-member objects on one host
+    /// (`pair` None), or objects with two members on two hosts in this process
+    /// whose heartbeats are per peer or per group.
+    fn idle_objects(
+        runtime: &Arc<Runtime>,
+        count: usize,
+        idle: Duration,
+        pair: Option<Liveness>,
+    ) -> Idle {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         tokio.block_on(async {
-            let identity = liveobjects_directory::keys::Identity::generate();
-            let mesh = liveobjects_host::mesh::group::MeshNode::start(
-                &identity,
-                "127.0.0.1:0".parse().unwrap(),
-                Default::default(),
-            )
-            .unwrap();
+            let host = |liveness| {
+                MeshNode::start(
+                    &liveobjects_directory::keys::Identity::generate(),
+                    "127.0.0.1:0".parse().unwrap(),
+                    MeshConfig {
+                        liveness,
+                        ..MeshConfig::default()
+                    },
+                )
+                .unwrap()
+            };
+            let liveness = pair.unwrap_or(Liveness::PerPeer);
+            let founder = host(liveness);
+            let joiner = pair.map(host);
             let logic = runtime
                 .load_file(Path::new(liveobjects_objects::COUNTER))
                 .unwrap();
             let before = rss_bytes();
             let mut groups = Vec::new();
             for i in 0..count {
+                let object = format!("bench:idle-{i}");
                 groups.push(
-                    mesh.found(
-                        runtime,
-                        &logic,
-                        &format!("bench:idle-{i}"),
-                        Default::default(),
-                    )
-                    .unwrap(),
+                    founder
+                        .found(runtime, &logic, &object, Default::default())
+                        .unwrap(),
                 );
+                if let Some(joiner) = &joiner {
+                    groups.push(
+                        joiner
+                            .join(runtime, &logic, &object, founder.me(), Default::default())
+                            .unwrap(),
+                    );
+                }
+            }
+            let members = if joiner.is_some() { 2 } else { 1 };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while groups
+                .iter()
+                .any(|g| g.status_now().members.len() != members)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "not every idle object had {members} members after 120 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             let rss = rss_bytes().saturating_sub(before) as f64 / count as f64;
-            let cpu0 = cpu_time();
-            let t0 = Instant::now();
+            let frames = || founder.frames_sent() + joiner.as_ref().map_or(0, |j| j.frames_sent());
+            let (cpu0, frames0, t0) = (cpu_time(), frames(), Instant::now());
             tokio::time::sleep(idle).await;
-            let share = (cpu_time() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+            let secs = t0.elapsed().as_secs_f64();
+            let idle = Idle {
+                core_share: (cpu_time() - cpu0).as_secs_f64() / secs,
+                rss_per_object: rss,
+                frames_per_sec: (frames() - frames0) as f64 / secs,
+            };
             drop(groups);
-            mesh.shutdown();
-            (share, rss)
+            founder.shutdown();
+            if let Some(joiner) = joiner {
+                joiner.shutdown();
+            }
+            idle
         })
     }
 
@@ -410,8 +459,9 @@ mod isolation {
     pub const IDLE_CHILD: &str = "LO_BENCH_IDLE_CHILD";
 
     /// Measure `count` idle objects for `secs` in a fresh process of this bench
-    /// (`mode` is `pooled` or `on-demand`): (core share, RSS bytes per object).
-    fn idle_in_child(mode: &str, count: usize, secs: u64) -> (f64, f64) {
+    /// (`mode` is `pooled` or `on-demand` for single-member objects, `per-peer`
+    /// or `per-group` for two-member objects with those heartbeats).
+    fn idle_in_child(mode: &str, count: usize, secs: u64) -> Idle {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .env(IDLE_CHILD, format!("{mode}:{count}:{secs}"))
             .output()
@@ -422,12 +472,16 @@ mod isolation {
             .find_map(|l| l.strip_prefix("idle "))
             .unwrap_or_else(|| {
                 panic!(
-                    "the idle-objects child printed no result: {stdout}{}",
+                    "the idle-objects child ({mode}) printed no result: {stdout}{}",
                     String::from_utf8_lossy(&out.stderr)
                 )
             });
         let mut numbers = line.split(' ').map(|n| n.parse::<f64>().unwrap());
-        (numbers.next().unwrap(), numbers.next().unwrap())
+        Idle {
+            core_share: numbers.next().unwrap(),
+            rss_per_object: numbers.next().unwrap(),
+            frames_per_sec: numbers.next().unwrap(),
+        }
     }
 
     /// The child's side of [`idle_in_child`].
@@ -438,6 +492,11 @@ mod isolation {
             parts.next().unwrap().parse::<usize>().unwrap(),
             parts.next().unwrap().parse::<u64>().unwrap(),
         );
+        let pair = match mode {
+            "per-peer" => Some(Liveness::PerPeer),
+            "per-group" => Some(Liveness::PerGroup),
+            _ => None,
+        };
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
                 pooled_instances: (mode == "pooled").then_some(count as u32 + 8),
@@ -445,8 +504,11 @@ mod isolation {
             })
             .unwrap(),
         );
-        let (share, rss) = idle_objects(&runtime, count, Duration::from_secs(secs));
-        println!("idle {share} {rss}");
+        let idle = idle_objects(&runtime, count, Duration::from_secs(secs), pair);
+        println!(
+            "idle {} {} {}",
+            idle.core_share, idle.rss_per_object, idle.frames_per_sec
+        );
     }
 
     pub fn run(quick: bool, events: &[Event]) {
@@ -499,8 +561,10 @@ mod isolation {
         // Each in a fresh process: the second of two runs in one process reuses
         // the memory the first freed and looked 5x cheaper per object, whichever
         // it was.
-        let (pooled_share, pooled_rss) = idle_in_child("pooled", objects, idle);
-        let (idle_share, rss_per_object) = idle_in_child("on-demand", objects, idle);
+        let pooled = idle_in_child("pooled", objects, idle);
+        let on_demand = idle_in_child("on-demand", objects, idle);
+        let per_peer = idle_in_child("per-peer", objects, idle);
+        let per_group = idle_in_child("per-group", objects, idle);
 
         println!();
         println!(
@@ -525,21 +589,45 @@ mod isolation {
                 .map(|q| format!("then quarantined: {q}"))
                 .unwrap_or_else(|| "not quarantined".into())
         );
+        println!();
+        println!("{objects} idle mesh objects (each case in a fresh process)");
         println!(
-            "{objects} idle single-member mesh objects, pooled sandboxes: {:.1}% of a core, {:.1} KiB RSS each",
-            pooled_share * 100.0,
-            pooled_rss / 1024.0
+            "{:<48} {:>12} {:>14} {:>10}",
+            "case", "core share", "RSS/object", "frames/s"
         );
+        for (case, idle) in [
+            ("one member, pooled sandboxes", &pooled),
+            ("one member, on-demand sandboxes", &on_demand),
+            ("two members, per-peer heartbeats (lo node)", &per_peer),
+            ("two members, per-group heartbeats (peer)", &per_group),
+        ] {
+            println!(
+                "{case:<48} {:>11.1}% {:>10.1} KiB {:>10.0}",
+                idle.core_share * 100.0,
+                idle.rss_per_object / 1024.0,
+                idle.frames_per_sec
+            );
+        }
         println!(
-            "{objects} idle single-member mesh objects, on-demand sandboxes: {:.1}% of a core, {:.1} KiB RSS each",
-            idle_share * 100.0,
-            rss_per_object / 1024.0
+            "two members, per-peer against per-group: {:.2}x the core share, {:.3}x the frames",
+            per_peer.core_share / per_group.core_share,
+            per_peer.frames_per_sec / per_group.frames_per_sec
         );
         let line = format!(
             "{{\"bench\":\"executor\",\"alone\":{alone:.0},\"beside_slow\":{beside_slow:.0},\
              \"beside_chain\":{beside_chain:.0},\"idle_objects\":{objects},\
-             \"idle_core_share\":{idle_share:.4},\"rss_per_object\":{rss_per_object:.0},\
-             \"pooled_core_share\":{pooled_share:.4},\"pooled_rss_per_object\":{pooled_rss:.0}}}\n"
+             \"idle_core_share\":{:.4},\"rss_per_object\":{:.0},\
+             \"pooled_core_share\":{:.4},\"pooled_rss_per_object\":{:.0},\
+             \"pair_per_peer_core_share\":{:.4},\"pair_per_peer_frames_per_sec\":{:.0},\
+             \"pair_per_group_core_share\":{:.4},\"pair_per_group_frames_per_sec\":{:.0}}}\n",
+            on_demand.core_share,
+            on_demand.rss_per_object,
+            pooled.core_share,
+            pooled.rss_per_object,
+            per_peer.core_share,
+            per_peer.frames_per_sec,
+            per_group.core_share,
+            per_group.frames_per_sec,
         );
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
         if std::fs::create_dir_all(&dir).is_ok() {

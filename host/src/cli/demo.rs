@@ -15,7 +15,7 @@ use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{GossipConfig, GossipNode, HostId};
 use liveobjects_host::group::GroupNotice;
 use liveobjects_host::join::{JoinOptions, join, join_qsm, prepare, resolve_aggregate};
-use liveobjects_host::mesh::core::Config;
+use liveobjects_host::mesh::core::{Config, Liveness};
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
 use liveobjects_host::qsm::driver::{QsmHandle, QsmNode, QsmSettings};
 use liveobjects_host::qsm::membership::MembershipConfig;
@@ -63,6 +63,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
         heartbeat: 100,
         suspect_after: 1_500,
         retry: 200,
+        liveness: Liveness::PerPeer,
         ..Config::default()
     };
     let nodes: Vec<MeshNode> = identities

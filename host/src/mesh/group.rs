@@ -6,6 +6,14 @@
 //! produced them (the executor's mailbox is FIFO, so a snapshot reflects exactly
 //! the cut the core asked for) and acts on the results as they come back.
 //!
+//! Heartbeats are the host's, not the groups' ([`PeerHeartbeats`]): one task sends
+//! one heartbeat per period to each peer with the progress of the groups that
+//! changed, hands received progress to the groups it concerns, and tells the groups
+//! of a silent peer to suspect it. A group task therefore sleeps while its object
+//! is idle, whatever the number of members. A frame for an object this host does
+//! not have is answered with [`Message::Left`], so a peer that missed a leave (or
+//! talks to a restarted host) excludes this host at once.
+//!
 //! Back-pressure: the mesh has no flow control between members yet (a total-order
 //! sequencer cannot slow for one member), so work the object's mailbox refuses
 //! waits in the task's backlog, counted against the object's memory cap with its
@@ -13,19 +21,22 @@
 //! quarantined on this node instead of anything being dropped: the replica leaves
 //! the group and every caller sees why.
 
-use super::core::{Config, Event as CoreEvent, MeshCore, Message, Output, View as CoreView};
-use super::net::{Frame, Inbound, NetError, Peer, Transport};
+use super::core::peers::{PeerHeartbeats, PeerOutput};
+use super::core::{
+    Config, Event as CoreEvent, Liveness, MeshCore, Message, Output, Progress, View as CoreView,
+};
+use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
 use crate::group::{Admission, GroupError, GroupNotice, GroupStatus};
 use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
-use liveobjects_directory::record::Grant;
+use liveobjects_directory::record::{Grant, Signed};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 /// Frames and commands queued per group before new frames are dropped.
 const GROUP_QUEUE: usize = 8192;
@@ -40,44 +51,92 @@ enum Command {
     Leave,
 }
 
+/// One group's message from a peer.
+struct GroupFrame {
+    from: Peer,
+    message: Message<Peer>,
+    grant: Option<Signed<Grant>>,
+}
+
 enum GroupInput {
-    Frame(Box<Frame>),
+    Frame(Box<GroupFrame>),
+    /// A member's progress, from its host's heartbeat.
+    Progress(Peer, Progress),
+    /// The host has not heard from this member for the suspect timeout.
+    Suspect(Peer),
     Command(Command),
+}
+
+/// The groups' task inputs by object name.
+type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<GroupInput>>>>;
+
+/// The host's per-peer heartbeats, shared by its router, its heartbeat task and
+/// its groups' tasks (each holds the lock for a few map operations).
+type SharedHeartbeats = Arc<Mutex<PeerHeartbeats<Peer, String>>>;
+
+/// Milliseconds since `started`: the clock of the host's cores.
+fn millis_since(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
 }
 
 /// One host's presence on the mesh: its transport and the groups it takes part in.
 pub struct MeshNode {
     transport: Arc<Transport>,
-    groups: Arc<Mutex<HashMap<String, mpsc::Sender<GroupInput>>>>,
+    groups: Routes,
     started: Instant,
     config: Config,
+    heartbeats: SharedHeartbeats,
+    /// Wakes the heartbeat task when a group gains peers.
+    heartbeat_wake: Arc<Notify>,
+    /// Stops the heartbeat task (also when dropped).
+    stop: watch::Sender<bool>,
 }
 
 impl MeshNode {
     /// Listen on `listen` (QUIC) as `identity`. Must run inside a tokio runtime.
+    /// `config.liveness` says who heartbeats: [`Liveness::PerPeer`] (what `lo node`
+    /// runs) has this host send one heartbeat per peer for all its groups;
+    /// [`Liveness::PerGroup`] has every group heartbeat its members itself (what
+    /// the idle benchmark compares against).
     pub fn start(
         identity: &Identity,
         listen: SocketAddr,
         config: Config,
     ) -> Result<Self, NetError> {
-        let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(GROUP_QUEUE);
+        let started = Instant::now();
+        let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(GROUP_QUEUE);
         let transport = Transport::start(identity, listen, inbound_tx)?;
-        let groups: Arc<Mutex<HashMap<String, mpsc::Sender<GroupInput>>>> = Arc::default();
-        let routes = groups.clone();
-        tokio::spawn(async move {
-            while let Some(Inbound { frame }) = inbound_rx.recv().await {
-                let route = routes.lock().expect("routes").get(&frame.object).cloned();
-                if let Some(tx) = route {
-                    // Full: drop; the protocol retransmits.
-                    let _ = tx.try_send(GroupInput::Frame(Box::new(frame)));
-                }
-            }
-        });
+        let groups: Routes = Arc::default();
+        let heartbeats: SharedHeartbeats = Arc::new(Mutex::new(PeerHeartbeats::new(
+            transport.me(),
+            &config,
+            millis_since(started),
+        )));
+        let heartbeat_wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(route_inbound(
+            inbound_rx,
+            groups.clone(),
+            heartbeats.clone(),
+            transport.clone(),
+            started,
+        ));
+        tokio::spawn(send_heartbeats(
+            heartbeats.clone(),
+            groups.clone(),
+            transport.clone(),
+            heartbeat_wake.clone(),
+            stopped,
+            started,
+        ));
         Ok(MeshNode {
             transport,
             groups,
-            started: Instant::now(),
+            started,
             config,
+            heartbeats,
+            heartbeat_wake,
+            stop,
         })
     }
 
@@ -151,14 +210,21 @@ impl MeshNode {
         }
     }
 
+    /// How many frames this host has sent to its peers, all groups and heartbeats
+    /// together.
+    pub fn frames_sent(&self) -> u64 {
+        self.transport.frames_sent()
+    }
+
     /// Stop all groups and close connections.
     pub fn shutdown(&self) {
         self.groups.lock().expect("routes").clear();
+        let _ = self.stop.send(true);
         self.transport.close();
     }
 
     fn now(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        millis_since(self.started)
     }
 
     fn replica(
@@ -220,6 +286,12 @@ impl MeshNode {
             admission,
             status: status.clone(),
             view_id: None,
+            per_peer: self.config.liveness == Liveness::PerPeer,
+            heartbeats: self.heartbeats.clone(),
+            heartbeat_wake: self.heartbeat_wake.clone(),
+            published_progress: None,
+            routes: self.groups.clone(),
+            route: tx.clone(),
         };
         tokio::spawn(group.run(rx, results));
         GroupHandle {
@@ -375,11 +447,20 @@ struct Group {
     admission: Admission,
     status: Arc<Mutex<GroupStatus>>,
     view_id: Option<u64>,
+    /// Whether the host heartbeats for the group ([`Liveness::PerPeer`]).
+    per_peer: bool,
+    heartbeats: SharedHeartbeats,
+    heartbeat_wake: Arc<Notify>,
+    /// The progress last handed to the host's heartbeats.
+    published_progress: Option<Progress>,
+    routes: Routes,
+    /// This task's own route (a rejoin of the same object has another).
+    route: mpsc::Sender<GroupInput>,
 }
 
 impl Group {
     fn now(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        millis_since(self.started)
     }
 
     async fn run(
@@ -410,9 +491,17 @@ impl Group {
                     Some(GroupInput::Frame(frame)) => {
                         if self.admit(&frame) {
                             let now = self.now();
-                            let Frame { from, message, .. } = *frame;
+                            let GroupFrame { from, message, .. } = *frame;
                             self.core.handle_message(now, from, message);
                         }
+                    }
+                    Some(GroupInput::Progress(from, progress)) => {
+                        let now = self.now();
+                        self.core.handle_progress(now, from, progress);
+                    }
+                    Some(GroupInput::Suspect(member)) => {
+                        let now = self.now();
+                        self.core.handle_suspect(now, member);
                     }
                     Some(GroupInput::Command(command)) => self.command(command),
                 },
@@ -422,6 +511,24 @@ impl Group {
                     let now = self.now();
                     self.core.handle_timeout(now);
                 }
+            }
+        }
+        // Tell the members, so they exclude this one now rather than after the
+        // suspect timeout, and stop heartbeating for the group.
+        self.core.leave();
+        self.transmit();
+        let now = self.now();
+        self.heartbeats
+            .lock()
+            .expect("heartbeats")
+            .remove_group(now, &self.object);
+        {
+            let mut routes = self.routes.lock().expect("routes");
+            if routes
+                .get(&self.object)
+                .is_some_and(|tx| tx.same_channel(&self.route))
+            {
+                routes.remove(&self.object);
             }
         }
         let reason = self
@@ -448,9 +555,24 @@ impl Group {
     }
 
     fn publish_status(&mut self) {
-        let mut status = self.status.lock().expect("status");
         let view = self.core.view();
-        if self.view_id != Some(view.id) {
+        let new_view = self.view_id != Some(view.id);
+        let progress = self.core.progress();
+        if self.per_peer && (new_view || progress != self.published_progress) {
+            let now = self.now();
+            let mut heartbeats = self.heartbeats.lock().expect("heartbeats");
+            if new_view {
+                heartbeats.set_members(now, &self.object, &view.members);
+            }
+            heartbeats.set_progress(&self.object, progress);
+            drop(heartbeats);
+            self.published_progress = progress;
+            if new_view {
+                self.heartbeat_wake.notify_one();
+            }
+        }
+        let mut status = self.status.lock().expect("status");
+        if new_view {
             self.view_id = Some(view.id);
             status.members = view.members.clone();
         }
@@ -497,7 +619,7 @@ impl Group {
 
     /// Members enforce the object's policy on join requests: a refused joiner is
     /// never added to the view, so it receives no state and no events.
-    fn admit(&self, frame: &Frame) -> bool {
+    fn admit(&self, frame: &GroupFrame) -> bool {
         if !matches!(frame.message, Message::JoinRequest) {
             return true;
         }
@@ -633,20 +755,7 @@ impl Group {
     /// until both are empty.
     fn pump(&mut self) {
         loop {
-            let mut progressed = false;
-            while let Some((to, message)) = self.core.poll_transmit() {
-                progressed = true;
-                let grant = matches!(message, Message::JoinRequest)
-                    .then(|| self.admission.grant.clone())
-                    .flatten();
-                let frame = Frame {
-                    object: self.object.clone(),
-                    from: self.me,
-                    message,
-                    grant,
-                };
-                self.transport.send(to, &frame);
-            }
+            let mut progressed = self.transmit();
             while let Some(output) = self.core.poll_output() {
                 progressed = true;
                 self.output(output);
@@ -655,6 +764,27 @@ impl Group {
                 return;
             }
         }
+    }
+
+    /// Send what the core has to send; whether there was anything.
+    fn transmit(&mut self) -> bool {
+        let mut sent = false;
+        while let Some((to, message)) = self.core.poll_transmit() {
+            sent = true;
+            let grant = matches!(message, Message::JoinRequest)
+                .then(|| self.admission.grant.clone())
+                .flatten();
+            let frame = Frame {
+                from: self.me,
+                body: Body::Group {
+                    object: self.object.clone(),
+                    message,
+                    grant,
+                },
+            };
+            self.transport.send(to, &frame);
+        }
+        sent
     }
 
     fn output(&mut self, output: Output<Peer>) {
@@ -768,5 +898,133 @@ fn guest_view(view: &CoreView<Peer>) -> View {
     View {
         id: view.id,
         members: view.members.iter().map(|p| p.key.to_string()).collect(),
+    }
+}
+
+/// Hand each inbound frame to its group; answer frames for objects this host does
+/// not have with [`Message::Left`].
+async fn route_inbound(
+    mut inbound: mpsc::Receiver<Inbound>,
+    routes: Routes,
+    heartbeats: SharedHeartbeats,
+    transport: Arc<Transport>,
+    started: Instant,
+) {
+    let me = transport.me();
+    let not_here = |to: Peer, object: String| {
+        let frame = Frame {
+            from: me,
+            body: Body::Group {
+                object,
+                message: Message::Left,
+                grant: None,
+            },
+        };
+        transport.send(to, &frame);
+    };
+    while let Some(Inbound { frame }) = inbound.recv().await {
+        let now = millis_since(started);
+        let Frame { from, body } = frame;
+        match body {
+            Body::Group {
+                object,
+                message,
+                grant,
+            } => {
+                heartbeats.lock().expect("heartbeats").heard(now, &from);
+                // Neither a Left (no ping-pong) nor a join request (the joiner
+                // asked the wrong host; it tries its other contacts) is answered.
+                let answer = !matches!(message, Message::Left | Message::JoinRequest);
+                let route = routes.lock().expect("routes").get(&object).cloned();
+                let frame = GroupInput::Frame(Box::new(GroupFrame {
+                    from,
+                    message,
+                    grant,
+                }));
+                match route.map(|tx| tx.try_send(frame)) {
+                    // Full: dropped; the protocol retransmits.
+                    Some(Ok(())) | Some(Err(mpsc::error::TrySendError::Full(_))) => {}
+                    None | Some(Err(mpsc::error::TrySendError::Closed(_))) => {
+                        if answer {
+                            not_here(from, object);
+                        }
+                    }
+                }
+            }
+            Body::Heartbeat(heartbeat) => {
+                let handed = heartbeats
+                    .lock()
+                    .expect("heartbeats")
+                    .receive(now, &from, heartbeat);
+                for (object, progress) in handed {
+                    let route = routes.lock().expect("routes").get(&object).cloned();
+                    match route.map(|tx| tx.try_send(GroupInput::Progress(from, progress))) {
+                        Some(Ok(())) => {}
+                        Some(Err(mpsc::error::TrySendError::Full(_))) => heartbeats
+                            .lock()
+                            .expect("heartbeats")
+                            .forget(&from, &object),
+                        None | Some(Err(mpsc::error::TrySendError::Closed(_))) => {
+                            not_here(from, object)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The host's heartbeat task: one heartbeat per period to each peer it shares a
+/// group with, and suspicions of silent peers to their groups. Sleeps while no
+/// group has another member.
+async fn send_heartbeats(
+    heartbeats: SharedHeartbeats,
+    routes: Routes,
+    transport: Arc<Transport>,
+    wake: Arc<Notify>,
+    mut stopped: watch::Receiver<bool>,
+    started: Instant,
+) {
+    let me = transport.me();
+    loop {
+        let next = heartbeats.lock().expect("heartbeats").poll_timeout();
+        let deadline = match next {
+            Some(at) => started + Duration::from_millis(at),
+            None => Instant::now() + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            changed = stopped.changed() => {
+                if changed.is_err() || *stopped.borrow() {
+                    return;
+                }
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let outputs: Vec<PeerOutput<Peer, String>> = {
+            let mut heartbeats = heartbeats.lock().expect("heartbeats");
+            heartbeats.handle_timeout(millis_since(started));
+            std::iter::from_fn(|| heartbeats.poll_output()).collect()
+        };
+        for output in outputs {
+            match output {
+                PeerOutput::Transmit { to, heartbeat } => {
+                    let frame = Frame {
+                        from: me,
+                        body: Body::Heartbeat(heartbeat),
+                    };
+                    transport.send(to, &frame);
+                }
+                PeerOutput::Suspect { peer, groups } => {
+                    let routes = routes.lock().expect("routes");
+                    for object in groups {
+                        if let Some(tx) = routes.get(&object) {
+                            // Full: the suspicion comes again next period.
+                            let _ = tx.try_send(GroupInput::Suspect(peer));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@
 //!   the connection, and only that peer is affected.
 
 use super::core::Message;
+use super::core::peers::Heartbeat;
 use liveobjects_directory::keys::{Identity, PublicKey};
 use liveobjects_directory::tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -72,15 +74,27 @@ impl std::fmt::Debug for Peer {
 /// One frame on the wire.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Frame {
-    /// The object (group) it belongs to.
-    pub object: String,
-    /// The sending member.
+    /// The sending host.
     pub from: Peer,
-    /// The protocol message.
-    pub message: Message<Peer>,
-    /// The sender's permission to join (sent with join requests to objects whose
-    /// policy admits grant holders).
-    pub grant: Option<liveobjects_directory::record::Signed<liveobjects_directory::record::Grant>>,
+    /// What it carries.
+    pub body: Body,
+}
+
+/// What a [`Frame`] carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Body {
+    /// A protocol message of one group.
+    Group {
+        /// The object (group) it belongs to.
+        object: String,
+        /// The protocol message.
+        message: Message<Peer>,
+        /// The sender's permission to join (sent with join requests to objects
+        /// whose policy admits grant holders).
+        grant: Option<liveobjects_directory::record::Signed<liveobjects_directory::record::Grant>>,
+    },
+    /// The host's heartbeat for every group it shares with the receiver.
+    Heartbeat(Heartbeat<String>),
 }
 
 /// A frame received from an authenticated peer.
@@ -115,6 +129,8 @@ pub struct Transport<F: WireFrame = Frame> {
     /// The latest connection each peer dialed to us.
     incoming: Mutex<HashMap<PublicKey, quinn::Connection>>,
     frames: std::marker::PhantomData<fn() -> F>,
+    /// Frames queued for any peer since the start.
+    frames_sent: AtomicU64,
 }
 
 fn certificate(
@@ -212,6 +228,7 @@ impl<F: WireFrame> Transport<F> {
             links: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             frames: std::marker::PhantomData,
+            frames_sent: AtomicU64::new(0),
         });
         tokio::spawn(accept_loop(endpoint, inbound, Arc::downgrade(&transport)));
         Ok(transport)
@@ -220,6 +237,12 @@ impl<F: WireFrame> Transport<F> {
     /// This host as a peer.
     pub fn me(&self) -> Peer {
         self.me
+    }
+
+    /// How many frames this endpoint has queued for its peers since it started
+    /// (what an idle host's traffic is measured by).
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(Ordering::Relaxed)
     }
 
     /// Queue a frame for `to`. Never waits: if the peer's queue is full the frame is
@@ -242,7 +265,9 @@ impl<F: WireFrame> Transport<F> {
             tokio::spawn(writer(self.clone(), to, rx));
             tx
         });
-        if link.try_send(bytes).is_err() {
+        if link.try_send(bytes).is_ok() {
+            self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
             tracing::debug!("queue to {to:?} full or closed; dropping a frame");
             if link.is_closed() {
                 links.remove(&to);

@@ -1,7 +1,7 @@
 //! The mesh as a node's [`Driver`]: joins through the record's seeds (then any
 //! extra seeds the node found, e.g. by gossip), or founds the group.
 
-use super::core::Config;
+use super::core::{Config, Liveness};
 use super::group::{GroupHandle, MeshNode};
 use crate::driver::{BoxFuture, Driver, DriverInfo, JoinRequest, JoinedObject, ObjectReport};
 use crate::group::{GroupError, GroupNotice};
@@ -30,8 +30,15 @@ impl MeshDriver {
         identity: &liveobjects_directory::keys::Identity,
         args: &MeshArgs,
     ) -> Result<Self, String> {
-        let node = MeshNode::start(identity, args.listen, Config::default())
-            .map_err(|e| format!("cannot start the mesh on {}: {e}", args.listen))?;
+        let node = MeshNode::start(
+            identity,
+            args.listen,
+            Config {
+                liveness: Liveness::PerPeer,
+                ..Config::default()
+            },
+        )
+        .map_err(|e| format!("cannot start the mesh on {}: {e}", args.listen))?;
         Ok(MeshDriver { node })
     }
 

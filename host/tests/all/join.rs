@@ -9,7 +9,7 @@ use liveobjects_host::group::Admission;
 use liveobjects_host::join::{JoinError, JoinOptions, join};
 use liveobjects_host::mesh::group::MeshNode;
 use liveobjects_host::runtime::{Runtime, RuntimeConfig};
-use liveobjects_protocols::mesh::Config;
+use liveobjects_protocols::mesh::{Config, Liveness};
 use std::time::Duration;
 
 struct World {
@@ -55,6 +55,7 @@ fn node(identity: &Identity) -> MeshNode {
             heartbeat: 100,
             suspect_after: 1_500,
             retry: 200,
+            liveness: Liveness::PerPeer,
             ..Config::default()
         },
     )

@@ -4,9 +4,9 @@
 use liveobjects_directory::keys::Identity;
 use liveobjects_host::group::Admission;
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
-use liveobjects_host::mesh::net::{Frame, Transport};
+use liveobjects_host::mesh::net::{Body, Frame, Transport};
 use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
-use liveobjects_protocols::mesh::Config;
+use liveobjects_protocols::mesh::{Config, Liveness};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ fn config() -> Config {
         heartbeat: 100,
         suspect_after: 1_500,
         retry: 200,
+        liveness: Liveness::PerPeer,
         ..Config::default()
     }
 }
@@ -226,6 +227,105 @@ async fn a_host_that_stops_leaves_the_view_and_the_others_carry_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_is_excluded_at_once_not_after_the_suspect_timeout() {
+    let (runtime, logic) = setup();
+    // A minute's suspect timeout: within the test's 10 s only the leaver's own
+    // word can exclude it.
+    let slow_to_suspect = || {
+        MeshNode::start(
+            &Identity::generate(),
+            "127.0.0.1:0".parse().unwrap(),
+            Config {
+                suspect_after: 60_000,
+                ..config()
+            },
+        )
+        .unwrap()
+    };
+    let (a, b, c) = (slow_to_suspect(), slow_to_suspect(), slow_to_suspect());
+    let ga = a
+        .found(&runtime, &logic, ROOM, Admission::default())
+        .unwrap();
+    let gb = b
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
+    let _gc = c
+        .join(&runtime, &logic, ROOM, a.me(), Admission::default())
+        .unwrap();
+    eventually(20, "three members", || async {
+        members(&ga).await == 3 && members(&gb).await == 3
+    })
+    .await;
+    c.leave(ROOM).await;
+    eventually(10, "c excluded on its leave", || async {
+        members(&ga).await == 2 && members(&gb).await == 2
+    })
+    .await;
+    post_many(gb.clone(), "b", 5).await;
+    eventually(10, "5 messages at a and b", || async {
+        count(&ga).await == 5 && count(&gb).await == 5
+    })
+    .await;
+    for n in [a, b, c] {
+        n.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_cost_one_heartbeat_per_peer_not_one_per_group() {
+    const GROUPS: usize = 20;
+    let (runtime, logic) = setup();
+    let (a, b) = (node(), node());
+    let mut pairs = Vec::new();
+    for i in 0..GROUPS {
+        let object = format!("{ROOM}-{i}");
+        let ga = a
+            .found(&runtime, &logic, &object, Admission::default())
+            .unwrap();
+        let gb = b
+            .join(&runtime, &logic, &object, a.me(), Admission::default())
+            .unwrap();
+        pairs.push((ga, gb));
+    }
+    eventually(30, "two members in every group", || async {
+        for (ga, gb) in &pairs {
+            if members(ga).await != 2 || members(gb).await != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Let the joins' last acknowledgements go out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (sent_a, sent_b, since) = (a.frames_sent(), b.frames_sent(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let periods = since.elapsed().as_millis() as u64 / config().heartbeat;
+    let (idle_a, idle_b) = (a.frames_sent() - sent_a, b.frames_sent() - sent_b);
+    // One heartbeat per period to the one peer, whatever the number of groups
+    // (a heartbeat per group, as before, would be GROUPS times as many).
+    for (host, idle) in [("a", idle_a), ("b", idle_b)] {
+        assert!(
+            idle <= periods + 2,
+            "{host} sent {idle} frames in {periods} heartbeat periods with {GROUPS} idle groups"
+        );
+        assert!(
+            idle >= periods / 4,
+            "{host} sent only {idle} frames in {periods} periods: its heartbeats stopped"
+        );
+    }
+    // And the groups are alive: an event still goes through.
+    pairs[7].0.call("post", &["\"still here\""]).await.unwrap();
+    eventually(10, "the event at b", || async {
+        count(&pairs[7].1).await == 1
+    })
+    .await;
+    a.shutdown();
+    b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() {
     let (runtime, logic) = setup();
     let (a, b) = (node(), node());
@@ -242,14 +342,16 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
     let mallory: std::sync::Arc<Transport> =
         Transport::start(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), tx).unwrap();
     let forged = Frame {
-        object: ROOM.to_string(),
         from: b.me(),
-        message: liveobjects_protocols::mesh::Message::Submit {
-            seq: 1,
-            timestamp_ms: 0,
-            payload: vec![0, 4, b'e', b'v', b'i', b'l'],
+        body: Body::Group {
+            object: ROOM.to_string(),
+            message: liveobjects_protocols::mesh::Message::Submit {
+                seq: 1,
+                timestamp_ms: 0,
+                payload: vec![0, 4, b'e', b'v', b'i', b'l'],
+            },
+            grant: None,
         },
-        grant: None,
     };
     for _ in 0..5 {
         mallory.send(a.me(), &forged);

@@ -2,10 +2,15 @@
 //! message loss, duplication and reordering, crashes and joins. A safety phase with
 //! faults is followed by a liveness phase without them, after which the survivors
 //! must have delivered the same events, in the same order, each exactly once.
+//! Every scenario runs twice: with the cores heartbeating themselves
+//! ([`Liveness::PerGroup`]) and with a node's per-peer heartbeats
+//! ([`Liveness::PerPeer`], [`PeerHeartbeats`]), as `lo node` runs them, whose
+//! heartbeats are lost, duplicated and reordered like every other message.
 //!
 //! A failing seed replays exactly: `MESH_SEED=1234 cargo test --release --test mesh_simulation`.
 
-use liveobjects_protocols::mesh::{Config, MeshCore, Message, Output};
+use liveobjects_protocols::mesh::peers::{Heartbeat, PeerHeartbeats, PeerOutput};
+use liveobjects_protocols::mesh::{Config, Liveness, MeshCore, Message, Output};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -98,8 +103,17 @@ impl App {
     }
 }
 
+/// What travels between simulated hosts.
+#[derive(Debug, Clone)]
+enum Wire {
+    Group(Message<Id>),
+    Heartbeat(Heartbeat<()>),
+}
+
 struct Node {
     core: MeshCore<Id>,
+    /// The host's per-peer heartbeats for its one group (used with `PerPeer`).
+    heartbeats: PeerHeartbeats<Id, ()>,
     app: App,
     alive: bool,
     /// Multicasts made (seq numbers), to check liveness for survivors.
@@ -111,7 +125,7 @@ struct Sim {
     now: u64,
     nodes: BTreeMap<Id, Node>,
     queue: BinaryHeap<Reverse<(u64, u64, Id, Id)>>,
-    in_flight: BTreeMap<u64, Message<Id>>,
+    in_flight: BTreeMap<u64, Wire>,
     next_msg: u64,
     loss: u64,
     dup: u64,
@@ -121,7 +135,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, liveness: Liveness) -> Self {
         Sim {
             rng: Rng(seed),
             now: 0,
@@ -138,6 +152,7 @@ impl Sim {
                 retry: 100,
                 max_in_flight: 64,
                 max_buffered: 10_000,
+                liveness,
             },
             messages_sent: 0,
         }
@@ -155,10 +170,12 @@ impl Sim {
     }
 
     fn add(&mut self, id: Id, core: MeshCore<Id>) {
+        let heartbeats = PeerHeartbeats::new(id, &self.config, self.now);
         self.nodes.insert(
             id,
             Node {
                 core,
+                heartbeats,
                 app: App::default(),
                 alive: true,
                 sent: 0,
@@ -185,24 +202,49 @@ impl Sim {
         self.drain(id);
     }
 
+    fn per_peer(&self) -> bool {
+        self.config.liveness == Liveness::PerPeer
+    }
+
+    /// Put `wire` on the network, with the seeded loss, duplication and delay.
+    fn send(&mut self, from: Id, to: Id, wire: Wire) {
+        self.messages_sent += 1;
+        if self.rng.chance(self.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + 1 + self.rng.below(self.max_delay);
+            let n = self.next_msg;
+            self.next_msg += 1;
+            self.in_flight.insert(n, wire.clone());
+            self.queue.push(Reverse((at, n, from, to)));
+        }
+    }
+
     /// Move a node's transmits into the network and its outputs into its app.
     fn drain(&mut self, id: Id) {
+        let per_peer = self.per_peer();
         loop {
-            let node = self.nodes.get_mut(&id).unwrap();
             let mut progressed = false;
-            while let Some((to, message)) = node.core.poll_transmit() {
+            while let Some((to, message)) = self.nodes.get_mut(&id).unwrap().core.poll_transmit() {
                 progressed = true;
-                self.messages_sent += 1;
-                if self.rng.chance(self.loss) {
-                    continue;
-                }
-                let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
-                for _ in 0..copies {
-                    let at = self.now + 1 + self.rng.below(self.max_delay);
-                    let n = self.next_msg;
-                    self.next_msg += 1;
-                    self.in_flight.insert(n, message.clone());
-                    self.queue.push(Reverse((at, n, id, to)));
+                self.send(id, to, Wire::Group(message));
+            }
+            while let Some(output) = self.nodes.get_mut(&id).unwrap().heartbeats.poll_output() {
+                progressed = true;
+                match output {
+                    PeerOutput::Transmit { to, heartbeat } => {
+                        self.send(id, to, Wire::Heartbeat(heartbeat))
+                    }
+                    PeerOutput::Suspect { peer, .. } => {
+                        let now = self.now;
+                        self.nodes
+                            .get_mut(&id)
+                            .unwrap()
+                            .core
+                            .handle_suspect(now, peer)
+                    }
                 }
             }
             let node = self.nodes.get_mut(&id).unwrap();
@@ -223,6 +265,9 @@ impl Sim {
                         if std::env::var("MESH_TRACE").is_ok() {
                             eprintln!("t={} node {id} view {v:?}", self.now);
                         }
+                        if per_peer {
+                            node.heartbeats.set_members(self.now, &(), &v.members);
+                        }
                     }
                     Output::TakeSnapshot(cut) => {
                         let snap = node.app.snapshot();
@@ -233,6 +278,10 @@ impl Sim {
                     // Snapshots never fail here (see the core's refusal test).
                     Output::JoinRefused { reason } => panic!("node {id} was refused: {reason}"),
                 }
+            }
+            if per_peer {
+                let progress = node.core.progress();
+                node.heartbeats.set_progress(&(), progress);
             }
             if !progressed {
                 break;
@@ -256,7 +305,8 @@ impl Sim {
                 .nodes
                 .values()
                 .filter(|n| n.alive)
-                .filter_map(|n| n.core.poll_timeout())
+                .flat_map(|n| [n.core.poll_timeout(), n.heartbeats.poll_timeout()])
+                .flatten()
                 .min();
             let next = match (next_msg, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
@@ -270,31 +320,47 @@ impl Sim {
             self.now = next;
             if next_msg == Some(next) {
                 let Reverse((_, n, from, to)) = self.queue.pop().unwrap();
-                let message = self.in_flight.remove(&n).unwrap();
+                let wire = self.in_flight.remove(&n).unwrap();
                 let from_alive = self.nodes.get(&from).is_some_and(|n| n.alive);
                 if let Some(node) = self.nodes.get_mut(&to)
                     && node.alive
                     && from_alive
                 {
                     if std::env::var("MESH_TRACE_MSG").is_ok_and(|v| v == to.to_string()) {
-                        eprintln!("t={} {from} -> {to}: {message:?}", self.now);
+                        eprintln!("t={} {from} -> {to}: {wire:?}", self.now);
                     }
-                    node.core.handle_message(self.now, from, message);
+                    match wire {
+                        Wire::Group(message) => {
+                            node.heartbeats.heard(self.now, &from);
+                            node.core.handle_message(self.now, from, message);
+                        }
+                        Wire::Heartbeat(heartbeat) => {
+                            for ((), progress) in
+                                node.heartbeats.receive(self.now, &from, heartbeat)
+                            {
+                                node.core.handle_progress(self.now, from, progress);
+                            }
+                        }
+                    }
                     self.drain(to);
                 }
             } else {
                 let due: Vec<Id> = self
                     .nodes
                     .iter()
-                    .filter(|(_, n)| n.alive && n.core.poll_timeout().is_some_and(|t| t <= next))
+                    .filter(|(_, n)| {
+                        n.alive
+                            && [n.core.poll_timeout(), n.heartbeats.poll_timeout()]
+                                .into_iter()
+                                .flatten()
+                                .any(|t| t <= next)
+                    })
                     .map(|(id, _)| *id)
                     .collect();
                 for id in due {
-                    self.nodes
-                        .get_mut(&id)
-                        .unwrap()
-                        .core
-                        .handle_timeout(self.now);
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    node.core.handle_timeout(self.now);
+                    node.heartbeats.handle_timeout(self.now);
                     self.drain(id);
                 }
             }
@@ -310,7 +376,7 @@ impl Sim {
     }
 
     /// Liveness phase: no more faults; everyone alive must converge.
-    fn heal_and_check(&mut self, seed: u64, crashed_senders: &BTreeSet<Id>) {
+    fn heal_and_check(&mut self, seed: &str, crashed_senders: &BTreeSet<Id>) {
         self.loss = 0;
         self.dup = 0;
         let deadline = self.now + 60_000;
@@ -442,6 +508,14 @@ fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
     default.collect()
 }
 
+/// Each seed, with each kind of heartbeat.
+fn runs(default: std::ops::Range<u64>) -> Vec<(u64, Liveness)> {
+    seeds(default)
+        .into_iter()
+        .flat_map(|seed| [(seed, Liveness::PerGroup), (seed, Liveness::PerPeer)])
+        .collect()
+}
+
 /// A group of `n` members with random ids, all joined through the founder.
 fn group(sim: &mut Sim, n: usize) -> Vec<Id> {
     let mut ids = BTreeSet::new();
@@ -470,27 +544,27 @@ fn burst(sim: &mut Sim, ids: &[Id], rounds: usize) {
 
 #[test]
 fn total_order_and_exactly_once_under_loss_reordering_and_duplication() {
-    for seed in seeds(0..500) {
+    for (seed, liveness) in runs(0..500) {
         if std::env::var("MESH_TRACE").is_ok() {
-            eprintln!("seed {seed}");
+            eprintln!("seed {seed} ({liveness:?})");
         }
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, liveness);
         sim.loss = 10;
         sim.dup = 5;
         let ids = group(&mut sim, 5);
         sim.run_until(2_000);
         burst(&mut sim, &ids, 200);
-        sim.heal_and_check(seed, &BTreeSet::new());
+        sim.heal_and_check(&format!("{seed} ({liveness:?})"), &BTreeSet::new());
     }
 }
 
 #[test]
 fn survivors_agree_after_the_sequencer_crashes_mid_burst() {
-    for seed in seeds(0..500) {
+    for (seed, liveness) in runs(0..500) {
         if std::env::var("MESH_TRACE").is_ok() {
-            eprintln!("seed {seed}");
+            eprintln!("seed {seed} ({liveness:?})");
         }
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, liveness);
         sim.loss = 5;
         sim.dup = 2;
         let ids = group(&mut sim, 5);
@@ -503,17 +577,20 @@ fn survivors_agree_after_the_sequencer_crashes_mid_burst() {
         sim.crash(sequencer);
         let rest: Vec<Id> = ids.iter().copied().filter(|i| *i != sequencer).collect();
         burst(&mut sim, &rest, 100);
-        sim.heal_and_check(seed, &BTreeSet::from([sequencer]));
+        sim.heal_and_check(
+            &format!("{seed} ({liveness:?})"),
+            &BTreeSet::from([sequencer]),
+        );
     }
 }
 
 #[test]
 fn a_crashed_member_is_excluded_and_the_others_carry_on() {
-    for seed in seeds(0..500) {
+    for (seed, liveness) in runs(0..500) {
         if std::env::var("MESH_TRACE").is_ok() {
-            eprintln!("seed {seed}");
+            eprintln!("seed {seed} ({liveness:?})");
         }
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, liveness);
         sim.loss = 5;
         let ids = group(&mut sim, 4);
         sim.run_until(2_000);
@@ -522,17 +599,17 @@ fn a_crashed_member_is_excluded_and_the_others_carry_on() {
         sim.crash(victim);
         let rest: Vec<Id> = ids.iter().copied().filter(|i| *i != victim).collect();
         burst(&mut sim, &rest, 80);
-        sim.heal_and_check(seed, &BTreeSet::from([victim]));
+        sim.heal_and_check(&format!("{seed} ({liveness:?})"), &BTreeSet::from([victim]));
     }
 }
 
 #[test]
 fn a_late_joiner_gets_a_consistent_state_and_every_later_event() {
-    for seed in seeds(0..500) {
+    for (seed, liveness) in runs(0..500) {
         if std::env::var("MESH_TRACE").is_ok() {
-            eprintln!("seed {seed}");
+            eprintln!("seed {seed} ({liveness:?})");
         }
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, liveness);
         sim.loss = 5;
         sim.dup = 5;
         let ids = group(&mut sim, 3);
@@ -549,10 +626,10 @@ fn a_late_joiner_gets_a_consistent_state_and_every_later_event() {
         let mut all = ids.clone();
         all.push(late);
         burst(&mut sim, &all, 40);
-        sim.heal_and_check(seed, &BTreeSet::new());
+        sim.heal_and_check(&format!("{seed} ({liveness:?})"), &BTreeSet::new());
         assert!(
             sim.nodes[&late].app.installed,
-            "seed {seed}: joiner never got state"
+            "seed {seed} ({liveness:?}): joiner never got state"
         );
     }
 }

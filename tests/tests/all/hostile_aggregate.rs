@@ -98,6 +98,15 @@ fn an_endless_loop_hits_the_cpu_limit_and_the_instance_recovers() {
     assert!(message.contains("CPU limit"), "{message}");
     let state = code.contribute(5.0, 0).expect("a fresh instance answers");
     assert_eq!(code.estimate(&state).unwrap(), 5.0);
+    // A merge into a state of 8 loops too; a state of 8 merged into another is
+    // ignored.
+    let greedy = code.contribute(8.0, 0).unwrap();
+    let message = trap_message(code.merge(&greedy, &state).unwrap_err());
+    assert!(message.contains("CPU limit"), "{message}");
+    let merged = code
+        .merge(&state, &greedy)
+        .expect("a fresh instance answers");
+    assert_eq!(code.estimate(&merged).unwrap(), 5.0);
 }
 
 #[test]

@@ -6,6 +6,11 @@
 //! - `contribute(4.0, _)` panics (a trap);
 //! - merging a state whose value is exactly -1 panics (a poisoned state a hostile
 //!   peer could send);
+//! - merging anything *into* a state of value 8 (`merge(a, _)` with `a` = 8) loops
+//!   forever, and a state of 8 merged into another is ignored: a host whose own
+//!   contribution is 8 spends a whole call's CPU limit on every share it receives
+//!   (CPU use that grows with the traffic, not once per epoch), while its peers
+//!   keep their own states and stay well;
 //! - anything else behaves like `max`.
 
 use liveobjects_guest::aggregate::Aggregate;
@@ -49,6 +54,15 @@ impl Aggregate for HostileMax {
     fn merge(a: Self, b: Self) -> Self {
         if a.value == -1.0 || b.value == -1.0 {
             panic!("merge met a poisoned state");
+        }
+        if a.value == 8.0 {
+            let mut spins: u64 = 0;
+            loop {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        }
+        if b.value == 8.0 {
+            return a;
         }
         HostileMax {
             value: a.value.max(b.value),

@@ -20,7 +20,11 @@
 //!   delivered; items every member has delivered are stable and freed.
 //! - **Failure detection.** Members heartbeat each other; a member not heard from
 //!   within the suspect timeout is suspected. The sequencer orders a view without the
-//!   members it suspects.
+//!   members it suspects. A member that leaves says so ([`Message::Left`]) and is
+//!   suspected at once. On a host with many groups the heartbeats are per peer, not
+//!   per group ([`Liveness::PerPeer`], [`peers`]): one heartbeat per period to each
+//!   peer carries the progress of the groups that changed, and an idle group needs
+//!   no timer at all.
 //! - **Sequencer failure (flush).** When members suspect the sequencer, the most
 //!   senior surviving member runs a flush for the next view id: the survivors reply with how
 //!   far they have received, the new sequencer fetches anything it lacks up to the
@@ -38,6 +42,8 @@
 //! form a view) is the job of the `vsync` driver, which decides membership through
 //! consensus. The mesh guarantees total order and exactly-once delivery among members
 //! that stay connected, with crash failures detected by timeouts.
+
+pub mod peers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
@@ -67,6 +73,36 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Most out-of-order items buffered per member (beyond: dropped and re-fetched).
     pub max_buffered: usize,
+    /// Who heartbeats and detects failures: the core itself, or its host for all its
+    /// groups at once.
+    pub liveness: Liveness,
+}
+
+/// Where a group's heartbeats and failure detection happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The core heartbeats every member each period and suspects the silent ones
+    /// itself: for a core used alone (one group per host, the simulator).
+    PerGroup,
+    /// The host does it for all its groups ([`peers::PeerHeartbeats`]): the core
+    /// publishes its [`progress`](MeshCore::progress), takes its members' with
+    /// [`handle_progress`](MeshCore::handle_progress), and suspects a member when
+    /// told ([`handle_suspect`](MeshCore::handle_suspect)). It then needs a timer
+    /// only while it has something to retry.
+    PerPeer,
+}
+
+/// How far a member has got in one group: what a heartbeat carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The member's view id.
+    pub view: u64,
+    /// Highest gseq it has delivered.
+    pub delivered: u64,
+    /// Highest gseq it knows to be ordered.
+    pub ordered: u64,
+    /// Highest gseq every member has delivered (from the sequencer; 0 otherwise).
+    pub stable: u64,
 }
 
 impl Default for Config {
@@ -77,6 +113,7 @@ impl Default for Config {
             retry: 200,
             max_in_flight: 1_024,
             max_buffered: 100_000,
+            liveness: Liveness::PerGroup,
         }
     }
 }
@@ -191,6 +228,10 @@ pub enum Message<Id> {
         /// Highest gseq received contiguously.
         received: u64,
     },
+    /// The sender no longer takes part in the group (it left, was stopped, or its
+    /// host does not have the object): members suspect it at once instead of
+    /// waiting for its silence. Never answered.
+    Left,
     /// The sequencer cannot give a joiner its state (the replica's snapshot failed
     /// in a way every replica would): the join is over.
     JoinRefused {
@@ -520,7 +561,21 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.phase == Phase::Gone || self.idle_alone() {
             return None;
         }
-        Some((self.last_heartbeat + self.config.heartbeat).min(self.last_retry + self.config.retry))
+        let retry = self.last_retry + self.config.retry;
+        match self.config.liveness {
+            Liveness::PerGroup => Some((self.last_heartbeat + self.config.heartbeat).min(retry)),
+            Liveness::PerPeer => self.has_work_to_retry().then_some(retry),
+        }
+    }
+
+    /// Whether [`retry`](Self::retry) has anything to do: a join, submits not yet
+    /// ordered, a gap, a flush.
+    fn has_work_to_retry(&self) -> bool {
+        self.phase == Phase::Joining
+            || !self.in_flight.is_empty()
+            || !self.queued.is_empty()
+            || self.ordered_known > self.delivered
+            || self.flush.is_some()
     }
 
     /// A member alone in its view with nothing to resend: it has nobody to
@@ -540,7 +595,9 @@ impl<Id: MemberId> MeshCore<Id> {
             return;
         }
         self.now = self.now.max(now);
-        if now >= self.last_heartbeat + self.config.heartbeat {
+        if self.config.liveness == Liveness::PerGroup
+            && now >= self.last_heartbeat + self.config.heartbeat
+        {
             self.last_heartbeat = now;
             self.send_heartbeats();
             self.detect_failures(now);
@@ -549,6 +606,70 @@ impl<Id: MemberId> MeshCore<Id> {
             self.last_retry = now;
             self.retry(now);
         }
+    }
+
+    /// How far this member has got, for its host's per-peer heartbeat
+    /// ([`Liveness::PerPeer`]); `None` until it is a member.
+    pub fn progress(&self) -> Option<Progress> {
+        (self.phase == Phase::Member).then(|| Progress {
+            view: self.view.id,
+            delivered: self.delivered,
+            ordered: self.ordered_known,
+            stable: if self.is_sequencer() { self.stable } else { 0 },
+        })
+    }
+
+    /// A member's progress, from its host's heartbeat ([`Liveness::PerPeer`]).
+    pub fn handle_progress(&mut self, now: Millis, from: Id, progress: Progress) {
+        let Progress {
+            view,
+            delivered,
+            ordered,
+            stable,
+        } = progress;
+        self.handle_message(
+            now,
+            from,
+            Message::Heartbeat {
+                view,
+                delivered,
+                ordered,
+                stable,
+            },
+        );
+    }
+
+    /// The host has not heard from `member` for the suspect timeout
+    /// ([`Liveness::PerPeer`]): suspect it, as if this core had seen it fall
+    /// silent. Idempotent; a message from it clears the suspicion.
+    pub fn handle_suspect(&mut self, now: Millis, member: Id) {
+        if self.phase != Phase::Member || member == self.me || !self.view.contains(&member) {
+            return;
+        }
+        self.now = self.now.max(now);
+        self.suspected.insert(member);
+        self.act_on_suspects(now);
+        self.pump_submits(now);
+    }
+
+    /// Stop taking part: tell the members (or, while joining, the contact) with
+    /// [`Message::Left`], so they exclude this member at once, and do nothing more.
+    pub fn leave(&mut self) {
+        let told: Vec<Id> = match self.phase {
+            Phase::Gone => Vec::new(),
+            Phase::Joining => self.contact.iter().cloned().collect(),
+            Phase::Member => self
+                .view
+                .members
+                .iter()
+                .filter(|m| **m != self.me)
+                .cloned()
+                .collect(),
+        };
+        for member in told {
+            self.transmits.push_back((member, Message::Left));
+        }
+        self.phase = Phase::Gone;
     }
 
     /// A message from a peer.
@@ -599,6 +720,13 @@ impl<Id: MemberId> MeshCore<Id> {
             }
             Message::Flush { view } => self.on_flush(from, view),
             Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
+            Message::Left => {
+                if self.phase == Phase::Member && self.view.contains(&from) {
+                    tracing::debug!("{:?}: {:?} left", self.me, from);
+                    self.suspected.insert(from);
+                    self.act_on_suspects(now);
+                }
+            }
             Message::JoinRefused { reason } => {
                 // Only the member we asked can refuse us, and only while we join.
                 if self.phase == Phase::Joining && self.contact.as_ref() == Some(&from) {
@@ -1038,6 +1166,12 @@ impl<Id: MemberId> MeshCore<Id> {
                 self.suspected.insert(member.clone());
             }
         }
+        self.act_on_suspects(now);
+    }
+
+    /// The sequencer excludes the suspects; if the sequencer is suspected, the most
+    /// senior survivor flushes.
+    fn act_on_suspects(&mut self, now: Millis) {
         if self.suspected.is_empty() {
             return;
         }
