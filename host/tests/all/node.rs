@@ -621,7 +621,9 @@ fn gossip_aggregates_join_on_nodes_and_run_on_the_executor_beside_a_looping_one(
     // second. Node 1 gives it 8, so every share node 2 sends it costs node 1 a
     // whole call's fuel limit: CPU that grows with the gossip traffic (one
     // stopped loop per epoch, 2 ms on one machine here and more on another, is
-    // under the budget on a fast one).
+    // under the budget on a fast one). Both start at the default input, 1, which
+    // the hostile code treats as an ordinary number: nothing loops before a host
+    // asks for it, so the only CPU over the budget is node 1's merges.
     for (logic, name, options) in [
         (liveobjects_objects::CENSUS, CENSUS, &[][..]),
         (
@@ -699,18 +701,20 @@ fn gossip_aggregates_join_on_nodes_and_run_on_the_executor_beside_a_looping_one(
             &control(&home, n),
         ]);
     }
-    // A node's input starts at 1, which makes every contribution of the hostile
-    // aggregate loop until its CPU limit stops it, on the executor. Node 2 gives
-    // it 7 (it then behaves as a maximum); node 1 keeps looping, and follows the
-    // epochs with node 2's state.
-    home.ok(&[
-        "call",
-        LOOPING_AGGREGATE,
-        "set-input",
-        "7",
-        "--control",
-        &control(&home, 2),
-    ]);
+    // Node 1 gives the looping one 9, which makes each of its contributions loop
+    // until its CPU limit stops it, on the executor, from the next epoch on; it
+    // then follows the epochs with node 2's state. Node 2 gives it 7 (it then
+    // behaves as a maximum).
+    for (n, input) in [(1, "9"), (2, "7")] {
+        home.ok(&[
+            "call",
+            LOOPING_AGGREGATE,
+            "set-input",
+            input,
+            "--control",
+            &control(&home, n),
+        ]);
+    }
     let wrong = home.run(&[
         "call",
         CENSUS,

@@ -94,10 +94,13 @@ fn trap_message(err: AggregateError) -> String {
 #[test]
 fn an_endless_loop_hits_the_cpu_limit_and_the_instance_recovers() {
     let mut code = hostile();
-    let message = trap_message(code.contribute(1.0, 0).unwrap_err());
+    let message = trap_message(code.contribute(9.0, 0).unwrap_err());
     assert!(message.contains("CPU limit"), "{message}");
     let state = code.contribute(5.0, 0).expect("a fresh instance answers");
     assert_eq!(code.estimate(&state).unwrap(), 5.0);
+    // A node's default input is an ordinary number.
+    let ordinary = code.contribute(1.0, 0).unwrap();
+    assert_eq!(code.estimate(&ordinary).unwrap(), 1.0);
     // A merge into a state of 8 loops too; a state of 8 merged into another is
     // ignored.
     let greedy = code.contribute(8.0, 0).unwrap();

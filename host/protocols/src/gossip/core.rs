@@ -582,9 +582,13 @@ impl<C: AggregateCode> Aggregation<C> {
         let seed = self.seeds.seed(&self.object, epoch);
         let merged = match self.code.contribute(self.input, seed) {
             Ok(mine) => self.code.merge(&mine, incoming),
-            // This host cannot contribute (its input makes the object fail): still
-            // follow the group's epochs with the peer's state, if it reads.
-            Err(_) => self.code.estimate(incoming).map(|_| incoming.to_vec()),
+            // This host cannot contribute (its input makes the object fail): say
+            // so, and still follow the group's epochs with the peer's state, if it
+            // reads.
+            Err(e) => {
+                failed(&self.object, e, events);
+                self.code.estimate(incoming).map(|_| incoming.to_vec())
+            }
         };
         match merged {
             Ok(state) => {

@@ -1,6 +1,6 @@
 //! Test-only gossip aggregate: a maximum that misbehaves when asked to.
 //!
-//! - `contribute(1.0, _)` loops forever (CPU limit);
+//! - `contribute(9.0, _)` loops forever (CPU limit);
 //! - `contribute(2.0, _)` allocates without bound (memory limit);
 //! - `contribute(3.0, _)` returns a 1 MiB state (state size cap);
 //! - `contribute(4.0, _)` panics (a trap);
@@ -11,6 +11,8 @@
 //!   contribution is 8 spends a whole call's CPU limit on every share it receives
 //!   (CPU use that grows with the traffic, not once per epoch), while its peers
 //!   keep their own states and stay well;
+//! - a node's default input, 1, is an ordinary number: the object misbehaves only
+//!   once a host sets one of the values above;
 //! - anything else behaves like `max`.
 
 use liveobjects_guest::aggregate::Aggregate;
@@ -24,7 +26,7 @@ struct HostileMax {
 
 impl Aggregate for HostileMax {
     fn contribute(input: f64, _seed: u64) -> Self {
-        if input == 1.0 {
+        if input == 9.0 {
             let mut spins: u64 = 0;
             loop {
                 spins = std::hint::black_box(spins.wrapping_add(1));
