@@ -60,6 +60,20 @@ pub struct GroupStatus {
     pub refused: Option<String>,
 }
 
+impl GroupError {
+    /// Why calls on `object` fail once its replica's task ended: the replica's
+    /// quarantine (naming the limit), or that this host left.
+    pub fn ended(object: &str, replica: Option<&crate::executor::ObjectRef>) -> GroupError {
+        match replica.and_then(crate::executor::ObjectRef::quarantined) {
+            Some(reason) => GroupError::Replica(crate::runtime::ReplicaError::Quarantined {
+                object: object.to_string(),
+                reason,
+            }),
+            None => GroupError::Gone(object.to_string()),
+        }
+    }
+}
+
 /// Why a call on a group failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {

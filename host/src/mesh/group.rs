@@ -370,7 +370,7 @@ impl GroupHandle {
     }
 
     fn gone(&self) -> GroupError {
-        gone(&self.object, &self.replica)
+        GroupError::ended(&self.object, Some(&self.replica))
     }
 
     async fn command(&self, command: Command) -> Result<(), GroupError> {
@@ -378,14 +378,6 @@ impl GroupHandle {
             .send(GroupInput::Command(command))
             .await
             .map_err(|_| self.gone())
-    }
-}
-
-/// Why calls on a group whose task ended fail: its quarantine, or that it left.
-fn gone(object: &str, replica: &ObjectRef) -> GroupError {
-    match replica.quarantined() {
-        Some(reason) => quarantined(object, reason),
-        None => GroupError::Gone(object.to_string()),
     }
 }
 
@@ -546,11 +538,11 @@ impl Group {
         results.close();
         while let Ok(result) = results.try_recv() {
             if let FromReplica::Called { reply, .. } = result {
-                let _ = reply.send(Err(gone(&self.object, &self.replica)));
+                let _ = reply.send(Err(GroupError::ended(&self.object, Some(&self.replica))));
             }
         }
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(gone(&self.object, &self.replica)));
+            let _ = reply.send(Err(GroupError::ended(&self.object, Some(&self.replica))));
         }
     }
 

@@ -16,6 +16,12 @@
 //!   the driver is unbounded (deliveries are bounded by the credit, views and
 //!   snapshot requests by the protocol), and a send fails only once the replica is
 //!   gone, which returns its credit.
+//! - **Counted against the memory cap.** Deliveries queued between the driver and
+//!   the object's mailbox (up to the delivery credit: 8,192 events of up to 64 KB),
+//!   and the object's own multicasts until the core takes them, are host memory
+//!   held for the object ([`ObjectRef::hold`]). A receiver so slow that they pass
+//!   its memory cap is quarantined, which takes it out of its region: the others
+//!   carry on and it never skips an event silently.
 //!
 //! The membership service's messages are numbered; a gap (or being declared
 //! failed) means this host's view of the domain can no longer be trusted: every
@@ -44,6 +50,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub const REPLICA_WINDOW: usize = 256;
 /// Multicasts a replica keeps before it stops taking calls.
 const OUTBOX_LIMIT: usize = 1024;
+/// What the host holds for an object's deliveries between the driver and its
+/// mailbox, as its memory cap reports it.
+const QUEUED_DELIVERIES: &str =
+    "events waiting to be applied, which it applies slower than its region sends them";
+/// What the host holds for an object's own multicasts until the protocol core
+/// takes them (whose send window bounds them from there).
+const QUEUED_MULTICASTS: &str = "events it multicast, waiting for the network";
+/// Host memory counted for one delivery besides its payload (the event's sender,
+/// sequence and timestamp), as the executor counts it in the mailbox.
+const EVENT_OVERHEAD: usize = 64;
 /// The driver's input queue (replicas and handles).
 const INPUTS: usize = 65_536;
 /// Control frames queued from the network.
@@ -153,27 +169,21 @@ impl QsmHandle {
             reply,
         })
         .await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))?
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// Membership and progress.
     pub async fn status(&self) -> Result<GroupStatus, GroupError> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Status(reply)).await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))
+        answer.await.map_err(|_| self.gone())
     }
 
     /// The replica's snapshot.
     pub async fn snapshot(&self) -> Result<Vec<u8>, GroupError> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Snapshot(reply)).await?;
-        answer
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))?
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// Notifications and membership changes from now on.
@@ -199,10 +209,11 @@ impl QsmHandle {
     }
 
     async fn command(&self, command: Command) -> Result<(), GroupError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| GroupError::Gone(self.object.clone()))
+        self.commands.send(command).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> GroupError {
+        GroupError::ended(&self.object, self.replica.get())
     }
 }
 
@@ -232,7 +243,9 @@ enum FromReplica {
 
 /// What the driver tells a replica.
 enum ToReplica {
-    Deliver(Event),
+    /// An event, and the bytes the driver holds for it against the object's
+    /// memory cap until it is in the object's mailbox.
+    Deliver(Event, usize),
     View(View, Vec<Peer>),
     TakeSnapshot {
         for_host: u32,
@@ -355,6 +368,8 @@ struct PendingJoin {
 
 struct ObjectEntry {
     name: String,
+    /// The replica on the executor, once its task has started it.
+    replica: Arc<std::sync::OnceLock<ObjectRef>>,
     to_replica: mpsc::UnboundedSender<ToReplica>,
     notices: broadcast::Sender<GroupNotice>,
     outbox: VecDeque<(Vec<u8>, u64)>,
@@ -589,7 +604,22 @@ impl Driver {
                     timestamp_ms,
                     payload: payload.to_vec(),
                 };
-                if entry.to_replica.send(ToReplica::Deliver(event)).is_err() {
+                // Deliveries queue here while the object is slower than its region
+                // (up to the delivery credit): they count against its memory cap,
+                // which quarantines it (and so excludes it) past the cap.
+                let held = match entry.replica.get() {
+                    Some(replica) => {
+                        let bytes = event.payload.len() + EVENT_OVERHEAD;
+                        let _ = replica.hold(bytes, QUEUED_DELIVERIES);
+                        bytes
+                    }
+                    None => 0,
+                };
+                if entry
+                    .to_replica
+                    .send(ToReplica::Deliver(event, held))
+                    .is_err()
+                {
                     // The replica is gone (quarantined, failed): its credit is
                     // returned so the region is not held up.
                     let now = self.now();
@@ -683,16 +713,18 @@ impl Driver {
         let (to_replica, from_driver) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(64);
         let (notices, _) = broadcast::channel(1024);
+        let replica: Arc<std::sync::OnceLock<ObjectRef>> = Arc::default();
         let handle = QsmHandle {
             object: name.clone(),
             commands: commands_tx,
             notices: notices.clone(),
-            replica: Arc::default(),
+            replica: replica.clone(),
         };
         self.objects.insert(
             object,
             ObjectEntry {
                 name: name.clone(),
+                replica: replica.clone(),
                 to_replica,
                 notices: notices.clone(),
                 outbox: VecDeque::new(),
@@ -700,13 +732,14 @@ impl Driver {
         );
         let task = ReplicaTask {
             object,
+            replica,
             name,
             me: self.me.key.to_string(),
             to_driver: self.replica_inputs.clone(),
             notices,
             members: Vec::new(),
             outbox: VecDeque::new(),
-            in_flight: 0,
+            in_flight: VecDeque::new(),
             own_sent: 0,
             own_applied: 0,
             waiting: VecDeque::new(),
@@ -871,6 +904,8 @@ enum JobDone {
 /// mailbox on the executor, where every guest call runs.
 struct ReplicaTask {
     object: ObjectNum,
+    /// The replica on the executor, set once `init` succeeded.
+    replica: Arc<std::sync::OnceLock<ObjectRef>>,
     name: String,
     me: String,
     to_driver: mpsc::Sender<Input>,
@@ -879,7 +914,9 @@ struct ReplicaTask {
     /// Multicasts not yet handed to the driver.
     outbox: VecDeque<(Vec<u8>, u64)>,
     /// Handed to the driver, not yet accepted.
-    in_flight: usize,
+    /// The sizes of the multicasts handed to the driver and not yet accepted (the
+    /// driver's queue, counted against the memory cap until the core takes them).
+    in_flight: VecDeque<usize>,
     /// This replica's own events: multicast, and applied (they come back in order).
     own_sent: u64,
     own_applied: u64,
@@ -926,11 +963,11 @@ impl ReplicaTask {
             Ok(Err(e)) => return self.failed(e, ready).await,
             Err(_) => return,
         }
-        let _ = handle.replica.set(replica.clone());
+        let _ = self.replica.set(replica.clone());
         let _ = ready.send(Ok(handle));
         loop {
             self.forward();
-            let retry = !self.outbox.is_empty() && self.in_flight < REPLICA_WINDOW;
+            let retry = !self.outbox.is_empty() && self.in_flight.len() < REPLICA_WINDOW;
             tokio::select! {
                 biased;
                 finished = done.recv() => {
@@ -960,16 +997,10 @@ impl ReplicaTask {
                 _ = tokio::time::sleep(Duration::from_millis(1)), if retry => {}
             }
         }
-        let quarantined = replica.quarantined();
+        // A quarantined replica keeps its reason (the first ending stands).
         replica.retire("the object left this node");
         for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(match &quarantined {
-                Some(reason) => GroupError::Replica(ReplicaError::Quarantined {
-                    object: self.name.clone(),
-                    reason: reason.clone(),
-                }),
-                None => GroupError::Gone(self.name.clone()),
-            }));
+            let _ = reply.send(Err(GroupError::ended(&self.name, Some(&replica))));
         }
     }
 
@@ -987,17 +1018,18 @@ impl ReplicaTask {
 
     /// Hand queued multicasts to the driver while the window allows.
     fn forward(&mut self) {
-        while self.in_flight < REPLICA_WINDOW {
+        while self.in_flight.len() < REPLICA_WINDOW {
             let Some((payload, timestamp_ms)) = self.outbox.pop_front() else {
                 return;
             };
+            let bytes = payload.len();
             let message = Input::Replica(FromReplica::Multicast {
                 object: self.object,
                 payload,
                 timestamp_ms,
             });
             match self.to_driver.try_send(message) {
-                Ok(()) => self.in_flight += 1,
+                Ok(()) => self.in_flight.push_back(bytes),
                 Err(mpsc::error::TrySendError::Full(Input::Replica(FromReplica::Multicast {
                     payload,
                     timestamp_ms,
@@ -1011,9 +1043,16 @@ impl ReplicaTask {
         }
     }
 
+    /// Queue the object's multicasts for the driver. Their bytes count against its
+    /// memory cap until the driver takes them; past the cap it is quarantined (the
+    /// task hears of it from the executor and stops).
     fn multicast(&mut self, payloads: Vec<Vec<u8>>) {
         let now = crate::local::system_time_ms();
         self.own_sent += payloads.len() as u64;
+        let bytes = payloads.iter().map(Vec::len).sum();
+        if let Some(replica) = self.replica.get() {
+            let _ = replica.hold(bytes, QUEUED_MULTICASTS);
+        }
         self.outbox.extend(payloads.into_iter().map(|p| (p, now)));
     }
 
@@ -1111,9 +1150,9 @@ impl ReplicaTask {
         let done = done.clone();
         let name = self.name.clone();
         match input {
-            ToReplica::Deliver(event) => {
+            ToReplica::Deliver(event, held) => {
                 let own = event.sender == self.me;
-                let bytes = event.payload.len() + 64;
+                let bytes = event.payload.len() + EVENT_OVERHEAD;
                 replica
                     .submit_waiting(
                         bytes,
@@ -1137,6 +1176,8 @@ impl ReplicaTask {
                         }),
                     )
                     .await;
+                // In the mailbox now, which counts it itself.
+                replica.release(held);
             }
             ToReplica::View(view, members) => {
                 self.members = members;
@@ -1175,7 +1216,11 @@ impl ReplicaTask {
                     .await;
             }
             ToReplica::Accepted(n) => {
-                self.in_flight = self.in_flight.saturating_sub(n);
+                let accepted = self.in_flight.len().min(n);
+                let bytes: usize = self.in_flight.drain(..accepted).sum();
+                if let Some(replica) = self.replica.get() {
+                    replica.release(bytes);
+                }
             }
         }
     }

@@ -38,6 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 /// may queue; a replica whose cascades outrun its group's commits by more is
 /// quarantined (the executor's budgets usually stop a chain reaction first).
 const CASCADE_QUEUE: usize = 4096;
+/// What the host holds for a replica's queued cascades, as its memory cap reports it
+/// (their bytes count against the cap from the multicast until the commit).
+const CASCADE_MEMORY: &str = "events it multicast while applying events, waiting to be committed";
 
 /// Run `job` on the object's executor mailbox and wait for what it returns. The
 /// caller is openraft's state machine (or a call), which must not go on before the
@@ -105,8 +108,13 @@ impl Application for ReplicaApp {
             });
         }
         for payload in outcome.multicasts {
+            // Past its memory cap the object is quarantined; its hook stops the
+            // group here (and sends the notice).
+            let bytes = payload.len();
+            if self.replica.hold(bytes, CASCADE_MEMORY).is_err() {
+                break;
+            }
             if self.cascades.try_send(payload).is_err() {
-                // Its quarantine hook stops the group here (and sends the notice).
                 self.replica.quarantine(&format!(
                     "exceeded its host memory: more than {CASCADE_QUEUE} events it multicast \
                      while applying events wait to be committed (a chain reaction?)"
@@ -401,14 +409,17 @@ impl VsyncNode {
         }
         // The replica's cascades, and the group's upkeep (exclusion, stuck elections).
         let cascading = group.clone();
+        let holder = replica.clone();
         tokio::spawn(async move {
             while let Some(payload) = cascade_rx.recv().await {
+                let bytes = payload.len();
                 if let Err(e) = cascading
                     .submit(crate::local::system_time_ms(), payload)
                     .await
                 {
                     tracing::debug!("vsync: a cascaded event was not committed: {e}");
                 }
+                holder.release(bytes);
             }
         });
         // A quarantined replica stops its group on this node: peers see a crash.

@@ -3,15 +3,16 @@
 //! agrees on; the ledger's refused transfers abort everywhere; a silent member is
 //! excluded in bounded time (a group of three keeps it: it is never shrunk to
 //! two); an update that multicasts twice commits both or neither; a joiner
-//! outside the policy is refused; and the type
-//! check refuses durable or total-order objects on drivers that lack them.
+//! outside the policy is refused; events multicast while applying count against
+//! the memory cap until committed; and the type check refuses durable or
+//! total-order objects on drivers that lack them.
 
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{AccessPolicy, ObjectRecord, Reliability};
 use liveobjects_host::group::GroupError;
 use liveobjects_host::join::{Requirements, check_type};
 use liveobjects_host::mesh::net::Peer;
-use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use liveobjects_host::runtime::{Limits, Logic, ReplicaError, Runtime, RuntimeConfig};
 use liveobjects_host::vsync::group::GroupConfig;
 use liveobjects_host::vsync::host::{VsyncHandle, VsyncJoin, VsyncNode, VsyncSettings};
 use std::sync::Arc;
@@ -387,4 +388,40 @@ async fn an_update_that_multicasts_twice_commits_both_or_neither_everywhere() {
             "replica {i} applied part of an aborted transaction"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_multicast_while_applying_count_against_the_memory_cap_until_committed() {
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: Limits {
+            memory_bytes: 16 << 20,
+            ..Limits::default()
+        },
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let logic = runtime
+        .load_file(liveobjects_objects::HOSTILE.as_ref())
+        .unwrap();
+    let (_hosts, replicas) = group_of(1, &runtime, &logic, "lo://test/fan-out").await;
+    replicas[0].call("add", &["1"]).await.unwrap();
+    // One event whose `deliver` multicasts 400 events of 60 kB: 24 MB waiting to
+    // be committed, well within the cascade queue's count (4,096), past the cap.
+    let _ = replicas[0].call("fan-out", &["60000", "400"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        match replicas[0].call("total", &[]).await {
+            Err(GroupError::Replica(ReplicaError::Quarantined { reason, .. })) => break reason,
+            other => assert!(
+                Instant::now() < deadline,
+                "not quarantined within 20 s: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.contains("exceeded its memory cap of 16 MiB")
+            && reason.contains("multicast while applying events"),
+        "{reason}"
+    );
 }

@@ -40,6 +40,12 @@ wit_bindgen::generate!({
             huge-multicast: func(bytes: u32);
             /// Multicast `n` small events in one call.
             many-multicasts: func(n: u32);
+            /// Multicast `count` events of `bytes` bytes each in one call.
+            blobs: func(bytes: u32, count: u32);
+            /// Multicast an event whose `deliver` multicasts `count` events of
+            /// `bytes` bytes each (once, at every replica: a burst of host-side
+            /// queue memory, not a chain).
+            fan-out: func(bytes: u32, count: u32);
             /// Multicast an event whose `deliver` reads the clocks and random twice.
             observe: func();
             /// Everything `observe` events saw at this replica.
@@ -117,6 +123,7 @@ enum Event {
     Refuse,
     LoopSnapshotOnJoin,
     Burn(u32),
+    FanOut { bytes: u32, count: u32 },
 }
 
 fn spin_forever() -> ! {
@@ -171,6 +178,11 @@ impl LiveObject for Hostile {
                 }
                 self.burn_sink = x;
                 self.burned += 1;
+            }
+            Event::FanOut { bytes, count } => {
+                for _ in 0..count {
+                    Hostile::emit(&Event::Blob(vec![9u8; bytes as usize]));
+                }
             }
             Event::Chain(generation) => {
                 self.chained += 1;
@@ -234,6 +246,16 @@ impl Guest for Hostile {
         for i in 0..n {
             Hostile::emit(&Event::Add(i as i64));
         }
+    }
+
+    fn blobs(bytes: u32, count: u32) {
+        for _ in 0..count {
+            Hostile::emit(&Event::Blob(vec![7u8; bytes as usize]));
+        }
+    }
+
+    fn fan_out(bytes: u32, count: u32) {
+        Hostile::emit(&Event::FanOut { bytes, count });
     }
 
     fn observe() {
