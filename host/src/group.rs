@@ -86,6 +86,16 @@ pub enum GroupError {
     /// The replica has no state yet (joining).
     #[error("{0} is still joining (waiting for its state)")]
     Joining(String),
+    /// The object rejected an event of the update (every replica rejects it
+    /// alike: objects are deterministic). That event changed nothing; on drivers
+    /// without transactions the update's other events were applied.
+    #[error("{object} rejected the update: {reason}")]
+    Rejected {
+        /// The object.
+        object: String,
+        /// The object's reason (or the failure of its `deliver`).
+        reason: String,
+    },
     /// The object refused an update (a transaction): it aborted at every replica
     /// and changed nothing.
     #[error("transaction on {object} aborted at every replica: {reason}")]
@@ -121,4 +131,71 @@ pub enum GroupError {
         /// Why.
         reason: String,
     },
+}
+
+/// Where a call's results go: its caller.
+pub type CallReply = tokio::sync::oneshot::Sender<Result<Vec<String>, GroupError>>;
+
+/// Update calls waiting for their own events to be applied at this replica, so a
+/// following query sees them. Each is answered once its last event is applied:
+/// with its results, or with the object's reason if it rejected one of them.
+/// Positions number this host's own events of the object in the order it sent
+/// them (the mesh's sequence numbers, qsm's count of own multicasts).
+#[derive(Default)]
+pub(crate) struct WaitingCalls {
+    calls: Vec<WaitingCall>,
+}
+
+struct WaitingCall {
+    first: u64,
+    last: u64,
+    results: Vec<String>,
+    reply: CallReply,
+    rejected: Option<String>,
+}
+
+impl WaitingCalls {
+    /// A call whose events are at positions `first..=last`.
+    pub(crate) fn push(&mut self, first: u64, last: u64, results: Vec<String>, reply: CallReply) {
+        self.calls.push(WaitingCall {
+            first,
+            last,
+            results,
+            reply,
+            rejected: None,
+        });
+    }
+
+    /// This host's event at `position` was applied here, or rejected for
+    /// `rejected`: answer the calls it completes.
+    pub(crate) fn applied(&mut self, object: &str, position: u64, rejected: Option<String>) {
+        if let Some(reason) = rejected
+            && let Some(call) = self
+                .calls
+                .iter_mut()
+                .find(|c| (c.first..=c.last).contains(&position))
+        {
+            call.rejected.get_or_insert(reason);
+        }
+        let (done, waiting) = std::mem::take(&mut self.calls)
+            .into_iter()
+            .partition(|c| c.last <= position);
+        self.calls = waiting;
+        for call in done {
+            let _ = call.reply.send(match call.rejected {
+                Some(reason) => Err(GroupError::Rejected {
+                    object: object.to_string(),
+                    reason,
+                }),
+                None => Ok(call.results),
+            });
+        }
+    }
+
+    /// Answer every waiting call with `error()` (the object ended here).
+    pub(crate) fn fail_all(&mut self, error: impl Fn() -> GroupError) {
+        for call in self.calls.drain(..) {
+            let _ = call.reply.send(Err(error()));
+        }
+    }
 }

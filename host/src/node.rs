@@ -127,6 +127,8 @@ pub enum ControlResponse {
         version: u64,
         /// Members at the time.
         members: usize,
+        /// It was joined before this request (nothing changed).
+        already: bool,
     },
     /// Method results (WAVE).
     Results(Vec<String>),
@@ -189,6 +191,8 @@ pub async fn write_message<T: Serialize>(
 pub struct Joined {
     /// The driver's name.
     pub driver: &'static str,
+    /// The record it was joined with.
+    pub record: Arc<liveobjects_directory::record::ObjectRecord>,
     /// The object.
     pub object: Arc<dyn JoinedObject>,
 }
@@ -328,10 +332,15 @@ impl Node {
                 require,
                 found_if_alone,
             } => {
-                if self.objects.lock().await.contains_key(&name)
-                    || !self.joining.lock().await.insert(name.clone())
-                {
-                    return ControlResponse::Error(format!("already joined or joining {name}"));
+                let joined = self.objects.lock().await.get(&name).cloned();
+                if let Some(joined) = joined {
+                    return already_joined(&name, &joined, &require).await;
+                }
+                if !self.joining.lock().await.insert(name.clone()) {
+                    return ControlResponse::Error(format!(
+                        "{name} is being joined on this node already; try again once that \
+                         join has finished"
+                    ));
                 }
                 let response = self.join(name.clone(), require, found_if_alone).await;
                 self.joining.lock().await.remove(&name);
@@ -401,6 +410,28 @@ impl Node {
     }
 }
 
+/// The answer to a join of an object this node has joined: the same answer as
+/// its join, if the record meets `require`.
+async fn already_joined(name: &str, joined: &Joined, require: &str) -> ControlResponse {
+    let checked = require
+        .parse()
+        .and_then(|require| crate::join::check_type(&joined.record, &require));
+    if let Err(reason) = checked {
+        return ControlResponse::Error(
+            JoinError::Type {
+                name: name.to_string(),
+                reason,
+            }
+            .to_string(),
+        );
+    }
+    ControlResponse::Joined {
+        version: joined.record.version,
+        members: joined.object.report().await.members.len(),
+        already: true,
+    }
+}
+
 impl Node {
     async fn join(&self, name: String, require: String, found_if_alone: bool) -> ControlResponse {
         let require = match require.parse() {
@@ -445,6 +476,7 @@ impl Node {
         }
         let result = result.map(|object| Joined {
             driver: driver.info().name,
+            record: Arc::new(record.clone()),
             object,
         });
         match result {
@@ -455,6 +487,7 @@ impl Node {
                 ControlResponse::Joined {
                     version: record.version,
                     members,
+                    already: false,
                 }
             }
             Err(e) => ControlResponse::Error(e.to_string()),

@@ -134,6 +134,8 @@ pub struct PublishArgs {
     key: KeyArg,
     #[command(flatten)]
     target: DirectoryTarget,
+    #[command(flatten)]
+    pub(crate) runtime: super::RuntimeArgs,
 }
 
 /// `lo ls`
@@ -141,6 +143,10 @@ pub struct PublishArgs {
 pub struct LsArgs {
     /// A folder, e.g. lo://acme/
     folder: String,
+    /// Print JSON: {"folder", "folders": [...], "records": [record, ...]}, each
+    /// record as `lo resolve --json` prints it.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: DirectoryTarget,
 }
@@ -150,6 +156,9 @@ pub struct LsArgs {
 pub struct ResolveArgs {
     /// An object name.
     name: String,
+    /// Print the verified record as JSON.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: DirectoryTarget,
 }
@@ -404,6 +413,15 @@ pub fn ls(args: LsArgs) -> Result<()> {
     super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let listing = resolver.list(&folder).await?;
+        if args.json {
+            let records: Vec<_> = listing.records.iter().map(record_json).collect();
+            super::print_json(&serde_json::json!({
+                "folder": folder,
+                "folders": listing.folders,
+                "records": records,
+            }));
+            return Ok(());
+        }
         println!(
             "{:<36} {:<60} {:<7} {:>4} {:<12} {:>9}",
             "NAME", "TYPE", "DRIVER", "VER", "LOGIC", "SIZE"
@@ -458,11 +476,44 @@ fn print_record(v: &VerifiedRecord) {
     println!("verified     yes");
 }
 
+/// A verified record as JSON: what `print_record` shows, with the same names.
+fn record_json(v: &VerifiedRecord) -> serde_json::Value {
+    let r = &v.record;
+    let delegations: Vec<_> = v
+        .chain
+        .delegations
+        .iter()
+        .map(|d| serde_json::json!({"zone": d.zone.to_string(), "key": d.key.to_string()}))
+        .collect();
+    serde_json::json!({
+        "name": r.name,
+        "version": r.version,
+        "type": {
+            "interface": r.object_type.interface,
+            "category": r.object_type.category.to_string(),
+            "reliability": r.object_type.reliability.to_string(),
+            "security": r.object_type.security.to_string(),
+        },
+        "logic": {"sha256": hex::encode(r.logic.hash), "size": r.logic.size},
+        "driver": {"name": r.driver.name, "options": r.driver.options},
+        "policy": r.policy.to_string(),
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+        "signed_by": v.signed.signer.to_string(),
+        "chain": {"root": v.chain.root.to_string(), "delegations": delegations},
+        "verified": true,
+    })
+}
+
 pub fn resolve(args: ResolveArgs) -> Result<()> {
     super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let v = resolver.resolve(&args.name).await?;
-        print_record(&v);
+        if args.json {
+            super::print_json(&record_json(&v));
+        } else {
+            print_record(&v);
+        }
         Ok(())
     })
 }

@@ -61,6 +61,9 @@ pub struct GossipArgs {
     /// The directory to resolve lo:// objects with.
     #[command(flatten)]
     target: super::directory::DirectoryTarget,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub(crate) runtime: super::RuntimeArgs,
 }
 
 enum Input {

@@ -8,7 +8,7 @@ mod qsm;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use liveobjects_host::local::{GroupCall, LocalGroup};
+use liveobjects_host::local::LocalGroup;
 use liveobjects_host::runtime::{Limits, Logic, LogicHash, Runtime, RuntimeConfig};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -23,31 +23,25 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
-    #[command(flatten)]
-    runtime: RuntimeArgs,
-
     #[command(subcommand)]
     command: Command,
 }
 
+/// The sandbox's flags, on the commands that run guest code.
 #[derive(Args, Debug)]
-struct RuntimeArgs {
+#[command(next_help_heading = "Sandbox")]
+pub(crate) struct RuntimeArgs {
     /// Directory for compiled components (default: ~/.cache/liveobjects/compiled).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile components in memory only, without the disk cache.
-    #[arg(long, global = true)]
+    #[arg(long)]
     no_cache: bool,
-    /// Memory cap per replica, in MiB.
-    #[arg(long, global = true, default_value_t = 64, value_name = "MIB")]
+    /// Memory cap per replica, in MiB: its sandbox and what the host holds for it.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
     memory_mib: usize,
     /// CPU budget per call, in fuel units (about one per WebAssembly instruction).
-    #[arg(
-        long,
-        global = true,
-        default_value_t = 2_000_000_000,
-        value_name = "FUEL"
-    )]
+    #[arg(long, default_value_t = 2_000_000_000, value_name = "FUEL")]
     fuel: u64,
 }
 
@@ -57,6 +51,8 @@ enum Command {
     Inspect {
         /// The component (.wasm).
         file: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Call one method: of a joined object through the node (`lo call lo://acme/x
     /// post '"hi"'`), or of a component file in a local replica whose state persists
@@ -76,8 +72,13 @@ enum Command {
         /// Start from a fresh object, discarding the saved state.
         #[arg(long)]
         fresh: bool,
+        /// Print {"results": [...]} as JSON (each result as WAVE text).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         control: node::ControlArg,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Run the host daemon: keeps joined objects live on the mesh, serves `lo join`,
     /// `lo call lo://...`, `lo status`, `lo leave`.
@@ -95,6 +96,8 @@ enum Command {
         /// Number of replicas (members named m1, m2, ...).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Create an ed25519 identity (secret key file readable only by you).
     Keygen {
@@ -132,43 +135,68 @@ enum Command {
         /// Seconds between live updates.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Print a shell completion script: `lo completions bash > /etc/bash_completion.d/lo`
+    /// (or `source <(lo completions bash)`; zsh and fish likewise).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
-    let runtime = || make_runtime(&cli.runtime, None);
+    let runtime = |args: &RuntimeArgs| make_runtime(args, None);
     match cli.command {
-        Command::Inspect { file } => inspect(&runtime()?, &file),
+        Command::Inspect { file, runtime: r } => inspect(&runtime(&r)?, &file),
         Command::Call {
             file,
             method,
             args,
             state,
             fresh,
+            json,
             control,
+            runtime: r,
         } => match file.to_str() {
-            Some(name) if name.starts_with("lo://") => node::call(name, &method, &args, &control),
-            _ => call(&runtime()?, &file, &method, &args, state, fresh),
+            Some(name) if name.starts_with("lo://") => {
+                node::call(name, &method, &args, json, &control)
+            }
+            _ => call(&runtime(&r)?, &file, &method, &args, state, fresh, json),
         },
         Command::Node(args) => {
             let pooled = Some(args.max_instances).filter(|&n| n > 0);
-            node::node(make_runtime(&cli.runtime, pooled)?, args)
+            node::node(make_runtime(&args.runtime, pooled)?, args)
         }
         Command::Join(args) => node::join(args),
         Command::Status(args) => node::status(args),
         Command::Leave(args) => node::leave(args),
-        Command::Run { file, replicas } => repl(&runtime()?, &file, replicas),
-        Command::Demo { duration, interval } => demo(runtime()?, duration, interval),
-        Command::Gossip(args) => gossip::gossip(runtime()?, args),
+        Command::Run {
+            file,
+            replicas,
+            runtime: r,
+        } => repl(&runtime(&r)?, &file, replicas),
+        Command::Demo {
+            duration,
+            interval,
+            runtime: r,
+        } => demo(runtime(&r)?, duration, interval),
+        Command::Gossip(args) => gossip::gossip(runtime(&args.runtime)?, args),
         Command::QsmMembership(args) => qsm::membership(args),
         Command::Keygen { out } => directory::keygen(out),
         Command::Directory(cmd) => directory::directory(cmd),
         Command::Zone(cmd) => directory::zone(cmd),
-        Command::Publish(args) => directory::publish(&runtime()?, args),
+        Command::Publish(args) => directory::publish(&runtime(&args.runtime)?, args),
         Command::Ls(args) => directory::ls(args),
         Command::Resolve(args) => directory::resolve(args),
         Command::Fetch(args) => directory::fetch(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "lo", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
@@ -251,6 +279,7 @@ fn call(
     args: &[String],
     state: Option<PathBuf>,
     fresh: bool,
+    json: bool,
 ) -> Result<()> {
     let logic = load(runtime, file)?;
     let state_path = match state {
@@ -291,13 +320,10 @@ fn call(
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let outcome = group.call(0, method, &arg_refs)?;
-    report_problems(&outcome);
     for note in outcome.deliveries.iter().flat_map(|d| &d.notifications) {
         eprintln!("notify {}: {}", note.topic, note.detail);
     }
-    for result in &outcome.results {
-        println!("{result}");
-    }
+    print_results(&outcome.results, json);
     if !outcome.events.is_empty() {
         let snapshot = group.replica_mut(0).snapshot()?;
         let state = LocalState {
@@ -306,6 +332,12 @@ fn call(
             snapshot,
         };
         save_state(&state_path, &state)?;
+    }
+    // An event the object rejected changed nothing (the update's other events
+    // were applied and saved, as a driver without transactions would).
+    let problems = outcome.problems();
+    if !problems.is_empty() {
+        bail!("{object} rejected the update: {}", problems.join("; "));
     }
     Ok(())
 }
@@ -322,10 +354,23 @@ fn save_state(path: &Path, state: &LocalState) -> Result<()> {
     Ok(())
 }
 
-fn report_problems(outcome: &GroupCall) {
-    for problem in outcome.problems() {
-        eprintln!("warning: {problem}");
+/// Print a call's results (WAVE text): one per line, or `{"results": [...]}`.
+pub(crate) fn print_results(results: &[String], json: bool) {
+    if json {
+        print_json(&serde_json::json!({ "results": results }));
+    } else {
+        for result in results {
+            println!("{result}");
+        }
     }
+}
+
+/// Print `value` as pretty JSON on stdout (the `--json` output of every command).
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value always serializes")
+    );
 }
 
 /// Split a REPL line into words: whitespace separates, except inside quotes or

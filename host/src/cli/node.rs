@@ -6,7 +6,9 @@ use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
 use liveobjects_host::driver::DriverArgs;
 use liveobjects_host::executor::Budgets;
-use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
+use liveobjects_host::node::{
+    ControlRequest, ControlResponse, DriverStatus, Node, ObjectStatus, request,
+};
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -83,6 +85,9 @@ pub struct NodeArgs {
     key: KeyArg,
     #[command(flatten)]
     target: DirectoryTarget,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub(crate) runtime: super::RuntimeArgs,
 }
 
 /// `lo join`
@@ -99,6 +104,9 @@ pub struct JoinArgs {
     /// Join and return, without the interactive session.
     #[arg(long)]
     no_interactive: bool,
+    /// With --no-interactive: print {"name", "version", "members", "already"} as JSON.
+    #[arg(long, requires = "no_interactive")]
+    json: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -106,6 +114,10 @@ pub struct JoinArgs {
 /// `lo status`
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// Print JSON: {"node": {"key", "addr"}, "drivers": [{"driver", "lines"}],
+    /// "objects": [{"name", "driver", "members", ...}]}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -176,8 +188,23 @@ pub fn join(args: JoinArgs) -> Result<()> {
         },
     ))?;
     match expect(joined)? {
-        ControlResponse::Joined { version, members } => println!(
-            "joined {} (record version {version}), {members} member(s)",
+        ControlResponse::Joined {
+            version,
+            members,
+            already,
+        } if args.json => super::print_json(&serde_json::json!({
+            "name": args.name,
+            "version": version,
+            "members": members,
+            "already": already,
+        })),
+        ControlResponse::Joined {
+            version,
+            members,
+            already,
+        } => println!(
+            "{} {} (record version {version}), {members} member(s)",
+            if already { "already joined" } else { "joined" },
             args.name
         ),
         other => bail!("unexpected answer {other:?}"),
@@ -239,7 +266,13 @@ pub fn join(args: JoinArgs) -> Result<()> {
 }
 
 /// `lo call lo://NAME METHOD ARGS` through the node.
-pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> Result<()> {
+pub fn call(
+    name: &str,
+    method: &str,
+    args: &[String],
+    json: bool,
+    control: &ControlArg,
+) -> Result<()> {
     let path = control.path()?;
     let answer = super::tokio()?.block_on(request(
         &path,
@@ -251,9 +284,7 @@ pub fn call(name: &str, method: &str, args: &[String], control: &ControlArg) -> 
     ))?;
     match expect(answer)? {
         ControlResponse::Results(results) => {
-            for r in results {
-                println!("{r}");
-            }
+            super::print_results(&results, json);
             Ok(())
         }
         other => bail!("unexpected answer {other:?}"),
@@ -272,6 +303,10 @@ pub fn status(args: StatusArgs) -> Result<()> {
     else {
         bail!("unexpected answer");
     };
+    if args.json {
+        super::print_json(&status_json(&key, &addr, &objects, &drivers));
+        return Ok(());
+    }
     println!("node {addr} key {key}");
     for d in &drivers {
         for line in &d.lines {
@@ -318,6 +353,44 @@ pub fn status(args: StatusArgs) -> Result<()> {
         println!("    members: {}", r.members.join(" "));
     }
     Ok(())
+}
+
+/// `lo status --json`: the same facts as the text, with the report's field names.
+fn status_json(
+    key: &str,
+    addr: &str,
+    objects: &[ObjectStatus],
+    drivers: &[DriverStatus],
+) -> serde_json::Value {
+    let objects: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            let r = &o.report;
+            serde_json::json!({
+                "name": o.name,
+                "driver": o.driver,
+                "members": r.members,
+                "member": r.member,
+                "sequencer": r.sequencer,
+                "events_applied": r.events_applied,
+                "state_bytes": r.state_bytes,
+                "state_digest": r.state_digest,
+                "quarantined": r.quarantined,
+                "throttled": r.throttled,
+                "queued": r.queued.map(|(jobs, bytes)| serde_json::json!({"jobs": jobs, "bytes": bytes})),
+                "value": r.value,
+            })
+        })
+        .collect();
+    let drivers: Vec<_> = drivers
+        .iter()
+        .map(|d| serde_json::json!({"driver": d.driver, "lines": d.lines}))
+        .collect();
+    serde_json::json!({
+        "node": {"key": key, "addr": addr},
+        "drivers": drivers,
+        "objects": objects,
+    })
 }
 
 pub fn leave(args: LeaveArgs) -> Result<()> {

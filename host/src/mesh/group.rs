@@ -27,7 +27,7 @@ use super::core::{
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
-use crate::group::{Admission, GroupError, GroupNotice, GroupStatus};
+use crate::group::{Admission, GroupError, GroupNotice, GroupStatus, WaitingCalls};
 use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{Grant, Signed};
@@ -281,7 +281,7 @@ impl MeshNode {
             transport: self.transport.clone(),
             notices: notices.clone(),
             started: self.started,
-            waiting: Vec::new(),
+            waiting: WaitingCalls::default(),
             gone: false,
             admission,
             status: status.clone(),
@@ -388,14 +388,6 @@ fn quarantined(object: &str, reason: String) -> GroupError {
     })
 }
 
-/// A call whose results go out once its last multicast (this sender's seq) is
-/// delivered here.
-type WaitingCall = (
-    u64,
-    Vec<String>,
-    oneshot::Sender<Result<Vec<String>, GroupError>>,
-);
-
 /// What the replica's jobs send back to the group task.
 enum FromReplica {
     /// A call ran: its results and multicasts (or why it failed).
@@ -406,6 +398,8 @@ enum FromReplica {
     /// An event was applied (or refused); `own` is its seq if this host sent it.
     Delivered {
         own: Option<u64>,
+        /// Why the object rejected it (or its `deliver` failed), if it did.
+        rejected: Option<String>,
         multicasts: Vec<Vec<u8>>,
         notifications: Vec<crate::runtime::Notification>,
     },
@@ -433,8 +427,8 @@ struct Group {
     transport: Arc<Transport>,
     notices: broadcast::Sender<GroupNotice>,
     started: Instant,
-    /// Calls waiting for their last multicast (own seq) to be delivered.
-    waiting: Vec<WaitingCall>,
+    /// Calls waiting for their multicasts (own seqs) to be delivered.
+    waiting: WaitingCalls,
     gone: bool,
     admission: Admission,
     status: Arc<Mutex<GroupStatus>>,
@@ -541,9 +535,9 @@ impl Group {
                 let _ = reply.send(Err(GroupError::ended(&self.object, Some(&self.replica))));
             }
         }
-        for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(GroupError::ended(&self.object, Some(&self.replica))));
-        }
+        let (object, replica) = (&self.object, &self.replica);
+        self.waiting
+            .fail_all(|| GroupError::ended(object, Some(replica)));
     }
 
     fn publish_status(&mut self) {
@@ -678,12 +672,13 @@ impl Group {
         match result {
             FromReplica::Called { outcome, reply } => match outcome {
                 Ok((results, multicasts)) => {
-                    let mut last = None;
+                    let mut seqs = None;
                     for payload in multicasts {
-                        last = Some(self.multicast(payload));
+                        let seq = self.multicast(payload);
+                        seqs = Some(seqs.map_or((seq, seq), |(first, _)| (first, seq)));
                     }
-                    match last {
-                        Some(seq) => self.waiting.push((seq, results, reply)),
+                    match seqs {
+                        Some((first, last)) => self.waiting.push(first, last, results, reply),
                         None => {
                             let _ = reply.send(Ok(results));
                         }
@@ -695,6 +690,7 @@ impl Group {
             },
             FromReplica::Delivered {
                 own,
+                rejected,
                 multicasts,
                 notifications,
             } => {
@@ -708,12 +704,7 @@ impl Group {
                     self.multicast(payload);
                 }
                 if let Some(seq) = own {
-                    let (done, waiting): (Vec<_>, Vec<_>) =
-                        self.waiting.drain(..).partition(|(s, _, _)| *s <= seq);
-                    self.waiting = waiting;
-                    for (_, results, reply) in done {
-                        let _ = reply.send(Ok(results));
-                    }
+                    self.waiting.applied(&self.object, seq, rejected);
                 }
             }
             FromReplica::Reacted(multicasts) => {
@@ -864,20 +855,25 @@ impl Group {
         self.enqueue(
             guest_event.payload.len() + 64,
             Box::new(move |replica| {
-                let (multicasts, notifications) =
+                let (rejected, multicasts, notifications) =
                     match replica.and_then(|r| r.deliver(&guest_event)) {
-                        Ok(delivery) => (delivery.multicasts, delivery.notifications),
+                        Ok(delivery) => (
+                            delivery.rejected,
+                            delivery.multicasts,
+                            delivery.notifications,
+                        ),
                         // Not applied here: the group task hears of the quarantine and
                         // fails the calls waiting for this event.
                         Err(ReplicaError::Quarantined { .. }) => return,
                         // Deterministic: every replica refuses the same event the same way.
                         Err(e) => {
                             tracing::warn!("{object}: {e}");
-                            (Vec::new(), Vec::new())
+                            (Some(e.to_string()), Vec::new(), Vec::new())
                         }
                     };
                 let _ = results.send(FromReplica::Delivered {
                     own,
+                    rejected,
                     multicasts,
                     notifications,
                 });

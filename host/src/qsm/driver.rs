@@ -33,7 +33,7 @@ use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
 use super::thread::ServiceThread;
 use super::wire::ObjectNum;
 use crate::executor::{Budgets, ObjectRef};
-use crate::group::{GroupError, GroupNotice, GroupStatus};
+use crate::group::{GroupError, GroupNotice, GroupStatus, WaitingCalls};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
 use crate::runtime::{Event, Logic, ReplicaError, ReplicaIdentity, Runtime, View};
 use bytes::Bytes;
@@ -742,7 +742,7 @@ impl Driver {
             in_flight: VecDeque::new(),
             own_sent: 0,
             own_applied: 0,
-            waiting: VecDeque::new(),
+            waiting: WaitingCalls::default(),
         };
         self.main.spawn(task.run(
             pending.runtime,
@@ -866,19 +866,13 @@ impl Driver {
     }
 }
 
-/// A call whose results go out once this replica applied its own event number
-/// `.0` (counting from the first).
-type WaitingCall = (
-    u64,
-    Vec<String>,
-    oneshot::Sender<Result<Vec<String>, GroupError>>,
-);
-
 /// What the replica's jobs on the executor send back to its task.
 enum JobDone {
     /// An event was applied (or refused alike everywhere).
     Delivered {
         own: bool,
+        /// Why the object rejected it (or its `deliver` failed), if it did.
+        rejected: Option<String>,
         multicasts: Vec<Vec<u8>>,
         notifications: Vec<crate::runtime::Notification>,
     },
@@ -920,8 +914,8 @@ struct ReplicaTask {
     /// This replica's own events: multicast, and applied (they come back in order).
     own_sent: u64,
     own_applied: u64,
-    /// Calls waiting for their last own event to be applied.
-    waiting: VecDeque<WaitingCall>,
+    /// Calls waiting for their own events (numbered from 1) to be applied.
+    waiting: WaitingCalls,
 }
 
 impl ReplicaTask {
@@ -999,9 +993,8 @@ impl ReplicaTask {
         }
         // A quarantined replica keeps its reason (the first ending stands).
         replica.retire("the object left this node");
-        for (_, _, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(GroupError::ended(&self.name, Some(&replica))));
-        }
+        self.waiting
+            .fail_all(|| GroupError::ended(&self.name, Some(&replica)));
     }
 
     async fn failed(self, e: ReplicaError, ready: oneshot::Sender<Result<QsmHandle, GroupError>>) {
@@ -1071,6 +1064,7 @@ impl ReplicaTask {
         match finished {
             JobDone::Delivered {
                 own,
+                rejected,
                 multicasts,
                 notifications,
             } => {
@@ -1078,14 +1072,7 @@ impl ReplicaTask {
                 self.multicast(multicasts);
                 if own {
                     self.own_applied += 1;
-                    while self
-                        .waiting
-                        .front()
-                        .is_some_and(|(target, _, _)| *target <= self.own_applied)
-                    {
-                        let (_, results, reply) = self.waiting.pop_front().expect("checked");
-                        let _ = reply.send(Ok(results));
-                    }
+                    self.waiting.applied(&self.name, self.own_applied, rejected);
                 }
                 1
             }
@@ -1117,8 +1104,9 @@ impl ReplicaTask {
                         if outcome.multicasts.is_empty() {
                             let _ = reply.send(Ok(results));
                         } else {
+                            let first = self.own_sent + 1;
                             self.multicast(outcome.multicasts);
-                            self.waiting.push_back((self.own_sent, results, reply));
+                            self.waiting.push(first, self.own_sent, results, reply);
                         }
                     }
                     Err(e) => {
@@ -1157,19 +1145,20 @@ impl ReplicaTask {
                     .submit_waiting(
                         bytes,
                         Box::new(move |r| {
-                            let (multicasts, notifications) =
+                            let (rejected, multicasts, notifications) =
                                 match r.and_then(|r| r.deliver(&event)) {
-                                    Ok(d) => (d.multicasts, d.notifications),
+                                    Ok(d) => (d.rejected, d.multicasts, d.notifications),
                                     // The task hears of the quarantine and stops.
                                     Err(ReplicaError::Quarantined { .. }) => return,
                                     // Deterministic: every replica refuses the same event alike.
                                     Err(e) => {
                                         tracing::warn!("{name}: {e}");
-                                        (Vec::new(), Vec::new())
+                                        (Some(e.to_string()), Vec::new(), Vec::new())
                                     }
                                 };
                             let _ = done.send(JobDone::Delivered {
                                 own,
+                                rejected,
                                 multicasts,
                                 notifications,
                             });

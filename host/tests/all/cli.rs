@@ -197,3 +197,57 @@ fn demo_runs_three_members_that_agree() {
     );
     assert!(Path::new(&lo.home.path().join("cache")).exists());
 }
+
+#[test]
+fn a_rejected_update_exits_nonzero_with_the_objects_reason() {
+    let lo = Lo::new();
+    let register = liveobjects_objects::REGISTER;
+    let out = lo.run(&["call", register, "set", "text(\"a\")"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lo.run(&["call", register, "compare-and-set", "7", "text(\"b\")"]);
+    assert!(!out.status.success(), "a rejected update exited 0");
+    let err = stderr(&out);
+    assert!(
+        err.contains("rejected the update")
+            && err.contains("compare-and-set expected version 7, register is at 1"),
+        "{err}"
+    );
+    // Nothing changed, and the results come as JSON on request.
+    let out = lo.run(&["call", register, "get", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(answer, serde_json::json!({"results": ["text(\"a\")"]}));
+}
+
+#[test]
+fn completions_for_each_shell_and_sandbox_flags_only_where_guests_run() {
+    let lo = Lo::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = lo.run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["join", "status", "completions", "--no-interactive"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let help = |args: &[&str]| stdout(&lo.run(args));
+    for command in ["keygen", "status", "ls", "resolve", "leave", "join"] {
+        let text = help(&[command, "--help"]);
+        assert!(
+            !text.contains("--fuel") && !text.contains("--memory-mib"),
+            "lo {command} --help shows the sandbox's flags:\n{text}"
+        );
+    }
+    for command in [
+        "call", "node", "run", "inspect", "demo", "publish", "gossip",
+    ] {
+        let text = help(&[command, "--help"]);
+        assert!(
+            text.contains("--fuel") && text.contains("--memory-mib"),
+            "lo {command} --help lacks the sandbox's flags:\n{text}"
+        );
+    }
+    let out = lo.run(&["keygen", "--fuel", "5"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--fuel"), "{}", stderr(&out));
+}

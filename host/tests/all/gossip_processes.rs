@@ -55,9 +55,9 @@ fn start_with(
 ) -> Host {
     let mut cmd = home.lo();
     cmd.args([
+        "gossip",
         "--cache-dir",
         home.path("cache").to_str().unwrap(),
-        "gossip",
         "--json",
         "--input",
         "1",

@@ -1,7 +1,8 @@
 //! Real processes on loopback: a directory server and three `lo node` daemons join a
 //! chat room by name; posts from all reach all; a node killed with SIGKILL leaves
 //! the view and, restarted, rejoins with the state. With gossip on, a joiner whose
-//! record seed is dead finds the members through gossip.
+//! record seed is dead finds the members through gossip. `--json` output, a
+//! rejected update failing its call, and a second `lo join` opening the session.
 
 use crate::common;
 
@@ -801,4 +802,132 @@ fn gossip_aggregates_join_on_nodes_and_run_on_the_executor_beside_a_looping_one(
         "{status}"
     );
     drop(n1);
+}
+
+const REGISTER: &str = "lo://acme/registers/r";
+
+/// Run `lo ARGS --json --control NODE1` and parse what it prints.
+fn json(home: &Home, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    let control = control(home, 1);
+    all.extend(["--json", "--control", &control]);
+    let text = home.ok(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("lo {args:?}: {e}:\n{text}"))
+}
+
+#[test]
+fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let (_n1, seed) = start_node(&home, 1, &directory.addr, &directory.root);
+    publish_mesh(
+        &home,
+        &directory,
+        REGISTER,
+        liveobjects_objects::REGISTER,
+        &seed,
+    );
+    let joined = json(&home, &["join", REGISTER, "--found", "--no-interactive"]);
+    assert_eq!(joined["name"], REGISTER);
+    assert_eq!(joined["version"], 1);
+    assert_eq!(joined["already"], false);
+    // Joining again is not an error: it answers the same, marked as such.
+    let again = json(&home, &["join", REGISTER, "--no-interactive"]);
+    assert_eq!(again["already"], true, "{again}");
+    assert_eq!(again["version"], 1);
+    // Unless the record does not give what the joiner requires.
+    let out = home.run(&[
+        "join",
+        REGISTER,
+        "--no-interactive",
+        "--require",
+        "durable",
+        "--control",
+        &control(&home, 1),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(REGISTER) && err.contains("durable"), "{err}");
+
+    // An update the object rejects fails the call with the object's reason.
+    home.ok(&[
+        "call",
+        REGISTER,
+        "set",
+        "text(\"a\")",
+        "--control",
+        &control(&home, 1),
+    ]);
+    let out = home.run(&[
+        "call",
+        REGISTER,
+        "compare-and-set",
+        "7",
+        "text(\"b\")",
+        "--control",
+        &control(&home, 1),
+    ]);
+    assert!(!out.status.success(), "a rejected update exited 0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(REGISTER)
+            && err.contains("rejected the update")
+            && err.contains("compare-and-set expected version 7, register is at 1"),
+        "{err}"
+    );
+    // One that it accepts after it still succeeds.
+    home.ok(&[
+        "call",
+        REGISTER,
+        "compare-and-set",
+        "1",
+        "text(\"c\")",
+        "--control",
+        &control(&home, 1),
+    ]);
+    let got = json(&home, &["call", REGISTER, "get"]);
+    assert_eq!(got, serde_json::json!({"results": ["text(\"c\")"]}));
+
+    // Status, listing and record as JSON.
+    let status = json(&home, &["status"]);
+    let objects = status["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{status}");
+    assert_eq!(objects[0]["name"], REGISTER);
+    assert_eq!(objects[0]["driver"], "mesh");
+    assert_eq!(objects[0]["sequencer"], true);
+    assert_eq!(objects[0]["members"].as_array().unwrap().len(), 1);
+    assert!(objects[0]["quarantined"].is_null(), "{status}");
+    assert!(
+        status["node"]["key"].as_str().unwrap().len() >= 32,
+        "{status}"
+    );
+    let listing = home.ok_owned(directory.args(&["ls", "lo://acme/registers/", "--json"]));
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listing["records"][0]["name"], REGISTER, "{listing}");
+    assert_eq!(listing["records"][0]["driver"]["name"], "mesh");
+    assert_eq!(listing["records"][0]["type"]["reliability"], "total-order");
+    let record = home.ok_owned(directory.args(&["resolve", REGISTER, "--json"]));
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["version"], 1);
+    assert_eq!(record["verified"], true);
+    assert_eq!(record["chain"]["delegations"][0]["zone"], "lo://acme/");
+
+    // `lo join` of a joined object opens its session.
+    let mut session = home
+        .lo()
+        .args(["join", REGISTER, "--control", &control(&home, 1)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    session.stdin.take().unwrap().write_all(b"get\n").unwrap();
+    let out = session.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("already joined {REGISTER}")) && text.contains("text(\"c\")"),
+        "{text}"
+    );
 }

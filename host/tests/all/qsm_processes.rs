@@ -366,11 +366,22 @@ fn a_receiver_whose_queue_passes_its_memory_cap_is_quarantined_and_the_others_ge
     for n in 1..=3 {
         d.ok(n, &["join", FURNACE, "--no-interactive"]);
     }
+    // An update the object rejects fails its call with the object's reason (the
+    // event before it in the same call was applied: qsm has no transactions).
+    let out = d.lo(2, &["call", FURNACE, "add-then-refuse", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a rejected update exited 0");
+    assert!(
+        err.contains("rejected the update: refused on purpose"),
+        "{err}"
+    );
     // 100 events of about 3 ms each hold node 3 back for 10-25 s; 500 events of
     // 60 kB (30 MB) queue behind them, within its delivery credit (8,192 events).
     d.ok(1, &["call", FURNACE, "burn", "1000000", "100"]);
     d.ok(1, &["call", FURNACE, "blobs", "60000", "500"]);
-    const ALL: u64 = 600;
+    // Applied events: the add, then 100 burns and 500 blobs (the refused event
+    // is not applied).
+    const ALL: u64 = 601;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let node3 = loop {
         let counts: Vec<u64> = (1..=2).map(|n| d.applied(n, FURNACE).0).collect();
