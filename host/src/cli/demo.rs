@@ -1,8 +1,9 @@
 //! `lo demo`: an embedded directory and three hosts on loopback that join a chat
 //! room and a counter by name over the mesh driver (QUIC), then talk; the same
 //! hosts share a stock ticker over the qsm driver (IP multicast on `lo`, with an
-//! embedded membership service), gossip (UDP, SWIM) and count themselves with the
-//! census object.
+//! embedded membership service), keep a bank ledger on the vsync driver (durable,
+//! one transaction per update: an overdraft aborts at every replica), gossip (UDP,
+//! SWIM) and count themselves with the census object.
 
 use anyhow::{Context, Result, bail};
 use liveobjects_directory::client::{Client, Resolver};
@@ -13,7 +14,7 @@ use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_host::gossip::agent::GossipAgent;
 use liveobjects_host::gossip::net::GossipSocket;
 use liveobjects_host::gossip::{GossipConfig, GossipNode, HostId};
-use liveobjects_host::group::GroupNotice;
+use liveobjects_host::group::{GroupError, GroupNotice};
 use liveobjects_host::join::{JoinOptions, join, join_qsm, prepare, resolve_aggregate};
 use liveobjects_host::mesh::core::{Config, Liveness};
 use liveobjects_host::mesh::group::{GroupHandle, MeshNode};
@@ -21,6 +22,8 @@ use liveobjects_host::qsm::driver::{QsmHandle, QsmNode, QsmSettings};
 use liveobjects_host::qsm::membership::MembershipConfig;
 use liveobjects_host::qsm::service::{DirectoryPolicy, MembershipServer};
 use liveobjects_host::runtime::{AGGREGATE_INTERFACE, LogicHash, Runtime, SharedAggregate};
+use liveobjects_host::vsync::group::GroupConfig;
+use liveobjects_host::vsync::host::{VsyncHandle, VsyncJoin, VsyncNode, VsyncSettings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ const ROOM: &str = "lo://demo/rooms/lobby";
 const COUNTER: &str = "lo://demo/counters/hits";
 const CENSUS: &str = "lo://demo/system/census";
 const TICKER: &str = "lo://demo/markets/ticker";
+const LEDGER: &str = "lo://demo/bank/books";
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
 struct Host {
@@ -248,7 +252,40 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     }
     ticker_agreement(&ticker).await?;
 
-    // 7. The same hosts gossip: the census, published as a gossip aggregate, run by
+    // 7. The same hosts keep a ledger on vsync: durable (each host's log on disk),
+    //    and an update is a transaction that commits at every replica or none.
+    let ledger = start_ledger(
+        runtime,
+        &client,
+        &owner,
+        server.local_addr(),
+        root_key,
+        &identities,
+        dir.path(),
+    )
+    .await?;
+    let books = &ledger.hosts;
+    books[0].1.call("open", &["\"alice\"", "100"]).await?;
+    books[1].1.call("open", &["\"bob\"", "0"]).await?;
+    books[2]
+        .1
+        .call("transfer", &["\"t1\"", "\"alice\"", "\"bob\"", "60"])
+        .await?;
+    println!("vsync      carol's host moves 60 from alice to bob: committed at every replica");
+    match books[1]
+        .1
+        .call("transfer", &["\"t2\"", "\"alice\"", "\"bob\"", "60"])
+        .await
+    {
+        Err(GroupError::Aborted { reason, .. }) => {
+            println!("vsync      bob's host asks for 60 more: aborted everywhere ({reason})")
+        }
+        Ok(_) => bail!("the ledger let alice overdraw; this is a bug, please report it"),
+        Err(e) => return Err(e.into()),
+    }
+    ledger_agreement(&ledger).await?;
+
+    // 8. The same hosts gossip: the census, published as a gossip aggregate, run by
     //    name on every host over UDP with SWIM and a fresh domain secret.
     let agents = start_gossip(runtime, &client, &owner, server.local_addr(), root_key).await?;
     println!();
@@ -267,7 +304,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     .await?;
     println!("gossip     every host's census counts 3 live hosts ({CENSUS})");
 
-    // 8. Live until the duration ends (or Ctrl-C).
+    // 9. Live until the duration ends (or Ctrl-C).
     println!();
     if duration == 0 {
         println!("Live: a member posts every {interval}s. Ctrl-C to stop.");
@@ -289,21 +326,43 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
         quotes
             .call("publish", &["\"ACME\"", &(10_000 + tick).to_string()])
             .await?;
+        // One unit back and forth between alice and bob: balances stay bounded.
+        let (from, to) = if tick % 2 == 1 {
+            ("bob", "alice")
+        } else {
+            ("alice", "bob")
+        };
+        let (_, books) = &ledger.hosts[(tick as usize) % ledger.hosts.len()];
+        books
+            .call(
+                "transfer",
+                &[
+                    &format!("\"live-{tick}\""),
+                    &format!("{from:?}"),
+                    &format!("{to:?}"),
+                    "1",
+                ],
+            )
+            .await?;
     }
     settle(&hosts, script.len() as u64 + tick).await?;
     ticker_settle(&ticker, 15 + tick).await?;
     println!();
     agreement(&hosts).await?;
     ticker_agreement(&ticker).await?;
+    ledger_agreement(&ledger).await?;
     println!(
-        "Done: {} chat messages and {} counter updates, each applied once by all 3 replicas.",
+        "Done: {} chat messages, {} counter updates and {} transfers, each applied once by \
+         all 3 replicas.",
         script.len() as u64 + tick,
-        3 + tick
+        3 + tick,
+        1 + tick
     );
     for h in &hosts {
         h.node.shutdown();
     }
     drop(ticker);
+    drop(ledger);
     server.shutdown().await;
     Ok(())
 }
@@ -411,6 +470,103 @@ async fn ticker_agreement(ticker: &Ticker) -> Result<()> {
     );
     if !same {
         bail!("ticker replicas diverged; this is a bug, please report it");
+    }
+    Ok(())
+}
+
+/// The vsync part of the demo: a vsync endpoint per host and its ledger replica.
+struct Ledger {
+    hosts: Vec<(VsyncNode, VsyncHandle)>,
+}
+
+/// Publish the shipped ledger on vsync (durable, alice's host as the seed) and
+/// join it by name from three hosts, each keeping its log under `data`.
+async fn start_ledger(
+    runtime: &Arc<Runtime>,
+    client: &Client,
+    owner: &Identity,
+    directory: std::net::SocketAddr,
+    root_key: liveobjects_directory::keys::PublicKey,
+    identities: &[Identity],
+    data: &std::path::Path,
+) -> Result<Ledger> {
+    let nodes: Vec<VsyncNode> = NAMES
+        .iter()
+        .zip(identities)
+        .map(|(name, identity)| {
+            VsyncNode::start(
+                identity,
+                "127.0.0.1:0".parse().expect("valid"),
+                VsyncSettings {
+                    data_dir: data.join(format!("vsync-{name}")),
+                    group: GroupConfig::default(),
+                },
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let bytes =
+        liveobjects_objects::shipped("ledger").context("shipped ledger missing from this build")?;
+    let logic = runtime.load_bytes(LEDGER, bytes)?;
+    let mut record = ObjectRecord::new(LEDGER, 1, bytes, unix_now(), 3600);
+    record.object_type.interface = logic
+        .interface()
+        .methods
+        .iter()
+        .find_map(|m| m.interface.clone())
+        .unwrap_or_default();
+    record.object_type.reliability = Reliability::Durable;
+    record.driver.name = "vsync".into();
+    let seed = nodes[0].me();
+    record
+        .driver
+        .options
+        .insert("seeds".into(), format!("{}@{}", seed.key, seed.addr));
+    record.policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
+    client
+        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
+        .await?;
+    println!("published  {LEDGER:<26} ledger, vsync driver, durable, policy: 3 keys");
+    let mut hosts = Vec::new();
+    for ((name, identity), node) in NAMES.iter().zip(identities).zip(nodes) {
+        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
+        let options = JoinOptions {
+            require: "durable".parse().map_err(anyhow::Error::msg)?,
+            ..JoinOptions::default()
+        };
+        let prepared = prepare(runtime, &resolver, LEDGER, identity.public(), &options).await?;
+        let record = &prepared.verified.record;
+        let how = VsyncJoin {
+            seeds: liveobjects_host::join::seeds(record),
+            found_if_alone: *name == "alice",
+            durable: true,
+            policy: record.policy.clone(),
+            grant: None,
+        };
+        let logic = prepared.replica_logic(LEDGER)?;
+        let handle = node.join(runtime, logic, LEDGER, how).await?;
+        println!("joined     {name:<6} -> {LEDGER} (vsync)");
+        hosts.push((node, handle));
+    }
+    Ok(Ledger { hosts })
+}
+
+/// Every replica's balances and total, which must agree (and conserve money).
+async fn ledger_agreement(ledger: &Ledger) -> Result<()> {
+    let mut seen = Vec::new();
+    for (_, h) in &ledger.hosts {
+        let accounts = h.call("accounts", &[]).await?.join("");
+        let total = h.call("total", &[]).await?.join("");
+        seen.push((accounts, total));
+    }
+    let same = seen.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "  ledger: replicas {} (accounts {}, total {})",
+        if same { "identical" } else { "DIFFER" },
+        seen[0].0,
+        seen[0].1
+    );
+    if !same || seen[0].1 != "100" {
+        bail!("ledger replicas diverged or lost money; this is a bug, please report it");
     }
     Ok(())
 }

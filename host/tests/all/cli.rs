@@ -190,6 +190,13 @@ fn demo_runs_three_members_that_agree() {
     assert!(text.contains("counter: replicas identical"), "{text}");
     assert!(text.contains("ticker: replicas identical"), "{text}");
     assert!(text.contains("IP multicast on lo"), "{text}");
+    // The ledger on vsync: the overdraft aborted everywhere, money conserved.
+    assert!(
+        text.contains("aborted everywhere") && text.contains("no overdrafts"),
+        "{text}"
+    );
+    assert!(text.contains("ledger: replicas identical"), "{text}");
+    assert!(text.contains("total 100)"), "{text}");
     assert!(!text.contains("DIFFER"), "{text}");
     assert!(
         text.contains("every host's census counts 3 live hosts"),

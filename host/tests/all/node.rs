@@ -95,15 +95,21 @@ fn history(home: &Home, n: usize, limit: usize) -> String {
     ])
 }
 
+/// Node `n`'s entry for `name` in `lo status --json` (null if it has none).
+fn object_status(home: &Home, n: usize, name: &str) -> serde_json::Value {
+    let out = home.run(&["status", "--json", "--control", &control(home, n)]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    status["objects"]
+        .as_array()
+        .and_then(|objects| objects.iter().find(|o| o["name"] == name).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 fn members(home: &Home, n: usize) -> usize {
-    let out = home.run(&["status", "--control", &control(home, n)]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .find(|l| l.starts_with(ROOM))
-        .and_then(|l| l.split("driver mesh  ").nth(1))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    object_status(home, n, ROOM)["members"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 /// Keys for root, acme and nodes 1-3, a directory, and the zone lo://acme/.
@@ -514,8 +520,8 @@ fn a_chain_reaction_is_quarantined_and_the_chat_beside_it_loses_nothing() {
 
     let status_of = |n: usize| {
         let started = std::time::Instant::now();
-        let out = home.ok(&["status", "--control", &control(&home, n)]);
-        (started.elapsed(), out)
+        let chain = object_status(&home, n, CHAIN);
+        (started.elapsed(), chain)
     };
     let mut slowest_status = std::time::Duration::ZERO;
     let mut most_rss = 0u64;
@@ -536,19 +542,16 @@ fn a_chain_reaction_is_quarantined_and_the_chat_beside_it_loses_nothing() {
                 &control(&home, n),
             ]);
             posts += 1;
-            let (took, status) = status_of(n);
+            let (took, chain) = status_of(n);
             slowest_status = slowest_status.max(took);
             assert!(
                 took < std::time::Duration::from_secs(1),
                 "lo status took {took:?} at node {n} during the storm"
             );
-            let chain_line = status
-                .lines()
-                .skip_while(|l| !l.starts_with(CHAIN))
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("\n");
-            if chain_line.contains("quarantined: exceeded") {
+            if chain["quarantined"]
+                .as_str()
+                .is_some_and(|reason| reason.starts_with("exceeded"))
+            {
                 quarantined[n - 1] = true;
             }
             let rss = rss_bytes(nodes[n - 1].child.id());

@@ -111,11 +111,17 @@ impl Cluster {
         }
     }
 
-    fn status_line(&self, n: usize) -> Option<String> {
-        let out = self.home.run(&["status", "--control", &self.control(n)]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.starts_with(LEDGER))
+    /// The ledger's state digest at node `n`, from `lo status --json`.
+    fn digest(&self, n: usize) -> Option<String> {
+        let out = self
+            .home
+            .run(&["status", "--json", "--control", &self.control(n)]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["objects"]
+            .as_array()?
+            .iter()
+            .find(|o| o["name"] == LEDGER)?["state_digest"]
+            .as_str()
             .map(str::to_string)
     }
 }
@@ -502,13 +508,7 @@ fn durable_ledger_survives_kill_9_of_every_node_with_a_linearizable_history() {
     }
     // Identical snapshots once every replica applied the same log.
     eventually(60, "all replicas' snapshots are identical", || {
-        let digests: Vec<Option<String>> = (0..NODES)
-            .map(|n| {
-                cluster
-                    .status_line(n)
-                    .and_then(|l| l.split(" sha256 ").nth(1).map(str::to_string))
-            })
-            .collect();
+        let digests: Vec<Option<String>> = (0..NODES).map(|n| cluster.digest(n)).collect();
         digests.iter().all(|d| d.is_some() && *d == digests[0])
     });
     if let Err(e) = linearizable(&history) {
