@@ -87,25 +87,15 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     let seed = format!("{}@{}", nodes[0].me().key, nodes[0].me().addr);
     let policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
     for (name, object) in [(ROOM, "chat"), (COUNTER, "counter")] {
-        let bytes = liveobjects_objects::shipped(object)
-            .context("shipped object missing from this build")?;
-        let logic = runtime.load_bytes(name, bytes)?;
-        let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
-        record.object_type.interface = logic
-            .interface()
-            .methods
-            .iter()
-            .find_map(|m| m.interface.clone())
-            .unwrap_or_default();
-        record.object_type.reliability = Reliability::TotalOrder;
-        record.driver.options.insert("seeds".into(), seed.clone());
-        record.policy = policy.clone();
-        client
-            .publish(Signed::sign(&record, &owner), Some(bytes.to_vec()))
-            .await?;
+        let hash = publish_shipped(runtime, &client, &owner, name, object, |record| {
+            record.object_type.reliability = Reliability::TotalOrder;
+            record.driver.options.insert("seeds".into(), seed.clone());
+            record.policy = policy.clone();
+        })
+        .await?;
         println!(
             "published  {name:<26} {object}, logic sha256 {}, policy: 3 keys",
-            &LogicHash::of(bytes).to_hex()[..12]
+            &hash.to_hex()[..12]
         );
     }
 
@@ -367,6 +357,34 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     Ok(())
 }
 
+/// Publish the shipped `object` as `name` (version 1, an hour's validity, its own
+/// interface), with `customize` setting the driver, type and policy; returns the
+/// logic's hash.
+async fn publish_shipped(
+    runtime: &Runtime,
+    client: &Client,
+    owner: &Identity,
+    name: &str,
+    object: &str,
+    customize: impl FnOnce(&mut ObjectRecord),
+) -> Result<LogicHash> {
+    let bytes = liveobjects_objects::shipped(object)
+        .with_context(|| format!("shipped object {object} missing from this build"))?;
+    let logic = runtime.load_bytes(name, bytes)?;
+    let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
+    record.object_type.interface = logic
+        .interface()
+        .methods
+        .iter()
+        .find_map(|m| m.interface.clone())
+        .unwrap_or_default();
+    customize(&mut record);
+    client
+        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
+        .await?;
+    Ok(logic.hash())
+}
+
 /// The qsm part of the demo: a membership service and a driver per host.
 struct Ticker {
     _membership: MembershipServer,
@@ -404,25 +422,15 @@ async fn start_ticker(
         policy,
     )?;
     let peer = membership.peer();
-    let bytes =
-        liveobjects_objects::shipped("ticker").context("shipped ticker missing from this build")?;
-    let logic = runtime.load_bytes(TICKER, bytes)?;
-    let mut record = ObjectRecord::new(TICKER, 1, bytes, unix_now(), 3600);
-    record.object_type.interface = logic
-        .interface()
-        .methods
-        .iter()
-        .find_map(|m| m.interface.clone())
-        .unwrap_or_default();
-    record.object_type.category = Category::EventStream;
-    record.driver.name = "qsm".into();
-    record
-        .driver
-        .options
-        .insert("membership".into(), format!("{}@{}", peer.key, peer.addr));
-    client
-        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
-        .await?;
+    publish_shipped(runtime, client, owner, TICKER, "ticker", |record| {
+        record.object_type.category = Category::EventStream;
+        record.driver.name = "qsm".into();
+        record
+            .driver
+            .options
+            .insert("membership".into(), format!("{}@{}", peer.key, peer.addr));
+    })
+    .await?;
     println!(
         "published  {TICKER:<26} ticker, qsm driver (membership service {}), reliable FIFO",
         peer.addr
@@ -504,27 +512,17 @@ async fn start_ledger(
             )
         })
         .collect::<Result<_, _>>()?;
-    let bytes =
-        liveobjects_objects::shipped("ledger").context("shipped ledger missing from this build")?;
-    let logic = runtime.load_bytes(LEDGER, bytes)?;
-    let mut record = ObjectRecord::new(LEDGER, 1, bytes, unix_now(), 3600);
-    record.object_type.interface = logic
-        .interface()
-        .methods
-        .iter()
-        .find_map(|m| m.interface.clone())
-        .unwrap_or_default();
-    record.object_type.reliability = Reliability::Durable;
-    record.driver.name = "vsync".into();
     let seed = nodes[0].me();
-    record
-        .driver
-        .options
-        .insert("seeds".into(), format!("{}@{}", seed.key, seed.addr));
-    record.policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
-    client
-        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
-        .await?;
+    publish_shipped(runtime, client, owner, LEDGER, "ledger", |record| {
+        record.object_type.reliability = Reliability::Durable;
+        record.driver.name = "vsync".into();
+        record
+            .driver
+            .options
+            .insert("seeds".into(), format!("{}@{}", seed.key, seed.addr));
+        record.policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
+    })
+    .await?;
     println!("published  {LEDGER:<26} ledger, vsync driver, durable, policy: 3 keys");
     let mut hosts = Vec::new();
     for ((name, identity), node) in NAMES.iter().zip(identities).zip(nodes) {
