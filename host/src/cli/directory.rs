@@ -310,12 +310,15 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     // Refuse to publish what no host could run.
     let file_name = args.file.display().to_string();
+    let checking = format!("compiling {file_name} to check it");
     let interface = if args.category == Category::GossipAggregate {
-        runtime.load_aggregate_bytes(&file_name, &bytes)?;
+        super::slow_step(&checking, || {
+            runtime.load_aggregate_bytes(&file_name, &bytes)
+        })?;
         args.interface
             .unwrap_or_else(|| liveobjects_host::runtime::AGGREGATE_INTERFACE.to_string())
     } else {
-        let logic = runtime.load_bytes(&file_name, &bytes)?;
+        let logic = super::slow_step(&checking, || runtime.load_bytes(&file_name, &bytes))?;
         match args.interface {
             Some(i) => i,
             None => logic

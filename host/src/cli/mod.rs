@@ -3,6 +3,7 @@
 mod demo;
 mod directory;
 mod gossip;
+mod new;
 mod node;
 mod qsm;
 
@@ -138,6 +139,11 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Create a project for a new live object (a counter to start from) in
+    /// Rust or Python: `lo new hits --lang python`, then `lo build` in it.
+    New(new::NewArgs),
+    /// Build the live object project in this folder (or DIR) into NAME.wasm.
+    Build(new::BuildArgs),
     /// Print a shell completion script: `lo completions bash > /etc/bash_completion.d/lo`
     /// (or `source <(lo completions bash)`; zsh and fish likewise).
     Completions {
@@ -192,6 +198,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls(args) => directory::ls(args),
         Command::Resolve(args) => directory::resolve(args),
         Command::Fetch(args) => directory::fetch(args),
+        Command::New(args) => new::new(args),
+        Command::Build(args) => new::build(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "lo", &mut std::io::stdout());
@@ -220,12 +228,47 @@ fn make_runtime(args: &RuntimeArgs, pooled: Option<u32>) -> Result<Runtime> {
 }
 
 fn load(runtime: &Runtime, file: &Path) -> Result<Arc<Logic>> {
-    Ok(runtime.load_file(file)?)
+    let what = format!(
+        "compiling {} (the first time only: it is cached by content hash)",
+        file.display()
+    );
+    Ok(slow_step(&what, || runtime.load_file(file))?)
+}
+
+/// Run `work`; if it takes more than a second, say what it is doing (a spinner on
+/// a terminal, one line on stderr otherwise), so no step is silent for longer.
+pub(crate) fn slow_step<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let what = what.to_string();
+    let reporter = std::thread::spawn(move || {
+        // A disconnect (the sender dropped) means the work is done.
+        if finished.recv_timeout(std::time::Duration::from_secs(1))
+            != Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            return;
+        }
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if spinner.is_hidden() {
+            eprintln!("{what} ...");
+        } else {
+            spinner.set_message(what);
+            spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        let _ = finished.recv();
+        spinner.finish_and_clear();
+    });
+    let result = work();
+    drop(done);
+    let _ = reporter.join();
+    result
 }
 
 fn inspect(runtime: &Runtime, file: &Path) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let logic = runtime.load_bytes(&file.display().to_string(), &bytes)?;
+    let name = file.display().to_string();
+    let logic = slow_step(&format!("compiling {name}"), || {
+        runtime.load_bytes(&name, &bytes)
+    })?;
     let iface = logic.interface();
     println!("object logic  {}", file.display());
     println!("sha256        {}", logic.hash());

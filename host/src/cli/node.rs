@@ -179,14 +179,21 @@ fn expect(response: ControlResponse) -> Result<ControlResponse> {
 pub fn join(args: JoinArgs) -> Result<()> {
     let path = args.control.path()?;
     let rt = super::tokio()?;
-    let joined = rt.block_on(request(
-        &path,
-        &ControlRequest::Join {
-            name: args.name.clone(),
-            require: args.require.clone(),
-            found_if_alone: args.found,
-        },
-    ))?;
+    let joining = format!(
+        "joining {}: resolving and verifying its record, fetching and compiling its \
+         logic, state transfer",
+        args.name
+    );
+    let joined = super::slow_step(&joining, || {
+        rt.block_on(request(
+            &path,
+            &ControlRequest::Join {
+                name: args.name.clone(),
+                require: args.require.clone(),
+                found_if_alone: args.found,
+            },
+        ))
+    })?;
     match expect(joined)? {
         ControlResponse::Joined {
             version,

@@ -258,3 +258,61 @@ fn completions_for_each_shell_and_sandbox_flags_only_where_guests_run() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--fuel"), "{}", stderr(&out));
 }
+
+#[test]
+fn new_and_build_make_a_rust_and_a_python_object_that_run() {
+    let lo = Lo::new();
+    // The test's HOME is its own; cargo and rustup keep theirs (toolchains, the
+    // crates already downloaded), and Rust builds share one target folder.
+    let real_home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let rustup = std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
+    let cargo = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lo-new-target");
+    for (lang, name) in [("rust", "page-views"), ("python", "tally")] {
+        let dir = lo.home.path().join(name);
+        let out = lo.run(&["new", name, "--lang", lang, "--path", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "lo new {lang}: {}", stderr(&out));
+        assert!(dir.join("README.md").exists() && dir.join("liveobject.toml").exists());
+        let out = lo
+            .command()
+            .args(["build", dir.to_str().unwrap()])
+            .env("RUSTUP_HOME", &rustup)
+            .env("CARGO_HOME", &cargo)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lo build {lang}: {}", stderr(&out));
+        let wasm = dir.join(format!("{name}.wasm"));
+        let wasm = wasm.to_str().unwrap();
+        let out = lo.run(&["inspect", wasm]);
+        let text = stdout(&out);
+        assert!(
+            text.contains("add: func(n: s64)") && text.contains("get: func() -> s64"),
+            "{lang}: {text}"
+        );
+        // A Python component's first compile takes seconds: it is not silent.
+        if lang == "python" {
+            assert!(stderr(&out).contains("compiling"), "{}", stderr(&out));
+        }
+        for n in ["5", "-2"] {
+            let out = lo.run(&["call", wasm, "add", n]);
+            assert!(out.status.success(), "{lang}: {}", stderr(&out));
+            assert!(
+                !stderr(&out).contains("compiling"),
+                "cached: {}",
+                stderr(&out)
+            );
+        }
+        let out = lo.run(&["call", wasm, "get"]);
+        assert_eq!(stdout(&out).trim(), "3", "{lang}: {}", stderr(&out));
+    }
+    // A second project of the same name is refused; a bad name says what is allowed.
+    let taken = lo.home.path().join("tally");
+    let out = lo.run(&["new", "tally", "--path", taken.to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("exists already"));
+    let out = lo.run(&["new", "Page_Views"]);
+    assert!(!out.status.success() && stderr(&out).contains("lowercase words"));
+    // Building where no project is says how to make one.
+    let out = lo.run(&["build", lo.home.path().to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("lo new NAME"));
+}

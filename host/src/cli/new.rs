@@ -1,0 +1,458 @@
+//! `lo new NAME --lang rust|python` writes a project for a new live object, and
+//! `lo build` in it produces the component (`NAME.wasm`) to run, call and publish.
+//!
+//! A Rust project carries its own copy of the guest SDK and the object WIT (the
+//! SDK is not on crates.io), so it builds anywhere `cargo` and the
+//! `wasm32-wasip2` target are; a Python project needs `componentize-py`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The object WIT every guest implements, as this `lo` speaks it.
+const OBJECT_WIT: &str = include_str!("../../../wit/object.wit");
+/// The Rust guest SDK's sources, copied into a new Rust project.
+const SDK_LIB: &str = include_str!("../../../guest-sdk/src/lib.rs");
+const SDK_AGGREGATE: &str = include_str!("../../../guest-sdk/src/aggregate.rs");
+/// The componentize-py release the Python template is built and tested with.
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// A language a new object can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust with the liveobjects guest SDK (cargo, wasm32-wasip2).
+    Rust,
+    /// Python with componentize-py.
+    Python,
+}
+
+/// `lo new`
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The object's name: lowercase words joined by `-` (it names the folder, the
+    /// WIT interface and the component).
+    name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+    /// Where to create the project folder (default: ./NAME).
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+}
+
+/// `lo build`
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The project folder (default: the current one).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+/// What a project folder is, read back from the files `lo new` wrote.
+struct Project {
+    dir: PathBuf,
+    name: String,
+    lang: Lang,
+}
+
+pub fn new(args: NewArgs) -> Result<()> {
+    check_name(&args.name)?;
+    let dir = args.path.unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() {
+        bail!(
+            "{} exists already; choose another name or --path",
+            dir.display()
+        );
+    }
+    let files = match args.lang {
+        Lang::Rust => rust_files(&args.name),
+        Lang::Python => python_files(&args.name),
+    };
+    for (rel, text) in &files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "created {} ({:?}): a replicated counter with one update (add) and one query (get)",
+        dir.display(),
+        args.lang
+    );
+    println!("next: cd {} && lo build", dir.display());
+    Ok(())
+}
+
+pub fn build(args: BuildArgs) -> Result<()> {
+    let project = Project::read(&args.dir)?;
+    let out = project.dir.join(format!("{}.wasm", project.name));
+    match project.lang {
+        Lang::Rust => build_rust(&project, &out)?,
+        Lang::Python => build_python(&project, &out)?,
+    }
+    println!("built {}", out.display());
+    println!(
+        "try: lo inspect {0}; lo call {0} add 5; lo call {0} get",
+        out.display()
+    );
+    Ok(())
+}
+
+impl Project {
+    fn read(dir: &Path) -> Result<Project> {
+        let marker = dir.join("liveobject.toml");
+        let text = std::fs::read_to_string(&marker).with_context(|| {
+            format!(
+                "{} is not a live object project (no liveobject.toml); create one with \
+                 `lo new NAME`",
+                dir.display()
+            )
+        })?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('=')?.trim().into())
+                .map(|v: &str| v.trim_matches('"').to_string())
+                .with_context(|| format!("{} has no `{key} = ...` line", marker.display()))
+        };
+        let name = field("name")?;
+        check_name(&name)?;
+        let lang = match field("lang")?.as_str() {
+            "rust" => Lang::Rust,
+            "python" => Lang::Python,
+            other => bail!(
+                "{}: lang = {other:?} is not rust or python",
+                marker.display()
+            ),
+        };
+        Ok(Project {
+            dir: dir.to_path_buf(),
+            name,
+            lang,
+        })
+    }
+}
+
+/// Names become WIT identifiers, a folder, a crate and a Python class: lowercase
+/// words of letters and digits, joined by `-`, starting with a letter.
+fn check_name(name: &str) -> Result<()> {
+    let words_ok = name.split('-').all(|w| {
+        w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
+    if !words_ok || name.len() > 40 {
+        bail!(
+            "`{name}` is not a valid object name: use lowercase words of letters and digits \
+             joined by `-`, each starting with a letter (e.g. `hits` or `page-views`)"
+        );
+    }
+    Ok(())
+}
+
+fn snake(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn camel(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The object's own WIT: a counter's interface.
+fn interface_wit(name: &str) -> String {
+    format!(
+        "package liveobjects:{name}@0.1.0;
+
+/// A replicated counter: `add` is an update every replica applies, `get` reads
+/// this replica's state.
+interface {name} {{
+    /// Add `n` on every replica.
+    add: func(n: s64);
+    /// The total at this replica.
+    get: func() -> s64;
+}}
+"
+    )
+}
+
+fn marker(name: &str, lang: &str) -> String {
+    format!("# Written by `lo new`; `lo build` reads it.\nname = \"{name}\"\nlang = \"{lang}\"\n")
+}
+
+fn readme(name: &str, build_needs: &str) -> String {
+    format!(
+        "# {name}
+
+A live object: every host that joins it runs this code in a sandbox, and the
+host keeps the replicas in step. State changes only when an event is delivered
+(`add` multicasts one), so every replica computes the same state.
+
+Build it ({build_needs}), then try it locally:
+
+```sh
+lo build
+lo inspect {name}.wasm
+lo call {name}.wasm add 5
+lo call {name}.wasm get
+lo run {name}.wasm --replicas 3
+```
+
+Publish it and join it from hosts running `lo node`:
+
+```sh
+lo publish {name}.wasm --name lo://ZONE/{name} --reliability total-order
+lo join lo://ZONE/{name} --found
+```
+"
+    )
+}
+
+fn rust_files(name: &str) -> Vec<(String, String)> {
+    let snake = snake(name);
+    let camel = camel(name);
+    let cargo = format!(
+        "[package]
+name = \"{name}\"
+version = \"0.1.0\"
+edition = \"2024\"
+
+[lib]
+crate-type = [\"cdylib\"]
+
+[dependencies]
+liveobjects-guest = {{ path = \"sdk\" }}
+wit-bindgen = {{ version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\", \"macro-string\"] }}
+serde = {{ version = \"1\", features = [\"derive\"] }}
+
+# A project of its own, even inside another workspace.
+[workspace]
+
+[profile.release]
+opt-level = \"s\"
+lto = true
+codegen-units = 1
+strip = true
+panic = \"abort\"
+"
+    );
+    let sdk_cargo = "[package]
+name = \"liveobjects-guest\"
+version = \"0.1.0\"
+edition = \"2024\"
+description = \"The liveobjects guest SDK, copied here by `lo new`.\"
+
+[dependencies]
+wit-bindgen = { version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\", \"macro-string\"] }
+serde = { version = \"1\", features = [\"derive\"] }
+postcard = { version = \"1\", features = [\"alloc\"] }
+"
+    .to_string();
+    let interface = interface_wit(name);
+    let lib = format!(
+        "//! `{name}`: a replicated counter. `add(n)` is an update (an event every
+//! replica applies), `get()` a query of this replica's state.
+
+use liveobjects_guest::{{EventContext, LiveObject}};
+use serde::{{Deserialize, Serialize}};
+
+wit_bindgen::generate!({{
+    inline: r#\"
+{interface}
+world {name}-object {{
+    export {name};
+}}
+\"#,
+}});
+
+/// The state every replica keeps (its snapshot is this, encoded).
+#[derive(Default, Serialize, Deserialize)]
+struct {camel} {{
+    total: i64,
+}}
+
+/// What an update multicasts; every replica applies it in `apply`.
+#[derive(Serialize, Deserialize)]
+enum Event {{
+    Add(i64),
+}}
+
+impl LiveObject for {camel} {{
+    type Event = Event;
+
+    fn apply(&mut self, event: Event, _ctx: &EventContext) -> Result<(), String> {{
+        match event {{
+            Event::Add(n) => {{
+                self.total = self
+                    .total
+                    .checked_add(n)
+                    .ok_or_else(|| format!(\"adding {{n}} would overflow {{}}\", self.total))?;
+            }}
+        }}
+        Ok(())
+    }}
+}}
+
+impl exports::liveobjects::{snake}::{snake}::Guest for {camel} {{
+    fn add(n: i64) {{
+        {camel}::emit(&Event::Add(n));
+    }}
+
+    fn get() -> i64 {{
+        {camel}::read(|state| state.total)
+    }}
+}}
+
+liveobjects_guest::export_object!({camel});
+export!({camel});
+"
+    );
+    vec![
+        ("liveobject.toml".into(), marker(name, "rust")),
+        ("Cargo.toml".into(), cargo),
+        ("src/lib.rs".into(), lib),
+        ("sdk/Cargo.toml".into(), sdk_cargo),
+        ("sdk/src/lib.rs".into(), SDK_LIB.to_string()),
+        ("sdk/src/aggregate.rs".into(), SDK_AGGREGATE.to_string()),
+        ("wit/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "README.md".into(),
+            readme(name, "needs `rustup target add wasm32-wasip2`"),
+        ),
+        (".gitignore".into(), "/target\n*.wasm\n".into()),
+    ]
+}
+
+fn python_files(name: &str) -> Vec<(String, String)> {
+    let camel = camel(name);
+    let wit = format!(
+        "{}
+world {name}-object {{
+    include liveobjects:object/object@0.1.0;
+    export {name};
+}}
+",
+        interface_wit(name)
+    );
+    let app = format!(
+        "\"\"\"`{name}`: a replicated counter. `add(n)` is an update (an event every
+replica applies), `get()` a query of this replica's state. State changes only in
+`deliver`; the snapshot is canonical JSON, so replicas that applied the same
+events return identical bytes.
+\"\"\"
+
+import json
+
+from wit_world import exports
+from wit_world.imports import host
+from componentize_py_types import Err
+
+_total = 0
+
+
+class Lifecycle(exports.Lifecycle):
+    def init(self, snapshot):
+        global _total
+        if snapshot is None:
+            _total = 0
+            return
+        try:
+            _total = int(json.loads(bytes(snapshot).decode(\"utf-8\"))[\"total\"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise Err(f\"snapshot does not decode: {{e}}\")
+
+    def deliver(self, event):
+        global _total
+        try:
+            n = int(bytes(event.payload).decode(\"utf-8\"))
+        except ValueError as e:
+            raise Err(f\"event {{event.seq}} from {{event.sender}} is not a number: {{e}}\")
+        _total += n
+
+    def view_changed(self, view):
+        pass
+
+    def snapshot(self):
+        return json.dumps({{\"total\": _total}}, separators=(\",\", \":\")).encode(\"utf-8\")
+
+
+class {camel}(exports.{camel}):
+    def add(self, n):
+        host.multicast(str(n).encode(\"utf-8\"))
+
+    def get(self):
+        return _total
+"
+    );
+    vec![
+        ("liveobject.toml".into(), marker(name, "python")),
+        ("app.py".into(), app),
+        (format!("wit/{name}.wit"), wit),
+        ("wit/deps/object/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "README.md".into(),
+            readme(name, &format!("needs `pip install {COMPONENTIZE_PY}`")),
+        ),
+        (".gitignore".into(), "__pycache__/\n*.wasm\n".into()),
+    ]
+}
+
+fn build_rust(project: &Project, out: &Path) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&project.dir);
+    run_tool(
+        cmd,
+        "cargo",
+        "install Rust (rustup.rs), then `rustup target add wasm32-wasip2`",
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project.dir.join("target"));
+    let built = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", snake(&project.name)));
+    std::fs::copy(&built, out)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), out.display()))?;
+    Ok(())
+}
+
+fn build_python(project: &Project, out: &Path) -> Result<()> {
+    let mut cmd = Command::new("componentize-py");
+    cmd.args(["-d", "wit", "-w"])
+        .arg(format!("liveobjects:{0}/{0}-object@0.1.0", project.name))
+        .args(["componentize", "app", "-o"])
+        .arg(out.file_name().expect("NAME.wasm"))
+        .current_dir(&project.dir);
+    run_tool(
+        cmd,
+        "componentize-py",
+        &format!("install it with `pip install {COMPONENTIZE_PY}`"),
+    )
+}
+
+/// Run a build tool in the foreground (its output is the user's progress); a
+/// missing tool is named with how to install it.
+fn run_tool(mut cmd: Command, tool: &str, install: &str) -> Result<()> {
+    eprintln!("running {tool} ...");
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("`{tool}` is not installed: {install}")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot run {tool}")),
+    };
+    if !status.success() {
+        bail!("{tool} failed ({status}); see its output above");
+    }
+    Ok(())
+}
