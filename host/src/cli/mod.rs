@@ -144,6 +144,9 @@ enum Command {
     New(new::NewArgs),
     /// Build the live object project in this folder (or DIR) into NAME.wasm.
     Build(new::BuildArgs),
+    /// Build the project, run local replicas with an interactive prompt, and
+    /// rebuild and reload them (keeping their state) whenever a source changes.
+    Dev(new::DevArgs),
     /// Print a shell completion script: `lo completions bash > /etc/bash_completion.d/lo`
     /// (or `source <(lo completions bash)`; zsh and fish likewise).
     Completions {
@@ -200,6 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(args) => directory::fetch(args),
         Command::New(args) => new::new(args),
         Command::Build(args) => new::build(args),
+        Command::Dev(args) => new::dev(&runtime(&args.runtime)?, args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "lo", &mut std::io::stdout());
@@ -227,7 +231,7 @@ fn make_runtime(args: &RuntimeArgs, pooled: Option<u32>) -> Result<Runtime> {
     Runtime::new(config).context("starting the WebAssembly runtime")
 }
 
-fn load(runtime: &Runtime, file: &Path) -> Result<Arc<Logic>> {
+pub(crate) fn load(runtime: &Runtime, file: &Path) -> Result<Arc<Logic>> {
     let what = format!(
         "compiling {} (the first time only: it is cached by content hash)",
         file.display()
@@ -500,77 +504,89 @@ fn repl(runtime: &Runtime, file: &Path, replicas: usize) -> Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 {
             break;
         }
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        match line {
-            ".quit" | ".exit" => break,
-            ".help" => {
-                println!("{REPL_HELP}");
-                continue;
-            }
-            ".methods" => {
-                for m in &logic.interface().methods {
-                    println!("  {}", m.signature());
-                }
-                continue;
-            }
-            ".snapshot" => {
-                for (i, name) in names.iter().enumerate() {
-                    match group.replica_mut(i).snapshot() {
-                        Ok(s) => println!(
-                            "  {name}: {} bytes, sha256 {}",
-                            s.len(),
-                            &LogicHash::of(&s).to_hex()[..16]
-                        ),
-                        Err(e) => println!("  {name}: error: {e}"),
-                    }
-                }
-                continue;
-            }
-            _ => {}
-        }
-        let words = match split_words(line) {
-            Ok(w) => w,
-            Err(e) => {
-                println!("error: {e}");
-                continue;
-            }
-        };
-        let (target, rest) = match words[0].strip_prefix('@') {
-            Some(n) => match n.parse::<usize>() {
-                Ok(n) if (1..=replicas).contains(&n) => (n - 1, &words[1..]),
-                _ => {
-                    println!("error: no replica {n}; there are {replicas}");
-                    continue;
-                }
-            },
-            None => (0, &words[..]),
-        };
-        let Some((method, args)) = rest.split_first() else {
-            println!("error: which method?");
-            continue;
-        };
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        match group.call(target, method, &args) {
-            Ok(outcome) => {
-                for d in &outcome.deliveries {
-                    for n in &d.notifications {
-                        println!("  [{}] {}: {}", names[d.replica], n.topic, n.detail);
-                    }
-                }
-                for problem in outcome.problems() {
-                    println!("  warning: {problem}");
-                }
-                for r in &outcome.results {
-                    println!("{r}");
-                }
-            }
-            Err(e) => println!("error: {e}"),
+        if !repl_line(&mut group, &logic, &names, line.trim()) {
+            break;
         }
     }
     Ok(())
+}
+
+/// Act on one line typed at the prompt of `lo run` or `lo dev` (a method call on a
+/// replica, or a dot command); false once it asks to quit.
+pub(crate) fn repl_line(
+    group: &mut LocalGroup,
+    logic: &Logic,
+    names: &[String],
+    line: &str,
+) -> bool {
+    match line {
+        "" => return true,
+        ".quit" | ".exit" => return false,
+        ".help" => {
+            println!("{REPL_HELP}");
+            return true;
+        }
+        ".methods" => {
+            for m in &logic.interface().methods {
+                println!("  {}", m.signature());
+            }
+            return true;
+        }
+        ".snapshot" => {
+            for (i, name) in names.iter().enumerate() {
+                match group.replica_mut(i).snapshot() {
+                    Ok(s) => println!(
+                        "  {name}: {} bytes, sha256 {}",
+                        s.len(),
+                        &LogicHash::of(&s).to_hex()[..16]
+                    ),
+                    Err(e) => println!("  {name}: error: {e}"),
+                }
+            }
+            return true;
+        }
+        _ => {}
+    }
+    let words = match split_words(line) {
+        Ok(w) => w,
+        Err(e) => {
+            println!("error: {e}");
+            return true;
+        }
+    };
+    let replicas = names.len();
+    let (target, rest) = match words[0].strip_prefix('@') {
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=replicas).contains(&n) => (n - 1, &words[1..]),
+            _ => {
+                println!("error: no replica {n}; there are {replicas}");
+                return true;
+            }
+        },
+        None => (0, &words[..]),
+    };
+    let Some((method, args)) = rest.split_first() else {
+        println!("error: which method?");
+        return true;
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match group.call(target, method, &args) {
+        Ok(outcome) => {
+            for d in &outcome.deliveries {
+                for n in &d.notifications {
+                    println!("  [{}] {}: {}", names[d.replica], n.topic, n.detail);
+                }
+            }
+            for problem in outcome.problems() {
+                println!("  warning: {problem}");
+            }
+            for r in &outcome.results {
+                println!("{r}");
+            }
+        }
+        Err(e) => println!("error: {e}"),
+    }
+    true
 }
 
 fn demo(runtime: Runtime, duration: u64, interval: f64) -> Result<()> {

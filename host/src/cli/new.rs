@@ -7,8 +7,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use liveobjects_host::local::LocalGroup;
+use liveobjects_host::runtime::Runtime;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 /// The object WIT every guest implements, as this `lo` speaks it.
 const OBJECT_WIT: &str = include_str!("../../../wit/object.wit");
@@ -89,10 +93,7 @@ pub fn new(args: NewArgs) -> Result<()> {
 pub fn build(args: BuildArgs) -> Result<()> {
     let project = Project::read(&args.dir)?;
     let out = project.dir.join(format!("{}.wasm", project.name));
-    match project.lang {
-        Lang::Rust => build_rust(&project, &out)?,
-        Lang::Python => build_python(&project, &out)?,
-    }
+    project.build(&out)?;
     println!("built {}", out.display());
     println!(
         "try: lo inspect {0}; lo call {0} add 5; lo call {0} get",
@@ -132,6 +133,47 @@ impl Project {
             name,
             lang,
         })
+    }
+
+    /// Build the component into `out`.
+    fn build(&self, out: &Path) -> Result<()> {
+        match self.lang {
+            Lang::Rust => build_rust(self, out),
+            Lang::Python => build_python(self, out),
+        }
+    }
+
+    /// The files a build reads: the sources, the WIT and the manifests.
+    fn sources(&self) -> Vec<PathBuf> {
+        let roots: &[&str] = match self.lang {
+            Lang::Rust => &["src", "wit", "sdk", "Cargo.toml"],
+            Lang::Python => &["app.py", "wit"],
+        };
+        let mut files = Vec::new();
+        let mut pending: Vec<PathBuf> = roots.iter().map(|r| self.dir.join(r)).collect();
+        while let Some(path) = pending.pop() {
+            match std::fs::read_dir(&path) {
+                Ok(entries) => pending.extend(entries.flatten().map(|e| e.path())),
+                Err(_) if path.is_file() => files.push(path),
+                Err(_) => {}
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// What changes when a source is edited, added or removed: each source with
+    /// its modification time and size.
+    fn sources_stamp(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+        self.sources()
+            .into_iter()
+            .map(|path| {
+                let meta = std::fs::metadata(&path).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let len = meta.map_or(0, |m| m.len());
+                (path, modified, len)
+            })
+            .collect()
     }
 }
 
@@ -440,11 +482,11 @@ fn build_python(project: &Project, out: &Path) -> Result<()> {
     )
 }
 
-/// Run a build tool in the foreground (its output is the user's progress); a
-/// missing tool is named with how to install it.
+/// Run a build tool in the foreground, its output on our stderr (it is progress,
+/// not a result); a missing tool is named with how to install it.
 fn run_tool(mut cmd: Command, tool: &str, install: &str) -> Result<()> {
     eprintln!("running {tool} ...");
-    let status = match cmd.status() {
+    let status = match cmd.stdout(std::io::stderr()).status() {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("`{tool}` is not installed: {install}")
@@ -453,6 +495,121 @@ fn run_tool(mut cmd: Command, tool: &str, install: &str) -> Result<()> {
     };
     if !status.success() {
         bail!("{tool} failed ({status}); see its output above");
+    }
+    Ok(())
+}
+
+/// `lo dev`
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// The project folder (default: the current one).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Local replicas to run (members m1, m2, ...).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// How often to look for changed sources, in milliseconds.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    poll_ms: u64,
+    #[command(flatten)]
+    pub(crate) runtime: super::RuntimeArgs,
+}
+
+/// Build the project, run its replicas in this process with the interactive
+/// prompt of `lo run`, and rebuild and reload whenever a source changes: the
+/// replicas restart from a snapshot taken with the old code, so their state
+/// carries over wherever the new code still loads it (else they start afresh,
+/// and say why). A build that fails leaves the running version in place.
+pub fn dev(runtime: &Runtime, args: DevArgs) -> Result<()> {
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let project = Project::read(&args.dir)?;
+    let out = project.dir.join(format!("{}.wasm", project.name));
+    project.build(&out)?;
+    let names: Vec<String> = (1..=args.replicas).map(|i| format!("m{i}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).collect();
+    let object = format!("local:{}", project.name);
+    let mut logic = super::load(runtime, &out)?;
+    let mut group = LocalGroup::start(runtime, &logic, &object, &members, None)?;
+    println!(
+        "dev: {} replica(s) of {} (sha256 {}); edit the sources to rebuild and reload. \
+         Type .help for help.",
+        args.replicas,
+        out.display(),
+        &logic.hash().to_hex()[..16]
+    );
+    // Lines from stdin arrive on a channel, so the loop can also watch the sources.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = project.sources_stamp();
+    let poll = std::time::Duration::from_millis(args.poll_ms.max(50));
+    loop {
+        match lines.recv_timeout(poll) {
+            Ok(line) => {
+                if !super::repl_line(&mut group, &logic, &names, line.trim()) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = project.sources_stamp();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        println!("dev: sources changed; rebuilding");
+        if let Err(e) = project.build(&out) {
+            println!("dev: the build failed ({e:#}); still running the previous version");
+            continue;
+        }
+        let new_logic = match super::load(runtime, &out) {
+            Ok(l) => l,
+            Err(e) => {
+                println!(
+                    "dev: cannot load the new build ({e:#}); still running the previous version"
+                );
+                continue;
+            }
+        };
+        let snapshot = group.replica_mut(0).snapshot()?;
+        let next_seqs: Vec<u64> = members.iter().map(|m| group.next_seq(m)).collect();
+        let restarted = match LocalGroup::start(
+            runtime,
+            &new_logic,
+            &object,
+            &members,
+            Some(&snapshot),
+        ) {
+            Ok(g) => {
+                println!(
+                    "dev: reloaded (sha256 {}); state kept ({} bytes)",
+                    &new_logic.hash().to_hex()[..16],
+                    snapshot.len()
+                );
+                g
+            }
+            Err(e) => {
+                println!(
+                    "dev: reloaded (sha256 {}); the new code refused the old state ({e}), so it starts afresh",
+                    &new_logic.hash().to_hex()[..16]
+                );
+                LocalGroup::start(runtime, &new_logic, &object, &members, None)?
+            }
+        };
+        group = restarted;
+        for (member, seq) in members.iter().zip(next_seqs) {
+            group.set_next_seq(member, seq);
+        }
+        logic = new_logic;
     }
     Ok(())
 }

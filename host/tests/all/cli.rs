@@ -316,3 +316,76 @@ fn new_and_build_make_a_rust_and_a_python_object_that_run() {
     let out = lo.run(&["build", lo.home.path().to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("lo new NAME"));
 }
+
+#[test]
+fn dev_rebuilds_on_change_and_keeps_the_replicas_state() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let lo = Lo::new();
+    let dir = lo.home.path().join("score");
+    let out = lo.run(&[
+        "new",
+        "score",
+        "--lang",
+        "python",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut dev = lo
+        .command()
+        .args(["dev", dir.to_str().unwrap(), "--poll-ms", "100"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Every wait is bounded: a build and a first compile take seconds each. A
+    // result is a line of its own; `lo dev`'s reports contain what is awaited.
+    let wait_for = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("dev:") && line.contains(what) => return line,
+                Ok(line) if line == what => return line,
+                Ok(_) => {}
+                Err(e) => panic!("lo dev never printed {what:?}: {e}"),
+            }
+        }
+    };
+    let mut stdin = dev.stdin.take().unwrap();
+    wait_for("3 replica(s)");
+    stdin.write_all(b"add 5\n@2 get\n").unwrap();
+    assert_eq!(wait_for("5"), "5");
+
+    // New code for `get`: rebuilt, reloaded, and the state carried over.
+    let app = dir.join("app.py");
+    let code = std::fs::read_to_string(&app).unwrap();
+    let scaled = code.replace("        return _total\n", "        return _total * 10\n");
+    assert_ne!(code, scaled, "the template's get changed shape");
+    std::fs::write(&app, &scaled).unwrap();
+    let reloaded = wait_for("reloaded");
+    assert!(reloaded.contains("state kept"), "{reloaded}");
+    stdin.write_all(b"@3 get\n").unwrap();
+    assert_eq!(wait_for("50"), "50");
+
+    // A build that fails leaves the running version in place.
+    std::fs::write(&app, format!("{scaled}\ndef broken(:\n")).unwrap();
+    wait_for("the build failed");
+    stdin.write_all(b"add 1\nget\n").unwrap();
+    assert_eq!(wait_for("60"), "60");
+    drop(stdin);
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "lo dev exited with {status}");
+}
