@@ -1,9 +1,10 @@
-//! `lo new NAME --lang rust|python` writes a project for a new live object, and
+//! `lo new NAME --lang rust|python|js` writes a project for a new live object, and
 //! `lo build` in it produces the component (`NAME.wasm`) to run, call and publish.
 //!
 //! A Rust project carries its own copy of the guest SDK and the object WIT (the
 //! SDK is not on crates.io), so it builds anywhere `cargo` and the
-//! `wasm32-wasip2` target are; a Python project needs `componentize-py`.
+//! `wasm32-wasip2` target are; a Python project needs `componentize-py`, a
+//! JavaScript one `componentize-js` (npm).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -21,6 +22,8 @@ const SDK_LIB: &str = include_str!("../../../guest-sdk/src/lib.rs");
 const SDK_AGGREGATE: &str = include_str!("../../../guest-sdk/src/aggregate.rs");
 /// The componentize-py release the Python template is built and tested with.
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The componentize-js release the JavaScript template is built and tested with.
+pub const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 
 /// A language a new object can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,6 +32,8 @@ pub enum Lang {
     Rust,
     /// Python with componentize-py.
     Python,
+    /// JavaScript with componentize-js.
+    Js,
 }
 
 /// `lo new`
@@ -72,6 +77,7 @@ pub fn new(args: NewArgs) -> Result<()> {
     let files = match args.lang {
         Lang::Rust => rust_files(&args.name),
         Lang::Python => python_files(&args.name),
+        Lang::Js => js_files(&args.name),
     };
     for (rel, text) in &files {
         let path = dir.join(rel);
@@ -123,8 +129,9 @@ impl Project {
         let lang = match field("lang")?.as_str() {
             "rust" => Lang::Rust,
             "python" => Lang::Python,
+            "js" => Lang::Js,
             other => bail!(
-                "{}: lang = {other:?} is not rust or python",
+                "{}: lang = {other:?} is not rust, python or js",
                 marker.display()
             ),
         };
@@ -140,6 +147,7 @@ impl Project {
         match self.lang {
             Lang::Rust => build_rust(self, out),
             Lang::Python => build_python(self, out),
+            Lang::Js => build_js(self, out),
         }
     }
 
@@ -148,6 +156,7 @@ impl Project {
         let roots: &[&str] = match self.lang {
             Lang::Rust => &["src", "wit", "sdk", "Cargo.toml"],
             Lang::Python => &["app.py", "wit"],
+            Lang::Js => &["app.js", "wit"],
         };
         let mut files = Vec::new();
         let mut pending: Vec<PathBuf> = roots.iter().map(|r| self.dir.join(r)).collect();
@@ -196,6 +205,16 @@ fn check_name(name: &str) -> Result<()> {
 
 fn snake(name: &str) -> String {
     name.replace('-', "_")
+}
+
+/// `page-views` -> `pageViews`: how componentize-js names an exported interface.
+fn lower_camel(name: &str) -> String {
+    let upper = camel(name);
+    let mut chars = upper.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_lowercase().to_string() + chars.as_str())
+        .unwrap_or_default()
 }
 
 fn camel(name: &str) -> String {
@@ -374,9 +393,10 @@ export!({camel});
     ]
 }
 
-fn python_files(name: &str) -> Vec<(String, String)> {
-    let camel = camel(name);
-    let wit = format!(
+/// The object's WIT with a world that includes the object world (for
+/// componentize-py and componentize-js, which read the object WIT from `deps/`).
+fn world_wit(name: &str) -> String {
+    format!(
         "{}
 world {name}-object {{
     include liveobjects:object/object@0.1.0;
@@ -384,7 +404,12 @@ world {name}-object {{
 }}
 ",
         interface_wit(name)
-    );
+    )
+}
+
+fn python_files(name: &str) -> Vec<(String, String)> {
+    let camel = camel(name);
+    let wit = world_wit(name);
     let app = format!(
         "\"\"\"`{name}`: a replicated counter. `add(n)` is an update (an event every
 replica applies), `get()` a query of this replica's state. State changes only in
@@ -446,6 +471,88 @@ class {camel}(exports.{camel}):
         ),
         (".gitignore".into(), "__pycache__/\n*.wasm\n".into()),
     ]
+}
+
+fn js_files(name: &str) -> Vec<(String, String)> {
+    let export = lower_camel(name);
+    let app = format!(
+        "// `{name}`: a replicated counter. `add(n)` is an update (an event every
+// replica applies), `get()` a query of this replica's state. State changes only
+// in `deliver`; a thrown string is the `err` the host reports as a rejection.
+// WIT's s64 is a BigInt here.
+import {{ multicast }} from \"liveobjects:object/host@0.1.0\";
+
+let total = 0n;
+
+export const lifecycle = {{
+  init(snapshot) {{
+    total = 0n;
+    if (snapshot === undefined || snapshot === null) return;
+    try {{
+      total = BigInt(JSON.parse(new TextDecoder().decode(snapshot)).total);
+    }} catch (e) {{
+      throw `snapshot does not decode: ${{e}}`;
+    }}
+  }},
+  deliver(event) {{
+    let n;
+    try {{
+      n = BigInt(new TextDecoder().decode(event.payload));
+    }} catch (e) {{
+      throw `event ${{event.seq}} from ${{event.sender}} is not a number: ${{e}}`;
+    }}
+    total += n;
+  }},
+  viewChanged(view) {{}},
+  snapshot() {{
+    return new TextEncoder().encode(JSON.stringify({{ total: total.toString() }}));
+  }},
+}};
+
+export const {export} = {{
+  add(n) {{
+    multicast(new TextEncoder().encode(n.toString()));
+  }},
+  get() {{
+    return total;
+  }},
+}};
+"
+    );
+    vec![
+        ("liveobject.toml".into(), marker(name, "js")),
+        ("app.js".into(), app),
+        (format!("wit/{name}.wit"), world_wit(name)),
+        ("wit/deps/object/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "README.md".into(),
+            readme(name, &format!("needs `npm install {COMPONENTIZE_JS}`")),
+        ),
+        (".gitignore".into(), "node_modules/\n*.wasm\n".into()),
+    ]
+}
+
+fn build_js(project: &Project, out: &Path) -> Result<()> {
+    let mut cmd = Command::new("componentize-js");
+    cmd.args(["app.js", "--wit", "wit", "--world-name"])
+        .arg(format!("liveobjects:{0}/{0}-object@0.1.0", project.name))
+        // No clocks, randomness, stdio or HTTP: replicas must stay deterministic.
+        .args([
+            "-d",
+            "stdio",
+            "random",
+            "clocks",
+            "http",
+            "fetch-event",
+            "-o",
+        ])
+        .arg(out.file_name().expect("NAME.wasm"))
+        .current_dir(&project.dir);
+    run_tool(
+        cmd,
+        "componentize-js",
+        &format!("install it with `npm install -g {COMPONENTIZE_JS}`"),
+    )
 }
 
 fn build_rust(project: &Project, out: &Path) -> Result<()> {

@@ -260,7 +260,7 @@ fn completions_for_each_shell_and_sandbox_flags_only_where_guests_run() {
 }
 
 #[test]
-fn new_and_build_make_a_rust_and_a_python_object_that_run() {
+fn new_and_build_make_a_rust_a_python_and_a_javascript_object_that_run() {
     let lo = Lo::new();
     // The test's HOME is its own; cargo and rustup keep theirs (toolchains, the
     // crates already downloaded), and Rust builds share one target folder.
@@ -268,7 +268,7 @@ fn new_and_build_make_a_rust_and_a_python_object_that_run() {
     let rustup = std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
     let cargo = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lo-new-target");
-    for (lang, name) in [("rust", "page-views"), ("python", "tally")] {
+    for (lang, name) in [("rust", "page-views"), ("python", "tally"), ("js", "hits")] {
         let dir = lo.home.path().join(name);
         let out = lo.run(&["new", name, "--lang", lang, "--path", dir.to_str().unwrap()]);
         assert!(out.status.success(), "lo new {lang}: {}", stderr(&out));
@@ -290,8 +290,9 @@ fn new_and_build_make_a_rust_and_a_python_object_that_run() {
             text.contains("add: func(n: s64)") && text.contains("get: func() -> s64"),
             "{lang}: {text}"
         );
-        // A Python component's first compile takes seconds: it is not silent.
-        if lang == "python" {
+        // A Python or JavaScript component's first compile takes seconds: it is
+        // not silent.
+        if lang != "rust" {
             assert!(stderr(&out).contains("compiling"), "{}", stderr(&out));
         }
         for n in ["5", "-2"] {

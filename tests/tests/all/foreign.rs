@@ -1,8 +1,11 @@
-//! A guest written in Python (componentize-py) runs on the same host through the same
-//! WIT: proof that the WIT, not the Rust SDK, is the contract.
+//! Guests written in Python (componentize-py) and JavaScript (componentize-js) run on
+//! the same host through the same WIT, and answer alike: proof that the WIT, not the
+//! Rust SDK, is the contract.
 //!
-//! Needs `componentize-py` on PATH (`pip install componentize-py==0.25.1`; `.ci/run`
-//! installs it). Without it the test fails and says so, rather than pass silently.
+//! Needs `componentize-py` (`pip install componentize-py==0.25.1`) and
+//! `componentize-js` (`npm install @bytecodealliance/componentize-js@0.23.0`) on
+//! PATH; `.ci/run` installs both. Without one its test fails and says so, rather than
+//! pass silently.
 
 use liveobjects_host::local::LocalGroup;
 use liveobjects_host::runtime::{Limits, ReplicaIdentity, Runtime, RuntimeConfig};
@@ -20,7 +23,8 @@ fn build_python_tally() -> PathBuf {
     let root = repo_root();
     let app_dir = root.join("objects/python/tally");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tally-python.wasm");
-    let result = Command::new("componentize-py")
+    let mut build = Command::new("componentize-py");
+    build
         .arg("-d")
         .arg(root.join("wit"))
         .arg("-d")
@@ -33,31 +37,79 @@ fn build_python_tally() -> PathBuf {
             "-o",
         ])
         .arg(&out)
-        .current_dir(&app_dir)
-        .env("RUST_BACKTRACE", "0")
-        .output();
-    let output = match result {
-        Ok(o) => o,
-        Err(e) => panic!(
-            "cannot run componentize-py ({e}); install it with \
-             `pip install componentize-py==0.25.1` (as .ci/run does)"
-        ),
-    };
-    assert!(
-        output.status.success(),
-        "componentize-py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        .current_dir(&app_dir);
+    run_build(build, "pip install componentize-py==0.25.1");
+    out
+}
+
+fn build_javascript_tally() -> PathBuf {
+    let root = repo_root();
+    let app_dir = root.join("objects/js/tally");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // componentize-js reads one WIT folder, with the object WIT under deps/.
+    let wit = tmp.join("tally-js-wit");
+    std::fs::create_dir_all(wit.join("deps/object")).unwrap();
+    std::fs::copy(app_dir.join("wit/tally.wit"), wit.join("tally.wit")).unwrap();
+    std::fs::copy(
+        root.join("wit/object.wit"),
+        wit.join("deps/object/object.wit"),
+    )
+    .unwrap();
+    let out = tmp.join("tally-js.wasm");
+    let mut build = Command::new("componentize-js");
+    build
+        .arg(app_dir.join("app.js"))
+        .arg("--wit")
+        .arg(&wit)
+        .args(["--world-name", "liveobjects:tally/tally-object@0.1.0"])
+        .args([
+            "-d",
+            "stdio",
+            "random",
+            "clocks",
+            "http",
+            "fetch-event",
+            "-o",
+        ])
+        .arg(&out);
+    run_build(
+        build,
+        "npm install @bytecodealliance/componentize-js@0.23.0",
     );
     out
 }
 
+/// Run a guest toolchain; a missing one fails the test with how to install it.
+fn run_build(mut build: Command, install: &str) {
+    let tool = build.get_program().to_string_lossy().to_string();
+    let output = match build.env("RUST_BACKTRACE", "0").output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {tool} ({e}); install it with `{install}` (as .ci/run does)"),
+    };
+    assert!(
+        output.status.success(),
+        "{tool} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
-    let component = build_python_tally();
-    // Python components take seconds to compile: use a disk cache, as hosts do; and
-    // pooled instance slots, as `lo node` runs them (a Python component has more
-    // core instances than a Rust one).
+    tally_replicates_snapshots_and_restores(&build_python_tally(), "py");
+}
+
+#[test]
+fn a_javascript_object_replicates_snapshots_and_restores_like_a_rust_one() {
+    tally_replicates_snapshots_and_restores(&build_javascript_tally(), "js");
+}
+
+/// The tally's behaviour, whatever language `component` was written in; replicas
+/// are named `{prefix}1` and so on.
+fn tally_replicates_snapshots_and_restores(component: &Path, prefix: &str) {
+    // These components take seconds to compile: use a disk cache, as hosts do; and
+    // pooled instance slots, as `lo node` runs them (they have more core instances
+    // than a Rust one).
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled")),
         limits: Limits::default(),
@@ -65,7 +117,7 @@ fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let logic = runtime.load_file(&component).unwrap();
+    let logic = runtime.load_file(component).unwrap();
     let names = logic.interface().method_names();
     assert_eq!(
         names,
@@ -73,8 +125,9 @@ fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
         "only the tally interface is callable"
     );
 
-    let mut group =
-        LocalGroup::start(&runtime, &logic, "test:tally", &["py1", "py2"], None).unwrap();
+    let members = [format!("{prefix}1"), format!("{prefix}2")];
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let mut group = LocalGroup::start(&runtime, &logic, "test:tally", &members, None).unwrap();
     let words = ["live", "objects", "live", "wasm", "live", "objects"];
     for (i, word) in words.iter().enumerate() {
         let outcome = group.call(i % 2, "add", &[&format!("{word:?}")]).unwrap();
@@ -101,7 +154,10 @@ fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
 
     // Restore into a fresh replica and compare answers.
     let mut restored = runtime
-        .instantiate(&logic, ReplicaIdentity::local("test:tally", "py3"))
+        .instantiate(
+            &logic,
+            ReplicaIdentity::local("test:tally", format!("{prefix}3")),
+        )
         .unwrap();
     restored.init(Some(&a)).unwrap();
     assert_eq!(
@@ -112,9 +168,9 @@ fn a_python_object_replicates_snapshots_and_restores_like_a_rust_one() {
         ["1"]
     );
 
-    // The Python object's own validation reaches the host as a rejection.
+    // The object's own validation reaches the host as a rejection.
     let bad = liveobjects_host::runtime::Event {
-        sender: "py1".into(),
+        sender: members[0].into(),
         seq: 99,
         timestamp_ms: 1,
         payload: vec![0xff, 0xfe],
