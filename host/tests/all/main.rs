@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod directory;
+mod docs;
 mod gossip_processes;
 mod gossip_simulation;
 mod join;
