@@ -379,9 +379,18 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
         } else {
             Some(bytes.clone())
         };
-        client
-            .publish(Signed::sign(&record, &identity), blob)
-            .await?;
+        let signed = Signed::sign(&record, &identity);
+        let uploading = match &blob {
+            Some(b) => format!("publishing {name}: uploading {} bytes of logic", b.len()),
+            None => format!("publishing {name} (its logic is on the server already)"),
+        };
+        // The upload waits on the network: it runs on this runtime's workers while
+        // this thread reports it if it takes long.
+        let handle = tokio::runtime::Handle::current();
+        let published = tokio::task::block_in_place(|| {
+            super::slow_step(&uploading, || handle.block_on(client.publish(signed, blob)))
+        });
+        published?;
         println!(
             "published {name} version {} (logic sha256 {}, {} bytes)",
             record.version,
