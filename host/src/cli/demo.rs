@@ -63,6 +63,14 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
 
     // 2. Three hosts, each with its own identity and QUIC endpoint.
     let identities: Vec<Identity> = NAMES.iter().map(|_| Identity::generate()).collect();
+    let demo = Demo {
+        runtime,
+        client: &client,
+        owner: &owner,
+        directory: server.local_addr(),
+        root_key,
+        identities: &identities,
+    };
     let config = Config {
         heartbeat: 100,
         suspect_after: 1_500,
@@ -87,12 +95,13 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     let seed = format!("{}@{}", nodes[0].me().key, nodes[0].me().addr);
     let policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
     for (name, object) in [(ROOM, "chat"), (COUNTER, "counter")] {
-        let hash = publish_shipped(runtime, &client, &owner, name, object, |record| {
-            record.object_type.reliability = Reliability::TotalOrder;
-            record.driver.options.insert("seeds".into(), seed.clone());
-            record.policy = policy.clone();
-        })
-        .await?;
+        let hash = demo
+            .publish_shipped(name, object, |record| {
+                record.object_type.reliability = Reliability::TotalOrder;
+                record.driver.options.insert("seeds".into(), seed.clone());
+                record.policy = policy.clone();
+            })
+            .await?;
         println!(
             "published  {name:<26} {object}, logic sha256 {}, policy: 3 keys",
             &hash.to_hex()[..12]
@@ -103,7 +112,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     //    logic, authenticate, state transfer.
     let mut hosts = Vec::new();
     for (name, node) in NAMES.iter().zip(nodes) {
-        let resolver = Resolver::new(Client::connect(server.local_addr()).await?, root_key, None);
+        let resolver = demo.resolver().await?;
         let options = JoinOptions {
             require: "total-order".parse().map_err(anyhow::Error::msg)?,
             found_if_alone: *name == "alice",
@@ -201,15 +210,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     agreement(&hosts).await?;
 
     // 6. The same hosts share a ticker over qsm: IP multicast on lo, one region.
-    let ticker = start_ticker(
-        runtime,
-        &client,
-        &owner,
-        server.local_addr(),
-        root_key,
-        &identities,
-    )
-    .await?;
+    let ticker = start_ticker(&demo).await?;
     for (i, (_, handle)) in ticker.hosts.iter().enumerate() {
         for q in 0..5 {
             let price = 10_000 + 100 * i as i64 + q;
@@ -244,16 +245,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
 
     // 7. The same hosts keep a ledger on vsync: durable (each host's log on disk),
     //    and an update is a transaction that commits at every replica or none.
-    let ledger = start_ledger(
-        runtime,
-        &client,
-        &owner,
-        server.local_addr(),
-        root_key,
-        &identities,
-        dir.path(),
-    )
-    .await?;
+    let ledger = start_ledger(&demo, dir.path()).await?;
     let books = &ledger.hosts;
     books[0].1.call("open", &["\"alice\"", "100"]).await?;
     books[1].1.call("open", &["\"bob\"", "0"]).await?;
@@ -277,7 +269,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
 
     // 8. The same hosts gossip: the census, published as a gossip aggregate, run by
     //    name on every host over UDP with SWIM and a fresh domain secret.
-    let agents = start_gossip(runtime, &client, &owner, server.local_addr(), root_key).await?;
+    let agents = start_gossip(&demo).await?;
     println!();
     wait_for("the census to count 3 hosts everywhere", || async {
         for agent in &agents {
@@ -357,32 +349,70 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     Ok(())
 }
 
-/// Publish the shipped `object` as `name` (version 1, an hour's validity, its own
-/// interface), with `customize` setting the driver, type and policy; returns the
-/// logic's hash.
-async fn publish_shipped(
-    runtime: &Runtime,
-    client: &Client,
-    owner: &Identity,
-    name: &str,
-    object: &str,
-    customize: impl FnOnce(&mut ObjectRecord),
-) -> Result<LogicHash> {
-    let bytes = liveobjects_objects::shipped(object)
-        .with_context(|| format!("shipped object {object} missing from this build"))?;
-    let logic = runtime.load_bytes(name, bytes)?;
-    let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
-    record.object_type.interface = logic
-        .interface()
-        .methods
-        .iter()
-        .find_map(|m| m.interface.clone())
-        .unwrap_or_default();
-    customize(&mut record);
-    client
-        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
-        .await?;
-    Ok(logic.hash())
+/// What every part of the demo publishes and joins with: the runtime, the embedded
+/// directory (a client, the zone owner's key, its address and root key) and the
+/// three hosts' identities.
+struct Demo<'a> {
+    runtime: &'a Arc<Runtime>,
+    client: &'a Client,
+    owner: &'a Identity,
+    directory: std::net::SocketAddr,
+    root_key: liveobjects_directory::keys::PublicKey,
+    identities: &'a [Identity],
+}
+
+impl Demo<'_> {
+    /// A resolver of its own for one host (each verifies for itself).
+    async fn resolver(&self) -> Result<Resolver> {
+        Ok(Resolver::new(
+            Client::connect(self.directory).await?,
+            self.root_key,
+            None,
+        ))
+    }
+
+    /// Publish the shipped `object` as `name` (version 1, an hour's validity, its
+    /// own interface), with `customize` setting the driver, type and policy;
+    /// returns the logic's hash.
+    async fn publish_shipped(
+        &self,
+        name: &str,
+        object: &str,
+        customize: impl FnOnce(&mut ObjectRecord),
+    ) -> Result<LogicHash> {
+        let bytes = liveobjects_objects::shipped(object)
+            .with_context(|| format!("shipped object {object} missing from this build"))?;
+        let logic = self.runtime.load_bytes(name, bytes)?;
+        let mut record = ObjectRecord::new(name, 1, bytes, unix_now(), 3600);
+        record.object_type.interface = logic
+            .interface()
+            .methods
+            .iter()
+            .find_map(|m| m.interface.clone())
+            .unwrap_or_default();
+        customize(&mut record);
+        self.client
+            .publish(Signed::sign(&record, self.owner), Some(bytes.to_vec()))
+            .await?;
+        Ok(logic.hash())
+    }
+}
+
+/// Print whether every replica's `seen` (a digest, or what it reports) agrees,
+/// as `what: replicas identical (PREFIX shown / shown / ...)`, each shown as at
+/// most `width` characters; replicas that differ are a bug.
+fn report_agreement(what: &str, prefix: &str, seen: &[String], width: usize) -> Result<()> {
+    let same = seen.windows(2).all(|w| w[0] == w[1]);
+    let shown: Vec<&str> = seen.iter().map(|s| &s[..s.len().min(width)]).collect();
+    println!(
+        "  {what}: replicas {} ({prefix}{})",
+        if same { "identical" } else { "DIFFER" },
+        shown.join(" / ")
+    );
+    if !same {
+        bail!("{what} replicas diverged; this is a bug, please report it");
+    }
+    Ok(())
 }
 
 /// The qsm part of the demo: a membership service and a driver per host.
@@ -393,20 +423,9 @@ struct Ticker {
 
 /// Start an embedded qsm membership service (authorizing joins against the
 /// directory), publish the shipped ticker on qsm, and join it from three hosts.
-async fn start_ticker(
-    runtime: &Arc<Runtime>,
-    client: &Client,
-    owner: &Identity,
-    directory: std::net::SocketAddr,
-    root_key: liveobjects_directory::keys::PublicKey,
-    identities: &[Identity],
-) -> Result<Ticker> {
+async fn start_ticker(demo: &Demo<'_>) -> Result<Ticker> {
     let service = Identity::generate();
-    let resolver = Arc::new(Resolver::new(
-        Client::connect(directory).await?,
-        root_key,
-        None,
-    ));
+    let resolver = Arc::new(demo.resolver().await?);
     // A group port and domain of its own, so that two demos on one machine never mix.
     let port = 40_000 + (std::process::id() % 20_000) as u16;
     let config = MembershipConfig {
@@ -422,7 +441,7 @@ async fn start_ticker(
         policy,
     )?;
     let peer = membership.peer();
-    publish_shipped(runtime, client, owner, TICKER, "ticker", |record| {
+    demo.publish_shipped(TICKER, "ticker", |record| {
         record.object_type.category = Category::EventStream;
         record.driver.name = "qsm".into();
         record
@@ -436,12 +455,13 @@ async fn start_ticker(
         peer.addr
     );
     let mut hosts = Vec::new();
-    for (name, identity) in NAMES.iter().zip(identities) {
+    for (name, identity) in NAMES.iter().zip(demo.identities) {
         let qsm = QsmNode::start(identity, QsmSettings::loopback(), peer)?;
-        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
+        let resolver = demo.resolver().await?;
         let options = JoinOptions::default();
-        let prepared = prepare(runtime, &resolver, TICKER, identity.public(), &options).await?;
-        let handle = join_qsm(&qsm, runtime, TICKER, &prepared, &options).await?;
+        let prepared =
+            prepare(demo.runtime, &resolver, TICKER, identity.public(), &options).await?;
+        let handle = join_qsm(&qsm, demo.runtime, TICKER, &prepared, &options).await?;
         println!("joined     {name:<6} -> {TICKER} (qsm)");
         hosts.push((qsm, handle));
     }
@@ -470,16 +490,12 @@ async fn ticker_agreement(ticker: &Ticker) -> Result<()> {
     for (_, h) in &ticker.hosts {
         digests.push(h.call("digest", &[]).await?.join(""));
     }
-    let same = digests.windows(2).all(|w| w[0] == w[1]);
-    println!(
-        "  ticker: replicas {} (digest of every sender's quotes in order: {})",
-        if same { "identical" } else { "DIFFER" },
-        digests.join(" / ")
-    );
-    if !same {
-        bail!("ticker replicas diverged; this is a bug, please report it");
-    }
-    Ok(())
+    report_agreement(
+        "ticker",
+        "digest of every sender's quotes in order: ",
+        &digests,
+        usize::MAX,
+    )
 }
 
 /// The vsync part of the demo: a vsync endpoint per host and its ledger replica.
@@ -489,18 +505,10 @@ struct Ledger {
 
 /// Publish the shipped ledger on vsync (durable, alice's host as the seed) and
 /// join it by name from three hosts, each keeping its log under `data`.
-async fn start_ledger(
-    runtime: &Arc<Runtime>,
-    client: &Client,
-    owner: &Identity,
-    directory: std::net::SocketAddr,
-    root_key: liveobjects_directory::keys::PublicKey,
-    identities: &[Identity],
-    data: &std::path::Path,
-) -> Result<Ledger> {
+async fn start_ledger(demo: &Demo<'_>, data: &std::path::Path) -> Result<Ledger> {
     let nodes: Vec<VsyncNode> = NAMES
         .iter()
-        .zip(identities)
+        .zip(demo.identities)
         .map(|(name, identity)| {
             VsyncNode::start(
                 identity,
@@ -513,25 +521,26 @@ async fn start_ledger(
         })
         .collect::<Result<_, _>>()?;
     let seed = nodes[0].me();
-    publish_shipped(runtime, client, owner, LEDGER, "ledger", |record| {
+    demo.publish_shipped(LEDGER, "ledger", |record| {
         record.object_type.reliability = Reliability::Durable;
         record.driver.name = "vsync".into();
         record
             .driver
             .options
             .insert("seeds".into(), format!("{}@{}", seed.key, seed.addr));
-        record.policy = AccessPolicy::Keys(identities.iter().map(|i| i.public()).collect());
+        record.policy = AccessPolicy::Keys(demo.identities.iter().map(|i| i.public()).collect());
     })
     .await?;
     println!("published  {LEDGER:<26} ledger, vsync driver, durable, policy: 3 keys");
     let mut hosts = Vec::new();
-    for ((name, identity), node) in NAMES.iter().zip(identities).zip(nodes) {
-        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
+    for ((name, identity), node) in NAMES.iter().zip(demo.identities).zip(nodes) {
+        let resolver = demo.resolver().await?;
         let options = JoinOptions {
             require: "durable".parse().map_err(anyhow::Error::msg)?,
             ..JoinOptions::default()
         };
-        let prepared = prepare(runtime, &resolver, LEDGER, identity.public(), &options).await?;
+        let prepared =
+            prepare(demo.runtime, &resolver, LEDGER, identity.public(), &options).await?;
         let record = &prepared.verified.record;
         let how = VsyncJoin {
             seeds: liveobjects_host::join::seeds(record),
@@ -541,7 +550,7 @@ async fn start_ledger(
             grant: None,
         };
         let logic = prepared.replica_logic(LEDGER)?;
-        let handle = node.join(runtime, logic, LEDGER, how).await?;
+        let handle = node.join(demo.runtime, logic, LEDGER, how).await?;
         println!("joined     {name:<6} -> {LEDGER} (vsync)");
         hosts.push((node, handle));
     }
@@ -551,20 +560,18 @@ async fn start_ledger(
 /// Every replica's balances and total, which must agree (and conserve money).
 async fn ledger_agreement(ledger: &Ledger) -> Result<()> {
     let mut seen = Vec::new();
+    let mut totals = Vec::new();
     for (_, h) in &ledger.hosts {
         let accounts = h.call("accounts", &[]).await?.join("");
         let total = h.call("total", &[]).await?.join("");
-        seen.push((accounts, total));
+        seen.push(format!("accounts {accounts}, total {total}"));
+        totals.push(total);
     }
-    let same = seen.windows(2).all(|w| w[0] == w[1]);
-    println!(
-        "  ledger: replicas {} (accounts {}, total {})",
-        if same { "identical" } else { "DIFFER" },
-        seen[0].0,
-        seen[0].1
-    );
-    if !same || seen[0].1 != "100" {
-        bail!("ledger replicas diverged or lost money; this is a bug, please report it");
+    report_agreement("ledger", "", &seen, usize::MAX)?;
+    if totals.iter().any(|t| t != "100") {
+        bail!(
+            "the ledger's total is {totals:?}, not 100: money was lost; this is a bug, please report it"
+        );
     }
     Ok(())
 }
@@ -572,13 +579,7 @@ async fn ledger_agreement(ledger: &Ledger) -> Result<()> {
 /// Publish the shipped census as a gossip aggregate and start a gossip agent per
 /// host that resolves it by name (verified) and runs it: 100 ms rounds, 1 s
 /// epochs, SWIM, a fresh domain secret.
-async fn start_gossip(
-    runtime: &Runtime,
-    client: &Client,
-    owner: &Identity,
-    directory: std::net::SocketAddr,
-    root_key: liveobjects_directory::keys::PublicKey,
-) -> Result<Vec<GossipAgent>> {
+async fn start_gossip(demo: &Demo<'_>) -> Result<Vec<GossipAgent>> {
     let bytes =
         liveobjects_objects::shipped("census").context("shipped census missing from this build")?;
     let mut record = ObjectRecord::new(CENSUS, 1, bytes, unix_now(), 3600);
@@ -586,8 +587,8 @@ async fn start_gossip(
     record.object_type.category = Category::GossipAggregate;
     record.object_type.reliability = Reliability::BestEffort;
     record.driver.name = "gossip".into();
-    client
-        .publish(Signed::sign(&record, owner), Some(bytes.to_vec()))
+    demo.client
+        .publish(Signed::sign(&record, demo.owner), Some(bytes.to_vec()))
         .await?;
     println!(
         "published  {CENSUS:<26} census, gossip aggregate, logic sha256 {}",
@@ -598,8 +599,8 @@ async fn start_gossip(
     let mut agents = Vec::new();
     let mut first = None;
     for name in NAMES {
-        let resolver = Resolver::new(Client::connect(directory).await?, root_key, None);
-        let (logic, _) = resolve_aggregate(runtime, &resolver, CENSUS).await?;
+        let resolver = demo.resolver().await?;
+        let (logic, _) = resolve_aggregate(demo.runtime, &resolver, CENSUS).await?;
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
         let addr = socket.local_addr()?;
         let mut config = GossipConfig::lan(3);
@@ -657,21 +658,9 @@ async fn agreement(hosts: &[Host]) -> Result<()> {
         let mut hashes = Vec::new();
         for h in hosts {
             let g = if pick == 0 { &h.chat } else { &h.counter };
-            hashes.push(LogicHash::of(&g.snapshot().await?));
+            hashes.push(LogicHash::of(&g.snapshot().await?).to_hex());
         }
-        let same = hashes.windows(2).all(|w| w[0] == w[1]);
-        println!(
-            "  {what}: replicas {} (snapshot sha256 {})",
-            if same { "identical" } else { "DIFFER" },
-            hashes
-                .iter()
-                .map(|h| h.to_hex()[..12].to_string())
-                .collect::<Vec<_>>()
-                .join(" / ")
-        );
-        if !same {
-            bail!("{what} replicas diverged; this is a bug, please report it");
-        }
+        report_agreement(what, "snapshot sha256 ", &hashes, 12)?;
     }
     Ok(())
 }
