@@ -26,7 +26,8 @@ pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 pub const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 
 /// A language a new object can be written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Lang {
     /// Rust with the liveobjects guest SDK (cargo, wasm32-wasip2).
     Rust,
@@ -118,23 +119,19 @@ impl Project {
                 dir.display()
             )
         })?;
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('=')?.trim().into())
-                .map(|v: &str| v.trim_matches('"').to_string())
-                .with_context(|| format!("{} has no `{key} = ...` line", marker.display()))
-        };
-        let name = field("name")?;
-        check_name(&name)?;
-        let lang = match field("lang")?.as_str() {
-            "rust" => Lang::Rust,
-            "python" => Lang::Python,
-            "js" => Lang::Js,
-            other => bail!(
-                "{}: lang = {other:?} is not rust, python or js",
+        /// `liveobject.toml`, as `marker` writes it.
+        #[derive(serde::Deserialize)]
+        struct Marker {
+            name: String,
+            lang: Lang,
+        }
+        let Marker { name, lang } = toml::from_str(&text).with_context(|| {
+            format!(
+                "{} does not say the project's name and lang (rust, python or js)",
                 marker.display()
-            ),
-        };
+            )
+        })?;
+        check_name(&name)?;
         Ok(Project {
             dir: dir.to_path_buf(),
             name,
