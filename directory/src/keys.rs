@@ -43,6 +43,89 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// A member's short, human-readable name (`lo keygen --name alice`): 1 to
+/// [`MemberName::MAX`] ASCII letters, digits, `-`, `_` or `.`. A host asserts its
+/// own name, nobody vouches for it, so it is always shown next to the prefix of the
+/// key that is authenticated: `alice (728c838b)`. Stored inline so that the types
+/// carrying it (a group's member list) stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberName {
+    len: u8,
+    bytes: [u8; MemberName::MAX],
+}
+
+impl MemberName {
+    /// The longest name, in bytes.
+    pub const MAX: usize = 16;
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize])
+            .expect("a member name is ASCII, checked when it was made")
+    }
+}
+
+/// A string that cannot be a member name.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a member name: use 1 to 16 ASCII letters, digits, `-`, `_` or `.` (like alice)"
+)]
+pub struct NameParseError(pub String);
+
+impl FromStr for MemberName {
+    type Err = NameParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= MemberName::MAX
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(NameParseError(s.to_string()));
+        }
+        let mut bytes = [0u8; MemberName::MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(MemberName {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl fmt::Display for MemberName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for MemberName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for MemberName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a member is shown to people: its name (if it has one) and the first 8 hex
+/// digits of its key, `alice (728c838b)`, or the digits alone, `728c838b`.
+pub fn member_label(key: &PublicKey, name: Option<MemberName>) -> String {
+    match name {
+        Some(name) => format!("{name} ({})", key.short()),
+        None => key.short(),
+    }
+}
+
 /// A public key string that is not 64 hex digits.
 #[derive(Debug, thiserror::Error)]
 #[error("`{0}` is not a public key: expected 64 hex digits (as printed by `lo keygen`)")]
@@ -77,6 +160,14 @@ pub enum KeyFileError {
     /// The file is not one of ours.
     #[error("key file {0} is not a liveobjects secret key file")]
     Malformed(PathBuf),
+    /// The file's `name` line is not a valid member name.
+    #[error("key file {path}: {source} (fix the `name` line)")]
+    BadName {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the name.
+        source: NameParseError,
+    },
     /// Other users can read the file.
     #[error(
         "key file {0} is readable by other users; fix with `chmod 600 {0}` (we refuse to use it)"
@@ -90,6 +181,7 @@ const KEY_FILE_HEADER: &str = "liveobjects-secret-key-v1";
 #[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
+    name: Option<MemberName>,
 }
 
 impl Identity {
@@ -104,7 +196,24 @@ impl Identity {
     pub fn from_secret(secret: [u8; 32]) -> Self {
         Identity {
             key: SigningKey::from_bytes(&secret),
+            name: None,
         }
+    }
+
+    /// The same key under a short name (shown to other members with the key prefix).
+    pub fn with_name(mut self, name: Option<MemberName>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The identity's short name, if it has one.
+    pub fn name(&self) -> Option<MemberName> {
+        self.name
+    }
+
+    /// How this identity is shown: `alice (728c838b)` or `728c838b`.
+    pub fn label(&self) -> String {
+        member_label(&self.public(), self.name)
     }
 
     /// The public key.
@@ -154,11 +263,14 @@ impl Identity {
                     io(e)
                 }
             })?;
-        let text = format!(
+        let mut text = format!(
             "{KEY_FILE_HEADER}\n{}\npublic {}\n",
             hex::encode(self.key.to_bytes()),
             self.public()
         );
+        if let Some(name) = self.name {
+            text.push_str(&format!("name {name}\n"));
+        }
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)
     }
@@ -185,13 +297,25 @@ impl Identity {
             .and_then(|l| hex::decode(l.trim()).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| KeyFileError::Malformed(path.to_path_buf()))?;
-        Ok(Identity::from_secret(secret))
+        // Optional lines after the secret: `public KEY` (informative) and
+        // `name NAME` (added by `lo keygen --name`, or by hand).
+        let name = lines
+            .filter_map(|l| l.strip_prefix("name "))
+            .next_back()
+            .map(|n| {
+                n.trim().parse().map_err(|source| KeyFileError::BadName {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(Identity::from_secret(secret).with_name(name))
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Identity({})", self.public().short())
+        write!(f, "Identity({})", self.label())
     }
 }
 
@@ -229,12 +353,59 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(Identity::load(&path).unwrap().public(), id.public());
+        assert_eq!(Identity::load(&path).unwrap().name(), None);
         assert!(matches!(id.save(&path), Err(KeyFileError::Exists(_))));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             Identity::load(&path),
             Err(KeyFileError::Permissions(_))
         ));
+    }
+
+    #[test]
+    fn names_are_kept_in_key_files_and_bad_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key");
+        let name: MemberName = "alice".parse().unwrap();
+        let id = Identity::generate().with_name(Some(name));
+        id.save(&path).unwrap();
+        let loaded = Identity::load(&path).unwrap();
+        assert_eq!(loaded.name(), Some(name));
+        assert_eq!(loaded.label(), format!("alice ({})", id.public().short()));
+
+        for bad in ["", "has space", "seventeen-letters", "émile", "a/b"] {
+            assert!(bad.parse::<MemberName>().is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            "a.b-c_D9".parse::<MemberName>().unwrap().as_str(),
+            "a.b-c_D9"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let edited = text.replace("name alice", "name not a name");
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        file.write_all(edited.as_bytes()).unwrap();
+        let err = Identity::load(&path).unwrap_err();
+        assert!(matches!(err, KeyFileError::BadName { .. }), "{err}");
+        assert!(err.to_string().contains("not a name"), "{err}");
+    }
+
+    #[test]
+    fn names_survive_postcard_and_garbage_names_do_not_decode() {
+        let name: MemberName = "bob".parse().unwrap();
+        let bytes = postcard::to_allocvec(&Some(name)).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Option<MemberName>>(&bytes).unwrap(),
+            Some(name)
+        );
+        let bad = postcard::to_allocvec(&Some("no spaces allowed")).unwrap();
+        assert!(postcard::from_bytes::<Option<MemberName>>(&bad).is_err());
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl ObjectReport {
         let members = status
             .members
             .iter()
-            .map(|p| format!("{}@{}", p.key.short(), p.addr))
+            .map(crate::mesh::net::Peer::label)
             .collect();
         ObjectReport {
             sequencer: status.sequencer,
@@ -313,6 +313,12 @@ impl DriverArgs {
         let gossip = crate::gossip::node_driver::GossipDriver::start(&self.gossip, runtime).await?;
         let me = mesh.me();
         let mut banner = vec![format!("node listening on {} key {}", me.addr, me.key)];
+        if let Some(name) = me.name {
+            banner.push(format!(
+                "name {name} (others see this node as {})",
+                liveobjects_directory::keys::member_label(&me.key, me.name)
+            ));
+        }
         banner.extend(vsync.banner());
         let mut drivers: Vec<Arc<dyn Driver>> =
             vec![Arc::new(mesh), Arc::new(vsync), Arc::new(qsm)];

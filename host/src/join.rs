@@ -222,14 +222,12 @@ pub fn membership_of(record: &ObjectRecord) -> Result<Peer, String> {
     let (key, addr) = option
         .split_once('@')
         .ok_or_else(|| format!("membership `{option}` is not KEY@ADDR"))?;
-    Ok(Peer {
-        key: key
-            .parse()
+    Ok(Peer::new(
+        key.parse()
             .map_err(|e| format!("membership `{option}`: {e}"))?,
-        addr: addr
-            .parse()
+        addr.parse()
             .map_err(|e| format!("membership `{option}`: bad address: {e}"))?,
-    })
+    ))
 }
 
 /// The seed members listed in a record's driver options (`seeds=KEY@ADDR,...`).
@@ -242,10 +240,7 @@ pub fn seeds(record: &ObjectRecord) -> Vec<Peer> {
             list.split(',')
                 .filter_map(|s| {
                     let (key, addr) = s.trim().split_once('@')?;
-                    Some(Peer {
-                        key: key.parse().ok()?,
-                        addr: addr.parse().ok()?,
-                    })
+                    Some(Peer::new(key.parse().ok()?, addr.parse().ok()?))
                 })
                 .collect()
         })

@@ -136,6 +136,8 @@ pub enum ControlResponse {
     Status {
         /// This host's key.
         key: String,
+        /// The short name it gave itself, if any.
+        name: Option<String>,
         /// Its mesh address.
         addr: String,
         /// Its objects.
@@ -313,7 +315,15 @@ impl Node {
             while let Ok(notice) = notices.recv().await {
                 let text = match notice {
                     GroupNotice::Notification { topic, detail } => format!("{topic}: {detail}"),
-                    GroupNotice::View(members) => format!("view: {} members", members.len()),
+                    GroupNotice::View(members) => format!(
+                        "view: {} members: {}",
+                        members.len(),
+                        members
+                            .iter()
+                            .map(|p| p.label())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     GroupNotice::Excluded => "excluded from the group".to_string(),
                     GroupNotice::Quarantined(reason) => format!("quarantined: {reason}"),
                 };
@@ -390,6 +400,7 @@ impl Node {
                 }
                 ControlResponse::Status {
                     key: self.drivers.me.key.to_string(),
+                    name: self.drivers.me.name.map(|n| n.to_string()),
                     addr: self.drivers.me.addr.to_string(),
                     objects,
                     drivers,

@@ -62,7 +62,10 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     );
 
     // 2. Three hosts, each with its own identity and QUIC endpoint.
-    let identities: Vec<Identity> = NAMES.iter().map(|_| Identity::generate()).collect();
+    let identities: Vec<Identity> = NAMES
+        .iter()
+        .map(|name| Identity::generate().with_name(name.parse().ok()))
+        .collect();
     let demo = Demo {
         runtime,
         client: &client,
@@ -86,7 +89,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
         println!(
             "host       {name:<6} {} key {}",
             node.me().addr,
-            node.me().key.short()
+            node.me().key
         );
     }
 
@@ -199,7 +202,14 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
             h.name,
             count[0],
             value[0],
-            status.members.len(),
+            // The names each host gave itself, as this replica learned them from
+            // the group (they travel with the members' addresses).
+            status
+                .members
+                .iter()
+                .map(|p| p.name.map_or_else(|| p.key.short(), |n| n.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
             if status.sequencer {
                 "sequencer"
             } else {

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use liveobjects_directory::client::{Client, ClientError, ResolveError, Resolver, SeenVersions};
-use liveobjects_directory::keys::{Identity, PublicKey, default_identity_path};
+use liveobjects_directory::keys::{Identity, MemberName, PublicKey, default_identity_path};
 use liveobjects_directory::name::Name;
 use liveobjects_directory::protocol::{DEFAULT_MAX_BLOB_BYTES, ErrorCode};
 use liveobjects_directory::record::{
@@ -206,14 +206,17 @@ pub(super) async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
     Ok(Resolver::new(client, root, Some(seen)))
 }
 
-pub fn keygen(out: Option<PathBuf>) -> Result<()> {
+pub fn keygen(out: Option<PathBuf>, name: Option<MemberName>) -> Result<()> {
     let path = match out {
         Some(p) => p,
         None => default_identity_path().context("HOME is not set; pass --out FILE")?,
     };
-    let identity = Identity::generate();
+    let identity = Identity::generate().with_name(name);
     identity.save(&path)?;
     println!("public key {}", identity.public());
+    if let Some(name) = name {
+        println!("name {name} (others see you as {})", identity.label());
+    }
     println!("secret key written to {} (mode 600)", path.display());
     Ok(())
 }

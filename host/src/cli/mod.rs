@@ -105,6 +105,11 @@ enum Command {
         /// Where to write it (default: ~/.config/liveobjects/identity.key).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A short name other members see next to your key's first digits, as
+        /// `alice (728c838b)`: 1-16 letters, digits, `-`, `_`, `.`. It is not
+        /// checked by anyone; the key is what is authenticated.
+        #[arg(long)]
+        name: Option<liveobjects_directory::keys::MemberName>,
     },
     /// Run the membership service of a qsm domain (hosts register with it; qsm
     /// records name it with --driver-opt membership=KEY@ADDR).
@@ -194,7 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => demo(runtime(&r)?, duration, interval),
         Command::Gossip(args) => gossip::gossip(runtime(&args.runtime)?, args),
         Command::QsmMembership(args) => qsm::membership(args),
-        Command::Keygen { out } => directory::keygen(out),
+        Command::Keygen { out, name } => directory::keygen(out, name),
         Command::Directory(cmd) => directory::directory(cmd),
         Command::Zone(cmd) => directory::zone(cmd),
         Command::Publish(args) => directory::publish(&runtime(&args.runtime)?, args),

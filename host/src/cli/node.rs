@@ -303,6 +303,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         super::tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
     let ControlResponse::Status {
         key,
+        name,
         addr,
         objects,
         drivers,
@@ -311,10 +312,19 @@ pub fn status(args: StatusArgs) -> Result<()> {
         bail!("unexpected answer");
     };
     if args.json {
-        super::print_json(&status_json(&key, &addr, &objects, &drivers));
+        super::print_json(&status_json(
+            &key,
+            name.as_deref(),
+            &addr,
+            &objects,
+            &drivers,
+        ));
         return Ok(());
     }
-    println!("node {addr} key {key}");
+    match &name {
+        Some(name) => println!("node {addr} key {key} name {name}"),
+        None => println!("node {addr} key {key}"),
+    }
     for d in &drivers {
         for line in &d.lines {
             println!("{line}");
@@ -357,7 +367,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         {
             println!("    queued: {jobs} job(s), {bytes} bytes");
         }
-        println!("    members: {}", r.members.join(" "));
+        println!("    members: {}", r.members.join(", "));
     }
     Ok(())
 }
@@ -365,6 +375,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
 /// `lo status --json`: the same facts as the text, with the report's field names.
 fn status_json(
     key: &str,
+    name: Option<&str>,
     addr: &str,
     objects: &[ObjectStatus],
     drivers: &[DriverStatus],
@@ -394,7 +405,7 @@ fn status_json(
         .map(|d| serde_json::json!({"driver": d.driver, "lines": d.lines}))
         .collect();
     serde_json::json!({
-        "node": {"key": key, "addr": addr},
+        "node": {"key": key, "name": name, "addr": addr},
         "drivers": drivers,
         "objects": objects,
     })

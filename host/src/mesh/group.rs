@@ -54,14 +54,14 @@ enum Command {
 /// One group's message from a peer.
 struct GroupFrame {
     from: Peer,
-    message: Message<Peer>,
+    message: Box<Message<Peer>>,
     grant: Option<Signed<Grant>>,
 }
 
 enum GroupInput {
     Frame(Box<GroupFrame>),
     /// A member's progress, from its host's heartbeat.
-    Progress(Peer, Progress),
+    Progress(Box<(Peer, Progress)>),
     /// The host has not heard from this member for the suspect timeout.
     Suspect(Peer),
     Command(Command),
@@ -478,10 +478,11 @@ impl Group {
                         if self.admit(&frame) {
                             let now = self.now();
                             let GroupFrame { from, message, .. } = *frame;
-                            self.core.handle_message(now, from, message);
+                            self.core.handle_message(now, from, *message);
                         }
                     }
-                    Some(GroupInput::Progress(from, progress)) => {
+                    Some(GroupInput::Progress(input)) => {
+                        let (from, progress) = *input;
                         let now = self.now();
                         self.core.handle_progress(now, from, progress);
                     }
@@ -606,7 +607,7 @@ impl Group {
     /// Members enforce the object's policy on join requests: a refused joiner is
     /// never added to the view, so it receives no state and no events.
     fn admit(&self, frame: &GroupFrame) -> bool {
-        if !matches!(frame.message, Message::JoinRequest) {
+        if !matches!(*frame.message, Message::JoinRequest) {
             return true;
         }
         match Grant::check(
@@ -761,7 +762,7 @@ impl Group {
                 from: self.me,
                 body: Body::Group {
                     object: self.object.clone(),
-                    message,
+                    message: Box::new(message),
                     grant,
                 },
             };
@@ -904,7 +905,7 @@ async fn route_inbound(
             from: me,
             body: Body::Group {
                 object,
-                message: Message::Left,
+                message: Box::new(Message::Left),
                 grant: None,
             },
         };
@@ -922,7 +923,7 @@ async fn route_inbound(
                 heartbeats.lock().expect("heartbeats").heard(now, &from);
                 // Neither a Left (no ping-pong) nor a join request (the joiner
                 // asked the wrong host; it tries its other contacts) is answered.
-                let answer = !matches!(message, Message::Left | Message::JoinRequest);
+                let answer = !matches!(*message, Message::Left | Message::JoinRequest);
                 let route = routes.lock().expect("routes").get(&object).cloned();
                 let frame = GroupInput::Frame(Box::new(GroupFrame {
                     from,
@@ -946,7 +947,9 @@ async fn route_inbound(
                     .receive(now, &from, heartbeat);
                 for (object, progress) in handed {
                     let route = routes.lock().expect("routes").get(&object).cloned();
-                    match route.map(|tx| tx.try_send(GroupInput::Progress(from, progress))) {
+                    match route
+                        .map(|tx| tx.try_send(GroupInput::Progress(Box::new((from, progress)))))
+                    {
                         Some(Ok(())) => {}
                         Some(Err(mpsc::error::TrySendError::Full(_))) => heartbeats
                             .lock()

@@ -16,7 +16,7 @@
 
 use super::core::Message;
 use super::core::peers::Heartbeat;
-use liveobjects_directory::keys::{Identity, PublicKey};
+use liveobjects_directory::keys::{Identity, MemberName, PublicKey, member_label};
 use liveobjects_directory::tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -56,18 +56,66 @@ impl WireFrame for Frame {
     }
 }
 
-/// A member of a mesh group: its identity key and where it listens.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A member of a group: its identity key, where it listens, and the short name it
+/// gave itself. A peer *is* its key and address: the name is a label that travels
+/// with it (in views and frames) and takes no part in comparisons, so a peer
+/// learned from a record's `seeds` (no name) is the same peer as the one that
+/// joins.
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub struct Peer {
     /// The host's public key.
     pub key: PublicKey,
     /// Its QUIC address.
     pub addr: SocketAddr,
+    /// Its self-asserted name (`lo keygen --name`), if any.
+    pub name: Option<MemberName>,
+}
+
+impl Peer {
+    /// A peer known by key and address only.
+    pub fn new(key: PublicKey, addr: SocketAddr) -> Self {
+        Peer {
+            key,
+            addr,
+            name: None,
+        }
+    }
+
+    /// How the peer is shown: `alice (728c838b)@127.0.0.1:4001`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", member_label(&self.key, self.name), self.addr)
+    }
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.key, self.addr) == (other.key, other.addr)
+    }
+}
+
+impl Eq for Peer {}
+
+impl std::hash::Hash for Peer {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.key, self.addr).hash(state);
+    }
+}
+
+impl PartialOrd for Peer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Peer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.key, self.addr).cmp(&(other.key, other.addr))
+    }
 }
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.key.short(), self.addr)
+        f.write_str(&self.label())
     }
 }
 
@@ -87,8 +135,8 @@ pub enum Body {
     Group {
         /// The object (group) it belongs to.
         object: String,
-        /// The protocol message.
-        message: Message<Peer>,
+        /// The protocol message (boxed: it is most of the frame's size).
+        message: Box<Message<Peer>>,
         /// The sender's permission to join (sent with join requests to objects
         /// whose policy admits grant holders).
         grant: Option<liveobjects_directory::record::Signed<liveobjects_directory::record::Grant>>,
@@ -223,6 +271,7 @@ impl<F: WireFrame> Transport<F> {
             me: Peer {
                 key: identity.public(),
                 addr,
+                name: identity.name(),
             },
             client_config,
             links: Mutex::new(HashMap::new()),

@@ -13,7 +13,7 @@
 use super::types::{Entry, LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -25,6 +25,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
+/// Key of the store's format number: what is stored (log entries, membership with
+/// members' names, snapshots) is postcard, which has no field tags, so a store
+/// written by a build with other types must be refused, not misread.
+const FORMAT_KEY: &str = "format";
+/// The format this build writes: 2 added members' names to membership configs.
+const FORMAT: u32 = 2;
 /// Key of the latest snapshot (written by the state machine).
 pub(crate) const SNAPSHOT: &str = "snapshot";
 
@@ -111,8 +117,37 @@ impl LogStore {
         let fail = |e: &dyn std::fmt::Display| e.to_string();
         {
             let tx = db.begin_write().map_err(|e| fail(&e))?;
-            tx.open_table(LOG).map_err(|e| fail(&e))?;
-            tx.open_table(META).map_err(|e| fail(&e))?;
+            let empty = tx
+                .open_table(LOG)
+                .map_err(|e| fail(&e))?
+                .is_empty()
+                .map_err(|e| fail(&e))?;
+            {
+                let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
+                let format = meta
+                    .get(FORMAT_KEY)
+                    .map_err(|e| fail(&e))?
+                    .map(|v| <[u8; 4]>::try_from(v.value()).map(u32::from_le_bytes));
+                match format {
+                    Some(Ok(FORMAT)) => {}
+                    None if empty && meta.is_empty().map_err(|e| fail(&e))? => {
+                        meta.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())
+                            .map_err(|e| fail(&e))?;
+                    }
+                    found => {
+                        let found = match found {
+                            Some(Ok(n)) => format!("format {n}"),
+                            Some(Err(_)) => "an unreadable format".to_string(),
+                            None => "format 1".to_string(),
+                        };
+                        return Err(format!(
+                            "written by another version of liveobjects ({found}; this one \
+                             reads format {FORMAT}): move the file away to start this member \
+                             afresh (it rejoins and gets the state from the others)"
+                        ));
+                    }
+                }
+            }
             tx.commit().map_err(|e| fail(&e))?;
         }
         let memory = Self::load_memory(&db)?;
@@ -351,4 +386,62 @@ pub(crate) fn write_meta(db: &Database, key: &str, value: &[u8]) -> Result<(), S
         meta.insert(key, value).map_err(|e| e.to_string())?;
     }
     tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_of_another_format_is_refused_with_what_to_do_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        // A new store is stamped with this build's format and opens again.
+        drop(LogStore::open(&path).unwrap());
+        drop(LogStore::open(&path).unwrap());
+
+        // A store written before formats were stamped: log entries, no format.
+        let old = dir.path().join("old.redb");
+        {
+            let db = Database::create(&old).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(LOG)
+                .unwrap()
+                .insert(1, b"an entry of the old encoding".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let Err(err) = LogStore::open(&old) else {
+            panic!("a store of another format opened")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("format 1") && err.contains("move the file away"),
+            "{err}"
+        );
+        // Refusing changed nothing: the entry is still there, and no format was
+        // stamped over it.
+        let db = Database::create(&old).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert!(tx.open_table(LOG).unwrap().get(1).unwrap().is_some());
+        assert!(
+            tx.open_table(META)
+                .map_or(true, |meta| meta.get(FORMAT_KEY).unwrap().is_none())
+        );
+
+        // A future format is refused too.
+        drop(tx);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(FORMAT_KEY, 9u32.to_le_bytes().as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let Err(err) = LogStore::open(&old) else {
+            panic!("a store of another format opened")
+        };
+        let err = err.to_string();
+        assert!(err.contains("format 9"), "{err}");
+    }
 }

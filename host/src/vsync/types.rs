@@ -1,24 +1,37 @@
 //! The types openraft is instantiated with, and the commands of an object's log.
 
 use crate::mesh::net::Peer;
-use liveobjects_directory::keys::PublicKey;
+use liveobjects_directory::keys::{MemberName, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
-/// A member as openraft stores it in membership configs: its key and QUIC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A member as openraft stores it in membership configs: its key, QUIC address and
+/// short name. Like [`Peer`], a member is its key and address; the name is a label
+/// that takes no part in comparisons.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Member {
     /// The host's public key.
     pub key: PublicKey,
     /// Where its vsync endpoint listens.
     pub addr: std::net::SocketAddr,
+    /// Its self-asserted name, if any.
+    pub name: Option<MemberName>,
 }
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        (self.key, self.addr) == (other.key, other.addr)
+    }
+}
+
+impl Eq for Member {}
 
 impl Default for Member {
     fn default() -> Self {
         Member {
             key: PublicKey([0; 32]),
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            name: None,
         }
     }
 }
@@ -28,6 +41,7 @@ impl From<Peer> for Member {
         Member {
             key: p.key,
             addr: p.addr,
+            name: p.name,
         }
     }
 }
@@ -37,6 +51,7 @@ impl From<Member> for Peer {
         Peer {
             key: m.key,
             addr: m.addr,
+            name: m.name,
         }
     }
 }

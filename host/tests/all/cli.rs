@@ -187,6 +187,16 @@ fn demo_runs_three_members_that_agree() {
         "{text}"
     );
     assert!(text.contains("chat: replicas identical"), "{text}");
+    // Each replica knows every member by the name it gave itself, learned over
+    // the network from the group's view.
+    let views: Vec<&str> = text.lines().filter(|l| l.contains(", members ")).collect();
+    assert_eq!(views.len(), 3, "{text}");
+    for line in views {
+        let (_, members) = line.split_once(", members ").expect("filtered on it");
+        for name in ["alice", "bob", "carol"] {
+            assert!(members.contains(name), "{name} is not named in {line:?}");
+        }
+    }
     assert!(text.contains("counter: replicas identical"), "{text}");
     assert!(text.contains("ticker: replicas identical"), "{text}");
     assert!(text.contains("IP multicast on lo"), "{text}");

@@ -84,7 +84,19 @@ impl Home {
 
     /// `lo keygen --out FILE`; returns the public key.
     pub fn keygen(&self, file: &str) -> String {
-        let out = self.ok(&["keygen", "--out", self.path(file).to_str().unwrap()]);
+        self.keygen_with(file, &[])
+    }
+
+    /// `lo keygen --out FILE --name NAME`; returns the public key.
+    pub fn keygen_named(&self, file: &str, name: &str) -> String {
+        self.keygen_with(file, &["--name", name])
+    }
+
+    fn keygen_with(&self, file: &str, extra: &[&str]) -> String {
+        let path = self.path(file);
+        let mut args = vec!["keygen", "--out", path.to_str().unwrap()];
+        args.extend(extra);
+        let out = self.ok(&args);
         out.lines()
             .find_map(|l| l.strip_prefix("public key "))
             .expect("keygen prints the public key")

@@ -345,11 +345,11 @@ async fn a_peer_impersonating_a_member_is_cut_off_and_the_group_is_unaffected() 
         from: b.me(),
         body: Body::Group {
             object: ROOM.to_string(),
-            message: liveobjects_protocols::mesh::Message::Submit {
+            message: Box::new(liveobjects_protocols::mesh::Message::Submit {
                 seq: 1,
                 timestamp_ms: 0,
                 payload: vec![0, 4, b'e', b'v', b'i', b'l'],
-            },
+            }),
             grant: None,
         },
     };

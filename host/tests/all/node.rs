@@ -112,14 +112,22 @@ fn members(home: &Home, n: usize) -> usize {
         .map_or(0, Vec::len)
 }
 
-/// Keys for root, acme and nodes 1-3, a directory, and the zone lo://acme/.
+/// Keys for root, acme and nodes 1-3 (named node1..node3), a directory, and the
+/// zone lo://acme/.
 fn directory_with_acme_zone(home: &Home) -> DirectoryProcess {
     for key in ["root", "acme", "n1", "n2", "n3"] {
-        home.ok(&[
-            "keygen",
-            "--out",
-            home.path(&format!("{key}.key")).to_str().unwrap(),
-        ]);
+        let path = home.path(&format!("{key}.key"));
+        let mut args = vec!["keygen", "--out", path.to_str().unwrap()];
+        let name = key.replace('n', "node");
+        if key.starts_with('n') {
+            args.extend(["--name", &name]);
+        }
+        let out = home.ok(&args);
+        assert_eq!(
+            out.contains(&format!("name {name} (")),
+            key.starts_with('n'),
+            "{out}"
+        );
     }
     let directory = DirectoryProcess::start(home, &home.path("root.key"), &home.path("dir.redb"));
     let acme_key = home.path("acme.key");
@@ -180,6 +188,20 @@ fn nodes_join_by_name_stay_in_step_and_survive_a_kill_9() {
         assert!(out.contains("member(s)"), "{out}");
     }
     eventually(20, "three members at node 1", || members(&home, 1) == 3);
+    // Every node shows every member by the name it gave itself, with its key's
+    // first digits: names travel with the members through the group.
+    eventually(20, "three named members everywhere", || {
+        (1..=3).all(|n| {
+            let members = object_status(&home, n, ROOM)["members"].to_string();
+            (1..=3).all(|m| members.contains(&format!("node{m} (")))
+        })
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&home.ok(&["status", "--json", "--control", &control(&home, 2)]))
+            .expect("status as JSON");
+    assert_eq!(status["node"]["name"], "node2", "{status}");
+    let text = home.ok(&["status", "--control", &control(&home, 2)]);
+    assert!(text.contains(" name node2"), "{text}");
 
     for round in 0..5 {
         for n in 1..=3 {

@@ -29,11 +29,10 @@ impl Domain {
         let mut keys = vec!["root".to_string(), "acme".into(), "ms".into()];
         keys.extend((1..=nodes).map(|n| format!("n{n}")));
         for key in &keys {
-            home.ok(&[
-                "keygen",
-                "--out",
-                home.path(&format!("{key}.key")).to_str().unwrap(),
-            ]);
+            match key.strip_prefix('n') {
+                Some(n) => home.keygen_named(&format!("{key}.key"), &format!("node{n}")),
+                None => home.keygen(&format!("{key}.key")),
+            };
         }
         let directory =
             DirectoryProcess::start(&home, &home.path("root.key"), &home.path("dir.redb"));
@@ -217,6 +216,18 @@ fn nodes_share_a_ticker_over_multicast_survive_a_kill_9_and_refuse_strangers() {
         status.contains(&format!("{TICKER}  driver qsm")),
         "{status}"
     );
+    // Members are shown by the names they gave themselves, learned from the
+    // region's view (through the membership service).
+    for n in 1..=3 {
+        let (_, entry) = d.applied(n, TICKER);
+        let members = entry["members"].to_string();
+        for m in 1..=3 {
+            assert!(
+                members.contains(&format!("node{m} (")),
+                "node {n}: {members}"
+            );
+        }
+    }
 
     // Kill node 3: the others go on, and the view drops it.
     nodes[2].as_mut().unwrap().kill9();
@@ -244,12 +255,11 @@ fn nodes_share_a_ticker_over_multicast_survive_a_kill_9_and_refuse_strangers() {
 
     // An object only nodes 1 and 2 may join: node 4 is refused with a reason.
     let key = |n: usize| -> String {
-        let status = d.ok(n, &["status"]);
-        status
-            .lines()
-            .next()
-            .and_then(|l| l.split(" key ").nth(1))
-            .unwrap()
+        let status: serde_json::Value =
+            serde_json::from_str(&d.ok(n, &["status", "--json"])).expect("status as JSON");
+        status["node"]["key"]
+            .as_str()
+            .expect("the node's key")
             .to_string()
     };
     d.publish(PRIVATE, &format!("keys:{},{}", key(1), key(2)));

@@ -344,7 +344,7 @@ proptest::proptest! {
         use liveobjects_host::vsync::net::{Body, VsyncFrame};
         use liveobjects_host::vsync::types::Command;
         let frame = VsyncFrame {
-            from: Peer { key: Identity::from_secret([7; 32]).public(), addr: "127.0.0.1:9".parse().unwrap() },
+            from: Peer::new(Identity::from_secret([7; 32]).public(), "127.0.0.1:9".parse().unwrap()),
             group: "lo://x/y".into(),
             id: 42,
             body: Body::Request(Rpc::Write(Command {

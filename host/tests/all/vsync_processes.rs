@@ -111,8 +111,8 @@ impl Cluster {
         }
     }
 
-    /// The ledger's state digest at node `n`, from `lo status --json`.
-    fn digest(&self, n: usize) -> Option<String> {
+    /// The ledger's entry in node `n`'s `lo status --json`.
+    fn ledger_status(&self, n: usize) -> Option<serde_json::Value> {
         let out = self
             .home
             .run(&["status", "--json", "--control", &self.control(n)]);
@@ -120,7 +120,13 @@ impl Cluster {
         status["objects"]
             .as_array()?
             .iter()
-            .find(|o| o["name"] == LEDGER)?["state_digest"]
+            .find(|o| o["name"] == LEDGER)
+            .cloned()
+    }
+
+    /// The ledger's state digest at node `n`.
+    fn digest(&self, n: usize) -> Option<String> {
+        self.ledger_status(n)?["state_digest"]
             .as_str()
             .map(str::to_string)
     }
@@ -365,7 +371,7 @@ fn durable_ledger_survives_kill_9_of_every_node_with_a_linearizable_history() {
     home.keygen("root.key");
     home.keygen("bank.key");
     let keys: Vec<String> = (0..NODES)
-        .map(|n| home.keygen(&format!("n{n}.key")))
+        .map(|n| home.keygen_named(&format!("n{n}.key"), &format!("node{n}")))
         .collect();
     let directory = DirectoryProcess::start(&home, &home.path("root.key"), &home.path("dir.redb"));
     let bank_key = home.path("bank.key");
@@ -510,6 +516,16 @@ fn durable_ledger_survives_kill_9_of_every_node_with_a_linearizable_history() {
     eventually(60, "all replicas' snapshots are identical", || {
         let digests: Vec<Option<String>> = (0..NODES).map(|n| cluster.digest(n)).collect();
         digests.iter().all(|d| d.is_some() && *d == digests[0])
+    });
+    // Members are shown by their names, kept with the membership on disk.
+    eventually(60, "every member named at every node", || {
+        (0..NODES).all(|n| {
+            let members = cluster
+                .ledger_status(n)
+                .map(|s| s["members"].to_string())
+                .unwrap_or_default();
+            (0..NODES).all(|m| members.contains(&format!("node{m} (")))
+        })
     });
     if let Err(e) = linearizable(&history) {
         for r in &history {

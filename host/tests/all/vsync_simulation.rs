@@ -223,6 +223,7 @@ fn member(i: u64) -> Member {
     Member {
         key: PublicKey(key),
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+        name: None,
     }
 }
 
