@@ -315,7 +315,7 @@ impl DriverArgs {
         let mut banner = vec![format!("node listening on {} key {}", me.addr, me.key)];
         if let Some(name) = me.name {
             banner.push(format!(
-                "name {name} (others see this node as {})",
+                "name {name}: others see this node as {}",
                 liveobjects_directory::keys::member_label(&me.key, me.name)
             ));
         }

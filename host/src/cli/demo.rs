@@ -89,7 +89,7 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
         println!(
             "host       {name:<6} {} key {}",
             node.me().addr,
-            node.me().key
+            node.me().key.short()
         );
     }
 

@@ -215,7 +215,7 @@ pub fn keygen(out: Option<PathBuf>, name: Option<MemberName>) -> Result<()> {
     identity.save(&path)?;
     println!("public key {}", identity.public());
     if let Some(name) = name {
-        println!("name {name} (others see you as {})", identity.label());
+        println!("name {name}: others see you as {}", identity.label());
     }
     println!("secret key written to {} (mode 600)", path.display());
     Ok(())

@@ -124,7 +124,7 @@ fn directory_with_acme_zone(home: &Home) -> DirectoryProcess {
         }
         let out = home.ok(&args);
         assert_eq!(
-            out.contains(&format!("name {name} (")),
+            out.contains(&format!("name {name}: ")),
             key.starts_with('n'),
             "{out}"
         );
