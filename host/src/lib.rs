@@ -27,6 +27,7 @@ pub mod executor;
 pub mod gossip;
 pub mod group;
 pub mod join;
+pub mod json;
 pub mod local;
 pub mod mesh;
 pub mod node;

@@ -10,6 +10,7 @@ mod docs;
 mod gossip_processes;
 mod gossip_simulation;
 mod join;
+mod json;
 mod mesh_quic;
 mod mesh_simulation;
 mod node;
