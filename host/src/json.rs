@@ -582,3 +582,72 @@ pub fn wave_to_json<V: WasmValue>(ty: &V::Type, wave: &str) -> Result<Json, Json
         .map_err(|e| JsonValueError::new(format!("the answer {wave:?} is not valid WAVE: {e}")))?;
     to_json(&value)
 }
+
+/// A verified directory record as JSON (`lo resolve --json`, `lo ls --json`, the
+/// HTTP API): what `lo resolve` prints, with the same names.
+pub fn record_json(v: &liveobjects_directory::verify::VerifiedRecord) -> Json {
+    let r = &v.record;
+    let delegations: Vec<_> = v
+        .chain
+        .delegations
+        .iter()
+        .map(|d| json!({"zone": d.zone.to_string(), "key": d.key.to_string()}))
+        .collect();
+    json!({
+        "name": r.name,
+        "version": r.version,
+        "type": {
+            "interface": r.object_type.interface,
+            "category": r.object_type.category.to_string(),
+            "reliability": r.object_type.reliability.to_string(),
+            "security": r.object_type.security.to_string(),
+        },
+        "logic": {"sha256": hex::encode(r.logic.hash), "size": r.logic.size},
+        "driver": {"name": r.driver.name, "options": r.driver.options},
+        "policy": r.policy.to_string(),
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+        "signed_by": v.signed.signer.to_string(),
+        "chain": {"root": v.chain.root.to_string(), "delegations": delegations},
+        "verified": true,
+    })
+}
+
+/// One joined object's status as JSON (`lo status --json`, the HTTP API).
+pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
+    let r = &o.report;
+    json!({
+        "name": o.name,
+        "driver": o.driver,
+        "members": r.members,
+        "member": r.member,
+        "sequencer": r.sequencer,
+        "events_applied": r.events_applied,
+        "state_bytes": r.state_bytes,
+        "state_digest": r.state_digest,
+        "quarantined": r.quarantined,
+        "throttled": r.throttled,
+        "queued": r.queued.map(|(jobs, bytes)| json!({"jobs": jobs, "bytes": bytes})),
+        "value": r.value,
+    })
+}
+
+/// A node's status as JSON (`lo status --json`, `GET /v1/node`).
+pub fn node_status_json(
+    key: &str,
+    name: Option<&str>,
+    addr: &str,
+    objects: &[crate::node::ObjectStatus],
+    drivers: &[crate::node::DriverStatus],
+) -> Json {
+    let objects: Vec<_> = objects.iter().map(object_status_json).collect();
+    let drivers: Vec<_> = drivers
+        .iter()
+        .map(|d| json!({"driver": d.driver, "lines": d.lines}))
+        .collect();
+    json!({
+        "node": {"key": key, "name": name, "addr": addr},
+        "drivers": drivers,
+        "objects": objects,
+    })
+}

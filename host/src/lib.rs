@@ -26,6 +26,7 @@ pub mod driver;
 pub mod executor;
 pub mod gossip;
 pub mod group;
+pub mod http;
 pub mod join;
 pub mod json;
 pub mod local;

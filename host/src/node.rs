@@ -197,6 +197,99 @@ pub struct Joined {
     pub record: Arc<liveobjects_directory::record::ObjectRecord>,
     /// The object.
     pub object: Arc<dyn JoinedObject>,
+    /// Its methods with their WIT types (replicated objects; an aggregate has none).
+    pub interface: Option<Arc<crate::runtime::ObjectInterface>>,
+}
+
+/// Why a request to a node failed. [`kind`](NodeError::kind) names the failure
+/// for programs (the HTTP API's `error.kind`).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The object is not joined here.
+    #[error("this node has not joined {0}; run `lo join {0}` first")]
+    NotJoined(String),
+    /// Another join of the same object is running.
+    #[error("{0} is being joined on this node already; try again once that join has finished")]
+    JoinInProgress(String),
+    /// The record names a driver this node does not run.
+    #[error("cannot join {name}: this node does not run the {driver} driver")]
+    NoDriver {
+        /// The object.
+        name: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// The required aspects do not parse.
+    #[error("{0}")]
+    BadRequirements(String),
+    /// The join failed.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// The call failed.
+    #[error(transparent)]
+    Call(#[from] crate::group::GroupError),
+}
+
+impl NodeError {
+    /// A short stable name of the failure, e.g. `not-joined`, `bad-argument`,
+    /// `rejected`.
+    pub fn kind(&self) -> &'static str {
+        use crate::group::GroupError as G;
+        use crate::runtime::ReplicaError as R;
+        let group = |e: &G| match e {
+            G::Replica(R::NoSuchMethod { .. } | R::AmbiguousMethod { .. }) => "no-such-method",
+            G::Replica(R::ArgumentCount { .. } | R::BadArgument(_)) => "bad-argument",
+            G::Replica(R::Quarantined { .. }) => "quarantined",
+            G::Replica(R::LimitExceeded { .. }) => "limit-exceeded",
+            G::Replica(_) => "object-failed",
+            G::Gone(_) => "gone",
+            G::Joining(_) => "joining",
+            G::Rejected { .. } => "rejected",
+            G::Aborted { .. } => "aborted",
+            G::Unavailable { .. } => "unavailable",
+            G::NoMembers { .. } => "no-members",
+            G::Refused { .. } => "refused",
+        };
+        match self {
+            NodeError::NotJoined(_) => "not-joined",
+            NodeError::JoinInProgress(_) => "join-in-progress",
+            NodeError::NoDriver { .. } => "no-driver",
+            NodeError::BadRequirements(_) => "bad-request",
+            NodeError::Call(e) => group(e),
+            NodeError::Join(e) => match e {
+                JoinError::Resolve(_) => "resolve-failed",
+                JoinError::Type { .. } => "type-mismatch",
+                JoinError::NotAllowed { .. } => "not-allowed",
+                JoinError::Logic(_) => "bad-logic",
+                JoinError::Group(e) => group(e),
+                JoinError::Timeout { .. } => "timeout",
+                JoinError::Refused { .. } => "refused",
+                JoinError::NoMembers { .. } => "no-members",
+            },
+        }
+    }
+}
+
+/// What a join did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The record's version joined.
+    pub version: u64,
+    /// Members in the view right after the join.
+    pub members: usize,
+    /// Whether the node had joined the object before this request.
+    pub already: bool,
+}
+
+/// What a node runs (`lo status`).
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// The node itself.
+    pub me: Peer,
+    /// Its objects.
+    pub objects: Vec<ObjectStatus>,
+    /// Each driver's own report.
+    pub drivers: Vec<DriverStatus>,
 }
 
 /// The daemon's state.
@@ -219,6 +312,11 @@ impl Node {
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
         })
+    }
+
+    /// The node's directory resolver (verifies what it answers).
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
     }
 
     /// This node's identity and contact address.
@@ -308,8 +406,8 @@ impl Node {
         if let ControlRequest::Watch { name } = request {
             let group = self.objects.lock().await.get(&name).cloned();
             let Some(group) = group else {
-                return write_message(&mut stream, &ControlResponse::Error(not_joined(&name)))
-                    .await;
+                let error = NodeError::NotJoined(name).to_string();
+                return write_message(&mut stream, &ControlResponse::Error(error)).await;
             };
             let mut notices = group.object.subscribe();
             while let Ok(notice) = notices.recv().await {
@@ -336,134 +434,185 @@ impl Node {
     }
 
     async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        let failed = |e: NodeError| ControlResponse::Error(e.to_string());
         match request {
             ControlRequest::Join {
                 name,
                 require,
                 found_if_alone,
-            } => {
-                let joined = self.objects.lock().await.get(&name).cloned();
-                if let Some(joined) = joined {
-                    return already_joined(&name, &joined, &require).await;
-                }
-                if !self.joining.lock().await.insert(name.clone()) {
-                    return ControlResponse::Error(format!(
-                        "{name} is being joined on this node already; try again once that \
-                         join has finished"
-                    ));
-                }
-                let response = self.join(name.clone(), require, found_if_alone).await;
-                self.joining.lock().await.remove(&name);
-                response
-            }
-
+            } => match self.join_object(&name, &require, found_if_alone).await {
+                Ok(o) => ControlResponse::Joined {
+                    version: o.version,
+                    members: o.members,
+                    already: o.already,
+                },
+                Err(e) => failed(e),
+            },
             ControlRequest::Call { name, method, args } => {
-                let group = self.objects.lock().await.get(&name).cloned();
-                let Some(group) = group else {
-                    return ControlResponse::Error(not_joined(&name));
-                };
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match group.object.call(&method, &args).await {
+                match self.call_object(&name, &method, &args).await {
                     Ok(results) => ControlResponse::Results(results),
-                    Err(e) => ControlResponse::Error(e.to_string()),
+                    Err(e) => failed(e),
                 }
             }
             ControlRequest::Status => {
-                // Never hold the objects lock across an object: copy the handles out.
-                let joined: Vec<(String, Joined)> = self
-                    .objects
-                    .lock()
-                    .await
-                    .iter()
-                    .map(|(name, group)| (name.clone(), group.clone()))
-                    .collect();
-                let mut objects = Vec::new();
-                for (name, group) in joined {
-                    objects.push(object_status(name, &group).await);
-                }
-                let mut drivers = Vec::new();
-                for driver in &self.drivers.drivers {
-                    let name = driver.info().name.to_string();
-                    let lines = tokio::time::timeout(DRIVER_REPORT_WAIT, driver.report())
-                        .await
-                        .unwrap_or_else(|_| {
-                            vec![format!(
-                                "{name} (busy: no report within {DRIVER_REPORT_WAIT:?})"
-                            )]
-                        });
-                    if !lines.is_empty() {
-                        drivers.push(DriverStatus {
-                            driver: name,
-                            lines,
-                        });
-                    }
-                }
+                let status = self.status().await;
                 ControlResponse::Status {
-                    key: self.drivers.me.key.to_string(),
-                    name: self.drivers.me.name.map(|n| n.to_string()),
-                    addr: self.drivers.me.addr.to_string(),
-                    objects,
-                    drivers,
+                    key: status.me.key.to_string(),
+                    name: status.me.name.map(|n| n.to_string()),
+                    addr: status.me.addr.to_string(),
+                    objects: status.objects,
+                    drivers: status.drivers,
                 }
             }
-            ControlRequest::Leave { name } => {
-                let Some(joined) = self.objects.lock().await.remove(&name) else {
-                    return ControlResponse::Error(not_joined(&name));
-                };
-                if let Some(driver) = self.drivers.get(joined.driver) {
-                    driver.leave(&name).await;
-                }
-                self.publish_card().await;
-                ControlResponse::Left
-            }
+            ControlRequest::Leave { name } => match self.leave_object(&name).await {
+                Ok(()) => ControlResponse::Left,
+                Err(e) => failed(e),
+            },
             ControlRequest::Watch { .. } => ControlResponse::Error("unreachable".into()),
+        }
+    }
+
+    /// The joined object `name`, if this node has joined it.
+    pub async fn joined(&self, name: &str) -> Option<Joined> {
+        self.objects.lock().await.get(name).cloned()
+    }
+
+    /// Names of the objects this node has joined.
+    pub async fn joined_names(&self) -> Vec<String> {
+        self.objects.lock().await.keys().cloned().collect()
+    }
+
+    /// Join `name` (resolve, verify, type check against `require`, fetch the
+    /// logic, join through its driver). Joining an object joined already answers
+    /// as its join did, if the record meets `require`.
+    pub async fn join_object(
+        &self,
+        name: &str,
+        require: &str,
+        found_if_alone: bool,
+    ) -> Result<JoinOutcome, NodeError> {
+        if let Some(joined) = self.joined(name).await {
+            return already_joined(name, &joined, require).await;
+        }
+        if !self.joining.lock().await.insert(name.to_string()) {
+            return Err(NodeError::JoinInProgress(name.to_string()));
+        }
+        let outcome = self.join(name.to_string(), require, found_if_alone).await;
+        self.joining.lock().await.remove(name);
+        outcome
+    }
+
+    /// Call `method` of the joined object `name` with WAVE arguments; its results
+    /// as WAVE.
+    pub async fn call_object(
+        &self,
+        name: &str,
+        method: &str,
+        args: &[&str],
+    ) -> Result<Vec<String>, NodeError> {
+        let joined = self
+            .joined(name)
+            .await
+            .ok_or_else(|| NodeError::NotJoined(name.to_string()))?;
+        Ok(joined.object.call(method, args).await?)
+    }
+
+    /// Leave the joined object `name`.
+    pub async fn leave_object(&self, name: &str) -> Result<(), NodeError> {
+        let Some(joined) = self.objects.lock().await.remove(name) else {
+            return Err(NodeError::NotJoined(name.to_string()));
+        };
+        if let Some(driver) = self.drivers.get(joined.driver) {
+            driver.leave(name).await;
+        }
+        self.publish_card().await;
+        Ok(())
+    }
+
+    /// What this node runs, from what drivers and the executor published: it
+    /// answers within a bound whatever the objects are doing.
+    pub async fn status(&self) -> NodeStatus {
+        // Never hold the objects lock across an object: copy the handles out.
+        let joined: Vec<(String, Joined)> = self
+            .objects
+            .lock()
+            .await
+            .iter()
+            .map(|(name, group)| (name.clone(), group.clone()))
+            .collect();
+        let mut objects = Vec::new();
+        for (name, group) in joined {
+            objects.push(object_status(name, &group).await);
+        }
+        let mut drivers = Vec::new();
+        for driver in &self.drivers.drivers {
+            let name = driver.info().name.to_string();
+            let lines = tokio::time::timeout(DRIVER_REPORT_WAIT, driver.report())
+                .await
+                .unwrap_or_else(|_| {
+                    vec![format!(
+                        "{name} (busy: no report within {DRIVER_REPORT_WAIT:?})"
+                    )]
+                });
+            if !lines.is_empty() {
+                drivers.push(DriverStatus {
+                    driver: name,
+                    lines,
+                });
+            }
+        }
+        NodeStatus {
+            me: self.drivers.me,
+            objects,
+            drivers,
         }
     }
 }
 
 /// The answer to a join of an object this node has joined: the same answer as
 /// its join, if the record meets `require`.
-async fn already_joined(name: &str, joined: &Joined, require: &str) -> ControlResponse {
-    let checked = require
-        .parse()
-        .and_then(|require| crate::join::check_type(&joined.record, &require));
-    if let Err(reason) = checked {
-        return ControlResponse::Error(
-            JoinError::Type {
-                name: name.to_string(),
-                reason,
-            }
-            .to_string(),
-        );
-    }
-    ControlResponse::Joined {
+async fn already_joined(
+    name: &str,
+    joined: &Joined,
+    require: &str,
+) -> Result<JoinOutcome, NodeError> {
+    let require = require.parse().map_err(NodeError::BadRequirements)?;
+    crate::join::check_type(&joined.record, &require).map_err(|reason| JoinError::Type {
+        name: name.to_string(),
+        reason,
+    })?;
+    Ok(JoinOutcome {
         version: joined.record.version,
         members: joined.object.report().await.members.len(),
         already: true,
-    }
+    })
 }
 
 impl Node {
-    async fn join(&self, name: String, require: String, found_if_alone: bool) -> ControlResponse {
-        let require = match require.parse() {
-            Ok(r) => r,
-            Err(e) => return ControlResponse::Error(e),
-        };
+    async fn join(
+        &self,
+        name: String,
+        require: &str,
+        found_if_alone: bool,
+    ) -> Result<JoinOutcome, NodeError> {
+        let require = require.parse().map_err(NodeError::BadRequirements)?;
         let mut options = JoinOptions {
             require,
             ..JoinOptions::default()
         };
         let me = self.drivers.me.key;
-        let prepared = match prepare(&self.runtime, &self.resolver, &name, me, &options).await {
-            Ok(p) => p,
-            Err(e) => return ControlResponse::Error(e.to_string()),
-        };
+        let prepared = prepare(&self.runtime, &self.resolver, &name, me, &options).await?;
         let record = prepared.verified.record.clone();
         let Some(driver) = self.drivers.get(&record.driver.name) else {
-            return ControlResponse::Error(format!(
-                "cannot join {name}: this node does not run the {} driver",
-                record.driver.name
-            ));
+            return Err(NodeError::NoDriver {
+                name,
+                driver: record.driver.name.clone(),
+            });
+        };
+        let interface = match &prepared.logic {
+            crate::join::PreparedLogic::Replica(logic) => Some(Arc::new(logic.interface().clone())),
+            crate::join::PreparedLogic::Aggregate(_) => None,
         };
         // The record's seeds first; if none answers, members gossip knows of; only
         // then found the group (founding while members exist elsewhere would split
@@ -485,24 +634,20 @@ impl Node {
                 .join(self.join_request(&name, &prepared, &options))
                 .await;
         }
-        let result = result.map(|object| Joined {
+        let joined = Joined {
             driver: driver.info().name,
             record: Arc::new(record.clone()),
-            object,
-        });
-        match result {
-            Ok(joined) => {
-                let members = joined.object.report().await.members.len();
-                self.objects.lock().await.insert(name, joined);
-                self.publish_card().await;
-                ControlResponse::Joined {
-                    version: record.version,
-                    members,
-                    already: false,
-                }
-            }
-            Err(e) => ControlResponse::Error(e.to_string()),
-        }
+            object: result?,
+            interface,
+        };
+        let members = joined.object.report().await.members.len();
+        self.objects.lock().await.insert(name, joined);
+        self.publish_card().await;
+        Ok(JoinOutcome {
+            version: record.version,
+            members,
+            already: false,
+        })
     }
 }
 
@@ -530,10 +675,6 @@ impl Node {
             runtime: &self.runtime,
         }
     }
-}
-
-fn not_joined(name: &str) -> String {
-    format!("this node has not joined {name}; run `lo join {name}` first")
 }
 
 /// Send one request to the daemon at `path` and read its answer.

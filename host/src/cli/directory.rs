@@ -13,6 +13,7 @@ use liveobjects_directory::record::{
 };
 use liveobjects_directory::server::{Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::{VerifiedRecord, verify_chain};
+use liveobjects_host::json::record_json;
 use liveobjects_host::runtime::Runtime;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -489,35 +490,6 @@ fn print_record(v: &VerifiedRecord) {
         println!("             -> {} owned by {}", d.zone, d.key);
     }
     println!("verified     yes");
-}
-
-/// A verified record as JSON: what `print_record` shows, with the same names.
-fn record_json(v: &VerifiedRecord) -> serde_json::Value {
-    let r = &v.record;
-    let delegations: Vec<_> = v
-        .chain
-        .delegations
-        .iter()
-        .map(|d| serde_json::json!({"zone": d.zone.to_string(), "key": d.key.to_string()}))
-        .collect();
-    serde_json::json!({
-        "name": r.name,
-        "version": r.version,
-        "type": {
-            "interface": r.object_type.interface,
-            "category": r.object_type.category.to_string(),
-            "reliability": r.object_type.reliability.to_string(),
-            "security": r.object_type.security.to_string(),
-        },
-        "logic": {"sha256": hex::encode(r.logic.hash), "size": r.logic.size},
-        "driver": {"name": r.driver.name, "options": r.driver.options},
-        "policy": r.policy.to_string(),
-        "issued_at": r.issued_at,
-        "expires_at": r.expires_at,
-        "signed_by": v.signed.signer.to_string(),
-        "chain": {"root": v.chain.root.to_string(), "delegations": delegations},
-        "verified": true,
-    })
 }
 
 pub fn resolve(args: ResolveArgs) -> Result<()> {

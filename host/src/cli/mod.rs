@@ -83,7 +83,7 @@ enum Command {
     },
     /// Run the host daemon: keeps joined objects live on the mesh, serves `lo join`,
     /// `lo call lo://...`, `lo status`, `lo leave`.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Join an object by name through the node, then call its methods interactively.
     Join(node::JoinArgs),
     /// List the node's objects with members, events applied and state size.
@@ -182,7 +182,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Node(args) => {
             let pooled = Some(args.max_instances).filter(|&n| n > 0);
-            node::node(make_runtime(&args.runtime, pooled)?, args)
+            node::node(make_runtime(&args.runtime, pooled)?, *args)
         }
         Command::Join(args) => node::join(args),
         Command::Status(args) => node::status(args),

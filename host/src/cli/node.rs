@@ -6,9 +6,7 @@ use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
 use liveobjects_host::driver::DriverArgs;
 use liveobjects_host::executor::Budgets;
-use liveobjects_host::node::{
-    ControlRequest, ControlResponse, DriverStatus, Node, ObjectStatus, request,
-};
+use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -66,9 +64,42 @@ impl BudgetArgs {
     }
 }
 
+/// Where the HTTP API listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// Serve on this address.
+    On(std::net::SocketAddr),
+    /// No HTTP API.
+    Off,
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(HttpListen::Off);
+        }
+        s.parse()
+            .map(HttpListen::On)
+            .map_err(|_| format!("`{s}` is neither an address (127.0.0.1:7080) nor `off`"))
+    }
+}
+
+/// The HTTP API's default address.
+const DEFAULT_HTTP: &str = "127.0.0.1:7080";
+
 /// `lo node`
 #[derive(Args, Debug)]
 pub struct NodeArgs {
+    /// Serve the HTTP/JSON API here (`off`: none). On loopback no token is needed;
+    /// elsewhere every request needs the --http-token (one is generated and
+    /// printed if not given). If the default address is taken, a free port is used.
+    #[arg(long, value_name = "ADDR|off", default_value = DEFAULT_HTTP)]
+    http: HttpListen,
+    /// The token HTTP requests must carry (`Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "TOKEN", env = "LO_HTTP_TOKEN")]
+    http_token: Option<String>,
     #[command(flatten)]
     drivers: DriverArgs,
     #[command(flatten)]
@@ -161,12 +192,59 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
         let listener = Node::bind(&control)
             .await
             .with_context(|| format!("binding the control socket {}", control.display()))?;
+        if let HttpListen::On(addr) = args.http {
+            let (http, token) = bind_http(addr, args.http_token.clone()).await?;
+            let at = http.local_addr().context("reading the HTTP address")?;
+            match &token {
+                Some(token) => {
+                    let _ = writeln!(out, "http api on http://{at}/v1/ (token {token})");
+                }
+                None => {
+                    let _ = writeln!(out, "http api on http://{at}/v1/");
+                }
+            }
+            let options = liveobjects_host::http::HttpOptions { token };
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = liveobjects_host::http::serve(node, http, options).await {
+                    tracing::error!("the HTTP API on {at} stopped: {e}");
+                }
+            });
+        }
         let _ = writeln!(out, "control socket {}", control.display());
         let _ = out.flush();
         node.serve_on(listener)
             .await
             .with_context(|| format!("serving the control socket {}", control.display()))
     })
+}
+
+/// Bind the HTTP API: the default address falls back to a free loopback port if
+/// taken (several nodes on one machine); an address asked for must be free. A
+/// non-loopback address gets a generated token if none was given.
+async fn bind_http(
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+) -> Result<(tokio::net::TcpListener, Option<String>)> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if addr.to_string() == DEFAULT_HTTP && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tokio::net::TcpListener::bind((addr.ip(), 0))
+                .await
+                .context("binding the HTTP API on a free loopback port")?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("binding the HTTP API on {addr} (choose another --http, or --http off)")
+            });
+        }
+    };
+    let token = match token {
+        Some(t) => Some(t),
+        None if !addr.ip().is_loopback() => Some(liveobjects_host::http::generate_token()),
+        None => None,
+    };
+    Ok((listener, token))
 }
 
 fn expect(response: ControlResponse) -> Result<ControlResponse> {
@@ -312,7 +390,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         bail!("unexpected answer");
     };
     if args.json {
-        super::print_json(&status_json(
+        super::print_json(&liveobjects_host::json::node_status_json(
             &key,
             name.as_deref(),
             &addr,
@@ -370,45 +448,6 @@ pub fn status(args: StatusArgs) -> Result<()> {
         println!("    members: {}", r.members.join(", "));
     }
     Ok(())
-}
-
-/// `lo status --json`: the same facts as the text, with the report's field names.
-fn status_json(
-    key: &str,
-    name: Option<&str>,
-    addr: &str,
-    objects: &[ObjectStatus],
-    drivers: &[DriverStatus],
-) -> serde_json::Value {
-    let objects: Vec<_> = objects
-        .iter()
-        .map(|o| {
-            let r = &o.report;
-            serde_json::json!({
-                "name": o.name,
-                "driver": o.driver,
-                "members": r.members,
-                "member": r.member,
-                "sequencer": r.sequencer,
-                "events_applied": r.events_applied,
-                "state_bytes": r.state_bytes,
-                "state_digest": r.state_digest,
-                "quarantined": r.quarantined,
-                "throttled": r.throttled,
-                "queued": r.queued.map(|(jobs, bytes)| serde_json::json!({"jobs": jobs, "bytes": bytes})),
-                "value": r.value,
-            })
-        })
-        .collect();
-    let drivers: Vec<_> = drivers
-        .iter()
-        .map(|d| serde_json::json!({"driver": d.driver, "lines": d.lines}))
-        .collect();
-    serde_json::json!({
-        "node": {"key": key, "name": name, "addr": addr},
-        "drivers": drivers,
-        "objects": objects,
-    })
 }
 
 pub fn leave(args: LeaveArgs) -> Result<()> {

@@ -22,7 +22,7 @@ pub use self::aggregate::{
     AGGREGATE_INTERFACE, AggregateError, AggregateInstance, AggregateLogic, MAX_STATE_BYTES,
     SharedAggregate,
 };
-pub use self::interface::{Method, ObjectInterface, type_name};
+pub use self::interface::{Method, MethodLookupError, ObjectInterface, type_name};
 pub use self::replica::{
     CallOutcome, Delivery, MemoryUse, Notification, Replica, ReplicaError, ReplicaIdentity,
     ReplicaStats,

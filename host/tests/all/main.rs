@@ -9,6 +9,7 @@ mod directory;
 mod docs;
 mod gossip_processes;
 mod gossip_simulation;
+mod http;
 mod join;
 mod json;
 mod mesh_quic;

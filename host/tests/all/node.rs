@@ -14,7 +14,7 @@ fn start_node(home: &Home, n: usize, directory: &str, root: &str) -> (Daemon, St
     start_node_with(home, n, directory, root, &[], &[])
 }
 
-fn start_node_with(
+pub(crate) fn start_node_with(
     home: &Home,
     n: usize,
     directory: &str,
@@ -71,7 +71,7 @@ fn start_gossip_node(
     (daemon, seed, gossip)
 }
 
-fn control(home: &Home, n: usize) -> String {
+pub(crate) fn control(home: &Home, n: usize) -> String {
     home.path(&format!("n{n}.sock"))
         .to_str()
         .unwrap()
@@ -114,7 +114,7 @@ fn members(home: &Home, n: usize) -> usize {
 
 /// Keys for root, acme and nodes 1-3 (named node1..node3), a directory, and the
 /// zone lo://acme/.
-fn directory_with_acme_zone(home: &Home) -> DirectoryProcess {
+pub(crate) fn directory_with_acme_zone(home: &Home) -> DirectoryProcess {
     for key in ["root", "acme", "n1", "n2", "n3"] {
         let path = home.path(&format!("{key}.key"));
         let mut args = vec!["keygen", "--out", path.to_str().unwrap()];
