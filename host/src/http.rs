@@ -658,8 +658,19 @@ async fn socket_events(
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
                 let sent = tokio::time::timeout(SLOW_CLIENT, socket.send(Message::Text(json.to_string().into()))).await;
-                if !matches!(sent, Ok(Ok(()))) || end {
-                    break;
+                match sent {
+                    Ok(Ok(())) if !end => {}
+                    Ok(Ok(())) => {
+                        tracing::info!("disconnected an events client that fell behind");
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::info!(
+                            "disconnected an events client that accepted no message for {SLOW_CLIENT:?}"
+                        );
+                        break;
+                    }
                 }
             }
             incoming = socket.recv() => {

@@ -80,6 +80,8 @@ pub enum ControlRequest {
         method: String,
         /// WAVE arguments.
         args: Vec<String>,
+        /// Answer the results as JSON texts (the HTTP API's mapping) instead of WAVE.
+        json: bool,
     },
     /// What this host runs.
     Status,
@@ -448,11 +450,25 @@ impl Node {
                 },
                 Err(e) => failed(e),
             },
-            ControlRequest::Call { name, method, args } => {
+            ControlRequest::Call {
+                name,
+                method,
+                args,
+                json,
+            } => {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match self.call_object(&name, &method, &args).await {
-                    Ok(results) => ControlResponse::Results(results),
-                    Err(e) => failed(e),
+                let results = match self.call_object(&name, &method, &args).await {
+                    Ok(results) => results,
+                    Err(e) => return failed(e),
+                };
+                if !json {
+                    return ControlResponse::Results(results);
+                }
+                match self.results_json(&name, &method, &results).await {
+                    Ok(values) => {
+                        ControlResponse::Results(values.iter().map(|v| v.to_string()).collect())
+                    }
+                    Err(e) => ControlResponse::Error(e),
                 }
             }
             ControlRequest::Status => {
@@ -516,6 +532,38 @@ impl Node {
             .await
             .ok_or_else(|| NodeError::NotJoined(name.to_string()))?;
         Ok(joined.object.call(method, args).await?)
+    }
+
+    /// The WAVE results of `method` of the joined object `name` as JSON (the
+    /// mapping of [`crate::json`]). An aggregate's results, which have no WIT
+    /// type, stay WAVE text in JSON strings.
+    pub async fn results_json(
+        &self,
+        name: &str,
+        method: &str,
+        results: &[String],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let joined = self
+            .joined(name)
+            .await
+            .ok_or_else(|| NodeError::NotJoined(name.to_string()).to_string())?;
+        let Some(interface) = &joined.interface else {
+            return Ok(results
+                .iter()
+                .map(|r| serde_json::Value::from(r.as_str()))
+                .collect());
+        };
+        let method = interface
+            .find(method)
+            .map_err(|_| format!("{name} has no method {method}"))?;
+        results
+            .iter()
+            .zip(&method.results)
+            .map(|(text, ty)| {
+                crate::json::wave_to_json::<wasmtime::component::Val>(ty, text)
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
     }
 
     /// Leave the joined object `name`.

@@ -375,7 +375,23 @@ fn call(
     for note in outcome.deliveries.iter().flat_map(|d| &d.notifications) {
         eprintln!("notify {}: {}", note.topic, note.detail);
     }
-    print_results(&outcome.results, json);
+    if json {
+        let method = logic
+            .interface()
+            .find(method)
+            .map_err(|_| anyhow::anyhow!("{object} has no method {method}"))?;
+        let values = outcome
+            .results
+            .iter()
+            .zip(&method.results)
+            .map(|(text, ty)| {
+                liveobjects_host::json::wave_to_json::<wasmtime::component::Val>(ty, text)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        print_json(&serde_json::json!({ "results": values }));
+    } else {
+        print_results(&outcome.results);
+    }
     if !outcome.events.is_empty() {
         let snapshot = group.replica_mut(0).snapshot()?;
         let state = LocalState {
@@ -406,14 +422,10 @@ fn save_state(path: &Path, state: &LocalState) -> Result<()> {
     Ok(())
 }
 
-/// Print a call's results (WAVE text): one per line, or `{"results": [...]}`.
-pub(crate) fn print_results(results: &[String], json: bool) {
-    if json {
-        print_json(&serde_json::json!({ "results": results }));
-    } else {
-        for result in results {
-            println!("{result}");
-        }
+/// Print a call's results (WAVE text), one per line.
+pub(crate) fn print_results(results: &[String]) {
+    for result in results {
+        println!("{result}");
     }
 }
 

@@ -335,6 +335,7 @@ pub fn join(args: JoinArgs) -> Result<()> {
                 name: args.name.clone(),
                 method: words[0].clone(),
                 args: words[1..].to_vec(),
+                json: false,
             },
         ))?;
         match answer {
@@ -365,11 +366,21 @@ pub fn call(
             name: name.to_string(),
             method: method.to_string(),
             args: args.to_vec(),
+            json,
         },
     ))?;
     match expect(answer)? {
+        ControlResponse::Results(results) if json => {
+            let values = results
+                .iter()
+                .map(|r| serde_json::from_str(r))
+                .collect::<Result<Vec<serde_json::Value>, _>>()
+                .context("the node answered results that are not JSON")?;
+            super::print_json(&serde_json::json!({ "results": values }));
+            Ok(())
+        }
         ControlResponse::Results(results) => {
-            super::print_results(&results, json);
+            super::print_results(&results);
             Ok(())
         }
         other => bail!("unexpected answer {other:?}"),

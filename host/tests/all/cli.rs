@@ -233,7 +233,7 @@ fn a_rejected_update_exits_nonzero_with_the_objects_reason() {
     let out = lo.run(&["call", register, "get", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(answer, serde_json::json!({"results": ["text(\"a\")"]}));
+    assert_eq!(answer, serde_json::json!({"results": [{"text": "a"}]}));
 }
 
 #[test]

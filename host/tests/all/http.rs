@@ -582,3 +582,122 @@ fn the_openapi_document_lists_exactly_the_routes_served() {
     }
     assert_eq!(documented, served);
 }
+
+/// A WebSocket client that stops reading (its receive window 4 KiB) while 1,500
+/// notices of 4 kB stream past: the node disconnects it instead of buffering for
+/// it, and a healthy client on the same object receives every notice in order.
+#[test]
+fn a_stalled_websocket_client_is_disconnected_and_the_others_get_everything() {
+    const POSTS: usize = 1500;
+    let c = cluster();
+    let a = c.http[0].clone();
+    assert_eq!(
+        post(
+            &a,
+            "/v1/objects",
+            &json!({"name": ROOM, "found": true}).to_string()
+        )
+        .status,
+        201
+    );
+    let url = format!("ws://{a}/v1/objects/{}/events", enc(ROOM));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let stalled = {
+        let (url, a, ready_tx) = (url.clone(), a.clone(), ready_tx.clone());
+        std::thread::spawn(move || {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            socket.connect(&addr.into()).unwrap();
+            let stream: std::net::TcpStream = socket.into();
+            stream.set_nonblocking(true).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+                let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+                ready_tx.send(()).unwrap();
+                // Stall until every post was made and for longer than the node
+                // waits on a client, then read what is left.
+                let _ = tokio::task::spawn_blocking(move || done_rx.recv()).await;
+                tokio::time::sleep(liveobjects_host::http::SLOW_CLIENT + Duration::from_secs(3))
+                    .await;
+                let mut notices = 0;
+                let mut lagged = false;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while let Ok(Some(Ok(message))) =
+                    tokio::time::timeout_at(deadline, socket.next()).await
+                {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                        let notice: Json = serde_json::from_str(&text).unwrap();
+                        notices += usize::from(notice["type"] == "notification");
+                        lagged |= notice["type"] == "lagged";
+                    }
+                }
+                (notices, lagged)
+            })
+        })
+    };
+    let healthy = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let mut texts = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while texts.len() < POSTS {
+                let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await
+                else {
+                    break;
+                };
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    let notice: Json = serde_json::from_str(&text).unwrap();
+                    if notice["type"] == "notification" {
+                        texts.push(notice["detail"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+            texts
+        })
+    });
+    for _ in 0..2 {
+        ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    let filler = "x".repeat(3990);
+
+    let mut sent = Vec::new();
+    for i in 0..POSTS {
+        let text = format!("{i:04}{filler}");
+        let reply = call(&a, "post", json!([text]));
+        assert_eq!(reply.status, 200, "post {i}: {}", reply.body);
+        sent.push(text);
+    }
+    done_tx.send(()).unwrap();
+    let texts = healthy.join().unwrap();
+    assert_eq!(texts.len(), POSTS, "the healthy client missed notices");
+    let received: Vec<&str> = texts
+        .iter()
+        .map(|t| t.split_once(": ").map_or("", |(_, text)| text))
+        .collect();
+    assert_eq!(
+        received, sent,
+        "the healthy client's notices are out of order"
+    );
+    let (notices, lagged) = stalled.join().unwrap();
+    assert!(
+        notices < POSTS,
+        "the stalled client was buffered for: it got all {notices} notices (lagged: {lagged})"
+    );
+    // The node still answers.
+    assert_eq!(
+        call(&a, "count", json!([])).json(),
+        json!({"results": [POSTS.to_string()]})
+    );
+}

@@ -911,7 +911,7 @@ fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
         &control(&home, 1),
     ]);
     let got = json(&home, &["call", REGISTER, "get"]);
-    assert_eq!(got, serde_json::json!({"results": ["text(\"c\")"]}));
+    assert_eq!(got, serde_json::json!({"results": [{"text": "c"}]}));
 
     // Status, listing and record as JSON.
     let status = json(&home, &["status"]);
