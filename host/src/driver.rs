@@ -212,6 +212,12 @@ pub trait JoinedObject: Send + Sync + std::fmt::Debug {
 
     /// Notifications and membership changes from now on.
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice>;
+
+    /// The events the replica applies from now on, in its order (`None` for
+    /// objects that apply no events, like aggregates).
+    fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
+        None
+    }
 }
 
 /// What a driver joins with: a record already resolved, verified, type-checked

@@ -172,6 +172,8 @@ pub trait Hosted: Send + 'static {
     fn memory(&self) -> Option<MemoryUse> {
         None
     }
+    /// Announce the events it applies on `tap` (objects that apply none ignore it).
+    fn tap_applied(&mut self, _tap: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>) {}
 }
 
 impl Hosted for Replica {
@@ -193,6 +195,10 @@ impl Hosted for Replica {
 
     fn memory(&self) -> Option<MemoryUse> {
         Some(Replica::memory(self))
+    }
+
+    fn tap_applied(&mut self, tap: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>) {
+        Replica::tap_applied(self, tap);
     }
 }
 
@@ -376,7 +382,13 @@ struct Cell<H> {
     memory: Mutex<Option<MemoryUse>>,
     /// Bytes its driver holds for it outside the mailbox ([`ObjectRef::hold`]).
     held: AtomicUsize,
+    /// Where the object's applied events are announced ([`ObjectRef::applied`]).
+    applied: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>,
 }
+
+/// Applied events a watcher may fall behind by before it misses some (it is
+/// told, and its stream ends).
+const APPLIED_QUEUE: usize = 4096;
 
 struct Timed {
     at: Instant,
@@ -493,11 +505,13 @@ impl Executor {
     /// worker, if the object is quarantined.
     pub fn spawn<H: Hosted>(
         &self,
-        replica: H,
+        mut replica: H,
         budgets: &Budgets,
         on_quarantine: impl FnOnce(String) + Send + 'static,
     ) -> ObjectRef<H> {
         self.shared.objects.fetch_add(1, Ordering::Relaxed);
+        let (applied, _) = tokio::sync::broadcast::channel(APPLIED_QUEUE);
+        replica.tap_applied(applied.clone());
         let memory = replica.memory();
         let cell = Arc::new(Cell {
             memory: Mutex::new(memory),
@@ -518,6 +532,7 @@ impl Executor {
             digest_fresh: AtomicBool::new(false),
             last_digest: Mutex::new((Instant::now() - DIGEST_INTERVAL, Duration::ZERO)),
             mailbox_bytes: self.shared.config.mailbox_bytes,
+            applied,
         });
         ObjectRef {
             cell,
@@ -583,6 +598,11 @@ impl<H> std::fmt::Debug for ObjectRef<H> {
 }
 
 impl<H: Hosted> ObjectRef<H> {
+    /// The events the object applies from now on, in the order it applies them.
+    pub fn applied(&self) -> tokio::sync::broadcast::Receiver<crate::runtime::AppliedEvent> {
+        self.cell.applied.subscribe()
+    }
+
     /// Queue `job`, which holds about `bytes` bytes (its event, its arguments). An
     /// empty mailbox always takes one job, whatever its size. A quarantined object's
     /// job is answered at once, on this thread.

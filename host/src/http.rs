@@ -590,10 +590,49 @@ fn notice_json(notice: &crate::group::GroupNotice) -> Json {
 }
 
 /// What the events stream says when the client fell behind the object by more
-/// than the notice queue holds: it missed notices, so the stream ends.
+/// than a queue holds: it missed some, so the stream ends.
 fn lagged_json(missed: u64) -> Json {
     json!({"type": "lagged", "missed": missed,
-           "message": "this client fell behind and missed notices; reconnect and re-read the state"})
+           "message": "this client fell behind and missed events; reconnect and re-read the state"})
+}
+
+/// One applied event of the events stream as JSON.
+fn applied_json(e: &crate::runtime::AppliedEvent) -> Json {
+    json!({"type": "applied", "sender": e.sender, "seq": e.seq.to_string(),
+           "timestamp_ms": e.timestamp_ms.to_string(), "bytes": e.bytes, "rejected": e.rejected})
+}
+
+/// What an events stream reads from: the object's notices and, for objects that
+/// apply events, its applied events.
+struct EventSources {
+    notices: broadcast::Receiver<crate::group::GroupNotice>,
+    applied: Option<broadcast::Receiver<crate::runtime::AppliedEvent>>,
+}
+
+impl EventSources {
+    /// The next message, and whether it is the last (the client fell behind); `None`
+    /// once the object is gone. Each source stays in its own order.
+    async fn next(&mut self) -> Option<(Json, bool)> {
+        use broadcast::error::RecvError;
+        let applied = async {
+            match &mut self.applied {
+                Some(applied) => applied.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            notice = self.notices.recv() => match notice {
+                Ok(notice) => Some((notice_json(&notice), false)),
+                Err(RecvError::Lagged(missed)) => Some((lagged_json(missed), true)),
+                Err(RecvError::Closed) => None,
+            },
+            event = applied => match event {
+                Ok(event) => Some((applied_json(&event), false)),
+                Err(RecvError::Lagged(missed)) => Some((lagged_json(missed), true)),
+                Err(RecvError::Closed) => None,
+            },
+        }
+    }
 }
 
 async fn events(
@@ -607,7 +646,10 @@ async fn events(
         .joined(&name)
         .await
         .ok_or_else(|| ApiError::from(NodeError::NotJoined(name.clone())))?;
-    let notices = joined.object.subscribe();
+    let sources = EventSources {
+        notices: joined.object.subscribe(),
+        applied: joined.object.applied(),
+    };
     let wants_socket = headers.contains_key(header::UPGRADE);
     if wants_socket {
         let (mut parts, _) = request.into_parts();
@@ -616,16 +658,14 @@ async fn events(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
         return Ok(upgrade
             .max_message_size(64 << 10)
-            .on_upgrade(move |socket| socket_events(socket, notices)));
+            .on_upgrade(move |socket| socket_events(socket, sources)));
     }
-    // Server-Sent Events: one `data:` line of JSON per notice.
-    let stream = futures_util::stream::unfold(Some(notices), |state| async move {
-        let mut notices = state?;
-        let (json, next) = match notices.recv().await {
-            Ok(notice) => (notice_json(&notice), Some(notices)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => (lagged_json(missed), None),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
+    // Server-Sent Events: one `data:` line of JSON per message. A client that
+    // does not read blocks only this stream, whose sources are bounded queues.
+    let stream = futures_util::stream::unfold(Some(sources), |state| async move {
+        let mut sources = state?;
+        let (json, end) = sources.next().await?;
+        let next = if end { None } else { Some(sources) };
         Some((
             Ok::<_, std::convert::Infallible>(Bytes::from(format!("data: {json}\n\n"))),
             next,
@@ -641,22 +681,15 @@ async fn events(
     Ok(response)
 }
 
-/// Forward notices to a WebSocket until either side ends. A client that takes
+/// Forward events to a WebSocket until either side ends. A client that takes
 /// longer than [`SLOW_CLIENT`] to accept a message, or falls behind by more than
-/// the notice queue, is disconnected: nothing is buffered for it beyond the
-/// queue every subscriber shares.
-async fn socket_events(
-    mut socket: WebSocket,
-    mut notices: broadcast::Receiver<crate::group::GroupNotice>,
-) {
+/// a queue, is disconnected: nothing is buffered for it beyond the queues every
+/// subscriber shares.
+async fn socket_events(mut socket: WebSocket, mut sources: EventSources) {
     loop {
         tokio::select! {
-            notice = notices.recv() => {
-                let (json, end) = match notice {
-                    Ok(notice) => (notice_json(&notice), false),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => (lagged_json(missed), true),
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
+            next = sources.next() => {
+                let Some((json, end)) = next else { break };
                 let sent = tokio::time::timeout(SLOW_CLIENT, socket.send(Message::Text(json.to_string().into()))).await;
                 match sent {
                     Ok(Ok(())) if !end => {}

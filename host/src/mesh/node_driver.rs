@@ -97,6 +97,10 @@ impl JoinedObject for GroupHandle {
         Box::pin(GroupHandle::snapshot(self))
     }
 
+    fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
+        Some(self.replica().applied())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {
         GroupHandle::subscribe(self)
     }

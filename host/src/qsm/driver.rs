@@ -159,6 +159,11 @@ impl std::fmt::Debug for QsmHandle {
 }
 
 impl QsmHandle {
+    /// The replica on the executor, once the object's task has started it.
+    pub fn replica(&self) -> Option<&ObjectRef> {
+        self.replica.get()
+    }
+
     /// Call a method (WAVE arguments). An update returns once its events are
     /// applied by this replica.
     pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {

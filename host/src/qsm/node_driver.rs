@@ -204,6 +204,10 @@ impl JoinedObject for QsmHandle {
         Box::pin(QsmHandle::snapshot(self))
     }
 
+    fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
+        self.replica().map(|r| r.applied())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {
         QsmHandle::subscribe(self)
     }

@@ -24,8 +24,8 @@ pub use self::aggregate::{
 };
 pub use self::interface::{Method, MethodLookupError, ObjectInterface, type_name};
 pub use self::replica::{
-    CallOutcome, Delivery, MemoryUse, Notification, Replica, ReplicaError, ReplicaIdentity,
-    ReplicaStats,
+    AppliedEvent, CallOutcome, Delivery, MemoryUse, Notification, Replica, ReplicaError,
+    ReplicaIdentity, ReplicaStats,
 };
 pub use self::sandbox::Limit;
 

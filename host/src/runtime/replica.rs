@@ -376,9 +376,34 @@ pub struct Replica {
     last_event_ms: u64,
     calls: u64,
     stats: ReplicaStats,
+    /// Where each applied event is announced, if anyone listens ([`AppliedEvent`]).
+    applied_tap: Option<tokio::sync::broadcast::Sender<AppliedEvent>>,
+}
+
+/// An event the replica applied (or rejected), as a watcher sees it: who sent it,
+/// its place in the sender's sequence, and its size (the payload is the object's
+/// own encoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEvent {
+    /// The member that multicast it.
+    pub sender: String,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// The sender's timestamp (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// The payload's size in bytes.
+    pub bytes: usize,
+    /// The object's reason if it rejected the event.
+    pub rejected: Option<String>,
 }
 
 impl Replica {
+    /// Announce every event applied from now on on `tap` (only while it has
+    /// receivers: an unwatched replica pays one atomic load per event).
+    pub fn tap_applied(&mut self, tap: tokio::sync::broadcast::Sender<AppliedEvent>) {
+        self.applied_tap = Some(tap);
+    }
+
     pub(crate) fn new(
         engine: &Engine,
         logic: Arc<Logic>,
@@ -415,6 +440,7 @@ impl Replica {
             last_event_ms: 0,
             calls: 0,
             stats: ReplicaStats::default(),
+            applied_tap: None,
         })
     }
 
@@ -501,6 +527,17 @@ impl Replica {
                         Some(reason)
                     }
                 };
+                if let Some(tap) = &self.applied_tap
+                    && tap.receiver_count() > 0
+                {
+                    let _ = tap.send(AppliedEvent {
+                        sender: event.sender.clone(),
+                        seq: event.seq,
+                        timestamp_ms: event.timestamp_ms,
+                        bytes: event.payload.len(),
+                        rejected: rejected.clone(),
+                    });
+                }
                 self.maybe_checkpoint();
                 Ok(Delivery {
                     rejected,

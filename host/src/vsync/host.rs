@@ -502,6 +502,11 @@ impl std::fmt::Debug for VsyncHandle {
 }
 
 impl VsyncHandle {
+    /// The replica on the executor.
+    pub fn replica(&self) -> &ObjectRef {
+        &self.replica
+    }
+
     fn failed(&self, e: GroupFailure) -> GroupError {
         let object = self.object.clone();
         match e {

@@ -140,6 +140,10 @@ impl JoinedObject for VsyncHandle {
         Box::pin(VsyncHandle::snapshot(self))
     }
 
+    fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
+        Some(self.replica().applied())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {
         VsyncHandle::subscribe(self)
     }

@@ -252,21 +252,23 @@ fn two_nodes_join_call_and_stream_through_the_api() {
         rt.block_on(async move {
             let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
             ready_tx.send(()).unwrap();
-            let mut seen = Vec::new();
+            let (mut seen, mut applied) = (Vec::new(), Vec::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while seen.len() < 40 {
+            while seen.len() < 40 || applied.len() < 40 {
                 let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await
                 else {
                     break;
                 };
                 if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-                    let notice: Json = serde_json::from_str(&text).unwrap();
-                    if notice["type"] == "notification" {
-                        seen.push(notice["detail"].as_str().unwrap().to_string());
+                    let event: Json = serde_json::from_str(&text).unwrap();
+                    if event["type"] == "notification" {
+                        seen.push(event["detail"].as_str().unwrap().to_string());
+                    } else if event["type"] == "applied" {
+                        applied.push(event);
                     }
                 }
             }
-            seen
+            (seen, applied)
         })
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -289,8 +291,9 @@ fn two_nodes_join_call_and_stream_through_the_api() {
             assert_eq!(reply.json(), json!({"results": [{"ok": null}]}));
         }
     }
-    let seen = watcher.join().unwrap();
+    let (seen, applied_events) = watcher.join().unwrap();
     assert_eq!(seen.len(), 40, "the WebSocket saw {seen:?}");
+    assert_eq!(applied_events.len(), 40, "{applied_events:?}");
     // The order of the notices is the order the replica applied the posts in.
     let history = call(b, "history", json!([100])).json();
     let applied: Vec<String> = history["results"][0]
@@ -306,6 +309,32 @@ fn two_nodes_join_call_and_stream_through_the_api() {
         })
         .collect();
     assert_eq!(seen, applied);
+    // The applied events come in the same order, each sender's numbered 1, 2, ...
+    let senders: Vec<&str> = history["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sender"].as_str().unwrap())
+        .collect();
+    let event_senders: Vec<&str> = applied_events
+        .iter()
+        .map(|e| e["sender"].as_str().unwrap())
+        .collect();
+    assert_eq!(event_senders, senders);
+    for sender in [senders[0], senders[senders.len() - 1]] {
+        let seqs: Vec<&str> = applied_events
+            .iter()
+            .filter(|e| e["sender"] == sender)
+            .map(|e| e["seq"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (1..=seqs.len()).map(|n| n.to_string()).collect();
+        assert_eq!(seqs, expected, "{sender}'s events");
+    }
+    assert!(
+        applied_events
+            .iter()
+            .all(|e| e["rejected"].is_null() && e["bytes"].as_u64() > Some(0))
+    );
     // 64-bit results are strings; both replicas agree.
     assert_eq!(
         call(a, "count", json!([])).json(),
