@@ -730,3 +730,65 @@ fn a_stalled_websocket_client_is_disconnected_and_the_others_get_everything() {
         json!({"results": [POSTS.to_string()]})
     );
 }
+
+/// With a token, every request must carry it, in the `Authorization` header or,
+/// for browsers' WebSocket and EventSource, the query; a wrong one is refused
+/// like a missing one.
+#[test]
+fn a_token_guards_every_route() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let (node, _) = start_node_with(
+        &home,
+        1,
+        &directory.addr,
+        &directory.root,
+        &["--http", "127.0.0.1:0", "--http-token", "s3cret-token"],
+        &["http api on "],
+    );
+    let line = node.value("http api on ");
+    assert!(line.ends_with("(token s3cret-token)"), "{line}");
+    let a = line
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for (headers, path, status) in [
+        (vec![], "/v1/node", 401),
+        (
+            vec![("Authorization", "Bearer wrong-token!")],
+            "/v1/node",
+            401,
+        ),
+        (
+            vec![("Authorization", "Bearer s3cret-token")],
+            "/v1/node",
+            200,
+        ),
+        (vec![], "/v1/node?token=s3cret-token", 200),
+        (vec![], "/v1/node?token=s3cret-tokem", 401),
+        (vec![], "/v1/openapi.json", 401),
+    ] {
+        let reply = http(&a, "GET", path, &headers, "");
+        assert_eq!(reply.status, status, "{path} {headers:?}: {}", reply.body);
+        if status == 401 {
+            assert_eq!(reply.kind(), "unauthorized");
+        }
+    }
+    // Nothing is joined through a refused request.
+    let refused = post(
+        &a,
+        "/v1/objects",
+        &json!({"name": ROOM, "found": true}).to_string(),
+    );
+    assert_eq!(refused.status, 401);
+    let objects = http(
+        &a,
+        "GET",
+        "/v1/objects",
+        &[("Authorization", "Bearer s3cret-token")],
+        "",
+    );
+    assert_eq!(objects.json(), json!({"objects": []}));
+}
