@@ -195,9 +195,61 @@ fn nodes_share_a_ticker_over_multicast_survive_a_kill_9_and_refuse_strangers() {
         );
         assert!(joined.starts_with("joined "), "{joined}");
     }
+    // Node 2's HTTP events stream (Server-Sent Events) sees every quote it applies.
+    let http = nodes[1]
+        .as_ref()
+        .unwrap()
+        .value("http api on ")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut events = std::net::TcpStream::connect(&http).unwrap();
+    events
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut events,
+        format!(
+            "GET /v1/objects/{}/events HTTP/1.1\r\nHost: {http}\r\n\r\n",
+            TICKER.replace(':', "%3A").replace('/', "%2F")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut events = std::io::BufReader::new(events);
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut events, &mut status).unwrap();
+    assert!(status.contains(" 200 "), "{status}");
     // Every node publishes; every node applies every quote, in each sender's order.
     for n in 1..=3 {
         d.publish_quotes(n, 1, 20);
+    }
+    let mut per_sender: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut line = String::new();
+    while per_sender.values().map(Vec::len).sum::<usize>() < 60 {
+        line.clear();
+        if std::io::BufRead::read_line(&mut events, &mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(data) = line.trim().strip_prefix("data: ") {
+            let event: serde_json::Value = serde_json::from_str(data).unwrap();
+            if event["type"] == "applied" {
+                per_sender
+                    .entry(event["sender"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(event["seq"].as_str().unwrap().parse().unwrap());
+            }
+        }
+    }
+    assert_eq!(per_sender.len(), 3, "{per_sender:?}");
+    for (sender, seqs) in &per_sender {
+        assert_eq!(
+            *seqs,
+            (1..=20).collect::<Vec<u64>>(),
+            "{sender}'s quotes over HTTP"
+        );
     }
     eventually(30, "every node applied 60 quotes", || {
         (1..=3).all(|n| d.count(n) == Some(60))

@@ -163,6 +163,8 @@ async fn every_replica_agrees_on_who_won_each_slap_race() {
 async fn an_overdraft_aborts_at_every_replica_and_changes_nothing() {
     let (runtime, logic) = load(liveobjects_objects::LEDGER.as_ref());
     let (_hosts, ledgers) = group_of_three(&runtime, &logic, "lo://bank/books").await;
+    // A watcher of the third replica sees each event it applies, and the refused one.
+    let mut applied = ledgers[2].replica().applied();
     ledgers[0]
         .call("open", &["\"alice\"", "100"])
         .await
@@ -181,6 +183,23 @@ async fn an_overdraft_aborts_at_every_replica_and_changes_nothing() {
         "{refused}"
     );
     assert!(refused.to_string().contains("lo://bank/books"), "{refused}");
+    // The caller's replica answered; the third may apply the refusal a moment later.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), applied.recv()).await {
+            Ok(Ok(event)) => seen.push(event),
+            _ => break,
+        }
+    }
+    let accepted = seen.iter().filter(|e| e.rejected.is_none()).count();
+    assert_eq!(accepted, 3, "two opens and a transfer: {seen:?}");
+    assert!(
+        seen.iter().any(|e| e
+            .rejected
+            .as_deref()
+            .is_some_and(|r| r.contains("no overdrafts"))),
+        "{seen:?}"
+    );
     for l in &ledgers {
         assert_eq!(
             l.call("balance", &["\"alice\""]).await.unwrap(),
