@@ -27,7 +27,6 @@
 
 use crate::json::{
     JsonValueError, json_to_wave, node_status_json, object_status_json, record_json, schema,
-    wave_to_json,
 };
 use crate::node::{Node, NodeError};
 use axum::Router;
@@ -378,19 +377,18 @@ async fn node_status(State(api): State<Api>) -> Answer {
 }
 
 async fn list_objects(State(api): State<Api>) -> Answer {
-    let s = api.node.status().await;
-    let objects: Vec<Json> = s.objects.iter().map(object_status_json).collect();
+    let objects: Vec<Json> = api
+        .node
+        .objects_status()
+        .await
+        .iter()
+        .map(object_status_json)
+        .collect();
     ok(json!({ "objects": objects }))
 }
 
 async fn object_status(State(api): State<Api>, Path(name): Path<String>) -> Answer {
-    let s = api.node.status().await;
-    let object = s
-        .objects
-        .iter()
-        .find(|o| o.name == name)
-        .ok_or_else(|| ApiError::from(NodeError::NotJoined(name.clone())))?;
-    ok(object_status_json(object))
+    ok(object_status_json(&api.node.object_status(&name).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -440,11 +438,7 @@ async fn leave(State(api): State<Api>, Path(name): Path<String>) -> Answer {
 }
 
 async fn interface(State(api): State<Api>, Path(name): Path<String>) -> Answer {
-    let joined = api
-        .node
-        .joined(&name)
-        .await
-        .ok_or_else(|| ApiError::from(NodeError::NotJoined(name.clone())))?;
+    let joined = api.node.joined(&name).await?;
     let Some(interface) = &joined.interface else {
         return ok(json!({"name": name, "driver": joined.driver, "methods": []}));
     };
@@ -492,11 +486,7 @@ async fn call(
             "the body of a call is a JSON array of its arguments, like [\"hi\"] or []",
         ));
     };
-    let joined = api
-        .node
-        .joined(&name)
-        .await
-        .ok_or_else(|| ApiError::from(NodeError::NotJoined(name.clone())))?;
+    let joined = api.node.joined(&name).await?;
     let Some(interface) = &joined.interface else {
         // An aggregate has no WIT methods: its arguments are WAVE text.
         let wave: Vec<String> = args
@@ -558,18 +548,13 @@ async fn call(
     }
     let wave: Vec<&str> = wave.iter().map(String::as_str).collect();
     let results = api.node.call_object(&name, &method, &wave).await?;
-    let results = results
-        .iter()
-        .zip(&found.results)
-        .map(|(text, ty)| wave_to_json::<Val>(ty, text))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "bad-result",
-                e.to_string(),
-            )
-        })?;
+    let results = crate::json::results_to_json(found, &results).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad-result",
+            e.to_string(),
+        )
+    })?;
     ok(json!({ "results": results }))
 }
 
@@ -641,11 +626,7 @@ async fn events(
     headers: HeaderMap,
     request: Request,
 ) -> Answer {
-    let joined = api
-        .node
-        .joined(&name)
-        .await
-        .ok_or_else(|| ApiError::from(NodeError::NotJoined(name.clone())))?;
+    let joined = api.node.joined(&name).await?;
     let sources = EventSources {
         notices: joined.object.subscribe(),
         applied: joined.object.applied(),

@@ -583,6 +583,18 @@ pub fn wave_to_json<V: WasmValue>(ty: &V::Type, wave: &str) -> Result<Json, Json
     to_json(&value)
 }
 
+/// A method's results, given as WAVE text, as JSON by its result types.
+pub fn results_to_json(
+    method: &crate::runtime::Method,
+    results: &[String],
+) -> Result<Vec<Json>, JsonValueError> {
+    results
+        .iter()
+        .zip(&method.results)
+        .map(|(text, ty)| wave_to_json::<wasmtime::component::Val>(ty, text))
+        .collect()
+}
+
 /// A verified directory record as JSON (`lo resolve --json`, `lo ls --json`, the
 /// HTTP API): what `lo resolve` prints, with the same names.
 pub fn record_json(v: &liveobjects_directory::verify::VerifiedRecord) -> Json {

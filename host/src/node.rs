@@ -406,10 +406,12 @@ impl Node {
             return Ok(());
         };
         if let ControlRequest::Watch { name } = request {
-            let group = self.objects.lock().await.get(&name).cloned();
-            let Some(group) = group else {
-                let error = NodeError::NotJoined(name).to_string();
-                return write_message(&mut stream, &ControlResponse::Error(error)).await;
+            let group = match self.joined(&name).await {
+                Ok(group) => group,
+                Err(e) => {
+                    let error = ControlResponse::Error(e.to_string());
+                    return write_message(&mut stream, &error).await;
+                }
             };
             let mut notices = group.object.subscribe();
             while let Ok(notice) = notices.recv().await {
@@ -489,14 +491,14 @@ impl Node {
         }
     }
 
-    /// The joined object `name`, if this node has joined it.
-    pub async fn joined(&self, name: &str) -> Option<Joined> {
-        self.objects.lock().await.get(name).cloned()
-    }
-
-    /// Names of the objects this node has joined.
-    pub async fn joined_names(&self) -> Vec<String> {
-        self.objects.lock().await.keys().cloned().collect()
+    /// The joined object `name`, or that this node has not joined it.
+    pub async fn joined(&self, name: &str) -> Result<Joined, NodeError> {
+        self.objects
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotJoined(name.to_string()))
     }
 
     /// Join `name` (resolve, verify, type check against `require`, fetch the
@@ -508,7 +510,7 @@ impl Node {
         require: &str,
         found_if_alone: bool,
     ) -> Result<JoinOutcome, NodeError> {
-        if let Some(joined) = self.joined(name).await {
+        if let Ok(joined) = self.joined(name).await {
             return already_joined(name, &joined, require).await;
         }
         if !self.joining.lock().await.insert(name.to_string()) {
@@ -527,10 +529,7 @@ impl Node {
         method: &str,
         args: &[&str],
     ) -> Result<Vec<String>, NodeError> {
-        let joined = self
-            .joined(name)
-            .await
-            .ok_or_else(|| NodeError::NotJoined(name.to_string()))?;
+        let joined = self.joined(name).await?;
         Ok(joined.object.call(method, args).await?)
     }
 
@@ -543,10 +542,7 @@ impl Node {
         method: &str,
         results: &[String],
     ) -> Result<Vec<serde_json::Value>, String> {
-        let joined = self
-            .joined(name)
-            .await
-            .ok_or_else(|| NodeError::NotJoined(name.to_string()).to_string())?;
+        let joined = self.joined(name).await.map_err(|e| e.to_string())?;
         let Some(interface) = &joined.interface else {
             return Ok(results
                 .iter()
@@ -556,14 +552,7 @@ impl Node {
         let method = interface
             .find(method)
             .map_err(|_| format!("{name} has no method {method}"))?;
-        results
-            .iter()
-            .zip(&method.results)
-            .map(|(text, ty)| {
-                crate::json::wave_to_json::<wasmtime::component::Val>(ty, text)
-                    .map_err(|e| e.to_string())
-            })
-            .collect()
+        crate::json::results_to_json(method, results).map_err(|e| e.to_string())
     }
 
     /// Leave the joined object `name`.
@@ -578,9 +567,9 @@ impl Node {
         Ok(())
     }
 
-    /// What this node runs, from what drivers and the executor published: it
-    /// answers within a bound whatever the objects are doing.
-    pub async fn status(&self) -> NodeStatus {
+    /// Each joined object's status (without the drivers' own reports, which
+    /// [`status`](Self::status) adds).
+    pub async fn objects_status(&self) -> Vec<ObjectStatus> {
         // Never hold the objects lock across an object: copy the handles out.
         let joined: Vec<(String, Joined)> = self
             .objects
@@ -593,6 +582,19 @@ impl Node {
         for (name, group) in joined {
             objects.push(object_status(name, &group).await);
         }
+        objects
+    }
+
+    /// The status of the joined object `name`.
+    pub async fn object_status(&self, name: &str) -> Result<ObjectStatus, NodeError> {
+        let joined = self.joined(name).await?;
+        Ok(object_status(name.to_string(), &joined).await)
+    }
+
+    /// What this node runs, from what drivers and the executor published: it
+    /// answers within a bound whatever the objects are doing.
+    pub async fn status(&self) -> NodeStatus {
+        let objects = self.objects_status().await;
         let mut drivers = Vec::new();
         for driver in &self.drivers.drivers {
             let name = driver.info().name.to_string();

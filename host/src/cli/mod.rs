@@ -380,14 +380,7 @@ fn call(
             .interface()
             .find(method)
             .map_err(|_| anyhow::anyhow!("{object} has no method {method}"))?;
-        let values = outcome
-            .results
-            .iter()
-            .zip(&method.results)
-            .map(|(text, ty)| {
-                liveobjects_host::json::wave_to_json::<wasmtime::component::Val>(ty, text)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = liveobjects_host::json::results_to_json(method, &outcome.results)?;
         print_json(&serde_json::json!({ "results": values }));
     } else {
         print_results(&outcome.results);

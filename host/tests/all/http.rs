@@ -9,7 +9,7 @@
 //! exactly what the node answers.
 
 use crate::common::{Daemon, DirectoryProcess, Home};
-use crate::node::{control, directory_with_acme_zone, start_node_with};
+use crate::node::{control, directory_with_acme_zone, publish_mesh, start_node_with};
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -115,6 +115,16 @@ fn call(addr: &str, method: &str, args: Json) -> Reply {
     )
 }
 
+/// Run `future` to its end on a runtime of its own (each WebSocket client runs
+/// on a thread of its own while the test makes calls).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 struct Cluster {
     home: Home,
     _directory: DirectoryProcess,
@@ -154,19 +164,7 @@ fn cluster() -> Cluster {
         }
         nodes.push(daemon);
     }
-    let acme = home.path("acme.key");
-    home.ok_owned(directory.args(&[
-        "publish",
-        liveobjects_objects::CHAT,
-        "--name",
-        ROOM,
-        "--reliability",
-        "total-order",
-        "--driver-opt",
-        &format!("seeds={seed}"),
-        "--key",
-        acme.to_str().unwrap(),
-    ]));
+    publish_mesh(&home, &directory, ROOM, liveobjects_objects::CHAT, &seed);
     Cluster {
         home,
         _directory: directory,
@@ -245,11 +243,7 @@ fn two_nodes_join_call_and_stream_through_the_api() {
     let url = format!("ws://{b}/v1/objects/{}/events", enc(ROOM));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        block_on(async move {
             let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
             ready_tx.send(()).unwrap();
             let (mut seen, mut applied) = (Vec::new(), Vec::new());
@@ -642,11 +636,7 @@ fn a_stalled_websocket_client_is_disconnected_and_the_others_get_everything() {
             socket.connect(&addr.into()).unwrap();
             let stream: std::net::TcpStream = socket.into();
             stream.set_nonblocking(true).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            block_on(async move {
                 let stream = tokio::net::TcpStream::from_std(stream).unwrap();
                 let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
                 ready_tx.send(()).unwrap();
@@ -672,11 +662,7 @@ fn a_stalled_websocket_client_is_disconnected_and_the_others_get_everything() {
         })
     };
     let healthy = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        block_on(async move {
             let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
             ready_tx.send(()).unwrap();
             let mut texts = Vec::new();

@@ -347,7 +347,13 @@ const CHAIN: &str = "lo://acme/hostile/chain";
 const STUCK: &str = "lo://acme/hostile/stuck-snapshot";
 
 /// Publish `name` as a total-order mesh object of `logic` seeded at `seed`.
-fn publish_mesh(home: &Home, directory: &DirectoryProcess, name: &str, logic: &str, seed: &str) {
+pub(crate) fn publish_mesh(
+    home: &Home,
+    directory: &DirectoryProcess,
+    name: &str,
+    logic: &str,
+    seed: &str,
+) {
     let acme_key = home.path("acme.key");
     let seeds = format!("seeds={seed}");
     home.ok_owned(directory.args(&[
