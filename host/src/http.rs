@@ -15,6 +15,9 @@
 //!
 //! Errors are `{"error": {"kind", "message", ...}}` with a matching status.
 //!
+//! `GET /` is the web page (`src/web/`, embedded in the binary): a folder browser,
+//! objects with forms generated from their WIT types, live feeds and documents.
+//!
 //! Security: on a loopback address no token is needed, but the `Host` header must
 //! name a loopback host (a web page on another site that rebinds its DNS name to
 //! 127.0.0.1 is refused). On any other address every request needs the token
@@ -117,6 +120,8 @@ fn router(api: Api) -> Router {
         .route("/v1/directory", get(list_folder))
         .route("/v1/directory/resolve", get(resolve))
         .route("/v1/openapi.json", get(openapi))
+        .route("/", get(page))
+        .route("/assets/{file}", get(asset))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -161,6 +166,26 @@ impl ApiError {
         self.details.insert(key.into(), value.into());
         self
     }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The stable name of the failure (`bad-argument`, `not-joined`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// A detail for programs (`argument`, `param`, `path`, `reference`, ...).
+    pub fn detail(&self, key: &str) -> Option<&Json> {
+        self.details.get(key)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -185,7 +210,13 @@ impl From<NodeError> for ApiError {
             | "refused" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, kind, e.to_string())
+        let error = ApiError::new(status, kind, e.to_string());
+        match e {
+            NodeError::BadReference { argument, name, .. } => {
+                error.with("argument", argument).with("reference", name)
+            }
+            _ => error,
+        }
     }
 }
 
@@ -355,7 +386,7 @@ impl Buckets {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Json, ApiError> {
+fn parse_body(body: &[u8]) -> Result<Json, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -391,26 +422,44 @@ async fn object_status(State(api): State<Api>, Path(name): Path<String>) -> Answ
     ok(object_status_json(&api.node.object_status(&name).await?))
 }
 
-#[derive(serde::Deserialize)]
+/// A join request (`POST /v1/objects`), decoded.
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JoinBody {
-    name: String,
+pub struct JoinRequest {
+    /// The object's name.
+    pub name: String,
+    /// Aspects it must provide.
     #[serde(default)]
-    require: Vec<String>,
+    pub require: Vec<String>,
+    /// Found the group if no member answers.
     #[serde(default)]
-    found: bool,
+    pub found: bool,
+    /// Also join every object it references (a document's embedded objects).
+    #[serde(default)]
+    pub references: bool,
 }
 
-async fn join(State(api): State<Api>, body: Bytes) -> Answer {
-    let request: JoinBody = serde_json::from_value(parse_body(&body)?).map_err(|e| {
+/// Decode the body of a join: a JSON object, or a `bad-json` / `bad-request`
+/// error saying what is wrong.
+pub fn decode_join(body: &[u8]) -> Result<JoinRequest, ApiError> {
+    let refuse = |why: String| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad-request",
             format!(
-                "a join is {{\"name\": \"lo://...\", \"require\": [aspects], \"found\": bool}}: {e}"
+                "a join is {{\"name\": \"lo://...\", \"require\": [aspects], \"found\": bool, \"references\": bool}}: {why}"
             ),
         )
-    })?;
+    };
+    // Only an object: serde would also read a struct from an array of its fields.
+    let body @ Json::Object(_) = parse_body(body)? else {
+        return Err(refuse("the body is not a JSON object".into()));
+    };
+    serde_json::from_value(body).map_err(|e| refuse(e.to_string()))
+}
+
+async fn join(State(api): State<Api>, body: Bytes) -> Answer {
+    let request = decode_join(&body)?;
     let outcome = api
         .node
         .join_object(&request.name, &request.require.join(","), request.found)
@@ -420,16 +469,35 @@ async fn join(State(api): State<Api>, body: Bytes) -> Answer {
     } else {
         StatusCode::CREATED
     };
-    Ok((
-        status,
-        axum::Json(json!({
-            "name": request.name,
-            "version": outcome.version,
-            "members": outcome.members,
-            "already": outcome.already,
-        })),
-    )
-        .into_response())
+    let mut answer = json!({
+        "name": request.name,
+        "version": outcome.version,
+        "members": outcome.members,
+        "already": outcome.already,
+    });
+    if request.references {
+        // Each reference's own outcome: one that does not resolve or fit is
+        // reported, and the others are joined all the same.
+        let joins = api.node.join_references(&request.name).await?;
+        answer["references"] = joins
+            .into_iter()
+            .map(|j| {
+                let mut line = json!({"name": j.reference.name, "require": j.reference.require});
+                match j.outcome {
+                    Ok(o) => {
+                        line["joined"] = true.into();
+                        line["version"] = o.version.into();
+                    }
+                    Err(e) => {
+                        line["joined"] = false.into();
+                        line["error"] = json!({"kind": e.kind(), "message": e.to_string()});
+                    }
+                }
+                line
+            })
+            .collect();
+    }
+    Ok((status, axum::Json(answer)).into_response())
 }
 
 async fn leave(State(api): State<Api>, Path(name): Path<String>) -> Answer {
@@ -468,24 +536,74 @@ async fn interface(State(api): State<Api>, Path(name): Path<String>) -> Answer {
     ok(json!({"name": name, "driver": joined.driver, "methods": methods}))
 }
 
+/// Decode a call's body against `method`: a JSON array of its arguments, each
+/// turned into the WAVE text a replica parses (no body: no arguments). Errors are
+/// `bad-json`, `bad-request` or `bad-argument` (with the argument's index, name
+/// and the path inside it).
+pub fn decode_call(method: &crate::runtime::Method, body: &[u8]) -> Result<Vec<String>, ApiError> {
+    decode_arguments(method, &call_arguments(body)?)
+}
+
+/// The JSON array of a call's body.
+fn call_arguments(body: &[u8]) -> Result<Vec<Json>, ApiError> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    match parse_body(body)? {
+        Json::Array(args) => Ok(args),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "the body of a call is a JSON array of its arguments, like [\"hi\"] or []",
+        )),
+    }
+}
+
+fn decode_arguments(
+    found: &crate::runtime::Method,
+    args: &[Json],
+) -> Result<Vec<String>, ApiError> {
+    if args.len() != found.params.len() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-argument",
+            format!(
+                "{} takes {} argument(s), got {}",
+                found.signature(),
+                found.params.len(),
+                args.len()
+            ),
+        )
+        .with("signature", found.signature()));
+    }
+    let mut wave = Vec::with_capacity(args.len());
+    for (i, ((param, ty), arg)) in found.params.iter().zip(args).enumerate() {
+        let text = json_to_wave::<Val>(ty, arg).map_err(|e: JsonValueError| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-argument",
+                format!(
+                    "argument {} ({param}: {}) of {}: {e}",
+                    i + 1,
+                    crate::runtime::type_name(ty),
+                    found.signature()
+                ),
+            )
+            .with("argument", i)
+            .with("param", param.as_str())
+            .with("path", e.path.as_str())
+        })?;
+        wave.push(text);
+    }
+    Ok(wave)
+}
+
 async fn call(
     State(api): State<Api>,
     Path((name, method)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    // No body: no arguments.
-    let args = if body.is_empty() {
-        Json::Array(Vec::new())
-    } else {
-        parse_body(&body)?
-    };
-    let Json::Array(args) = args else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the body of a call is a JSON array of its arguments, like [\"hi\"] or []",
-        ));
-    };
+    let args = call_arguments(&body)?;
     let joined = api.node.joined(&name).await?;
     let Some(interface) = &joined.interface else {
         // An aggregate has no WIT methods: its arguments are WAVE text.
@@ -514,38 +632,7 @@ async fn call(
         };
         ApiError::new(StatusCode::NOT_FOUND, "no-such-method", message)
     })?;
-    if args.len() != found.params.len() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-argument",
-            format!(
-                "{} takes {} argument(s), got {}",
-                found.signature(),
-                found.params.len(),
-                args.len()
-            ),
-        )
-        .with("signature", found.signature()));
-    }
-    let mut wave = Vec::with_capacity(args.len());
-    for (i, ((param, ty), arg)) in found.params.iter().zip(&args).enumerate() {
-        let text = json_to_wave::<Val>(ty, arg).map_err(|e: JsonValueError| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-argument",
-                format!(
-                    "argument {} ({param}: {}) of {}: {e}",
-                    i + 1,
-                    crate::runtime::type_name(ty),
-                    found.signature()
-                ),
-            )
-            .with("argument", i)
-            .with("param", param.as_str())
-            .with("path", e.path.as_str())
-        })?;
-        wave.push(text);
-    }
+    let wave = decode_arguments(found, &args)?;
     let wave: Vec<&str> = wave.iter().map(String::as_str).collect();
     let results = api.node.call_object(&name, &method, &wave).await?;
     let results = crate::json::results_to_json(found, &results).map_err(|e| {
@@ -753,6 +840,60 @@ fn directory_error(e: liveobjects_directory::client::ResolveError) -> ApiError {
     ApiError::new(status, kind, message)
 }
 
+/// The page's files, embedded: the page works with no network beyond this node.
+const WEB_ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("web/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("web/app.css"),
+    ),
+];
+
+/// Headers every page file carries: nothing but this node may supply scripts,
+/// styles or connections; no framing (clickjacking); the token in the page's
+/// address is never sent on as a referrer.
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 6] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ]
+}
+
+async fn page() -> Response {
+    (
+        page_headers("text/html; charset=utf-8"),
+        include_str!("web/index.html"),
+    )
+        .into_response()
+}
+
+async fn asset(Path(file): Path<String>) -> Answer {
+    let (_, content_type, body) = WEB_ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no-such-route",
+                format!("the page has no file {file:?}"),
+            )
+        })?;
+    Ok((page_headers(content_type), *body).into_response())
+}
+
 async fn openapi() -> Answer {
     ok(openapi_document())
 }
@@ -776,7 +917,8 @@ pub fn openapi_document() -> Json {
             "type": "object", "required": ["error"],
             "properties": {"error": {"type": "object", "required": ["kind", "message"],
                 "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
-                    "argument": {"type": "integer"}, "param": {"type": "string"}, "path": {"type": "string"}}}}
+                    "argument": {"type": "integer"}, "param": {"type": "string"}, "path": {"type": "string"},
+                    "reference": {"type": "string"}}}}
         }}},
         "paths": {
             "/v1/node": {"get": {"summary": "the node, its drivers and objects", "responses": answers("200", "node status")}},
@@ -786,7 +928,7 @@ pub fn openapi_document() -> Json {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["name"], "additionalProperties": false,
                         "properties": {"name": {"type": "string"}, "require": {"type": "array", "items": {"type": "string"}},
-                            "found": {"type": "boolean"}}}}}},
+                            "found": {"type": "boolean"}, "references": {"type": "boolean"}}}}}},
                     "responses": answers("201", "joined (200: joined already)")},
             },
             "/v1/objects/{name}": {

@@ -17,6 +17,10 @@
 //! - [`driver`]: the one `Driver` trait and the table of drivers; [`group`]: the
 //!   vocabulary every driver's objects share (errors, notices, status).
 //!
+//! - [`http`] and [`json`]: the HTTP+JSON API, the web page and the WIT-to-JSON
+//!   mapping; [`references`]: typed references between objects (live documents),
+//!   checked by the host.
+//!
 //! The `lo` binary (`src/main.rs`) is the command-line front end.
 //!
 //! [`Replica`]: runtime::Replica
@@ -33,5 +37,6 @@ pub mod local;
 pub mod mesh;
 pub mod node;
 pub mod qsm;
+pub mod references;
 pub mod runtime;
 pub mod vsync;

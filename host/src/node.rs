@@ -230,6 +230,20 @@ pub enum NodeError {
     /// The call failed.
     #[error(transparent)]
     Call(#[from] crate::group::GroupError),
+    /// A call's argument holds a typed reference ([`crate::references`]) to an
+    /// object that does not resolve or does not meet what the reference requires.
+    /// Nothing ran.
+    #[error("cannot embed {name}: {reason}")]
+    BadReference {
+        /// Which argument (from 0) holds the reference.
+        argument: usize,
+        /// The referenced object.
+        name: String,
+        /// Why, as `lo join --require` words it.
+        reason: String,
+        /// `type-mismatch`, `resolve-failed` or `bad-argument`.
+        kind: &'static str,
+    },
 }
 
 impl NodeError {
@@ -258,6 +272,7 @@ impl NodeError {
             NodeError::NoDriver { .. } => "no-driver",
             NodeError::BadRequirements(_) => "bad-request",
             NodeError::Call(e) => group(e),
+            NodeError::BadReference { kind, .. } => kind,
             NodeError::Join(e) => match e {
                 JoinError::Resolve(_) => "resolve-failed",
                 JoinError::Type { .. } => "type-mismatch",
@@ -281,6 +296,15 @@ pub struct JoinOutcome {
     pub members: usize,
     /// Whether the node had joined the object before this request.
     pub already: bool,
+}
+
+/// One reference's join, as [`Node::join_references`] did it.
+#[derive(Debug)]
+pub struct ReferenceJoin {
+    /// The reference.
+    pub reference: crate::references::ObjectRef,
+    /// How its join went.
+    pub outcome: Result<JoinOutcome, NodeError>,
 }
 
 /// What a node runs (`lo status`).
@@ -530,6 +554,9 @@ impl Node {
         args: &[&str],
     ) -> Result<Vec<String>, NodeError> {
         let joined = self.joined(name).await?;
+        if let Some(interface) = &joined.interface {
+            crate::references::check_call(&self.resolver, interface, method, args).await?;
+        }
         Ok(joined.object.call(method, args).await?)
     }
 
@@ -553,6 +580,34 @@ impl Node {
             .find(method)
             .map_err(|_| format!("{name} has no method {method}"))?;
         crate::json::results_to_json(method, results).map_err(|e| e.to_string())
+    }
+
+    /// Join every object the joined object `name` references (through its
+    /// `references` method: the `doc` object's), each with the aspects its
+    /// reference requires, so a mismatch is refused as `lo join --require`
+    /// refuses it. An object without such a method references nothing.
+    pub async fn join_references(&self, name: &str) -> Result<Vec<ReferenceJoin>, NodeError> {
+        let joined = self.joined(name).await?;
+        let Some(method) = joined
+            .interface
+            .as_deref()
+            .and_then(crate::references::references_method)
+        else {
+            return Ok(Vec::new());
+        };
+        let results = joined.object.call(&method.name, &[]).await?;
+        let mut references = Vec::new();
+        if let (Some(ty), Some(wave)) = (method.results.first(), results.first()) {
+            references = crate::references::references_in_wave(ty, wave);
+        }
+        let mut joins = Vec::with_capacity(references.len());
+        for reference in references {
+            let outcome = self
+                .join_object(&reference.name, &reference.require.join(","), false)
+                .await;
+            joins.push(ReferenceJoin { reference, outcome });
+        }
+        Ok(joins)
     }
 
     /// Leave the joined object `name`.

@@ -32,7 +32,7 @@ const COUNTER: &str = "lo://demo/counters/hits";
 const CENSUS: &str = "lo://demo/system/census";
 const TICKER: &str = "lo://demo/markets/ticker";
 const LEDGER: &str = "lo://demo/bank/books";
-const NAMES: [&str; 3] = ["alice", "bob", "carol"];
+pub(super) const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
 struct Host {
     name: &'static str,
@@ -42,38 +42,13 @@ struct Host {
 }
 
 pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) -> Result<()> {
-    // 1. An embedded directory with a root key and the zone lo://demo/.
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let root = Identity::generate();
-    let root_key = root.public();
-    let server = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("valid"),
-        db_path: dir.path().join("directory.redb"),
-        root,
-        max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
-    })?;
-    let owner = Identity::generate();
-    let client = Client::connect(server.local_addr()).await?;
-    client.create_zone("lo://demo/", &owner).await?;
-    println!(
-        "directory  {} (embedded; root key {})",
-        server.local_addr(),
-        root_key.short()
-    );
+    // 1. An embedded directory with a root key and the zone lo://demo/; three
+    //    hosts' identities.
+    let embedded = EmbeddedDirectory::start().await?;
+    let (dir, identities) = (&embedded.dir, &embedded.identities);
+    let demo = embedded.demo(runtime);
 
-    // 2. Three hosts, each with its own identity and QUIC endpoint.
-    let identities: Vec<Identity> = NAMES
-        .iter()
-        .map(|name| Identity::generate().with_name(name.parse().ok()))
-        .collect();
-    let demo = Demo {
-        runtime,
-        client: &client,
-        owner: &owner,
-        directory: server.local_addr(),
-        root_key,
-        identities: &identities,
-    };
+    // 2. Three hosts, each with its own QUIC endpoint.
     let config = Config {
         heartbeat: 100,
         suspect_after: 1_500,
@@ -355,14 +330,72 @@ pub(super) async fn run(runtime: &Arc<Runtime>, duration: u64, interval: f64) ->
     }
     drop(ticker);
     drop(ledger);
-    server.shutdown().await;
+    embedded.server.shutdown().await;
     Ok(())
+}
+
+/// The demo's embedded directory (its database in `dir`), with the zone
+/// lo://demo/ and its owner, and the three hosts' named identities.
+pub(super) struct EmbeddedDirectory {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) server: Server,
+    client: Client,
+    owner: Identity,
+    root_key: liveobjects_directory::keys::PublicKey,
+    pub(super) identities: Vec<Identity>,
+}
+
+impl EmbeddedDirectory {
+    /// Start it on a free loopback port, and say where.
+    pub(super) async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let root = Identity::generate();
+        let root_key = root.public();
+        let server = Server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            db_path: dir.path().join("directory.redb"),
+            root,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+        })?;
+        let owner = Identity::generate();
+        let client = Client::connect(server.local_addr()).await?;
+        client.create_zone("lo://demo/", &owner).await?;
+        println!(
+            "directory  {} (embedded; root key {})",
+            server.local_addr(),
+            root_key.short()
+        );
+        let identities = NAMES
+            .iter()
+            .map(|name| Identity::generate().with_name(name.parse().ok()))
+            .collect();
+        Ok(EmbeddedDirectory {
+            dir,
+            server,
+            client,
+            owner,
+            root_key,
+            identities,
+        })
+    }
+
+    /// What the demo's parts publish and join with.
+    pub(super) fn demo<'a>(&'a self, runtime: &'a Arc<Runtime>) -> Demo<'a> {
+        Demo {
+            runtime,
+            client: &self.client,
+            owner: &self.owner,
+            directory: self.server.local_addr(),
+            root_key: self.root_key,
+            identities: &self.identities,
+        }
+    }
 }
 
 /// What every part of the demo publishes and joins with: the runtime, the embedded
 /// directory (a client, the zone owner's key, its address and root key) and the
 /// three hosts' identities.
-struct Demo<'a> {
+pub(super) struct Demo<'a> {
     runtime: &'a Arc<Runtime>,
     client: &'a Client,
     owner: &'a Identity,
@@ -373,7 +406,7 @@ struct Demo<'a> {
 
 impl Demo<'_> {
     /// A resolver of its own for one host (each verifies for itself).
-    async fn resolver(&self) -> Result<Resolver> {
+    pub(super) async fn resolver(&self) -> Result<Resolver> {
         Ok(Resolver::new(
             Client::connect(self.directory).await?,
             self.root_key,
@@ -384,7 +417,7 @@ impl Demo<'_> {
     /// Publish the shipped `object` as `name` (version 1, an hour's validity, its
     /// own interface), with `customize` setting the driver, type and policy;
     /// returns the logic's hash.
-    async fn publish_shipped(
+    pub(super) async fn publish_shipped(
         &self,
         name: &str,
         object: &str,

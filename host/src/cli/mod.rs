@@ -1,6 +1,7 @@
 //! Command-line interface of `lo`.
 
 mod demo;
+mod demo_web;
 mod directory;
 mod gossip;
 mod new;
@@ -141,6 +142,11 @@ enum Command {
         /// Seconds between live updates.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
+        /// Instead: three full nodes serving the web page, sharing a chat, a
+        /// counter, a ticker and a live document that embeds them; prints each
+        /// host's page URL and runs until Ctrl-C (or --duration).
+        #[arg(long)]
+        web: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -195,8 +201,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             duration,
             interval,
+            web,
             runtime: r,
-        } => demo(runtime(&r)?, duration, interval),
+        } => demo(runtime(&r)?, duration, interval, web),
         Command::Gossip(args) => gossip::gossip(runtime(&args.runtime)?, args),
         Command::QsmMembership(args) => qsm::membership(args),
         Command::Keygen { out, name } => directory::keygen(out, name),
@@ -599,8 +606,13 @@ pub(crate) fn repl_line(
     true
 }
 
-fn demo(runtime: Runtime, duration: u64, interval: f64) -> Result<()> {
-    tokio()?.block_on(demo::run(&std::sync::Arc::new(runtime), duration, interval))
+fn demo(runtime: Runtime, duration: u64, interval: f64, web: bool) -> Result<()> {
+    let runtime = std::sync::Arc::new(runtime);
+    if web {
+        tokio()?.block_on(demo_web::run(&runtime, duration, interval))
+    } else {
+        tokio()?.block_on(demo::run(&runtime, duration, interval))
+    }
 }
 
 /// The async runtime the network commands run on (two workers: the machine size we

@@ -9,28 +9,34 @@
 //! exactly what the node answers.
 
 use crate::common::{Daemon, DirectoryProcess, Home};
-use crate::node::{control, directory_with_acme_zone, publish_mesh, start_node_with};
+use crate::node::{
+    control, directory_with_acme_zone, publish_mesh, publish_mesh_with, start_node_with,
+};
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const ROOM: &str = "lo://acme/rooms/lobby";
+pub(crate) const ROOM: &str = "lo://acme/rooms/lobby";
+/// A document (the shipped `doc`).
+pub(crate) const DOC: &str = "lo://acme/docs/plan";
+/// A chat whose record promises only reliable FIFO.
+pub(crate) const FIFO: &str = "lo://acme/rooms/notes";
 
 /// `lo://acme/rooms/lobby` as one path segment.
-fn enc(name: &str) -> String {
+pub(crate) fn enc(name: &str) -> String {
     name.replace(':', "%3A").replace('/', "%2F")
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     head: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn json(&self) -> Json {
+    pub(crate) fn json(&self) -> Json {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
     }
@@ -99,11 +105,11 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
     }
 }
 
-fn get(addr: &str, path: &str) -> Reply {
+pub(crate) fn get(addr: &str, path: &str) -> Reply {
     http(addr, "GET", path, &[], "")
 }
 
-fn post(addr: &str, path: &str, body: &str) -> Reply {
+pub(crate) fn post(addr: &str, path: &str, body: &str) -> Reply {
     http(addr, "POST", path, &[], body)
 }
 
@@ -117,7 +123,7 @@ fn call(addr: &str, method: &str, args: Json) -> Reply {
 
 /// Run `future` to its end on a runtime of its own (each WebSocket client runs
 /// on a thread of its own while the test makes calls).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,19 +131,52 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-struct Cluster {
-    home: Home,
-    _directory: DirectoryProcess,
+pub(crate) struct Cluster {
+    pub(crate) home: Home,
+    pub(crate) directory: DirectoryProcess,
     _nodes: Vec<Daemon>,
     /// Each node's HTTP address.
-    http: Vec<String>,
+    pub(crate) http: Vec<String>,
     /// Node 1's mesh seed (KEY@ADDR).
-    seed: String,
+    pub(crate) seed: String,
+}
+
+impl Cluster {
+    /// Publish the document [`DOC`] and the reliable-FIFO chat [`FIFO`].
+    pub(crate) fn publish_documents(&self) {
+        publish_mesh(
+            &self.home,
+            &self.directory,
+            DOC,
+            liveobjects_objects::DOC,
+            &self.seed,
+        );
+        publish_mesh_with(
+            &self.home,
+            &self.directory,
+            FIFO,
+            liveobjects_objects::CHAT,
+            &self.seed,
+            "reliable-fifo",
+        );
+    }
+
+    /// Node `node` (from 0) joins each of `names`, founding its group.
+    pub(crate) fn found(&self, node: usize, names: &[&str]) {
+        for name in names {
+            let joined = post(
+                &self.http[node],
+                "/v1/objects",
+                &json!({"name": name, "found": true}).to_string(),
+            );
+            assert_eq!(joined.status, 201, "{name}: {}", joined.body);
+        }
+    }
 }
 
 /// A directory with lo://acme/, the chat published with node 1 as its seed, and
 /// two nodes serving the API on free loopback ports.
-fn cluster() -> Cluster {
+pub(crate) fn cluster() -> Cluster {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
     let (dir, root) = (directory.addr.clone(), directory.root.clone());
@@ -167,7 +206,7 @@ fn cluster() -> Cluster {
     publish_mesh(&home, &directory, ROOM, liveobjects_objects::CHAT, &seed);
     Cluster {
         home,
-        _directory: directory,
+        directory,
         _nodes: nodes,
         http,
         seed,
@@ -414,6 +453,12 @@ fn bad_requests_get_their_error_kind_and_change_nothing() {
             "bad-request",
         ),
         (post(a, "/v1/objects", "{\"nam\": 1}"), 400, "bad-request"),
+        // An array of the fields is not a join (serde alone would accept it).
+        (
+            post(a, "/v1/objects", &json!([ROOM, [], true]).to_string()),
+            400,
+            "bad-request",
+        ),
         (
             post(
                 a,
@@ -777,4 +822,127 @@ fn a_token_guards_every_route() {
         "",
     );
     assert_eq!(objects.json(), json!({"objects": []}));
+}
+
+/// Node 1's `references` of the document, as names.
+fn references(addr: &str) -> Vec<String> {
+    let r = post(
+        addr,
+        &format!("/v1/objects/{}/call/references", enc(DOC)),
+        "[]",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A document embeds another object only if the host finds that the object's
+/// record meets what the reference requires: a chat that promises reliable FIFO
+/// embedded where total order is required is refused with the words of `lo join
+/// --require`, through the API and through `lo call`, and nothing changes; a
+/// name that does not resolve and aspects that do not parse are refused too. A
+/// node joining the document with its references joins the embedded objects.
+#[test]
+fn a_document_embeds_only_objects_that_meet_its_references() {
+    let c = cluster();
+    c.publish_documents();
+    let (a, b) = (c.http[0].as_str(), c.http[1].as_str());
+    c.found(0, &[ROOM, DOC, FIFO]);
+    let embed = |reference: Json| {
+        post(
+            a,
+            &format!("/v1/objects/{}/call/embed", enc(DOC)),
+            &json!([reference]).to_string(),
+        )
+    };
+
+    let ok = embed(json!({"name": ROOM, "require": ["total-order"]}));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["results"], json!([{"ok": null}]));
+
+    let refused = embed(json!({"name": FIFO, "require": ["total-order"]}));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let error = &refused.json()["error"];
+    assert_eq!(error["kind"], "type-mismatch");
+    assert_eq!(error["argument"], 0);
+    assert_eq!(error["reference"], FIFO);
+    let words = format!(
+        "cannot embed {FIFO}: you require total-order, but the object offers reliable-fifo"
+    );
+    assert_eq!(error["message"], words.as_str());
+
+    // The same operation through `lo call` and the node's control socket.
+    let cli = c.home.fails_owned(vec![
+        "call".into(),
+        DOC.into(),
+        "embed".into(),
+        format!("{{name: {FIFO:?}, require: [\"total-order\"]}}"),
+        "--control".into(),
+        control(&c.home, 1),
+    ]);
+    assert!(cli.contains(&words), "{cli}");
+
+    let unknown = embed(json!({"name": "lo://acme/rooms/nowhere", "require": []}));
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    assert_eq!(unknown.kind(), "resolve-failed");
+    let nonsense = embed(json!({"name": ROOM, "require": ["totally-ordered"]}));
+    assert_eq!(nonsense.status, 400, "{}", nonsense.body);
+    assert_eq!(nonsense.kind(), "bad-argument");
+    assert!(
+        nonsense.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`totally-ordered` is not an aspect"),
+        "{}",
+        nonsense.body
+    );
+    // Refused calls never ran: the document holds the room only.
+    assert_eq!(references(a), vec![ROOM.to_string()]);
+
+    // Asking for no more than the record gives is accepted.
+    let fits = embed(json!({"name": FIFO, "require": ["reliable-fifo"]}));
+    assert_eq!(
+        fits.json()["results"],
+        json!([{"ok": null}]),
+        "{}",
+        fits.body
+    );
+    // The object's own check: the same object twice is refused by the document.
+    let twice = embed(json!({"name": ROOM, "require": []}));
+    assert_eq!(twice.status, 200, "{}", twice.body);
+    assert!(
+        twice.json()["results"][0]["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("embedded already")),
+        "{}",
+        twice.body
+    );
+    assert_eq!(references(a), vec![ROOM.to_string(), FIFO.to_string()]);
+
+    // Node 2 joins the document and, with it, everything it references.
+    let joined = post(
+        b,
+        "/v1/objects",
+        &json!({"name": DOC, "references": true}).to_string(),
+    );
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    let lines = joined.json()["references"].as_array().unwrap().clone();
+    assert_eq!(lines.len(), 2, "{}", joined.body);
+    for (line, name) in lines.iter().zip([ROOM, FIFO]) {
+        assert_eq!(line["name"], name);
+        assert_eq!(line["joined"], true, "{}", joined.body);
+    }
+    let objects = get(b, "/v1/objects").json();
+    let mut names: Vec<&str> = objects["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![DOC, ROOM, FIFO]);
 }

@@ -339,3 +339,137 @@ fn options_variants_records_and_results_have_one_documented_form() {
             .contains("\"ok\"")
     );
 }
+
+/// Every method of every shipped replicated object, with its real WIT types.
+fn shipped_methods() -> &'static [liveobjects_host::runtime::Method] {
+    use liveobjects_host::runtime::{Runtime, RuntimeConfig};
+    static METHODS: std::sync::OnceLock<Vec<liveobjects_host::runtime::Method>> =
+        std::sync::OnceLock::new();
+    METHODS.get_or_init(|| {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let mut methods = Vec::new();
+        for (name, bytes) in liveobjects_objects::SHIPPED {
+            if let Ok(logic) = runtime.load_bytes(name, bytes) {
+                methods.extend(logic.interface().methods.iter().cloned());
+            }
+        }
+        assert!(methods.len() > 40, "{} methods", methods.len());
+        methods
+    })
+}
+
+/// A request body: random bytes, random JSON, or an array of random JSON.
+fn any_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        any_json().prop_map(|j| j.to_string().into_bytes()),
+        prop::collection::vec(any_json(), 0..4)
+            .prop_map(|a| Json::Array(a).to_string().into_bytes()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// The call decoder against every shipped method and any body: either one
+    /// WAVE text per parameter, each of which the replica's parser accepts for
+    /// that parameter's type, or a 400 naming what is wrong (and, for an
+    /// argument, which one). Never a panic.
+    #[test]
+    fn the_call_decoder_takes_any_body_without_panicking(pick in any::<prop::sample::Index>(), body in any_body()) {
+        let methods = shipped_methods();
+        let method = &methods[pick.index(methods.len())];
+        match liveobjects_host::http::decode_call(method, &body) {
+            Ok(waves) => {
+                prop_assert_eq!(waves.len(), method.params.len());
+                for ((_, ty), w) in method.params.iter().zip(&waves) {
+                    prop_assert!(
+                        from_str::<wasmtime::component::Val>(ty, w).is_ok(),
+                        "{} does not parse as {}", w, liveobjects_host::runtime::type_name(ty)
+                    );
+                }
+            }
+            Err(e) => {
+                prop_assert_eq!(e.status(), 400, "{}", e.message());
+                prop_assert!(["bad-json", "bad-request", "bad-argument"].contains(&e.kind()), "{}", e.kind());
+                prop_assert!(!e.message().is_empty());
+                if let Some(i) = e.detail("argument") {
+                    prop_assert!((i.as_u64().unwrap() as usize) < method.params.len());
+                }
+            }
+        }
+    }
+
+    /// The join decoder and any body: a request only from an object with a
+    /// string `name` (and nothing unknown), otherwise a 400. Never a panic.
+    #[test]
+    fn the_join_decoder_takes_any_body_without_panicking(body in any_body()) {
+        match liveobjects_host::http::decode_join(&body) {
+            Ok(request) => {
+                let json: Json = serde_json::from_slice(&body).unwrap();
+                prop_assert_eq!(json["name"].as_str(), Some(request.name.as_str()));
+            }
+            Err(e) => {
+                prop_assert_eq!(e.status(), 400);
+                prop_assert!(["bad-json", "bad-request"].contains(&e.kind()), "{}", e.kind());
+            }
+        }
+    }
+}
+
+/// A join body with every field, and the document's `embed` argument decoded and
+/// read back as the typed reference the host checks.
+#[test]
+fn join_bodies_and_references_decode_as_documented() {
+    let join = liveobjects_host::http::decode_join(
+        br#"{"name": "lo://acme/docs/plan", "require": ["total-order"], "found": true, "references": true}"#,
+    )
+    .unwrap();
+    assert_eq!(join.name, "lo://acme/docs/plan");
+    assert_eq!(join.require, vec!["total-order"]);
+    assert!(join.found && join.references);
+    let unknown =
+        liveobjects_host::http::decode_join(br#"{"name": "x", "surprise": 1}"#).unwrap_err();
+    assert_eq!(unknown.kind(), "bad-request");
+    assert!(
+        unknown.message().contains("surprise"),
+        "{}",
+        unknown.message()
+    );
+
+    let embed = shipped_methods()
+        .iter()
+        .find(|m| m.name == "embed")
+        .expect("the doc's embed");
+    let waves = liveobjects_host::http::decode_call(
+        embed,
+        br#"[{"name": "lo://acme/rooms/lobby", "require": ["total-order", "encrypted"]}]"#,
+    )
+    .unwrap();
+    let references =
+        liveobjects_host::references::references_in_wave(&embed.params[0].1, &waves[0]);
+    assert_eq!(
+        references,
+        vec![liveobjects_host::references::ObjectRef {
+            name: "lo://acme/rooms/lobby".into(),
+            require: vec!["total-order".into(), "encrypted".into()],
+        }]
+    );
+    // Other records are not references: the ledger's, the register's.
+    for m in shipped_methods().iter().filter(|m| m.name != "embed") {
+        for (_, ty) in &m.params {
+            assert!(
+                !liveobjects_host::references::may_hold_reference(ty),
+                "{} looks like it takes a reference",
+                m.signature()
+            );
+        }
+    }
+    let wrong_shape = shipped_methods()
+        .iter()
+        .find(|m| m.name == "history")
+        .unwrap();
+    assert!(!liveobjects_host::references::may_hold_reference(
+        &wrong_shape.params[0].1
+    ));
+}

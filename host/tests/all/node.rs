@@ -354,6 +354,18 @@ pub(crate) fn publish_mesh(
     logic: &str,
     seed: &str,
 ) {
+    publish_mesh_with(home, directory, name, logic, seed, "total-order");
+}
+
+/// [`publish_mesh`] with the record promising `reliability`.
+pub(crate) fn publish_mesh_with(
+    home: &Home,
+    directory: &DirectoryProcess,
+    name: &str,
+    logic: &str,
+    seed: &str,
+    reliability: &str,
+) {
     let acme_key = home.path("acme.key");
     let seeds = format!("seeds={seed}");
     home.ok_owned(directory.args(&[
@@ -362,7 +374,7 @@ pub(crate) fn publish_mesh(
         "--name",
         name,
         "--reliability",
-        "total-order",
+        reliability,
         "--driver-opt",
         &seeds,
         "--key",

@@ -17,6 +17,7 @@ pub const SHIPPED: &[(&str, &[u8])] = &[
     ("max", MAX_BYTES),
     ("ledger", LEDGER_BYTES),
     ("cardtable", CARDTABLE_BYTES),
+    ("doc", DOC_BYTES),
 ];
 
 /// The bytes of the shipped object called `name`, if there is one.
