@@ -248,7 +248,12 @@ async fn guard(State(api): State<Api>, request: Request, next: Next) -> Response
 
 fn check(api: &Api, request: &Request) -> Result<(), ApiError> {
     let headers = request.headers();
-    if let Some(token) = &api.token {
+    // The page's own files are the same for everyone and hold no secret: a
+    // browser fetches them (scripts, styles) without the token, which the page
+    // then sends on every API request itself.
+    let page_file = request.method() == Method::GET
+        && (request.uri().path() == "/" || request.uri().path().starts_with("/assets/"));
+    if let Some(token) = api.token.as_ref().filter(|_| !page_file) {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -444,7 +444,7 @@ async function openObject(name) {
   closers.push(subscribe(name, (e) => {
     switch (e.type) {
       case "applied": line(`applied #${e.seq} from ${who(e.sender)} (${e.bytes} bytes)${e.rejected ? ` rejected: ${e.rejected}` : ""}`, e.rejected ? "rejected" : ""); break;
-      case "notification": line(`notification ${e.topic}: ${e.detail}`); break;
+      case "notification": line(`notification ${e.topic}: ${e.detail.replace(/\b[0-9a-f]{64}\b/g, who)}`); break;
       case "view": learnMembers(e.members); line(`view: ${e.members.join(", ")}`); break;
       case "lagged": line(`lagged: ${e.message}`, "rejected"); break;
       default: line(JSON.stringify(e));

@@ -586,3 +586,82 @@ fn lo_demo_web_serves_each_host_its_page() {
     });
     drop(demo);
 }
+
+/// A node whose API needs a token: the page opened with `?token=` carries it on
+/// every request and on its WebSocket (the feed goes live and shows the post);
+/// without it the node answers 401. Join and Leave from the page.
+#[test]
+fn the_page_carries_the_token_and_joins_and_leaves() {
+    let Some((_one, driver, chromium)) = start() else {
+        return;
+    };
+    let home = crate::common::Home::new();
+    let directory = crate::node::directory_with_acme_zone(&home);
+    let (node, seed) = crate::node::start_node_with(
+        &home,
+        1,
+        &directory.addr,
+        &directory.root,
+        &["--http", "127.0.0.1:0", "--http-token", "s3cret-token"],
+        &["http api on "],
+    );
+    publish_mesh(&home, &directory, ROOM, liveobjects_objects::CHAT, &seed);
+    let line = node.value("http api on ");
+    let addr = line
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    block_on(async {
+        let page = browser(&driver, &chromium).await;
+        page.goto(&format!("http://{addr}/")).await.unwrap();
+        // The page itself loads; the API refuses it, and it says why.
+        wait_until(
+            &page,
+            "the refusal without the token",
+            "document.getElementById('node-error').textContent.startsWith('this API needs its token')",
+        )
+        .await;
+
+        page.goto(&format!(
+            "http://{addr}/?token=s3cret-token#/object/{}",
+            enc(ROOM)
+        ))
+        .await
+        .unwrap();
+        wait_until(
+            &page,
+            "the join button",
+            "!!document.getElementById('join')",
+        )
+        .await;
+        assert!(text(&page, "#node-label").await.starts_with("node node1 ("));
+        click(&page, "#join-found").await;
+        click(&page, "#join").await;
+        wait_until(
+            &page,
+            "the live feed over a WebSocket",
+            "document.body.textContent.includes('live (WebSocket)')",
+        )
+        .await;
+        let post = "form[data-method=post]";
+        type_into(&page, &format!("{post} input"), "hi with a token").await;
+        click(&page, &format!("{post} button[type=submit]")).await;
+        wait_until(
+            &page,
+            "the post in the feed",
+            "document.getElementById('feed').textContent.includes('hi with a token')",
+        )
+        .await;
+        screenshot(&page, "token-feed").await;
+
+        click(&page, "#leave").await;
+        wait_until(
+            &page,
+            "the join button again",
+            "!!document.getElementById('join')",
+        )
+        .await;
+        page.close().await.unwrap();
+    });
+}

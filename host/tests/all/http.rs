@@ -800,6 +800,12 @@ fn a_token_guards_every_route() {
         (vec![], "/v1/node?token=s3cret-token", 200),
         (vec![], "/v1/node?token=s3cret-tokem", 401),
         (vec![], "/v1/openapi.json", 401),
+        // The page's files hold no secret: a browser loads them without the
+        // token (the page sends it on its API requests); nothing else is open.
+        (vec![], "/", 200),
+        (vec![], "/assets/app.js", 200),
+        (vec![], "/assets/other.js", 404),
+        (vec![], "/assets", 401),
     ] {
         let reply = http(&a, "GET", path, &headers, "");
         assert_eq!(reply.status, status, "{path} {headers:?}: {}", reply.body);
