@@ -71,6 +71,8 @@ pub enum ControlRequest {
         require: String,
         /// Start the group if no seed member answers.
         found_if_alone: bool,
+        /// Also join every object it references ([`Node::join_references`]).
+        references: bool,
     },
     /// Call a method of a joined object.
     Call {
@@ -131,6 +133,8 @@ pub enum ControlResponse {
         members: usize,
         /// It was joined before this request (nothing changed).
         already: bool,
+        /// With `references`: how each referenced object's join went.
+        references: Vec<ReferenceLine>,
     },
     /// Method results (WAVE).
     Results(Vec<String>),
@@ -296,6 +300,27 @@ pub struct JoinOutcome {
     pub members: usize,
     /// Whether the node had joined the object before this request.
     pub already: bool,
+}
+
+/// One reference's join as the control protocol reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceLine {
+    /// The referenced object.
+    pub name: String,
+    /// What the reference requires of it.
+    pub require: Vec<String>,
+    /// The record version joined, or why it was not joined.
+    pub outcome: Result<u64, String>,
+}
+
+impl From<ReferenceJoin> for ReferenceLine {
+    fn from(j: ReferenceJoin) -> Self {
+        ReferenceLine {
+            name: j.reference.name,
+            require: j.reference.require,
+            outcome: j.outcome.map(|o| o.version).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// One reference's join, as [`Node::join_references`] did it.
@@ -468,14 +493,27 @@ impl Node {
                 name,
                 require,
                 found_if_alone,
-            } => match self.join_object(&name, &require, found_if_alone).await {
-                Ok(o) => ControlResponse::Joined {
-                    version: o.version,
-                    members: o.members,
-                    already: o.already,
-                },
-                Err(e) => failed(e),
-            },
+                references,
+            } => {
+                let joined = match self.join_object(&name, &require, found_if_alone).await {
+                    Ok(o) => o,
+                    Err(e) => return failed(e),
+                };
+                let lines = if references {
+                    match self.join_references(&name).await {
+                        Ok(joins) => joins.into_iter().map(ReferenceLine::from).collect(),
+                        Err(e) => return failed(e),
+                    }
+                } else {
+                    Vec::new()
+                };
+                ControlResponse::Joined {
+                    version: joined.version,
+                    members: joined.members,
+                    already: joined.already,
+                    references: lines,
+                }
+            }
             ControlRequest::Call {
                 name,
                 method,

@@ -132,10 +132,15 @@ pub struct JoinArgs {
     /// Start the group if no member answers (the first host of an object).
     #[arg(long)]
     found: bool,
+    /// Also join every object it references (a document's embedded objects),
+    /// each with the aspects its reference requires; exits 1 if any could not be.
+    #[arg(long)]
+    references: bool,
     /// Join and return, without the interactive session.
     #[arg(long)]
     no_interactive: bool,
-    /// With --no-interactive: print {"name", "version", "members", "already"} as JSON.
+    /// With --no-interactive: print {"name", "version", "members", "already"} as JSON
+    /// (and "references": [{"name", "require", "joined", "version" or "error"}]).
     #[arg(long, requires = "no_interactive")]
     json: bool,
     #[command(flatten)]
@@ -269,30 +274,67 @@ pub fn join(args: JoinArgs) -> Result<()> {
                 name: args.name.clone(),
                 require: args.require.clone(),
                 found_if_alone: args.found,
+                references: args.references,
             },
         ))
     })?;
-    match expect(joined)? {
-        ControlResponse::Joined {
-            version,
-            members,
-            already,
-        } if args.json => super::print_json(&serde_json::json!({
+    let ControlResponse::Joined {
+        version,
+        members,
+        already,
+        references,
+    } = expect(joined)?
+    else {
+        bail!("the node gave an unexpected answer to a join");
+    };
+    if args.json {
+        let references: Vec<_> = references
+            .iter()
+            .map(|r| match &r.outcome {
+                Ok(version) => serde_json::json!({"name": r.name, "require": r.require,
+                    "joined": true, "version": version}),
+                Err(e) => serde_json::json!({"name": r.name, "require": r.require,
+                    "joined": false, "error": e}),
+            })
+            .collect();
+        let mut answer = serde_json::json!({
             "name": args.name,
             "version": version,
             "members": members,
             "already": already,
-        })),
-        ControlResponse::Joined {
-            version,
-            members,
-            already,
-        } => println!(
+        });
+        if args.references {
+            answer["references"] = references.into();
+        }
+        super::print_json(&answer);
+    } else {
+        println!(
             "{} {} (record version {version}), {members} member(s)",
             if already { "already joined" } else { "joined" },
             args.name
-        ),
-        other => bail!("unexpected answer {other:?}"),
+        );
+        for r in &references {
+            let require = if r.require.is_empty() {
+                "nothing".to_string()
+            } else {
+                r.require.join(",")
+            };
+            match &r.outcome {
+                Ok(version) => println!(
+                    "  joined {} (record version {version}; requires {require})",
+                    r.name
+                ),
+                Err(e) => println!("  not joined {}: {e}", r.name),
+            }
+        }
+    }
+    let refused = references.iter().filter(|r| r.outcome.is_err()).count();
+    if refused > 0 {
+        bail!(
+            "{refused} of the {} objects {} references could not be joined (see above)",
+            references.len(),
+            args.name
+        );
     }
     if args.no_interactive {
         return Ok(());

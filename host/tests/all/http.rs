@@ -929,18 +929,38 @@ fn a_document_embeds_only_objects_that_meet_its_references() {
     );
     assert_eq!(references(a), vec![ROOM.to_string(), FIFO.to_string()]);
 
-    // Node 2 joins the document and, with it, everything it references.
+    // Node 2 joins the document and, with it, everything it references: through
+    // `lo join --references`, then (joined already) through the API.
+    let cli: Json = serde_json::from_str(&c.home.ok(&[
+        "join",
+        DOC,
+        "--references",
+        "--no-interactive",
+        "--json",
+        "--control",
+        &control(&c.home, 2),
+    ]))
+    .unwrap();
+    assert_eq!(cli["already"], false, "{cli}");
     let joined = post(
         b,
         "/v1/objects",
         &json!({"name": DOC, "references": true}).to_string(),
     );
-    assert_eq!(joined.status, 201, "{}", joined.body);
-    let lines = joined.json()["references"].as_array().unwrap().clone();
-    assert_eq!(lines.len(), 2, "{}", joined.body);
-    for (line, name) in lines.iter().zip([ROOM, FIFO]) {
-        assert_eq!(line["name"], name);
-        assert_eq!(line["joined"], true, "{}", joined.body);
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    assert_eq!(joined.json()["already"], true, "{}", joined.body);
+    for lines in [&cli["references"], &joined.json()["references"]] {
+        let lines = lines.as_array().unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for (line, (name, require)) in lines
+            .iter()
+            .zip([(ROOM, "total-order"), (FIFO, "reliable-fifo")])
+        {
+            assert_eq!(line["name"], name);
+            assert_eq!(line["require"], json!([require]));
+            assert_eq!(line["joined"], true, "{line}");
+            assert_eq!(line["version"], 1, "{line}");
+        }
     }
     let objects = get(b, "/v1/objects").json();
     let mut names: Vec<&str> = objects["objects"]
