@@ -46,7 +46,9 @@ async fn main() {
     .unwrap();
     let acme = Identity::generate();
     let games = Identity::generate();
-    let client = Client::connect(server.local_addr()).await.unwrap();
+    let client = Client::connect(server.local_addr(), root_public)
+        .await
+        .unwrap();
     client.create_zone("lo://acme/", &acme).await.unwrap();
     let now = unix_now();
     client
@@ -79,7 +81,9 @@ async fn main() {
 
     // Uncached resolve: QUIC round trip + chain (2 delegations) + record verification.
     let resolver = Resolver::new(
-        Client::connect(server.local_addr()).await.unwrap(),
+        Client::connect(server.local_addr(), root_public)
+            .await
+            .unwrap(),
         root_public,
         None,
     );

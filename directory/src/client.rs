@@ -55,8 +55,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect (QUIC, TLS 1.3) to the server at `addr`.
-    pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
+    /// Connect (QUIC, TLS 1.3) to the server at `addr`, which must hold
+    /// `server_key` (for the root server: the root key); any other server is
+    /// refused during the handshake.
+    pub async fn connect(addr: SocketAddr, server_key: PublicKey) -> Result<Client, ClientError> {
         let connect_err = |reason: String| ClientError::Connect { addr, reason };
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse().expect("valid")
@@ -65,7 +67,7 @@ impl Client {
         };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
         endpoint.set_default_client_config(
-            crate::tls::client_config().map_err(|e| connect_err(e.to_string()))?,
+            crate::tls::client_config(server_key).map_err(|e| connect_err(e.to_string()))?,
         );
         let connecting = endpoint
             .connect(addr, "liveobjects-directory")

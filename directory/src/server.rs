@@ -409,9 +409,11 @@ impl Server {
             path: config.db_path.clone(),
             source,
         })?;
+        // The root server presents the root key: clients pin it (they trust it already).
+        let tls = crate::tls::server_config(&config.root)?;
         let directory = Arc::new(Directory::new(store, config.root, config.max_blob_bytes));
-        let endpoint = quinn::Endpoint::server(crate::tls::server_config()?, config.listen)
-            .map_err(|source| ServerError::Bind {
+        let endpoint =
+            quinn::Endpoint::server(tls, config.listen).map_err(|source| ServerError::Bind {
                 addr: config.listen,
                 source,
             })?;

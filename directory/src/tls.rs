@@ -1,12 +1,15 @@
-//! QUIC/TLS 1.3 setup for the directory service.
+//! QUIC/TLS 1.3 setup for the directory service, and certificates bound to ed25519
+//! identity keys (the mesh transport uses them too).
 //!
-//! The server presents a self-signed certificate. Clients do not check it against a
-//! PKI: what they trust is the ed25519 signature chain from the configured root key
-//! on every record and delegation, verified end to end whatever server or cache the
-//! bytes came through. TLS here gives confidentiality and integrity of the channel
-//! (the handshake signature is still verified); authenticity of data comes from the
-//! signatures.
+//! The server presents a self-signed certificate of its ed25519 key (for the root
+//! server: the root key). The client pins that key: a server presenting any other
+//! key is refused during the handshake, so a man in the middle can neither read
+//! requests (which names a client resolves, what it publishes) nor answer them.
+//! Authenticity of data still comes from the ed25519 signature chain from the root
+//! key on every record and delegation, verified end to end whatever server or cache
+//! the bytes came through.
 
+use crate::keys::{Identity, PublicKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -92,13 +95,43 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// A server configuration with a fresh self-signed certificate.
-pub fn server_config() -> Result<quinn::ServerConfig, TlsError> {
+/// A self-signed certificate of `identity`'s ed25519 key, and that key in PKCS#8:
+/// whoever checks the certificate's key ([`ed25519_key_of`]) knows which identity
+/// holds it, as TLS verifies the handshake signature with that key.
+pub fn certificate(
+    identity: &Identity,
+    name: &str,
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), TlsError> {
     let err = |e: &dyn std::fmt::Display| TlsError(e.to_string());
-    let certified = rcgen::generate_simple_self_signed(vec!["liveobjects-directory".into()])
+    let der = PrivatePkcs8KeyDer::from(identity.to_pkcs8_der());
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
         .map_err(|e| err(&e))?;
-    let cert = certified.cert.der().clone();
-    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| err(&e))?;
+    let cert = params.self_signed(&key_pair).map_err(|e| err(&e))?;
+    Ok((cert.der().clone(), der))
+}
+
+/// The ed25519 key in a certificate's SubjectPublicKeyInfo.
+///
+/// Hand-written rather than a full X.509 parser: an Ed25519 SPKI has one fixed
+/// 12-byte DER header (RFC 8410) followed by the 32 key bytes, and the certificate's
+/// signature has already been checked by TLS with that very key.
+pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let bytes = cert.as_ref();
+    let at = bytes
+        .windows(SPKI_PREFIX.len())
+        .position(|w| w == SPKI_PREFIX)?;
+    let key = bytes.get(at + SPKI_PREFIX.len()..at + SPKI_PREFIX.len() + 32)?;
+    Some(PublicKey(key.try_into().ok()?))
+}
+
+/// A server configuration presenting a certificate of `identity`'s key.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+    let err = |e: &dyn std::fmt::Display| TlsError(e.to_string());
+    let (cert, key) = certificate(identity, "liveobjects-directory")?;
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&e))?
@@ -112,16 +145,18 @@ pub fn server_config() -> Result<quinn::ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// A client configuration that accepts the server's self-signed certificate (see the
-/// module docs for why that is sound here).
-pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
+/// A client configuration that accepts only a server holding `server_key`.
+pub fn client_config(server_key: PublicKey) -> Result<quinn::ClientConfig, TlsError> {
     let err = |e: &dyn std::fmt::Display| TlsError(e.to_string());
     let signatures = HandshakeSignatures::default();
     let mut crypto = rustls::ClientConfig::builder_with_provider(signatures.provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SignaturesAreTheTrust(signatures)))
+        .with_custom_certificate_verifier(Arc::new(PinnedServerKey {
+            expected: server_key,
+            signatures,
+        }))
         .with_no_client_auth();
     crypto.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| err(&e))?;
@@ -130,20 +165,37 @@ pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
     Ok(config)
 }
 
-/// Accepts any server certificate but verifies the handshake signature with it.
+/// Accepts only a certificate of the pinned ed25519 key, and verifies the
+/// handshake signature with it (so the server holds that key's secret). No PKI:
+/// the key is the identity.
 #[derive(Debug)]
-struct SignaturesAreTheTrust(HandshakeSignatures);
+struct PinnedServerKey {
+    expected: PublicKey,
+    signatures: HandshakeSignatures,
+}
 
-impl ServerCertVerifier for SignaturesAreTheTrust {
+impl ServerCertVerifier for PinnedServerKey {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match ed25519_key_of(end_entity) {
+            Some(key) if key == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(key) => Err(rustls::Error::General(format!(
+                "the directory server presented key {}, not the pinned {} (the root key \
+                 you trust): refusing it, it may be an impostor; check --directory and \
+                 --root",
+                key.short(),
+                self.expected.short()
+            ))),
+            None => Err(rustls::Error::General(
+                "the directory server's certificate has no ed25519 key: refusing it".into(),
+            )),
+        }
     }
 
     fn verify_tls12_signature(
@@ -152,7 +204,7 @@ impl ServerCertVerifier for SignaturesAreTheTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12(message, cert, dss)
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -161,10 +213,10 @@ impl ServerCertVerifier for SignaturesAreTheTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(message, cert, dss)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
+        self.signatures.schemes()
     }
 }

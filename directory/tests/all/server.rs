@@ -27,7 +27,9 @@ async fn fixture(max_blob_bytes: usize) -> Fixture {
     })
     .unwrap();
     let acme = Identity::generate();
-    let client = Client::connect(server.local_addr()).await.unwrap();
+    let client = Client::connect(server.local_addr(), root_public)
+        .await
+        .unwrap();
     client.create_zone("lo://acme/", &acme).await.unwrap();
     Fixture {
         server,
@@ -53,7 +55,9 @@ fn refused(err: ClientError) -> ErrorCode {
 
 async fn resolver(f: &Fixture) -> Resolver {
     Resolver::new(
-        Client::connect(f.server.local_addr()).await.unwrap(),
+        Client::connect(f.server.local_addr(), f.root)
+            .await
+            .unwrap(),
         f.root,
         None,
     )
@@ -62,7 +66,9 @@ async fn resolver(f: &Fixture) -> Resolver {
 #[tokio::test]
 async fn publish_resolve_list_fetch_and_republish() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let logic = b"component bytes v1".to_vec();
     let signed = Signed::sign(&record("lo://acme/rooms/lobby", 1, &logic), &f.acme);
     client.publish(signed, Some(logic.clone())).await.unwrap();
@@ -95,7 +101,9 @@ async fn publish_resolve_list_fetch_and_republish() {
 #[tokio::test]
 async fn bad_writes_are_refused_and_change_nothing() {
     let f = fixture(1024).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let logic = b"good logic".to_vec();
     let good = Signed::sign(&record("lo://acme/x", 5, &logic), &f.acme);
     client.publish(good, Some(logic.clone())).await.unwrap();
@@ -206,7 +214,9 @@ async fn bad_writes_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn delegated_zones_belong_to_their_new_owner_only() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let games = Identity::generate();
     let now = unix_now();
     let delegation = Delegation::new("lo://acme/games/", games.public(), 1, now, 3600);
@@ -248,7 +258,9 @@ async fn delegated_zones_belong_to_their_new_owner_only() {
 #[tokio::test]
 async fn a_flipped_byte_in_a_stored_record_is_caught_by_the_client() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let signed = Signed::sign(&record("lo://acme/x", 1, b"l"), &f.acme);
     client
         .publish(signed.clone(), Some(b"l".to_vec()))
@@ -271,7 +283,9 @@ async fn a_flipped_byte_in_a_stored_record_is_caught_by_the_client() {
 #[tokio::test]
 async fn a_flipped_byte_in_a_stored_blob_is_caught_by_the_client() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let logic = b"the real component".to_vec();
     let rec = record("lo://acme/x", 1, &logic);
     client
@@ -316,7 +330,9 @@ async fn an_older_version_replayed_after_a_newer_one_is_refused_across_runs() {
     let f = fixture(1 << 20).await;
     let seen_dir = tempfile::tempdir().unwrap();
     let seen_path = seen_dir.path().join("seen.redb");
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let v1 = Signed::sign(&record("lo://acme/x", 1, b"l"), &f.acme);
     client
         .publish(v1.clone(), Some(b"l".to_vec()))
@@ -328,7 +344,9 @@ async fn an_older_version_replayed_after_a_newer_one_is_refused_across_runs() {
         .unwrap();
     {
         let r = Resolver::new(
-            Client::connect(f.server.local_addr()).await.unwrap(),
+            Client::connect(f.server.local_addr(), f.root)
+                .await
+                .unwrap(),
             f.root,
             Some(SeenVersions::open(&seen_path).unwrap()),
         );
@@ -341,7 +359,9 @@ async fn an_older_version_replayed_after_a_newer_one_is_refused_across_runs() {
         .raw_set_record("lo://acme/x", &v1.to_bytes())
         .unwrap();
     let r = Resolver::new(
-        Client::connect(f.server.local_addr()).await.unwrap(),
+        Client::connect(f.server.local_addr(), f.root)
+            .await
+            .unwrap(),
         f.root,
         Some(SeenVersions::open(&seen_path).unwrap()),
     );
@@ -362,7 +382,9 @@ async fn an_older_version_replayed_after_a_newer_one_is_refused_across_runs() {
 #[tokio::test]
 async fn an_expired_record_is_refused() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let rec = record("lo://acme/x", 1, b"l");
     let expires = rec.expires_at;
     client
@@ -414,7 +436,9 @@ async fn a_delegation_to_a_key_the_parent_did_not_authorize_is_refused() {
 #[tokio::test]
 async fn a_client_trusting_another_root_refuses_everything() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     client
         .publish(
             Signed::sign(&record("lo://acme/x", 1, b"l"), &f.acme),
@@ -424,7 +448,9 @@ async fn a_client_trusting_another_root_refuses_everything() {
         .unwrap();
     let other_root = Identity::generate().public();
     let r = Resolver::new(
-        Client::connect(f.server.local_addr()).await.unwrap(),
+        Client::connect(f.server.local_addr(), f.root)
+            .await
+            .unwrap(),
         other_root,
         None,
     );
@@ -440,7 +466,9 @@ async fn a_client_trusting_another_root_refuses_everything() {
 #[tokio::test]
 async fn a_chain_cut_short_after_a_delegation_was_seen_is_refused() {
     let f = fixture(1 << 20).await;
-    let client = Client::connect(f.server.local_addr()).await.unwrap();
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
     let games = Identity::generate();
     let now = unix_now();
     let delegation = Delegation::new("lo://acme/games/", games.public(), 1, now, 3600);
@@ -483,9 +511,9 @@ async fn concurrent_creations_of_one_zone_give_it_to_exactly_one_owner() {
     let f = fixture(1 << 20).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let addr = f.server.local_addr();
+        let (addr, root) = (f.server.local_addr(), f.root);
         tasks.push(tokio::spawn(async move {
-            let client = Client::connect(addr).await.unwrap();
+            let client = Client::connect(addr, root).await.unwrap();
             client
                 .create_zone("lo://contested/", &Identity::generate())
                 .await
@@ -499,4 +527,32 @@ async fn concurrent_creations_of_one_zone_give_it_to_exactly_one_owner() {
         }
     }
     assert_eq!(won, 1);
+}
+
+/// The client pins the server's key (the root key for the root server): a
+/// server holding another key is refused during the handshake, before any
+/// request is sent, with an error that says so; the right key connects.
+#[tokio::test]
+async fn a_client_refuses_a_server_that_does_not_hold_the_pinned_key() {
+    let f = fixture(1 << 20).await;
+    let impostor = Identity::generate().public();
+    let err = match Client::connect(f.server.local_addr(), impostor).await {
+        Ok(_) => panic!("a server without the pinned key was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!(
+            "presented key {}, not the pinned {}",
+            f.root.short(),
+            impostor.short()
+        )),
+        "{err}"
+    );
+    let client = Client::connect(f.server.local_addr(), f.root)
+        .await
+        .unwrap();
+    client
+        .create_zone("lo://pinned/", &Identity::generate())
+        .await
+        .unwrap();
 }

@@ -358,7 +358,7 @@ impl EmbeddedDirectory {
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
         })?;
         let owner = Identity::generate();
-        let client = Client::connect(server.local_addr()).await?;
+        let client = Client::connect(server.local_addr(), root_key).await?;
         client.create_zone("lo://demo/", &owner).await?;
         println!(
             "directory  {} (embedded; root key {})",
@@ -408,7 +408,7 @@ impl Demo<'_> {
     /// A resolver of its own for one host (each verifies for itself).
     pub(super) async fn resolver(&self) -> Result<Resolver> {
         Ok(Resolver::new(
-            Client::connect(self.directory).await?,
+            Client::connect(self.directory, self.root_key).await?,
             self.root_key,
             None,
         ))

@@ -201,7 +201,7 @@ pub(super) fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
 
 pub(super) async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
     let root = root_key(target)?;
-    let client = Client::connect(target.directory).await?;
+    let client = Client::connect(target.directory, root).await?;
     let seen_path = super::data_dir()?.join("seen-versions.redb");
     let seen = SeenVersions::open(&seen_path)?;
     Ok(Resolver::new(client, root, Some(seen)))
@@ -263,7 +263,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
         match cmd {
             ZoneCommand::Create { zone, key, target } => {
                 let owner = load_identity(&key)?;
-                let client = Client::connect(target.directory).await?;
+                let client = Client::connect(target.directory, root_key(&target)?).await?;
                 client.create_zone(&zone, &owner).await?;
                 println!("zone {zone} created, owned by {}", owner.public());
             }
@@ -277,7 +277,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
             } => {
                 let owner = load_identity(&key)?;
                 let root = root_key(&target)?;
-                let client = Client::connect(target.directory).await?;
+                let client = Client::connect(target.directory, root).await?;
                 // Bump the version of an existing delegation of this zone, read from a
                 // verified chain (an unverified one could push the version to the end).
                 let chain = client.delegation_unverified(&zone).await?;

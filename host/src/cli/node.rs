@@ -179,7 +179,7 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
             .start(&identity, &super::data_dir()?, &runtime)
             .await
             .map_err(anyhow::Error::msg)?;
-        let client = Client::connect(args.target.directory).await?;
+        let client = Client::connect(args.target.directory, root).await?;
         // Each node identity keeps its own version memory (the CLI's, or another
         // node's, may be in use meanwhile).
         let seen = SeenVersions::open(

@@ -42,12 +42,12 @@ pub fn membership(args: MembershipArgs) -> Result<()> {
     let identity = super::directory::load_identity(&args.key)?;
     super::tokio()?.block_on(async move {
         // Its own version memory: the CLI's may be in use meanwhile.
-        let client = Client::connect(args.target.directory).await?;
+        let root = super::directory::root_key(&args.target)?;
+        let client = Client::connect(args.target.directory, root).await?;
         let seen = SeenVersions::open(&super::data_dir()?.join(format!(
             "seen-versions-qsm-membership-{}.redb",
             identity.public()
         )))?;
-        let root = super::directory::root_key(&args.target)?;
         let resolver = Arc::new(Resolver::new(client, root, Some(seen)));
         let config = MembershipConfig {
             domain: args.domain,

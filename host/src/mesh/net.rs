@@ -19,7 +19,7 @@ use super::core::peers::Heartbeat;
 use liveobjects_directory::keys::{Identity, MemberName, PublicKey, member_label};
 use liveobjects_directory::tls::HandshakeSignatures;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use serde::de::DeserializeOwned;
@@ -181,35 +181,8 @@ pub struct Transport<F: WireFrame = Frame> {
     frames_sent: AtomicU64,
 }
 
-fn certificate(
-    identity: &Identity,
-) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), NetError> {
-    let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
-    let der = PrivatePkcs8KeyDer::from(identity.to_pkcs8_der());
-    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
-        .map_err(|e| tls(&e))?;
-    let params =
-        rcgen::CertificateParams::new(vec!["liveobjects-mesh".to_string()]).map_err(|e| tls(&e))?;
-    let cert = params.self_signed(&key_pair).map_err(|e| tls(&e))?;
-    Ok((cert.der().clone(), der))
-}
-
-/// The ed25519 key in a certificate's SubjectPublicKeyInfo.
-///
-/// Hand-written rather than a full X.509 parser: an Ed25519 SPKI has one fixed
-/// 12-byte DER header (RFC 8410) followed by the 32 key bytes, and the certificate's
-/// signature has already been checked by TLS with that very key.
-pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
-    const SPKI_PREFIX: [u8; 12] = [
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    let bytes = cert.as_ref();
-    let at = bytes
-        .windows(SPKI_PREFIX.len())
-        .position(|w| w == SPKI_PREFIX)?;
-    let key = bytes.get(at + SPKI_PREFIX.len()..at + SPKI_PREFIX.len() + 32)?;
-    Some(PublicKey(key.try_into().ok()?))
-}
+/// The ed25519 key in a certificate (see [`liveobjects_directory::tls`]).
+pub use liveobjects_directory::tls::ed25519_key_of;
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -233,7 +206,8 @@ impl<F: WireFrame> Transport<F> {
     ) -> Result<Arc<Transport<F>>, NetError> {
         let tls = |e: &dyn std::fmt::Display| NetError::Tls(e.to_string());
         let signatures = HandshakeSignatures::default();
-        let (cert, key) = certificate(identity)?;
+        let (cert, key) = liveobjects_directory::tls::certificate(identity, "liveobjects-mesh")
+            .map_err(|e| NetError::Tls(e.0))?;
         let mut server = rustls::ServerConfig::builder_with_provider(signatures.provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls(&e))?

@@ -32,7 +32,7 @@ async fn world() -> World {
     })
     .unwrap();
     let acme = Identity::generate();
-    Client::connect(server.local_addr())
+    Client::connect(server.local_addr(), root_public)
         .await
         .unwrap()
         .create_zone("lo://acme/", &acme)
@@ -73,7 +73,9 @@ impl World {
             format!("{}@{}", seed.me().key, seed.me().addr),
         );
         edit(&mut record);
-        let client = Client::connect(self.server.local_addr()).await.unwrap();
+        let client = Client::connect(self.server.local_addr(), self.root)
+            .await
+            .unwrap();
         client
             .publish(Signed::sign(&record, &self.acme), Some(logic))
             .await
@@ -82,7 +84,9 @@ impl World {
 
     async fn resolver(&self) -> Resolver {
         Resolver::new(
-            Client::connect(self.server.local_addr()).await.unwrap(),
+            Client::connect(self.server.local_addr(), self.root)
+                .await
+                .unwrap(),
             self.root,
             None,
         )
