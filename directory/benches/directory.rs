@@ -7,7 +7,7 @@
 use liveobjects_directory::client::{Client, Resolver};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{Delegation, ObjectRecord, Signed};
-use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_directory::server::{Registration, Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::verify_record;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ async fn main() {
         db_path: dir.path().join("bench.redb"),
         root,
         max_blob_bytes: 1 << 20,
+        registration: Registration::Open,
     })
     .unwrap();
     let acme = Identity::generate();

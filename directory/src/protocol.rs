@@ -134,6 +134,10 @@ pub enum ErrorCode {
     /// The server failed (storage); the write did not happen.
     #[error("internal error")]
     Internal,
+    /// The server's registration policy does not let this key create a
+    /// top-level zone.
+    #[error("registration closed")]
+    RegistrationClosed,
 }
 
 /// The message a zone owner signs to ask for a top-level zone.

@@ -26,10 +26,63 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Who may create top-level zones on a server (`lo directory serve
+/// --registration`): `closed` (only the root key, the operator's: the default),
+/// `open` (any key: a test or demo directory), or `keys:KEY,KEY,...` (the root
+/// key and these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Registration {
+    /// Only the root key.
+    #[default]
+    Closed,
+    /// Any key.
+    Open,
+    /// The root key and these keys.
+    Keys(Vec<PublicKey>),
+}
+
+impl Registration {
+    fn admits(&self, owner: &PublicKey, root: &PublicKey) -> bool {
+        owner == root
+            || match self {
+                Registration::Closed => false,
+                Registration::Open => true,
+                Registration::Keys(keys) => keys.contains(owner),
+            }
+    }
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "closed" => Ok(Registration::Closed),
+            "open" => Ok(Registration::Open),
+            _ => {
+                let Some(keys) = s.strip_prefix("keys:") else {
+                    return Err(format!(
+                        "`{s}` is not a registration policy: use closed, open or keys:KEY,KEY,..."
+                    ));
+                };
+                keys.split(',')
+                    .map(|k| {
+                        k.trim()
+                            .parse::<PublicKey>()
+                            .map_err(|e| format!("registration key `{k}`: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Registration::Keys)
+            }
+        }
+    }
+}
+
 /// The request handler: storage plus the root identity.
 pub struct Directory {
     store: Store,
     root: Identity,
+    registration: Registration,
     max_blob_bytes: usize,
     /// Held across each write's checks and its commit, so two concurrent writes can
     /// never both pass a check (zone free, version newer) that only one may pass.
@@ -54,9 +107,16 @@ impl Directory {
         Directory {
             store,
             root,
+            registration: Registration::default(),
             max_blob_bytes,
             writes: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Let `registration` decide who creates top-level zones (default: closed).
+    pub fn with_registration(mut self, registration: Registration) -> Self {
+        self.registration = registration;
+        self
     }
 
     /// The storage (tests and repair tools).
@@ -153,6 +213,22 @@ impl Directory {
             return Err(refuse(
                 ErrorCode::BadSignature,
                 format!("the proof for {zone} is not a signature by {owner}"),
+            ));
+        }
+        if !self.registration.admits(&owner, &self.root.public()) {
+            return Err(refuse(
+                ErrorCode::RegistrationClosed,
+                format!(
+                    "this directory does not let key {} create top-level zones (its \
+                     registration is {}); ask its operator for {zone}, or for a zone \
+                     delegated to you inside theirs",
+                    owner.short(),
+                    match &self.registration {
+                        Registration::Closed => "closed".to_string(),
+                        Registration::Open => "open".to_string(),
+                        Registration::Keys(k) => format!("limited to {} key(s)", k.len()),
+                    }
+                ),
             ));
         }
         if self.store.get_delegation(zone).map_err(internal)?.is_some() {
@@ -368,6 +444,8 @@ pub struct ServerConfig {
     pub root: Identity,
     /// Largest logic blob accepted.
     pub max_blob_bytes: usize,
+    /// Who may create top-level zones.
+    pub registration: Registration,
 }
 
 /// Failure to start a server.
@@ -411,7 +489,10 @@ impl Server {
         })?;
         // The root server presents the root key: clients pin it (they trust it already).
         let tls = crate::tls::server_config(&config.root)?;
-        let directory = Arc::new(Directory::new(store, config.root, config.max_blob_bytes));
+        let directory = Arc::new(
+            Directory::new(store, config.root, config.max_blob_bytes)
+                .with_registration(config.registration),
+        );
         let endpoint =
             quinn::Endpoint::server(tls, config.listen).map_err(|source| ServerError::Bind {
                 addr: config.listen,

@@ -5,7 +5,7 @@ use liveobjects_directory::client::{Client, ClientError, ResolveError, Resolver,
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::protocol::{ErrorCode, Request};
 use liveobjects_directory::record::{Delegation, ObjectRecord, Reliability, Signed};
-use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_directory::server::{Registration, Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::VerifyError;
 
 struct Fixture {
@@ -24,6 +24,7 @@ async fn fixture(max_blob_bytes: usize) -> Fixture {
         db_path: dir.path().join("dir.redb"),
         root,
         max_blob_bytes,
+        registration: Registration::Open,
     })
     .unwrap();
     let acme = Identity::generate();
@@ -555,4 +556,70 @@ async fn a_client_refuses_a_server_that_does_not_hold_the_pinned_key() {
         .create_zone("lo://pinned/", &Identity::generate())
         .await
         .unwrap();
+}
+
+/// Who may create top-level zones: closed (the default) admits only the root
+/// key, `keys:` the root key and the listed keys, open any key; a refusal says
+/// which key and what to do, and creates nothing.
+#[tokio::test]
+async fn registration_decides_who_creates_top_level_zones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    let root_public = root.public();
+    let invited = Identity::generate();
+    let stranger = Identity::generate();
+    let policy: Registration = format!("keys:{}", invited.public()).parse().unwrap();
+    assert_eq!(policy, Registration::Keys(vec![invited.public()]));
+    assert_eq!("closed".parse::<Registration>(), Ok(Registration::Closed));
+    assert!(
+        "everyone"
+            .parse::<Registration>()
+            .unwrap_err()
+            .contains("closed, open or keys:")
+    );
+    assert!("keys:nonsense".parse::<Registration>().is_err());
+    assert_eq!(Registration::default(), Registration::Closed);
+    for (policy, stranger_may) in [
+        (Registration::Closed, false),
+        (policy, false),
+        (Registration::Open, true),
+    ] {
+        let server = Server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db_path: dir
+                .path()
+                .join(format!("{policy:?}.redb").replace([':', ' ', '[', ']', '(', ')'], "")),
+            root: root.clone(),
+            max_blob_bytes: 1 << 20,
+            registration: policy.clone(),
+        })
+        .unwrap();
+        let client = Client::connect(server.local_addr(), root_public)
+            .await
+            .unwrap();
+        client
+            .create_zone("lo://operator/", &root.clone())
+            .await
+            .unwrap();
+        let invited_may = policy != Registration::Closed;
+        let answer = client.create_zone("lo://invited/", &invited).await;
+        assert_eq!(answer.is_ok(), invited_may, "{policy:?}: {answer:?}");
+        let answer = client.create_zone("lo://stranger/", &stranger).await;
+        assert_eq!(answer.is_ok(), stranger_may, "{policy:?}: {answer:?}");
+        if let Err(e) = answer {
+            assert!(
+                e.to_string().contains(&format!(
+                    "does not let key {} create top-level zones",
+                    stranger.public().short()
+                )),
+                "{e}"
+            );
+            assert_eq!(refused(e), ErrorCode::RegistrationClosed);
+            // Nothing was created: the zone is still free (for the operator).
+            client
+                .create_zone("lo://stranger/", &root.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        }
+    }
 }

@@ -356,6 +356,8 @@ impl EmbeddedDirectory {
             db_path: dir.path().join("directory.redb"),
             root,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            // The demo's own directory: the demo creates its zone with a key of its own.
+            registration: liveobjects_directory::server::Registration::Open,
         })?;
         let owner = Identity::generate();
         let client = Client::connect(server.local_addr(), root_key).await?;

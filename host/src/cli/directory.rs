@@ -11,7 +11,7 @@ use liveobjects_directory::record::{
     AccessPolicy, Category, Delegation, DriverConfig, ObjectRecord, ObjectType, Reliability,
     Security, Signed,
 };
-use liveobjects_directory::server::{Server, ServerConfig, unix_now};
+use liveobjects_directory::server::{Registration, Server, ServerConfig, unix_now};
 use liveobjects_directory::verify::{VerifiedRecord, verify_chain};
 use liveobjects_host::json::record_json;
 use liveobjects_host::runtime::Runtime;
@@ -60,6 +60,10 @@ pub enum DirectoryCommand {
         /// Largest logic blob accepted, in bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_BLOB_BYTES)]
         max_blob_bytes: usize,
+        /// Who may create top-level zones: `closed` (only the root key), `open`
+        /// (any key), or `keys:KEY,KEY,...` (the root key and these).
+        #[arg(long, value_name = "POLICY", default_value = "closed")]
+        registration: Registration,
     },
 }
 
@@ -228,6 +232,7 @@ pub fn directory(cmd: DirectoryCommand) -> Result<()> {
         listen,
         db,
         max_blob_bytes,
+        registration,
     } = cmd;
     let root = Identity::load(&root_key)
         .with_context(|| format!("loading the root key {}", root_key.display()))?;
@@ -245,6 +250,7 @@ pub fn directory(cmd: DirectoryCommand) -> Result<()> {
             db_path: db_path.clone(),
             root,
             max_blob_bytes,
+            registration,
         })?;
         // Whoever started us may stop reading stdout; that must not stop the server.
         let mut out = std::io::stdout();

@@ -168,7 +168,13 @@ pub struct DirectoryProcess {
 }
 
 impl DirectoryProcess {
+    /// A test directory: any key may create a top-level zone.
     pub fn start(home: &Home, root_key: &Path, db: &Path) -> Self {
+        Self::start_with(home, root_key, db, &["--registration", "open"])
+    }
+
+    /// With `extra` arguments to `lo directory serve`.
+    pub fn start_with(home: &Home, root_key: &Path, db: &Path, extra: &[&str]) -> Self {
         let mut cmd = home.lo();
         cmd.args([
             "directory",
@@ -181,7 +187,8 @@ impl DirectoryProcess {
         .arg("--root-key")
         .arg(root_key)
         .arg("--db")
-        .arg(db);
+        .arg(db)
+        .args(extra);
         let daemon = Daemon::start(cmd, &["directory listening on ", "root key "]);
         DirectoryProcess {
             addr: daemon.value("directory listening on "),

@@ -236,3 +236,45 @@ fn acknowledged_publishes_survive_a_kill_9_mid_burst() {
         assert!(listing.records.len() >= acked.len());
     });
 }
+
+/// `lo directory serve` is closed to new top-level zones by default: a key other
+/// than the root's is refused with what to do; the operator (the root key)
+/// creates zones; `--registration keys:KEY` admits that key too.
+#[test]
+fn registration_is_closed_by_default_and_opens_to_listed_keys() {
+    let home = Home::new();
+    home.keygen("root.key");
+    let acme = home.keygen("acme.key");
+    let acme_key = home.path("acme.key");
+    let root_key = home.path("root.key");
+    let closed = DirectoryProcess::start_with(&home, &root_key, &home.path("closed.redb"), &[]);
+    let create = |directory: &DirectoryProcess, zone: &str, key: &std::path::Path| {
+        directory.args(&["zone", "create", zone, "--key", key.to_str().unwrap()])
+    };
+    let err = home.fails_owned(create(&closed, "lo://acme/", &acme_key));
+    assert!(
+        err.contains("does not let key") && err.contains("registration is closed"),
+        "{err}"
+    );
+    home.ok_owned(create(&closed, "lo://operator/", &root_key));
+    let invited = DirectoryProcess::start_with(
+        &home,
+        &root_key,
+        &home.path("invited.redb"),
+        &["--registration", &format!("keys:{acme}")],
+    );
+    home.ok_owned(create(&invited, "lo://acme/", &acme_key));
+    let out = home.run(&[
+        "directory",
+        "serve",
+        "--root-key",
+        root_key.to_str().unwrap(),
+        "--registration",
+        "everyone",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a registration policy"),
+        "{err}"
+    );
+}

@@ -29,6 +29,7 @@ async fn world() -> World {
         db_path: dir.path().join("dir.redb"),
         root,
         max_blob_bytes: 1 << 20,
+        registration: liveobjects_directory::server::Registration::Open,
     })
     .unwrap();
     let acme = Identity::generate();

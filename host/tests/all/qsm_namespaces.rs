@@ -235,6 +235,7 @@ fn scenario(tag: &str, v6: bool) {
     let h1 = net.host(1);
     let mut cmd = lo_in(&home, &h1);
     cmd.args(["directory", "serve", "--listen", "198.18.0.1:0"])
+        .args(["--registration", "open"])
         .arg("--root-key")
         .arg(home.path("root.key"))
         .arg("--db")
