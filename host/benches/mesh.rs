@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/nats.rs"]
 mod nats_client;
+#[path = "common/report.rs"]
+mod report;
 use nats_client::{Nats, nats_server};
 
 struct Row {
@@ -262,6 +264,7 @@ async fn main() {
         "{:<9} {:>6} {:>12} {:>9} {:>9} {:>12} {:>9} {:>9} {:>8}",
         "members", "size", "mesh ev/s", "p50", "p99", "nats msg/s", "p50", "p99", "mesh/nats"
     );
+    let mut report = report::Report::create("mesh");
     for n in [1usize, 3, 5] {
         for size in [64usize, 1024] {
             let ours = mesh(&runtime, &hostile, n, size, events, pings).await;
@@ -269,6 +272,18 @@ async fn main() {
                 Some(s) => Some(nats(s.1, n, size, events, pings).await),
                 None => None,
             };
+            report.row(
+                serde_json::json!({"members": n, "size": size, "measure": "throughput"}),
+                ours.throughput,
+                peer.as_ref().map(|p| ("nats", p.throughput)),
+                "events/s",
+            );
+            report.row(
+                serde_json::json!({"members": n, "size": size, "measure": "p99 latency"}),
+                ours.p99.as_secs_f64() * 1e6,
+                peer.as_ref().map(|p| ("nats", p.p99.as_secs_f64() * 1e6)),
+                "us (lower is better)",
+            );
             println!(
                 "{:<9} {:>6} {:>12.0} {:>9} {:>9} {:>12} {:>9} {:>9} {:>8}",
                 n,

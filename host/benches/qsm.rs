@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 
 #[path = "common/nats.rs"]
 mod nats_client;
+#[path = "common/report.rs"]
+mod report;
 use nats_client::{Nats, nats_server};
 
 /// Where each host of a run lives.
@@ -572,6 +574,7 @@ fn main() {
         "/batched",
         "/nats"
     );
+    let mut report = report::Report::create("qsm");
     for (label, place, _guard) in &places {
         let only: Option<(usize, usize, usize)> = std::env::var("QSM_BENCH_ROW").ok().map(|r| {
             let v: Vec<usize> = r.split(',').map(|x| x.parse().unwrap()).collect();
@@ -647,6 +650,28 @@ fn main() {
                 ours.rate / batched.rate,
                 peer.map(|p| format!("{:.2}", ours.rate / p))
                     .unwrap_or_default(),
+            );
+            let row = |peer: &str| {
+                serde_json::json!({"where": label, "receivers": receivers, "objects": objects,
+                                   "size": size, "against": peer})
+            };
+            report.row(
+                row("nats"),
+                ours.rate,
+                peer.map(|p| ("nats", p)),
+                "msgs/s per receiver",
+            );
+            report.row(
+                row("raw"),
+                ours.rate,
+                Some(("raw multicast", raw.rate)),
+                "msgs/s per receiver",
+            );
+            report.row(
+                row("batched"),
+                ours.rate,
+                Some(("batched raw multicast", batched.rate)),
+                "msgs/s per receiver",
             );
             let _ = ours.lost;
         }

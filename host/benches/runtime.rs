@@ -5,6 +5,8 @@
 //! Run: `cargo bench -p liveobjects-host --bench runtime` (add `-- --quick` for a
 //! shorter run).
 
+#[path = "common/report.rs"]
+mod report;
 use liveobjects_host::runtime::{Event, ReplicaIdentity, Runtime, RuntimeConfig};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
@@ -190,6 +192,20 @@ fn main() {
         instantiate,
         String::new(),
     );
+    let mut report = report::Report::create("runtime");
+    report.row(
+        serde_json::json!({"measure": "counter deliver"}),
+        1.0 / guest,
+        Some(("native Rust counter", 1.0 / native)),
+        "events/s",
+    );
+    report.row(
+        serde_json::json!({"measure": "component load"}),
+        1.0 / cached,
+        Some(("cold compile", 1.0 / cold)),
+        "loads/s",
+    );
+    drop(report);
     println!();
     println!(
         "guest deliver throughput is 1/{:.0} of native ({:.0} vs {:.0} events/s); \

@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo bench -p liveobjects-host --bench vsync` (`-- --quick` for a short run).
 
+#[path = "common/report.rs"]
+mod report;
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::AccessPolicy;
 use liveobjects_host::vsync::group::{Group, GroupConfig};
@@ -447,6 +449,7 @@ async fn main() {
         "{:<8} {:>6} {:>8} {:>11} {:>9} {:>9} {:>11} {:>9} {:>9} {:>8}",
         "members", "size", "log", "vsync c/s", "p50", "p99", "js msg/s", "p50", "p99", "vsync/js"
     );
+    let mut report = report::Report::create("vsync");
     let mut stream_no = 0;
     for n in [3usize, 5] {
         let cluster = if has_nats { jetstream(n).await } else { None };
@@ -469,6 +472,13 @@ async fn main() {
                     }
                     None => None,
                 };
+                report.row(
+                    serde_json::json!({"members": n, "size": size,
+                                       "log": if durable { "durable" } else { "memory" }}),
+                    ours.throughput,
+                    peer.as_ref().map(|p| ("jetstream", p.throughput)),
+                    "commands/s",
+                );
                 println!(
                     "{:<8} {:>6} {:>8} {:>11.0} {:>9} {:>9} {:>11} {:>9} {:>9} {:>8}",
                     n,
