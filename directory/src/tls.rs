@@ -111,20 +111,22 @@ pub fn certificate(
     Ok((cert.der().clone(), der))
 }
 
-/// The ed25519 key in a certificate's SubjectPublicKeyInfo.
+/// The ed25519 key of a certificate: its SubjectPublicKeyInfo field, parsed out of
+/// the certificate's structure (webpki, as TLS does to check the handshake
+/// signature, so the key pinned and the key that signed are the same), and
+/// accepted only if it is exactly an Ed25519 SPKI (RFC 8410).
 ///
-/// Hand-written rather than a full X.509 parser: an Ed25519 SPKI has one fixed
-/// 12-byte DER header (RFC 8410) followed by the 32 key bytes, and the certificate's
-/// signature has already been checked by TLS with that very key.
+/// It once searched the certificate's bytes for the SPKI header instead: a
+/// certificate with that header and a victim's key in its subject name (before
+/// the real key field) passed as the victim, while the handshake was signed with
+/// the attacker's own key.
 pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
     const SPKI_PREFIX: [u8; 12] = [
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];
-    let bytes = cert.as_ref();
-    let at = bytes
-        .windows(SPKI_PREFIX.len())
-        .position(|w| w == SPKI_PREFIX)?;
-    let key = bytes.get(at + SPKI_PREFIX.len()..at + SPKI_PREFIX.len() + 32)?;
+    let parsed = rustls::server::ParsedCertificate::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let key = spki.as_ref().strip_prefix(&SPKI_PREFIX[..])?;
     Some(PublicKey(key.try_into().ok()?))
 }
 
@@ -218,5 +220,53 @@ impl ServerCertVerifier for PinnedServerKey {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.signatures.schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key is read from the certificate's own key field: a certificate that
+    /// carries another key's SPKI bytes in its subject name (before the real key
+    /// field) still yields its real key.
+    #[test]
+    fn the_key_comes_from_the_key_field_not_from_bytes_that_look_like_one() {
+        let victim = Identity::generate().public();
+        let attacker = Identity::generate();
+        let (honest, _) = certificate(&attacker, "liveobjects-directory").unwrap();
+        assert_eq!(ed25519_key_of(&honest), Some(attacker.public()));
+
+        // The attacker's certificate, with 44 bytes of subject name to overwrite
+        // (the subject comes before the key field).
+        let placeholder = "X".repeat(44);
+        let der = PrivatePkcs8KeyDer::from(attacker.to_pkcs8_der());
+        let key_pair =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, placeholder.as_str());
+        let cert = params.self_signed(&key_pair).unwrap();
+        let mut der = cert.der().as_ref().to_vec();
+        let at = der
+            .windows(44)
+            .position(|w| w == placeholder.as_bytes())
+            .expect("the subject name is in the certificate");
+        let mut forged_spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        forged_spki.extend_from_slice(&victim.0);
+        der[at..at + 44].copy_from_slice(&forged_spki);
+        let forged = CertificateDer::from(der);
+        // The victim's key bytes now come first in the certificate...
+        let first = forged
+            .as_ref()
+            .windows(12)
+            .position(|w| w == &forged_spki[..12])
+            .unwrap();
+        assert_eq!(&forged.as_ref()[first + 12..first + 44], &victim.0[..]);
+        // ...but the key is the attacker's.
+        assert_eq!(ed25519_key_of(&forged), Some(attacker.public()));
     }
 }

@@ -77,28 +77,48 @@ function show(value) {
 }
 
 /** Open a live events stream of `name`: a WebSocket, or Server-Sent Events if
- *  the WebSocket cannot open. Returns a function that closes it. */
+ *  no WebSocket ever opens. A stream that ends after it was open (the node
+ *  restarted, or this page fell behind and was cut off) is opened again with a
+ *  growing delay, and `onEvent` gets {type: "reconnected"} so the page re-reads
+ *  what it shows. Returns a function that closes it for good. */
 function subscribe(name, onEvent, onState) {
   const q = token ? `?token=${enc(token)}` : "";
   const path = `${objectPath(name)}/events${q}`;
+  const say = (s) => onState && onState(s);
+  const deliver = (data) => { try { onEvent(JSON.parse(data)); } catch { /* not JSON: ignore */ } };
   let closed = false;
   let source = null;
-  let ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`);
-  let opened = false;
-  ws.onopen = () => { opened = true; onState && onState("live (WebSocket)"); };
-  ws.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch { /* not JSON: ignore */ } };
-  ws.onclose = () => {
+  let ws = null;
+  let everOpen = false;
+  let delay = 500;
+  const open = () => {
     if (closed) return;
-    if (!opened) {
-      source = new EventSource(path);
-      source.onopen = () => onState && onState("live (Server-Sent Events)");
-      source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch { /* ignore */ } };
-      source.onerror = () => onState && onState("events stream lost; reopen the object to retry");
-    } else {
-      onState && onState("events stream closed; reopen the object to retry");
-    }
+    ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`);
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      delay = 500;
+      say("live (WebSocket)");
+      if (everOpen) onEvent({ type: "reconnected" });
+      everOpen = true;
+    };
+    ws.onmessage = (m) => deliver(m.data);
+    ws.onclose = () => {
+      if (closed) return;
+      if (!opened && !everOpen) {
+        source = new EventSource(path);
+        source.onopen = () => say("live (Server-Sent Events)");
+        source.onmessage = (m) => deliver(m.data);
+        source.onerror = () => say("events stream lost; the browser retries");
+        return;
+      }
+      say(`events stream closed; reconnecting in ${Math.round(delay / 1000)} s`);
+      setTimeout(open, delay);
+      delay = Math.min(delay * 2, 30000);
+    };
   };
-  return () => { closed = true; ws.close(); if (source) source.close(); };
+  open();
+  return () => { closed = true; if (ws) ws.close(); if (source) source.close(); };
 }
 
 /** Members' short names, learned from views: key prefix -> "alice (728c838b)". */
@@ -447,6 +467,7 @@ async function openObject(name) {
       case "notification": line(`notification ${e.topic}: ${e.detail.replace(/\b[0-9a-f]{64}\b/g, who)}`); break;
       case "view": learnMembers(e.members); line(`view: ${e.members.join(", ")}`); break;
       case "lagged": line(`lagged: ${e.message}`, "rejected"); break;
+      case "reconnected": line("reconnected: state re-read"); break;
       default: line(JSON.stringify(e));
     }
     refresh();

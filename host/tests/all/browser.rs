@@ -665,3 +665,78 @@ fn the_page_carries_the_token_and_joins_and_leaves() {
         page.close().await.unwrap();
     });
 }
+
+/// The page outlives its node: after a kill -9 the feed says it is reconnecting,
+/// and once the node is back on the same address (and has joined again) the
+/// stream reopens by itself, says so, and shows what happens next.
+#[test]
+fn the_page_reconnects_after_its_node_restarts() {
+    let Some((_one, driver, chromium)) = start() else {
+        return;
+    };
+    let home = crate::common::Home::new();
+    let directory = crate::node::directory_with_acme_zone(&home);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let start_node = || {
+        crate::node::start_node_with(
+            &home,
+            1,
+            &directory.addr,
+            &directory.root,
+            &["--http", &http],
+            &["http api on "],
+        )
+    };
+    let (mut node, seed) = start_node();
+    publish_mesh(&home, &directory, ROOM, liveobjects_objects::CHAT, &seed);
+    let found = || {
+        let r = post(
+            &http,
+            "/v1/objects",
+            &json!({"name": ROOM, "found": true}).to_string(),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    };
+    found();
+    block_on(async {
+        let page = browser(&driver, &chromium).await;
+        page.goto(&page_url(&http, ROOM)).await.unwrap();
+        let says = |words: &str| format!("document.body.textContent.includes('{words}')");
+        wait_until(&page, "the live feed", &says("live (WebSocket)")).await;
+        node.kill9();
+        wait_until(
+            &page,
+            "that it is reconnecting",
+            &says("events stream closed; reconnecting"),
+        )
+        .await;
+        let (again, _) = start_node();
+        found();
+        wait_until(
+            &page,
+            "the stream reopened",
+            &says("reconnected: state re-read"),
+        )
+        .await;
+        let r = post(
+            &http,
+            &format!("/v1/objects/{}/call/post", enc(ROOM)),
+            &json!(["after the restart"]).to_string(),
+        );
+        assert_eq!(r.json()["results"], json!([{"ok": null}]), "{}", r.body);
+        wait_until(
+            &page,
+            "the post after the restart",
+            "document.getElementById('feed').textContent.includes('after the restart')",
+        )
+        .await;
+        screenshot(&page, "reconnected").await;
+        page.close().await.unwrap();
+        drop(again);
+    });
+}
