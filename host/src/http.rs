@@ -483,7 +483,15 @@ async fn join(State(api): State<Api>, body: Bytes) -> Answer {
     if request.references {
         // Each reference's own outcome: one that does not resolve or fit is
         // reported, and the others are joined all the same.
-        let joins = api.node.join_references(&request.name).await?;
+        let joins = match api.node.join_references(&request.name).await {
+            Ok(joins) => joins,
+            Err(e) => {
+                // The object is joined all the same: say so, and why its references are not.
+                answer["references"] = Json::Array(Vec::new());
+                answer["references_error"] = json!({"kind": e.kind(), "message": e.to_string()});
+                return Ok((status, axum::Json(answer)).into_response());
+            }
+        };
         answer["references"] = joins
             .into_iter()
             .map(|j| {

@@ -499,10 +499,16 @@ impl Node {
                     Ok(o) => o,
                     Err(e) => return failed(e),
                 };
+                // The object is joined whatever happens to its references: their
+                // failure is reported beside it, not as the join's.
                 let lines = if references {
                     match self.join_references(&name).await {
                         Ok(joins) => joins.into_iter().map(ReferenceLine::from).collect(),
-                        Err(e) => return failed(e),
+                        Err(e) => vec![ReferenceLine {
+                            name: name.clone(),
+                            require: Vec::new(),
+                            outcome: Err(format!("its references could not be read: {e}")),
+                        }],
                     }
                 } else {
                     Vec::new()
@@ -637,6 +643,15 @@ impl Node {
         let mut references = Vec::new();
         if let (Some(ty), Some(wave)) = (method.results.first(), results.first()) {
             references = crate::references::references_in_wave(ty, wave);
+        }
+        if references.len() > crate::references::MAX_REFERENCES_JOINED {
+            tracing::warn!(
+                object = name,
+                references = references.len(),
+                "joining only the first {} references",
+                crate::references::MAX_REFERENCES_JOINED
+            );
+            references.truncate(crate::references::MAX_REFERENCES_JOINED);
         }
         let mut joins = Vec::with_capacity(references.len());
         for reference in references {

@@ -16,6 +16,14 @@ use crate::runtime::{Method, ObjectInterface};
 use liveobjects_directory::client::Resolver;
 use wasmtime::component::{Type, Val};
 
+/// Most references one call's arguments may carry: each costs a directory
+/// lookup before the call runs, so a body full of them must not become a flood.
+pub const MAX_REFERENCES_PER_CALL: usize = 64;
+
+/// Most referenced objects one join of references joins (the `doc` object holds
+/// at most 1,000 blocks).
+pub const MAX_REFERENCES_JOINED: usize = 1000;
+
 /// A typed reference: an object's name and the aspects required of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
@@ -152,10 +160,26 @@ pub async fn check_call(
     let Ok(found) = interface.find(method) else {
         return Ok(());
     };
+    let mut carried = Vec::new();
     for (argument, ((_, ty), wave)) in found.params.iter().zip(args).enumerate() {
         for reference in references_in_wave(ty, wave) {
-            check_reference(resolver, argument, &reference).await?;
+            carried.push((argument, reference));
         }
+    }
+    if let Some((argument, reference)) = carried.get(MAX_REFERENCES_PER_CALL) {
+        return Err(NodeError::BadReference {
+            argument: *argument,
+            name: reference.name.clone(),
+            reason: format!(
+                "a call may carry at most {MAX_REFERENCES_PER_CALL} references; this one \
+                 carries {}",
+                carried.len()
+            ),
+            kind: "bad-argument",
+        });
+    }
+    for (argument, reference) in &carried {
+        check_reference(resolver, *argument, reference).await?;
     }
     Ok(())
 }

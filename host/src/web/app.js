@@ -138,11 +138,25 @@ function who(key) {
 
 /** Call `f` at most once per `ms`, trailing (refresh after bursts of events). */
 function throttle(f, ms) {
+  // One run at a time (an older render must not land after a newer one); a call
+  // during a run schedules one more run after it. `cancel` stops it for good.
   let timer = null;
-  return () => {
-    if (timer) return;
-    timer = setTimeout(() => { timer = null; f(); }, ms);
+  let running = false;
+  let again = false;
+  let cancelled = false;
+  const run = async () => {
+    timer = null;
+    if (cancelled) return;
+    if (running) { again = true; return; }
+    running = true;
+    try { await f(); } catch { /* shown by f itself */ } finally {
+      running = false;
+      if (again && !cancelled) { again = false; schedule(); }
+    }
   };
+  const schedule = () => { if (!timer && !cancelled) timer = setTimeout(run, ms); };
+  schedule.cancel = () => { cancelled = true; clearTimeout(timer); };
+  return schedule;
 }
 
 // ---------------------------------------------------------------- forms from WIT types
@@ -391,22 +405,32 @@ async function refreshJoined() {
 
 // ---------------------------------------------------------------- an object
 
-/** What closes when another object is opened (event streams). */
+/** What closes when another object is opened (event streams, pending
+ *  refreshes, embedded objects), and which opening is the current one (an older
+ *  one still loading must not draw over it). */
 let closers = [];
+let opening = 0;
 function closeAll() { for (const c of closers) c(); closers = []; }
 
 async function openObject(name) {
   closeAll();
+  const mine = ++opening;
   const view = document.getElementById("view");
   view.replaceChildren(h("p", { class: "muted" }, `opening ${name}…`));
   let status = null;
   try {
     status = await api("GET", objectPath(name));
   } catch (e) {
+    if (mine !== opening) return;
     if (e.error.kind !== "not-joined") { view.replaceChildren(h("p", { class: "error" }, e.message)); return; }
   }
+  if (mine !== opening) return;
   if (!status) return showUnjoined(name, view);
   const iface = await api("GET", `${objectPath(name)}/interface`).catch((e) => ({ methods: [], error: e.message }));
+  if (mine !== opening) return;
+  closers.push(() => {
+    for (const el of view.querySelectorAll(".block.embed")) el.dispatchEvent(new Event("lo-close"));
+  });
   const facts = h("dl", { class: "facts" });
   const feed = h("ul", { id: "feed" });
   const feedState = h("span", { class: "muted" }, "connecting…");
@@ -441,8 +465,9 @@ async function openObject(name) {
   const refresh = throttle(async () => {
     try { renderFacts(await api("GET", objectPath(name))); } catch { /* left: shown by the feed */ }
     await refreshValues();
-    if (isDocument) renderDocument(name, docHolder);
+    if (isDocument) await renderDocument(name, docHolder);
   }, 250);
+  closers.push(refresh.cancel);
 
   renderFacts(status);
   const leave = h("button", { class: "secondary", id: "leave" }, "Leave");
@@ -614,16 +639,49 @@ function documentEditor(name) {
  *  its methods; refreshed on each of its events. */
 async function embedLive(ref, body) {
   const stop = [];
-  body.closest(".block").addEventListener("lo-close", () => stop.forEach((f) => f()));
+  let closed = false;
+  body.closest(".block").addEventListener("lo-close", () => { closed = true; stop.forEach((f) => f()); });
+  // Shown live only once this node has joined it: opening a document must not
+  // make the node join whatever its authors embedded, so that takes a click
+  // (or joining the document with its references).
+  let status;
   try {
-    await api("POST", "/v1/objects", { name: ref.name, require: ref.require });
-    refreshJoined();
+    status = await api("GET", objectPath(ref.name));
   } catch (e) {
-    body.replaceChildren(h("span", { class: "error" }, e.message));
+    if (closed) return;
+    if (e.error.kind !== "not-joined") { body.replaceChildren(h("span", { class: "error" }, e.message)); return; }
+    const join = h("button", { class: "secondary embed-join" }, `Join ${ref.name} to show it here`);
+    // Offered only once a join found no member: then this node may start it.
+    const found = h("button", { class: "secondary embed-found", hidden: true }, "Start it on this node");
+    const error = h("span", { class: "error" });
+    const joinWith = (button, options) => async () => {
+      button.disabled = true;
+      try {
+        await api("POST", "/v1/objects", { name: ref.name, require: ref.require, ...options });
+        refreshJoined();
+        body.replaceChildren(h("span", { class: "muted" }, "joining…"));
+        await embedLive(ref, body);
+      } catch (err) {
+        error.textContent = err.message;
+        button.disabled = false;
+        if (err.error && err.error.kind === "no-members") found.hidden = false;
+      }
+    };
+    join.addEventListener("click", joinWith(join, {}));
+    found.addEventListener("click", joinWith(found, { found: true }));
+    body.replaceChildren(join, " ", found, " ", error);
     return;
   }
-  const iface = await api("GET", `${objectPath(ref.name)}/interface`);
-  api("GET", objectPath(ref.name)).then((s) => learnMembers(s.members)).catch(() => {});
+  if (closed) return;
+  learnMembers(status.members);
+  let iface;
+  try {
+    iface = await api("GET", `${objectPath(ref.name)}/interface`);
+  } catch (e) {
+    if (!closed) body.replaceChildren(h("span", { class: "error" }, e.message));
+    return;
+  }
+  if (closed) return;
   const has = (n) => iface.methods.find((m) => m.name === n);
   if (has("post") && has("history")) {
     const lines = h("ul", { class: "chat-lines" });
@@ -648,7 +706,8 @@ async function embedLive(ref, body) {
     send.addEventListener("click", post);
     input.addEventListener("keydown", (e) => { if (e.key === "Enter") post(); });
     body.replaceChildren(lines, h("div", { class: "row" }, input, send), error);
-    stop.push(subscribe(ref.name, throttle(load, 150)));
+    const reload = throttle(load, 150);
+    stop.push(subscribe(ref.name, reload), reload.cancel);
     await load();
     return;
   }
@@ -668,7 +727,8 @@ async function embedLive(ref, body) {
   put(body, values, methods.length
     ? h("details", {}, h("summary", {}, "methods"), methods.map((m) => methodForm(ref.name, m, load)))
     : null);
-  stop.push(subscribe(ref.name, throttle(load, 150)));
+  const reload = throttle(load, 150);
+  stop.push(subscribe(ref.name, reload), reload.cancel);
   await load();
 }
 
@@ -676,7 +736,15 @@ async function embedLive(ref, body) {
 
 async function route() {
   const m = location.hash.match(/^#\/object\/(.+)$/);
-  if (m) await openObject(decodeURIComponent(m[1]));
+  if (!m) return;
+  let name;
+  try {
+    name = decodeURIComponent(m[1]);
+  } catch {
+    document.getElementById("view").replaceChildren(h("p", { class: "error" }, `not an object's address: ${m[1]}`));
+    return;
+  }
+  await openObject(name);
 }
 
 window.addEventListener("hashchange", route);

@@ -468,6 +468,45 @@ fn a_refused_embedding_shows_the_type_error_and_a_dropped_object_is_embedded() {
         )
         .await;
         screenshot(&page, "embed-dropped").await;
+
+        // Asking no more than its record gives, the FIFO chat is embedded; this
+        // node has not joined it, so the page offers to rather than joining it.
+        type_into(&page, "#embed-name", FIFO).await;
+        type_into(&page, "#embed-require", "reliable-fifo").await;
+        click(&page, "#embed").await;
+        let join = format!("{} .embed-join", embedded(FIFO));
+        wait_until(
+            &page,
+            "the offer to join the embedded chat",
+            &format!("!!document.querySelector('{join}')"),
+        )
+        .await;
+        let joined_here = crate::http::get(a, "/v1/objects").json();
+        assert!(
+            !joined_here.to_string().contains(FIFO),
+            "rendering the document joined it: {joined_here}"
+        );
+        // No member runs it (its seed is this node): the join says so, and the
+        // page offers to start it here.
+        click(&page, &join).await;
+        let found = format!("{} .embed-found", embedded(FIFO));
+        wait_until(
+            &page,
+            "the offer to start the chat",
+            &format!(
+                "(document.querySelector('{found}') || {{hidden: true}}).hidden === false \
+                 && document.querySelector('{} .error').textContent.includes('no member of')",
+                embedded(FIFO)
+            ),
+        )
+        .await;
+        click(&page, &found).await;
+        wait_until(
+            &page,
+            "the embedded FIFO chat live",
+            &format!("!!document.querySelector('{} .chat-input')", embedded(FIFO)),
+        )
+        .await;
         page.close().await.unwrap();
     });
 }
@@ -539,7 +578,7 @@ fn lo_demo_web_serves_each_host_its_page() {
         wait_until(
             &page,
             "the three embedded objects",
-            "document.querySelectorAll('.block.embed .embed-body > :not(.muted)').length >= 3",
+            "document.querySelectorAll('.block.embed .embed-body .values, .block.embed .chat-lines').length === 3",
         )
         .await;
         wait_until(
@@ -552,33 +591,46 @@ fn lo_demo_web_serves_each_host_its_page() {
             ),
         )
         .await;
-        let count = |page: &Client| {
-            let page = page.clone();
-            async move {
-                let shown = text(
-                    &page,
-                    &format!(
-                        "{} [data-query=count]",
-                        embedded("lo://demo/markets/ticker")
-                    ),
-                )
-                .await;
-                shown
-                    .trim_start_matches("count = ")
-                    .trim_matches('"')
-                    .parse::<u64>()
-                    .unwrap_or(0)
-            }
+        // Each widget shows its object: the counter's value and the ticker's count.
+        let value = |object: &str, query: &str| {
+            format!(
+                "(document.querySelector('{} [data-query={query}]') || {{}}).textContent",
+                embedded(object)
+            )
         };
-        let before = count(&page).await;
+        let ticker = value("lo://demo/markets/ticker", "count");
+        wait_until(
+            &page,
+            "the counter's value",
+            &format!(
+                "/^get = \\d+$/.test({})",
+                value("lo://demo/counters/hits", "get")
+            ),
+        )
+        .await;
+        wait_until(
+            &page,
+            "the ticker's count",
+            &format!("/^count = \"?\\d+\"?$/.test({ticker})"),
+        )
+        .await;
+        let shown = text(
+            &page,
+            &format!(
+                "{} [data-query=count]",
+                embedded("lo://demo/markets/ticker")
+            ),
+        )
+        .await;
+        let before: u64 = shown
+            .trim_start_matches("count = ")
+            .trim_matches('"')
+            .parse()
+            .unwrap_or_else(|e| panic!("{shown:?}: {e}"));
         wait_until(
             &page,
             "the ticker moving",
-            &format!(
-                "Number(((document.querySelector('{} [data-query=count]') || {{}}).textContent \
-                 || '').replace(/[^0-9]/g, '')) > {before}",
-                embedded("lo://demo/markets/ticker")
-            ),
+            &format!("Number(({ticker}).replace(/[^0-9]/g, '')) > {before}"),
         )
         .await;
         screenshot(&page, "demo-bob").await;
