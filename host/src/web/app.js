@@ -162,18 +162,15 @@ function throttle(f, ms) {
 // ---------------------------------------------------------------- forms from WIT types
 
 /** A form field for a value of JSON Schema `schema` (the node's mapping of a WIT
- *  type, with the WIT kind under x-wit). Returns {el, get(), fields} where
- *  `fields` maps a value path (".name[0]") to its element, for errors. */
+ *  type, with the WIT kind under x-wit). Returns {el, get()}; every field element
+ *  carries its value path (".name[0]") in data-path, for errors. */
 function field(schema, label, path) {
   const kind = schema["x-wit"];
-  const fields = new Map();
   const wrap = (input, get) => {
     const el = h("div", { class: "field", "data-path": path, "data-kind": kind },
       label !== null ? h("label", {}, label, " ") : null, input, h("span", { class: "error" }));
-    fields.set(path, el);
-    return { el, get, fields };
+    return { el, get };
   };
-  const nested = (child) => { for (const [p, e] of child.fields) fields.set(p, e); return child; };
   switch (kind) {
     case "bool": {
       const input = h("input", { type: "checkbox" });
@@ -213,13 +210,13 @@ function field(schema, label, path) {
       return wrap(span, () => boxes.filter(([, b]) => b.checked).map(([f]) => f));
     }
     case "record": {
-      const parts = Object.entries(schema.properties).map(([name, s]) => [name, nested(field(s, name, `${path}.${name}`))]);
+      const parts = Object.entries(schema.properties).map(([name, s]) => [name, field(s, name, `${path}.${name}`)]);
       const set = h("fieldset", {}, parts.map(([, p]) => p.el));
       const out = wrap(set, () => Object.fromEntries(parts.map(([n, p]) => [n, p.get()])));
       return out;
     }
     case "tuple": {
-      const parts = schema.prefixItems.map((s, i) => nested(field(s, `${i}`, `${path}[${i}]`)));
+      const parts = schema.prefixItems.map((s, i) => field(s, `${i}`, `${path}[${i}]`));
       const set = h("fieldset", {}, parts.map((p) => p.el));
       return wrap(set, () => parts.map((p) => p.get()));
     }
@@ -227,12 +224,26 @@ function field(schema, label, path) {
       const items = [];
       const list = h("div", {});
       const add = h("button", { type: "button", class: "secondary" }, "+ item");
+      // After a removal the rows behind it move up: their paths (where errors
+      // are shown) and labels are renumbered to match the array sent.
+      const renumber = () => {
+        items.forEach((item, k) => {
+          const from = item.el.dataset.path;
+          const to = `${path}[${k}]`;
+          if (from === to) return;
+          for (const el of [item.el, ...item.el.querySelectorAll(".field[data-path]")]) {
+            el.dataset.path = to + el.dataset.path.slice(from.length);
+          }
+          const label = item.el.querySelector(":scope > label");
+          if (label) label.textContent = `[${k}] `;
+        });
+      };
       add.addEventListener("click", () => {
         const i = items.length;
-        const item = nested(field(schema.items, `[${i}]`, `${path}[${i}]`));
+        const item = field(schema.items, `[${i}]`, `${path}[${i}]`);
         const remove = h("button", { type: "button", class: "secondary", title: "remove" }, "−");
         const row = h("div", { class: "row" }, item.el, remove);
-        remove.addEventListener("click", () => { items.splice(items.indexOf(item), 1); row.remove(); });
+        remove.addEventListener("click", () => { items.splice(items.indexOf(item), 1); row.remove(); renumber(); });
         items.push(item);
         list.append(row);
       });
@@ -241,7 +252,7 @@ function field(schema, label, path) {
     case "option": {
       const inner = schema.anyOf[1];
       const doubled = inner["x-wit"] === undefined && inner.properties && inner.properties.some;
-      const child = nested(field(doubled ? inner.properties.some : inner, null, doubled ? `${path}.some` : path));
+      const child = field(doubled ? inner.properties.some : inner, null, doubled ? `${path}.some` : path);
       const some = h("input", { type: "checkbox", title: "some" });
       child.el.hidden = true;
       some.addEventListener("change", () => { child.el.hidden = !some.checked; });
@@ -252,7 +263,7 @@ function field(schema, label, path) {
       const cases = schema.oneOf.map((c) => {
         const [name, payload] = Object.entries(c.properties)[0];
         const hasPayload = payload.type !== "null";
-        return { name, child: hasPayload ? nested(field(payload, null, `${path}.${name}`)) : null };
+        return { name, child: hasPayload ? field(payload, null, `${path}.${name}`) : null };
       });
       const select = h("select", {}, cases.map((c) => h("option", { value: c.name }, c.name)));
       const holder = h("span", {});
@@ -287,12 +298,14 @@ function showError(form, args, err) {
   const e = err.error || { message: String(err) };
   const arg = typeof e.argument === "number" ? args[e.argument] : null;
   if (arg) {
+    // The deepest field whose path leads to the one the node named (read from
+    // the form as it is now: list rows come and go).
     const path = e.path || "";
-    let best = null;
-    for (const [p, el] of arg.fields) {
-      if (path.startsWith(p) && (!best || p.length > best[0].length)) best = [p, el];
+    const within = (p) => path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`);
+    let el = arg.el;
+    for (const f of arg.el.querySelectorAll(".field[data-path]")) {
+      if (within(f.dataset.path) && f.dataset.path.length > el.dataset.path.length) el = f;
     }
-    const el = best ? best[1] : arg.el;
     el.classList.add("invalid");
     // Next to a nested field, what is wrong there is enough; the whole message
     // (which argument, the signature) is the title.
@@ -310,7 +323,9 @@ function showError(form, args, err) {
 function methodForm(name, method, onDone) {
   const args = method.params.map((p) => field(p.schema, p.name, ""));
   const result = h("div", { class: "result" });
-  const form = h("form", { class: "method", "data-method": method.name },
+  // novalidate: every error comes from the node's WIT mapping, worded one way and
+  // placed at its field (the browser's own range checks would pre-empt some).
+  const form = h("form", { class: "method", "data-method": method.name, novalidate: true },
     h("div", {}, h("code", {}, method.name), " ", h("span", { class: "muted" }, method.signature)),
     args.map((a) => a.el),
     h("button", { type: "submit" }, "Call"),

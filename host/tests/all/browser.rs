@@ -370,6 +370,41 @@ fn forms_follow_wit_types_and_show_errors_next_to_the_field() {
             "no error is left once the call went through"
         );
         screenshot(&page, "form-register").await;
+
+        // A list inside the variant (`bytes(list<u8>)`): three rows, the first
+        // removed, so the rows renumber; an out-of-range byte in the second row
+        // is shown at that row, and the form sends what it shows.
+        page.find(Locator::Css(&format!("{set} select")))
+            .await
+            .unwrap()
+            .select_by_value("bytes")
+            .await
+            .unwrap();
+        let bytes = format!("{set} .field[data-path='.bytes']");
+        for _ in 0..3 {
+            click(&page, &format!("{bytes} > fieldset > button")).await;
+        }
+        click(&page, &format!("{bytes} .row button")).await;
+        let row = |i: usize| format!("{set} .field[data-path='.bytes[{i}]']");
+        assert_eq!(text(&page, &format!("{} > label", row(1))).await, "[1] ");
+        type_into(&page, &format!("{} input", row(0)), "7").await;
+        type_into(&page, &format!("{} input", row(1)), "300").await;
+        click(&page, &format!("{set} button[type=submit]")).await;
+        wait_until(
+            &page,
+            "the error at the second byte",
+            &format!("!!document.querySelector(\"{set} .field.invalid[data-path='.bytes[1]']\")"),
+        )
+        .await;
+        type_into(&page, &format!("{} input", row(1)), "8").await;
+        click(&page, &format!("{set} button[type=submit]")).await;
+        wait_until(
+            &page,
+            "the bytes in the state panel",
+            "(document.querySelector('[data-query=get]') || {}).textContent \
+             === 'get = {\"bytes\":[7,8]}'",
+        )
+        .await;
         page.close().await.unwrap();
     });
 }
