@@ -4,7 +4,7 @@
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::protocol::{decode_request, decode_response};
 use liveobjects_directory::record::{Delegation, ObjectRecord, Signed};
-use liveobjects_directory::server::Directory;
+use liveobjects_directory::server::{Directory, Registration};
 use liveobjects_directory::store::Store;
 use proptest::prelude::*;
 
@@ -34,7 +34,9 @@ proptest! {
             static DIR: (tempfile::TempDir, Directory) = {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Store::open(&dir.path().join("fuzz.redb")).unwrap();
-                let directory = Directory::new(store, Identity::generate(), 4096);
+                // Open: random zone creations reach the checks behind registration.
+                let directory = Directory::new(store, Identity::generate(), 4096)
+                    .with_registration(Registration::Open);
                 (dir, directory)
             };
         }
@@ -58,7 +60,8 @@ proptest! {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Store::open(&dir.path().join("zoned.redb")).unwrap();
                 let root = Identity::generate();
-                let directory = Directory::new(store, root, 4096);
+                let directory =
+                    Directory::new(store, root, 4096).with_registration(Registration::Open);
                 let owner = Identity::generate();
                 let proof = owner.sign(
                     &liveobjects_directory::protocol::create_zone_message("lo://acme/"),
