@@ -364,6 +364,20 @@ function methodForm(name, method, onDone) {
  *  calls these to show state, and never calls anything else on its own. */
 const isQuery = (m) => m.params.length === 0 && m.results.length === 1 && m.results[0].schema["x-wit"] !== "result";
 
+/** Call each query of `name` and show its value (or why not) in `values`. */
+async function showQueries(name, queries, values) {
+  const shown = [];
+  for (const q of queries) {
+    try {
+      const r = await api("POST", `${objectPath(name)}/call/${enc(q.name)}`, []);
+      shown.push(h("span", { "data-query": q.name }, h("b", {}, q.name), " = ", show(r.results[0])));
+    } catch (e) {
+      shown.push(h("span", { class: "error" }, `${q.name}: ${e.message}`));
+    }
+  }
+  values.replaceChildren(...shown);
+}
+
 // ---------------------------------------------------------------- the directory
 
 async function openFolder(folder) {
@@ -465,18 +479,9 @@ async function openObject(name) {
       h("dt", {}, "state size"), h("dd", {}, s.state_bytes !== null && s.state_bytes !== undefined ? `${s.state_bytes} bytes` : "–"),
       s.quarantined ? [h("dt", {}, "quarantined"), h("dd", { class: "error" }, s.quarantined)] : null]);
   };
-  const refreshValues = async () => {
-    const shown = [];
-    for (const q of queries.filter((q) => !["blocks", "references"].includes(q.name) || !isDocument)) {
-      try {
-        const r = await api("POST", `${objectPath(name)}/call/${enc(q.name)}`, []);
-        shown.push(h("span", { "data-query": q.name }, h("b", {}, q.name), " = ", show(r.results[0])));
-      } catch (e) {
-        shown.push(h("span", { class: "error" }, `${q.name}: ${e.message}`));
-      }
-    }
-    values.replaceChildren(...shown);
-  };
+  // A document's blocks are drawn as the document, not as values.
+  const shownQueries = queries.filter((q) => !isDocument || !["blocks", "references"].includes(q.name));
+  const refreshValues = () => showQueries(name, shownQueries, values);
   const refresh = throttle(async () => {
     try { renderFacts(await api("GET", objectPath(name))); } catch { /* left: shown by the feed */ }
     await refreshValues();
@@ -728,16 +733,7 @@ async function embedLive(ref, body) {
   }
   const values = h("div", { class: "values" });
   const queries = iface.methods.filter(isQuery);
-  const load = async () => {
-    const shown = [];
-    for (const q of queries) {
-      try {
-        const r = await api("POST", `${objectPath(ref.name)}/call/${enc(q.name)}`, []);
-        shown.push(h("span", { "data-query": q.name }, h("b", {}, q.name), " = ", show(r.results[0])));
-      } catch (e) { shown.push(h("span", { class: "error" }, e.message)); }
-    }
-    values.replaceChildren(...shown);
-  };
+  const load = () => showQueries(ref.name, queries, values);
   const methods = iface.methods.filter((m) => !isQuery(m));
   put(body, values, methods.length
     ? h("details", {}, h("summary", {}, "methods"), methods.map((m) => methodForm(ref.name, m, load)))
