@@ -30,7 +30,7 @@ pub mod __private {
         export_macro_name: "export_aggregate_world",
         default_bindings_module: "liveobjects_guest::aggregate::__private",
     });
-    pub use self::exports::liveobjects::object::aggregate::Guest as AggregateGuest;
+    pub use self::exports::liveobjects::object0_1_0::aggregate::Guest as AggregateGuest;
 }
 
 /// A partial aggregate that gossip can merge.

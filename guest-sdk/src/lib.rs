@@ -62,16 +62,20 @@ pub mod __private {
     //! Glue used by [`export_object!`](crate::export_object); not a stable API.
     wit_bindgen::generate!({
         path: "../wit",
-        world: "liveobjects:object/object@0.1.0",
+        world: "liveobjects:object/object@0.2.0",
+        // 0.2 imports 0.1's host interface and types: generate those too.
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_lifecycle",
         default_bindings_module: "liveobjects_guest::__private",
     });
-    pub use self::exports::liveobjects::object::lifecycle::Guest as Lifecycle;
+    pub use self::exports::liveobjects::object0_2_0::lifecycle::{
+        EventBatch, Guest as Lifecycle, Rejection,
+    };
     pub use crate::runtime::*;
 }
 
-pub use __private::liveobjects::object::types::{Event, LogLevel, View};
+pub use __private::liveobjects::object0_1_0::types::{Event, LogLevel, View};
 
 /// A replicated object: its state, its update events and how an event changes it.
 ///
@@ -94,7 +98,7 @@ pub trait LiveObject: Default + Serialize + DeserializeOwned + 'static {
     /// update methods; the state changes when the event is delivered.
     fn emit(event: &Self::Event) {
         let payload = postcard::to_allocvec(event).expect("postcard encoding to a Vec cannot fail");
-        __private::liveobjects::object::host::multicast(&payload);
+        __private::liveobjects::object0_1_0::host::multicast(&payload);
     }
 
     /// Read this replica's current state. Call this from query methods.
@@ -116,29 +120,30 @@ pub struct EventContext {
 
 /// This replica's host identity.
 pub fn self_id() -> String {
-    __private::liveobjects::object::host::self_id()
+    __private::liveobjects::object0_1_0::host::self_id()
 }
 
 /// The current membership view.
 pub fn view() -> View {
-    __private::liveobjects::object::host::current_view()
+    __private::liveobjects::object0_1_0::host::current_view()
 }
 
 /// Tell local applications watching this object that something changed.
 /// Notifications are local to this replica and not replicated.
 pub fn notify(topic: &str, detail: &str) {
-    __private::liveobjects::object::host::notify(topic, detail)
+    __private::liveobjects::object0_1_0::host::notify(topic, detail)
 }
 
 /// Write a line to the host's log.
 pub fn log(level: LogLevel, message: &str) {
-    __private::liveobjects::object::host::log(level, message)
+    __private::liveobjects::object0_1_0::host::log(level, message)
 }
 
 #[doc(hidden)]
 pub mod runtime {
     //! The generic lifecycle implementation behind [`export_object!`](crate::export_object).
     use super::*;
+    use crate::__private::{EventBatch, Rejection};
 
     thread_local! {
         static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
@@ -196,6 +201,55 @@ pub mod runtime {
         with_state_mut::<T, _>(|state| state.apply(decoded, &ctx))
     }
 
+    /// `lifecycle.deliver-batch`: apply each event as [`deliver`] would, without
+    /// allocating per event (one context per sender, payloads decoded in place).
+    pub fn deliver_batch<T: LiveObject>(batch: EventBatch) -> Vec<Rejection> {
+        let EventBatch {
+            senders,
+            events,
+            payloads,
+        } = batch;
+        let mut contexts: Vec<EventContext> = senders
+            .into_iter()
+            .map(|sender| EventContext {
+                sender,
+                seq: 0,
+                timestamp_ms: 0,
+            })
+            .collect();
+        let mut rejections = Vec::new();
+        let mut start = 0usize;
+        with_state_mut::<T, _>(|state| {
+            for (index, event) in (0u32..).zip(&events) {
+                let end = event.payload_end as usize;
+                let payload = payloads.get(start..end);
+                start = end;
+                let outcome = match (payload, contexts.get_mut(event.sender as usize)) {
+                    (Some(payload), Some(ctx)) => {
+                        ctx.seq = event.seq;
+                        ctx.timestamp_ms = event.timestamp_ms;
+                        match postcard::from_bytes::<T::Event>(payload) {
+                            Ok(decoded) => state.apply(decoded, ctx),
+                            Err(e) => Err(format!(
+                                "event {} from {} ({} bytes) does not decode: {e}",
+                                event.seq,
+                                ctx.sender,
+                                payload.len()
+                            )),
+                        }
+                    }
+                    _ => Err(format!(
+                        "event {index} of the batch names a sender or payload outside it"
+                    )),
+                };
+                if let Err(reason) = outcome {
+                    rejections.push(Rejection { index, reason });
+                }
+            }
+        });
+        rejections
+    }
+
     /// `lifecycle.view-changed`.
     pub fn view_changed<T: LiveObject>(view: View) {
         with_state_mut::<T, _>(|state| state.view_changed(&view))
@@ -209,7 +263,8 @@ pub mod runtime {
     }
 }
 
-/// Export the liveobjects lifecycle (`init`, `deliver`, `view-changed`, `snapshot`)
+/// Export the liveobjects lifecycle, version 0.2 (`init`, `deliver`, `deliver-batch`,
+/// `view-changed`, `snapshot`)
 /// for a type that implements [`LiveObject`]. Use it once per object crate, next to
 /// the `export!` of the object's own `wit-bindgen` world.
 #[macro_export]
@@ -223,6 +278,11 @@ macro_rules! export_object {
                 }
                 fn deliver(event: $crate::Event) -> Result<(), String> {
                     $crate::__private::deliver::<$ty>(event)
+                }
+                fn deliver_batch(
+                    batch: $crate::__private::EventBatch,
+                ) -> Vec<$crate::__private::Rejection> {
+                    $crate::__private::deliver_batch::<$ty>(batch)
                 }
                 fn view_changed(view: $crate::View) {
                     $crate::__private::view_changed::<$ty>(view)

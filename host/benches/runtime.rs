@@ -112,6 +112,23 @@ fn main() {
         }
     });
 
+    // The same through `deliver-batch` (contract 0.2), as drivers hand over queued
+    // events: up to MAX_BATCH_EVENTS per call.
+    let batched = measure(rounds, count, || {
+        let mut r = runtime
+            .instantiate(&logic, ReplicaIdentity::local("bench:counter", "m1"))
+            .unwrap();
+        r.init(None).unwrap();
+        for outcome in r.deliver_batch(black_box(&events)) {
+            outcome.unwrap();
+        }
+        assert!(r.stats().batches > 0, "the counter takes batches");
+    });
+    // The peer: the same export called with wasmtime's typed bindings and nothing
+    // else (default engine: no fuel, no deadlines, no rollback log), the batches
+    // packed beforehand.
+    let bare_wasmtime = bare::deliver_batch(rounds, &bytes_of(path), &events);
+
     // Method call by name with typed values (a query).
     let mut replica = runtime
         .instantiate(&logic, ReplicaIdentity::local("bench:counter", "m1"))
@@ -173,6 +190,23 @@ fn main() {
         format!("{:.0}x slower than native", guest / native),
     );
     row(
+        "guest counter: Replica::deliver_batch",
+        batched,
+        format!(
+            "{:.1}x native, {:.2}x bare wasmtime",
+            batched / native,
+            batched / bare_wasmtime
+        ),
+    );
+    row(
+        "bare wasmtime: typed deliver-batch call",
+        bare_wasmtime,
+        format!(
+            "(baseline for batches) {:.1}x native",
+            bare_wasmtime / native
+        ),
+    );
+    row(
         "guest query by name: Replica::call(get)",
         query,
         String::new(),
@@ -200,6 +234,18 @@ fn main() {
         "events/s",
     );
     report.row(
+        serde_json::json!({"measure": "counter deliver-batch"}),
+        1.0 / batched,
+        Some(("bare wasmtime typed deliver-batch", 1.0 / bare_wasmtime)),
+        "events/s",
+    );
+    report.row(
+        serde_json::json!({"measure": "counter deliver-batch vs native"}),
+        1.0 / batched,
+        Some(("native Rust counter", 1.0 / native)),
+        "events/s",
+    );
+    report.row(
         serde_json::json!({"measure": "component load"}),
         1.0 / cached,
         Some(("cold compile", 1.0 / cold)),
@@ -216,6 +262,109 @@ fn main() {
         cold / cached
     );
     isolation::run(quick, &events);
+}
+
+fn bytes_of(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// The peer for batched delivery: a bare wasmtime embedding of the same component
+/// calling its `deliver-batch` export through typed bindings.
+mod bare {
+    use super::measure;
+    use liveobjects_host::runtime::bindings::liveobjects::object0_1_0::{host, types};
+    use liveobjects_host::runtime::bindings_0_2::Object;
+    use liveobjects_host::runtime::{BatchedEvent, Event, EventBatch, MAX_BATCH_EVENTS, View};
+    use std::hint::black_box;
+    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    use wasmtime::{Engine, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    struct Bare {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for Bare {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl types::Host for Bare {}
+
+    impl host::Host for Bare {
+        fn multicast(&mut self, _payload: Vec<u8>) -> wasmtime::Result<()> {
+            Ok(())
+        }
+        fn self_id(&mut self) -> wasmtime::Result<String> {
+            Ok("bench".into())
+        }
+        fn current_view(&mut self) -> wasmtime::Result<View> {
+            Ok(View {
+                id: 1,
+                members: vec!["bench".into()],
+            })
+        }
+        fn notify(&mut self, _topic: String, _detail: String) -> wasmtime::Result<()> {
+            Ok(())
+        }
+        fn log(&mut self, _level: types::LogLevel, _message: String) -> wasmtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pack(events: &[Event]) -> EventBatch {
+        let mut payloads = Vec::new();
+        let events = events
+            .iter()
+            .map(|e| {
+                payloads.extend_from_slice(&e.payload);
+                BatchedEvent {
+                    sender: 0,
+                    seq: e.seq,
+                    timestamp_ms: e.timestamp_ms,
+                    payload_end: payloads.len() as u32,
+                }
+            })
+            .collect();
+        EventBatch {
+            senders: vec!["bench-01".into()],
+            events,
+            payloads,
+        }
+    }
+
+    /// Seconds per event.
+    pub fn deliver_batch(rounds: usize, component: &[u8], events: &[Event]) -> f64 {
+        let engine = Engine::default();
+        let component = Component::new(&engine, component).unwrap();
+        let mut linker = Linker::<Bare>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+        Object::add_to_linker::<Bare, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
+        let batches: Vec<EventBatch> = events.chunks(MAX_BATCH_EVENTS).map(pack).collect();
+        measure(rounds, events.len(), || {
+            let mut store = Store::new(
+                &engine,
+                Bare {
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                },
+            );
+            let object = Object::instantiate(&mut store, &component, &linker).unwrap();
+            let lifecycle = object.liveobjects_object0_2_0_lifecycle();
+            lifecycle.call_init(&mut store, None).unwrap().unwrap();
+            for batch in &batches {
+                let rejected = lifecycle
+                    .call_deliver_batch(&mut store, black_box(batch))
+                    .unwrap();
+                assert!(rejected.is_empty());
+            }
+        })
+    }
 }
 
 /// The executor rows: a fast object's throughput alone and beside a slow object

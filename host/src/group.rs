@@ -1,11 +1,14 @@
 //! What every driver's objects share: the errors a call on a joined object can
 //! fail with, the notices a local application can watch, the status a driver
-//! publishes for one object, and the access policy a group enforces on joiners.
+//! publishes for one object, the access policy a group enforces on joiners, and
+//! how events reach a replica in batches.
 //! Drivers (`mesh`, `qsm`, `vsync`, `gossip`) speak this vocabulary to the node and
 //! the CLI, which never name a driver.
 
 use crate::mesh::net::Peer;
+use crate::runtime::{Event, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
+use std::sync::{Arc, Mutex};
 
 /// Something a local application may want to see.
 #[derive(Debug, Clone)]
@@ -199,3 +202,104 @@ impl WaitingCalls {
         }
     }
 }
+
+/// Events a driver hands its replica in batches ([`Replica::deliver_batch`]):
+/// while the job that will apply a run of events waits in the replica's mailbox,
+/// events that arrive join that run instead of queueing a job each. A replica that
+/// keeps up gets runs of one; one that falls behind gets up to
+/// [`MAX_BATCH_EVENTS`] per job, which is when the saving matters.
+///
+/// Each event carries a tag of the driver's (which call it answers, say). A run
+/// is closed by any other job the driver queues, so nothing overtakes it.
+///
+/// [`Replica::deliver_batch`]: crate::runtime::Replica::deliver_batch
+/// [`MAX_BATCH_EVENTS`]: crate::runtime::MAX_BATCH_EVENTS
+pub(crate) struct DeliveryRuns<T> {
+    open: Option<OpenRun<T>>,
+}
+
+struct OpenRun<T> {
+    shared: Arc<Mutex<Option<RunContents<T>>>>,
+    events: usize,
+    bytes: usize,
+}
+
+struct RunContents<T> {
+    events: Vec<(T, Event)>,
+    /// Bytes of the events after the first, which the driver held for the run.
+    held: usize,
+}
+
+/// The job's end of a run: what it applies.
+pub(crate) struct Run<T>(Arc<Mutex<Option<RunContents<T>>>>);
+
+impl<T> Run<T> {
+    /// Take the run's events (once: later events go to a new run) and the bytes
+    /// the driver held for them, which the caller releases.
+    pub(crate) fn take(&self) -> (Vec<(T, Event)>, usize) {
+        match self.0.lock().expect("delivery run").take() {
+            Some(contents) => (contents.events, contents.held),
+            None => (Vec::new(), 0),
+        }
+    }
+}
+
+impl<T> Default for DeliveryRuns<T> {
+    fn default() -> Self {
+        DeliveryRuns { open: None }
+    }
+}
+
+impl<T> DeliveryRuns<T> {
+    /// Add `event` (`bytes` for budgets) to the open run if it has room and its job
+    /// has not started; otherwise hand it back, to start a new run.
+    pub(crate) fn join(&mut self, tag: T, event: Event, bytes: usize) -> Result<(), (T, Event)> {
+        let Some(open) = &mut self.open else {
+            return Err((tag, event));
+        };
+        if open.events >= MAX_BATCH_EVENTS || open.bytes + bytes > MAX_BATCH_BYTES {
+            return Err((tag, event));
+        }
+        let mut shared = open.shared.lock().expect("delivery run");
+        let Some(contents) = shared.as_mut() else {
+            drop(shared);
+            self.open = None;
+            return Err((tag, event));
+        };
+        contents.events.push((tag, event));
+        contents.held += bytes;
+        open.events += 1;
+        open.bytes += bytes;
+        Ok(())
+    }
+
+    /// Start a run with `event`; queue a job that applies the returned [`Run`], then
+    /// call [`opened`](Self::opened) with the other half.
+    pub(crate) fn start(tag: T, event: Event, bytes: usize) -> (Run<T>, OpenedRun<T>) {
+        let shared = Arc::new(Mutex::new(Some(RunContents {
+            events: vec![(tag, event)],
+            held: 0,
+        })));
+        (
+            Run(shared.clone()),
+            OpenedRun(OpenRun {
+                shared,
+                events: 1,
+                bytes,
+            }),
+        )
+    }
+
+    /// The run whose job was just queued takes the events that follow.
+    pub(crate) fn opened(&mut self, run: OpenedRun<T>) {
+        self.open = Some(run.0);
+    }
+
+    /// Another job was queued: later events go to a new run.
+    pub(crate) fn close(&mut self) {
+        self.open = None;
+    }
+}
+
+/// The driver's end of a run just started (see [`DeliveryRuns::start`]).
+pub(crate) struct OpenedRun<T>(OpenRun<T>);

@@ -25,6 +25,7 @@ const OBJECTS: &[(&str, &str, bool)] = &[
     ("HOSTILE", "hostile", false),
     ("HOSTILE_AGGREGATE", "hostile_aggregate", false),
     ("STRANGER", "stranger", false),
+    ("LEGACY_COUNTER", "legacy_counter", false),
 ];
 
 fn main() {

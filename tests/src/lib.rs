@@ -37,3 +37,17 @@ pub fn fixed_clock(start_ms: u64) -> liveobjects_host::local::TimeSource {
         now
     })
 }
+
+/// A small deterministic generator (an LCG), so every run replays the same workload.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next 31-bit value.
+    pub fn next_u31(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}

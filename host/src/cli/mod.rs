@@ -289,7 +289,13 @@ fn inspect(runtime: &Runtime, file: &Path) -> Result<()> {
     println!("object logic  {}", file.display());
     println!("sha256        {}", logic.hash());
     println!("size          {} bytes", logic.size());
-    println!("world         liveobjects:object/object@0.1.0 (implemented)");
+    let world = match iface.lifecycle {
+        Some(liveobjects_host::runtime::LIFECYCLE_INTERFACE_0_2) => {
+            "liveobjects:object/object@0.2.0"
+        }
+        _ => "liveobjects:object/object@0.1.0",
+    };
+    println!("world         {world} (implemented)");
     println!("imports");
     for import in &iface.imports {
         println!("  {import}");

@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-/// The object WIT every guest implements, as this `lo` speaks it.
+/// The object WIT, 0.2 (what the Rust SDK implements), as this `lo` speaks it.
 const OBJECT_WIT: &str = include_str!("../../../wit/object.wit");
+/// 0.1 of the object WIT: 0.2 imports its host interface, and the Python and
+/// JavaScript templates implement it (they have no use for `deliver-batch`).
+const OBJECT_WIT_0_1: &str = include_str!("../../../wit/deps/object-0.1/object.wit");
 /// The Rust guest SDK's sources, copied into a new Rust project.
 const SDK_LIB: &str = include_str!("../../../guest-sdk/src/lib.rs");
 const SDK_AGGREGATE: &str = include_str!("../../../guest-sdk/src/aggregate.rs");
@@ -383,6 +386,10 @@ export!({camel});
         ("sdk/src/aggregate.rs".into(), SDK_AGGREGATE.to_string()),
         ("wit/object.wit".into(), OBJECT_WIT.to_string()),
         (
+            "wit/deps/object-0.1/object.wit".into(),
+            OBJECT_WIT_0_1.to_string(),
+        ),
+        (
             "README.md".into(),
             readme(name, "needs `rustup target add wasm32-wasip2`"),
         ),
@@ -461,7 +468,10 @@ class {camel}(exports.{camel}):
         ("liveobject.toml".into(), marker(name, "python")),
         ("app.py".into(), app),
         (format!("wit/{name}.wit"), wit),
-        ("wit/deps/object/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "wit/deps/object/object.wit".into(),
+            OBJECT_WIT_0_1.to_string(),
+        ),
         (
             "README.md".into(),
             readme(name, &format!("needs `pip install {COMPONENTIZE_PY}`")),
@@ -520,7 +530,10 @@ export const {export} = {{
         ("liveobject.toml".into(), marker(name, "js")),
         ("app.js".into(), app),
         (format!("wit/{name}.wit"), world_wit(name)),
-        ("wit/deps/object/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "wit/deps/object/object.wit".into(),
+            OBJECT_WIT_0_1.to_string(),
+        ),
         (
             "README.md".into(),
             readme(name, &format!("needs `npm install {COMPONENTIZE_JS}`")),

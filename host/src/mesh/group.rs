@@ -27,7 +27,7 @@ use super::core::{
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
-use crate::group::{Admission, GroupError, GroupNotice, GroupStatus, WaitingCalls};
+use crate::group::{Admission, DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls};
 use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{Grant, Signed};
@@ -278,6 +278,7 @@ impl MeshNode {
             results_tx,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            runs: DeliveryRuns::default(),
             transport: self.transport.clone(),
             notices: notices.clone(),
             started: self.started,
@@ -424,6 +425,9 @@ struct Group {
     /// Work the replica's mailbox refused, in order (sent before anything newer).
     backlog: VecDeque<(usize, Job)>,
     backlog_bytes: usize,
+    /// Events joining the queued delivery job (tagged with the own seq they
+    /// complete, if any).
+    runs: DeliveryRuns<Option<u64>>,
     transport: Arc<Transport>,
     notices: broadcast::Sender<GroupNotice>,
     started: Instant,
@@ -568,8 +572,10 @@ impl Group {
         status.sequencer = self.core.is_sequencer();
     }
 
-    /// Hand `job` to the replica, behind anything already waiting.
+    /// Hand `job` to the replica, behind anything already waiting (events that
+    /// arrive later start a new run).
     fn enqueue(&mut self, bytes: usize, job: Job) {
+        self.runs.close();
         if self.backlog.is_empty() {
             match self.replica.submit(bytes, job) {
                 Ok(()) => return,
@@ -579,6 +585,12 @@ impl Group {
             self.backlog.push_back((bytes, job));
         }
         self.backlog_bytes += bytes;
+        self.hold_waiting(bytes);
+    }
+
+    /// Count `bytes` of events waiting outside the mailbox against the object's
+    /// memory cap; past it the object is quarantined.
+    fn hold_waiting(&mut self, bytes: usize) {
         let held = self.replica.hold(
             bytes,
             "events waiting to be applied, which it applies slower than its group sends them",
@@ -843,6 +855,8 @@ impl Group {
         }
     }
 
+    /// Queue `event` for the replica: in the run of the delivery job still waiting
+    /// in its mailbox if there is one, else in a job of its own.
     fn deliver(&mut self, event: CoreEvent<Peer>) {
         let own = (event.sender == self.me).then_some(event.seq);
         let guest_event = Event {
@@ -851,35 +865,67 @@ impl Group {
             timestamp_ms: event.timestamp_ms,
             payload: event.payload,
         };
+        let bytes = guest_event.payload.len() + 64;
+        let (own, guest_event) = match self.runs.join(own, guest_event, bytes) {
+            Ok(()) => {
+                // Held until the job takes the run, like the backlog.
+                self.hold_waiting(bytes);
+                return;
+            }
+            Err(back) => back,
+        };
+        let (run, opened) = DeliveryRuns::start(own, guest_event, bytes);
         let object = self.object.clone();
         let results = self.results_tx.clone();
+        let budget = self.replica.clone();
         self.enqueue(
-            guest_event.payload.len() + 64,
+            bytes,
             Box::new(move |replica| {
-                let (rejected, multicasts, notifications) =
-                    match replica.and_then(|r| r.deliver(&guest_event)) {
-                        Ok(delivery) => (
-                            delivery.rejected,
-                            delivery.multicasts,
-                            delivery.notifications,
-                        ),
-                        // Not applied here: the group task hears of the quarantine and
-                        // fails the calls waiting for this event.
+                let (events, held) = run.take();
+                budget.release(held);
+                let (owns, events): (Vec<Option<u64>>, Vec<Event>) = events.into_iter().unzip();
+                let outcomes = match replica {
+                    Ok(replica) => replica.deliver_batch(&events),
+                    // Not applied here: the group task hears of the quarantine and
+                    // fails the calls waiting for these events.
+                    Err(ReplicaError::Quarantined { .. }) => return,
+                    Err(e) => {
+                        tracing::warn!("{object}: {e}");
+                        let refusal = e.to_string();
+                        events
+                            .iter()
+                            .map(|_| {
+                                Ok(crate::runtime::Delivery {
+                                    rejected: Some(refusal.clone()),
+                                    ..Default::default()
+                                })
+                            })
+                            .collect()
+                    }
+                };
+                for (own, outcome) in owns.into_iter().zip(outcomes) {
+                    let delivery = match outcome {
+                        Ok(delivery) => delivery,
                         Err(ReplicaError::Quarantined { .. }) => return,
                         // Deterministic: every replica refuses the same event the same way.
                         Err(e) => {
                             tracing::warn!("{object}: {e}");
-                            (Some(e.to_string()), Vec::new(), Vec::new())
+                            crate::runtime::Delivery {
+                                rejected: Some(e.to_string()),
+                                ..Default::default()
+                            }
                         }
                     };
-                let _ = results.send(FromReplica::Delivered {
-                    own,
-                    rejected,
-                    multicasts,
-                    notifications,
-                });
+                    let _ = results.send(FromReplica::Delivered {
+                        own,
+                        rejected: delivery.rejected,
+                        multicasts: delivery.multicasts,
+                        notifications: delivery.notifications,
+                    });
+                }
             }),
         );
+        self.runs.opened(opened);
     }
 }
 

@@ -202,7 +202,7 @@ impl AggregateLogic {
 
     fn fresh(&self) -> Result<(Store<AggregateState>, AggregateObject), AggregateError> {
         let clock = EventClock::default();
-        let random = SeededRandom::new(self.name.as_bytes());
+        let random = SeededRandom::new(self.name.as_bytes(), &Default::default());
         let state = AggregateState {
             wasi: sandbox::wasi_context(&clock, &random, 0, &StderrTail::default()),
             table: ResourceTable::new(),
@@ -242,7 +242,7 @@ impl AggregateInstance {
     /// This host's contribution for one epoch.
     pub fn contribute(&mut self, input: f64, seed: u64) -> Result<Vec<u8>, AggregateError> {
         let state = self.call("contribute", |store, b| {
-            b.liveobjects_object_aggregate()
+            b.liveobjects_object0_1_0_aggregate()
                 .call_contribute(store, input, seed)
         })?;
         self.check_size("contribute", state)
@@ -254,7 +254,8 @@ impl AggregateInstance {
         self.check_size("merge", b)?;
         let merged = self
             .call("merge", |store, bi| {
-                bi.liveobjects_object_aggregate().call_merge(store, a, b)
+                bi.liveobjects_object0_1_0_aggregate()
+                    .call_merge(store, a, b)
             })?
             .map_err(|reason| self.refused("merge", reason))?;
         self.check_size("merge", merged)
@@ -264,7 +265,8 @@ impl AggregateInstance {
     pub fn estimate(&mut self, state: &[u8]) -> Result<f64, AggregateError> {
         self.check_size("estimate", state)?;
         self.call("estimate", |store, b| {
-            b.liveobjects_object_aggregate().call_estimate(store, state)
+            b.liveobjects_object0_1_0_aggregate()
+                .call_estimate(store, state)
         })?
         .map_err(|reason| self.refused("estimate", reason))
     }

@@ -1,7 +1,7 @@
 //! What an object offers: its imports and exports, and the methods of its natural
 //! interface, with their WIT types (read from the component itself).
 
-use super::LIFECYCLE_INTERFACE;
+use super::{LIFECYCLE_INTERFACE, LIFECYCLE_INTERFACE_0_2};
 use std::fmt::Write as _;
 use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
@@ -52,8 +52,9 @@ pub struct ObjectInterface {
     pub imports: Vec<String>,
     /// Names of everything the component exports.
     pub exports: Vec<String>,
-    /// Whether it exports the liveobjects lifecycle.
-    pub has_lifecycle: bool,
+    /// The liveobjects lifecycle it exports ([`LIFECYCLE_INTERFACE_0_2`] if it
+    /// exports both), if any.
+    pub lifecycle: Option<&'static str>,
     /// Methods of its natural interface (every exported function outside the lifecycle).
     pub methods: Vec<Method>,
 }
@@ -70,8 +71,12 @@ impl ObjectInterface {
         };
         for (export_name, item) in ty.exports(engine) {
             interface.exports.push(export_name.to_string());
+            if export_name == LIFECYCLE_INTERFACE_0_2 {
+                interface.lifecycle = Some(LIFECYCLE_INTERFACE_0_2);
+                continue;
+            }
             if export_name == LIFECYCLE_INTERFACE {
-                interface.has_lifecycle = true;
+                interface.lifecycle.get_or_insert(LIFECYCLE_INTERFACE);
                 continue;
             }
             match item.ty {

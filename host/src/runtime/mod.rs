@@ -15,6 +15,7 @@
 mod aggregate;
 mod cache;
 mod interface;
+mod lifecycle;
 mod replica;
 pub(crate) mod sandbox;
 
@@ -24,12 +25,13 @@ pub use self::aggregate::{
 };
 pub use self::interface::{Method, MethodLookupError, ObjectInterface, type_name};
 pub use self::replica::{
-    AppliedEvent, CallOutcome, Delivery, MemoryUse, Notification, Replica, ReplicaError,
-    ReplicaIdentity, ReplicaStats,
+    AppliedEvent, CallOutcome, Delivery, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MemoryUse,
+    Notification, Replica, ReplicaError, ReplicaIdentity, ReplicaStats,
 };
 pub use self::sandbox::Limit;
 
 use self::cache::CompiledCache;
+use self::lifecycle::LifecycleIndices;
 use self::replica::ReplicaState;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -38,7 +40,8 @@ use std::sync::Arc;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-/// Host-side bindings generated from `wit/object.wit`.
+/// Host-side bindings for objects built against 0.1 of the contract
+/// (`wit/deps/object-0.1/object.wit`).
 #[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -48,12 +51,29 @@ pub mod bindings {
     });
 }
 
-pub use self::bindings::liveobjects::object::types::{Event, LogLevel, View};
-use self::bindings::{Object, ObjectIndices};
+/// Host-side bindings for objects built against 0.2 (`wit/object.wit`): 0.1's host
+/// interface and types, plus `deliver-batch`.
+#[allow(missing_docs)]
+pub mod bindings_0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "liveobjects:object/object@0.2.0",
+        imports: { default: trappable },
+        with: {
+            "liveobjects:object/types@0.1.0": super::bindings::liveobjects::object0_1_0::types,
+            "liveobjects:object/host@0.1.0": super::bindings::liveobjects::object0_1_0::host,
+        },
+    });
+}
 
-/// The exported interface every object must provide.
+pub use self::bindings::liveobjects::object0_1_0::types::{Event, LogLevel, View};
+pub use self::lifecycle::{BatchedEvent, EventBatch, Rejection};
+
+/// The lifecycle interface of 0.1 objects.
 pub const LIFECYCLE_INTERFACE: &str = "liveobjects:object/lifecycle@0.1.0";
-/// The host interface objects may import.
+/// The lifecycle interface of 0.2 objects (0.1's plus `deliver-batch`).
+pub const LIFECYCLE_INTERFACE_0_2: &str = "liveobjects:object/lifecycle@0.2.0";
+/// The host interface objects may import (the same in 0.1 and 0.2).
 pub const HOST_INTERFACE: &str = "liveobjects:object/host@0.1.0";
 
 /// Per-replica resource limits. Every call into a guest runs under them.
@@ -187,8 +207,9 @@ pub enum LoadError {
     },
     /// A component, but not one that implements the liveobjects world.
     #[error(
-        "{name} does not implement the liveobjects world (liveobjects:object/object@0.1.0): \
-         {reason}. Build it against wit/object.wit (in Rust, with the liveobjects-guest SDK)"
+        "{name} does not implement the liveobjects world (liveobjects:object/object@0.2.0 \
+         or @0.1.0): {reason}. Build it against wit/object.wit (in Rust, with the \
+         liveobjects-guest SDK)"
     )]
     WrongWorld {
         /// File or object name.
@@ -216,7 +237,7 @@ pub struct Logic {
     hash: LogicHash,
     size: usize,
     instance_pre: wasmtime::component::InstancePre<ReplicaState>,
-    indices: ObjectIndices,
+    indices: LifecycleIndices,
     interface: ObjectInterface,
 }
 
@@ -414,11 +435,12 @@ impl Runtime {
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Logic>, LoadError> {
         let (hash, component) = self.compile(name, bytes)?;
         let interface = ObjectInterface::of(&self.engine, &component);
-        if !interface.has_lifecycle {
+        let Some(lifecycle) = interface.lifecycle else {
             return Err(LoadError::WrongWorld {
                 name: name.to_string(),
                 reason: format!(
-                    "it does not export `{LIFECYCLE_INTERFACE}` (it exports: {})",
+                    "it exports neither `{LIFECYCLE_INTERFACE_0_2}` nor `{LIFECYCLE_INTERFACE}` \
+                     (it exports: {})",
                     if interface.exports.is_empty() {
                         "nothing".to_string()
                     } else {
@@ -426,7 +448,7 @@ impl Runtime {
                     }
                 ),
             });
-        }
+        };
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -434,10 +456,11 @@ impl Runtime {
                     name: name.to_string(),
                     reason: format!("its imports cannot be satisfied: {e:#}"),
                 })?;
-        let indices = ObjectIndices::new(&instance_pre).map_err(|e| LoadError::WrongWorld {
-            name: name.to_string(),
-            reason: format!("its `{LIFECYCLE_INTERFACE}` export does not match: {e:#}"),
-        })?;
+        let indices =
+            LifecycleIndices::new(lifecycle, &instance_pre).map_err(|e| LoadError::WrongWorld {
+                name: name.to_string(),
+                reason: format!("its `{lifecycle}` export does not match: {e:#}"),
+            })?;
         Ok(Arc::new(Logic {
             name: name.to_string(),
             hash,
@@ -505,7 +528,8 @@ fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
 
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<ReplicaState>> {
     let mut linker = Linker::new(engine);
-    Object::add_to_linker::<ReplicaState, HasSelf<ReplicaState>>(&mut linker, |s| s)?;
+    // 0.2 objects import the same host interface, so 0.1's bindings link both.
+    bindings::Object::add_to_linker::<ReplicaState, HasSelf<ReplicaState>>(&mut linker, |s| s)?;
     add_sandboxed_wasi(&mut linker)?;
     Ok(linker)
 }

@@ -7,8 +7,11 @@
 //! and replays the log, so the state is exactly what it was before the failing call.
 //! The log is folded into a fresh checkpoint every [`CHECKPOINT_EVERY`] entries.
 
-use super::sandbox::{self, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail};
-use super::{Event, Limits, LogLevel, Logic, Method, Object, View};
+use super::lifecycle::{self, Lifecycle, Rejection};
+use super::sandbox::{
+    self, BatchWatch, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail,
+};
+use super::{Event, Limits, LogLevel, Logic, Method, View};
 use std::sync::Arc;
 use wasmtime::component::{Instance, ResourceTable, Val};
 use wasmtime::{Engine, Store, Trap};
@@ -16,6 +19,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Log entries folded into a new checkpoint after this many.
 pub const CHECKPOINT_EVERY: usize = 1024;
+/// Most events one `deliver-batch` call carries.
+pub const MAX_BATCH_EVENTS: usize = 1024;
+/// Most payload bytes one `deliver-batch` call carries (a single larger event
+/// still goes, alone).
+pub const MAX_BATCH_BYTES: usize = 256 << 10;
 /// Most notifications kept per call; more are dropped (and counted in the log).
 const MAX_NOTIFICATIONS_PER_CALL: usize = 1024;
 /// Longest log line or notification text kept from a guest.
@@ -224,6 +232,8 @@ pub struct ReplicaStats {
     pub multicasts_from_events: u64,
     /// Bytes of every multicast it originated.
     pub multicast_bytes: u64,
+    /// `deliver-batch` calls whose events stood (each applied several events).
+    pub batches: u64,
     /// Times its replicated state may have changed: every `init`, applied or
     /// rejected event and view change (what a digest of its state must follow).
     pub state_changes: u64,
@@ -255,6 +265,7 @@ pub(crate) struct ReplicaState {
     dropped_notifications: usize,
     clock: EventClock,
     random: SeededRandom,
+    watch: BatchWatch,
     stderr: StderrTail,
 }
 
@@ -279,9 +290,9 @@ fn clip(mut text: String) -> String {
     text
 }
 
-impl super::bindings::liveobjects::object::types::Host for ReplicaState {}
+impl super::bindings::liveobjects::object0_1_0::types::Host for ReplicaState {}
 
-impl super::bindings::liveobjects::object::host::Host for ReplicaState {
+impl super::bindings::liveobjects::object0_1_0::host::Host for ReplicaState {
     fn multicast(&mut self, payload: Vec<u8>) -> wasmtime::Result<()> {
         if payload.len() > self.multicast_max_bytes {
             return Err(wasmtime::Error::new(Limit::MulticastSize {
@@ -332,6 +343,20 @@ impl super::bindings::liveobjects::object::host::Host for ReplicaState {
     }
 }
 
+/// Each event's rejection reason from what `deliver-batch` returned, or `None` if
+/// that names an event outside the batch or one twice (a broken guest: its batch
+/// is redone one by one).
+fn sort_rejections(rejections: Vec<Rejection>, events: usize) -> Option<Vec<Option<String>>> {
+    let mut rejected = vec![None; events];
+    for Rejection { index, reason } in rejections {
+        let slot = rejected.get_mut(usize::try_from(index).ok()?)?;
+        if slot.replace(reason).is_some() {
+            return None;
+        }
+    }
+    Some(rejected)
+}
+
 /// What a call's random stream is seeded from: the object's name plus this.
 /// Everything but `Call` is identical on every replica.
 enum Seed<'a> {
@@ -339,6 +364,8 @@ enum Seed<'a> {
     Event(&'a Event),
     View(u64),
     Snapshot,
+    /// Replaying a batch (which read no randomness the first time).
+    Batch,
     /// A local method call (n-th on this replica): only this replica runs it.
     Call(u64),
 }
@@ -348,7 +375,24 @@ enum Seed<'a> {
 #[derive(Clone)]
 enum Applied {
     Event(Event),
-    View { view: View, time_ms: u64 },
+    /// Events applied in one `deliver-batch` call that read no clock or
+    /// randomness (otherwise it would have been redone one by one): replayed as
+    /// the same batch.
+    Batch(lifecycle::EventBatch),
+    View {
+        view: View,
+        time_ms: u64,
+    },
+}
+
+impl Applied {
+    /// How many state changes the entry stands for.
+    fn changes(&self) -> usize {
+        match self {
+            Applied::Batch(batch) => batch.events.len(),
+            Applied::Event(_) | Applied::View { .. } => 1,
+        }
+    }
 }
 
 /// A log that grows past this many entries because snapshots keep failing stops the
@@ -363,15 +407,20 @@ pub struct Replica {
     identity: ReplicaIdentity,
     limits: Limits,
     store: Store<ReplicaState>,
-    bindings: Object,
+    bindings: Lifecycle,
     instance: Instance,
     initialized: bool,
+    /// Why events go one by one even though the object takes batches, once a
+    /// batch had to be redone one by one (see [`Replica::deliver_batch`]).
+    batching_off: Option<&'static str>,
     /// Set when the replica could not be rolled back; it refuses all further work.
     broken: Option<String>,
     checkpoint: Option<Vec<u8>>,
     /// The view the guest saw when the checkpoint was taken.
     checkpoint_view: View,
     since_checkpoint: Vec<Applied>,
+    /// State changes in `since_checkpoint` (a batch entry holds many).
+    log_len: usize,
     next_checkpoint_at: usize,
     last_event_ms: u64,
     calls: u64,
@@ -429,6 +478,7 @@ impl Replica {
             bindings,
             instance,
             initialized: false,
+            batching_off: None,
             broken: None,
             checkpoint: None,
             checkpoint_view: View {
@@ -436,6 +486,7 @@ impl Replica {
                 members: Vec::new(),
             },
             since_checkpoint: Vec::new(),
+            log_len: 0,
             next_checkpoint_at: CHECKPOINT_EVERY,
             last_event_ms: 0,
             calls: 0,
@@ -471,17 +522,14 @@ impl Replica {
     /// Start the replica from scratch or from a snapshot.
     pub fn init(&mut self, snapshot: Option<&[u8]>) -> Result<(), ReplicaError> {
         self.prepare_call(Seed::Init, 0);
-        let result = self
-            .bindings
-            .liveobjects_object_lifecycle()
-            .call_init(&mut self.store, snapshot);
+        let result = self.bindings.init(&mut self.store, snapshot);
         match result {
             Ok(Ok(())) => {
                 self.stats.state_changes += 1;
                 self.initialized = true;
                 self.checkpoint = snapshot.map(<[u8]>::to_vec);
                 self.checkpoint_view = self.store.data().view.clone();
-                self.since_checkpoint.clear();
+                self.clear_log();
                 self.take_side_effects();
                 Ok(())
             }
@@ -506,38 +554,14 @@ impl Replica {
     pub fn deliver(&mut self, event: &Event) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
         self.prepare_call(Seed::Event(event), event.timestamp_ms);
-        let result = self
-            .bindings
-            .liveobjects_object_lifecycle()
-            .call_deliver(&mut self.store, event);
+        let result = self.bindings.deliver(&mut self.store, event);
         match result {
             Ok(outcome) => {
-                self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
-                self.since_checkpoint.push(Applied::Event(event.clone()));
                 let (multicasts, notifications) = self.take_side_effects();
                 self.count_originated(&multicasts, false);
-                self.stats.state_changes += 1;
-                let rejected = match outcome {
-                    Ok(()) => {
-                        self.stats.events_applied += 1;
-                        None
-                    }
-                    Err(reason) => {
-                        self.stats.events_rejected += 1;
-                        Some(reason)
-                    }
-                };
-                if let Some(tap) = &self.applied_tap
-                    && tap.receiver_count() > 0
-                {
-                    let _ = tap.send(AppliedEvent {
-                        sender: event.sender.clone(),
-                        seq: event.seq,
-                        timestamp_ms: event.timestamp_ms,
-                        bytes: event.payload.len(),
-                        rejected: rejected.clone(),
-                    });
-                }
+                let rejected = outcome.err();
+                self.log(Applied::Event(event.clone()));
+                self.record_applied(event, rejected.clone());
                 self.maybe_checkpoint();
                 Ok(Delivery {
                     rejected,
@@ -554,20 +578,174 @@ impl Replica {
         }
     }
 
-    /// Tell the object its membership changed. Like [`deliver`](Self::deliver), what
+    fn log(&mut self, entry: Applied) {
+        self.log_len += entry.changes();
+        self.since_checkpoint.push(entry);
+    }
+
+    fn clear_log(&mut self) {
+        self.since_checkpoint.clear();
+        self.log_len = 0;
+    }
+
+    /// The bookkeeping of one event the guest applied or rejected (the caller
+    /// logs it).
+    fn record_applied(&mut self, event: &Event, rejected: Option<String>) {
+        self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
+        self.stats.state_changes += 1;
+        if rejected.is_some() {
+            self.stats.events_rejected += 1;
+        } else {
+            self.stats.events_applied += 1;
+        }
+        if let Some(tap) = &self.applied_tap
+            && tap.receiver_count() > 0
+        {
+            let _ = tap.send(AppliedEvent {
+                sender: event.sender.clone(),
+                seq: event.seq,
+                timestamp_ms: event.timestamp_ms,
+                bytes: event.payload.len(),
+                rejected,
+            });
+        }
+    }
+
+    /// Apply consecutive events, with the same outcome, event by event, as calling
+    /// [`deliver`](Self::deliver) for each: the result has one entry per event.
+    ///
+    /// An object built for 0.2 of the contract gets them in calls of `deliver-batch`
+    /// (at most [`MAX_BATCH_EVENTS`] events and [`MAX_BATCH_BYTES`] of payload
+    /// each), which saves the per-call cost; others get one `deliver` per event.
+    /// Batch boundaries differ between replicas, so a batch must not change what
+    /// any event does. The host makes sure of it:
+    /// - a batch runs under the limits of one call (fuel, multicasts, deadline);
+    ///   one that hits a limit is rolled back and its events delivered one by one,
+    ///   each under its own limits, so an event is refused exactly when it would
+    ///   have been alone;
+    /// - a batch during which the guest reads a clock or randomness (whose values
+    ///   depend on the event, which the host cannot tell in a batch) is rolled
+    ///   back and redone one by one too.
+    ///
+    /// After such a redo this replica delivers one by one from then on: an object
+    /// that reads the clock while applying events, or whose events are too heavy
+    /// to batch, would pay a rollback for every batch.
+    ///
+    /// Multicasts and notifications raised during a batch are reported on its
+    /// last event's [`Delivery`] (in the order they were made).
+    pub fn deliver_batch(&mut self, events: &[Event]) -> Vec<Result<Delivery, ReplicaError>> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut count = 0;
+            let mut bytes = 0;
+            while count < rest.len()
+                && count < MAX_BATCH_EVENTS
+                && (count == 0 || bytes + rest[count].payload.len() <= MAX_BATCH_BYTES)
+            {
+                bytes += rest[count].payload.len();
+                count += 1;
+            }
+            let (chunk, tail) = rest.split_at(count);
+            self.deliver_chunk(chunk, &mut outcomes);
+            rest = tail;
+        }
+        outcomes
+    }
+
+    /// Whether this replica delivers events in batches now.
+    pub fn batching(&self) -> bool {
+        self.bindings.batches() && self.batching_off.is_none()
+    }
+
+    fn deliver_one_by_one(
+        &mut self,
+        events: &[Event],
+        outcomes: &mut Vec<Result<Delivery, ReplicaError>>,
+    ) {
+        outcomes.extend(events.iter().map(|event| self.deliver(event)));
+    }
+
+    fn deliver_chunk(
+        &mut self,
+        events: &[Event],
+        outcomes: &mut Vec<Result<Delivery, ReplicaError>>,
+    ) {
+        if events.len() < 2 || !self.batching() || self.ensure_initialized().is_err() {
+            return self.deliver_one_by_one(events, outcomes);
+        }
+        let Some(batch) = lifecycle::pack(events) else {
+            return self.deliver_one_by_one(events, outcomes);
+        };
+        self.prepare_call(Seed::Event(&events[0]), events[0].timestamp_ms);
+        self.store.data().watch.open();
+        let result = self
+            .bindings
+            .deliver_batch(&mut self.store, &batch)
+            .expect("only objects that take batches get one");
+        let read_clock_or_random = self.store.data().watch.close();
+        let redo = match result {
+            Ok(_) if read_clock_or_random => {
+                Some(("it reads a clock or randomness while applying events", None))
+            }
+            Ok(rejections) => match sort_rejections(rejections, events.len()) {
+                Some(rejected) => {
+                    let (multicasts, notifications) = self.take_side_effects();
+                    self.count_originated(&multicasts, false);
+                    self.stats.batches += 1;
+                    let last = events.len() - 1;
+                    let mut side_effects = Some((multicasts, notifications));
+                    for (i, (event, rejected)) in events.iter().zip(rejected).enumerate() {
+                        self.record_applied(event, rejected.clone());
+                        let (multicasts, notifications) = if i == last {
+                            side_effects.take().unwrap_or_default()
+                        } else {
+                            Default::default()
+                        };
+                        outcomes.push(Ok(Delivery {
+                            rejected,
+                            multicasts,
+                            notifications,
+                        }));
+                    }
+                    self.log(Applied::Batch(batch));
+                    self.maybe_checkpoint();
+                    return;
+                }
+                None => Some((
+                    "its deliver-batch returned rejections that do not match the batch",
+                    None,
+                )),
+            },
+            Err(trap) => Some(("a batch of its events hit a limit or trapped", Some(trap))),
+        };
+        let (reason, trap) = redo.expect("every other case returned");
+        tracing::debug!(
+            object = %self.identity.object,
+            error = ?trap.map(|t| format!("{t:#}")),
+            "{reason}: rolling the batch back and delivering one by one from now on"
+        );
+        self.batching_off = Some(reason);
+        if let Err(reason) = self.rebuild() {
+            let reason =
+                format!("after a batch of events was refused, rolling back failed: {reason}");
+            tracing::error!(object = %self.identity.object, "{reason}");
+            self.broken = Some(reason);
+        }
+        self.deliver_one_by_one(events, outcomes);
+    }
+
+    /// Tell the object its membership changed.    /// Tell the object its membership changed. Like [`deliver`](Self::deliver), what
     /// the object multicasts or notifies in response comes back to the caller.
     pub fn view_changed(&mut self, view: &View) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
         let previous = std::mem::replace(&mut self.store.data_mut().view, view.clone());
         let time_ms = self.last_event_ms;
         self.prepare_call(Seed::View(view.id), time_ms);
-        let result = self
-            .bindings
-            .liveobjects_object_lifecycle()
-            .call_view_changed(&mut self.store, view);
+        let result = self.bindings.view_changed(&mut self.store, view);
         match result {
             Ok(()) => {
-                self.since_checkpoint.push(Applied::View {
+                self.log(Applied::View {
                     view: view.clone(),
                     time_ms,
                 });
@@ -594,10 +772,7 @@ impl Replica {
     pub fn snapshot(&mut self) -> Result<Vec<u8>, ReplicaError> {
         self.ensure_initialized()?;
         self.prepare_call(Seed::Snapshot, self.last_event_ms);
-        let result = self
-            .bindings
-            .liveobjects_object_lifecycle()
-            .call_snapshot(&mut self.store);
+        let result = self.bindings.snapshot(&mut self.store);
         match result {
             Ok(bytes) => {
                 self.take_side_effects();
@@ -759,6 +934,7 @@ impl Replica {
             }
             Seed::View(id) => data.random.reseed(&[b"view", object, &id.to_le_bytes()]),
             Seed::Snapshot => data.random.reseed(&[b"snapshot", object]),
+            Seed::Batch => data.random.reseed(&[b"batch", object]),
             Seed::Call(n) => data.random.reseed(&[
                 b"call",
                 object,
@@ -875,11 +1051,7 @@ impl Replica {
         self.instance = instance;
         self.prepare_call(Seed::Init, 0);
         let checkpoint = self.checkpoint.clone();
-        match self
-            .bindings
-            .liveobjects_object_lifecycle()
-            .call_init(&mut self.store, checkpoint.as_deref())
-        {
+        match self.bindings.init(&mut self.store, checkpoint.as_deref()) {
             Ok(Ok(())) => {}
             Ok(Err(refusal)) => return Err(format!("init refused the checkpoint: {refusal}")),
             Err(trap) => return Err(format!("init trapped: {trap:#}")),
@@ -890,17 +1062,20 @@ impl Replica {
             let result = match entry {
                 Applied::Event(event) => {
                     self.prepare_call(Seed::Event(event), event.timestamp_ms);
-                    self.bindings
-                        .liveobjects_object_lifecycle()
-                        .call_deliver(&mut self.store, event)
-                        .map(|_| ())
+                    self.bindings.deliver(&mut self.store, event).map(|_| ())
+                }
+                Applied::Batch(batch) => {
+                    let first_ms = batch.events.first().map_or(0, |e| e.timestamp_ms);
+                    self.prepare_call(Seed::Batch, first_ms);
+                    match self.bindings.deliver_batch(&mut self.store, batch) {
+                        Some(result) => result.map(|_| ()),
+                        None => Err(wasmtime::Error::msg("a batch logged for a 0.1 object")),
+                    }
                 }
                 Applied::View { view, time_ms } => {
                     self.store.data_mut().view = view.clone();
                     self.prepare_call(Seed::View(view.id), *time_ms);
-                    self.bindings
-                        .liveobjects_object_lifecycle()
-                        .call_view_changed(&mut self.store, view)
+                    self.bindings.view_changed(&mut self.store, view)
                 }
             };
             if let Err(trap) = result {
@@ -932,25 +1107,25 @@ impl Replica {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.since_checkpoint.len() < self.next_checkpoint_at {
+        if self.log_len < self.next_checkpoint_at {
             return;
         }
         match self.snapshot() {
             Ok(snapshot) => {
                 self.checkpoint = Some(snapshot);
                 self.checkpoint_view = self.store.data().view.clone();
-                self.since_checkpoint.clear();
+                self.clear_log();
                 self.next_checkpoint_at = CHECKPOINT_EVERY;
             }
             Err(e) => {
                 // Keep the log (the replica stays correct, only slower to recover) and
                 // back off, so a snapshot that always fails is not retried every event.
                 tracing::warn!("cannot checkpoint: {e}");
-                self.next_checkpoint_at = self.since_checkpoint.len() + CHECKPOINT_EVERY;
-                if self.since_checkpoint.len() > MAX_LOG_ENTRIES && self.broken.is_none() {
+                self.next_checkpoint_at = self.log_len + CHECKPOINT_EVERY;
+                if self.log_len > MAX_LOG_ENTRIES && self.broken.is_none() {
                     self.broken = Some(format!(
                         "its snapshot has failed for {} events in a row: {e}",
-                        self.since_checkpoint.len()
+                        self.log_len
                     ));
                 }
             }
@@ -964,9 +1139,10 @@ fn instantiate(
     identity: &ReplicaIdentity,
     limits: &Limits,
     view: View,
-) -> Result<(Store<ReplicaState>, Object, Instance), ReplicaError> {
-    let clock = EventClock::default();
-    let random = SeededRandom::new(identity.object.as_bytes());
+) -> Result<(Store<ReplicaState>, Lifecycle, Instance), ReplicaError> {
+    let watch = BatchWatch::default();
+    let clock = EventClock::new(&watch);
+    let random = SeededRandom::new(identity.object.as_bytes(), &watch);
     let stderr = StderrTail::default();
     let insecure_seed = u128::from_le_bytes(
         super::LogicHash::of(identity.object.as_bytes()).0[..16]
@@ -990,6 +1166,7 @@ fn instantiate(
         dropped_notifications: 0,
         clock,
         random,
+        watch,
         stderr,
     };
     let mut store = Store::new(engine, state);

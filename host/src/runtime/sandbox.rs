@@ -17,25 +17,71 @@
 
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
+/// Whether the guest read a clock or randomness during a batch of events.
+///
+/// What a read returns depends on the event being applied, and in a batch the host
+/// cannot tell which one that is; so a batch whose guest read either is thrown away
+/// and its events delivered one by one (see `Replica::deliver_batch`).
+#[derive(Clone, Default)]
+pub(crate) struct BatchWatch(Arc<BatchFlags>);
+
+#[derive(Default)]
+struct BatchFlags {
+    open: AtomicBool,
+    read: AtomicBool,
+}
+
+impl BatchWatch {
+    /// A batch starts: watch for reads.
+    pub(crate) fn open(&self) {
+        self.0.read.store(false, Ordering::Relaxed);
+        self.0.open.store(true, Ordering::Relaxed);
+    }
+
+    /// The batch ended; whether the guest read a clock or randomness during it.
+    pub(crate) fn close(&self) -> bool {
+        self.0.open.store(false, Ordering::Relaxed);
+        self.0.read.swap(false, Ordering::Relaxed)
+    }
+
+    fn note_read(&self) {
+        if self.0.open.load(Ordering::Relaxed) {
+            self.0.read.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The time every clock of the sandbox reports: the current event's timestamp.
 #[derive(Clone, Default)]
-pub(crate) struct EventClock(Arc<AtomicU64>);
+pub(crate) struct EventClock {
+    ms: Arc<AtomicU64>,
+    watch: BatchWatch,
+}
 
 impl EventClock {
+    /// A clock whose reads during a batch `watch` notes.
+    pub(crate) fn new(watch: &BatchWatch) -> Self {
+        EventClock {
+            ms: Arc::default(),
+            watch: watch.clone(),
+        }
+    }
+
     /// Set the time the guest will see, in milliseconds since the Unix epoch.
     pub(crate) fn set_ms(&self, ms: u64) {
-        self.0.store(ms, Ordering::Relaxed);
+        self.ms.store(ms, Ordering::Relaxed);
     }
 
     fn ns(&self) -> u64 {
-        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
+        self.watch.note_read();
+        self.ms.load(Ordering::Relaxed).saturating_mul(1_000_000)
     }
 }
 
@@ -66,7 +112,10 @@ impl HostMonotonicClock for EventClock {
 /// Reseeding happens before every guest call but most calls never read randomness,
 /// so `reseed` only records the seed material; the hash is computed on first use.
 #[derive(Clone, Default)]
-pub(crate) struct SeededRandom(Arc<Mutex<RandomState>>);
+pub(crate) struct SeededRandom {
+    state: Arc<Mutex<RandomState>>,
+    watch: BatchWatch,
+}
 
 #[derive(Default)]
 struct RandomState {
@@ -81,21 +130,25 @@ struct RandomState {
 }
 
 impl SeededRandom {
-    /// A stream for one object; every seed below is also bound to `object`.
-    pub(crate) fn new(object: &[u8]) -> Self {
+    /// A stream for one object; every seed below is also bound to `object`. Reads
+    /// during a batch are noted on `watch`.
+    pub(crate) fn new(object: &[u8], watch: &BatchWatch) -> Self {
         let mut base = Sha256::new();
         base.update(b"liveobjects random v1");
         base.update((object.len() as u64).to_le_bytes());
         base.update(object);
-        SeededRandom(Arc::new(Mutex::new(RandomState {
-            base,
-            ..Default::default()
-        })))
+        SeededRandom {
+            state: Arc::new(Mutex::new(RandomState {
+                base,
+                ..Default::default()
+            })),
+            watch: watch.clone(),
+        }
     }
 
     /// Restart the stream from a seed derived from the object and `parts`.
     pub(crate) fn reseed(&self, parts: &[&[u8]]) {
-        let mut state = self.0.lock().expect("random state poisoned");
+        let mut state = self.state.lock().expect("random state poisoned");
         state.material.clear();
         for part in parts {
             state
@@ -109,7 +162,8 @@ impl SeededRandom {
     }
 
     fn fill(&self, dst: &mut [u8]) {
-        let mut state = self.0.lock().expect("random state poisoned");
+        self.watch.note_read();
+        let mut state = self.state.lock().expect("random state poisoned");
         let seed = match state.seed {
             Some(seed) => seed,
             None => {
@@ -348,8 +402,8 @@ mod tests {
 
     #[test]
     fn seeded_random_is_a_pure_function_of_its_seed() {
-        let a = SeededRandom::new(b"obj");
-        let b = SeededRandom::new(b"obj");
+        let a = SeededRandom::new(b"obj", &BatchWatch::default());
+        let b = SeededRandom::new(b"obj", &BatchWatch::default());
         a.reseed(&[b"event-1"]);
         b.reseed(&[b"event-1"]);
         let (mut x, mut y) = ([0u8; 100], [0u8; 100]);
@@ -359,7 +413,7 @@ mod tests {
         b.reseed(&[b"event-2"]);
         b.clone().try_fill_bytes(&mut y).unwrap();
         assert_ne!(x, y, "a different event must give a different stream");
-        let c = SeededRandom::new(b"other object");
+        let c = SeededRandom::new(b"other object", &BatchWatch::default());
         c.reseed(&[b"event-1"]);
         c.clone().try_fill_bytes(&mut y).unwrap();
         assert_ne!(x, y, "another object must get another stream");
@@ -367,8 +421,8 @@ mod tests {
 
     #[test]
     fn seed_parts_are_length_prefixed() {
-        let a = SeededRandom::new(b"obj");
-        let b = SeededRandom::new(b"obj");
+        let a = SeededRandom::new(b"obj", &BatchWatch::default());
+        let b = SeededRandom::new(b"obj", &BatchWatch::default());
         a.reseed(&[b"ab", b"c"]);
         b.reseed(&[b"a", b"bc"]);
         let (mut x, mut y) = ([0u8; 32], [0u8; 32]);

@@ -142,9 +142,22 @@ fn inspect_lists_the_natural_interface() {
         "{text}"
     );
     assert!(
-        text.contains("liveobjects:object/lifecycle@0.1.0"),
+        text.contains("liveobjects:object/lifecycle@0.2.0"),
         "{text}"
     );
+    assert!(
+        text.contains("world         liveobjects:object/object@0.2.0 (implemented)"),
+        "{text}"
+    );
+    // An object built for 0.1 is shown as such.
+    let out = lo.run(&["inspect", liveobjects_objects::LEGACY_COUNTER]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("world         liveobjects:object/object@0.1.0 (implemented)"),
+        "{text}"
+    );
+    assert!(text.contains("add: func(n: s64)"), "{text}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn build_python_tally() -> PathBuf {
     let mut build = Command::new("componentize-py");
     build
         .arg("-d")
-        .arg(root.join("wit"))
+        .arg(root.join("wit/deps/object-0.1"))
         .arg("-d")
         .arg(app_dir.join("wit"))
         .args([
@@ -51,7 +51,7 @@ fn build_javascript_tally() -> PathBuf {
     std::fs::create_dir_all(wit.join("deps/object")).unwrap();
     std::fs::copy(app_dir.join("wit/tally.wit"), wit.join("tally.wit")).unwrap();
     std::fs::copy(
-        root.join("wit/object.wit"),
+        root.join("wit/deps/object-0.1/object.wit"),
         wit.join("deps/object/object.wit"),
     )
     .unwrap();

@@ -2,6 +2,7 @@
 //! module with `cargo test --release --test all -p liveobjects-tests -- MODULE::`.
 
 mod bad_input;
+mod batch;
 mod foreign;
 mod hostile;
 mod hostile_aggregate;

@@ -3,20 +3,7 @@
 
 use liveobjects_host::local::LocalGroup;
 use liveobjects_host::runtime::{Event, Replica, ReplicaIdentity, Runtime};
-use liveobjects_tests::{fixed_clock, load, objects, runtime};
-
-/// A tiny deterministic generator so every run replays the same workload.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
+use liveobjects_tests::{Lcg, fixed_clock, load, objects, runtime};
 
 /// Drive `calls` random updates from random members; return every event delivered.
 fn drive(group: &mut LocalGroup, object: &str, calls: usize, seed: u64) -> Vec<Event> {
@@ -24,15 +11,21 @@ fn drive(group: &mut LocalGroup, object: &str, calls: usize, seed: u64) -> Vec<E
     let mut events = Vec::new();
     let members = group.replicas().len() as u64;
     for i in 0..calls {
-        let who = (rng.next() % members) as usize;
+        let who = (rng.next_u31() % members) as usize;
         let (method, arg) = match object {
-            "counter" => ("add", format!("{}", rng.next() as i64 - (1 << 30))),
-            "chat" => ("post", format!("\"message {i} with value {}\"", rng.next())),
-            "register" => match rng.next() % 4 {
-                0 => ("set", format!("integer({})", rng.next())),
+            "counter" => ("add", format!("{}", rng.next_u31() as i64 - (1 << 30))),
+            "chat" => (
+                "post",
+                format!("\"message {i} with value {}\"", rng.next_u31()),
+            ),
+            "register" => match rng.next_u31() % 4 {
+                0 => ("set", format!("integer({})", rng.next_u31())),
                 1 => ("set", format!("text(\"v{i}\")")),
                 2 => ("set", "bytes([1, 2, 3])".to_string()),
-                _ => ("compare-and-set", format!("{} float(1.5)", rng.next() % 8)),
+                _ => (
+                    "compare-and-set",
+                    format!("{} float(1.5)", rng.next_u31() % 8),
+                ),
             },
             other => panic!("no workload for {other}"),
         };
