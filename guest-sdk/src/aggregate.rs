@@ -1,7 +1,7 @@
 //! Gossip aggregate objects: counts, averages, extremes over every live host.
 //!
-//! An aggregate object (world `aggregate-object` in `wit/object.wit`) has no event
-//! log. Each host contributes a partial state per epoch; the `gossip` driver merges
+//! An aggregate object (world `aggregate-object` in
+//! `wit/deps/object-0.1/object.wit`) has no event log. Each host contributes a partial state per epoch; the `gossip` driver merges
 //! partial states pairwise with random peers until every host holds the aggregate of
 //! all of them. Implement [`Aggregate`] for a serde type and export it with
 //! [`export_aggregate!`](crate::export_aggregate):

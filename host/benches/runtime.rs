@@ -7,7 +7,7 @@
 
 #[path = "common/report.rs"]
 mod report;
-use liveobjects_host::runtime::{Event, ReplicaIdentity, Runtime, RuntimeConfig};
+use liveobjects_host::runtime::{Event, MAX_BATCH_EVENTS, ReplicaIdentity, Runtime, RuntimeConfig};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::path::Path;
@@ -119,8 +119,11 @@ fn main() {
             .instantiate(&logic, ReplicaIdentity::local("bench:counter", "m1"))
             .unwrap();
         r.init(None).unwrap();
-        for outcome in r.deliver_batch(black_box(&events)) {
-            outcome.unwrap();
+        // In runs of at most MAX_BATCH_EVENTS, as drivers hand them over.
+        for run in events.chunks(MAX_BATCH_EVENTS) {
+            for outcome in r.deliver_batch(black_box(run)) {
+                outcome.unwrap();
+            }
         }
         assert!(r.stats().batches > 0, "the counter takes batches");
     });

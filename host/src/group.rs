@@ -8,6 +8,7 @@
 use crate::mesh::net::Peer;
 use crate::runtime::{Event, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Something a local application may want to see.
@@ -210,12 +211,17 @@ impl WaitingCalls {
 /// [`MAX_BATCH_EVENTS`] per job, which is when the saving matters.
 ///
 /// Each event carries a tag of the driver's (which call it answers, say). A run
-/// is closed by any other job the driver queues, so nothing overtakes it.
+/// is closed by any other job the driver queues, so nothing overtakes it. Events
+/// join runs only while the replica takes batches (the job reports it through
+/// [`Run::set_batching`]): one by one, a run of heavy events would hold an executor
+/// worker for many calls, past the executor's checks between jobs.
 ///
 /// [`Replica::deliver_batch`]: crate::runtime::Replica::deliver_batch
 /// [`MAX_BATCH_EVENTS`]: crate::runtime::MAX_BATCH_EVENTS
 pub(crate) struct DeliveryRuns<T> {
     open: Option<OpenRun<T>>,
+    /// Whether the replica took batches at its last delivery job.
+    batching: Arc<AtomicBool>,
 }
 
 struct OpenRun<T> {
@@ -231,13 +237,21 @@ struct RunContents<T> {
 }
 
 /// The job's end of a run: what it applies.
-pub(crate) struct Run<T>(Arc<Mutex<Option<RunContents<T>>>>);
+pub(crate) struct Run<T> {
+    shared: Arc<Mutex<Option<RunContents<T>>>>,
+    batching: Arc<AtomicBool>,
+}
 
 impl<T> Run<T> {
+    /// Tell the driver whether the replica takes batches (call after applying).
+    pub(crate) fn set_batching(&self, batching: bool) {
+        self.batching.store(batching, Ordering::Relaxed);
+    }
+
     /// Take the run's events (once: later events go to a new run) and the bytes
     /// the driver held for them, which the caller releases.
     pub(crate) fn take(&self) -> (Vec<(T, Event)>, usize) {
-        match self.0.lock().expect("delivery run").take() {
+        match self.shared.lock().expect("delivery run").take() {
             Some(contents) => (contents.events, contents.held),
             None => (Vec::new(), 0),
         }
@@ -246,14 +260,22 @@ impl<T> Run<T> {
 
 impl<T> Default for DeliveryRuns<T> {
     fn default() -> Self {
-        DeliveryRuns { open: None }
+        DeliveryRuns {
+            open: None,
+            batching: Arc::default(),
+        }
     }
 }
 
 impl<T> DeliveryRuns<T> {
-    /// Add `event` (`bytes` for budgets) to the open run if it has room and its job
-    /// has not started; otherwise hand it back, to start a new run.
+    /// Add `event` (`bytes` for budgets) to the open run if the replica takes
+    /// batches, the run has room and its job has not started; otherwise hand it
+    /// back, to start a new run. The caller has held `bytes` (against the object's
+    /// memory cap) before: the job releases them when it takes the run.
     pub(crate) fn join(&mut self, tag: T, event: Event, bytes: usize) -> Result<(), (T, Event)> {
+        if !self.batching.load(Ordering::Relaxed) {
+            return Err((tag, event));
+        }
         let Some(open) = &mut self.open else {
             return Err((tag, event));
         };
@@ -275,13 +297,16 @@ impl<T> DeliveryRuns<T> {
 
     /// Start a run with `event`; queue a job that applies the returned [`Run`], then
     /// call [`opened`](Self::opened) with the other half.
-    pub(crate) fn start(tag: T, event: Event, bytes: usize) -> (Run<T>, OpenedRun<T>) {
+    pub(crate) fn start(&self, tag: T, event: Event, bytes: usize) -> (Run<T>, OpenedRun<T>) {
         let shared = Arc::new(Mutex::new(Some(RunContents {
             events: vec![(tag, event)],
             held: 0,
         })));
         (
-            Run(shared.clone()),
+            Run {
+                shared: shared.clone(),
+                batching: self.batching.clone(),
+            },
             OpenedRun(OpenRun {
                 shared,
                 events: 1,
@@ -303,3 +328,76 @@ impl<T> DeliveryRuns<T> {
 
 /// The driver's end of a run just started (see [`DeliveryRuns::start`]).
 pub(crate) struct OpenedRun<T>(OpenRun<T>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> Event {
+        Event {
+            sender: "s".into(),
+            seq,
+            timestamp_ms: seq,
+            payload: vec![0; 10],
+        }
+    }
+
+    fn seqs(events: &[(u64, Event)]) -> Vec<u64> {
+        events.iter().map(|(tag, e)| e.seq + 100 * tag).collect()
+    }
+
+    #[test]
+    fn events_join_the_waiting_run_only_while_the_replica_batches() {
+        let mut runs = DeliveryRuns::default();
+        // Before any job said the replica batches: every event starts a run.
+        assert!(runs.join(0, event(1), 10).is_err());
+        let (first, opened) = runs.start(0, event(1), 10);
+        runs.opened(opened);
+        assert!(
+            runs.join(0, event(2), 10).is_err(),
+            "not known to batch yet"
+        );
+        first.set_batching(true);
+        // Now events join until the job takes the run; held bytes go with them.
+        runs.join(1, event(2), 10).unwrap();
+        runs.join(0, event(3), 10).unwrap();
+        let (events, held) = first.take();
+        assert_eq!(seqs(&events), [1, 102, 3]);
+        assert_eq!(held, 20, "the first event's bytes are the job's own");
+        // Taken: the next event is handed back for a new run, which later
+        // events join; a queued job of another kind closes it.
+        let (tag, back) = runs.join(0, event(4), 10).unwrap_err();
+        let (second, opened) = runs.start(tag, back, 10);
+        runs.opened(opened);
+        runs.join(0, event(5), 10).unwrap();
+        runs.close();
+        assert!(runs.join(0, event(6), 10).is_err());
+        assert_eq!(seqs(&second.take().0), [4, 5]);
+        assert!(second.take().0.is_empty(), "a run is taken once");
+        // A replica that stops batching stops runs from growing.
+        second.set_batching(false);
+        let (_third, opened) = runs.start(0, event(6), 10);
+        runs.opened(opened);
+        assert!(runs.join(0, event(7), 10).is_err());
+    }
+
+    #[test]
+    fn a_run_stops_growing_at_the_batch_caps() {
+        let mut runs = DeliveryRuns::default();
+        let (run, opened) = runs.start(0u64, event(0), 64);
+        run.set_batching(true);
+        runs.opened(opened);
+        let mut joined = 1;
+        while runs.join(0, event(joined), 64).is_ok() {
+            joined += 1;
+        }
+        assert_eq!(joined as usize, MAX_BATCH_EVENTS);
+        let (events, _) = run.take();
+        assert_eq!(events.len(), MAX_BATCH_EVENTS);
+        let (run, opened) = runs.start(0, event(0), MAX_BATCH_BYTES - 100);
+        runs.opened(opened);
+        run.set_batching(true);
+        assert!(runs.join(0, event(1), 101).is_err(), "over the byte cap");
+        runs.join(0, event(1), 100).unwrap();
+    }
+}

@@ -11,8 +11,8 @@
 //!   discovery and membership, and aggregates joined with `lo join`, which run on
 //!   the object executor (never on the network task).
 //!
-//! Gossip objects are *aggregates* (world `aggregate-object` in `wit/object.wit`):
-//! `census` (live hosts), `average` and `max` in `objects/`. Each host runs every
+//! Gossip objects are *aggregates* (world `aggregate-object` in
+//! `wit/deps/object-0.1/object.wit`): `census` (live hosts), `average` and `max` in `objects/`. Each host runs every
 //! aggregate it has joined over the whole gossip domain: they describe the system
 //! (how many hosts are up, their average load), not a subset of it.
 //!

@@ -866,15 +866,17 @@ impl Group {
             payload: event.payload,
         };
         let bytes = guest_event.payload.len() + 64;
+        // Held before it can join a run, so the job's release never comes first;
+        // a new run's first event is the mailbox's to count instead.
+        self.hold_waiting(bytes);
         let (own, guest_event) = match self.runs.join(own, guest_event, bytes) {
-            Ok(()) => {
-                // Held until the job takes the run, like the backlog.
-                self.hold_waiting(bytes);
-                return;
+            Ok(()) => return,
+            Err(back) => {
+                self.replica.release(bytes);
+                back
             }
-            Err(back) => back,
         };
-        let (run, opened) = DeliveryRuns::start(own, guest_event, bytes);
+        let (run, opened) = self.runs.start(own, guest_event, bytes);
         let object = self.object.clone();
         let results = self.results_tx.clone();
         let budget = self.replica.clone();
@@ -883,44 +885,48 @@ impl Group {
             Box::new(move |replica| {
                 let (events, held) = run.take();
                 budget.release(held);
-                let (owns, events): (Vec<Option<u64>>, Vec<Event>) = events.into_iter().unzip();
-                let outcomes = match replica {
-                    Ok(replica) => replica.deliver_batch(&events),
+                let replica = match replica {
+                    Ok(replica) => replica,
                     // Not applied here: the group task hears of the quarantine and
                     // fails the calls waiting for these events.
                     Err(ReplicaError::Quarantined { .. }) => return,
                     Err(e) => {
+                        // Deterministic (every replica refuses alike), like a refusal.
                         tracing::warn!("{object}: {e}");
-                        let refusal = e.to_string();
-                        events
-                            .iter()
-                            .map(|_| {
-                                Ok(crate::runtime::Delivery {
-                                    rejected: Some(refusal.clone()),
-                                    ..Default::default()
-                                })
-                            })
-                            .collect()
+                        for (own, _) in events {
+                            let _ = results.send(FromReplica::Delivered {
+                                own,
+                                rejected: Some(e.to_string()),
+                                multicasts: Vec::new(),
+                                notifications: Vec::new(),
+                            });
+                        }
+                        return;
                     }
                 };
+                let (owns, events): (Vec<Option<u64>>, Vec<Event>) = events.into_iter().unzip();
+                let outcomes = replica.deliver_batch(&events);
+                run.set_batching(replica.batching());
                 for (own, outcome) in owns.into_iter().zip(outcomes) {
-                    let delivery = match outcome {
-                        Ok(delivery) => delivery,
-                        Err(ReplicaError::Quarantined { .. }) => return,
+                    let (rejected, multicasts, notifications) = match outcome {
+                        Ok(d) => (d.rejected, d.multicasts, d.notifications),
+                        // Out of service here alone (a deadline, a failed rollback):
+                        // the executor quarantines it, which fails the waiting calls;
+                        // the group applied these events.
+                        Err(ReplicaError::Quarantined { .. } | ReplicaError::Broken { .. }) => {
+                            return;
+                        }
                         // Deterministic: every replica refuses the same event the same way.
                         Err(e) => {
                             tracing::warn!("{object}: {e}");
-                            crate::runtime::Delivery {
-                                rejected: Some(e.to_string()),
-                                ..Default::default()
-                            }
+                            (Some(e.to_string()), Vec::new(), Vec::new())
                         }
                     };
                     let _ = results.send(FromReplica::Delivered {
                         own,
-                        rejected: delivery.rejected,
-                        multicasts: delivery.multicasts,
-                        notifications: delivery.notifications,
+                        rejected,
+                        multicasts,
+                        notifications,
                     });
                 }
             }),

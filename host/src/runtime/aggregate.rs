@@ -1,5 +1,5 @@
-//! Gossip aggregate objects (world `aggregate-object` in `wit/object.wit`): pure
-//! `contribute`, `merge` and `estimate` functions run in the same sandbox as
+//! Gossip aggregate objects (world `aggregate-object` in
+//! `wit/deps/object-0.1/object.wit`): pure `contribute`, `merge` and `estimate` functions run in the same sandbox as
 //! replicas (no files, sockets or clocks; fuel and memory caps).
 //!
 //! The functions are meant to be pure, so one instance can serve every host of a

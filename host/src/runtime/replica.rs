@@ -21,6 +21,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub const CHECKPOINT_EVERY: usize = 1024;
 /// Most events one `deliver-batch` call carries.
 pub const MAX_BATCH_EVENTS: usize = 1024;
+/// A batch redone one by one may take this many call deadlines in all before the
+/// replica goes out of service.
+const REDO_DEADLINES: u32 = 10;
 /// Most payload bytes one `deliver-batch` call carries (a single larger event
 /// still goes, alone).
 pub const MAX_BATCH_BYTES: usize = 256 << 10;
@@ -629,7 +632,14 @@ impl Replica {
     ///
     /// After such a redo this replica delivers one by one from then on: an object
     /// that reads the clock while applying events, or whose events are too heavy
-    /// to batch, would pay a rollback for every batch.
+    /// to batch, would pay a rollback for every batch. A redo that takes more than
+    /// ten call deadlines in all takes the replica out of service (as a deadline
+    /// does), so a run of heavy events cannot hold an executor worker for long.
+    ///
+    /// What batching cannot make identical is the guest's heap: a batch's buffers
+    /// grow linear memory more than one event does. An object that runs within a
+    /// few hundred KiB of its memory cap may hit it on one replica and not
+    /// another, as it already may after a rollback; keep objects clear of the cap.
     ///
     /// Multicasts and notifications raised during a batch are reported on its
     /// last event's [`Delivery`] (in the order they were made).
@@ -688,6 +698,11 @@ impl Replica {
             Ok(_) if read_clock_or_random => {
                 Some(("it reads a clock or randomness while applying events", None))
             }
+            // One by one each event has the per-call allowance of notifications.
+            Ok(_) if self.store.data().dropped_notifications > 0 => Some((
+                "its events raise more notifications than one call may",
+                None,
+            )),
             Ok(rejections) => match sort_rejections(rejections, events.len()) {
                 Some(rejected) => {
                     let (multicasts, notifications) = self.take_side_effects();
@@ -732,10 +747,23 @@ impl Replica {
             tracing::error!(object = %self.identity.object, "{reason}");
             self.broken = Some(reason);
         }
-        self.deliver_one_by_one(events, outcomes);
+        // One by one, each event may take a whole call's time; a run of heavy ones
+        // must not hold its worker for up to MAX_BATCH_EVENTS calls. Past the bound
+        // the replica goes out of service, as after a deadline (wall-clock time is
+        // not deterministic, so refusing the remaining events would diverge).
+        let bound = self.limits.call_deadline * REDO_DEADLINES;
+        let started = std::time::Instant::now();
+        for event in events {
+            if self.broken.is_none() && started.elapsed() > bound {
+                self.broken = Some(format!(
+                    "applying a batch of its events one by one took more than {bound:?}"
+                ));
+            }
+            outcomes.push(self.deliver(event));
+        }
     }
 
-    /// Tell the object its membership changed.    /// Tell the object its membership changed. Like [`deliver`](Self::deliver), what
+    /// Tell the object its membership changed. Like [`deliver`](Self::deliver), what
     /// the object multicasts or notifies in response comes back to the caller.
     pub fn view_changed(&mut self, view: &View) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
@@ -1067,6 +1095,16 @@ impl Replica {
                 Applied::Batch(batch) => {
                     let first_ms = batch.events.first().map_or(0, |e| e.timestamp_ms);
                     self.prepare_call(Seed::Batch, first_ms);
+                    // The batch was accepted under one call's limits, but a rebuilt
+                    // heap or a loaded machine may take it a little over them now:
+                    // give the replay what its events would have had one by one.
+                    let events = batch.events.len() as u64;
+                    let _ = self
+                        .store
+                        .set_fuel(self.limits.fuel_per_call.saturating_mul(events));
+                    self.store.set_epoch_deadline(
+                        super::deadline_ticks(&self.limits).saturating_mul(events),
+                    );
                     match self.bindings.deliver_batch(&mut self.store, batch) {
                         Some(result) => result.map(|_| ()),
                         None => Err(wasmtime::Error::msg("a batch logged for a 0.1 object")),

@@ -269,3 +269,40 @@ fn an_object_built_for_0_1_keeps_working_beside_0_2_ones() {
     let got = restored.call_wave("get", &[]).unwrap().results_wave();
     assert_eq!(got, ["5050"]);
 }
+
+#[test]
+fn a_rollback_replays_logged_batches_to_the_same_state() {
+    // Batches are logged as batches; a trap afterwards rebuilds the replica from
+    // its checkpoint and replays them. The state must be what one by one gives.
+    let runtime = runtime();
+    let calls: Calls = (0..600).map(|i| ("add", vec![i.to_string()])).collect();
+    let events = events_from(&runtime, objects::HOSTILE, &calls);
+    let spin = events_from(
+        &runtime,
+        objects::HOSTILE,
+        &vec![("spin-in-deliver", vec![])],
+    );
+    let mut one = replica(&runtime, objects::HOSTILE, "one");
+    let mut batched = replica(&runtime, objects::HOSTILE, "batched");
+    for event in &events {
+        one.deliver(event).unwrap();
+    }
+    for run in events.chunks(100) {
+        for outcome in batched.deliver_batch(run) {
+            outcome.unwrap();
+        }
+    }
+    assert_eq!(batched.stats().batches, 6);
+    for replica in [&mut one, &mut batched] {
+        let refused = replica.deliver(&spin[0]).unwrap_err();
+        assert!(refused.to_string().contains("CPU limit"), "{refused}");
+        assert_eq!(replica.stats().recoveries, 1, "rolled back once");
+    }
+    assert_eq!(one.snapshot().unwrap(), batched.snapshot().unwrap());
+    let total = batched.call_wave("total", &[]).unwrap().results_wave();
+    assert_eq!(total, [(0..600).sum::<i64>().to_string()]);
+    assert!(
+        batched.batching(),
+        "a refused single event does not stop batching"
+    );
+}
