@@ -5,8 +5,11 @@
 //! Drivers (`mesh`, `qsm`, `vsync`, `gossip`) speak this vocabulary to the node and
 //! the CLI, which never name a driver.
 
+use crate::executor::ObjectRef;
 use crate::mesh::net::Peer;
-use crate::runtime::{Event, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use crate::runtime::{
+    Event, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Notification, Replica, ReplicaError,
+};
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -328,6 +331,60 @@ impl<T> DeliveryRuns<T> {
 
 /// The driver's end of a run just started (see [`DeliveryRuns::start`]).
 pub(crate) struct OpenedRun<T>(OpenRun<T>);
+
+/// What one event of a run came to at this replica: its tag, and the object's
+/// refusal, multicasts and notifications.
+pub(crate) struct RunOutcome<T> {
+    pub tag: T,
+    pub rejected: Option<String>,
+    pub multicasts: Vec<Vec<u8>>,
+    pub notifications: Vec<Notification>,
+}
+
+/// The body of a delivery job: take `run` (releasing what the driver held for it
+/// on `budget`), apply it, and hand each event's outcome to `each`, in order.
+///
+/// A refusal is deterministic (every replica refuses the same event alike) and
+/// reported as a rejection. Nothing more is reported once the replica is out of
+/// service here alone (quarantined, a deadline, a failed rollback): the executor
+/// quarantines it and the driver fails the calls still waiting, since the group
+/// applied these events.
+pub(crate) fn apply_run<T>(
+    replica: Result<&mut Replica, ReplicaError>,
+    run: &Run<T>,
+    budget: &ObjectRef,
+    object: &str,
+    mut each: impl FnMut(RunOutcome<T>),
+) {
+    let (events, held) = run.take();
+    budget.release(held);
+    let (tags, events): (Vec<T>, Vec<Event>) = events.into_iter().unzip();
+    let outcomes = match replica {
+        Ok(replica) => {
+            let outcomes = replica.deliver_batch(&events);
+            run.set_batching(replica.batching());
+            outcomes
+        }
+        // The executor hands a job an error only when the object is quarantined.
+        Err(_) => return,
+    };
+    for (tag, outcome) in tags.into_iter().zip(outcomes) {
+        let (rejected, multicasts, notifications) = match outcome {
+            Ok(d) => (d.rejected, d.multicasts, d.notifications),
+            Err(ReplicaError::Quarantined { .. } | ReplicaError::Broken { .. }) => return,
+            Err(e) => {
+                tracing::warn!("{object}: {e}");
+                (Some(e.to_string()), Vec::new(), Vec::new())
+            }
+        };
+        each(RunOutcome {
+            tag,
+            rejected,
+            multicasts,
+            notifications,
+        });
+    }
+}
 
 #[cfg(test)]
 mod tests {

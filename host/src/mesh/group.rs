@@ -27,7 +27,9 @@ use super::core::{
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
-use crate::group::{Admission, DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls};
+use crate::group::{
+    Admission, DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run,
+};
 use crate::runtime::{Event, Logic, Replica, ReplicaError, ReplicaIdentity, Runtime, View};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::{Grant, Signed};
@@ -883,52 +885,14 @@ impl Group {
         self.enqueue(
             bytes,
             Box::new(move |replica| {
-                let (events, held) = run.take();
-                budget.release(held);
-                let replica = match replica {
-                    Ok(replica) => replica,
-                    // Not applied here: the group task hears of the quarantine and
-                    // fails the calls waiting for these events.
-                    Err(ReplicaError::Quarantined { .. }) => return,
-                    Err(e) => {
-                        // Deterministic (every replica refuses alike), like a refusal.
-                        tracing::warn!("{object}: {e}");
-                        for (own, _) in events {
-                            let _ = results.send(FromReplica::Delivered {
-                                own,
-                                rejected: Some(e.to_string()),
-                                multicasts: Vec::new(),
-                                notifications: Vec::new(),
-                            });
-                        }
-                        return;
-                    }
-                };
-                let (owns, events): (Vec<Option<u64>>, Vec<Event>) = events.into_iter().unzip();
-                let outcomes = replica.deliver_batch(&events);
-                run.set_batching(replica.batching());
-                for (own, outcome) in owns.into_iter().zip(outcomes) {
-                    let (rejected, multicasts, notifications) = match outcome {
-                        Ok(d) => (d.rejected, d.multicasts, d.notifications),
-                        // Out of service here alone (a deadline, a failed rollback):
-                        // the executor quarantines it, which fails the waiting calls;
-                        // the group applied these events.
-                        Err(ReplicaError::Quarantined { .. } | ReplicaError::Broken { .. }) => {
-                            return;
-                        }
-                        // Deterministic: every replica refuses the same event the same way.
-                        Err(e) => {
-                            tracing::warn!("{object}: {e}");
-                            (Some(e.to_string()), Vec::new(), Vec::new())
-                        }
-                    };
+                apply_run(replica, &run, &budget, &object, |outcome| {
                     let _ = results.send(FromReplica::Delivered {
-                        own,
-                        rejected,
-                        multicasts,
-                        notifications,
+                        own: outcome.tag,
+                        rejected: outcome.rejected,
+                        multicasts: outcome.multicasts,
+                        notifications: outcome.notifications,
                     });
-                }
+                });
             }),
         );
         self.runs.opened(opened);

@@ -33,7 +33,7 @@ use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
 use super::thread::ServiceThread;
 use super::wire::ObjectNum;
 use crate::executor::{Budgets, ObjectRef};
-use crate::group::{GroupError, GroupNotice, GroupStatus, WaitingCalls};
+use crate::group::{DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
 use crate::runtime::{Event, Logic, ReplicaError, ReplicaIdentity, Runtime, View};
 use bytes::Bytes;
@@ -748,6 +748,7 @@ impl Driver {
             own_sent: 0,
             own_applied: 0,
             waiting: WaitingCalls::default(),
+            runs: DeliveryRuns::default(),
         };
         self.main.spawn(task.run(
             pending.runtime,
@@ -921,6 +922,8 @@ struct ReplicaTask {
     own_applied: u64,
     /// Calls waiting for their own events (numbered from 1) to be applied.
     waiting: WaitingCalls,
+    /// Events joining the delivery job waiting in the mailbox (tagged: own?).
+    runs: DeliveryRuns<bool>,
 }
 
 impl ReplicaTask {
@@ -1142,34 +1145,39 @@ impl ReplicaTask {
     ) {
         let done = done.clone();
         let name = self.name.clone();
+        if !matches!(input, ToReplica::Deliver(..)) {
+            // Later events must not join a run queued before this input's job.
+            self.runs.close();
+        }
         match input {
             ToReplica::Deliver(event, held) => {
                 let own = event.sender == self.me;
                 let bytes = event.payload.len() + EVENT_OVERHEAD;
+                // Joining the run of the delivery job still waiting in the mailbox:
+                // what the driver held for the event stays held until the job
+                // takes the run.
+                let (own, event) = match self.runs.join(own, event, held) {
+                    Ok(()) => return,
+                    Err(back) => back,
+                };
+                let (run, opened) = self.runs.start(own, event, bytes);
+                let budget = replica.clone();
                 replica
                     .submit_waiting(
                         bytes,
                         Box::new(move |r| {
-                            let (rejected, multicasts, notifications) =
-                                match r.and_then(|r| r.deliver(&event)) {
-                                    Ok(d) => (d.rejected, d.multicasts, d.notifications),
-                                    // The task hears of the quarantine and stops.
-                                    Err(ReplicaError::Quarantined { .. }) => return,
-                                    // Deterministic: every replica refuses the same event alike.
-                                    Err(e) => {
-                                        tracing::warn!("{name}: {e}");
-                                        (Some(e.to_string()), Vec::new(), Vec::new())
-                                    }
-                                };
-                            let _ = done.send(JobDone::Delivered {
-                                own,
-                                rejected,
-                                multicasts,
-                                notifications,
+                            apply_run(r, &run, &budget, &name, |outcome| {
+                                let _ = done.send(JobDone::Delivered {
+                                    own: outcome.tag,
+                                    rejected: outcome.rejected,
+                                    multicasts: outcome.multicasts,
+                                    notifications: outcome.notifications,
+                                });
                             });
                         }),
                     )
                     .await;
+                self.runs.opened(opened);
                 // In the mailbox now, which counts it itself.
                 replica.release(held);
             }
@@ -1225,6 +1233,7 @@ impl ReplicaTask {
         done: &mpsc::UnboundedSender<JobDone>,
         command: Command,
     ) {
+        self.runs.close();
         match command {
             Command::Call {
                 method,
