@@ -29,9 +29,10 @@
 //! for.
 
 use crate::json::{
-    JsonValueError, json_to_wave, node_status_json, object_status_json, record_json, schema,
+    JsonValueError, json_to_wave, node_status_json, object_status_json, objects_page_json,
+    record_json, schema,
 };
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, StatusPage};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -401,26 +402,49 @@ fn parse_body(body: &[u8]) -> Result<Json, ApiError> {
     })
 }
 
-async fn node_status(State(api): State<Api>) -> Answer {
-    let s = api.node.status().await;
+/// Most objects one status page shows (`?limit=`); larger asks get this many.
+pub const MAX_PAGE: usize = 1000;
+
+/// The page a status request asks for: `?prefix=`, `?after=`, `?limit=` (default
+/// and most [`MAX_PAGE`]).
+fn status_page(q: &HashMap<String, String>) -> Result<StatusPage, ApiError> {
+    let limit = match q.get("limit") {
+        None => MAX_PAGE,
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("limit must be a whole number of objects, got `{text}`"),
+            )
+        })?,
+    };
+    Ok(StatusPage {
+        prefix: q.get("prefix").cloned(),
+        after: q.get("after").cloned(),
+        limit: Some(limit.clamp(1, MAX_PAGE)),
+    })
+}
+
+async fn node_status(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let s = api.node.status(&status_page(&q)?).await;
     ok(node_status_json(
         &s.me.key.to_string(),
         s.me.name.map(|n| n.to_string()).as_deref(),
         &s.me.addr.to_string(),
-        &s.objects,
+        &s.objects.objects,
+        s.objects.total,
+        s.objects.next.as_deref(),
         &s.drivers,
     ))
 }
 
-async fn list_objects(State(api): State<Api>) -> Answer {
-    let objects: Vec<Json> = api
-        .node
-        .objects_status()
-        .await
-        .iter()
-        .map(object_status_json)
-        .collect();
-    ok(json!({ "objects": objects }))
+async fn list_objects(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let page = api.node.objects_status(&status_page(&q)?).await;
+    ok(objects_page_json(
+        &page.objects,
+        page.total,
+        page.next.as_deref(),
+    ))
 }
 
 async fn object_status(State(api): State<Api>, Path(name): Path<String>) -> Answer {
@@ -917,6 +941,15 @@ pub fn openapi_document() -> Json {
     let name = json!({"name": "name", "in": "path", "required": true,
         "description": "the object's name, percent-encoded (lo%3A%2F%2Facme%2Frooms%2Flobby)",
         "schema": {"type": "string"}});
+    let page = json!([
+        {"name": "prefix", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "only objects whose names start with this"},
+        {"name": "after", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "start after this name (the previous page's next)"},
+        {"name": "limit", "in": "query", "required": false,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+            "description": "at most this many objects (default and most 1000)"},
+    ]);
     let answers = |ok: &str, description: &str| {
         json!({
             ok: {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -934,9 +967,11 @@ pub fn openapi_document() -> Json {
                     "reference": {"type": "string"}}}}
         }}},
         "paths": {
-            "/v1/node": {"get": {"summary": "the node, its drivers and objects", "responses": answers("200", "node status")}},
+            "/v1/node": {"get": {"summary": "the node, its drivers and a page of its objects",
+                "parameters": page, "responses": answers("200", "node status")}},
             "/v1/objects": {
-                "get": {"summary": "joined objects", "responses": answers("200", "objects")},
+                "get": {"summary": "a page of joined objects (objects, total, next)",
+                    "parameters": page, "responses": answers("200", "objects")},
                 "post": {"summary": "join an object",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["name"], "additionalProperties": false,

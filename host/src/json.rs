@@ -650,16 +650,27 @@ pub fn node_status_json(
     name: Option<&str>,
     addr: &str,
     objects: &[crate::node::ObjectStatus],
+    total: usize,
+    next: Option<&str>,
     drivers: &[crate::node::DriverStatus],
 ) -> Json {
-    let objects: Vec<_> = objects.iter().map(object_status_json).collect();
     let drivers: Vec<_> = drivers
         .iter()
         .map(|d| json!({"driver": d.driver, "lines": d.lines}))
         .collect();
-    json!({
-        "node": {"key": key, "name": name, "addr": addr},
-        "drivers": drivers,
-        "objects": objects,
-    })
+    let mut status = objects_page_json(objects, total, next);
+    status["node"] = json!({"key": key, "name": name, "addr": addr});
+    status["drivers"] = json!(drivers);
+    status
+}
+
+/// One page of objects: `{"objects": [...], "total": N, "next": NAME or null}`
+/// (`next` is the `after` of the following page).
+pub fn objects_page_json(
+    objects: &[crate::node::ObjectStatus],
+    total: usize,
+    next: Option<&str>,
+) -> Json {
+    let objects: Vec<_> = objects.iter().map(object_status_json).collect();
+    json!({"objects": objects, "total": total, "next": next})
 }

@@ -85,8 +85,8 @@ pub enum ControlRequest {
         /// Answer the results as JSON texts (the HTTP API's mapping) instead of WAVE.
         json: bool,
     },
-    /// What this host runs.
-    Status,
+    /// What this host runs: one page of its objects.
+    Status(StatusPage),
     /// Leave an object.
     Leave {
         /// The name.
@@ -146,8 +146,12 @@ pub enum ControlResponse {
         name: Option<String>,
         /// Its mesh address.
         addr: String,
-        /// Its objects.
+        /// Its objects (the page asked for, in name order).
         objects: Vec<ObjectStatus>,
+        /// Objects joined that match the page's prefix, on every page.
+        total: usize,
+        /// Where the next page starts (its `after`), if there is one.
+        next: Option<String>,
         /// Each driver's own report.
         drivers: Vec<DriverStatus>,
     },
@@ -337,10 +341,34 @@ pub struct ReferenceJoin {
 pub struct NodeStatus {
     /// The node itself.
     pub me: Peer,
-    /// Its objects.
-    pub objects: Vec<ObjectStatus>,
+    /// Its objects: one page of them.
+    pub objects: ObjectsPage,
     /// Each driver's own report.
     pub drivers: Vec<DriverStatus>,
+}
+
+/// Which joined objects a status shows: those whose names start with `prefix`,
+/// in name order, after the name `after`, at most `limit` of them. A node with
+/// 100,000 objects answers a page without visiting the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusPage {
+    /// Only names starting with this (e.g. `lo://acme/rooms/`).
+    pub prefix: Option<String>,
+    /// Start after this name (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many objects; `None`: all of them.
+    pub limit: Option<usize>,
+}
+
+/// One page of a node's objects.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectsPage {
+    /// The objects, in name order.
+    pub objects: Vec<ObjectStatus>,
+    /// How many joined objects match the prefix, on every page.
+    pub total: usize,
+    /// The `after` of the next page, if there is one.
+    pub next: Option<String>,
 }
 
 /// The daemon's state.
@@ -541,13 +569,15 @@ impl Node {
                     Err(e) => ControlResponse::Error(e),
                 }
             }
-            ControlRequest::Status => {
-                let status = self.status().await;
+            ControlRequest::Status(page) => {
+                let status = self.status(&page).await;
                 ControlResponse::Status {
                     key: status.me.key.to_string(),
                     name: status.me.name.map(|n| n.to_string()),
                     addr: status.me.addr.to_string(),
-                    objects: status.objects,
+                    objects: status.objects.objects,
+                    total: status.objects.total,
+                    next: status.objects.next,
                     drivers: status.drivers,
                 }
             }
@@ -675,22 +705,49 @@ impl Node {
         Ok(())
     }
 
-    /// Each joined object's status (without the drivers' own reports, which
-    /// [`status`](Self::status) adds).
-    pub async fn objects_status(&self) -> Vec<ObjectStatus> {
-        // Never hold the objects lock across an object: copy the handles out.
-        let joined: Vec<(String, Joined)> = self
-            .objects
-            .lock()
-            .await
-            .iter()
-            .map(|(name, group)| (name.clone(), group.clone()))
-            .collect();
-        let mut objects = Vec::new();
+    /// One page of the joined objects' status (without the drivers' own reports,
+    /// which [`status`](Self::status) adds).
+    pub async fn objects_status(&self, page: &StatusPage) -> ObjectsPage {
+        use std::ops::Bound;
+        let prefix = page.prefix.as_deref().unwrap_or("");
+        let limit = page.limit.unwrap_or(usize::MAX).max(1);
+        // Never hold the objects lock across an object: copy the page's handles out.
+        let (joined, total, next) = {
+            let objects = self.objects.lock().await;
+            let matching = |name: &&String| name.starts_with(prefix);
+            // Names with the prefix are contiguous in the map: count them from it.
+            let total = objects
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .map(|(name, _)| name)
+                .take_while(matching)
+                .count();
+            let start = match page.after.as_deref() {
+                Some(after) if after >= prefix => Bound::Excluded(after),
+                _ => Bound::Included(prefix),
+            };
+            let mut from = objects
+                .range::<str, _>((start, Bound::Unbounded))
+                .take_while(|(name, _)| name.starts_with(prefix));
+            let joined: Vec<(String, Joined)> = from
+                .by_ref()
+                .take(limit)
+                .map(|(name, group)| (name.clone(), group.clone()))
+                .collect();
+            let more = from.next().is_some();
+            let next = more
+                .then(|| joined.last().map(|(name, _)| name.clone()))
+                .flatten();
+            (joined, total, next)
+        };
+        let mut objects = Vec::with_capacity(joined.len());
         for (name, group) in joined {
             objects.push(object_status(name, &group).await);
         }
-        objects
+        ObjectsPage {
+            objects,
+            total,
+            next,
+        }
     }
 
     /// The status of the joined object `name`.
@@ -701,8 +758,8 @@ impl Node {
 
     /// What this node runs, from what drivers and the executor published: it
     /// answers within a bound whatever the objects are doing.
-    pub async fn status(&self) -> NodeStatus {
-        let objects = self.objects_status().await;
+    pub async fn status(&self, page: &StatusPage) -> NodeStatus {
+        let objects = self.objects_status(page).await;
         let mut drivers = Vec::new();
         for driver in &self.drivers.drivers {
             let name = driver.info().name.to_string();

@@ -6,7 +6,7 @@ use clap::Args;
 use liveobjects_directory::client::{Client, Resolver, SeenVersions};
 use liveobjects_host::driver::DriverArgs;
 use liveobjects_host::executor::Budgets;
-use liveobjects_host::node::{ControlRequest, ControlResponse, Node, request};
+use liveobjects_host::node::{ControlRequest, ControlResponse, Node, StatusPage, request};
 use liveobjects_host::runtime::Runtime;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -151,9 +151,21 @@ pub struct JoinArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Print JSON: {"node": {"key", "addr"}, "drivers": [{"driver", "lines"}],
-    /// "objects": [{"name", "driver", "members", ...}]}.
+    /// "objects": [{"name", "driver", "members", ...}], "total", "next"}.
     #[arg(long)]
     json: bool,
+    /// Show only objects whose names start with this (e.g. lo://acme/rooms/).
+    #[arg(long, value_name = "NAME")]
+    prefix: Option<String>,
+    /// Start after this object (the `next` a previous page printed).
+    #[arg(long, value_name = "NAME")]
+    after: Option<String>,
+    /// Show at most this many objects.
+    #[arg(long, default_value_t = 100, conflicts_with = "all")]
+    limit: usize,
+    /// Show every object, however many.
+    #[arg(long)]
+    all: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -430,13 +442,25 @@ pub fn call(
 }
 
 pub fn status(args: StatusArgs) -> Result<()> {
-    let answer =
-        super::tokio()?.block_on(request(&args.control.path()?, &ControlRequest::Status))?;
+    if args.limit == 0 {
+        bail!("--limit must be at least 1 (or use --all)");
+    }
+    let page = StatusPage {
+        prefix: args.prefix.clone(),
+        after: args.after.clone(),
+        limit: (!args.all).then_some(args.limit),
+    };
+    let answer = super::tokio()?.block_on(request(
+        &args.control.path()?,
+        &ControlRequest::Status(page),
+    ))?;
     let ControlResponse::Status {
         key,
         name,
         addr,
         objects,
+        total,
+        next,
         drivers,
     } = expect(answer)?
     else {
@@ -448,6 +472,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
             name.as_deref(),
             &addr,
             &objects,
+            total,
+            next.as_deref(),
             &drivers,
         ));
         return Ok(());
@@ -462,8 +488,13 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
     }
     if objects.is_empty() {
-        println!("(no objects joined)");
+        match (&args.prefix, total) {
+            (Some(prefix), 0) => println!("(no objects joined under {prefix})"),
+            (None, 0) => println!("(no objects joined)"),
+            _ => {}
+        }
     }
+    let shown = objects.len();
     for o in objects {
         let r = &o.report;
         println!(
@@ -499,6 +530,14 @@ pub fn status(args: StatusArgs) -> Result<()> {
             println!("    queued: {jobs} job(s), {bytes} bytes");
         }
         println!("    members: {}", r.members.join(", "));
+    }
+    if let Some(next) = next {
+        let prefix = args
+            .prefix
+            .as_ref()
+            .map(|p| format!(" --prefix {p}"))
+            .unwrap_or_default();
+        println!("({shown} shown of {total}; more: lo status{prefix} --after {next}, or --all)");
     }
     Ok(())
 }

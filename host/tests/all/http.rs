@@ -230,7 +230,10 @@ fn two_nodes_join_call_and_stream_through_the_api() {
         ),
         c.seed
     );
-    assert_eq!(get(a, "/v1/objects").json(), json!({"objects": []}));
+    assert_eq!(
+        get(a, "/v1/objects").json(),
+        json!({"objects": [], "total": 0, "next": null})
+    );
 
     // Join: node 1 founds the room, node 2 joins it requiring total order.
     let joined = post(
@@ -262,6 +265,20 @@ fn two_nodes_join_call_and_stream_through_the_api() {
         )
         .unwrap();
     assert_eq!(cli["objects"][0]["name"], status.json()["name"]);
+    // Pages: a limit that is not a number is refused; one object per page.
+    let refused = get(b, "/v1/objects?limit=many");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("limit must be a whole number"),
+        "{}",
+        refused.body
+    );
+    let page = get(b, "/v1/objects?limit=1&prefix=lo%3A%2F%2Facme%2F").json();
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["objects"][0]["name"], ROOM);
+    assert!(page["next"].is_null(), "{page}");
+    let elsewhere = get(b, "/v1/objects?prefix=lo%3A%2F%2Fother%2F").json();
+    assert_eq!(elsewhere, json!({"objects": [], "total": 0, "next": null}));
 
     // The interface: WIT types and a JSON Schema per argument.
     let interface = get(a, &format!("/v1/objects/{}/interface", enc(ROOM))).json();
@@ -827,7 +844,10 @@ fn a_token_guards_every_route() {
         &[("Authorization", "Bearer s3cret-token")],
         "",
     );
-    assert_eq!(objects.json(), json!({"objects": []}));
+    assert_eq!(
+        objects.json(),
+        json!({"objects": [], "total": 0, "next": null})
+    );
 }
 
 /// Node 1's `references` of the document, as names.

@@ -944,6 +944,48 @@ fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
         status["node"]["key"].as_str().unwrap().len() >= 32,
         "{status}"
     );
+    // Status pages: name order, a prefix, `after` from the previous page's `next`.
+    let counters: Vec<String> = (1..=4)
+        .map(|i| format!("lo://acme/counters/c{i}"))
+        .collect();
+    for name in &counters {
+        publish_mesh(&home, &directory, name, liveobjects_objects::COUNTER, &seed);
+        home.ok(&[
+            "join",
+            name,
+            "--found",
+            "--no-interactive",
+            "--control",
+            &control(&home, 1),
+        ]);
+    }
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = json(&home, &["status", "--limit", "2"]);
+    assert_eq!(names(&first), counters[..2], "{first}");
+    assert_eq!(first["total"], 5);
+    assert_eq!(first["next"], counters[1].as_str());
+    let second = json(&home, &["status", "--limit", "2", "--after", &counters[1]]);
+    assert_eq!(names(&second), counters[2..], "{second}");
+    let last = json(&home, &["status", "--limit", "2", "--after", &counters[3]]);
+    assert_eq!(names(&last), [REGISTER], "{last}");
+    assert!(last["next"].is_null(), "{last}");
+    let registers = json(&home, &["status", "--prefix", "lo://acme/registers/"]);
+    assert_eq!(names(&registers), [REGISTER]);
+    assert_eq!(registers["total"], 1);
+    let text = home.ok(&["status", "--limit", "3", "--control", &control(&home, 1)]);
+    assert!(
+        text.contains("(3 shown of 5; more: lo status --after lo://acme/counters/c3, or --all)"),
+        "{text}"
+    );
+    assert!(!text.contains("c4"), "{text}");
+
     let listing = home.ok_owned(directory.args(&["ls", "lo://acme/registers/", "--json"]));
     let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
     assert_eq!(listing["records"][0]["name"], REGISTER, "{listing}");
