@@ -603,7 +603,12 @@ mod isolation {
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Hibernating objects go to sleep HIBERNATE_AFTER after their last job.
+            let settle = match runtime.executor().config().hibernate_after {
+                Some(after) => after * 5 + Duration::from_millis(500),
+                None => Duration::from_millis(500),
+            };
+            tokio::time::sleep(settle).await;
             let rss = rss_bytes().saturating_sub(before) as f64 / count as f64;
             let frames = || founder.frames_sent() + joiner.as_ref().map_or(0, |j| j.frames_sent());
             let (cpu0, frames0, t0) = (cpu_time(), frames(), Instant::now());
@@ -622,6 +627,9 @@ mod isolation {
             idle
         })
     }
+
+    /// How soon the `hibernated` case's objects hibernate (`lo node` waits 60 s).
+    const HIBERNATE_AFTER: Duration = Duration::from_millis(200);
 
     /// Set in a child process that measures only idle objects: `MODE:COUNT:SECS`.
     pub const IDLE_CHILD: &str = "LO_BENCH_IDLE_CHILD";
@@ -667,7 +675,12 @@ mod isolation {
         };
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
-                pooled_instances: (mode == "pooled").then_some(count as u32 + 8),
+                pooled_instances: (mode == "pooled" || mode == "hibernated")
+                    .then_some(count as u32 + 8),
+                executor: liveobjects_host::executor::ExecutorConfig {
+                    hibernate_after: (mode == "hibernated").then_some(HIBERNATE_AFTER),
+                    ..Default::default()
+                },
                 ..RuntimeConfig::default()
             })
             .unwrap(),
@@ -731,6 +744,7 @@ mod isolation {
         // it was.
         let pooled = idle_in_child("pooled", objects, idle);
         let on_demand = idle_in_child("on-demand", objects, idle);
+        let hibernated = idle_in_child("hibernated", objects, idle);
         let per_peer = idle_in_child("per-peer", objects, idle);
         let per_group = idle_in_child("per-group", objects, idle);
 
@@ -766,6 +780,7 @@ mod isolation {
         for (case, idle) in [
             ("one member, pooled sandboxes", &pooled),
             ("one member, on-demand sandboxes", &on_demand),
+            ("one member, pooled, hibernated after 200 ms", &hibernated),
             ("two members, per-peer heartbeats (lo node)", &per_peer),
             ("two members, per-group heartbeats (peer)", &per_group),
         ] {
@@ -786,12 +801,15 @@ mod isolation {
              \"beside_chain\":{beside_chain:.0},\"idle_objects\":{objects},\
              \"idle_core_share\":{:.4},\"rss_per_object\":{:.0},\
              \"pooled_core_share\":{:.4},\"pooled_rss_per_object\":{:.0},\
+             \"hibernated_core_share\":{:.4},\"hibernated_rss_per_object\":{:.0},\
              \"pair_per_peer_core_share\":{:.4},\"pair_per_peer_frames_per_sec\":{:.0},\
              \"pair_per_group_core_share\":{:.4},\"pair_per_group_frames_per_sec\":{:.0}}}\n",
             on_demand.core_share,
             on_demand.rss_per_object,
             pooled.core_share,
             pooled.rss_per_object,
+            hibernated.core_share,
+            hibernated.rss_per_object,
             per_peer.core_share,
             per_peer.frames_per_sec,
             per_group.core_share,

@@ -151,6 +151,9 @@ pub struct ObjectReport {
     pub queued: Option<(u64, u64)>,
     /// Whether the executor is holding it back right now (over a budget).
     pub throttled: bool,
+    /// Whether it hibernates (state held as a snapshot until its next job).
+    #[serde(default)]
+    pub hibernating: bool,
     /// What the object reports beyond its state, if anything (a gossip
     /// aggregate's last estimate).
     pub value: Option<String>,
@@ -188,6 +191,7 @@ impl ObjectReport {
             quarantined: metrics.quarantined.clone(),
             queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
             throttled: metrics.throttled,
+            hibernating: metrics.hibernating,
             value: None,
         }
     }

@@ -135,6 +135,10 @@ pub struct ExecutorConfig {
     pub slice: Duration,
     /// Default budgets per object.
     pub budgets: Budgets,
+    /// Hibernate an object idle this long: give back its sandbox and keep its
+    /// state as a snapshot until its next job ([`Hosted::hibernate`]). `None`:
+    /// objects stay awake.
+    pub hibernate_after: Option<Duration>,
 }
 
 impl Default for ExecutorConfig {
@@ -147,6 +151,7 @@ impl Default for ExecutorConfig {
             mailbox_bytes: 8 << 20,
             slice: Duration::from_millis(2),
             budgets: Budgets::default(),
+            hibernate_after: None,
         }
     }
 }
@@ -173,7 +178,16 @@ pub trait Hosted: Send + 'static {
         None
     }
     /// Announce the events it applies on `tap` (objects that apply none ignore it).
-    fn tap_applied(&mut self, _tap: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>) {}
+    fn tap_applied(&mut self, _tap: crate::runtime::AppliedTap) {}
+    /// Give back what it holds while idle, to take it again on its next job;
+    /// whether it did. Default: nothing to give back.
+    fn hibernate(&mut self) -> bool {
+        false
+    }
+    /// Whether it hibernates now.
+    fn hibernating(&self) -> bool {
+        false
+    }
 }
 
 impl Hosted for Replica {
@@ -197,8 +211,16 @@ impl Hosted for Replica {
         Some(Replica::memory(self))
     }
 
-    fn tap_applied(&mut self, tap: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>) {
+    fn tap_applied(&mut self, tap: crate::runtime::AppliedTap) {
         Replica::tap_applied(self, tap);
+    }
+
+    fn hibernate(&mut self) -> bool {
+        Replica::hibernate(self)
+    }
+
+    fn hibernating(&self) -> bool {
+        Replica::hibernating(self)
     }
 }
 
@@ -227,6 +249,9 @@ pub struct ObjectMetrics {
     /// Memory it uses against its cap: its sandbox's and what the host holds for
     /// it (its checkpoint, mailbox and what its driver queued for it), in bytes.
     pub memory_bytes: u64,
+    /// Whether it hibernates (its sandbox given back until its next job).
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 /// Token bucket per budget: refilled at `rate` per second up to one second's worth.
@@ -377,13 +402,15 @@ struct Cell<H> {
     /// The digest reflects every applied event.
     digest_fresh: AtomicBool,
     last_digest: Mutex<(Instant, Duration)>,
+    /// When its last job ended (for hibernation).
+    last_job: Mutex<Instant>,
     mailbox_bytes: usize,
     /// What the object used after its last job (sandbox and its own host side).
     memory: Mutex<Option<MemoryUse>>,
     /// Bytes its driver holds for it outside the mailbox ([`ObjectRef::hold`]).
     held: AtomicUsize,
     /// Where the object's applied events are announced ([`ObjectRef::applied`]).
-    applied: tokio::sync::broadcast::Sender<crate::runtime::AppliedEvent>,
+    applied: crate::runtime::AppliedTap,
 }
 
 /// Applied events a watcher may fall behind by before it misses some (it is
@@ -500,6 +527,11 @@ impl Executor {
         &self.shared.config.budgets
     }
 
+    /// How it was configured.
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.shared.config
+    }
+
     /// Put `replica` (already initialised, or to be initialised by the first job)
     /// on the executor under `budgets`. `on_quarantine` is called once, from a
     /// worker, if the object is quarantined.
@@ -510,7 +542,7 @@ impl Executor {
         on_quarantine: impl FnOnce(String) + Send + 'static,
     ) -> ObjectRef<H> {
         self.shared.objects.fetch_add(1, Ordering::Relaxed);
-        let (applied, _) = tokio::sync::broadcast::channel(APPLIED_QUEUE);
+        let applied = crate::runtime::AppliedTap::default();
         replica.tap_applied(applied.clone());
         let memory = replica.memory();
         let cell = Arc::new(Cell {
@@ -531,6 +563,7 @@ impl Executor {
             on_quarantine: Mutex::new(Some(Box::new(on_quarantine))),
             digest_fresh: AtomicBool::new(false),
             last_digest: Mutex::new((Instant::now() - DIGEST_INTERVAL, Duration::ZERO)),
+            last_job: Mutex::new(Instant::now()),
             mailbox_bytes: self.shared.config.mailbox_bytes,
             applied,
         });
@@ -600,7 +633,10 @@ impl<H> std::fmt::Debug for ObjectRef<H> {
 impl<H: Hosted> ObjectRef<H> {
     /// The events the object applies from now on, in the order it applies them.
     pub fn applied(&self) -> tokio::sync::broadcast::Receiver<crate::runtime::AppliedEvent> {
-        self.cell.applied.subscribe()
+        self.cell
+            .applied
+            .get_or_init(|| tokio::sync::broadcast::channel(APPLIED_QUEUE).0)
+            .subscribe()
     }
 
     /// Queue `job`, which holds about `bytes` bytes (its event, its arguments). An
@@ -836,8 +872,13 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
         };
         let before = replica.usage();
         let t0 = Instant::now();
+        let was_asleep = replica.hibernating();
         job(Ok(replica));
         let used = t0.elapsed();
+        *lock(&cell.last_job) = Instant::now();
+        if was_asleep && !replica.hibernating() {
+            lock(&cell.metrics).hibernating = false;
+        }
         let after = replica.usage();
         *lock(&cell.memory) = replica.memory();
         let broken = replica
@@ -891,11 +932,38 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
             return;
         }
     }
+    // Idle with a fresh digest: hibernate once it has been idle long enough, or
+    // ask to be woken then.
+    let mut sleep_at = None;
+    if let Some(after) = shared.config.hibernate_after
+        && let Some(replica) = replica_slot.as_mut()
+        && !replica.hibernating()
+        && lock(&cell.mailbox).jobs.is_empty()
+    {
+        let due = *lock(&cell.last_job) + after;
+        if Instant::now() >= due {
+            let t0 = Instant::now();
+            if replica.hibernate() {
+                *lock(&cell.memory) = replica.memory();
+                lock(&cell.metrics).hibernating = true;
+                // Publishes the smaller total (it cannot be over the cap now).
+                let _ = over_memory_cap(&cell, "its queued work");
+            }
+            lock(&cell.metrics).cpu_us += t0.elapsed().as_micros() as u64;
+        } else {
+            sleep_at = Some(due);
+        }
+    }
     drop(replica_slot);
     lock(&cell.metrics).throttled = false;
     let mut mailbox = lock(&cell.mailbox);
     if mailbox.jobs.is_empty() {
         mailbox.scheduled = false;
+        drop(mailbox);
+        if let Some(at) = sleep_at {
+            // A wake-up that claims the object only if no job did meanwhile.
+            push_timed(shared, cell, at, true);
+        }
     } else {
         drop(mailbox);
         push_ready(shared, cell);
@@ -1076,6 +1144,82 @@ mod tests {
             .unwrap();
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the job ran within 10 s")
+    }
+
+    #[test]
+    fn an_idle_object_hibernates_and_its_next_job_wakes_it_with_its_state() {
+        let runtime = Runtime::new(RuntimeConfig {
+            executor: ExecutorConfig {
+                hibernate_after: Some(Duration::from_millis(200)),
+                ..ExecutorConfig::default()
+            },
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let counter = on_executor(&runtime, liveobjects_objects::COUNTER, "t:sleepy");
+        let payload = |n: i64| {
+            // The counter's event: postcard of `Add(n)` (variant 0, zigzag varint).
+            let mut bytes = vec![0u8];
+            let mut z = ((n << 1) ^ (n >> 63)) as u64;
+            loop {
+                let byte = (z & 0x7f) as u8;
+                z >>= 7;
+                if z == 0 {
+                    bytes.push(byte);
+                    break;
+                }
+                bytes.push(byte | 0x80);
+            }
+            bytes
+        };
+        for seq in 1..=50u64 {
+            let event = Event {
+                sender: "m1".into(),
+                seq,
+                timestamp_ms: seq,
+                payload: payload(seq as i64),
+            };
+            run(&counter, move |r| r.unwrap().deliver(&event).unwrap());
+        }
+        let awake = counter.metrics();
+        assert!(!awake.hibernating);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !counter.metrics().hibernating {
+            assert!(Instant::now() < deadline, "not hibernated within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let asleep = counter.metrics();
+        assert!(
+            asleep.memory_bytes < awake.memory_bytes / 4,
+            "asleep {} bytes, awake {}",
+            asleep.memory_bytes,
+            awake.memory_bytes
+        );
+        // A query wakes it, with every event applied.
+        let got = run(&counter, |r| {
+            let r = r.unwrap();
+            assert!(r.hibernating());
+            r.call_wave("get", &[]).unwrap().results_wave()
+        });
+        assert_eq!(got, [(1..=50).sum::<i64>().to_string()]);
+        // `lo status` showed the digest of the state it slept with, which is the
+        // state it woke to.
+        let snapshot = run(&counter, |r| r.unwrap().snapshot().unwrap());
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&snapshot));
+        assert_eq!(asleep.state_digest, digest);
+        let stats = run(&counter, |r| r.unwrap().stats());
+        assert_eq!(stats.hibernations, 1);
+        assert_eq!(stats.recoveries, 0, "waking is not a recovery");
+        assert!(!counter.metrics().hibernating);
+        // And it goes back to sleep once idle again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !counter.metrics().hibernating {
+            assert!(
+                Instant::now() < deadline,
+                "not hibernated again within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

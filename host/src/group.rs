@@ -32,6 +32,38 @@ pub enum GroupNotice {
     Quarantined(String),
 }
 
+/// Where a group's notices go: a broadcast channel made on the first
+/// subscription. A tokio broadcast channel preallocates its whole queue (about
+/// 80 KiB for 1,024 notices), which every idle object would otherwise pay for;
+/// notices sent before anyone subscribed reach no one, as before.
+#[derive(Clone, Default)]
+pub struct Notices(Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<GroupNotice>>>);
+
+/// Notices a subscriber may fall behind by before it misses some (and is told).
+const NOTICE_QUEUE: usize = 1024;
+
+impl Notices {
+    /// Send `notice` to the current subscribers; whether there were any.
+    pub fn send(&self, notice: GroupNotice) -> bool {
+        self.0.get().is_some_and(|tx| tx.send(notice).is_ok())
+    }
+
+    /// Receive the notices sent from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<GroupNotice> {
+        self.0
+            .get_or_init(|| tokio::sync::broadcast::channel(NOTICE_QUEUE).0)
+            .subscribe()
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("subscribers", &self.0.get().map_or(0, |tx| tx.receiver_count()))
+            .finish()
+    }
+}
+
 /// Who may join a group, and this host's own credential.
 #[derive(Debug, Clone)]
 pub struct Admission {

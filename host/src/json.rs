@@ -639,6 +639,7 @@ pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
         "state_digest": r.state_digest,
         "quarantined": r.quarantined,
         "throttled": r.throttled,
+        "hibernating": r.hibernating,
         "queued": r.queued.map(|(jobs, bytes)| json!({"jobs": jobs, "bytes": bytes})),
         "value": r.value,
     })

@@ -246,7 +246,7 @@ pub struct HostedAggregate {
     state: Running,
     hosting: Hosting,
     board: Arc<Mutex<Board>>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     events: VecDeque<Event>,
 }
 
@@ -381,7 +381,7 @@ pub struct AggregateObject {
     name: String,
     executor: ObjectRef<HostedAggregate>,
     board: Arc<Mutex<Board>>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     shed: Arc<AtomicU64>,
     agent: GossipAgent,
 }
@@ -438,7 +438,7 @@ impl AggregateObject {
             .await
             .ok_or_else(|| JoinError::Group(GroupError::Gone(name.to_string())))?;
         let board = Arc::new(Mutex::new(Board::default()));
-        let (notices, _) = broadcast::channel(64);
+        let notices = crate::group::Notices::default();
         let hosted = HostedAggregate {
             name: name.to_string(),
             state: Running::Starting(instance),

@@ -254,7 +254,7 @@ impl MeshNode {
         budgets: &Budgets,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::channel(GROUP_QUEUE);
-        let (notices, _) = broadcast::channel(1024);
+        let notices = crate::group::Notices::default();
         let (results_tx, results) = mpsc::unbounded_channel();
         let quarantined = results_tx.clone();
         let replica = runtime.executor().spawn(replica, budgets, move |reason| {
@@ -312,7 +312,7 @@ impl MeshNode {
 pub struct GroupHandle {
     object: String,
     tx: mpsc::Sender<GroupInput>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     replica: ObjectRef,
     status: Arc<Mutex<GroupStatus>>,
 }
@@ -431,7 +431,7 @@ struct Group {
     /// complete, if any).
     runs: DeliveryRuns<Option<u64>>,
     transport: Arc<Transport>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     started: Instant,
     /// Calls waiting for their multicasts (own seqs) to be delivered.
     waiting: WaitingCalls,

@@ -145,7 +145,7 @@ enum Command {
 pub struct QsmHandle {
     object: String,
     commands: mpsc::Sender<Command>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     /// The replica on the executor, once its task has started it.
     replica: Arc<std::sync::OnceLock<ObjectRef>>,
 }
@@ -376,7 +376,7 @@ struct ObjectEntry {
     /// The replica on the executor, once its task has started it.
     replica: Arc<std::sync::OnceLock<ObjectRef>>,
     to_replica: mpsc::UnboundedSender<ToReplica>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     outbox: VecDeque<(Vec<u8>, u64)>,
 }
 
@@ -717,7 +717,7 @@ impl Driver {
         };
         let (to_replica, from_driver) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(64);
-        let (notices, _) = broadcast::channel(1024);
+        let notices = crate::group::Notices::default();
         let replica: Arc<std::sync::OnceLock<ObjectRef>> = Arc::default();
         let handle = QsmHandle {
             object: name.clone(),
@@ -909,7 +909,7 @@ struct ReplicaTask {
     name: String,
     me: String,
     to_driver: mpsc::Sender<Input>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     members: Vec<Peer>,
     /// Multicasts not yet handed to the driver.
     outbox: VecDeque<(Vec<u8>, u64)>,

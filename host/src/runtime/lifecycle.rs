@@ -106,11 +106,6 @@ impl Lifecycle {
         }
     }
 
-    /// Whether the object takes batches (it was built for 0.2).
-    pub(crate) fn batches(&self) -> bool {
-        matches!(self, Lifecycle::V02(_))
-    }
-
     /// `deliver-batch`; `None` for a 0.1 object.
     pub(crate) fn deliver_batch(
         &self,

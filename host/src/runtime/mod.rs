@@ -30,6 +30,12 @@ pub use self::replica::{
 };
 pub use self::sandbox::Limit;
 
+/// Where a replica announces the events it applies: made on the first
+/// subscription (a broadcast channel preallocates its whole queue, which would
+/// otherwise cost every idle object hundreds of KiB).
+pub type AppliedTap =
+    Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<AppliedEvent>>>;
+
 use self::cache::CompiledCache;
 use self::lifecycle::LifecycleIndices;
 use self::replica::ReplicaState;
@@ -405,6 +411,17 @@ impl Runtime {
             return false;
         }
         self.executor_config.budgets = budgets;
+        true
+    }
+
+    /// Hibernate objects idle this long (before the executor's first use; `lo
+    /// node --hibernate-after`). Returns false if the executor has already
+    /// started, in which case nothing changed.
+    pub fn set_hibernation(&mut self, after: Option<std::time::Duration>) -> bool {
+        if self.executor.get().is_some() {
+            return false;
+        }
+        self.executor_config.hibernate_after = after;
         true
     }
 

@@ -237,6 +237,8 @@ pub struct ReplicaStats {
     pub multicast_bytes: u64,
     /// `deliver-batch` calls whose events stood (each applied several events).
     pub batches: u64,
+    /// Times it hibernated (gave back its sandbox until the next call or event).
+    pub hibernations: u64,
     /// Times its replicated state may have changed: every `init`, applied or
     /// rejected event and view change (what a digest of its state must follow).
     pub state_changes: u64,
@@ -409,9 +411,9 @@ pub struct Replica {
     engine: Engine,
     identity: ReplicaIdentity,
     limits: Limits,
-    store: Store<ReplicaState>,
-    bindings: Lifecycle,
-    instance: Instance,
+    /// The wasmtime store and instance; `None` while the replica hibernates
+    /// (its state is then all in `checkpoint`).
+    sandbox: Option<Sandbox>,
     initialized: bool,
     /// Why events go one by one even though the object takes batches, once a
     /// batch had to be redone one by one (see [`Replica::deliver_batch`]).
@@ -429,7 +431,7 @@ pub struct Replica {
     calls: u64,
     stats: ReplicaStats,
     /// Where each applied event is announced, if anyone listens ([`AppliedEvent`]).
-    applied_tap: Option<tokio::sync::broadcast::Sender<AppliedEvent>>,
+    applied_tap: Option<super::AppliedTap>,
 }
 
 /// An event the replica applied (or rejected), as a watcher sees it: who sent it,
@@ -452,7 +454,7 @@ pub struct AppliedEvent {
 impl Replica {
     /// Announce every event applied from now on on `tap` (only while it has
     /// receivers: an unwatched replica pays one atomic load per event).
-    pub fn tap_applied(&mut self, tap: tokio::sync::broadcast::Sender<AppliedEvent>) {
+    pub fn tap_applied(&mut self, tap: super::AppliedTap) {
         self.applied_tap = Some(tap);
     }
 
@@ -462,7 +464,7 @@ impl Replica {
         identity: ReplicaIdentity,
         limits: Limits,
     ) -> Result<Self, ReplicaError> {
-        let (store, bindings, instance) = instantiate(
+        let sandbox = instantiate(
             engine,
             &logic,
             &identity,
@@ -477,9 +479,7 @@ impl Replica {
             engine: engine.clone(),
             identity,
             limits,
-            store,
-            bindings,
-            instance,
+            sandbox: Some(sandbox),
             initialized: false,
             batching_off: None,
             broken: None,
@@ -516,7 +516,10 @@ impl Replica {
     /// The memory it uses now, against its cap ([`Limits::memory_bytes`]).
     pub fn memory(&self) -> MemoryUse {
         MemoryUse {
-            sandbox: self.store.data().limiter.granted,
+            sandbox: self
+                .sandbox
+                .as_ref()
+                .map_or(0, |sb| sb.store.data().limiter.granted),
             host: self.checkpoint.as_ref().map_or(0, Vec::len),
             cap: self.limits.memory_bytes,
         }
@@ -524,14 +527,25 @@ impl Replica {
 
     /// Start the replica from scratch or from a snapshot.
     pub fn init(&mut self, snapshot: Option<&[u8]>) -> Result<(), ReplicaError> {
+        if self.sandbox.is_none() {
+            // Hibernating: whatever it held is replaced, so start from a new sandbox.
+            let view = self.view();
+            self.sandbox = Some(instantiate(
+                &self.engine,
+                &self.logic,
+                &self.identity,
+                &self.limits,
+                view,
+            )?);
+        }
         self.prepare_call(Seed::Init, 0);
-        let result = self.bindings.init(&mut self.store, snapshot);
+        let result = self.sb().init(snapshot);
         match result {
             Ok(Ok(())) => {
                 self.stats.state_changes += 1;
                 self.initialized = true;
                 self.checkpoint = snapshot.map(<[u8]>::to_vec);
-                self.checkpoint_view = self.store.data().view.clone();
+                self.checkpoint_view = self.view();
                 self.clear_log();
                 self.take_side_effects();
                 Ok(())
@@ -557,7 +571,7 @@ impl Replica {
     pub fn deliver(&mut self, event: &Event) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
         self.prepare_call(Seed::Event(event), event.timestamp_ms);
-        let result = self.bindings.deliver(&mut self.store, event);
+        let result = self.sb().deliver(event);
         match result {
             Ok(outcome) => {
                 let (multicasts, notifications) = self.take_side_effects();
@@ -601,7 +615,7 @@ impl Replica {
         } else {
             self.stats.events_applied += 1;
         }
-        if let Some(tap) = &self.applied_tap
+        if let Some(tap) = self.applied_tap.as_ref().and_then(|tap| tap.get())
             && tap.receiver_count() > 0
         {
             let _ = tap.send(AppliedEvent {
@@ -665,7 +679,8 @@ impl Replica {
 
     /// Whether this replica delivers events in batches now.
     pub fn batching(&self) -> bool {
-        self.bindings.batches() && self.batching_off.is_none()
+        self.logic.interface().lifecycle == Some(super::LIFECYCLE_INTERFACE_0_2)
+            && self.batching_off.is_none()
     }
 
     fn deliver_one_by_one(
@@ -688,18 +703,18 @@ impl Replica {
             return self.deliver_one_by_one(events, outcomes);
         };
         self.prepare_call(Seed::Event(&events[0]), events[0].timestamp_ms);
-        self.store.data().watch.open();
+        self.sb().store.data().watch.open();
         let result = self
-            .bindings
-            .deliver_batch(&mut self.store, &batch)
+            .sb()
+            .deliver_batch(&batch)
             .expect("only objects that take batches get one");
-        let read_clock_or_random = self.store.data().watch.close();
+        let read_clock_or_random = self.sb().store.data().watch.close();
         let redo = match result {
             Ok(_) if read_clock_or_random => {
                 Some(("it reads a clock or randomness while applying events", None))
             }
             // One by one each event has the per-call allowance of notifications.
-            Ok(_) if self.store.data().dropped_notifications > 0 => Some((
+            Ok(_) if self.sb().store.data().dropped_notifications > 0 => Some((
                 "its events raise more notifications than one call may",
                 None,
             )),
@@ -767,10 +782,10 @@ impl Replica {
     /// the object multicasts or notifies in response comes back to the caller.
     pub fn view_changed(&mut self, view: &View) -> Result<Delivery, ReplicaError> {
         self.ensure_initialized()?;
-        let previous = std::mem::replace(&mut self.store.data_mut().view, view.clone());
+        let previous = std::mem::replace(&mut self.sb().store.data_mut().view, view.clone());
         let time_ms = self.last_event_ms;
         self.prepare_call(Seed::View(view.id), time_ms);
-        let result = self.bindings.view_changed(&mut self.store, view);
+        let result = self.sb().view_changed(view);
         match result {
             Ok(()) => {
                 self.log(Applied::View {
@@ -789,7 +804,7 @@ impl Replica {
             }
             Err(trap) => {
                 // The refused view never happened: roll the guest's view back too.
-                self.store.data_mut().view = previous;
+                self.sb().store.data_mut().view = previous;
                 let error = self.fail_and_recover(trap, format!("view change to {}", view.id));
                 Err(self.out_of_service_after_deadline(error))
             }
@@ -798,9 +813,16 @@ impl Replica {
 
     /// The object's snapshot of its replicated state.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, ReplicaError> {
+        if self.sandbox.is_none()
+            && self.broken.is_none()
+            && let Some(checkpoint) = &self.checkpoint
+        {
+            // Hibernating: its state is the snapshot it went to sleep with.
+            return Ok(checkpoint.clone());
+        }
         self.ensure_initialized()?;
         self.prepare_call(Seed::Snapshot, self.last_event_ms);
-        let result = self.bindings.snapshot(&mut self.store);
+        let result = self.sb().snapshot();
         match result {
             Ok(bytes) => {
                 self.take_side_effects();
@@ -875,16 +897,20 @@ impl Replica {
         self.ensure_initialized()?;
         self.calls += 1;
         self.prepare_call(Seed::Call(self.calls), self.last_event_ms);
-        let func = self
+        let sandbox = self
+            .sandbox
+            .as_mut()
+            .expect("awake after ensure_initialized");
+        let func = sandbox
             .instance
-            .get_func(&mut self.store, method.index)
+            .get_func(&mut sandbox.store, method.index)
             .ok_or_else(|| ReplicaError::NoSuchMethod {
                 object: self.identity.object.clone(),
                 method: method.name.clone(),
                 available: self.logic.interface().method_names().join(", "),
             })?;
         let mut results = vec![Val::Bool(false); method.results.len()];
-        match func.call(&mut self.store, args, &mut results) {
+        match func.call(&mut sandbox.store, args, &mut results) {
             Ok(()) => {
                 let (multicasts, notifications) = self.take_side_effects();
                 self.count_originated(&multicasts, true);
@@ -929,30 +955,101 @@ impl Replica {
         self.broken.as_deref()
     }
 
-    fn ensure_initialized(&self) -> Result<(), ReplicaError> {
+    /// Ready for a guest call: in service, initialised, and awake (a hibernating
+    /// replica wakes here).
+    fn ensure_initialized(&mut self) -> Result<(), ReplicaError> {
         if let Some(reason) = &self.broken {
             return Err(ReplicaError::Broken {
                 object: self.identity.object.clone(),
                 reason: reason.clone(),
             });
         }
-        if self.initialized {
-            Ok(())
-        } else {
-            Err(ReplicaError::NotInitialized {
+        if !self.initialized {
+            return Err(ReplicaError::NotInitialized {
                 object: self.identity.object.clone(),
-            })
+            });
         }
+        if self.sandbox.is_none() {
+            self.wake()?;
+        }
+        Ok(())
+    }
+
+    /// The store and instance of an awake replica.
+    fn sb(&mut self) -> &mut Sandbox {
+        self.sandbox
+            .as_mut()
+            .expect("guest calls run on an awake replica (ensure_initialized wakes it)")
+    }
+
+    /// The view the guest sees (kept with the checkpoint while it hibernates).
+    fn view(&self) -> View {
+        match &self.sandbox {
+            Some(sandbox) => sandbox.store.data().view.clone(),
+            None => self.checkpoint_view.clone(),
+        }
+    }
+
+    /// Whether the replica hibernates now (its sandbox given back, its state held
+    /// as a snapshot).
+    pub fn hibernating(&self) -> bool {
+        self.sandbox.is_none()
+    }
+
+    /// Give back the sandbox (its instance, linear memory and pool slot), keeping
+    /// the state as a snapshot; the next call, event or view change wakes the
+    /// replica from it, which costs an instantiation and an `init`. What the guest
+    /// sees is the same as if it had stayed awake, since a replica's state is its
+    /// snapshot. Returns whether it went to sleep (not if it is out of service,
+    /// not initialised or already asleep, or if its snapshot fails).
+    pub fn hibernate(&mut self) -> bool {
+        if self.broken.is_some() || !self.initialized || self.sandbox.is_none() {
+            return false;
+        }
+        let snapshot = match self.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::debug!(object = %self.identity.object, "not hibernating: {e}");
+                return false;
+            }
+        };
+        self.checkpoint_view = self.view();
+        self.checkpoint = Some(snapshot);
+        self.clear_log();
+        self.next_checkpoint_at = CHECKPOINT_EVERY;
+        self.sandbox = None;
+        self.stats.hibernations += 1;
+        true
+    }
+
+    /// Instantiate afresh and start from the checkpoint taken when hibernating.
+    fn wake(&mut self) -> Result<(), ReplicaError> {
+        let restored = self.restore();
+        if let Err(reason) = restored {
+            let reason = format!("waking from hibernation failed: {reason}");
+            tracing::error!(object = %self.identity.object, "{reason}");
+            self.broken = Some(reason.clone());
+            return Err(ReplicaError::Broken {
+                object: self.identity.object.clone(),
+                reason,
+            });
+        }
+        Ok(())
     }
 
     /// Reset the per-call sandbox inputs: fuel, clock, random seed, buffers.
     fn prepare_call(&mut self, seed: Seed<'_>, time_ms: u64) {
         // Fuel can only fail to set if fuel is disabled in the engine, which it never is.
-        let _ = self.store.set_fuel(self.limits.fuel_per_call);
-        self.store
-            .set_epoch_deadline(super::deadline_ticks(&self.limits));
+        let fuel = self.limits.fuel_per_call;
+        let ticks = super::deadline_ticks(&self.limits);
+        let sandbox = self
+            .sandbox
+            .as_mut()
+            .expect("a call runs on an awake replica");
+        let _ = sandbox.store.set_fuel(fuel);
+        sandbox.store.set_epoch_deadline(ticks);
         let object = self.identity.object.as_bytes();
-        let data = self.store.data_mut();
+        let data = sandbox.store.data_mut();
         data.clock.set_ms(time_ms);
         match seed {
             Seed::Init => data.random.reseed(&[b"init", object]),
@@ -977,7 +1074,7 @@ impl Replica {
     }
 
     fn take_side_effects(&mut self) -> (Vec<Vec<u8>>, Vec<Notification>) {
-        let data = self.store.data_mut();
+        let data = self.sb().store.data_mut();
         if data.dropped_notifications > 0 {
             tracing::warn!(
                 object = %data.identity.object,
@@ -1030,7 +1127,7 @@ impl Replica {
                 during,
             };
         }
-        let stderr = self.store.data().stderr.take();
+        let stderr = self.sb().store.data().stderr.take();
         let trap = err
             .downcast_ref::<Trap>()
             .map(|t| t.to_string())
@@ -1066,7 +1163,12 @@ impl Replica {
     /// the same view, clock and random seed each entry had the first time.
     fn rebuild(&mut self) -> Result<(), String> {
         self.stats.recoveries += 1;
-        let (store, bindings, instance) = instantiate(
+        self.restore()
+    }
+
+    /// A new sandbox from the checkpoint, with the log since replayed.
+    fn restore(&mut self) -> Result<(), String> {
+        let sandbox = instantiate(
             &self.engine,
             &self.logic,
             &self.identity,
@@ -1074,12 +1176,10 @@ impl Replica {
             self.checkpoint_view.clone(),
         )
         .map_err(|e| e.to_string())?;
-        self.store = store;
-        self.bindings = bindings;
-        self.instance = instance;
+        self.sandbox = Some(sandbox);
         self.prepare_call(Seed::Init, 0);
         let checkpoint = self.checkpoint.clone();
-        match self.bindings.init(&mut self.store, checkpoint.as_deref()) {
+        match self.sb().init(checkpoint.as_deref()) {
             Ok(Ok(())) => {}
             Ok(Err(refusal)) => return Err(format!("init refused the checkpoint: {refusal}")),
             Err(trap) => return Err(format!("init trapped: {trap:#}")),
@@ -1090,7 +1190,7 @@ impl Replica {
             let result = match entry {
                 Applied::Event(event) => {
                     self.prepare_call(Seed::Event(event), event.timestamp_ms);
-                    self.bindings.deliver(&mut self.store, event).map(|_| ())
+                    self.sb().deliver(event).map(|_| ())
                 }
                 Applied::Batch(batch) => {
                     let first_ms = batch.events.first().map_or(0, |e| e.timestamp_ms);
@@ -1099,21 +1199,20 @@ impl Replica {
                     // heap or a loaded machine may take it a little over them now:
                     // give the replay what its events would have had one by one.
                     let events = batch.events.len() as u64;
-                    let _ = self
-                        .store
-                        .set_fuel(self.limits.fuel_per_call.saturating_mul(events));
-                    self.store.set_epoch_deadline(
-                        super::deadline_ticks(&self.limits).saturating_mul(events),
-                    );
-                    match self.bindings.deliver_batch(&mut self.store, batch) {
+                    let fuel = self.limits.fuel_per_call.saturating_mul(events);
+                    let ticks = super::deadline_ticks(&self.limits).saturating_mul(events);
+                    let store = &mut self.sb().store;
+                    let _ = store.set_fuel(fuel);
+                    store.set_epoch_deadline(ticks);
+                    match self.sb().deliver_batch(batch) {
                         Some(result) => result.map(|_| ()),
                         None => Err(wasmtime::Error::msg("a batch logged for a 0.1 object")),
                     }
                 }
                 Applied::View { view, time_ms } => {
-                    self.store.data_mut().view = view.clone();
+                    self.sb().store.data_mut().view = view.clone();
                     self.prepare_call(Seed::View(view.id), *time_ms);
-                    self.bindings.view_changed(&mut self.store, view)
+                    self.sb().view_changed(view)
                 }
             };
             if let Err(trap) = result {
@@ -1129,17 +1228,15 @@ impl Replica {
 
     /// After a failed `init`: a fresh instance that is not initialised yet.
     fn rebuild_empty(&mut self) -> Result<(), ReplicaError> {
-        let view = self.store.data().view.clone();
-        let (store, bindings, instance) = instantiate(
+        let view = self.view();
+        let sandbox = instantiate(
             &self.engine,
             &self.logic,
             &self.identity,
             &self.limits,
             view,
         )?;
-        self.store = store;
-        self.bindings = bindings;
-        self.instance = instance;
+        self.sandbox = Some(sandbox);
         self.initialized = false;
         Ok(())
     }
@@ -1151,7 +1248,7 @@ impl Replica {
         match self.snapshot() {
             Ok(snapshot) => {
                 self.checkpoint = Some(snapshot);
-                self.checkpoint_view = self.store.data().view.clone();
+                self.checkpoint_view = self.view();
                 self.clear_log();
                 self.next_checkpoint_at = CHECKPOINT_EVERY;
             }
@@ -1177,7 +1274,7 @@ fn instantiate(
     identity: &ReplicaIdentity,
     limits: &Limits,
     view: View,
-) -> Result<(Store<ReplicaState>, Lifecycle, Instance), ReplicaError> {
+) -> Result<Sandbox, ReplicaError> {
     let watch = BatchWatch::default();
     let clock = EventClock::new(&watch);
     let random = SeededRandom::new(identity.object.as_bytes(), &watch);
@@ -1227,5 +1324,41 @@ fn instantiate(
                 object: identity.object.clone(),
                 message: format!("{e:#}"),
             })?;
-    Ok((store, bindings, instance))
+    Ok(Sandbox {
+        store,
+        bindings,
+        instance,
+    })
+}
+
+/// A replica's wasmtime store and instance: what hibernation gives back.
+struct Sandbox {
+    store: Store<ReplicaState>,
+    bindings: Lifecycle,
+    instance: Instance,
+}
+
+impl Sandbox {
+    fn init(&mut self, snapshot: Option<&[u8]>) -> wasmtime::Result<Result<(), String>> {
+        self.bindings.init(&mut self.store, snapshot)
+    }
+
+    fn deliver(&mut self, event: &Event) -> wasmtime::Result<Result<(), String>> {
+        self.bindings.deliver(&mut self.store, event)
+    }
+
+    fn deliver_batch(
+        &mut self,
+        batch: &lifecycle::EventBatch,
+    ) -> Option<wasmtime::Result<Vec<Rejection>>> {
+        self.bindings.deliver_batch(&mut self.store, batch)
+    }
+
+    fn view_changed(&mut self, view: &View) -> wasmtime::Result<()> {
+        self.bindings.view_changed(&mut self.store, view)
+    }
+
+    fn snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
+        self.bindings.snapshot(&mut self.store)
+    }
 }

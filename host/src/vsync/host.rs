@@ -74,7 +74,7 @@ fn run_blocking<R: Send + 'static>(
 /// A sandboxed replica (on the executor) as a group's [`Application`].
 pub struct ReplicaApp {
     replica: ObjectRef,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     cascades: mpsc::Sender<Vec<u8>>,
 }
 
@@ -325,7 +325,7 @@ impl VsyncNode {
         let replica = runtime.executor().spawn(replica, budgets, move |reason| {
             let _ = quarantined_tx.send(reason);
         });
-        let (notices, _) = broadcast::channel(1024);
+        let notices = crate::group::Notices::default();
         let (cascade_tx, mut cascade_rx) = mpsc::channel(CASCADE_QUEUE);
         let app = ReplicaApp {
             replica: replica.clone(),
@@ -489,7 +489,7 @@ impl VsyncNode {
 pub struct VsyncHandle {
     object: String,
     group: Arc<ReplicaGroup>,
-    notices: broadcast::Sender<GroupNotice>,
+    notices: crate::group::Notices,
     replica: ObjectRef,
 }
 

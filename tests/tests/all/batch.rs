@@ -306,3 +306,53 @@ fn a_rollback_replays_logged_batches_to_the_same_state() {
         "a refused single event does not stop batching"
     );
 }
+
+#[test]
+fn a_hibernated_replica_wakes_to_the_state_and_view_it_slept_with() {
+    // Hibernation keeps a replica's state as its snapshot and drops the sandbox;
+    // woken by the next event, it must go on exactly as one that never slept,
+    // including the view its guest sees.
+    let runtime = runtime();
+    let mut calls: Calls = (0..30).map(|i| ("add", vec![i.to_string()])).collect();
+    calls.push(("observe", vec![]));
+    let events = events_from(&runtime, objects::HOSTILE, &calls);
+    let (before, after) = events.split_at(20);
+    let mut awake = replica(&runtime, objects::HOSTILE, "awake");
+    let mut sleepy = replica(&runtime, objects::HOSTILE, "sleepy");
+    let view = liveobjects_host::runtime::View {
+        id: 7,
+        members: vec!["awake".into(), "sleepy".into()],
+    };
+    for r in [&mut awake, &mut sleepy] {
+        r.view_changed(&view).unwrap();
+        for outcome in r.deliver_batch(before) {
+            outcome.unwrap();
+        }
+    }
+    let snapshot = sleepy.snapshot().unwrap();
+    assert!(sleepy.hibernate(), "an idle, healthy replica hibernates");
+    assert!(sleepy.hibernating());
+    assert_eq!(sleepy.memory().sandbox, 0, "its sandbox is given back");
+    assert_eq!(sleepy.snapshot().unwrap(), snapshot, "read without waking");
+    assert!(sleepy.hibernating());
+    for r in [&mut awake, &mut sleepy] {
+        for outcome in r.deliver_batch(after) {
+            outcome.unwrap();
+        }
+    }
+    assert!(!sleepy.hibernating(), "an event wakes it");
+    assert_eq!(awake.snapshot().unwrap(), sleepy.snapshot().unwrap());
+    let seen = sleepy
+        .call_wave("observations", &[])
+        .unwrap()
+        .results_wave();
+    assert!(seen[0].contains("view-id: 7"), "{}", seen[0]);
+    assert_eq!(
+        seen,
+        awake.call_wave("observations", &[]).unwrap().results_wave()
+    );
+    assert_eq!(sleepy.stats().hibernations, 1);
+    // The observing event's batch was redone one by one on both; waking is not
+    // a recovery.
+    assert_eq!(sleepy.stats().recoveries, awake.stats().recoveries);
+}
