@@ -540,6 +540,8 @@ mod isolation {
         rss_per_object: f64,
         /// Frames the mesh hosts sent per second while idle.
         frames_per_sec: f64,
+        /// Objects founded (and joined) per second, logic cached.
+        joins_per_sec: f64,
     }
 
     /// Idle cost of `count` mesh objects: single-member objects on one host
@@ -576,7 +578,18 @@ mod isolation {
                 .unwrap();
             let before = rss_bytes();
             let mut groups = Vec::new();
+            let hibernating = runtime.executor().config().hibernate_after;
+            let started = Instant::now();
             for i in 0..count {
+                // With hibernation the pool is smaller than the object count: join
+                // at most HIBERNATED_POOL objects per hibernation delay, so the
+                // earlier ones have given their slots back.
+                if let Some(after) = hibernating
+                    && i > 0
+                    && i % (HIBERNATED_POOL as usize / 4) == 0
+                {
+                    tokio::time::sleep(after).await;
+                }
                 let object = format!("bench:idle-{i}");
                 groups.push(
                     founder
@@ -591,6 +604,7 @@ mod isolation {
                     );
                 }
             }
+            let joined_in = started.elapsed();
             let members = if joiner.is_some() { 2 } else { 1 };
             let deadline = Instant::now() + Duration::from_secs(120);
             while groups
@@ -618,6 +632,7 @@ mod isolation {
                 core_share: (cpu_time() - cpu0).as_secs_f64() / secs,
                 rss_per_object: rss,
                 frames_per_sec: (frames() - frames0) as f64 / secs,
+                joins_per_sec: count as f64 / joined_in.as_secs_f64(),
             };
             drop(groups);
             founder.shutdown();
@@ -630,6 +645,8 @@ mod isolation {
 
     /// How soon the `hibernated` case's objects hibernate (`lo node` waits 60 s).
     const HIBERNATE_AFTER: Duration = Duration::from_millis(200);
+    /// Sandbox slots of the `hibernated` case, whatever the object count.
+    const HIBERNATED_POOL: u32 = 4096;
 
     /// Set in a child process that measures only idle objects: `MODE:COUNT:SECS`.
     pub const IDLE_CHILD: &str = "LO_BENCH_IDLE_CHILD";
@@ -657,6 +674,7 @@ mod isolation {
             core_share: numbers.next().unwrap(),
             rss_per_object: numbers.next().unwrap(),
             frames_per_sec: numbers.next().unwrap(),
+            joins_per_sec: numbers.next().unwrap(),
         }
     }
 
@@ -675,8 +693,13 @@ mod isolation {
         };
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
-                pooled_instances: (mode == "pooled" || mode == "hibernated")
-                    .then_some(count as u32 + 8),
+                // Hibernated objects give their slots back: a pool smaller than
+                // the object count must do.
+                pooled_instances: match mode {
+                    "pooled" => Some(count as u32 + 8),
+                    "hibernated" => Some((count as u32 + 8).min(HIBERNATED_POOL)),
+                    _ => None,
+                },
                 executor: liveobjects_host::executor::ExecutorConfig {
                     hibernate_after: (mode == "hibernated").then_some(HIBERNATE_AFTER),
                     ..Default::default()
@@ -687,8 +710,8 @@ mod isolation {
         );
         let idle = idle_objects(&runtime, count, Duration::from_secs(secs), pair);
         println!(
-            "idle {} {} {}",
-            idle.core_share, idle.rss_per_object, idle.frames_per_sec
+            "idle {} {} {} {}",
+            idle.core_share, idle.rss_per_object, idle.frames_per_sec, idle.joins_per_sec
         );
     }
 
@@ -774,8 +797,8 @@ mod isolation {
         println!();
         println!("{objects} idle mesh objects (each case in a fresh process)");
         println!(
-            "{:<48} {:>12} {:>14} {:>10}",
-            "case", "core share", "RSS/object", "frames/s"
+            "{:<48} {:>12} {:>14} {:>10} {:>10}",
+            "case", "core share", "RSS/object", "frames/s", "joins/s"
         );
         for (case, idle) in [
             ("one member, pooled sandboxes", &pooled),
@@ -785,10 +808,11 @@ mod isolation {
             ("two members, per-group heartbeats (peer)", &per_group),
         ] {
             println!(
-                "{case:<48} {:>11.1}% {:>10.1} KiB {:>10.0}",
+                "{case:<48} {:>11.1}% {:>10.1} KiB {:>10.0} {:>10.0}",
                 idle.core_share * 100.0,
                 idle.rss_per_object / 1024.0,
-                idle.frames_per_sec
+                idle.frames_per_sec,
+                idle.joins_per_sec
             );
         }
         println!(

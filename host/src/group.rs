@@ -59,7 +59,10 @@ impl Notices {
 impl std::fmt::Debug for Notices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notices")
-            .field("subscribers", &self.0.get().map_or(0, |tx| tx.receiver_count()))
+            .field(
+                "subscribers",
+                &self.0.get().map_or(0, |tx| tx.receiver_count()),
+            )
             .finish()
     }
 }

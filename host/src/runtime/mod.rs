@@ -33,8 +33,7 @@ pub use self::sandbox::Limit;
 /// Where a replica announces the events it applies: made on the first
 /// subscription (a broadcast channel preallocates its whole queue, which would
 /// otherwise cost every idle object hundreds of KiB).
-pub type AppliedTap =
-    Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<AppliedEvent>>>;
+pub type AppliedTap = Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<AppliedEvent>>>;
 
 use self::cache::CompiledCache;
 use self::lifecycle::LifecycleIndices;
