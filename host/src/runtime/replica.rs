@@ -528,7 +528,9 @@ impl Replica {
     /// Start the replica from scratch or from a snapshot.
     pub fn init(&mut self, snapshot: Option<&[u8]>) -> Result<(), ReplicaError> {
         if self.sandbox.is_none() {
-            // Hibernating: whatever it held is replaced, so start from a new sandbox.
+            // Hibernating: whatever it held is replaced, so start from a new sandbox
+            // (and if there is none to be had, it holds no state any more).
+            self.initialized = false;
             let view = self.view();
             self.sandbox = Some(instantiate(
                 &self.engine,
@@ -1178,6 +1180,17 @@ impl Replica {
         .map_err(|e| e.to_string())?;
         self.sandbox = Some(sandbox);
         self.prepare_call(Seed::Init, 0);
+        // The checkpoint was this replica's own state: a slower moment (a loaded
+        // machine, a colder heap) must not make restoring it fail, which would
+        // take the replica out of service.
+        let fuel = self
+            .limits
+            .fuel_per_call
+            .saturating_mul(u64::from(REDO_DEADLINES));
+        let ticks = super::deadline_ticks(&self.limits).saturating_mul(u64::from(REDO_DEADLINES));
+        let store = &mut self.sb().store;
+        let _ = store.set_fuel(fuel);
+        store.set_epoch_deadline(ticks);
         let checkpoint = self.checkpoint.clone();
         match self.sb().init(checkpoint.as_deref()) {
             Ok(Ok(())) => {}

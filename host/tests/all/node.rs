@@ -862,7 +862,15 @@ fn json(home: &Home, args: &[&str]) -> serde_json::Value {
 fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
-    let (_n1, seed) = start_node(&home, 1, &directory.addr, &directory.root);
+    // Objects idle for a second hibernate: the calls below wake them.
+    let (_n1, seed) = start_node_with(
+        &home,
+        1,
+        &directory.addr,
+        &directory.root,
+        &["--hibernate-after", "1"],
+        &[],
+    );
     publish_mesh(
         &home,
         &directory,
@@ -986,6 +994,45 @@ fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
     );
     assert!(!text.contains("c4"), "{text}");
 
+    // Idle, the register hibernates (its digest unchanged); a call wakes it with
+    // its state.
+    let digest =
+        json(&home, &["status", "--prefix", REGISTER])["objects"][0]["state_digest"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let asleep = loop {
+        let status = json(&home, &["status", "--prefix", REGISTER]);
+        if status["objects"][0]["hibernating"] == true {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not hibernating after 20 s: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(asleep["objects"][0]["state_digest"], digest, "{asleep}");
+    let text = home.ok(&[
+        "status",
+        "--prefix",
+        REGISTER,
+        "--control",
+        &control(&home, 1),
+    ]);
+    assert!(text.contains("hibernating: idle"), "{text}");
+    let got = json(&home, &["call", REGISTER, "get"]);
+    assert_eq!(got, serde_json::json!({"results": [{"text": "c"}]}));
+    home.ok(&[
+        "call",
+        REGISTER,
+        "compare-and-set",
+        "2",
+        "text(\"d\")",
+        "--control",
+        &control(&home, 1),
+    ]);
+    let got = json(&home, &["call", REGISTER, "get"]);
+    assert_eq!(got, serde_json::json!({"results": [{"text": "d"}]}));
+
     let listing = home.ok_owned(directory.args(&["ls", "lo://acme/registers/", "--json"]));
     let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
     assert_eq!(listing["records"][0]["name"], REGISTER, "{listing}");
@@ -1012,7 +1059,7 @@ fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains(&format!("already joined {REGISTER}")) && text.contains("text(\"c\")"),
+        text.contains(&format!("already joined {REGISTER}")) && text.contains("text(\"d\")"),
         "{text}"
     );
 }
