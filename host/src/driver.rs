@@ -154,6 +154,9 @@ pub struct ObjectReport {
     /// Whether it hibernates (state held as a snapshot until its next job).
     #[serde(default)]
     pub hibernating: bool,
+    /// Calls that applied several of its events at once (`deliver-batch`).
+    #[serde(default)]
+    pub batches: u64,
     /// What the object reports beyond its state, if anything (a gossip
     /// aggregate's last estimate).
     pub value: Option<String>,
@@ -192,6 +195,7 @@ impl ObjectReport {
             queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
             throttled: metrics.throttled,
             hibernating: metrics.hibernating,
+            batches: metrics.batches,
             value: None,
         }
     }

@@ -261,6 +261,9 @@ pub struct ObjectMetrics {
     /// Whether it hibernates (its sandbox given back until its next job).
     #[serde(default)]
     pub hibernating: bool,
+    /// `deliver-batch` calls that applied several of its events at once.
+    #[serde(default)]
+    pub batches: u64,
 }
 
 /// Token bucket per budget: refilled at `rate` per second up to one second's worth.
@@ -1059,6 +1062,7 @@ fn charge<H>(cell: &Cell<H>, before: ReplicaStats, after: ReplicaStats, used: Du
     }
     let mut m = lock(&cell.metrics);
     m.events_applied = after.events_applied;
+    m.batches = after.batches;
     m.cpu_us += used.as_micros() as u64;
     m.multicasts = after.multicasts_from_calls + after.multicasts_from_events;
 }

@@ -640,6 +640,7 @@ pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
         "quarantined": r.quarantined,
         "throttled": r.throttled,
         "hibernating": r.hibernating,
+        "batches": r.batches,
         "queued": r.queued.map(|(jobs, bytes)| json!({"jobs": jobs, "bytes": bytes})),
         "value": r.value,
     })

@@ -506,8 +506,13 @@ pub fn status(args: StatusArgs) -> Result<()> {
     let shown = objects.len();
     for o in objects {
         let r = &o.report;
+        let batched = if r.batches > 0 {
+            format!(" ({} batch calls)", r.batches)
+        } else {
+            String::new()
+        };
         println!(
-            "{}  driver {}  {} member(s){}  events applied {}  state {} bytes sha256 {}",
+            "{}  driver {}  {} member(s){}  events applied {}{batched}  state {} bytes sha256 {}",
             o.name,
             o.driver,
             r.members.len(),

@@ -948,6 +948,8 @@ fn json_output_rejected_updates_and_a_second_join_that_opens_the_session() {
     assert_eq!(objects[0]["sequencer"], true);
     assert_eq!(objects[0]["members"].as_array().unwrap().len(), 1);
     assert!(objects[0]["quarantined"].is_null(), "{status}");
+    assert!(objects[0]["batches"].is_u64(), "{status}");
+    assert!(objects[0]["hibernating"].is_boolean(), "{status}");
     assert!(
         status["node"]["key"].as_str().unwrap().len() >= 32,
         "{status}"
