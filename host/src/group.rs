@@ -473,6 +473,230 @@ mod tests {
         assert!(runs.join(0, event(7), 10).is_err());
     }
 
+    use crate::executor::ObjectRef;
+    use crate::runtime::{Limits, ReplicaIdentity, Runtime, RuntimeConfig};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A driver's side of runs over a real executor: events joined into runs or
+    /// started as jobs, every other job closing the open run, as mesh and qsm do.
+    struct Driver {
+        object: ObjectRef,
+        runs: DeliveryRuns<u64>,
+        outcomes: mpsc::Sender<RunOutcome<u64>>,
+    }
+
+    impl Driver {
+        fn deliver(&mut self, tag: u64, event: Event) {
+            let bytes = event.payload.len() + 64;
+            self.object.hold(bytes, "test events").unwrap();
+            let (tag, event) = match self.runs.join(tag, event, bytes) {
+                Ok(()) => return,
+                Err(back) => back,
+            };
+            self.object.release(bytes);
+            let (run, opened) = self.runs.start(tag, event, bytes);
+            let (budget, outcomes) = (self.object.clone(), self.outcomes.clone());
+            self.submit(
+                bytes,
+                Box::new(move |replica| {
+                    apply_run(replica, &run, &budget, "test", |outcome| {
+                        outcomes.send(outcome).unwrap();
+                    });
+                }),
+            );
+            self.runs.opened(opened);
+        }
+
+        fn other(&mut self, job: crate::executor::Job) {
+            self.runs.close();
+            self.submit(0, job);
+        }
+
+        fn submit(&self, bytes: usize, mut job: crate::executor::Job) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while let Err(crate::executor::Full(back)) = self.object.submit(bytes, job) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "mailbox full for 30 s"
+                );
+                job = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        /// Hold the replica's worker until the returned sender is dropped, so
+        /// that what follows queues up behind it.
+        fn block(&mut self) -> mpsc::Sender<()> {
+            let (release, blocked) = mpsc::channel::<()>();
+            self.other(Box::new(move |_| {
+                let _ = blocked.recv();
+            }));
+            release
+        }
+    }
+
+    fn driver(runtime: &Runtime, path: &str) -> (Driver, mpsc::Receiver<RunOutcome<u64>>) {
+        let logic = runtime.load_file(std::path::Path::new(path)).unwrap();
+        let mut replica = runtime
+            .instantiate(&logic, ReplicaIdentity::local("t:runs", "m1"))
+            .unwrap();
+        replica.init(None).unwrap();
+        let object = runtime
+            .executor()
+            .spawn(replica, runtime.executor().budgets(), |_| {});
+        let (outcomes, received) = mpsc::channel();
+        let driver = Driver {
+            object,
+            runs: DeliveryRuns::default(),
+            outcomes,
+        };
+        (driver, received)
+    }
+
+    /// A scratch replica whose calls' multicasts are the events to deliver.
+    fn scratch(runtime: &Runtime, path: &str) -> crate::runtime::Replica {
+        let logic = runtime.load_file(std::path::Path::new(path)).unwrap();
+        let mut scratch = runtime
+            .instantiate(&logic, ReplicaIdentity::local("t:scratch", "m1"))
+            .unwrap();
+        scratch.init(None).unwrap();
+        scratch
+    }
+
+    /// The one payload `method(args)` multicasts.
+    fn payload(scratch: &mut crate::runtime::Replica, method: &str, args: &[&str]) -> Vec<u8> {
+        scratch
+            .call_wave(method, args)
+            .unwrap()
+            .multicasts
+            .remove(0)
+    }
+
+    fn event_of(seq: u64, payload: Vec<u8>) -> Event {
+        Event {
+            sender: "m1".into(),
+            seq,
+            timestamp_ms: 1_000 + seq,
+            payload,
+        }
+    }
+
+    /// Seeded interleavings of deliveries, other jobs and pauses on the real
+    /// executor: every event is answered once, in order, the chat's history is the
+    /// events in order, and runs did form (the worker was held while some queued).
+    #[test]
+    fn runs_on_the_executor_keep_order_and_answer_each_event_once() {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let chat = liveobjects_objects::CHAT;
+        let mut maker = scratch(&runtime, chat);
+        let count = 400u64;
+        let posts: Vec<Vec<u8>> = (1..=count)
+            .map(|seq| payload(&mut maker, "post", &[&format!("\"m{seq}\"")]))
+            .collect();
+        for seed in 1..=4u64 {
+            let (mut driver, outcomes) = driver(&runtime, chat);
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut blocked = None;
+            for seq in 1..=count {
+                match next() % 20 {
+                    0 => blocked = Some(driver.block()),
+                    1 => drop(blocked.take()),
+                    2 => driver.other(Box::new(|r| {
+                        r.unwrap().call_wave("history", &["5"]).unwrap();
+                    })),
+                    3 => std::thread::sleep(Duration::from_micros(next() % 500)),
+                    _ => {}
+                }
+                driver.deliver(seq, event_of(seq, posts[seq as usize - 1].clone()));
+            }
+            drop(blocked);
+            let answered: Vec<u64> = (0..count)
+                .map(|_| {
+                    let outcome = outcomes.recv_timeout(Duration::from_secs(30)).unwrap();
+                    assert_eq!(outcome.rejected, None, "seed {seed}");
+                    outcome.tag
+                })
+                .collect();
+            assert_eq!(answered, (1..=count).collect::<Vec<_>>(), "seed {seed}");
+            let (history, stats) = {
+                let (tx, rx) = mpsc::channel();
+                driver.other(Box::new(move |r| {
+                    let r = r.unwrap();
+                    let history = r.call_wave("history", &["1000"]).unwrap().results_wave();
+                    tx.send((history, r.stats())).unwrap();
+                }));
+                rx.recv_timeout(Duration::from_secs(30)).unwrap()
+            };
+            let order: Vec<usize> = (1..=count)
+                .map(|seq| {
+                    history[0]
+                        .find(&format!("\"m{seq}\""))
+                        .expect("every message")
+                })
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "seed {seed}: out of order"
+            );
+            assert_eq!(stats.events_applied, count);
+            assert!(stats.batches > 0, "seed {seed}: no run formed ({stats:?})");
+        }
+    }
+
+    /// An event that runs out of fuel inside a run is refused alone; the run's
+    /// other events apply, in order, each answered once.
+    #[test]
+    fn an_event_that_fails_inside_a_run_is_refused_alone() {
+        let runtime = Runtime::new(RuntimeConfig {
+            limits: Limits {
+                fuel_per_call: 50_000_000,
+                ..Limits::default()
+            },
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let hostile = liveobjects_objects::HOSTILE;
+        let (mut driver, outcomes) = driver(&runtime, hostile);
+        let mut maker = scratch(&runtime, hostile);
+        let mut add = |n: &str| payload(&mut maker, "add", &[n]);
+        let events = [add("1"), add("2"), add("3"), add("4")];
+        let spin = payload(&mut scratch(&runtime, hostile), "spin-in-deliver", &[]);
+        let [one, two, three, four] = events;
+        // The first job tells the driver the replica batches; then, with the
+        // worker held, the rest queue up as one run.
+        driver.deliver(1, event_of(1, one));
+        let first = outcomes.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!((first.tag, first.rejected), (1, None));
+        let held = driver.block();
+        for (seq, payload) in (2..).zip([two, spin, three, four]) {
+            driver.deliver(seq, event_of(seq, payload));
+        }
+        drop(held);
+        let answered: Vec<(u64, bool)> = (0..4)
+            .map(|_| {
+                let outcome = outcomes.recv_timeout(Duration::from_secs(60)).unwrap();
+                (outcome.tag, outcome.rejected.is_some())
+            })
+            .collect();
+        assert_eq!(answered, [(2, false), (3, true), (4, false), (5, false)]);
+        let (tx, rx) = mpsc::channel();
+        driver.other(Box::new(move |r| {
+            let r = r.unwrap();
+            let total = r.call_wave("total", &[]).unwrap().results_wave();
+            tx.send((total, r.batching())).unwrap();
+        }));
+        let (total, batching) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(total, ["10"]);
+        assert!(!batching, "a run that hit a limit was redone one by one");
+    }
+
     #[test]
     fn a_run_stops_growing_at_the_batch_caps() {
         let mut runs = DeliveryRuns::default();
