@@ -891,7 +891,9 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
         let was_asleep = replica.hibernating();
         job(Ok(replica));
         let used = t0.elapsed();
-        *lock(&cell.last_job) = Instant::now();
+        if shared.config.hibernate_after.is_some() {
+            *lock(&cell.last_job) = Instant::now();
+        }
         if was_asleep && !replica.hibernating() {
             lock(&cell.metrics).hibernating = false;
         }
@@ -951,13 +953,6 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
     // Idle with a fresh digest: hibernate once it has been idle long enough, or
     // ask to be woken then.
     let mut sleep_at = None;
-    {
-        // A wake-up that is due now has fired (or is about to): it is not pending.
-        let mut timer = lock(&cell.sleep_timer);
-        if timer.is_some_and(|at| Instant::now() >= at) {
-            *timer = None;
-        }
-    }
     if let Some(after) = shared.config.hibernate_after
         && let Some(replica) = replica_slot.as_mut()
         && replica.can_hibernate()
@@ -965,7 +960,16 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
         && lock(&cell.mailbox).jobs.is_empty()
     {
         let due = *lock(&cell.last_job) + after;
-        if Instant::now() >= due {
+        let now = Instant::now();
+        // A wake-up that is due now has fired (or is about to): it is not pending.
+        let pending = {
+            let mut timer = lock(&cell.sleep_timer);
+            if timer.is_some_and(|at| now >= at) {
+                *timer = None;
+            }
+            timer.is_some()
+        };
+        if now >= due {
             let t0 = Instant::now();
             if replica.hibernate() {
                 *lock(&cell.memory) = replica.memory();
@@ -980,7 +984,7 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
                 end(&cell, reason, Ending::Quarantined);
                 return;
             }
-        } else if lock(&cell.sleep_timer).is_none() {
+        } else if !pending {
             sleep_at = Some(due);
         }
     }
@@ -1189,20 +1193,13 @@ mod tests {
         })
         .unwrap();
         let counter = on_executor(&runtime, liveobjects_objects::COUNTER, "t:sleepy");
+        // The counter's own `add` makes the events (a call multicasts, applies nothing).
         let payload = |n: i64| {
-            // The counter's event: postcard of `Add(n)` (variant 0, zigzag varint).
-            let mut bytes = vec![0u8];
-            let mut z = ((n << 1) ^ (n >> 63)) as u64;
-            loop {
-                let byte = (z & 0x7f) as u8;
-                z >>= 7;
-                if z == 0 {
-                    bytes.push(byte);
-                    break;
-                }
-                bytes.push(byte | 0x80);
-            }
-            bytes
+            run(&counter, move |r| {
+                r.unwrap().call_wave("add", &[&n.to_string()]).unwrap()
+            })
+            .multicasts
+            .remove(0)
         };
         for seq in 1..=50u64 {
             let event = Event {
