@@ -37,6 +37,10 @@ pub const ALPN: &[u8] = b"liveobjects-mesh/1";
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Frames are read in pieces of at most this many bytes.
 const READ_CHUNK: usize = 16 << 10;
+/// A writer gathers queued frames into one write up to about this many bytes.
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+/// Bytes a reader takes from its stream at once (many small frames per read).
+const READ_BUFFER: usize = 64 << 10;
 /// Frames queued per peer before new ones are dropped (the core retransmits).
 pub const PEER_QUEUE: usize = 4096;
 
@@ -362,20 +366,29 @@ fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
     ed25519_key_of(certs.first()?)
 }
 
-/// Writes length-prefixed frames (already encoded) to `to`, in order.
+/// Writes length-prefixed frames (already encoded) to `to`, in order, several per
+/// write when they queue up.
 async fn writer<F: WireFrame>(
     transport: Arc<Transport<F>>,
     to: Peer,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) {
     let mut stream: Option<quinn::SendStream> = None;
-    while let Some(bytes) = rx.recv().await {
+    while let Some(mut bytes) = rx.recv().await {
+        // Frames queued meanwhile leave in the same write: one pass through the
+        // connection's lock and its driver for a burst instead of one per frame.
+        while bytes.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) => bytes.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
         if stream.is_none() {
             if let Some(connection) = transport.connect(to).await {
                 stream = connection.open_uni().await.ok();
             }
             if stream.is_none() {
-                // Link down: drop this frame; try again with the next one.
+                // Link down: drop these frames; try again with the next one.
                 continue;
             }
         }
@@ -421,11 +434,14 @@ async fn accept_loop<F: WireFrame>(
 }
 
 async fn read_frames<F: WireFrame>(
-    mut stream: quinn::RecvStream,
+    stream: quinn::RecvStream,
     key: PublicKey,
     remote: SocketAddr,
     inbound: &mpsc::Sender<Inbound<F>>,
 ) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    // Buffered: small frames come many to a read instead of two reads each.
+    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
