@@ -1,6 +1,7 @@
 //! The directory client: requests over QUIC, and a [`Resolver`] that verifies every
 //! answer from the trusted root key, refuses rollbacks and caches verified records.
 
+use crate::fresh::{EntryKey, Freshness, FreshnessError, Vouched, verify_statement};
 use crate::keys::{Identity, PublicKey};
 use crate::name::Name;
 use crate::protocol::{ErrorCode, Request, Response, create_zone_message, decode_response, encode};
@@ -42,16 +43,100 @@ pub enum ClientError {
         /// The server's explanation.
         message: String,
     },
+    /// None of the directory servers could be reached.
+    #[error("cannot reach any directory server: {0}")]
+    AllDown(String),
     /// The server's answer did not decode or was of the wrong kind.
     #[error("the directory sent a malformed answer: {0}")]
     Malformed(String),
 }
 
-/// A connection to one directory server.
-pub struct Client {
+/// A directory server to talk to: where it is and the key it must present in
+/// the TLS handshake (the root key for the root's primary; a mirror's own key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// The key it must hold.
+    pub key: PublicKey,
+}
+
+impl ServerAddr {
+    /// Parse `ADDR` (the server holds `default_key`, the root key) or `KEY@ADDR`.
+    pub fn parse(text: &str, default_key: Option<PublicKey>) -> Result<Self, String> {
+        let (key, addr) = match text.split_once('@') {
+            Some((key, addr)) => (
+                key.parse::<PublicKey>()
+                    .map_err(|e| format!("directory server `{text}`: its key: {e}"))?,
+                addr,
+            ),
+            None => (
+                default_key.ok_or_else(|| {
+                    format!(
+                        "directory server `{text}`: no key to check it by; give KEY@ADDR or \
+                         the root key (--root)"
+                    )
+                })?,
+                text,
+            ),
+        };
+        let addr = addr.parse::<SocketAddr>().map_err(|e| {
+            format!("directory server `{text}`: `{addr}` is not an address (host:port): {e}")
+        })?;
+        Ok(ServerAddr { addr, key })
+    }
+}
+
+/// Time to wait for one server's answer, when there are others to try.
+pub const FAILOVER_AFTER: Duration = Duration::from_secs(5);
+/// Time to wait for one server's handshake, when there are others to try.
+pub const FAILOVER_CONNECT: Duration = Duration::from_secs(3);
+
+struct Connected {
+    index: usize,
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+}
+
+struct Link {
+    /// The server to try first when (re)connecting.
+    next: usize,
+    connected: Option<Connected>,
+}
+
+/// A connection to a directory, failing over between its servers: a request that
+/// gets no answer from one server is sent to the next (a primary and its mirrors
+/// serve the same signed contents; a mirror refuses writes).
+pub struct Client {
+    servers: Vec<ServerAddr>,
+    link: tokio::sync::Mutex<Link>,
     max_response_bytes: usize,
+}
+
+async fn connect_one(server: ServerAddr, wait: Duration) -> Result<Connected, ClientError> {
+    let addr = server.addr;
+    let connect_err = |reason: String| ClientError::Connect { addr, reason };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("valid")
+    } else {
+        "0.0.0.0:0".parse().expect("valid")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+    endpoint.set_default_client_config(
+        crate::tls::client_config(server.key).map_err(|e| connect_err(e.to_string()))?,
+    );
+    let connecting = endpoint
+        .connect(addr, "liveobjects-directory")
+        .map_err(|e| connect_err(e.to_string()))?;
+    let connection = tokio::time::timeout(wait, connecting)
+        .await
+        .map_err(|_| connect_err(format!("no answer within {} s", wait.as_secs())))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    Ok(Connected {
+        index: 0,
+        endpoint,
+        connection,
+    })
 }
 
 impl Client {
@@ -59,47 +144,132 @@ impl Client {
     /// `server_key` (for the root server: the root key); any other server is
     /// refused during the handshake.
     pub async fn connect(addr: SocketAddr, server_key: PublicKey) -> Result<Client, ClientError> {
-        let connect_err = |reason: String| ClientError::Connect { addr, reason };
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("valid")
-        } else {
-            "0.0.0.0:0".parse().expect("valid")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
-        endpoint.set_default_client_config(
-            crate::tls::client_config(server_key).map_err(|e| connect_err(e.to_string()))?,
-        );
-        let connecting = endpoint
-            .connect(addr, "liveobjects-directory")
-            .map_err(|e| connect_err(e.to_string()))?;
-        let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .map_err(|_| connect_err("no answer within 10 s".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        Ok(Client {
-            endpoint,
-            connection,
+        Self::connect_any(&[ServerAddr {
+            addr,
+            key: server_key,
+        }])
+        .await
+    }
+
+    /// Connect to the first of `servers` that answers; later requests fail over
+    /// to the others, in order, when it stops answering.
+    pub async fn connect_any(servers: &[ServerAddr]) -> Result<Client, ClientError> {
+        let client = Client {
+            servers: servers.to_vec(),
+            link: tokio::sync::Mutex::new(Link {
+                next: 0,
+                connected: None,
+            }),
             max_response_bytes: crate::protocol::DEFAULT_MAX_BLOB_BYTES
                 + crate::protocol::REQUEST_OVERHEAD,
-        })
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The servers this client may use, in order.
+    pub fn servers(&self) -> &[ServerAddr] {
+        &self.servers
+    }
+
+    /// The server this client talks to now, if connected.
+    pub async fn current(&self) -> Option<ServerAddr> {
+        let link = self.link.lock().await;
+        link.connected.as_ref().map(|c| self.servers[c.index])
+    }
+
+    fn wait(&self) -> Duration {
+        if self.servers.len() > 1 {
+            FAILOVER_AFTER
+        } else {
+            REQUEST_TIMEOUT
+        }
+    }
+
+    /// The live connection, connecting (from the server after the last one that
+    /// failed, round the list) if there is none.
+    async fn connection(&self) -> Result<(usize, quinn::Connection), ClientError> {
+        let mut link = self.link.lock().await;
+        if let Some(c) = &link.connected {
+            if c.connection.close_reason().is_none() {
+                return Ok((c.index, c.connection.clone()));
+            }
+            link.next = (c.index + 1) % self.servers.len();
+            link.connected = None;
+        }
+        let connect_wait = if self.servers.len() > 1 {
+            FAILOVER_CONNECT
+        } else {
+            Duration::from_secs(10)
+        };
+        let mut failures = Vec::new();
+        for offset in 0..self.servers.len() {
+            let index = (link.next + offset) % self.servers.len();
+            match connect_one(self.servers[index], connect_wait).await {
+                Ok(mut connected) => {
+                    connected.index = index;
+                    let connection = connected.connection.clone();
+                    link.connected = Some(connected);
+                    return Ok((index, connection));
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        match failures.len() {
+            0 => Err(ClientError::Transport("no directory servers given".into())),
+            1 => Err(failures.pop().expect("one failure")),
+            _ => Err(ClientError::AllDown(
+                failures
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
+    /// Give up on server `index` (it did not answer): the next request tries the
+    /// next server.
+    async fn fail_over(&self, index: usize) {
+        let mut link = self.link.lock().await;
+        if link.connected.as_ref().is_some_and(|c| c.index == index) {
+            if let Some(c) = link.connected.take() {
+                c.connection.close(0u32.into(), b"no answer");
+            }
+            link.next = (index + 1) % self.servers.len();
+        }
     }
 
     /// Send raw bytes as one request and read the raw answer (for tests of malformed
     /// input).
     pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let exchange = async {
-            let (mut send, mut recv) =
-                self.connection.open_bi().await.map_err(|e| transport(&e))?;
-            send.write_all(bytes).await.map_err(|e| transport(&e))?;
-            send.finish().map_err(|e| transport(&e))?;
-            recv.read_to_end(self.max_response_bytes)
+        let wait = self.wait();
+        let mut last = None;
+        for _ in 0..self.servers.len() {
+            let (index, connection) = self.connection().await?;
+            let exchange = async {
+                let (mut send, mut recv) = connection.open_bi().await.map_err(|e| transport(&e))?;
+                send.write_all(bytes).await.map_err(|e| transport(&e))?;
+                send.finish().map_err(|e| transport(&e))?;
+                recv.read_to_end(self.max_response_bytes)
+                    .await
+                    .map_err(|e| transport(&e))
+            };
+            let outcome = tokio::time::timeout(wait, exchange)
                 .await
-                .map_err(|e| transport(&e))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| ClientError::Transport(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+                .map_err(|_| ClientError::Transport(format!("no answer within {wait:?}")))
+                .and_then(|answer| answer);
+            match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::debug!("directory server {:?}: {e}", self.servers[index]);
+                    self.fail_over(index).await;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Transport("no directory servers given".into())))
     }
 
     /// Send a request; a refusal becomes [`ClientError::Refused`].
@@ -160,8 +330,20 @@ impl Client {
         &self,
         name: &str,
     ) -> Result<(Signed<ObjectRecord>, Vec<Signed<Delegation>>), ClientError> {
+        self.resolve_vouched(name)
+            .await
+            .map(|(record, chain, _)| (record, chain))
+    }
+
+    /// The record for `name`, its chain and the freshness statement with their
+    /// proofs, unverified.
+    pub async fn resolve_vouched(&self, name: &str) -> Result<VouchedRecord, ClientError> {
         match self.request(&Request::Resolve(name.to_string())).await? {
-            Response::Record { record, chain } => Ok((record, chain)),
+            Response::Record {
+                record,
+                chain,
+                vouched,
+            } => Ok((record, chain, vouched)),
             other => Err(unexpected(&other)),
         }
     }
@@ -186,9 +368,54 @@ impl Client {
 
     /// Close the connection politely.
     pub async fn close(self) {
-        self.connection.close(0u32.into(), b"done");
-        self.endpoint.wait_idle().await;
+        if let Some(c) = self.link.into_inner().connected {
+            c.connection.close(0u32.into(), b"done");
+            c.endpoint.wait_idle().await;
+        }
     }
+}
+
+/// A record, its delegation chain, and what vouches for their freshness.
+pub type VouchedRecord = (
+    Signed<ObjectRecord>,
+    Vec<Signed<Delegation>>,
+    Option<Box<Vouched>>,
+);
+
+/// Check that `vouched` is a valid statement of `root` at `now` and proves every
+/// entry of an answer: the chain's delegations, then `records`.
+pub fn check_freshness(
+    vouched: Option<&Vouched>,
+    root: PublicKey,
+    now: u64,
+    chain: &[Signed<Delegation>],
+    records: &[Signed<ObjectRecord>],
+) -> Result<Freshness, FreshnessError> {
+    let vouched = vouched.ok_or(FreshnessError::Missing)?;
+    let fresh = verify_statement(&vouched.statement, root, now)?;
+    let entries = chain
+        .iter()
+        .map(|d| {
+            let zone = d.open().map(|d| d.zone).unwrap_or_default();
+            (EntryKey::Delegation(zone), d.to_bytes())
+        })
+        .chain(records.iter().map(|r| {
+            let name = r.open().map(|r| r.name).unwrap_or_default();
+            (EntryKey::Record(name), r.to_bytes())
+        }));
+    let mut proofs = vouched.proofs.iter();
+    for (key, value) in entries {
+        let included = proofs
+            .next()
+            .is_some_and(|proof| proof.verifies(&key, &value, &fresh.root));
+        if !included {
+            return Err(FreshnessError::NotIncluded {
+                key,
+                serial: fresh.serial,
+            });
+        }
+    }
+    Ok(fresh)
 }
 
 fn unexpected(response: &Response) -> ClientError {
@@ -205,6 +432,9 @@ pub enum ResolveError {
     /// The answer does not verify.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// The answer is not vouched for by a current freshness statement.
+    #[error(transparent)]
+    Stale(#[from] FreshnessError),
     /// The version memory could not be read or written.
     #[error("version memory {path}: {reason}")]
     Seen {
@@ -421,8 +651,16 @@ impl Resolver {
 
     /// A verified record for `name`, always asking the server.
     pub async fn resolve_fresh(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
-        let (signed, chain) = self.client.resolve_unverified(name).await?;
-        let verified = verify_record(self.root, &chain, &signed, (self.clock)())?;
+        let (signed, chain, vouched) = self.client.resolve_vouched(name).await?;
+        let now = (self.clock)();
+        let verified = verify_record(self.root, &chain, &signed, now)?;
+        check_freshness(
+            vouched.as_deref(),
+            self.root,
+            now,
+            &chain,
+            std::slice::from_ref(&signed),
+        )?;
         if verified.record.name != name {
             return Err(VerifyError::NameMismatch {
                 asked: name.to_string(),
@@ -456,7 +694,7 @@ impl Resolver {
 
     /// A verified listing of `folder`.
     pub async fn list(&self, folder: &str) -> Result<VerifiedListing, ResolveError> {
-        let (folders, records, chain) = match self
+        let (folders, records, chain, vouched) = match self
             .client
             .request(&Request::List(folder.to_string()))
             .await?
@@ -465,10 +703,12 @@ impl Resolver {
                 folders,
                 records,
                 chain,
-            } => (folders, records, chain),
+                vouched,
+            } => (folders, records, chain, vouched),
             other => return Err(unexpected(&other).into()),
         };
         let now = (self.clock)();
+        check_freshness(vouched.as_deref(), self.root, now, &chain, &records)?;
         let folder_name = Name::parse(folder).map_err(|e| ClientError::Malformed(e.to_string()))?;
         let verified_chain = verify_chain(self.root, &chain, now)?;
         self.seen.check_chain(&folder_name, &verified_chain)?;

@@ -8,7 +8,11 @@
 //!   encoding with a domain tag.
 //! - [`verify`]: the client's checks: the signature chain from the trusted root key,
 //!   zone ownership, expiry, logic hashes (pure functions, time passed in).
-//! - [`store`]: the server's redb database (durable, transactional).
+//! - [`fresh`]: freshness statements (the root key's signature over a Merkle tree of
+//!   everything a server holds, valid for minutes) and inclusion proofs, so that a
+//!   frozen or rolled-back server, or a mirror cut off from its primary, is refused.
+//! - [`store`]: the server's redb database (durable, transactional), with a write
+//!   serial and change log that mirrors pull incrementally.
 //! - [`server`]: the request handler ([`server::Directory`], no sockets) and its QUIC
 //!   shell ([`server::Server`]).
 //! - [`client`]: QUIC client and the [`client::Resolver`] (`resolve(name) ->
@@ -21,7 +25,9 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod fresh;
 pub mod keys;
+mod mirror;
 pub mod name;
 pub mod protocol;
 pub mod record;

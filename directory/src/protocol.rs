@@ -4,12 +4,14 @@
 //! [`Request`] and finishes its side; the server answers with one [`Response`] and
 //! finishes. Both sides bound what they read before decoding.
 
+use crate::fresh::{Freshness, Vouched};
 use crate::keys::PublicKey;
 use crate::record::{Delegation, ObjectRecord, Signed};
+use crate::store::Change;
 use serde::{Deserialize, Serialize};
 
 /// ALPN protocol name of the directory service.
-pub const ALPN: &[u8] = b"liveobjects-directory/1";
+pub const ALPN: &[u8] = b"liveobjects-directory/2";
 /// Largest request without a blob, and the slack added on top of the blob cap.
 pub const REQUEST_OVERHEAD: usize = 64 * 1024;
 /// Default cap on one logic blob.
@@ -48,6 +50,12 @@ pub enum Request {
     HasBlob([u8; 32]),
     /// A blob's bytes.
     FetchBlob([u8; 32]),
+    /// A mirror's pull: the entries written after serial `since` (all of them from
+    /// 0), and once they are complete, the freshness statement they add up to.
+    Transfer {
+        /// The last serial the mirror holds.
+        since: u64,
+    },
 }
 
 /// The server's answer.
@@ -68,6 +76,9 @@ pub enum Response {
         record: Signed<ObjectRecord>,
         /// Delegations from the root down to the record's zone.
         chain: Vec<Signed<Delegation>>,
+        /// The freshness statement, with proofs for the chain's delegations, then
+        /// the record.
+        vouched: Option<Box<Vouched>>,
     },
     /// A folder listing.
     Listing {
@@ -78,11 +89,26 @@ pub enum Response {
         /// Delegations from the root down to the folder's zone (records below may lie
         /// in deeper zones; resolve them by name to verify those).
         chain: Vec<Signed<Delegation>>,
+        /// The freshness statement, with proofs for the chain's delegations, then
+        /// the records.
+        vouched: Option<Box<Vouched>>,
     },
     /// [`Request::HasBlob`] answer.
     HasBlob(bool),
     /// Blob bytes.
     Blob(Vec<u8>),
+    /// Answer to [`Request::Transfer`].
+    Transfer {
+        /// Entries written after the asked serial, oldest first.
+        changes: Vec<Change>,
+        /// The serial the mirror holds once it stores them.
+        serial: u64,
+        /// Whether that is everything up to `statement` (otherwise ask again from
+        /// `serial`).
+        complete: bool,
+        /// The primary's freshness statement at `serial` (when complete).
+        statement: Option<Signed<Freshness>>,
+    },
     /// The request was refused; nothing was changed.
     Error {
         /// Machine-readable reason.
@@ -138,6 +164,13 @@ pub enum ErrorCode {
     /// top-level zone.
     #[error("registration closed")]
     RegistrationClosed,
+    /// The server is a mirror: writes go to its primary.
+    #[error("read-only mirror")]
+    ReadOnly,
+    /// The server's database is older than statements it signed before (restored
+    /// from a backup): it signs and accepts nothing until its operator decides.
+    #[error("database restored from an old backup")]
+    Restored,
 }
 
 /// The message a zone owner signs to ask for a top-level zone.

@@ -2,18 +2,41 @@
 //!
 //! [`Directory`] is the request handler (no sockets: a request in, a response out,
 //! time passed in); [`Server`] is the QUIC shell around it.
+//!
+//! A server is a zone's primary (it holds the root key, checks and stores writes,
+//! and signs [freshness statements](crate::fresh)) or a mirror of another server
+//! (`lo directory serve --secondary-of`): it pulls the entries written since its
+//! last pull, like a DNS zone transfer, checks them against the primary's signed
+//! statement, serves them with the primary's statement and refuses writes. A
+//! mirror holds no signing key, so clients need not trust it: what it could change
+//! would not verify, and if it stops hearing from its primary its answers are
+//! refused once the last statement expires.
+//!
+//! A primary remembers, in a file beside its database, the highest serial it has
+//! signed. Started on a database older than that (restored from a backup), it
+//! neither signs nor accepts writes until its operator passes
+//! `--accept-restored-database`: clients would otherwise take the old contents as
+//! fresh.
 
+use crate::fresh::{DEFAULT_VALIDITY_SECS, EntryKey, Freshness, MerkleTree, Vouched, leaf_hash};
 use crate::keys::{Identity, PublicKey};
 use crate::name::Name;
 use crate::protocol::{
     ErrorCode, REQUEST_OVERHEAD, Request, Response, create_zone_message, decode_request, encode,
 };
 use crate::record::{Delegation, ObjectRecord, Signed};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError};
 use crate::verify::verify_chain;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most entries one transfer answer carries.
+pub const TRANSFER_CHANGES: usize = 2_000;
+/// About the most bytes of entries one transfer answer carries.
+pub const TRANSFER_BYTES: usize = 8 << 20;
 
 /// How long a top-level zone created by the root lasts before it must be renewed.
 pub const ZONE_LIFETIME_SECS: u64 = 5 * 365 * 24 * 3600;
@@ -78,15 +101,48 @@ impl std::str::FromStr for Registration {
     }
 }
 
-/// The request handler: storage plus the root identity.
+/// Whether a directory takes writes or mirrors another server.
+enum Role {
+    /// Checks and stores writes; signs top-level zones and freshness statements.
+    Primary {
+        /// The root identity.
+        root: Identity,
+    },
+    /// Serves what it pulls from `primary`; refuses writes.
+    Mirror {
+        /// The root key its contents chain to.
+        root: PublicKey,
+        /// Where writes go.
+        primary: SocketAddr,
+    },
+}
+
+/// The Merkle tree of the store at one serial, with the statement that vouches
+/// for it.
+struct FreshState {
+    serial: u64,
+    tree: MerkleTree,
+    index: HashMap<EntryKey, usize>,
+    statement: Option<Signed<Freshness>>,
+}
+
+/// The request handler: storage plus the root identity (or, on a mirror, the root
+/// key and its primary).
 pub struct Directory {
     store: Store,
-    root: Identity,
+    role: Role,
     registration: Registration,
     max_blob_bytes: usize,
     /// Held across each write's checks and its commit, so two concurrent writes can
     /// never both pass a check (zone free, version newer) that only one may pass.
-    writes: std::sync::Mutex<()>,
+    writes: Mutex<()>,
+    /// Validity of the statements this primary signs.
+    validity_secs: u64,
+    /// The file holding the highest serial this primary signed (none: not kept).
+    high_water: Option<PathBuf>,
+    /// Why this primary does not sign or write (its database was restored).
+    restored: Option<String>,
+    fresh: Mutex<Option<Arc<FreshState>>>,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -102,15 +158,85 @@ fn internal(e: StoreError) -> Response {
 }
 
 impl Directory {
-    /// A handler over `store`, signing top-level zones with `root`.
+    /// A primary over `store`, signing top-level zones and freshness statements
+    /// with `root`.
     pub fn new(store: Store, root: Identity, max_blob_bytes: usize) -> Self {
+        Self::with_role(store, Role::Primary { root }, max_blob_bytes)
+    }
+
+    /// A mirror over `store` of the primary at `primary`, whose contents chain to
+    /// `root`: it answers reads and transfers and refuses writes.
+    pub fn mirror(
+        store: Store,
+        root: PublicKey,
+        primary: SocketAddr,
+        max_blob_bytes: usize,
+    ) -> Self {
+        Self::with_role(store, Role::Mirror { root, primary }, max_blob_bytes)
+    }
+
+    fn with_role(store: Store, role: Role, max_blob_bytes: usize) -> Self {
         Directory {
             store,
-            root,
+            role,
             registration: Registration::default(),
             max_blob_bytes,
-            writes: std::sync::Mutex::new(()),
+            writes: Mutex::new(()),
+            validity_secs: DEFAULT_VALIDITY_SECS,
+            high_water: None,
+            restored: None,
+            fresh: Mutex::new(None),
         }
+    }
+
+    /// Sign freshness statements valid for `secs` (default
+    /// [`DEFAULT_VALIDITY_SECS`]); they are re-signed when half of that is left.
+    pub fn with_freshness_validity(mut self, secs: u64) -> Self {
+        self.validity_secs = secs.max(2);
+        self
+    }
+
+    /// Keep the highest signed serial in `path` (beside the database). If it is
+    /// above the database's serial, the database was restored from an older
+    /// backup: unless `accept_restored`, the primary then neither signs nor
+    /// writes; with it, the serial is raised past the file's so that serials never
+    /// repeat, and the restored contents are signed as current.
+    pub fn with_high_water(
+        mut self,
+        path: PathBuf,
+        accept_restored: bool,
+    ) -> Result<Self, StoreError> {
+        let signed = read_high_water(&path);
+        let serial = self.store.serial()?;
+        if let Some(signed) = signed
+            && signed > serial
+        {
+            if accept_restored {
+                tracing::warn!(
+                    "the database is at serial {serial} but this server signed up to {signed}: \
+                     accepting it as restored, continuing from serial {}",
+                    signed + 1
+                );
+                self.store.raise_serial(signed + 1)?;
+            } else {
+                self.restored = Some(format!(
+                    "this directory's database is at serial {serial}, but the server has \
+                     signed statements up to serial {signed} ({}): it was restored from an \
+                     older backup, so it neither signs nor accepts writes; restore the latest \
+                     copy (a mirror holds one), or restart with --accept-restored-database \
+                     to serve these contents as current",
+                    path.display()
+                ));
+                tracing::error!("{}", self.restored.as_deref().unwrap_or_default());
+            }
+        }
+        self.high_water = Some(path);
+        Ok(self)
+    }
+
+    /// Why this primary refuses to sign and write, if it does.
+    pub fn restored(&self) -> Option<&str> {
+        self.restored.as_deref()
     }
 
     /// Let `registration` decide who creates top-level zones (default: closed).
@@ -126,7 +252,27 @@ impl Directory {
 
     /// The root public key.
     pub fn root(&self) -> PublicKey {
-        self.root.public()
+        match &self.role {
+            Role::Primary { root } => root.public(),
+            Role::Mirror { root, .. } => *root,
+        }
+    }
+
+    /// The root identity, if this is the primary (writes are refused otherwise).
+    fn signer(&self) -> Result<&Identity, Response> {
+        match &self.role {
+            Role::Primary { root } => match &self.restored {
+                Some(reason) => Err(refuse(ErrorCode::Restored, reason.clone())),
+                None => Ok(root),
+            },
+            Role::Mirror { primary, .. } => Err(refuse(
+                ErrorCode::ReadOnly,
+                format!(
+                    "this directory server is a read-only mirror of {primary}; send writes \
+                     there (--directory {primary})"
+                ),
+            )),
+        }
     }
 
     /// Largest request this server reads.
@@ -138,23 +284,25 @@ impl Directory {
     pub fn handle(&self, request: Request, now: u64) -> Response {
         let result = match request {
             Request::Hello => Ok(Response::Hello {
-                root: self.root.public(),
+                root: self.root(),
                 max_blob_bytes: self.max_blob_bytes as u64,
             }),
             Request::CreateZone { zone, owner, proof } => {
                 let _write = self.writes.lock().expect("write lock");
-                self.create_zone(&zone, owner, &proof, now)
+                self.signer()
+                    .and_then(|root| self.create_zone(root, &zone, owner, &proof, now))
             }
             Request::Delegate(signed) => {
                 let _write = self.writes.lock().expect("write lock");
-                self.delegate(signed, now)
+                self.signer().and_then(|_| self.delegate(signed, now))
             }
             Request::Publish { record, blob } => {
                 let _write = self.writes.lock().expect("write lock");
-                self.publish(record, blob, now)
+                self.signer().and_then(|_| self.publish(record, blob, now))
             }
-            Request::Resolve(name) => self.resolve(&name),
-            Request::List(folder) => self.list(&folder),
+            Request::Resolve(name) => self.resolve(&name, now),
+            Request::List(folder) => self.list(&folder, now),
+            Request::Transfer { since } => self.transfer(since, now),
             Request::HasBlob(hash) => self
                 .store
                 .has_blob(&hash)
@@ -176,7 +324,7 @@ impl Directory {
     /// re-verified) delegations. `None` if only the root encloses it.
     fn zone_owner(&self, name: &Name, now: u64) -> Result<Option<(String, PublicKey)>, Response> {
         let chain = self.store.chain_for(name).map_err(internal)?;
-        let verified = verify_chain(self.root.public(), &chain, now).map_err(|e| match e {
+        let verified = verify_chain(self.root(), &chain, now).map_err(|e| match e {
             crate::verify::VerifyError::Expired { name: zone, .. } => refuse(
                 ErrorCode::Expired,
                 format!(
@@ -194,6 +342,7 @@ impl Directory {
 
     fn create_zone(
         &self,
+        root: &Identity,
         zone: &str,
         owner: PublicKey,
         proof: &[u8],
@@ -215,7 +364,7 @@ impl Directory {
                 format!("the proof for {zone} is not a signature by {owner}"),
             ));
         }
-        if !self.registration.admits(&owner, &self.root.public()) {
+        if !self.registration.admits(&owner, &root.public()) {
             return Err(refuse(
                 ErrorCode::RegistrationClosed,
                 format!(
@@ -245,7 +394,7 @@ impl Directory {
             issued_at: now,
             expires_at: now + ZONE_LIFETIME_SECS,
         };
-        let signed = Signed::sign(&delegation, &self.root);
+        let signed = Signed::sign(&delegation, root);
         self.store.put_delegation(zone, &signed).map_err(internal)?;
         tracing::info!("created zone {zone} for {owner}");
         Ok(Response::Stored)
@@ -259,7 +408,7 @@ impl Directory {
         let parent = zone.parent();
         let (parent_zone, parent_owner) = match self.zone_owner(&parent, now)? {
             Some(owner) => owner,
-            None => ("lo://".to_string(), self.root.public()),
+            None => ("lo://".to_string(), self.root()),
         };
         if signed.signer != parent_owner {
             return Err(refuse(
@@ -404,18 +553,28 @@ impl Directory {
         Ok(Response::Stored)
     }
 
-    fn resolve(&self, name: &str) -> Result<Response, Response> {
+    fn resolve(&self, name: &str, now: u64) -> Result<Response, Response> {
         let name = Name::parse(name).map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
-        let record = self
-            .store
-            .get_record(name.as_str())
-            .map_err(internal)?
-            .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no object named {name}")))?;
-        let chain = self.store.chain_for(&name).map_err(internal)?;
-        Ok(Response::Record { record, chain })
+        self.consistent(now, |state| {
+            let record = self
+                .store
+                .get_record(name.as_str())
+                .map_err(internal)?
+                .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no object named {name}")))?;
+            let chain = self.store.chain_for(&name).map_err(internal)?;
+            let keys = chain_keys(&chain)
+                .chain([EntryKey::Record(record_name(&record))])
+                .collect::<Vec<_>>();
+            let vouched = vouch(state, &keys).map(Box::new);
+            Ok(Response::Record {
+                record,
+                chain,
+                vouched,
+            })
+        })
     }
 
-    fn list(&self, folder: &str) -> Result<Response, Response> {
+    fn list(&self, folder: &str, now: u64) -> Result<Response, Response> {
         let folder =
             Name::parse(folder).map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
         if !folder.is_folder() {
@@ -424,14 +583,281 @@ impl Directory {
                 format!("{folder} is not a folder (folders end with /)"),
             ));
         }
-        let listing = self.store.list(&folder).map_err(internal)?;
-        let chain = self.store.chain_for(&folder).map_err(internal)?;
-        Ok(Response::Listing {
-            folders: listing.folders,
-            records: listing.records,
-            chain,
+        self.consistent(now, |state| {
+            let listing = self.store.list(&folder).map_err(internal)?;
+            let chain = self.store.chain_for(&folder).map_err(internal)?;
+            let keys = chain_keys(&chain)
+                .chain(
+                    listing
+                        .records
+                        .iter()
+                        .map(|r| EntryKey::Record(record_name(r))),
+                )
+                .collect::<Vec<_>>();
+            let vouched = vouch(state, &keys).map(Box::new);
+            Ok(Response::Listing {
+                folders: listing.folders,
+                records: listing.records,
+                chain,
+                vouched,
+            })
         })
     }
+
+    fn transfer(&self, since: u64, now: u64) -> Result<Response, Response> {
+        let state = self.fresh_state(now)?;
+        let (changes, more) = self
+            .store
+            .changes(since, state.serial, TRANSFER_CHANGES, TRANSFER_BYTES)
+            .map_err(internal)?;
+        let serial = match (more, changes.last()) {
+            (true, Some(last)) => last.serial,
+            _ => state.serial.max(since),
+        };
+        Ok(Response::Transfer {
+            changes,
+            serial,
+            complete: !more,
+            statement: (!more).then(|| state.statement.clone()).flatten(),
+        })
+    }
+
+    /// Run `read` against the store and the freshness tree of the same serial: if a
+    /// write lands in between, read again (a few times; then answer with what
+    /// the last try read, which clients may refuse as not vouched for).
+    fn consistent(
+        &self,
+        now: u64,
+        read: impl Fn(&FreshState) -> Result<Response, Response>,
+    ) -> Result<Response, Response> {
+        let mut tries = 0;
+        loop {
+            let state = self.fresh_state(now)?;
+            let answer = read(&state)?;
+            tries += 1;
+            if tries >= 4 || self.store.serial().map_err(internal)? == state.serial {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// The tree at the store's current serial and a statement for it: on the
+    /// primary signed afresh when the contents changed or half its validity is
+    /// gone; on a mirror the primary's, as last pulled.
+    fn fresh_state(&self, now: u64) -> Result<Arc<FreshState>, Response> {
+        let serial = self.store.serial().map_err(internal)?;
+        let mut fresh = self.fresh.lock().expect("fresh lock");
+        if let Some(state) = fresh.as_ref()
+            && state.serial == serial
+            && !self.needs_signing(state, now)
+        {
+            return Ok(state.clone());
+        }
+        let (tree, index, serial) = match fresh.as_ref() {
+            Some(state) if state.serial == serial => {
+                (state.tree.clone(), state.index.clone(), serial)
+            }
+            _ => {
+                let (serial, entries) = self.store.entries().map_err(internal)?;
+                let index = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, _))| (key.clone(), i))
+                    .collect();
+                let leaves = entries.iter().map(|(k, v)| leaf_hash(k, v)).collect();
+                (MerkleTree::new(leaves), index, serial)
+            }
+        };
+        let statement = match (&self.role, &self.restored) {
+            (Role::Primary { root }, None) => {
+                let statement = Signed::sign(
+                    &Freshness {
+                        serial,
+                        root: tree.root(),
+                        entries: tree.len() as u64,
+                        issued_at: now,
+                        expires_at: now + self.validity_secs,
+                    },
+                    root,
+                );
+                // The file first: a statement never goes out for a serial the file
+                // does not cover.
+                if let Some(path) = &self.high_water
+                    && read_high_water(path).is_none_or(|signed| signed < serial)
+                {
+                    write_high_water(path, serial).map_err(|e| {
+                        refuse(
+                            ErrorCode::Internal,
+                            format!("cannot record the signed serial in {}: {e}", path.display()),
+                        )
+                    })?;
+                }
+                self.store.set_freshness(&statement).map_err(internal)?;
+                Some(statement)
+            }
+            // A restored primary and a mirror serve the statement they hold.
+            _ => self.store.freshness().map_err(internal)?,
+        };
+        let state = Arc::new(FreshState {
+            serial,
+            tree,
+            index,
+            statement,
+        });
+        *fresh = Some(state.clone());
+        Ok(state)
+    }
+
+    fn needs_signing(&self, state: &FreshState, now: u64) -> bool {
+        match (&self.role, &self.restored) {
+            (Role::Primary { .. }, None) => state
+                .statement
+                .as_ref()
+                .and_then(|s| s.open().ok())
+                .is_none_or(|f| f.expires_at < now + self.validity_secs / 2),
+            // A mirror's statement changes when it pulls ([`Self::forget_fresh`]).
+            _ => false,
+        }
+    }
+
+    /// A mirror stores one pull from its primary: `changes`, its serial then
+    /// `serial`, and (once the pull is complete) the primary's `statement`, which
+    /// must vouch for exactly what the mirror then holds. Readers wait meanwhile,
+    /// so they never get proofs of half a pull.
+    pub fn install_pull(
+        &self,
+        changes: &[Change],
+        serial: u64,
+        statement: Option<&Signed<Freshness>>,
+    ) -> Result<(), MirrorError> {
+        let mut fresh = self.fresh.lock().expect("fresh lock");
+        if !changes.is_empty() || self.store.serial()? < serial {
+            self.store.apply_changes(changes, serial)?;
+            *fresh = None;
+        }
+        let Some(statement) = statement else {
+            return Ok(());
+        };
+        if statement.signer != self.root() || !statement.signature_valid() {
+            return Err(MirrorError::Refused(
+                "the primary's freshness statement is not signed by the root key".into(),
+            ));
+        }
+        let vouched = statement
+            .open()
+            .map_err(|e| MirrorError::Refused(format!("malformed freshness statement: {e}")))?;
+        let held = self.store.serial()?;
+        if vouched.serial != held {
+            return Err(MirrorError::Behind {
+                primary: vouched.serial,
+                mirror: held,
+            });
+        }
+        let (serial, entries) = self.store.entries()?;
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| (key.clone(), i))
+            .collect();
+        let tree = MerkleTree::new(entries.iter().map(|(k, v)| leaf_hash(k, v)).collect());
+        if tree.root() != vouched.root {
+            return Err(MirrorError::Differs { serial });
+        }
+        self.store.set_freshness(statement)?;
+        *fresh = Some(Arc::new(FreshState {
+            serial,
+            tree,
+            index,
+            statement: Some(statement.clone()),
+        }));
+        Ok(())
+    }
+
+    /// Drop the cached tree and statement (a mirror stored a new pull).
+    pub fn forget_fresh(&self) {
+        *self.fresh.lock().expect("fresh lock") = None;
+    }
+
+    /// The root hash of the current contents and the statement held for them (a
+    /// mirror checks one against the other after a pull).
+    pub fn fresh_root(&self, now: u64) -> Result<([u8; 32], Option<Signed<Freshness>>), String> {
+        let state = self.fresh_state(now).map_err(|r| format!("{r:?}"))?;
+        Ok((state.tree.root(), state.statement.clone()))
+    }
+}
+
+fn chain_keys(chain: &[Signed<Delegation>]) -> impl Iterator<Item = EntryKey> + '_ {
+    chain
+        .iter()
+        .map(|d| EntryKey::Delegation(d.open().map(|d| d.zone).unwrap_or_default()))
+}
+
+fn record_name(record: &Signed<ObjectRecord>) -> String {
+    record.open().map(|r| r.name).unwrap_or_default()
+}
+
+/// The statement and the proofs of `keys`, if there is a statement for the tree
+/// and every key is in it.
+fn vouch(state: &FreshState, keys: &[EntryKey]) -> Option<Vouched> {
+    let statement = state.statement.clone()?;
+    let proofs = keys
+        .iter()
+        .map(|k| state.index.get(k).map(|&i| state.tree.proof(i)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Vouched { statement, proofs })
+}
+
+/// The serial in a high-water file (none if missing or unreadable).
+fn read_high_water(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Replace the high-water file durably (written aside, synced, renamed).
+fn write_high_water(path: &Path, serial: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("signed-serial.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{serial}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Why a mirror could not store a pull.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// Its database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The primary sent something that does not check out.
+    #[error("the primary's transfer was refused: {0}")]
+    Refused(String),
+    /// The primary vouches for an older serial than the mirror holds (it was
+    /// restored from a backup, or another primary answered).
+    #[error(
+        "the primary is at serial {primary}, behind this mirror's {mirror} (restored from \
+         a backup?); keeping this mirror's copy"
+    )]
+    Behind {
+        /// The primary's serial.
+        primary: u64,
+        /// The mirror's.
+        mirror: u64,
+    },
+    /// What the mirror holds does not add up to the primary's statement.
+    #[error(
+        "this mirror's contents at serial {serial} differ from what the primary's \
+         statement vouches for; pulling everything again"
+    )]
+    Differs {
+        /// The serial.
+        serial: u64,
+    },
 }
 
 /// How to run a server.
@@ -440,12 +866,49 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The database file.
     pub db_path: PathBuf,
-    /// The root identity (signs top-level zones).
+    /// The identity the server presents over TLS. On a primary it is the root
+    /// identity (it signs top-level zones and freshness statements); a mirror's is
+    /// its own and signs nothing.
     pub root: Identity,
     /// Largest logic blob accepted.
     pub max_blob_bytes: usize,
     /// Who may create top-level zones.
     pub registration: Registration,
+    /// Freshness, restored databases, mirroring.
+    pub options: ServeOptions,
+}
+
+/// The rest of a server's settings, with defaults for a primary.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Validity of the freshness statements a primary signs, in seconds.
+    pub freshness_secs: u64,
+    /// Serve a database older than what was signed before (restored from a
+    /// backup) as current, raising its serial past the old statements.
+    pub accept_restored: bool,
+    /// Mirror this primary instead of taking writes.
+    pub mirror_of: Option<MirrorOf>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            freshness_secs: DEFAULT_VALIDITY_SECS,
+            accept_restored: false,
+            mirror_of: None,
+        }
+    }
+}
+
+/// The primary a mirror pulls from.
+#[derive(Debug, Clone)]
+pub struct MirrorOf {
+    /// Its address.
+    pub primary: SocketAddr,
+    /// The root key (the primary's TLS key, and the signer of its statements).
+    pub root: PublicKey,
+    /// How often to pull.
+    pub refresh: Duration,
 }
 
 /// Failure to start a server.
@@ -477,32 +940,52 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     directory: Arc<Directory>,
     accept: tokio::task::JoinHandle<()>,
+    mirror: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The file beside a primary's database that holds the highest serial it signed.
+pub fn high_water_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push(".signed-serial");
+    PathBuf::from(name)
 }
 
 impl Server {
     /// Open the store, bind, and start accepting connections (on the current tokio
-    /// runtime).
+    /// runtime); a mirror also starts pulling from its primary.
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        let store = Store::open(&config.db_path).map_err(|source| ServerError::Store {
+        let store_err = |source| ServerError::Store {
             path: config.db_path.clone(),
             source,
-        })?;
-        // The root server presents the root key: clients pin it (they trust it already).
+        };
+        let store = Store::open(&config.db_path).map_err(store_err)?;
+        // The root server presents the root key: clients pin it (they trust it
+        // already). A mirror presents its own key, which its clients are given.
         let tls = crate::tls::server_config(&config.root)?;
-        let directory = Arc::new(
-            Directory::new(store, config.root, config.max_blob_bytes)
-                .with_registration(config.registration),
-        );
+        let options = config.options;
+        let directory = match &options.mirror_of {
+            Some(of) => Directory::mirror(store, of.root, of.primary, config.max_blob_bytes),
+            None => Directory::new(store, config.root, config.max_blob_bytes)
+                .with_registration(config.registration)
+                .with_freshness_validity(options.freshness_secs)
+                .with_high_water(high_water_path(&config.db_path), options.accept_restored)
+                .map_err(store_err)?,
+        };
+        let directory = Arc::new(directory);
         let endpoint =
             quinn::Endpoint::server(tls, config.listen).map_err(|source| ServerError::Bind {
                 addr: config.listen,
                 source,
             })?;
         let accept = tokio::spawn(accept_loop(endpoint.clone(), directory.clone()));
+        let mirror = options
+            .mirror_of
+            .map(|of| tokio::spawn(crate::mirror::pull_loop(directory.clone(), of)));
         Ok(Server {
             endpoint,
             directory,
             accept,
+            mirror,
         })
     }
 
@@ -522,6 +1005,9 @@ impl Server {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"shutting down");
         self.accept.abort();
+        if let Some(mirror) = &self.mirror {
+            mirror.abort();
+        }
         self.endpoint.wait_idle().await;
     }
 }

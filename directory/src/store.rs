@@ -1,19 +1,44 @@
 //! The server's storage: an embedded redb database file.
 //!
 //! Tables: `records` (object name -> signed record), `delegations` (zone -> signed
-//! delegation), `blobs` (sha256 -> component bytes). A publish writes its blob and
-//! record in one transaction; redb commits with fsync (`Durability::Immediate`, its
+//! delegation), `blobs` (sha256 -> component bytes), and for mirrors and freshness
+//! statements: `changes` (write serial -> the entry it wrote; each entry keeps only
+//! its latest), `serials` (entry -> its latest serial) and `meta` (the current serial,
+//! the latest freshness statement). Every write takes the next serial in its own
+//! transaction. A publish writes its blob and record in one transaction; redb commits with fsync (`Durability::Immediate`, its
 //! default), and the server acknowledges only after the commit, so a kill -9 at any
 //! point loses no acknowledged write and leaves the file consistent.
 
+use crate::fresh::{EntryKey, Freshness};
 use crate::name::Name;
 use crate::record::{Delegation, ObjectRecord, Signed};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const DELEGATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("delegations");
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const SERIALS: TableDefinition<&[u8], u64> = TableDefinition::new("serials");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_SERIAL: &str = "serial";
+const META_FRESHNESS: &str = "freshness";
+
+/// Every stored entry with its bytes, in key order.
+pub type Entries = Vec<(EntryKey, Vec<u8>)>;
+
+/// One stored entry as a mirror receives it: the serial of the write that stored
+/// it, which entry, and its bytes (a signed delegation or record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The write's serial on the primary.
+    pub serial: u64,
+    /// The entry.
+    pub key: EntryKey,
+    /// Its stored bytes.
+    pub value: Vec<u8>,
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +84,236 @@ impl Store {
         txn.open_table(RECORDS).map_err(db_err)?;
         txn.open_table(DELEGATIONS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
+        txn.open_table(CHANGES).map_err(db_err)?;
+        txn.open_table(SERIALS).map_err(db_err)?;
+        let fresh_meta = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get(META_SERIAL)
+            .map_err(db_err)?
+            .is_none();
+        if fresh_meta {
+            // A database from before serials: number what it holds.
+            let mut keys = Vec::new();
+            for item in txn
+                .open_table(DELEGATIONS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                keys.push(EntryKey::Delegation(
+                    item.map_err(db_err)?.0.value().to_string(),
+                ));
+            }
+            for item in txn
+                .open_table(RECORDS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                keys.push(EntryKey::Record(
+                    item.map_err(db_err)?.0.value().to_string(),
+                ));
+            }
+            set_serial(&txn, 0)?;
+            for key in &keys {
+                note_change(&txn, key)?;
+            }
+        }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
+    }
+
+    /// The serial of the latest write (0 for an empty database).
+    pub fn serial(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get(META_SERIAL)
+            .map_err(db_err)?
+            .map(|v| serial_from(v.value()))
+            .unwrap_or(0))
+    }
+
+    /// Every delegation and record, in [`EntryKey`] order (delegations first, each
+    /// kind by name), with the serial of the latest write: the leaves of the
+    /// freshness tree, read in one transaction.
+    pub fn entries(&self) -> Result<(u64, Entries), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let serial = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get(META_SERIAL)
+            .map_err(db_err)?
+            .map(|v| serial_from(v.value()))
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for item in txn
+            .open_table(DELEGATIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((
+                EntryKey::Delegation(k.value().to_string()),
+                v.value().to_vec(),
+            ));
+        }
+        for item in txn
+            .open_table(RECORDS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((EntryKey::Record(k.value().to_string()), v.value().to_vec()));
+        }
+        Ok((serial, out))
+    }
+
+    /// The entries written after serial `since` and up to `upto`, oldest first, at
+    /// most `limit` of them and about `max_bytes` (at least one), and whether more
+    /// are left.
+    pub fn changes(
+        &self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Change>, bool), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let changes = txn.open_table(CHANGES).map_err(db_err)?;
+        let records = txn.open_table(RECORDS).map_err(db_err)?;
+        let delegations = txn.open_table(DELEGATIONS).map_err(db_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if since >= upto {
+            return Ok((out, false));
+        }
+        for item in changes.range(since + 1..=upto).map_err(db_err)? {
+            if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, true));
+            }
+            let (serial, key) = item.map_err(db_err)?;
+            let key: EntryKey =
+                postcard::from_bytes(key.value()).map_err(|e| StoreError::Corrupt {
+                    what: "change",
+                    key: serial.value().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let value = match &key {
+                EntryKey::Record(name) => records.get(name.as_str()).map_err(db_err)?,
+                EntryKey::Delegation(zone) => delegations.get(zone.as_str()).map_err(db_err)?,
+            };
+            // An entry removed by a repair tool has nothing to send.
+            if let Some(value) = value {
+                let value = value.value().to_vec();
+                bytes += value.len();
+                out.push(Change {
+                    serial: serial.value(),
+                    key,
+                    value,
+                });
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// A mirror stores what its primary sent: `changes` (each under the primary's
+    /// serial), its serial then `serial`, in one transaction. Values are stored as
+    /// they came; the mirror checks the result against the primary's freshness
+    /// statement.
+    pub fn apply_changes(&self, changes: &[Change], serial: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+            let mut delegations = txn.open_table(DELEGATIONS).map_err(db_err)?;
+            for change in changes {
+                match &change.key {
+                    EntryKey::Record(name) => {
+                        records.insert(name.as_str(), change.value.as_slice())
+                    }
+                    EntryKey::Delegation(zone) => {
+                        delegations.insert(zone.as_str(), change.value.as_slice())
+                    }
+                }
+                .map_err(db_err)?;
+                set_serial(&txn, change.serial.saturating_sub(1))?;
+                note_change(&txn, &change.key)?;
+            }
+            set_serial(&txn, serial)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Store many records in one transaction, each under the next serial, with no
+    /// checks (the caller signed them): bulk imports and benchmarks.
+    pub fn import_records(&self, records: &[Signed<ObjectRecord>]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        for signed in records {
+            let name = signed
+                .open()
+                .map(|r| r.name)
+                .map_err(|e| StoreError::Corrupt {
+                    what: "record",
+                    key: "(import)".into(),
+                    reason: e.to_string(),
+                })?;
+            txn.open_table(RECORDS)
+                .map_err(db_err)?
+                .insert(name.as_str(), signed.to_bytes().as_slice())
+                .map_err(db_err)?;
+            note_change(&txn, &EntryKey::Record(name))?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Remove every delegation, record, change and statement (blobs stay: they are
+    /// checked by hash): a mirror starting over from its primary.
+    pub fn clear_entries(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.delete_table(RECORDS).map_err(db_err)?;
+        txn.delete_table(DELEGATIONS).map_err(db_err)?;
+        txn.delete_table(CHANGES).map_err(db_err)?;
+        txn.delete_table(SERIALS).map_err(db_err)?;
+        txn.delete_table(META).map_err(db_err)?;
+        txn.open_table(RECORDS).map_err(db_err)?;
+        txn.open_table(DELEGATIONS).map_err(db_err)?;
+        txn.open_table(CHANGES).map_err(db_err)?;
+        txn.open_table(SERIALS).map_err(db_err)?;
+        set_serial(&txn, 0)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Raise the serial to at least `serial` (a restored database's operator taking
+    /// it up past what was signed before, so serials never repeat).
+    pub fn raise_serial(&self, serial: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let current = read_serial(&txn)?;
+        set_serial(&txn, current.max(serial))?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// The latest freshness statement kept with the data.
+    pub fn freshness(&self) -> Result<Option<Signed<Freshness>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        meta.get(META_FRESHNESS)
+            .map_err(db_err)?
+            .map(|v| decode(v.value(), "freshness statement", META_FRESHNESS))
+            .transpose()
+    }
+
+    /// Keep `statement` with the data.
+    pub fn set_freshness(&self, statement: &Signed<Freshness>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(META_FRESHNESS, statement.to_bytes().as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Store a record, and its logic blob if given, in one durable transaction.
@@ -81,6 +334,7 @@ impl Store {
                 .insert(name, signed.to_bytes().as_slice())
                 .map_err(db_err)?;
         }
+        note_change(&txn, &EntryKey::Record(name.to_string()))?;
         txn.commit().map_err(db_err)
     }
 
@@ -97,6 +351,7 @@ impl Store {
                 .insert(zone, signed.to_bytes().as_slice())
                 .map_err(db_err)?;
         }
+        note_change(&txn, &EntryKey::Delegation(zone.to_string()))?;
         txn.commit().map_err(db_err)
     }
 
@@ -189,15 +444,18 @@ impl Store {
         self.get_raw(RECORDS, name)
     }
 
-    /// Overwrite the raw bytes of a record, bypassing every check. For repair tools and
-    /// tamper tests only: the server never writes unchecked data.
+    /// Overwrite the raw bytes of a record, bypassing every check (it still takes a
+    /// serial, so the server's freshness statement covers what it now serves). For
+    /// repair tools and tamper tests only: the server never writes unchecked data.
     pub fn raw_set_record(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.raw_set(RECORDS, name.as_bytes(), bytes)
+        self.raw_set(RECORDS, name.as_bytes(), bytes)?;
+        self.raw_note(&EntryKey::Record(name.to_string()))
     }
 
     /// Overwrite the raw bytes of a delegation, bypassing every check (tests only).
     pub fn raw_set_delegation(&self, zone: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.raw_set(DELEGATIONS, zone.as_bytes(), bytes)
+        self.raw_set(DELEGATIONS, zone.as_bytes(), bytes)?;
+        self.raw_note(&EntryKey::Delegation(zone.to_string()))
     }
 
     /// Remove a delegation, bypassing every check (tests only).
@@ -207,7 +465,19 @@ impl Store {
             let mut table = txn.open_table(DELEGATIONS).map_err(db_err)?;
             table.remove(zone).map_err(db_err)?;
         }
+        note_change(&txn, &EntryKey::Delegation(zone.to_string()))?;
         txn.commit().map_err(db_err)
+    }
+
+    fn raw_note(&self, key: &EntryKey) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        note_change(&txn, key)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Store a blob (a mirror's copy of its primary's, checked by hash first).
+    pub fn put_blob(&self, hash: &[u8; 32], bytes: &[u8]) -> Result<(), StoreError> {
+        self.raw_set_blob(hash, bytes)
     }
 
     /// Overwrite a blob, bypassing every check (tests only).
@@ -244,6 +514,52 @@ impl Store {
         let table = txn.open_table(table).map_err(db_err)?;
         Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
+}
+
+fn serial_from(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
+}
+
+fn read_serial(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META).map_err(db_err)?;
+    Ok(meta
+        .get(META_SERIAL)
+        .map_err(db_err)?
+        .map(|v| serial_from(v.value()))
+        .unwrap_or(0))
+}
+
+fn set_serial(txn: &WriteTransaction, serial: u64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    meta.insert(META_SERIAL, serial.to_be_bytes().as_slice())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Give `key` the next serial, in the write's own transaction: its change entry
+/// moves to the end of the log.
+fn note_change(txn: &WriteTransaction, key: &EntryKey) -> Result<u64, StoreError> {
+    let serial = read_serial(txn)?
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "serial",
+            key: META_SERIAL.to_string(),
+            reason: "at its maximum".to_string(),
+        })?;
+    let encoded = postcard::to_allocvec(key).expect("encoding to a Vec cannot fail");
+    let mut serials = txn.open_table(SERIALS).map_err(db_err)?;
+    let previous = serials
+        .insert(encoded.as_slice(), serial)
+        .map_err(db_err)?
+        .map(|v| v.value());
+    let mut changes = txn.open_table(CHANGES).map_err(db_err)?;
+    if let Some(previous) = previous {
+        changes.remove(previous).map_err(db_err)?;
+    }
+    changes.insert(serial, encoded.as_slice()).map_err(db_err)?;
+    drop((serials, changes));
+    set_serial(txn, serial)?;
+    Ok(serial)
 }
 
 fn decode<T: crate::record::Signable>(

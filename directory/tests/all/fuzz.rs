@@ -1,10 +1,13 @@
 //! Property tests standing in for fuzzing: decoders of bytes from the network or the
 //! database never panic, and whatever decodes is handled without panicking.
 
+use liveobjects_directory::client::check_freshness;
+use liveobjects_directory::fresh::{EntryKey, Freshness, Vouched, verify_statement};
 use liveobjects_directory::keys::Identity;
-use liveobjects_directory::protocol::{decode_request, decode_response};
+use liveobjects_directory::protocol::{Response, decode_request, decode_response};
 use liveobjects_directory::record::{Delegation, ObjectRecord, Signed};
 use liveobjects_directory::server::{Directory, Registration};
+use liveobjects_directory::store::Change;
 use liveobjects_directory::store::Store;
 use proptest::prelude::*;
 
@@ -24,6 +27,28 @@ proptest! {
             let _ = signed.signature_valid();
         }
         let _ = decode_response(&bytes);
+    }
+
+    #[test]
+    fn freshness_and_transfer_decoders_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..600)
+    ) {
+        if let Ok(signed) = Signed::<Freshness>::from_bytes(&bytes) {
+            let _ = signed.open();
+            let _ = verify_statement(&signed, Identity::generate().public(), NOW);
+        }
+        if let Ok(vouched) = postcard::from_bytes::<Vouched>(&bytes) {
+            let _ = check_freshness(Some(&vouched), vouched.statement.signer, NOW, &[], &[]);
+            for proof in &vouched.proofs {
+                let _ = proof.verifies(&EntryKey::Record("lo://a/b".into()), &bytes, &[0; 32]);
+            }
+        }
+        let _ = postcard::from_bytes::<Change>(&bytes);
+        if let Ok(Response::Transfer { changes, .. }) = decode_response(&bytes) {
+            for change in changes {
+                let _ = Signed::<ObjectRecord>::from_bytes(&change.value).map(|s| s.open());
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The directory's integration tests, in one binary.
 
 mod fuzz;
+mod mirror;
 mod server;

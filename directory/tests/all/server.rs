@@ -25,6 +25,7 @@ async fn fixture(max_blob_bytes: usize) -> Fixture {
         root,
         max_blob_bytes,
         registration: Registration::Open,
+        options: Default::default(),
     })
     .unwrap();
     let acme = Identity::generate();
@@ -592,6 +593,7 @@ async fn registration_decides_who_creates_top_level_zones() {
             root: root.clone(),
             max_blob_bytes: 1 << 20,
             registration: policy.clone(),
+            options: Default::default(),
         })
         .unwrap();
         let client = Client::connect(server.local_addr(), root_public)

@@ -358,6 +358,7 @@ impl EmbeddedDirectory {
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             // The demo's own directory: the demo creates its zone with a key of its own.
             registration: liveobjects_directory::server::Registration::Open,
+            options: Default::default(),
         })?;
         let owner = Identity::generate();
         let client = Client::connect(server.local_addr(), root_key).await?;

@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use liveobjects_directory::client::{Client, ClientError, ResolveError, Resolver, SeenVersions};
+use liveobjects_directory::client::{
+    Client, ClientError, ResolveError, Resolver, SeenVersions, ServerAddr,
+};
 use liveobjects_directory::keys::{Identity, MemberName, PublicKey, default_identity_path};
 use liveobjects_directory::name::Name;
 use liveobjects_directory::protocol::{DEFAULT_MAX_BLOB_BYTES, ErrorCode};
@@ -11,7 +13,9 @@ use liveobjects_directory::record::{
     AccessPolicy, Category, Delegation, DriverConfig, ObjectRecord, ObjectType, Reliability,
     Security, Signed,
 };
-use liveobjects_directory::server::{Registration, Server, ServerConfig, unix_now};
+use liveobjects_directory::server::{
+    MirrorOf, Registration, ServeOptions, Server, ServerConfig, unix_now,
+};
 use liveobjects_directory::verify::{VerifiedRecord, verify_chain};
 use liveobjects_host::json::record_json;
 use liveobjects_host::runtime::Runtime;
@@ -27,12 +31,30 @@ const DEFAULT_DIRECTORY: &str = "127.0.0.1:4433";
 /// Where the directory is and which root key to trust.
 #[derive(Args, Debug, Clone)]
 pub struct DirectoryTarget {
-    /// Directory server address (QUIC).
-    #[arg(long, env = "LO_DIRECTORY", default_value = DEFAULT_DIRECTORY)]
-    pub(super) directory: SocketAddr,
+    /// Directory servers (QUIC), comma-separated, tried in order: `ADDR` for the
+    /// root's primary (it must hold the root key) or `KEY@ADDR` for a mirror (it
+    /// must hold KEY, printed by `lo directory serve --secondary-of`).
+    #[arg(long, env = "LO_DIRECTORY", default_value = DEFAULT_DIRECTORY, value_delimiter = ',')]
+    pub(super) directory: Vec<String>,
     /// The root public key to trust (printed by `lo directory serve`).
     #[arg(long, env = "LO_ROOT_KEY")]
     root: Option<PublicKey>,
+}
+
+impl DirectoryTarget {
+    /// The servers to try, in order, each with the key it must present.
+    pub(super) fn servers(&self) -> Result<Vec<ServerAddr>> {
+        let root = root_key(self)?;
+        self.directory
+            .iter()
+            .map(|s| ServerAddr::parse(s.trim(), Some(root)).map_err(anyhow::Error::msg))
+            .collect()
+    }
+
+    /// A client of these servers (failing over between them).
+    pub(super) async fn client(&self) -> Result<Client> {
+        Ok(Client::connect_any(&self.servers()?).await?)
+    }
 }
 
 /// Which secret key signs.
@@ -46,11 +68,42 @@ pub struct KeyArg {
 /// `lo directory ...`
 #[derive(Subcommand, Debug)]
 pub enum DirectoryCommand {
-    /// Serve a directory over QUIC from an embedded database until killed.
+    /// Serve a directory over QUIC from an embedded database until killed: a
+    /// primary (with --root-key), or a read-only mirror of one (--secondary-of).
     Serve {
-        /// The root's secret key file (it signs top-level zones).
+        /// The root's secret key file (it signs top-level zones and freshness
+        /// statements). A primary needs it; a mirror must not have it.
+        #[arg(long, value_name = "FILE", required_unless_present = "secondary_of")]
+        root_key: Option<PathBuf>,
+        /// Mirror the primary at this address: pull its contents (incrementally)
+        /// and serve them read-only, with its freshness statements.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            conflicts_with = "root_key",
+            requires = "root"
+        )]
+        secondary_of: Option<SocketAddr>,
+        /// The root public key (a mirror checks its primary by it).
+        #[arg(long, env = "LO_ROOT_KEY")]
+        root: Option<PublicKey>,
+        /// A mirror's own key file, which it presents to clients (default: your
+        /// identity, from `lo keygen`).
         #[arg(long, value_name = "FILE")]
-        root_key: PathBuf,
+        key: Option<PathBuf>,
+        /// How often a mirror pulls from its primary, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        refresh: u64,
+        /// How long the primary's freshness statements are valid, in seconds
+        /// (re-signed when half is left). Clients refuse a server whose last
+        /// statement expired.
+        #[arg(long, value_name = "SECS", default_value_t = liveobjects_directory::fresh::DEFAULT_VALIDITY_SECS)]
+        freshness: u64,
+        /// Serve a database restored from an older backup as current. Without it a
+        /// primary that finds its database older than statements it signed before
+        /// neither signs nor accepts writes.
+        #[arg(long)]
+        accept_restored_database: bool,
         /// UDP address to listen on.
         #[arg(long, default_value = DEFAULT_DIRECTORY)]
         listen: SocketAddr,
@@ -205,7 +258,7 @@ pub(super) fn root_key(target: &DirectoryTarget) -> Result<PublicKey> {
 
 pub(super) async fn resolver(target: &DirectoryTarget) -> Result<Resolver> {
     let root = root_key(target)?;
-    let client = Client::connect(target.directory, root).await?;
+    let client = target.client().await?;
     let seen_path = super::data_dir()?.join("seen-versions.redb");
     let seen = SeenVersions::open(&seen_path)?;
     Ok(Resolver::new(client, root, Some(seen)))
@@ -229,13 +282,44 @@ pub fn keygen(out: Option<PathBuf>, name: Option<MemberName>) -> Result<()> {
 pub fn directory(cmd: DirectoryCommand) -> Result<()> {
     let DirectoryCommand::Serve {
         root_key,
+        secondary_of,
+        root,
+        key,
+        refresh,
+        freshness,
+        accept_restored_database,
         listen,
         db,
         max_blob_bytes,
         registration,
     } = cmd;
-    let root = Identity::load(&root_key)
-        .with_context(|| format!("loading the root key {}", root_key.display()))?;
+    let (identity, mirror_of) = match (root_key, secondary_of) {
+        (Some(root_key), None) => (
+            Identity::load(&root_key)
+                .with_context(|| format!("loading the root key {}", root_key.display()))?,
+            None,
+        ),
+        (None, Some(primary)) => {
+            let root = root.context("a mirror needs --root KEY to check its primary by")?;
+            let identity = load_identity(&KeyArg { key })?;
+            if identity.public() == root {
+                bail!(
+                    "a mirror must not hold the root key: give it a key of its own \
+                     (`lo keygen --out mirror.key`, then --key mirror.key)"
+                );
+            }
+            let refresh = std::time::Duration::from_secs(refresh.max(1));
+            (
+                identity,
+                Some(MirrorOf {
+                    primary,
+                    root,
+                    refresh,
+                }),
+            )
+        }
+        _ => bail!("give either --root-key FILE (a primary) or --secondary-of ADDR (a mirror)"),
+    };
     let db_path = match db {
         Some(p) => p,
         None => super::data_dir()?.join("directory.redb"),
@@ -243,20 +327,40 @@ pub fn directory(cmd: DirectoryCommand) -> Result<()> {
     if let Some(dir) = db_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let root_public = root.public();
+    let public = identity.public();
     super::tokio()?.block_on(async move {
         let server = Server::start(ServerConfig {
             listen,
             db_path: db_path.clone(),
-            root,
+            root: identity,
             max_blob_bytes,
             registration,
+            options: ServeOptions {
+                freshness_secs: freshness,
+                accept_restored: accept_restored_database,
+                mirror_of: mirror_of.clone(),
+            },
         })?;
         // Whoever started us may stop reading stdout; that must not stop the server.
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "directory listening on {}", server.local_addr());
-        let _ = writeln!(out, "root key {root_public}");
+        let addr = server.local_addr();
+        let _ = writeln!(out, "directory listening on {addr}");
+        match &mirror_of {
+            None => {
+                let _ = writeln!(out, "root key {public}");
+            }
+            Some(of) => {
+                let _ = writeln!(out, "mirror of {} (root key {})", of.primary, of.root);
+                let _ = writeln!(
+                    out,
+                    "mirror key {public} (clients: --directory {public}@{addr})"
+                );
+            }
+        }
         let _ = writeln!(out, "database {}", db_path.display());
+        if let Some(reason) = server.directory().restored() {
+            let _ = writeln!(out, "warning: {reason}");
+        }
         let _ = out.flush();
         // Serve until the process is stopped.
         std::future::pending::<()>().await;
@@ -269,7 +373,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
         match cmd {
             ZoneCommand::Create { zone, key, target } => {
                 let owner = load_identity(&key)?;
-                let client = Client::connect(target.directory, root_key(&target)?).await?;
+                let client = target.client().await?;
                 client.create_zone(&zone, &owner).await?;
                 println!("zone {zone} created, owned by {}", owner.public());
             }
@@ -283,7 +387,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
             } => {
                 let owner = load_identity(&key)?;
                 let root = root_key(&target)?;
-                let client = Client::connect(target.directory, root).await?;
+                let client = target.client().await?;
                 // Bump the version of an existing delegation of this zone, read from a
                 // verified chain (an unverified one could push the version to the end).
                 let chain = client.delegation_unverified(&zone).await?;
@@ -476,7 +580,8 @@ fn print_record(v: &VerifiedRecord) {
     println!("version      {}", r.version);
     println!("type         {}", type_summary(r));
     println!(
-        "logic        sha256 {} ({} bytes)",
+        "logic \
+         sha256 {} ({} bytes)",
         hex::encode(r.logic.hash),
         r.logic.size
     );
@@ -491,7 +596,11 @@ fn print_record(v: &VerifiedRecord) {
     println!("issued at    {} (Unix)", r.issued_at);
     println!("expires at   {} (Unix)", r.expires_at);
     println!("signed by    {}", v.signed.signer);
-    println!("chain        root {}", v.chain.root);
+    println!(
+        "chain \
+     root {}",
+        v.chain.root
+    );
     for d in &v.chain.delegations {
         println!("             -> {} owned by {}", d.zone, d.key);
     }

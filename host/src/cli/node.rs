@@ -3,7 +3,7 @@
 use super::directory::{DirectoryTarget, KeyArg};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use liveobjects_directory::client::{Client, Resolver, SeenVersions};
+use liveobjects_directory::client::{Resolver, SeenVersions};
 use liveobjects_host::driver::DriverArgs;
 use liveobjects_host::executor::Budgets;
 use liveobjects_host::node::{ControlRequest, ControlResponse, Node, StatusPage, request};
@@ -200,7 +200,7 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
             .start(&identity, &super::data_dir()?, &runtime)
             .await
             .map_err(anyhow::Error::msg)?;
-        let client = Client::connect(args.target.directory, root).await?;
+        let client = args.target.client().await?;
         // Each node identity keeps its own version memory (the CLI's, or another
         // node's, may be in use meanwhile).
         let seen = SeenVersions::open(

@@ -3,7 +3,7 @@
 use super::directory::{DirectoryTarget, KeyArg};
 use anyhow::{Context, Result};
 use clap::Args;
-use liveobjects_directory::client::{Client, Resolver, SeenVersions};
+use liveobjects_directory::client::{Resolver, SeenVersions};
 use liveobjects_host::qsm::membership::MembershipConfig;
 use liveobjects_host::qsm::service::{DirectoryPolicy, MembershipServer};
 use std::io::Write;
@@ -43,7 +43,7 @@ pub fn membership(args: MembershipArgs) -> Result<()> {
     super::tokio()?.block_on(async move {
         // Its own version memory: the CLI's may be in use meanwhile.
         let root = super::directory::root_key(&args.target)?;
-        let client = Client::connect(args.target.directory, root).await?;
+        let client = args.target.client().await?;
         let seen = SeenVersions::open(&super::data_dir()?.join(format!(
             "seen-versions-qsm-membership-{}.redb",
             identity.public()

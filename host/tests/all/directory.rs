@@ -278,3 +278,159 @@ fn registration_is_closed_by_default_and_opens_to_listed_keys() {
         "{err}"
     );
 }
+
+/// A `lo directory serve --secondary-of` child: its address and the key clients
+/// pin it by.
+fn start_mirror(home: &Home, primary: &DirectoryProcess, name: &str) -> (common::Daemon, String) {
+    home.keygen(&format!("{name}.key"));
+    let mut cmd = home.lo();
+    cmd.args([
+        "directory",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--refresh",
+        "1",
+    ])
+    .args(["--secondary-of", &primary.addr, "--root", &primary.root])
+    .arg("--key")
+    .arg(home.path(&format!("{name}.key")))
+    .arg("--db")
+    .arg(home.path(&format!("{name}.redb")));
+    let daemon = common::Daemon::start(cmd, &["directory listening on ", "mirror key "]);
+    let line = daemon.value("mirror key ");
+    let target = line
+        .split("--directory ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .expect("the mirror prints KEY@ADDR for its clients")
+        .to_string();
+    (daemon, target)
+}
+
+#[test]
+fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() {
+    let home = Home::new();
+    home.keygen("root.key");
+    home.keygen("acme.key");
+    let acme_key = home.path("acme.key");
+    let acme = acme_key.to_str().unwrap();
+    // Statements valid for 12 s (re-signed with 6 s left; failing over from the
+    // dead primary takes 3 s): the test watches one expire.
+    let mut primary = DirectoryProcess::start_with(
+        &home,
+        &home.path("root.key"),
+        &home.path("primary.redb"),
+        &["--registration", "open", "--freshness", "12"],
+    );
+    home.ok_owned(primary.args(&["zone", "create", "lo://acme/", "--key", acme]));
+    let root = primary.root.clone();
+    let primary_addr = primary.addr.clone();
+    let publish = |directory: &str, version: &str| {
+        let args = [
+            "publish",
+            liveobjects_objects::CHAT,
+            "--name",
+            "lo://acme/rooms/lobby",
+            "--key",
+            acme,
+            "--version",
+            version,
+            "--directory",
+            directory,
+            "--root",
+            &root,
+        ];
+        home.run(&args)
+    };
+    let out = publish(&primary_addr, "1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_m1, m1) = start_mirror(&home, &primary, "m1");
+    let (_m2, m2) = start_mirror(&home, &primary, "m2");
+    let resolve = |directory: &str| {
+        home.run(&[
+            "resolve",
+            "lo://acme/rooms/lobby",
+            "--directory",
+            directory,
+            "--root",
+            &root,
+        ])
+    };
+    for mirror in [&m1, &m2] {
+        common::eventually(20, "the mirror serves the record", || {
+            let out = resolve(mirror);
+            let text = String::from_utf8_lossy(&out.stdout);
+            out.status.success()
+                && text.contains("version      1")
+                && text.contains("verified     yes")
+        });
+    }
+    // The logic comes through a mirror too, checked by hash.
+    let fetched = home.path("fetched.wasm");
+    home.ok(&[
+        "fetch",
+        "lo://acme/rooms/lobby",
+        "--out",
+        fetched.to_str().unwrap(),
+        "--directory",
+        &m1,
+        "--root",
+        &root,
+    ]);
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(liveobjects_objects::CHAT).unwrap()
+    );
+    // A publish sent to a mirror is refused, naming the primary.
+    let out = publish(&m1, "2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("read-only mirror") && err.contains(&primary_addr),
+        "{err}"
+    );
+    // Version 2 on the primary reaches both mirrors.
+    let out = publish(&primary_addr, "2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mirror in [&m1, &m2] {
+        common::eventually(20, "the mirror serves version 2", || {
+            String::from_utf8_lossy(&resolve(mirror).stdout).contains("version      2")
+        });
+    }
+
+    // The primary dies; a client given the primary first fails over to a mirror.
+    let all = format!("{primary_addr},{m1},{m2}");
+    primary.kill9();
+    let out = resolve(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("version      2"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without their primary the mirrors' last statement expires (within 12 s), and
+    // even a client that never resolved anything refuses them.
+    std::thread::sleep(std::time::Duration::from_secs(13));
+    let stranger = Home::new();
+    let out = stranger.run(&[
+        "resolve",
+        "lo://acme/rooms/lobby",
+        "--directory",
+        &m2,
+        "--root",
+        &root,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("freshness statement") && err.contains("expired"),
+        "{err}"
+    );
+}

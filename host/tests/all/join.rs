@@ -30,6 +30,7 @@ async fn world() -> World {
         root,
         max_blob_bytes: 1 << 20,
         registration: liveobjects_directory::server::Registration::Open,
+        options: Default::default(),
     })
     .unwrap();
     let acme = Identity::generate();

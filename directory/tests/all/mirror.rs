@@ -1,0 +1,496 @@
+//! Mirrors, freshness statements and failover over real QUIC on loopback, in one
+//! process: a primary and mirrors with their own databases and keys.
+
+use liveobjects_directory::client::{
+    Client, ClientError, ResolveError, Resolver, ServerAddr, check_freshness,
+};
+use liveobjects_directory::fresh::FreshnessError;
+use liveobjects_directory::keys::{Identity, PublicKey};
+use liveobjects_directory::protocol::{ErrorCode, Request, Response};
+use liveobjects_directory::record::{ObjectRecord, Reliability, Signed};
+use liveobjects_directory::server::{
+    MirrorOf, Registration, ServeOptions, Server, ServerConfig, unix_now,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn record(name: &str, version: u64, logic: &[u8]) -> ObjectRecord {
+    let mut r = ObjectRecord::new(name, version, logic, unix_now(), 3600);
+    r.object_type.interface = "liveobjects:chat/chat@0.1.0".into();
+    r.object_type.reliability = Reliability::TotalOrder;
+    r
+}
+
+fn primary(db: &Path, root: &Identity, freshness_secs: u64) -> Server {
+    Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        db_path: db.to_path_buf(),
+        root: root.clone(),
+        max_blob_bytes: 1 << 20,
+        registration: Registration::Open,
+        options: ServeOptions {
+            freshness_secs,
+            ..Default::default()
+        },
+    })
+    .unwrap()
+}
+
+fn mirror(db: &Path, primary: &Server, root: PublicKey) -> (Server, ServerAddr) {
+    let key = Identity::generate();
+    let public = key.public();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        db_path: db.to_path_buf(),
+        root: key,
+        max_blob_bytes: 1 << 20,
+        registration: Registration::Closed,
+        options: ServeOptions {
+            mirror_of: Some(MirrorOf {
+                primary: primary.local_addr(),
+                root,
+                refresh: Duration::from_millis(100),
+            }),
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let addr = ServerAddr {
+        addr: server.local_addr(),
+        key: public,
+    };
+    (server, addr)
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn version_through(server: ServerAddr, root: PublicKey, name: &str) -> Option<u64> {
+    let client = Client::connect_any(&[server]).await.ok()?;
+    let resolver = Resolver::new(client, root, None);
+    resolver
+        .resolve_fresh(name)
+        .await
+        .ok()
+        .map(|r| r.record.version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_pull_incrementally_serve_verified_answers_and_refuse_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    let primary = primary(&dir.path().join("primary.redb"), &root, 300);
+    let acme = Identity::generate();
+    let writer = Client::connect(primary.local_addr(), root.public())
+        .await
+        .unwrap();
+    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    for i in 0..30 {
+        let name = format!("lo://acme/rooms/r{i}");
+        writer
+            .publish(
+                Signed::sign(&record(&name, 1, b"chat"), &acme),
+                Some(b"chat".to_vec()),
+            )
+            .await
+            .unwrap();
+    }
+    let (m1, m1_addr) = mirror(&dir.path().join("m1.redb"), &primary, root.public());
+    eventually("the mirror's first pull", || async {
+        version_through(m1_addr, root.public(), "lo://acme/rooms/r29")
+            .await
+            .is_some()
+    })
+    .await;
+    // Through the mirror: a verified listing and the logic, checked by hash.
+    let resolver = Resolver::new(
+        Client::connect_any(&[m1_addr]).await.unwrap(),
+        root.public(),
+        None,
+    );
+    let listing = resolver.list("lo://acme/rooms/").await.unwrap();
+    assert_eq!(listing.records.len(), 30);
+    let record = resolver.resolve("lo://acme/rooms/r3").await.unwrap();
+    assert_eq!(resolver.fetch_logic(&record).await.unwrap(), b"chat");
+
+    // A new version reaches the mirror; a transfer from the serial it had carries
+    // only the entry that changed.
+    let before = m1.directory().store().serial().unwrap();
+    writer
+        .publish(
+            Signed::sign(&record_v("lo://acme/rooms/r3", 2), &acme),
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("the new version on the mirror", || async {
+        version_through(m1_addr, root.public(), "lo://acme/rooms/r3").await == Some(2)
+    })
+    .await;
+    match writer
+        .request(&Request::Transfer { since: before })
+        .await
+        .unwrap()
+    {
+        Response::Transfer {
+            changes,
+            complete,
+            statement,
+            ..
+        } => {
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            assert!(complete && statement.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Writes to a mirror are refused, naming the primary.
+    let to_mirror = Client::connect_any(&[m1_addr]).await.unwrap();
+    let err = to_mirror
+        .publish(
+            Signed::sign(&record_v("lo://acme/rooms/r4", 2), &acme),
+            None,
+        )
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(code, ErrorCode::ReadOnly);
+            assert!(
+                message.contains(&primary.local_addr().to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+fn record_v(name: &str, version: u64) -> ObjectRecord {
+    record(name, version, b"chat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    // Statements valid for 4 s, re-signed when 2 s are left.
+    let primary = primary(&dir.path().join("primary.redb"), &root, 4);
+    let acme = Identity::generate();
+    let writer = Client::connect(primary.local_addr(), root.public())
+        .await
+        .unwrap();
+    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    writer
+        .publish(
+            Signed::sign(&record_v("lo://acme/x", 1), &acme),
+            Some(b"chat".to_vec()),
+        )
+        .await
+        .unwrap();
+    let (_m1, m1_addr) = mirror(&dir.path().join("m1.redb"), &primary, root.public());
+    eventually("the mirror's first pull", || async {
+        version_through(m1_addr, root.public(), "lo://acme/x")
+            .await
+            .is_some()
+    })
+    .await;
+    let both = [
+        ServerAddr {
+            addr: primary.local_addr(),
+            key: root.public(),
+        },
+        m1_addr,
+    ];
+    let resolver = Resolver::new(
+        Client::connect_any(&both).await.unwrap(),
+        root.public(),
+        None,
+    );
+    assert_eq!(
+        resolver
+            .resolve_fresh("lo://acme/x")
+            .await
+            .unwrap()
+            .record
+            .version,
+        1
+    );
+    assert_eq!(resolver.client().current().await, Some(both[0]));
+    // Longer than a statement lasts, with the primary up: the mirror keeps passing
+    // on fresh statements.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        version_through(m1_addr, root.public(), "lo://acme/x").await,
+        Some(1)
+    );
+
+    primary.shutdown().await;
+    let started = Instant::now();
+    assert_eq!(
+        resolver
+            .resolve_fresh("lo://acme/x")
+            .await
+            .unwrap()
+            .record
+            .version,
+        1
+    );
+    assert_eq!(resolver.client().current().await, Some(m1_addr));
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Cut off from its primary, the mirror's last statement expires.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let err = resolver.resolve_fresh("lo://acme/x").await.unwrap_err();
+    assert!(
+        matches!(err, ResolveError::Stale(FreshnessError::Expired { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("expired"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    let primary = primary(&dir.path().join("primary.redb"), &root, 300);
+    let acme = Identity::generate();
+    let writer = Client::connect(primary.local_addr(), root.public())
+        .await
+        .unwrap();
+    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    let v1 = Signed::sign(&record_v("lo://acme/x", 1), &acme);
+    writer
+        .publish(v1.clone(), Some(b"chat".to_vec()))
+        .await
+        .unwrap();
+    writer
+        .publish(Signed::sign(&record_v("lo://acme/x", 2), &acme), None)
+        .await
+        .unwrap();
+    let (m1, m1_addr) = mirror(&dir.path().join("m1.redb"), &primary, root.public());
+    eventually("version 2 on the mirror", || async {
+        version_through(m1_addr, root.public(), "lo://acme/x").await == Some(2)
+    })
+    .await;
+    // The mirror replays version 1, validly signed by the zone's owner: a client
+    // that never saw version 2 still refuses it, because the primary's statement
+    // does not vouch for it.
+    m1.directory()
+        .store()
+        .raw_set_record("lo://acme/x", &v1.to_bytes())
+        .unwrap();
+    m1.directory().forget_fresh();
+    let fresh_client = Resolver::new(
+        Client::connect_any(&[m1_addr]).await.unwrap(),
+        root.public(),
+        None,
+    );
+    let err = fresh_client.resolve_fresh("lo://acme/x").await.unwrap_err();
+    assert!(
+        matches!(err, ResolveError::Stale(FreshnessError::NotIncluded { .. })),
+        "{err}"
+    );
+    // A record forged with another key is refused as well.
+    let forged = Signed::sign(&record_v("lo://acme/x", 9), &Identity::generate());
+    m1.directory()
+        .store()
+        .raw_set_record("lo://acme/x", &forged.to_bytes())
+        .unwrap();
+    let err = fresh_client.resolve_fresh("lo://acme/x").await.unwrap_err();
+    assert!(
+        matches!(err, ResolveError::Verify(_) | ResolveError::Stale(_)),
+        "{err}"
+    );
+
+    // The proofs bind each entry: the primary's own answer, with one record swapped
+    // for the old one, does not check out.
+    let (record, chain, vouched) = writer.resolve_vouched("lo://acme/x").await.unwrap();
+    assert!(
+        check_freshness(
+            vouched.as_deref(),
+            root.public(),
+            unix_now(),
+            &chain,
+            &[record]
+        )
+        .is_ok()
+    );
+    assert!(matches!(
+        check_freshness(vouched.as_deref(), root.public(), unix_now(), &chain, &[v1]),
+        Err(FreshnessError::NotIncluded { .. })
+    ));
+    assert_eq!(
+        check_freshness(None, root.public(), unix_now(), &chain, &[]),
+        Err(FreshnessError::Missing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restored_from_an_old_backup_neither_signs_nor_writes_until_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("primary.redb");
+    let root = Identity::generate();
+    let acme = Identity::generate();
+    let server = primary(&db, &root, 2);
+    let writer = Client::connect(server.local_addr(), root.public())
+        .await
+        .unwrap();
+    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    writer
+        .publish(
+            Signed::sign(&record_v("lo://acme/x", 1), &acme),
+            Some(b"chat".to_vec()),
+        )
+        .await
+        .unwrap();
+    // Signs a statement for version 1.
+    assert_eq!(
+        version_through(
+            ServerAddr {
+                addr: server.local_addr(),
+                key: root.public()
+            },
+            root.public(),
+            "lo://acme/x"
+        )
+        .await,
+        Some(1)
+    );
+    writer.close().await;
+    server.shutdown().await;
+    wait_closed(&db).await;
+    std::fs::copy(&db, dir.path().join("backup.redb")).unwrap();
+
+    let server = reopen(&db, &root, false).await;
+    let addr = ServerAddr {
+        addr: server.local_addr(),
+        key: root.public(),
+    };
+    let writer = Client::connect_any(&[addr]).await.unwrap();
+    writer
+        .publish(Signed::sign(&record_v("lo://acme/x", 2), &acme), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        version_through(addr, root.public(), "lo://acme/x").await,
+        Some(2)
+    );
+    writer.close().await;
+    server.shutdown().await;
+    wait_closed(&db).await;
+
+    // The operator restores the old file; the serial file beside it remains.
+    std::fs::copy(dir.path().join("backup.redb"), &db).unwrap();
+    let server = reopen(&db, &root, false).await;
+    let reason = server.directory().restored().expect("noticed the restore");
+    assert!(reason.contains("restored from an"), "{reason}");
+    let addr = ServerAddr {
+        addr: server.local_addr(),
+        key: root.public(),
+    };
+    let writer = Client::connect_any(&[addr]).await.unwrap();
+    let err = writer
+        .publish(Signed::sign(&record_v("lo://acme/y", 1), &acme), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused {
+                code: ErrorCode::Restored,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A client that never saw version 2 gets version 1 only while the old statement
+    // lasts; then it is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh_client = Resolver::new(
+        Client::connect_any(&[addr]).await.unwrap(),
+        root.public(),
+        None,
+    );
+    let err = fresh_client.resolve_fresh("lo://acme/x").await.unwrap_err();
+    assert!(
+        matches!(err, ResolveError::Stale(FreshnessError::Expired { .. })),
+        "{err}"
+    );
+    writer.close().await;
+    server.shutdown().await;
+
+    // Told to accept it, the server signs it again under serials above the old ones.
+    let server = reopen(&db, &root, true).await;
+    assert!(server.directory().restored().is_none());
+    let addr = ServerAddr {
+        addr: server.local_addr(),
+        key: root.public(),
+    };
+    assert_eq!(
+        version_through(addr, root.public(), "lo://acme/x").await,
+        Some(1)
+    );
+    assert!(server.directory().store().serial().unwrap() > 3);
+}
+
+/// Wait until the last server on `db` let go of it (its connection tasks end
+/// after the endpoint closes): copying over a file redb still holds open would
+/// be overwritten when it closes.
+async fn wait_closed(db: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match liveobjects_directory::store::Store::open(db) {
+            Ok(store) => {
+                drop(store);
+                return;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} stays open: {e}",
+                    db.display()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Start a primary on `db` again (the previous server's last tasks may still hold
+/// the file for a moment).
+async fn reopen(db: &Path, root: &Identity, accept_restored: bool) -> Server {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db_path: db.to_path_buf(),
+            root: root.clone(),
+            max_blob_bytes: 1 << 20,
+            registration: Registration::Open,
+            options: ServeOptions {
+                freshness_secs: 2,
+                accept_restored,
+                mirror_of: None,
+            },
+        });
+        match started {
+            Ok(server) => return server,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
