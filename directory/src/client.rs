@@ -240,13 +240,47 @@ impl Client {
         }
     }
 
-    /// Send raw bytes as one request and read the raw answer (for tests of malformed
-    /// input).
+    /// Talk to the first server again (it takes writes) if it answers a
+    /// handshake; otherwise stay where we are.
+    async fn back_to_first(&self) {
+        let mut link = self.link.lock().await;
+        if link.connected.as_ref().is_none_or(|c| c.index == 0) {
+            return;
+        }
+        if let Ok(mut connected) = connect_one(self.servers[0], FAILOVER_CONNECT).await {
+            connected.index = 0;
+            if let Some(old) = link.connected.replace(connected) {
+                old.connection
+                    .close(0u32.into(), b"back to the first server");
+            }
+        }
+    }
+
+    /// Move on to the next server for the following requests (the current one
+    /// answered, but with something stale).
+    pub async fn skip_current(&self) {
+        let index = self.link.lock().await.connected.as_ref().map(|c| c.index);
+        if let Some(index) = index {
+            self.fail_over(index).await;
+        }
+    }
+
+    /// Send raw bytes as one request and read the raw answer, failing over to the
+    /// next server when one does not answer (for tests of malformed input).
     pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.exchange(bytes, self.wait(), self.servers.len()).await
+    }
+
+    /// One request, tried on up to `attempts` servers, each given `wait`.
+    async fn exchange(
+        &self,
+        bytes: &[u8],
+        wait: Duration,
+        attempts: usize,
+    ) -> Result<Vec<u8>, ClientError> {
         let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let wait = self.wait();
         let mut last = None;
-        for _ in 0..self.servers.len() {
+        for _ in 0..attempts.max(1) {
             let (index, connection) = self.connection().await?;
             let exchange = async {
                 let (mut send, mut recv) = connection.open_bi().await.map_err(|e| transport(&e))?;
@@ -273,8 +307,26 @@ impl Client {
     }
 
     /// Send a request; a refusal becomes [`ClientError::Refused`].
+    ///
+    /// Reads fail over between the servers. Writes go to the first server (the
+    /// primary) if it answers a handshake, else to the current one, and are sent
+    /// once, with the full [`REQUEST_TIMEOUT`]: a write that timed out may still
+    /// have been stored, and only the primary takes writes (a mirror refuses them,
+    /// naming it). Blob
+    /// fetches and transfers, which may be large, also get the full timeout.
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
-        let bytes = self.request_raw(&encode(request)).await?;
+        let encoded = encode(request);
+        let bytes = match request {
+            Request::CreateZone { .. } | Request::Delegate(_) | Request::Publish { .. } => {
+                self.back_to_first().await;
+                self.exchange(&encoded, REQUEST_TIMEOUT, 1).await?
+            }
+            Request::FetchBlob(_) | Request::Transfer { .. } => {
+                self.exchange(&encoded, REQUEST_TIMEOUT, self.servers.len())
+                    .await?
+            }
+            _ => self.request_raw(&encoded).await?,
+        };
         match decode_response(&bytes).map_err(|e| ClientError::Malformed(e.to_string()))? {
             Response::Error { code, message } => Err(ClientError::Refused { code, message }),
             response => Ok(response),
@@ -393,6 +445,18 @@ pub fn check_freshness(
 ) -> Result<Freshness, FreshnessError> {
     let vouched = vouched.ok_or(FreshnessError::Missing)?;
     let fresh = verify_statement(&vouched.statement, root, now)?;
+    check_proofs(&fresh, vouched, chain, records)?;
+    Ok(fresh)
+}
+
+/// Check that `vouched`'s proofs put every entry of an answer (the chain's
+/// delegations, then `records`) in the tree of `fresh` (its checked statement).
+fn check_proofs(
+    fresh: &Freshness,
+    vouched: &Vouched,
+    chain: &[Signed<Delegation>],
+    records: &[Signed<ObjectRecord>],
+) -> Result<(), FreshnessError> {
     let entries = chain
         .iter()
         .map(|d| {
@@ -415,7 +479,7 @@ pub fn check_freshness(
             });
         }
     }
-    Ok(fresh)
+    Ok(())
 }
 
 fn unexpected(response: &Response) -> ClientError {
@@ -445,7 +509,32 @@ pub enum ResolveError {
     },
 }
 
+impl ResolveError {
+    /// Whether another server of the same directory might answer better: a stale
+    /// or unvouched answer, a version older than one seen, or a name one server
+    /// does not have (yet). (Each server's answer is verified on its own.)
+    fn worth_another_server(&self) -> bool {
+        matches!(
+            self,
+            ResolveError::Stale(_)
+                | ResolveError::Verify(VerifyError::StaleStatement { .. })
+                | ResolveError::Verify(VerifyError::Rollback { .. })
+                | ResolveError::Client(ClientError::Refused {
+                    code: ErrorCode::NotFound,
+                    ..
+                })
+        )
+    }
+}
+
+/// How much older than the newest statement a client has seen a statement may be
+/// issued (mirrors lag their primary by up to their refresh period). Older ones
+/// are refused: a mirror replaying an earlier, still valid statement could
+/// otherwise serve contents from before it for the whole validity.
+pub const MAX_STATEMENT_LAG_SECS: u64 = 60;
+
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_versions");
+const SEEN_STATEMENTS: TableDefinition<&str, u64> = TableDefinition::new("seen_statements");
 const SEEN_ZONES: TableDefinition<&str, u64> = TableDefinition::new("seen_delegations");
 
 /// What this client has accepted before: the highest version per name and per
@@ -496,6 +585,7 @@ impl SeenVersions {
         seen.write(|txn| {
             txn.open_table(SEEN)?;
             txn.open_table(SEEN_ZONES)?;
+            txn.open_table(SEEN_STATEMENTS)?;
             Ok(Ok(()))
         })?;
         Ok(seen)
@@ -519,6 +609,28 @@ impl SeenVersions {
             }
             Err(refusal) => Err(refusal.into()),
         }
+    }
+
+    /// Refuse a freshness statement issued more than [`MAX_STATEMENT_LAG_SECS`]
+    /// before the newest one seen; remember the newest.
+    pub fn check_statement(&self, fresh: &Freshness) -> Result<(), ResolveError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SEEN_STATEMENTS)?;
+            let newest = table.get("issued_at")?.map(|v| v.value());
+            if let Some(newest) = newest {
+                if fresh.issued_at + MAX_STATEMENT_LAG_SECS < newest {
+                    return Ok(Err(VerifyError::StaleStatement {
+                        issued_at: fresh.issued_at,
+                        newest,
+                    }));
+                }
+                if fresh.issued_at <= newest {
+                    return Ok(Ok(()));
+                }
+            }
+            table.insert("issued_at", fresh.issued_at)?;
+            Ok(Ok(()))
+        })
     }
 
     /// Refuse `version` of `name` if older than one seen; otherwise remember it.
@@ -592,6 +704,9 @@ pub struct Resolver {
     client: Client,
     root: PublicKey,
     seen: SeenVersions,
+    /// The last statement whose signature checked out (a server hands out the
+    /// same one for minutes): its signature and body, and what it says.
+    statement: Mutex<Option<(Vec<u8>, Vec<u8>, Freshness)>>,
     cache: Mutex<HashMap<String, (VerifiedRecord, Instant)>>,
     cache_ttl: Duration,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -609,6 +724,7 @@ impl Resolver {
             root,
             seen,
             cache: Mutex::new(HashMap::new()),
+            statement: Mutex::new(None),
             cache_ttl: Duration::from_secs(30),
             clock: Box::new(crate::server::unix_now),
         }
@@ -637,6 +753,46 @@ impl Resolver {
         self.root
     }
 
+    /// [`check_freshness`], with the signature check skipped for the statement
+    /// checked last (its expiry is checked every time), and the statement's age
+    /// checked against the newest one seen.
+    fn check_fresh(
+        &self,
+        vouched: Option<&Vouched>,
+        now: u64,
+        chain: &[Signed<Delegation>],
+        records: &[Signed<ObjectRecord>],
+    ) -> Result<(), ResolveError> {
+        let vouched = vouched.ok_or(FreshnessError::Missing)?;
+        let statement = &vouched.statement;
+        let known = self
+            .statement
+            .lock()
+            .expect("statement lock")
+            .as_ref()
+            .filter(|(signature, body, _)| {
+                *signature == statement.signature
+                    && *body == statement.body
+                    && statement.signer == self.root
+            })
+            .map(|(_, _, fresh)| fresh.clone());
+        let fresh = match known {
+            Some(fresh) if now <= fresh.expires_at => fresh,
+            _ => {
+                let fresh = verify_statement(statement, self.root, now)?;
+                self.seen.check_statement(&fresh)?;
+                *self.statement.lock().expect("statement lock") = Some((
+                    statement.signature.clone(),
+                    statement.body.clone(),
+                    fresh.clone(),
+                ));
+                fresh
+            }
+        };
+        check_proofs(&fresh, vouched, chain, records)?;
+        Ok(())
+    }
+
     /// A verified record for `name`, from the cache if fresh.
     pub async fn resolve(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
         let now = (self.clock)();
@@ -649,14 +805,30 @@ impl Resolver {
         self.resolve_fresh(name).await
     }
 
-    /// A verified record for `name`, always asking the server.
+    /// A verified record for `name`, always asking the server. An answer that is
+    /// stale (no valid freshness statement, an expired one, or a name not found,
+    /// which a lagging mirror may say) is asked again of the other servers, in
+    /// turn; the last error is returned if none does better.
     pub async fn resolve_fresh(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
+        let mut tries = self.client.servers().len();
+        loop {
+            match self.resolve_once(name).await {
+                Err(e) if tries > 1 && e.worth_another_server() => {
+                    tracing::debug!("{name}: {e}; asking the next directory server");
+                    self.client.skip_current().await;
+                    tries -= 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn resolve_once(&self, name: &str) -> Result<VerifiedRecord, ResolveError> {
         let (signed, chain, vouched) = self.client.resolve_vouched(name).await?;
         let now = (self.clock)();
         let verified = verify_record(self.root, &chain, &signed, now)?;
-        check_freshness(
+        self.check_fresh(
             vouched.as_deref(),
-            self.root,
             now,
             &chain,
             std::slice::from_ref(&signed),
@@ -708,7 +880,7 @@ impl Resolver {
             other => return Err(unexpected(&other).into()),
         };
         let now = (self.clock)();
-        check_freshness(vouched.as_deref(), self.root, now, &chain, &records)?;
+        self.check_fresh(vouched.as_deref(), now, &chain, &records)?;
         let folder_name = Name::parse(folder).map_err(|e| ClientError::Malformed(e.to_string()))?;
         let verified_chain = verify_chain(self.root, &chain, now)?;
         self.seen.check_chain(&folder_name, &verified_chain)?;

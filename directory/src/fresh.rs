@@ -6,7 +6,8 @@
 //!   Merkle tree, in the order of its key ([`EntryKey`]).
 //! - The root key signs a [`Freshness`] statement: the database's serial (it grows
 //!   with every write), the tree's root hash, and a validity of minutes. The primary
-//!   re-signs it before it expires and after writes.
+//!   signs a new one on the first read or transfer after a write, and when half of
+//!   the current one's validity is gone.
 //! - Each answer carries the statement and one inclusion [`Proof`] per entry it
 //!   returns. The client checks the statement's signature and expiry and that each
 //!   entry is a leaf of the signed tree, so an answer cannot mix current and old
@@ -16,6 +17,12 @@
 //! Mirrors (`lo directory serve --secondary-of`) pass the primary's statements on
 //! unchanged: they never hold a signing key, and nothing they could change would
 //! verify.
+//!
+//! Not covered: a "not found" answer carries no proof of absence, and a listing's
+//! sub-folder names are not vouched for (its records are). Clients also refuse a
+//! statement issued long before the newest one they have seen
+//! ([`crate::client::MAX_STATEMENT_LAG_SECS`]), so a server replaying an old but
+//! unexpired statement is caught once the client has seen a newer one.
 
 use crate::record::{RecordError, Signable, Signed};
 use serde::{Deserialize, Serialize};

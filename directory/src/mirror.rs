@@ -1,18 +1,27 @@
 //! A mirror's pull loop (`lo directory serve --secondary-of PRIMARY`): every
-//! refresh period it asks its primary for the entries written since the serial it
-//! holds ([`Request::Transfer`], incremental like a DNS zone transfer, everything
-//! the first time), checks each entry's signature and name, fetches the logic blobs
-//! it lacks (checked by hash), and stores the pull together with the primary's
-//! freshness statement, which must vouch for exactly the contents it then holds.
-//! Contents that do not add up are dropped and pulled again from serial 0.
+//! refresh period (sooner if its statement would expire first) it asks its primary
+//! for the entries written since the serial it holds ([`Request::Transfer`],
+//! incremental like a DNS zone transfer, everything the first time), checks each
+//! entry's signature and name, fetches the logic blobs it lacks (checked by hash),
+//! and stores the whole pull in one transaction together with the primary's
+//! freshness statement, which must vouch for exactly the contents that result.
+//! Until then readers get the previous contents. A pull that does not add up is
+//! not stored; the mirror then pulls everything again at once and swaps it in.
+//! A pull is held in memory until it is stored (a first pull of a large directory
+//! needs as much memory as its entries).
 
-use crate::client::Client;
-use crate::fresh::EntryKey;
-use crate::protocol::{Request, Response};
+use crate::client::{Client, ClientError};
+use crate::fresh::{EntryKey, Freshness};
+use crate::protocol::{ErrorCode, Request, Response};
 use crate::record::{Delegation, ObjectRecord, Signed};
-use crate::server::{Directory, MirrorError, MirrorOf};
+use crate::server::{Directory, MirrorError, MirrorOf, unix_now};
 use crate::store::Change;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Transfers in a row that may bring nothing new before a pull gives up until the
+/// next period (the primary answers so only while it is being written to).
+const STALLED_TRANSFERS: usize = 20;
 
 /// Pull from `of.primary` into `directory` until the task is aborted.
 pub(crate) async fn pull_loop(directory: Arc<Directory>, of: MirrorOf) {
@@ -24,32 +33,67 @@ pub(crate) async fn pull_loop(directory: Arc<Directory>, of: MirrorOf) {
                 Err(e) => tracing::warn!("mirror: {e}"),
             }
         }
-        if let Some(c) = &client
-            && let Err(e) = pull(&directory, c).await
-        {
-            tracing::warn!("mirror of {}: {e}", of.primary);
-            if matches!(e, PullError::Transport(_)) {
-                client = None;
+        if let Some(c) = &client {
+            let mut outcome = pull(&directory, c, false).await;
+            if let Err(PullError::Mirror(MirrorError::Differs { serial })) = &outcome {
+                tracing::warn!(
+                    "mirror of {}: its contents at serial {serial} differ from what the \
+                     primary vouches for; pulling everything again",
+                    of.primary
+                );
+                outcome = pull(&directory, c, true).await;
+            }
+            if let Err(e) = outcome {
+                tracing::warn!("mirror of {}: {e}", of.primary);
+                if matches!(e, PullError::Transport(_)) {
+                    client = None;
+                }
             }
         }
-        tokio::time::sleep(of.refresh).await;
+        tokio::time::sleep(next_pull(&directory, of.refresh)).await;
+    }
+}
+
+/// The refresh period, or sooner: half the time the held statement has left, so
+/// that a short validity on the primary does not leave the mirror without one.
+fn next_pull(directory: &Directory, refresh: Duration) -> Duration {
+    let left = directory
+        .store()
+        .freshness()
+        .ok()
+        .flatten()
+        .and_then(|s| s.open().ok())
+        .map(|f: Freshness| f.expires_at.saturating_sub(unix_now()));
+    match left {
+        Some(left) => {
+            refresh.min(Duration::from_millis(left * 500).max(Duration::from_millis(200)))
+        }
+        None => refresh,
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 enum PullError {
     #[error("{0}")]
-    Transport(#[from] crate::client::ClientError),
+    Transport(#[from] ClientError),
     #[error(transparent)]
     Mirror(#[from] MirrorError),
     #[error("the primary sent a bad transfer: {0}")]
     Bad(String),
 }
 
-/// One pull, until the primary says it is complete.
-async fn pull(directory: &Arc<Directory>, client: &Client) -> Result<(), PullError> {
-    loop {
-        let since = directory.store().serial().map_err(MirrorError::from)?;
+/// One pull, from the serial the mirror holds (from 0 with `replace`), until the
+/// primary says it is complete; then stored at once.
+async fn pull(directory: &Arc<Directory>, client: &Client, replace: bool) -> Result<(), PullError> {
+    let start = if replace {
+        0
+    } else {
+        directory.store().serial().map_err(MirrorError::from)?
+    };
+    let mut since = start;
+    let mut pulled: Vec<Change> = Vec::new();
+    let mut stalled = 0;
+    let (serial, statement) = loop {
         let response = client.request(&Request::Transfer { since }).await?;
         let Response::Transfer {
             changes,
@@ -62,36 +106,34 @@ async fn pull(directory: &Arc<Directory>, client: &Client) -> Result<(), PullErr
         };
         check_changes(&changes, since, serial)?;
         fetch_blobs(directory, client, &changes).await?;
-        let statement = match (complete, statement) {
-            (true, None) => {
-                return Err(PullError::Bad(
-                    "a complete transfer without a freshness statement".into(),
-                ));
-            }
-            (_, statement) => statement.filter(|_| complete),
-        };
-        let installed = {
-            let directory = directory.clone();
-            tokio::task::spawn_blocking(move || {
-                directory.install_pull(&changes, serial, statement.as_ref())
-            })
-            .await
-            .map_err(|e| PullError::Bad(format!("storing the pull failed: {e}")))?
-        };
-        match installed {
-            Err(MirrorError::Differs { serial }) => {
-                directory
-                    .store()
-                    .clear_entries()
-                    .map_err(MirrorError::from)?;
-                directory.forget_fresh();
-                return Err(MirrorError::Differs { serial }.into());
-            }
-            Err(e) => return Err(e.into()),
-            Ok(()) if complete => return Ok(()),
-            Ok(()) => {}
+        if complete {
+            let statement = statement.ok_or_else(|| {
+                PullError::Bad("a complete transfer without a freshness statement".into())
+            })?;
+            pulled.extend(changes);
+            break (serial, statement);
         }
-    }
+        if changes.is_empty() && serial <= since {
+            stalled += 1;
+            if stalled >= STALLED_TRANSFERS {
+                return Err(PullError::Bad(format!(
+                    "no progress after {STALLED_TRANSFERS} transfers from serial {since}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        stalled = 0;
+        since = serial;
+        pulled.extend(changes);
+    };
+    let directory = directory.clone();
+    tokio::task::spawn_blocking(move || {
+        directory.install_pull(&pulled, serial, &statement, replace)
+    })
+    .await
+    .map_err(|e| PullError::Bad(format!("storing the pull failed: {e}")))??;
+    Ok(())
 }
 
 /// Serials rise within `(since, serial]`, and each entry is a signed value of its
@@ -161,9 +203,19 @@ async fn fetch_blobs(
         {
             continue;
         }
-        let bytes = match client.request(&Request::FetchBlob(hash)).await? {
-            Response::Blob(bytes) => bytes,
-            other => return Err(PullError::Bad(format!("answered {other:?}"))),
+        let bytes = match client.request(&Request::FetchBlob(hash)).await {
+            Ok(Response::Blob(bytes)) => bytes,
+            // The primary lacks it too (repaired or damaged store): the record is
+            // mirrored as it is; clients fetching its logic are told it is missing.
+            Err(ClientError::Refused {
+                code: ErrorCode::NotFound,
+                message,
+            }) => {
+                tracing::warn!("mirror: the logic of {} is missing: {message}", record.name);
+                continue;
+            }
+            Ok(other) => return Err(PullError::Bad(format!("answered {other:?}"))),
+            Err(e) => return Err(e.into()),
         };
         crate::verify::verify_logic(&record, &bytes)
             .map_err(|e| PullError::Bad(format!("logic of {}: {e}", record.name)))?;

@@ -52,6 +52,8 @@ pub enum Request {
     FetchBlob([u8; 32]),
     /// A mirror's pull: the entries written after serial `since` (all of them from
     /// 0), and once they are complete, the freshness statement they add up to.
+    /// Anyone may ask, as for a listing: everything a directory holds is signed
+    /// and meant to be read by whoever joins its objects.
     Transfer {
         /// The last serial the mirror holds.
         since: u64,

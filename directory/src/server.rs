@@ -30,7 +30,7 @@ use crate::verify::verify_chain;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Most entries one transfer answer carries.
@@ -133,9 +133,11 @@ pub struct Directory {
     role: Role,
     registration: Registration,
     max_blob_bytes: usize,
-    /// Held across each write's checks and its commit, so two concurrent writes can
-    /// never both pass a check (zone free, version newer) that only one may pass.
-    writes: Mutex<()>,
+    /// Held for writing across each write's checks and its commit, so two
+    /// concurrent writes can never both pass a check (zone free, version newer)
+    /// that only one may pass; held for reading while an answer is read with the
+    /// freshness tree, so that both are of the same serial.
+    writes: RwLock<()>,
     /// Validity of the statements this primary signs.
     validity_secs: u64,
     /// The file holding the highest serial this primary signed (none: not kept).
@@ -181,7 +183,7 @@ impl Directory {
             role,
             registration: Registration::default(),
             max_blob_bytes,
-            writes: Mutex::new(()),
+            writes: RwLock::new(()),
             validity_secs: DEFAULT_VALIDITY_SECS,
             high_water: None,
             restored: None,
@@ -288,16 +290,16 @@ impl Directory {
                 max_blob_bytes: self.max_blob_bytes as u64,
             }),
             Request::CreateZone { zone, owner, proof } => {
-                let _write = self.writes.lock().expect("write lock");
+                let _write = self.writes.write().expect("write lock");
                 self.signer()
                     .and_then(|root| self.create_zone(root, &zone, owner, &proof, now))
             }
             Request::Delegate(signed) => {
-                let _write = self.writes.lock().expect("write lock");
+                let _write = self.writes.write().expect("write lock");
                 self.signer().and_then(|_| self.delegate(signed, now))
             }
             Request::Publish { record, blob } => {
-                let _write = self.writes.lock().expect("write lock");
+                let _write = self.writes.write().expect("write lock");
                 self.signer().and_then(|_| self.publish(record, blob, now))
             }
             Request::Resolve(name) => self.resolve(&name, now),
@@ -605,6 +607,7 @@ impl Directory {
     }
 
     fn transfer(&self, since: u64, now: u64) -> Result<Response, Response> {
+        let _read = self.writes.read().expect("write lock");
         let state = self.fresh_state(now)?;
         let (changes, more) = self
             .store
@@ -612,7 +615,9 @@ impl Directory {
             .map_err(internal)?;
         let serial = match (more, changes.last()) {
             (true, Some(last)) => last.serial,
-            _ => state.serial.max(since),
+            // Nothing sent: the mirror asks again from where it was.
+            (true, None) => since,
+            (false, _) => state.serial.max(since),
         };
         Ok(Response::Transfer {
             changes,
@@ -622,20 +627,21 @@ impl Directory {
         })
     }
 
-    /// Run `read` against the store and the freshness tree of the same serial: if a
-    /// write lands in between, read again (a few times; then answer with what
-    /// the last try read, which clients may refuse as not vouched for).
+    /// Run `read` against the store and the freshness tree of the same serial
+    /// (writes wait meanwhile). Only a repair tool writing around the server could
+    /// slip in between; then the read is tried again, a few times.
     fn consistent(
         &self,
         now: u64,
         read: impl Fn(&FreshState) -> Result<Response, Response>,
     ) -> Result<Response, Response> {
+        let _read = self.writes.read().expect("write lock");
         let mut tries = 0;
         loop {
             let state = self.fresh_state(now)?;
             let answer = read(&state)?;
             tries += 1;
-            if tries >= 4 || self.store.serial().map_err(internal)? == state.serial {
+            if tries >= 3 || self.store.serial().map_err(internal)? == state.serial {
                 return Ok(answer);
             }
         }
@@ -644,9 +650,14 @@ impl Directory {
     /// The tree at the store's current serial and a statement for it: on the
     /// primary signed afresh when the contents changed or half its validity is
     /// gone; on a mirror the primary's, as last pulled.
+    ///
+    /// The whole tree is rebuilt from the store after each write (on the next read
+    /// or transfer). That costs a read of every entry: see the directory bench's
+    /// "resolve after a write" column for what it takes at 10,000 and 100,000
+    /// entries.
     fn fresh_state(&self, now: u64) -> Result<Arc<FreshState>, Response> {
-        let serial = self.store.serial().map_err(internal)?;
         let mut fresh = self.fresh.lock().expect("fresh lock");
+        let serial = self.store.serial().map_err(internal)?;
         if let Some(state) = fresh.as_ref()
             && state.serial == serial
             && !self.needs_signing(state, now)
@@ -659,13 +670,8 @@ impl Directory {
             }
             _ => {
                 let (serial, entries) = self.store.entries().map_err(internal)?;
-                let index = entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (key, _))| (key.clone(), i))
-                    .collect();
-                let leaves = entries.iter().map(|(k, v)| leaf_hash(k, v)).collect();
-                (MerkleTree::new(leaves), index, serial)
+                let (tree, index) = build_tree(&entries);
+                (tree, index, serial)
             }
         };
         let statement = match (&self.role, &self.restored) {
@@ -715,29 +721,24 @@ impl Directory {
                 .as_ref()
                 .and_then(|s| s.open().ok())
                 .is_none_or(|f| f.expires_at < now + self.validity_secs / 2),
-            // A mirror's statement changes when it pulls ([`Self::forget_fresh`]).
+            // A mirror's statement changes when it stores a pull.
             _ => false,
         }
     }
 
-    /// A mirror stores one pull from its primary: `changes`, its serial then
-    /// `serial`, and (once the pull is complete) the primary's `statement`, which
-    /// must vouch for exactly what the mirror then holds. Readers wait meanwhile,
-    /// so they never get proofs of half a pull.
+    /// A mirror stores one complete pull from its primary, in one transaction:
+    /// `changes` on top of what it holds (or, with `replace`, instead of it), up
+    /// to `serial`, with the primary's `statement`, which must vouch for exactly
+    /// the contents that result. Nothing is stored if it does not; readers keep
+    /// the previous contents and statement until the pull is stored.
     pub fn install_pull(
         &self,
         changes: &[Change],
         serial: u64,
-        statement: Option<&Signed<Freshness>>,
+        statement: &Signed<Freshness>,
+        replace: bool,
     ) -> Result<(), MirrorError> {
-        let mut fresh = self.fresh.lock().expect("fresh lock");
-        if !changes.is_empty() || self.store.serial()? < serial {
-            self.store.apply_changes(changes, serial)?;
-            *fresh = None;
-        }
-        let Some(statement) = statement else {
-            return Ok(());
-        };
+        let _write = self.writes.write().expect("write lock");
         if statement.signer != self.root() || !statement.signature_valid() {
             return Err(MirrorError::Refused(
                 "the primary's freshness statement is not signed by the root key".into(),
@@ -747,23 +748,52 @@ impl Directory {
             .open()
             .map_err(|e| MirrorError::Refused(format!("malformed freshness statement: {e}")))?;
         let held = self.store.serial()?;
-        if vouched.serial != held {
+        if vouched.serial < held && !replace {
             return Err(MirrorError::Behind {
                 primary: vouched.serial,
                 mirror: held,
             });
         }
-        let (serial, entries) = self.store.entries()?;
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (key, _))| (key.clone(), i))
-            .collect();
-        let tree = MerkleTree::new(entries.iter().map(|(k, v)| leaf_hash(k, v)).collect());
+        if vouched.serial != serial {
+            return Err(MirrorError::Refused(format!(
+                "a transfer up to serial {serial} came with a statement for serial {}",
+                vouched.serial
+            )));
+        }
+        let mut fresh = self.fresh.lock().expect("fresh lock");
+        // Nothing new: the primary re-signed the same contents.
+        if changes.is_empty()
+            && !replace
+            && let Some(state) = fresh.as_ref()
+            && state.serial == serial
+            && state.tree.root() == vouched.root
+        {
+            self.store
+                .apply_changes(&[], serial, Some(statement), false)?;
+            *fresh = Some(Arc::new(FreshState {
+                serial,
+                tree: state.tree.clone(),
+                index: state.index.clone(),
+                statement: Some(statement.clone()),
+            }));
+            return Ok(());
+        }
+        // The contents the pull would leave, checked before anything is stored.
+        let mut contents: std::collections::BTreeMap<EntryKey, Vec<u8>> = if replace {
+            Default::default()
+        } else {
+            self.store.entries()?.1.into_iter().collect()
+        };
+        for change in changes {
+            contents.insert(change.key.clone(), change.value.clone());
+        }
+        let entries: Vec<(EntryKey, Vec<u8>)> = contents.into_iter().collect();
+        let (tree, index) = build_tree(&entries);
         if tree.root() != vouched.root {
             return Err(MirrorError::Differs { serial });
         }
-        self.store.set_freshness(statement)?;
+        self.store
+            .apply_changes(changes, serial, Some(statement), replace)?;
         *fresh = Some(Arc::new(FreshState {
             serial,
             tree,
@@ -773,17 +803,22 @@ impl Directory {
         Ok(())
     }
 
-    /// Drop the cached tree and statement (a mirror stored a new pull).
+    /// Drop the cached tree and statement (after the store was changed around the
+    /// server, by a repair tool or a test).
     pub fn forget_fresh(&self) {
         *self.fresh.lock().expect("fresh lock") = None;
     }
+}
 
-    /// The root hash of the current contents and the statement held for them (a
-    /// mirror checks one against the other after a pull).
-    pub fn fresh_root(&self, now: u64) -> Result<([u8; 32], Option<Signed<Freshness>>), String> {
-        let state = self.fresh_state(now).map_err(|r| format!("{r:?}"))?;
-        Ok((state.tree.root(), state.statement.clone()))
-    }
+/// The Merkle tree over `entries` (in key order) and each key's leaf index.
+fn build_tree(entries: &[(EntryKey, Vec<u8>)]) -> (MerkleTree, HashMap<EntryKey, usize>) {
+    let index = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (key.clone(), i))
+        .collect();
+    let tree = MerkleTree::new(entries.iter().map(|(k, v)| leaf_hash(k, v)).collect());
+    (tree, index)
 }
 
 fn chain_keys(chain: &[Signed<Delegation>]) -> impl Iterator<Item = EntryKey> + '_ {

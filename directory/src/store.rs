@@ -94,27 +94,13 @@ impl Store {
             .is_none();
         if fresh_meta {
             // A database from before serials: number what it holds.
-            let mut keys = Vec::new();
-            for item in txn
-                .open_table(DELEGATIONS)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                keys.push(EntryKey::Delegation(
-                    item.map_err(db_err)?.0.value().to_string(),
-                ));
-            }
-            for item in txn
-                .open_table(RECORDS)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                keys.push(EntryKey::Record(
-                    item.map_err(db_err)?.0.value().to_string(),
-                ));
-            }
+            let keys: Vec<EntryKey> = collect_entries(
+                &txn.open_table(DELEGATIONS).map_err(db_err)?,
+                &txn.open_table(RECORDS).map_err(db_err)?,
+            )?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
             set_serial(&txn, 0)?;
             for key in &keys {
                 note_change(&txn, key)?;
@@ -128,11 +114,9 @@ impl Store {
     pub fn serial(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let meta = txn.open_table(META).map_err(db_err)?;
-        Ok(meta
-            .get(META_SERIAL)
+        meta.get(META_SERIAL)
             .map_err(db_err)?
-            .map(|v| serial_from(v.value()))
-            .unwrap_or(0))
+            .map_or(Ok(0), |v| serial_from(v.value()))
     }
 
     /// Every delegation and record, in [`EntryKey`] order (delegations first, each
@@ -145,36 +129,18 @@ impl Store {
             .map_err(db_err)?
             .get(META_SERIAL)
             .map_err(db_err)?
-            .map(|v| serial_from(v.value()))
-            .unwrap_or(0);
-        let mut out = Vec::new();
-        for item in txn
-            .open_table(DELEGATIONS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = item.map_err(db_err)?;
-            out.push((
-                EntryKey::Delegation(k.value().to_string()),
-                v.value().to_vec(),
-            ));
-        }
-        for item in txn
-            .open_table(RECORDS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = item.map_err(db_err)?;
-            out.push((EntryKey::Record(k.value().to_string()), v.value().to_vec()));
-        }
+            .map_or(Ok(0), |v| serial_from(v.value()))?;
+        let out = collect_entries(
+            &txn.open_table(DELEGATIONS).map_err(db_err)?,
+            &txn.open_table(RECORDS).map_err(db_err)?,
+        )?;
         Ok((serial, out))
     }
 
     /// The entries written after serial `since` and up to `upto`, oldest first, at
     /// most `limit` of them and about `max_bytes` (at least one), and whether more
-    /// are left.
+    /// are left. Only complete if no write came after `upto`: a later write of an
+    /// entry moves it past `upto`, and it is then sent by the next transfer.
     pub fn changes(
         &self,
         since: u64,
@@ -183,6 +149,15 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<Change>, bool), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
+        let current = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get(META_SERIAL)
+            .map_err(db_err)?
+            .map_or(Ok(0), |v| serial_from(v.value()))?;
+        if current != upto {
+            return Ok((Vec::new(), true));
+        }
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let records = txn.open_table(RECORDS).map_err(db_err)?;
         let delegations = txn.open_table(DELEGATIONS).map_err(db_err)?;
@@ -220,12 +195,24 @@ impl Store {
         Ok((out, false))
     }
 
-    /// A mirror stores what its primary sent: `changes` (each under the primary's
-    /// serial), its serial then `serial`, in one transaction. Values are stored as
-    /// they came; the mirror checks the result against the primary's freshness
-    /// statement.
-    pub fn apply_changes(&self, changes: &[Change], serial: u64) -> Result<(), StoreError> {
+    /// A mirror stores what its primary sent, in one transaction: `changes` (each
+    /// under the primary's serial; with `replace`, instead of everything it held),
+    /// its serial then `serial`, and the primary's `statement` for it.
+    pub fn apply_changes(
+        &self,
+        changes: &[Change],
+        serial: u64,
+        statement: Option<&Signed<Freshness>>,
+        replace: bool,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
+        if replace {
+            for table in [RECORDS, DELEGATIONS] {
+                txn.delete_table(table).map_err(db_err)?;
+            }
+            txn.delete_table(CHANGES).map_err(db_err)?;
+            txn.delete_table(SERIALS).map_err(db_err)?;
+        }
         {
             let mut records = txn.open_table(RECORDS).map_err(db_err)?;
             let mut delegations = txn.open_table(DELEGATIONS).map_err(db_err)?;
@@ -239,10 +226,17 @@ impl Store {
                     }
                 }
                 .map_err(db_err)?;
+                // The entry keeps the primary's serial, so the mirror's own change
+                // log (which other mirrors may pull) matches the primary's.
                 set_serial(&txn, change.serial.saturating_sub(1))?;
                 note_change(&txn, &change.key)?;
             }
-            set_serial(&txn, serial)?;
+        }
+        set_serial(&txn, serial)?;
+        if let Some(statement) = statement {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(META_FRESHNESS, statement.to_bytes().as_slice())
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -266,23 +260,6 @@ impl Store {
                 .map_err(db_err)?;
             note_change(&txn, &EntryKey::Record(name))?;
         }
-        txn.commit().map_err(db_err)
-    }
-
-    /// Remove every delegation, record, change and statement (blobs stay: they are
-    /// checked by hash): a mirror starting over from its primary.
-    pub fn clear_entries(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.delete_table(RECORDS).map_err(db_err)?;
-        txn.delete_table(DELEGATIONS).map_err(db_err)?;
-        txn.delete_table(CHANGES).map_err(db_err)?;
-        txn.delete_table(SERIALS).map_err(db_err)?;
-        txn.delete_table(META).map_err(db_err)?;
-        txn.open_table(RECORDS).map_err(db_err)?;
-        txn.open_table(DELEGATIONS).map_err(db_err)?;
-        txn.open_table(CHANGES).map_err(db_err)?;
-        txn.open_table(SERIALS).map_err(db_err)?;
-        set_serial(&txn, 0)?;
         txn.commit().map_err(db_err)
     }
 
@@ -444,9 +421,10 @@ impl Store {
         self.get_raw(RECORDS, name)
     }
 
-    /// Overwrite the raw bytes of a record, bypassing every check (it still takes a
-    /// serial, so the server's freshness statement covers what it now serves). For
-    /// repair tools and tamper tests only: the server never writes unchecked data.
+    /// Overwrite the raw bytes of a record, bypassing every check. A second commit
+    /// then gives it a serial, so the server's next freshness statement covers
+    /// what it now serves. For repair tools and tamper tests only: the server
+    /// never writes unchecked data.
     pub fn raw_set_record(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.raw_set(RECORDS, name.as_bytes(), bytes)?;
         self.raw_note(&EntryKey::Record(name.to_string()))
@@ -516,17 +494,42 @@ impl Store {
     }
 }
 
-fn serial_from(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
+/// Every delegation, then every record, each by name: [`EntryKey`] order.
+fn collect_entries(
+    delegations: &impl ReadableTable<&'static str, &'static [u8]>,
+    records: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Entries, StoreError> {
+    let mut out = Vec::new();
+    for item in delegations.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        out.push((
+            EntryKey::Delegation(k.value().to_string()),
+            v.value().to_vec(),
+        ));
+    }
+    for item in records.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        out.push((EntryKey::Record(k.value().to_string()), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn serial_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: "serial",
+            key: META_SERIAL.to_string(),
+            reason: format!("{} bytes, not 8", bytes.len()),
+        })
 }
 
 fn read_serial(txn: &WriteTransaction) -> Result<u64, StoreError> {
     let meta = txn.open_table(META).map_err(db_err)?;
-    Ok(meta
-        .get(META_SERIAL)
+    meta.get(META_SERIAL)
         .map_err(db_err)?
-        .map(|v| serial_from(v.value()))
-        .unwrap_or(0))
+        .map_or(Ok(0), |v| serial_from(v.value()))
 }
 
 fn set_serial(txn: &WriteTransaction, serial: u64) -> Result<(), StoreError> {

@@ -117,6 +117,19 @@ pub enum VerifyError {
         /// Hash of the bytes received.
         got: String,
     },
+    /// A freshness statement older than one this client has seen (by more than
+    /// mirrors lag).
+    #[error(
+        "the directory's freshness statement was issued at {issued_at}, well before one \
+         this client already saw (issued at {newest}): a server replaying old contents; \
+         try another directory server"
+    )]
+    StaleStatement {
+        /// The refused statement's issue time (Unix seconds).
+        issued_at: u64,
+        /// The newest seen.
+        newest: u64,
+    },
 }
 
 /// A delegation chain that verified, root first; the last entry owns the deepest zone.

@@ -2,7 +2,9 @@
 //! database never panic, and whatever decodes is handled without panicking.
 
 use liveobjects_directory::client::check_freshness;
-use liveobjects_directory::fresh::{EntryKey, Freshness, Vouched, verify_statement};
+use liveobjects_directory::fresh::{
+    EntryKey, Freshness, MerkleTree, Vouched, leaf_hash, verify_statement,
+};
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::protocol::{Response, decode_request, decode_response};
 use liveobjects_directory::record::{Delegation, ObjectRecord, Signed};
@@ -27,6 +29,35 @@ proptest! {
             let _ = signed.signature_valid();
         }
         let _ = decode_response(&bytes);
+    }
+
+    #[test]
+    fn a_proof_verifies_only_its_own_entry_in_its_own_tree(
+        n in 1usize..40,
+        pick in any::<usize>(),
+        flip_step in any::<usize>(),
+        flip_bit in 0u8..8,
+    ) {
+        let entries: Vec<(EntryKey, Vec<u8>)> = (0..n)
+            .map(|i| (EntryKey::Record(format!("lo://z/{i}")), vec![i as u8; 5]))
+            .collect();
+        let tree = MerkleTree::new(entries.iter().map(|(k, v)| leaf_hash(k, v)).collect());
+        let i = pick % n;
+        let proof = tree.proof(i);
+        prop_assert!(proof.verifies(&entries[i].0, &entries[i].1, &tree.root()));
+        let other = (i + 1) % n;
+        if other != i {
+            prop_assert!(!proof.verifies(&entries[other].0, &entries[other].1, &tree.root()));
+        }
+        if !proof.steps.is_empty() {
+            let step = flip_step % proof.steps.len();
+            let mut damaged = proof.clone();
+            damaged.steps[step].sibling[0] ^= 1 << flip_bit;
+            prop_assert!(!damaged.verifies(&entries[i].0, &entries[i].1, &tree.root()));
+            let mut swapped = proof.clone();
+            swapped.steps[step].sibling_on_left = !swapped.steps[step].sibling_on_left;
+            prop_assert!(!swapped.verifies(&entries[i].0, &entries[i].1, &tree.root()));
+        }
     }
 
     #[test]

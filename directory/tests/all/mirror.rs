@@ -103,6 +103,11 @@ async fn mirrors_pull_incrementally_serve_verified_answers_and_refuse_writes() {
             .await
             .unwrap();
     }
+    // Enough more that the first pull takes several transfers (2,000 entries each).
+    let bulk: Vec<_> = (0..2_500)
+        .map(|i| Signed::sign(&record(&format!("lo://acme/bulk/b{i}"), 1, b"chat"), &acme))
+        .collect();
+    primary.directory().store().import_records(&bulk).unwrap();
     let (m1, m1_addr) = mirror(&dir.path().join("m1.redb"), &primary, root.public());
     eventually("the mirror's first pull", || async {
         version_through(m1_addr, root.public(), "lo://acme/rooms/r29")
@@ -110,6 +115,14 @@ async fn mirrors_pull_incrementally_serve_verified_answers_and_refuse_writes() {
             .is_some()
     })
     .await;
+    assert_eq!(
+        m1.directory().store().serial().unwrap(),
+        primary.directory().store().serial().unwrap()
+    );
+    assert_eq!(
+        version_through(m1_addr, root.public(), "lo://acme/bulk/b2499").await,
+        Some(1)
+    );
     // Through the mirror: a verified listing and the logic, checked by hash.
     let resolver = Resolver::new(
         Client::connect_any(&[m1_addr]).await.unwrap(),
@@ -181,8 +194,8 @@ fn record_v(name: &str, version: u64) -> ObjectRecord {
 async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expires() {
     let dir = tempfile::tempdir().unwrap();
     let root = Identity::generate();
-    // Statements valid for 4 s, re-signed when 2 s are left.
-    let primary = primary(&dir.path().join("primary.redb"), &root, 4);
+    // Statements valid for 6 s, re-signed when 3 s are left.
+    let primary = primary(&dir.path().join("primary.redb"), &root, 6);
     let acme = Identity::generate();
     let writer = Client::connect(primary.local_addr(), root.public())
         .await
@@ -226,7 +239,7 @@ async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expir
     assert_eq!(resolver.client().current().await, Some(both[0]));
     // Longer than a statement lasts, with the primary up: the mirror keeps passing
     // on fresh statements.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
         version_through(m1_addr, root.public(), "lo://acme/x").await,
         Some(1)
@@ -251,7 +264,7 @@ async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expir
     );
 
     // Cut off from its primary, the mirror's last statement expires.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let err = resolver.resolve_fresh("lo://acme/x").await.unwrap_err();
     assert!(
         matches!(err, ResolveError::Stale(FreshnessError::Expired { .. })),
@@ -291,7 +304,6 @@ async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
         .store()
         .raw_set_record("lo://acme/x", &v1.to_bytes())
         .unwrap();
-    m1.directory().forget_fresh();
     let fresh_client = Resolver::new(
         Client::connect_any(&[m1_addr]).await.unwrap(),
         root.public(),
@@ -309,10 +321,7 @@ async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
         .raw_set_record("lo://acme/x", &forged.to_bytes())
         .unwrap();
     let err = fresh_client.resolve_fresh("lo://acme/x").await.unwrap_err();
-    assert!(
-        matches!(err, ResolveError::Verify(_) | ResolveError::Stale(_)),
-        "{err}"
-    );
+    assert!(matches!(err, ResolveError::Verify(_)), "{err}");
 
     // The proofs bind each entry: the primary's own answer, with one record swapped
     // for the old one, does not check out.
@@ -335,6 +344,46 @@ async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
         check_freshness(None, root.public(), unix_now(), &chain, &[]),
         Err(FreshnessError::Missing)
     );
+    // One proof short: the last entry is not vouched for.
+    let (record, ..) = writer.resolve_vouched("lo://acme/x").await.unwrap();
+    let mut short = *vouched.clone().unwrap();
+    short.proofs.pop();
+    assert!(matches!(
+        check_freshness(
+            Some(&short),
+            root.public(),
+            unix_now(),
+            &chain,
+            std::slice::from_ref(&record)
+        ),
+        Err(FreshnessError::NotIncluded { .. })
+    ));
+    // The statement must be the root's.
+    let mut foreign = *vouched.unwrap();
+    foreign.statement = Signed::sign(&foreign.statement.open().unwrap(), &acme);
+    assert!(matches!(
+        check_freshness(Some(&foreign), root.public(), unix_now(), &chain, &[record]),
+        Err(FreshnessError::WrongSigner { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_statement_much_older_than_one_seen_is_refused() {
+    let seen = liveobjects_directory::client::SeenVersions::in_memory().unwrap();
+    let at = |issued_at| liveobjects_directory::fresh::Freshness {
+        serial: 1,
+        root: [0; 32],
+        entries: 0,
+        issued_at,
+        expires_at: issued_at + 300,
+    };
+    seen.check_statement(&at(1_000)).unwrap();
+    // A mirror a little behind is fine; one replaying an old statement is not.
+    seen.check_statement(&at(1_000 - 30)).unwrap();
+    let err = seen.check_statement(&at(1_000 - 61)).unwrap_err();
+    assert!(err.to_string().contains("well before one"), "{err}");
+    seen.check_statement(&at(2_000)).unwrap();
+    assert!(seen.check_statement(&at(1_000)).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,13 +315,13 @@ fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() 
     home.keygen("acme.key");
     let acme_key = home.path("acme.key");
     let acme = acme_key.to_str().unwrap();
-    // Statements valid for 12 s (re-signed with 6 s left; failing over from the
-    // dead primary takes 3 s): the test watches one expire.
+    // Statements valid for 16 s (re-signed with 8 s left; failing over from the
+    // frozen primary takes 3 s): the test watches one expire.
     let mut primary = DirectoryProcess::start_with(
         &home,
         &home.path("root.key"),
         &home.path("primary.redb"),
-        &["--registration", "open", "--freshness", "12"],
+        &["--registration", "open", "--freshness", "16"],
     );
     home.ok_owned(primary.args(&["zone", "create", "lo://acme/", "--key", acme]));
     let root = primary.root.clone();
@@ -406,9 +406,16 @@ fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() 
         });
     }
 
-    // The primary dies; a client given the primary first fails over to a mirror.
+    // The primary freezes (SIGSTOP: it takes packets and answers nothing); a
+    // client given the primary first fails over to a mirror after the handshake
+    // times out.
     let all = format!("{primary_addr},{m1},{m2}");
-    primary.kill9();
+    let pid = primary.daemon.child.id().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
     let out = resolve(&all);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -416,9 +423,10 @@ fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() 
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Without their primary the mirrors' last statement expires (within 12 s), and
-    // even a client that never resolved anything refuses them.
-    std::thread::sleep(std::time::Duration::from_secs(13));
+    // Without their primary (killed now) the mirrors' last statement expires
+    // (within 16 s), and even a client that never resolved anything refuses them.
+    primary.kill9();
+    std::thread::sleep(std::time::Duration::from_secs(17));
     let stranger = Home::new();
     let out = stranger.run(&[
         "resolve",
