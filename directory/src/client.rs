@@ -699,6 +699,10 @@ pub struct VerifiedListing {
     pub records: Vec<VerifiedRecord>,
 }
 
+/// A statement whose signature checked out: its signature, its body, and what it
+/// says.
+type CheckedStatement = (Vec<u8>, Vec<u8>, Freshness);
+
 /// Resolves names to verified records, remembering versions and caching answers.
 pub struct Resolver {
     client: Client,
@@ -706,7 +710,7 @@ pub struct Resolver {
     seen: SeenVersions,
     /// The last statement whose signature checked out (a server hands out the
     /// same one for minutes): its signature and body, and what it says.
-    statement: Mutex<Option<(Vec<u8>, Vec<u8>, Freshness)>>,
+    statement: Mutex<Option<CheckedStatement>>,
     cache: Mutex<HashMap<String, (VerifiedRecord, Instant)>>,
     cache_ttl: Duration,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
