@@ -317,7 +317,11 @@ impl Client {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let encoded = encode(request);
         let bytes = match request {
-            Request::CreateZone { .. } | Request::Delegate(_) | Request::Publish { .. } => {
+            Request::CreateZone { .. }
+            | Request::Delegate(_)
+            | Request::Publish { .. }
+            | Request::RolloverZone { .. }
+            | Request::RevokeKey { .. } => {
                 self.back_to_first().await;
                 self.exchange(&encoded, REQUEST_TIMEOUT, 1).await?
             }
@@ -350,6 +354,46 @@ impl Client {
         self.expect_stored(&Request::CreateZone {
             zone: zone.to_string(),
             owner: owner.public(),
+            proof,
+        })
+        .await
+    }
+
+    /// Hand the top-level zone `zone` (now at delegation version `version`,
+    /// owned by `owner`) to `to`; `owner`'s key may sign for `grace_secs` more.
+    pub async fn rollover_zone(
+        &self,
+        zone: &str,
+        version: u64,
+        to: PublicKey,
+        grace_secs: u64,
+        owner: &Identity,
+    ) -> Result<(), ClientError> {
+        let proof = owner.sign(&crate::protocol::rollover_message(
+            zone, version, &to, grace_secs,
+        ));
+        self.expect_stored(&Request::RolloverZone {
+            zone: zone.to_string(),
+            to,
+            grace_secs,
+            proof,
+        })
+        .await
+    }
+
+    /// End the grace period of `key` in the top-level zone `zone` (at delegation
+    /// version `version`, owned by `owner`).
+    pub async fn revoke_key(
+        &self,
+        zone: &str,
+        version: u64,
+        key: PublicKey,
+        owner: &Identity,
+    ) -> Result<(), ClientError> {
+        let proof = owner.sign(&crate::protocol::revoke_message(zone, version, &key));
+        self.expect_stored(&Request::RevokeKey {
+            zone: zone.to_string(),
+            key,
             proof,
         })
         .await

@@ -34,6 +34,29 @@ pub enum Request {
     },
     /// Store a delegation signed by the owner of the enclosing zone.
     Delegate(Signed<Delegation>),
+    /// Hand a top-level zone to `to` (the root signs its new delegation), the
+    /// current key keeping `grace_secs` to sign in; `proof` is the current owner's
+    /// signature over [`rollover_message`].
+    RolloverZone {
+        /// The zone, e.g. `lo://acme/`.
+        zone: String,
+        /// Its new owner.
+        to: PublicKey,
+        /// How long the current key may still sign.
+        grace_secs: u64,
+        /// The current owner's signature.
+        proof: Vec<u8>,
+    },
+    /// End the grace period of `key` in a top-level zone at once; `proof` is the
+    /// current owner's signature over [`revoke_message`].
+    RevokeKey {
+        /// The zone.
+        zone: String,
+        /// The key revoked.
+        key: PublicKey,
+        /// The current owner's signature.
+        proof: Vec<u8>,
+    },
     /// Store a record signed by its zone owner, with its logic unless the server
     /// already has it.
     Publish {
@@ -179,6 +202,21 @@ pub enum ErrorCode {
 pub fn create_zone_message(zone: &str) -> Vec<u8> {
     let mut m = b"liveobjects/v1/create-zone\0".to_vec();
     m.extend_from_slice(zone.as_bytes());
+    m
+}
+
+/// What a top-level zone's owner signs to hand the zone, at its delegation's
+/// `version`, to `to` (the version makes the proof good for that change only).
+pub fn rollover_message(zone: &str, version: u64, to: &PublicKey, grace_secs: u64) -> Vec<u8> {
+    let mut m = b"liveobjects/v1/rollover\0".to_vec();
+    m.extend_from_slice(&postcard::to_allocvec(&(zone, version, to, grace_secs)).expect("encodes"));
+    m
+}
+
+/// What a top-level zone's owner signs to revoke `key` at version `version`.
+pub fn revoke_message(zone: &str, version: u64, key: &PublicKey) -> Vec<u8> {
+    let mut m = b"liveobjects/v1/revoke\0".to_vec();
+    m.extend_from_slice(&postcard::to_allocvec(&(zone, version, key)).expect("encodes"));
     m
 }
 

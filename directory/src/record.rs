@@ -259,8 +259,81 @@ impl Delegation {
             version,
             issued_at: now,
             expires_at: now.saturating_add(ttl_secs),
+            previous: Vec::new(),
         }
     }
+
+    /// Whether `key` may sign inside the zone at `now`: its owner, or a key it
+    /// rolled over from while that key's grace period lasts.
+    pub fn may_sign(&self, key: &PublicKey, now: u64) -> bool {
+        *key == self.key || self.previous.iter().any(|p| p.key == *key && now < p.until)
+    }
+
+    /// This delegation handed to `new_key`: the current key keeps signing for
+    /// `grace_secs` more (a key already in grace keeps its own end), keys whose
+    /// grace has ended are dropped, and the version goes up.
+    pub fn rolled_over(&self, new_key: PublicKey, grace_secs: u64, now: u64) -> Delegation {
+        let mut previous: Vec<PreviousKey> = self
+            .previous
+            .iter()
+            .filter(|p| now < p.until && p.key != new_key)
+            .cloned()
+            .collect();
+        if grace_secs > 0 && self.key != new_key {
+            previous.push(PreviousKey {
+                key: self.key,
+                until: now.saturating_add(grace_secs),
+            });
+        }
+        previous.truncate(MAX_PREVIOUS_KEYS);
+        Delegation {
+            key: new_key,
+            version: self.version + 1,
+            issued_at: now,
+            previous,
+            ..self.clone()
+        }
+    }
+
+    /// This delegation without `key` among the keys in grace (revoked at once),
+    /// one version up.
+    pub fn revoking(&self, key: &PublicKey, now: u64) -> Delegation {
+        Delegation {
+            version: self.version + 1,
+            issued_at: now,
+            previous: self
+                .previous
+                .iter()
+                .filter(|p| p.key != *key && now < p.until)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Most keys a delegation keeps in grace after rollovers.
+pub const MAX_PREVIOUS_KEYS: usize = 4;
+
+/// A key a zone rolled over from, which may still sign until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousKey {
+    /// The old key.
+    pub key: PublicKey,
+    /// End of its grace period (Unix seconds).
+    pub until: u64,
+}
+
+/// The delegation format before key rollover (no `previous`): stored databases
+/// and signatures made before it still decode and verify.
+#[derive(Deserialize)]
+struct DelegationV1 {
+    zone: String,
+    key: PublicKey,
+    servers: Vec<String>,
+    version: u64,
+    issued_at: u64,
+    expires_at: u64,
 }
 
 /// A folder handed to a key (and optionally to other servers), signed by the key of
@@ -279,6 +352,9 @@ pub struct Delegation {
     pub issued_at: u64,
     /// After this (Unix seconds) clients refuse it.
     pub expires_at: u64,
+    /// Keys the zone rolled over from, still allowed to sign until their grace
+    /// period ends (`lo zone rollover`); a revoked key is removed at once.
+    pub previous: Vec<PreviousKey>,
 }
 
 /// Why bytes are not a valid record.
@@ -389,6 +465,10 @@ pub trait Signable: Serialize + DeserializeOwned {
     const KIND: &'static str;
     /// Check bounds and names after decoding.
     fn validate(&self) -> Result<(), String>;
+    /// Decode a body (a type whose format grew may also take its older form).
+    fn decode(body: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(body)
+    }
 }
 
 fn check_len(what: &str, text: &str) -> Result<(), String> {
@@ -430,6 +510,23 @@ impl Signable for ObjectRecord {
 impl Signable for Delegation {
     const KIND: &'static str = "delegation";
 
+    fn decode(body: &[u8]) -> Result<Self, postcard::Error> {
+        // The current form first; a body that ends before `previous` is one signed
+        // before rollovers existed.
+        postcard::from_bytes::<Delegation>(body).or_else(|e| {
+            let v1: DelegationV1 = postcard::from_bytes(body).map_err(|_| e)?;
+            Ok(Delegation {
+                zone: v1.zone,
+                key: v1.key,
+                servers: v1.servers,
+                version: v1.version,
+                issued_at: v1.issued_at,
+                expires_at: v1.expires_at,
+                previous: Vec::new(),
+            })
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         let zone = Name::parse(&self.zone).map_err(|e| e.to_string())?;
         if !zone.is_folder() || zone.segments().is_empty() {
@@ -440,6 +537,9 @@ impl Signable for Delegation {
         }
         if self.servers.len() > 16 {
             return Err("more than 16 servers".into());
+        }
+        if self.previous.len() > MAX_PREVIOUS_KEYS {
+            return Err(format!("more than {MAX_PREVIOUS_KEYS} keys in grace"));
         }
         for s in &self.servers {
             check_len("server address", s)?;
@@ -558,7 +658,7 @@ fn decode_body<T: Signable>(body: &[u8]) -> Result<T, RecordError> {
             size: body.len(),
         });
     }
-    let value: T = postcard::from_bytes(body).map_err(|e| RecordError::Malformed {
+    let value: T = T::decode(body).map_err(|e| RecordError::Malformed {
         what: T::KIND,
         reason: e.to_string(),
     })?;

@@ -302,6 +302,38 @@ impl Directory {
                 let _write = self.writes.write().expect("write lock");
                 self.signer().and_then(|_| self.publish(record, blob, now))
             }
+            Request::RolloverZone {
+                zone,
+                to,
+                grace_secs,
+                proof,
+            } => {
+                let _write = self.writes.write().expect("write lock");
+                self.signer().and_then(|root| {
+                    self.change_top_level_zone(root, &zone, &proof, now, |current| {
+                        (
+                            crate::protocol::rollover_message(
+                                &zone,
+                                current.version,
+                                &to,
+                                grace_secs,
+                            ),
+                            current.rolled_over(to, grace_secs, now),
+                        )
+                    })
+                })
+            }
+            Request::RevokeKey { zone, key, proof } => {
+                let _write = self.writes.write().expect("write lock");
+                self.signer().and_then(|root| {
+                    self.change_top_level_zone(root, &zone, &proof, now, |current| {
+                        (
+                            crate::protocol::revoke_message(&zone, current.version, &key),
+                            current.revoking(&key, now),
+                        )
+                    })
+                })
+            }
             Request::Resolve(name) => self.resolve(&name, now),
             Request::List(folder) => self.list(&folder, now),
             Request::Transfer { since } => self.transfer(since, now),
@@ -324,7 +356,7 @@ impl Directory {
 
     /// The owner of the deepest zone enclosing `name`, from the stored (and
     /// re-verified) delegations. `None` if only the root encloses it.
-    fn zone_owner(&self, name: &Name, now: u64) -> Result<Option<(String, PublicKey)>, Response> {
+    fn zone_owner(&self, name: &Name, now: u64) -> Result<Option<Delegation>, Response> {
         let chain = self.store.chain_for(name).map_err(internal)?;
         let verified = verify_chain(self.root(), &chain, now).map_err(|e| match e {
             crate::verify::VerifyError::Expired { name: zone, .. } => refuse(
@@ -339,7 +371,65 @@ impl Directory {
                 format!("stored delegations for {name} do not verify: {e}"),
             ),
         })?;
-        Ok(verified.delegations.last().map(|d| (d.zone.clone(), d.key)))
+        Ok(verified.delegations.last().cloned())
+    }
+
+    /// Re-sign a top-level zone's delegation as `change` makes it, if `proof` is
+    /// the current owner's signature over the message `change` gives for it.
+    fn change_top_level_zone(
+        &self,
+        root: &Identity,
+        zone: &str,
+        proof: &[u8],
+        now: u64,
+        change: impl FnOnce(&Delegation) -> (Vec<u8>, Delegation),
+    ) -> Result<Response, Response> {
+        let name = Name::parse(zone).map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
+        if !name.is_folder() || name.segments().len() != 1 {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                format!(
+                    "{zone} is not a top-level zone; the owner of the zone around it signs \
+                     its new delegation (`lo zone rollover {zone} --key PARENT_KEY`)"
+                ),
+            ));
+        }
+        let current = self
+            .store
+            .get_delegation(zone)
+            .map_err(internal)?
+            .ok_or_else(|| refuse(ErrorCode::NoSuchZone, format!("no zone {zone}")))?
+            .open()
+            .map_err(|e| {
+                refuse(
+                    ErrorCode::Internal,
+                    format!("stored delegation of {zone}: {e}"),
+                )
+            })?;
+        let (message, changed) = change(&current);
+        if !current.key.verify(&message, proof) {
+            return Err(refuse(
+                ErrorCode::NotZoneOwner,
+                format!(
+                    "the request for {zone} is not signed by its owner {} (at version {})",
+                    current.key, current.version
+                ),
+            ));
+        }
+        if changed.expires_at <= now {
+            return Err(refuse(
+                ErrorCode::Expired,
+                format!("the delegation of {zone} has expired; it cannot be changed"),
+            ));
+        }
+        let signed = Signed::sign(&changed, root);
+        self.store.put_delegation(zone, &signed).map_err(internal)?;
+        tracing::info!(
+            "zone {zone} is now owned by {} (version {})",
+            changed.key,
+            changed.version
+        );
+        Ok(Response::Stored)
     }
 
     fn create_zone(
@@ -395,6 +485,7 @@ impl Directory {
             version: 1,
             issued_at: now,
             expires_at: now + ZONE_LIFETIME_SECS,
+            previous: Vec::new(),
         };
         let signed = Signed::sign(&delegation, root);
         self.store.put_delegation(zone, &signed).map_err(internal)?;
@@ -408,11 +499,16 @@ impl Directory {
             .map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
         let zone = Name::parse(&delegation.zone).expect("validated by open");
         let parent = zone.parent();
-        let (parent_zone, parent_owner) = match self.zone_owner(&parent, now)? {
-            Some(owner) => owner,
+        let enclosing = self.zone_owner(&parent, now)?;
+        let (parent_zone, parent_owner) = match &enclosing {
+            Some(d) => (d.zone.clone(), d.key),
             None => ("lo://".to_string(), self.root()),
         };
-        if signed.signer != parent_owner {
+        let may_sign = match &enclosing {
+            Some(d) => d.may_sign(&signed.signer, now),
+            None => signed.signer == parent_owner,
+        };
+        if !may_sign {
             return Err(refuse(
                 ErrorCode::NotZoneOwner,
                 format!(
@@ -477,7 +573,7 @@ impl Directory {
             .open()
             .map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
         let name = Name::parse(&record.name).expect("validated by open");
-        let Some((zone, owner)) = self.zone_owner(&name, now)? else {
+        let Some(zone_delegation) = self.zone_owner(&name, now)? else {
             return Err(refuse(
                 ErrorCode::NoSuchZone,
                 format!(
@@ -486,11 +582,21 @@ impl Directory {
                 ),
             ));
         };
-        if signed.signer != owner {
+        let (zone, owner) = (&zone_delegation.zone, zone_delegation.key);
+        if !zone_delegation.may_sign(&signed.signer, now) {
+            let rolled = if zone_delegation
+                .previous
+                .iter()
+                .any(|p| p.key == signed.signer)
+            {
+                " (a key it rolled over from, whose grace period is over)"
+            } else {
+                ""
+            };
             return Err(refuse(
                 ErrorCode::NotZoneOwner,
                 format!(
-                    "{name} is in zone {zone}, owned by {owner}; the record is signed by {}",
+                    "{name} is in zone {zone}, owned by {owner}; the record is signed by {}{rolled}",
                     signed.signer
                 ),
             ));

@@ -170,7 +170,7 @@ pub fn verify_chain(
 ) -> Result<VerifiedChain, VerifyError> {
     let mut parent = Name::parse("lo://").expect("root parses");
     let mut owner = root;
-    let mut delegations = Vec::with_capacity(chain.len());
+    let mut delegations: Vec<Delegation> = Vec::with_capacity(chain.len());
     for signed in chain {
         // Authenticate before parsing: nothing unsigned is decoded past its framing.
         let claimed_zone = || {
@@ -179,7 +179,12 @@ pub fn verify_chain(
                 .map(|d| d.zone)
                 .unwrap_or_else(|_| "(undecodable zone)".to_string())
         };
-        if signed.signer != owner {
+        // The enclosing zone's owner, or a key it rolled over from, in grace.
+        let may_sign = match delegations.last() {
+            Some(d) => d.may_sign(&signed.signer, now),
+            None => signed.signer == root,
+        };
+        if !may_sign {
             return Err(VerifyError::DelegationNotAuthorized {
                 zone: claimed_zone(),
                 parent: parent.to_string(),
@@ -236,7 +241,11 @@ pub fn verify_record(
             .map(|r| r.name)
             .unwrap_or_else(|_| "(undecodable name)".to_string())
     };
-    if signed.signer != owner {
+    let may_sign = match chain.delegations.last() {
+        Some(d) => d.may_sign(&signed.signer, now),
+        None => signed.signer == root,
+    };
+    if !may_sign {
         return Err(VerifyError::WrongSigner {
             name: claimed_name(),
             zone,
@@ -306,6 +315,7 @@ mod tests {
             version: 1,
             issued_at: 1_000,
             expires_at: 2_000_000_000,
+            previous: vec![],
         }
     }
 
@@ -340,6 +350,72 @@ mod tests {
         let signed = Signed::sign(&sample_record("lo://acme/games/chess", 1), &w.games);
         let v = verify_record(w.root.public(), &w.chain, &signed, NOW).unwrap();
         assert_eq!(v.chain.deepest().1, w.games.public());
+    }
+
+    #[test]
+    fn a_rolled_over_key_signs_until_its_grace_ends_or_it_is_revoked() {
+        let w = world();
+        let new_games = Identity::generate();
+        let games = Delegation::new("lo://acme/games/", w.games.public(), 1, NOW - 10, 3600);
+        let rolled = games.rolled_over(new_games.public(), 100, NOW);
+        assert_eq!(rolled.version, 2);
+        let chain = |d: &Delegation| vec![w.chain[0].clone(), Signed::sign(d, &w.acme)];
+        let by_old = Signed::sign(&sample_record("lo://acme/games/chess", 1), &w.games);
+        let by_new = Signed::sign(&sample_record("lo://acme/games/go", 1), &new_games);
+        let root = w.root.public();
+        // During the grace period both keys verify.
+        verify_record(root, &chain(&rolled), &by_old, NOW + 99).unwrap();
+        verify_record(root, &chain(&rolled), &by_new, NOW + 99).unwrap();
+        // After it, only the new key.
+        let err = verify_record(root, &chain(&rolled), &by_old, NOW + 100).unwrap_err();
+        assert!(matches!(err, VerifyError::WrongSigner { .. }), "{err}");
+        verify_record(root, &chain(&rolled), &by_new, NOW + 100).unwrap();
+        // Revoked: refused at once.
+        let revoked = rolled.revoking(&w.games.public(), NOW + 1);
+        assert_eq!(revoked.version, 3);
+        let err = verify_record(root, &chain(&revoked), &by_old, NOW + 2).unwrap_err();
+        assert!(matches!(err, VerifyError::WrongSigner { .. }), "{err}");
+        // A delegation below, signed by the old key in grace, verifies too.
+        let below = Delegation::new(
+            "lo://acme/games/chess/",
+            Identity::generate().public(),
+            1,
+            NOW,
+            3600,
+        );
+        let mut deeper = chain(&rolled);
+        deeper.push(Signed::sign(&below, &w.games));
+        verify_chain(root, &deeper, NOW + 50).unwrap();
+        assert!(verify_chain(root, &deeper, NOW + 150).is_err());
+    }
+
+    #[test]
+    fn a_delegation_signed_before_rollovers_existed_still_decodes_and_verifies() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            zone: String,
+            key: PublicKey,
+            servers: Vec<String>,
+            version: u64,
+            issued_at: u64,
+            expires_at: u64,
+        }
+        let root = Identity::generate();
+        let acme = Identity::generate();
+        let body = postcard::to_allocvec(&V1 {
+            zone: "lo://acme/".into(),
+            key: acme.public(),
+            servers: vec![],
+            version: 3,
+            issued_at: 1_000,
+            expires_at: 2_000_000_000,
+        })
+        .unwrap();
+        let signature = root.sign(&Signed::<Delegation>::message(&body));
+        let old = Signed::<Delegation>::from_parts(body, root.public(), signature);
+        let chain = verify_chain(root.public(), &[old], NOW).unwrap();
+        assert_eq!(chain.delegations[0].version, 3);
+        assert!(chain.delegations[0].previous.is_empty());
     }
 
     #[test]

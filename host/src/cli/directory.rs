@@ -132,6 +132,36 @@ pub enum ZoneCommand {
         #[command(flatten)]
         target: DirectoryTarget,
     },
+    /// Hand a zone to a new key. The current key may still sign for the grace
+    /// period (clients accept both); records must be republished with the new key
+    /// before it ends. For a top-level zone, sign with the zone's current key; for
+    /// a zone inside another, with the enclosing zone's key.
+    Rollover {
+        /// The zone, e.g. lo://acme/
+        zone: String,
+        /// Public key of its new owner.
+        #[arg(long)]
+        to: PublicKey,
+        /// Seconds the current key may still sign.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE_SECS)]
+        grace: u64,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        target: DirectoryTarget,
+    },
+    /// End a rolled-over key's grace period now: records it signed are refused.
+    Revoke {
+        /// The zone, e.g. lo://acme/
+        zone: String,
+        /// The old key to revoke.
+        #[arg(long)]
+        old: PublicKey,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        target: DirectoryTarget,
+    },
     /// Hand a folder inside your zone to another key.
     Delegate {
         /// The new zone, e.g. lo://acme/games/
@@ -151,6 +181,9 @@ pub enum ZoneCommand {
         target: DirectoryTarget,
     },
 }
+
+/// How long a rolled-over key keeps signing by default: a day.
+const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
 
 /// `lo publish`
 #[derive(Args, Debug)]
@@ -377,6 +410,58 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 client.create_zone(&zone, &owner).await?;
                 println!("zone {zone} created, owned by {}", owner.public());
             }
+            ZoneCommand::Rollover {
+                zone,
+                to,
+                grace,
+                key,
+                target,
+            } => {
+                let signer = load_identity(&key)?;
+                let client = target.client().await?;
+                let current = current_delegation(&client, root_key(&target)?, &zone).await?;
+                let now = unix_now();
+                if is_top_level(&zone)? {
+                    client
+                        .rollover_zone(&zone, current.version, to, grace, &signer)
+                        .await?;
+                } else {
+                    let changed = current.rolled_over(to, grace, now);
+                    client.delegate(Signed::sign(&changed, &signer)).await?;
+                }
+                println!(
+                    "zone {zone} rolled over to {to} (version {}); {} may sign until {}",
+                    current.version + 1,
+                    current.key,
+                    now + grace
+                );
+            }
+            ZoneCommand::Revoke {
+                zone,
+                old,
+                key,
+                target,
+            } => {
+                let signer = load_identity(&key)?;
+                let client = target.client().await?;
+                let current = current_delegation(&client, root_key(&target)?, &zone).await?;
+                if !current.previous.iter().any(|p| p.key == old) {
+                    bail!(
+                        "{old} is not a key in grace in {zone} (it is owned by {}); to replace \
+                         the current key, use `lo zone rollover {zone} --to NEWKEY --grace 0`",
+                        current.key
+                    );
+                }
+                if is_top_level(&zone)? {
+                    client
+                        .revoke_key(&zone, current.version, old, &signer)
+                        .await?;
+                } else {
+                    let changed = current.revoking(&old, unix_now());
+                    client.delegate(Signed::sign(&changed, &signer)).await?;
+                }
+                println!("key {old} revoked in {zone}: records it signed are refused");
+            }
             ZoneCommand::Delegate {
                 zone,
                 to,
@@ -412,6 +497,27 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Whether `zone` is a top-level zone (its delegation is signed by the root).
+fn is_top_level(zone: &str) -> Result<bool> {
+    let name = Name::parse(zone)?;
+    if !name.is_folder() {
+        bail!("{zone} is not a zone (zones are folders, ending in /)");
+    }
+    Ok(name.segments().len() == 1)
+}
+
+/// The current delegation of `zone`, from a verified chain.
+async fn current_delegation(client: &Client, root: PublicKey, zone: &str) -> Result<Delegation> {
+    let chain = client.delegation_unverified(zone).await?;
+    let verified = verify_chain(root, &chain, unix_now())
+        .with_context(|| format!("verifying the delegations above {zone}"))?;
+    verified
+        .delegations
+        .into_iter()
+        .find(|d| d.zone == zone)
+        .with_context(|| format!("no zone {zone} in the directory"))
 }
 
 pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {

@@ -442,3 +442,164 @@ fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() 
         "{err}"
     );
 }
+
+#[test]
+fn a_zone_key_rolls_over_with_a_grace_period_and_an_old_key_is_revoked_across_restarts() {
+    let home = Home::new();
+    home.keygen("root.key");
+    let a = home.keygen("a.key");
+    let b = home.keygen("b.key");
+    let c = home.keygen("c.key");
+    let key = |name: &str| home.path(name).to_str().unwrap().to_string();
+    let db = home.path("dir.redb");
+    let mut server = DirectoryProcess::start(&home, &home.path("root.key"), &db);
+    let run = |server: &DirectoryProcess, args: &[&str]| {
+        let args = server.args(args);
+        home.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+    let publish = |server: &DirectoryProcess, name: &str, version: &str, by: &str| {
+        run(
+            server,
+            &[
+                "publish",
+                liveobjects_objects::CHAT,
+                "--name",
+                name,
+                "--version",
+                version,
+                "--key",
+                &key(by),
+            ],
+        )
+    };
+    let resolves = |server: &DirectoryProcess, name: &str| {
+        let out = run(server, &["resolve", name]);
+        (out.status.success(), stderr(&out))
+    };
+    assert!(
+        run(
+            &server,
+            &["zone", "create", "lo://acme/", "--key", &key("a.key")]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        publish(&server, "lo://acme/old", "1", "a.key")
+            .status
+            .success()
+    );
+
+    // A hands the zone to B; A keeps signing for 6 s.
+    let out = run(
+        &server,
+        &[
+            "zone",
+            "rollover",
+            "lo://acme/",
+            "--to",
+            &b,
+            "--grace",
+            "6",
+            "--key",
+            &key("a.key"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rolled_at = std::time::Instant::now();
+    assert!(
+        resolves(&server, "lo://acme/old").0,
+        "A's record verifies in the grace period"
+    );
+    assert!(
+        publish(&server, "lo://acme/new", "1", "b.key")
+            .status
+            .success()
+    );
+    let out = publish(&server, "lo://acme/late", "1", "a.key");
+    assert!(
+        out.status.success(),
+        "A may still publish in grace: {}",
+        stderr(&out)
+    );
+    // A stranger's key may not roll the zone over.
+    let out = run(
+        &server,
+        &[
+            "zone",
+            "rollover",
+            "lo://acme/",
+            "--to",
+            &c,
+            "--key",
+            &key("c.key"),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("not signed by its owner"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Across a restart, after the grace period: A's records and writes are refused.
+    server.kill9();
+    let mut server = DirectoryProcess::start(&home, &home.path("root.key"), &db);
+    let left = std::time::Duration::from_secs(7).saturating_sub(rolled_at.elapsed());
+    std::thread::sleep(left);
+    let (ok, err) = resolves(&server, "lo://acme/old");
+    assert!(
+        !ok && err.contains(&format!("signed by {a}")) && err.contains(&format!("owned by {b}")),
+        "{err}"
+    );
+    let out = publish(&server, "lo://acme/old", "2", "a.key");
+    assert!(
+        !out.status.success() && stderr(&out).contains("grace period is over"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(resolves(&server, "lo://acme/new").0);
+
+    // B hands over to C with a day's grace, then B is revoked: refused at once.
+    let out = run(
+        &server,
+        &[
+            "zone",
+            "rollover",
+            "lo://acme/",
+            "--to",
+            &c,
+            "--key",
+            &key("b.key"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        resolves(&server, "lo://acme/new").0,
+        "B's record verifies in its grace period"
+    );
+    let out = run(
+        &server,
+        &[
+            "zone",
+            "revoke",
+            "lo://acme/",
+            "--old",
+            &b,
+            "--key",
+            &key("c.key"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    server.kill9();
+    let server = DirectoryProcess::start(&home, &home.path("root.key"), &db);
+    let (ok, err) = resolves(&server, "lo://acme/new");
+    assert!(!ok && err.contains(&format!("signed by {b}")), "{err}");
+    // Republished by C, it verifies again.
+    assert!(
+        publish(&server, "lo://acme/new", "2", "c.key")
+            .status
+            .success()
+    );
+    assert!(resolves(&server, "lo://acme/new").0);
+}
