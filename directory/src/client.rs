@@ -244,15 +244,24 @@ impl Client {
     /// handshake; otherwise stay where we are.
     async fn back_to_first(&self) {
         let mut link = self.link.lock().await;
-        if link.connected.as_ref().is_none_or(|c| c.index == 0) {
+        if link
+            .connected
+            .as_ref()
+            .is_some_and(|c| c.index == 0 && c.connection.close_reason().is_none())
+        {
             return;
         }
-        if let Ok(mut connected) = connect_one(self.servers[0], FAILOVER_CONNECT).await {
-            connected.index = 0;
-            if let Some(old) = link.connected.replace(connected) {
-                old.connection
-                    .close(0u32.into(), b"back to the first server");
+        match connect_one(self.servers[0], FAILOVER_CONNECT).await {
+            Ok(mut connected) => {
+                connected.index = 0;
+                if let Some(old) = link.connected.replace(connected) {
+                    old.connection
+                        .close(0u32.into(), b"back to the first server");
+                }
             }
+            // Down: the write goes where the reads go (a mirror refuses it, naming
+            // the primary).
+            Err(e) => tracing::debug!("{e}"),
         }
     }
 
@@ -360,9 +369,11 @@ impl Client {
     }
 
     /// Hand the top-level zone `zone` (now at delegation version `version`,
-    /// owned by `owner`) to `to`; `owner`'s key may sign for `grace_secs` more.
+    /// owned by `owner`) of the directory with root key `root` to `to`; `owner`'s
+    /// key may sign for `grace_secs` more.
     pub async fn rollover_zone(
         &self,
+        root: &PublicKey,
         zone: &str,
         version: u64,
         to: PublicKey,
@@ -370,7 +381,7 @@ impl Client {
         owner: &Identity,
     ) -> Result<(), ClientError> {
         let proof = owner.sign(&crate::protocol::rollover_message(
-            zone, version, &to, grace_secs,
+            root, zone, version, &to, grace_secs,
         ));
         self.expect_stored(&Request::RolloverZone {
             zone: zone.to_string(),
@@ -385,12 +396,13 @@ impl Client {
     /// version `version`, owned by `owner`).
     pub async fn revoke_key(
         &self,
+        root: &PublicKey,
         zone: &str,
         version: u64,
         key: PublicKey,
         owner: &Identity,
     ) -> Result<(), ClientError> {
-        let proof = owner.sign(&crate::protocol::revoke_message(zone, version, &key));
+        let proof = owner.sign(&crate::protocol::revoke_message(root, zone, version, &key));
         self.expect_stored(&Request::RevokeKey {
             zone: zone.to_string(),
             key,
@@ -571,14 +583,17 @@ impl ResolveError {
     }
 }
 
-/// How much older than the newest statement a client has seen a statement may be
-/// issued (mirrors lag their primary by up to their refresh period). Older ones
-/// are refused: a mirror replaying an earlier, still valid statement could
-/// otherwise serve contents from before it for the whole validity.
+/// How much earlier than the newest statement a client has seen a statement of
+/// older contents may be issued (mirrors lag their primary by up to their refresh
+/// period). Older ones are refused: a mirror replaying an earlier, still valid
+/// statement could otherwise serve contents from before it for the whole
+/// validity.
 pub const MAX_STATEMENT_LAG_SECS: u64 = 60;
 
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_versions");
-const SEEN_STATEMENTS: TableDefinition<&str, u64> = TableDefinition::new("seen_statements");
+/// Per root key: the serial and issue time of the newest statement seen.
+const SEEN_STATEMENTS: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("seen_statements_by_root");
 const SEEN_ZONES: TableDefinition<&str, u64> = TableDefinition::new("seen_delegations");
 
 /// What this client has accepted before: the highest version per name and per
@@ -655,24 +670,28 @@ impl SeenVersions {
         }
     }
 
-    /// Refuse a freshness statement issued more than [`MAX_STATEMENT_LAG_SECS`]
-    /// before the newest one seen; remember the newest.
-    pub fn check_statement(&self, fresh: &Freshness) -> Result<(), ResolveError> {
+    /// Refuse a freshness statement of the directory with root key `root` that
+    /// vouches for an older serial than the newest one seen from it and was
+    /// issued more than [`MAX_STATEMENT_LAG_SECS`] before that one; remember the
+    /// newest. (A statement re-signed over the same contents keeps its serial, so
+    /// a mirror that has not pulled the re-signed one yet is not refused.)
+    pub fn check_statement(&self, root: &PublicKey, fresh: &Freshness) -> Result<(), ResolveError> {
+        let key = root.to_string();
         self.write(|txn| {
             let mut table = txn.open_table(SEEN_STATEMENTS)?;
-            let newest = table.get("issued_at")?.map(|v| v.value());
-            if let Some(newest) = newest {
-                if fresh.issued_at + MAX_STATEMENT_LAG_SECS < newest {
+            let newest: Option<(u64, u64)> = table.get(key.as_str())?.map(|v| v.value());
+            if let Some((serial, issued_at)) = newest {
+                if fresh.serial < serial && fresh.issued_at + MAX_STATEMENT_LAG_SECS < issued_at {
                     return Ok(Err(VerifyError::StaleStatement {
                         issued_at: fresh.issued_at,
-                        newest,
+                        newest: issued_at,
                     }));
                 }
-                if fresh.issued_at <= newest {
+                if (fresh.serial, fresh.issued_at) <= (serial, issued_at) {
                     return Ok(Ok(()));
                 }
             }
-            table.insert("issued_at", fresh.issued_at)?;
+            table.insert(key.as_str(), (fresh.serial, fresh.issued_at))?;
             Ok(Ok(()))
         })
     }
@@ -828,7 +847,7 @@ impl Resolver {
             Some(fresh) if now <= fresh.expires_at => fresh,
             _ => {
                 let fresh = verify_statement(statement, self.root, now)?;
-                self.seen.check_statement(&fresh)?;
+                self.seen.check_statement(&self.root, &fresh)?;
                 *self.statement.lock().expect("statement lock") = Some((
                     statement.signature.clone(),
                     statement.body.clone(),

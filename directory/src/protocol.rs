@@ -11,7 +11,7 @@ use crate::store::Change;
 use serde::{Deserialize, Serialize};
 
 /// ALPN protocol name of the directory service.
-pub const ALPN: &[u8] = b"liveobjects-directory/2";
+pub const ALPN: &[u8] = b"liveobjects-directory/3";
 /// Largest request without a blob, and the slack added on top of the blob cap.
 pub const REQUEST_OVERHEAD: usize = 64 * 1024;
 /// Default cap on one logic blob.
@@ -34,29 +34,6 @@ pub enum Request {
     },
     /// Store a delegation signed by the owner of the enclosing zone.
     Delegate(Signed<Delegation>),
-    /// Hand a top-level zone to `to` (the root signs its new delegation), the
-    /// current key keeping `grace_secs` to sign in; `proof` is the current owner's
-    /// signature over [`rollover_message`].
-    RolloverZone {
-        /// The zone, e.g. `lo://acme/`.
-        zone: String,
-        /// Its new owner.
-        to: PublicKey,
-        /// How long the current key may still sign.
-        grace_secs: u64,
-        /// The current owner's signature.
-        proof: Vec<u8>,
-    },
-    /// End the grace period of `key` in a top-level zone at once; `proof` is the
-    /// current owner's signature over [`revoke_message`].
-    RevokeKey {
-        /// The zone.
-        zone: String,
-        /// The key revoked.
-        key: PublicKey,
-        /// The current owner's signature.
-        proof: Vec<u8>,
-    },
     /// Store a record signed by its zone owner, with its logic unless the server
     /// already has it.
     Publish {
@@ -80,6 +57,29 @@ pub enum Request {
     Transfer {
         /// The last serial the mirror holds.
         since: u64,
+    },
+    /// Hand a top-level zone to `to` (the root signs its new delegation), the
+    /// current key keeping `grace_secs` to sign in; `proof` is the current owner's
+    /// signature over [`rollover_message`].
+    RolloverZone {
+        /// The zone, e.g. `lo://acme/`.
+        zone: String,
+        /// Its new owner.
+        to: PublicKey,
+        /// How long the current key may still sign.
+        grace_secs: u64,
+        /// The current owner's signature.
+        proof: Vec<u8>,
+    },
+    /// End the grace period of `key` in a top-level zone at once; `proof` is the
+    /// current owner's signature over [`revoke_message`].
+    RevokeKey {
+        /// The zone.
+        zone: String,
+        /// The key revoked.
+        key: PublicKey,
+        /// The current owner's signature.
+        proof: Vec<u8>,
     },
 }
 
@@ -206,17 +206,26 @@ pub fn create_zone_message(zone: &str) -> Vec<u8> {
 }
 
 /// What a top-level zone's owner signs to hand the zone, at its delegation's
-/// `version`, to `to` (the version makes the proof good for that change only).
-pub fn rollover_message(zone: &str, version: u64, to: &PublicKey, grace_secs: u64) -> Vec<u8> {
+/// `version`, to `to` (the root key and the version make the proof good for that
+/// change in that directory only).
+pub fn rollover_message(
+    root: &PublicKey,
+    zone: &str,
+    version: u64,
+    to: &PublicKey,
+    grace_secs: u64,
+) -> Vec<u8> {
     let mut m = b"liveobjects/v1/rollover\0".to_vec();
-    m.extend_from_slice(&postcard::to_allocvec(&(zone, version, to, grace_secs)).expect("encodes"));
+    m.extend_from_slice(
+        &postcard::to_allocvec(&(root, zone, version, to, grace_secs)).expect("encodes"),
+    );
     m
 }
 
 /// What a top-level zone's owner signs to revoke `key` at version `version`.
-pub fn revoke_message(zone: &str, version: u64, key: &PublicKey) -> Vec<u8> {
+pub fn revoke_message(root: &PublicKey, zone: &str, version: u64, key: &PublicKey) -> Vec<u8> {
     let mut m = b"liveobjects/v1/revoke\0".to_vec();
-    m.extend_from_slice(&postcard::to_allocvec(&(zone, version, key)).expect("encodes"));
+    m.extend_from_slice(&postcard::to_allocvec(&(root, zone, version, key)).expect("encodes"));
     m
 }
 

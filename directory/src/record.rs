@@ -280,12 +280,17 @@ impl Delegation {
             .cloned()
             .collect();
         if grace_secs > 0 && self.key != new_key {
+            // Full: the key whose grace ends soonest makes room.
+            if previous.len() >= MAX_PREVIOUS_KEYS
+                && let Some(soonest) = (0..previous.len()).min_by_key(|&i| previous[i].until)
+            {
+                previous.remove(soonest);
+            }
             previous.push(PreviousKey {
                 key: self.key,
                 until: now.saturating_add(grace_secs),
             });
         }
-        previous.truncate(MAX_PREVIOUS_KEYS);
         Delegation {
             key: new_key,
             version: self.version + 1,
@@ -513,18 +518,30 @@ impl Signable for Delegation {
     fn decode(body: &[u8]) -> Result<Self, postcard::Error> {
         // The current form first; a body that ends before `previous` is one signed
         // before rollovers existed.
-        postcard::from_bytes::<Delegation>(body).or_else(|e| {
-            let v1: DelegationV1 = postcard::from_bytes(body).map_err(|_| e)?;
-            Ok(Delegation {
-                zone: v1.zone,
-                key: v1.key,
-                servers: v1.servers,
-                version: v1.version,
-                issued_at: v1.issued_at,
-                expires_at: v1.expires_at,
-                previous: Vec::new(),
+        // Both forms must use up the whole body: one signed body means one thing.
+        let whole = |rest: &[u8]| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(postcard::Error::DeserializeBadEncoding)
+            }
+        };
+        postcard::take_from_bytes::<Delegation>(body)
+            .and_then(|(d, rest)| whole(rest).map(|()| d))
+            .or_else(|e| {
+                let v1: DelegationV1 = postcard::take_from_bytes::<DelegationV1>(body)
+                    .and_then(|(v1, rest)| whole(rest).map(|()| v1))
+                    .map_err(|_| e)?;
+                Ok(Delegation {
+                    zone: v1.zone,
+                    key: v1.key,
+                    servers: v1.servers,
+                    version: v1.version,
+                    issued_at: v1.issued_at,
+                    expires_at: v1.expires_at,
+                    previous: Vec::new(),
+                })
             })
-        })
     }
 
     fn validate(&self) -> Result<(), String> {

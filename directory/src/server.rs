@@ -30,7 +30,7 @@ use crate::verify::verify_chain;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Most entries one transfer answer carries.
@@ -290,16 +290,16 @@ impl Directory {
                 max_blob_bytes: self.max_blob_bytes as u64,
             }),
             Request::CreateZone { zone, owner, proof } => {
-                let _write = self.writes.write().expect("write lock");
+                let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
                 self.signer()
                     .and_then(|root| self.create_zone(root, &zone, owner, &proof, now))
             }
             Request::Delegate(signed) => {
-                let _write = self.writes.write().expect("write lock");
+                let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
                 self.signer().and_then(|_| self.delegate(signed, now))
             }
             Request::Publish { record, blob } => {
-                let _write = self.writes.write().expect("write lock");
+                let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
                 self.signer().and_then(|_| self.publish(record, blob, now))
             }
             Request::RolloverZone {
@@ -308,28 +308,49 @@ impl Directory {
                 grace_secs,
                 proof,
             } => {
-                let _write = self.writes.write().expect("write lock");
+                let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
                 self.signer().and_then(|root| {
                     self.change_top_level_zone(root, &zone, &proof, now, |current| {
                         (
                             crate::protocol::rollover_message(
+                                &root.public(),
                                 &zone,
                                 current.version,
                                 &to,
                                 grace_secs,
                             ),
-                            current.rolled_over(to, grace_secs, now),
+                            Ok(current.rolled_over(to, grace_secs, now)),
                         )
                     })
                 })
             }
             Request::RevokeKey { zone, key, proof } => {
-                let _write = self.writes.write().expect("write lock");
+                let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
                 self.signer().and_then(|root| {
                     self.change_top_level_zone(root, &zone, &proof, now, |current| {
                         (
-                            crate::protocol::revoke_message(&zone, current.version, &key),
-                            current.revoking(&key, now),
+                            crate::protocol::revoke_message(
+                                &root.public(),
+                                &zone,
+                                current.version,
+                                &key,
+                            ),
+                            if current
+                                .previous
+                                .iter()
+                                .any(|p| p.key == key && now < p.until)
+                            {
+                                Ok(current.revoking(&key, now))
+                            } else {
+                                Err(refuse(
+                                    ErrorCode::Malformed,
+                                    format!(
+                                        "{key} is not a key in grace in {zone} (owned by {}); \
+                                         to replace the owner, roll the zone over with no grace",
+                                        current.key
+                                    ),
+                                ))
+                            },
                         )
                     })
                 })
@@ -382,7 +403,7 @@ impl Directory {
         zone: &str,
         proof: &[u8],
         now: u64,
-        change: impl FnOnce(&Delegation) -> (Vec<u8>, Delegation),
+        change: impl FnOnce(&Delegation) -> (Vec<u8>, Result<Delegation, Response>),
     ) -> Result<Response, Response> {
         let name = Name::parse(zone).map_err(|e| refuse(ErrorCode::Malformed, e.to_string()))?;
         if !name.is_folder() || name.segments().len() != 1 {
@@ -416,6 +437,7 @@ impl Directory {
                 ),
             ));
         }
+        let changed = changed?;
         if changed.expires_at <= now {
             return Err(refuse(
                 ErrorCode::Expired,
@@ -537,6 +559,12 @@ impl Directory {
             .store
             .get_delegation(&delegation.zone)
             .map_err(internal)?
+            // As for records: one signed by a key that may no longer sign in the
+            // enclosing zone does not hold the version bar.
+            && match &enclosing {
+                Some(d) => d.may_sign(&existing.signer, now),
+                None => existing.signer == self.root(),
+            }
         {
             let existing = existing.open().map_err(|e| {
                 internal(StoreError::Corrupt {
@@ -613,7 +641,12 @@ impl Directory {
                 format!("the record for {name} is already expired"),
             ));
         }
-        if let Some(existing) = self.store.get_record(name.as_str()).map_err(internal)? {
+        if let Some(existing) = self.store.get_record(name.as_str()).map_err(internal)?
+            // A record signed by a key that may no longer sign here (revoked, or
+            // its grace over) does not hold the version bar: whoever held that key
+            // could otherwise have blocked the name with version u64::MAX.
+            && zone_delegation.may_sign(&existing.signer, now)
+        {
             let current = existing.open().map(|r| r.version).unwrap_or(0);
             if current >= record.version {
                 return Err(refuse(
@@ -713,7 +746,7 @@ impl Directory {
     }
 
     fn transfer(&self, since: u64, now: u64) -> Result<Response, Response> {
-        let _read = self.writes.read().expect("write lock");
+        let _read = self.writes.read().unwrap_or_else(PoisonError::into_inner);
         let state = self.fresh_state(now)?;
         let (changes, more) = self
             .store
@@ -741,7 +774,7 @@ impl Directory {
         now: u64,
         read: impl Fn(&FreshState) -> Result<Response, Response>,
     ) -> Result<Response, Response> {
-        let _read = self.writes.read().expect("write lock");
+        let _read = self.writes.read().unwrap_or_else(PoisonError::into_inner);
         let mut tries = 0;
         loop {
             let state = self.fresh_state(now)?;
@@ -844,7 +877,7 @@ impl Directory {
         statement: &Signed<Freshness>,
         replace: bool,
     ) -> Result<(), MirrorError> {
-        let _write = self.writes.write().expect("write lock");
+        let _write = self.writes.write().unwrap_or_else(PoisonError::into_inner);
         if statement.signer != self.root() || !statement.signature_valid() {
             return Err(MirrorError::Refused(
                 "the primary's freshness statement is not signed by the root key".into(),

@@ -212,6 +212,9 @@ impl Store {
             }
             txn.delete_table(CHANGES).map_err(db_err)?;
             txn.delete_table(SERIALS).map_err(db_err)?;
+            // Made again even if the pull brings nothing: other mirrors read them.
+            txn.open_table(CHANGES).map_err(db_err)?;
+            txn.open_table(SERIALS).map_err(db_err)?;
         }
         {
             let mut records = txn.open_table(RECORDS).map_err(db_err)?;

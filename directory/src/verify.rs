@@ -117,8 +117,8 @@ pub enum VerifyError {
         /// Hash of the bytes received.
         got: String,
     },
-    /// A freshness statement older than one this client has seen (by more than
-    /// mirrors lag).
+    /// A freshness statement of older contents than one this client has seen,
+    /// issued well before it (by more than mirrors lag).
     #[error(
         "the directory's freshness statement was issued at {issued_at}, well before one \
          this client already saw (issued at {newest}): a server replaying old contents; \
@@ -305,6 +305,7 @@ pub fn verify_logic(record: &ObjectRecord, bytes: &[u8]) -> Result<(), VerifyErr
 mod tests {
     use super::*;
     use crate::keys::Identity;
+    use crate::record::MAX_PREVIOUS_KEYS;
     use crate::record::tests::sample_record;
 
     fn delegation(zone: &str, key: PublicKey) -> Delegation {
@@ -386,7 +387,40 @@ mod tests {
         let mut deeper = chain(&rolled);
         deeper.push(Signed::sign(&below, &w.games));
         verify_chain(root, &deeper, NOW + 50).unwrap();
-        assert!(verify_chain(root, &deeper, NOW + 150).is_err());
+        assert!(matches!(
+            verify_chain(root, &deeper, NOW + 150),
+            Err(VerifyError::DelegationNotAuthorized { .. })
+        ));
+    }
+
+    #[test]
+    fn a_fifth_key_in_grace_pushes_out_the_one_ending_soonest() {
+        let mut d = Delegation::new("lo://acme/", Identity::generate().public(), 1, NOW, 3600);
+        let mut keys = vec![d.key];
+        for i in 0..5u64 {
+            let next = Identity::generate().public();
+            d = d.rolled_over(next, 1_000 - i * 100, NOW + i);
+            keys.push(next);
+        }
+        assert_eq!(d.previous.len(), MAX_PREVIOUS_KEYS);
+        // The key just replaced always keeps its grace; the key whose grace ended
+        // soonest made room.
+        assert!(
+            d.may_sign(&keys[4], NOW + 10),
+            "the key just replaced keeps its grace"
+        );
+        assert!(d.may_sign(&keys[5], NOW + 10));
+    }
+
+    #[test]
+    fn a_delegation_body_with_trailing_bytes_is_refused() {
+        let root = Identity::generate();
+        let d = Delegation::new("lo://acme/", Identity::generate().public(), 1, 1_000, 3600);
+        let mut body = postcard::to_allocvec(&d).unwrap();
+        body.push(0);
+        let signature = root.sign(&Signed::<Delegation>::message(&body));
+        let padded = Signed::<Delegation>::from_parts(body, root.public(), signature);
+        assert!(padded.open().is_err());
     }
 
     #[test]

@@ -370,20 +370,28 @@ async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
 #[tokio::test]
 async fn a_statement_much_older_than_one_seen_is_refused() {
     let seen = liveobjects_directory::client::SeenVersions::in_memory().unwrap();
-    let at = |issued_at| liveobjects_directory::fresh::Freshness {
-        serial: 1,
+    let root = Identity::generate().public();
+    let other_root = Identity::generate().public();
+    let at = |serial, issued_at| liveobjects_directory::fresh::Freshness {
+        serial,
         root: [0; 32],
         entries: 0,
         issued_at,
         expires_at: issued_at + 300,
     };
-    seen.check_statement(&at(1_000)).unwrap();
-    // A mirror a little behind is fine; one replaying an old statement is not.
-    seen.check_statement(&at(1_000 - 30)).unwrap();
-    let err = seen.check_statement(&at(1_000 - 61)).unwrap_err();
+    seen.check_statement(&root, &at(10, 1_000)).unwrap();
+    // Older contents from a mirror a little behind: fine.
+    seen.check_statement(&root, &at(9, 1_000 - 30)).unwrap();
+    // The same contents signed long before (a mirror that has not pulled the
+    // re-signed statement yet): fine.
+    seen.check_statement(&root, &at(10, 1_000 - 200)).unwrap();
+    // Older contents, signed well before: a replay.
+    let err = seen.check_statement(&root, &at(9, 1_000 - 61)).unwrap_err();
     assert!(err.to_string().contains("well before one"), "{err}");
-    seen.check_statement(&at(2_000)).unwrap();
-    assert!(seen.check_statement(&at(1_000)).is_err());
+    // Another directory's statements are judged on their own.
+    seen.check_statement(&other_root, &at(1, 500)).unwrap();
+    seen.check_statement(&root, &at(11, 2_000)).unwrap();
+    assert!(seen.check_statement(&root, &at(10, 1_000)).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,4 +550,111 @@ async fn reopen(db: &Path, root: &Identity, accept_restored: bool) -> Server {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollover_the_new_key_repairs_what_the_old_one_signed() {
+    use liveobjects_directory::record::Delegation;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    let primary = primary(&dir.path().join("primary.redb"), &root, 300);
+    let (a, b, games) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    let client = Client::connect(primary.local_addr(), root.public())
+        .await
+        .unwrap();
+    client.create_zone("lo://acme/", &a).await.unwrap();
+    let now = unix_now();
+    client
+        .delegate(Signed::sign(
+            &Delegation::new("lo://acme/games/", games.public(), 1, now, 3600),
+            &a,
+        ))
+        .await
+        .unwrap();
+    // A hands the zone to B with 2 s of grace, then (still in grace) publishes a
+    // record at a huge version, as whoever stole A's key might.
+    client
+        .rollover_zone(&root.public(), "lo://acme/", 1, b.public(), 2, &a)
+        .await
+        .unwrap();
+    client
+        .publish(
+            Signed::sign(&record_v("lo://acme/blocked", u64::MAX - 1), &a),
+            Some(b"chat".to_vec()),
+        )
+        .await
+        .unwrap();
+    // A proof made for another directory (another root) is refused.
+    let replayed = client
+        .rollover_zone(
+            &Identity::generate().public(),
+            "lo://acme/",
+            2,
+            a.public(),
+            0,
+            &b,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            replayed,
+            ClientError::Refused {
+                code: ErrorCode::NotZoneOwner,
+                ..
+            }
+        ),
+        "{replayed}"
+    );
+    // Revoking a key that is not in grace is refused, not a silent no-op.
+    let err = client
+        .revoke_key(&root.public(), "lo://acme/", 2, games.public(), &b)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Refused { .. }), "{err}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    // A's record no longer holds its version: B publishes over it at version 2.
+    client
+        .publish(Signed::sign(&record_v("lo://acme/blocked", 2), &b), None)
+        .await
+        .unwrap();
+    // The games zone, delegated by A, no longer verifies; B re-signs it.
+    client
+        .publish(
+            Signed::sign(&record_v("lo://acme/games/chess", 1), &games),
+            None,
+        )
+        .await
+        .unwrap_err();
+    client
+        .delegate(Signed::sign(
+            &Delegation::new("lo://acme/games/", games.public(), 2, unix_now(), 3600),
+            &b,
+        ))
+        .await
+        .unwrap();
+    client
+        .publish(
+            Signed::sign(&record_v("lo://acme/games/chess", 1), &games),
+            None,
+        )
+        .await
+        .unwrap();
+    let addr = ServerAddr {
+        addr: primary.local_addr(),
+        key: root.public(),
+    };
+    assert_eq!(
+        version_through(addr, root.public(), "lo://acme/blocked").await,
+        Some(2)
+    );
+    assert_eq!(
+        version_through(addr, root.public(), "lo://acme/games/chess").await,
+        Some(1)
+    );
 }

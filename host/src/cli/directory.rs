@@ -418,22 +418,29 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 target,
             } => {
                 let signer = load_identity(&key)?;
+                let root = root_key(&target)?;
                 let client = target.client().await?;
-                let current = current_delegation(&client, root_key(&target)?, &zone).await?;
+                let current = current_delegation(&client, root, &zone)
+                    .await?
+                    .with_context(|| format!("no zone {zone} in the directory"))?;
                 let now = unix_now();
                 if is_top_level(&zone)? {
                     client
-                        .rollover_zone(&zone, current.version, to, grace, &signer)
+                        .rollover_zone(&root, &zone, current.version, to, grace, &signer)
                         .await?;
                 } else {
                     let changed = current.rolled_over(to, grace, now);
                     client.delegate(Signed::sign(&changed, &signer)).await?;
                 }
+                let old = if grace == 0 || current.key == to {
+                    format!("{} may no longer sign", current.key)
+                } else {
+                    format!("{} may sign for {grace} s more", current.key)
+                };
                 println!(
-                    "zone {zone} rolled over to {to} (version {}); {} may sign until {}",
+                    "zone {zone} rolled over to {to} (version {}); {old}; republish its \
+                     records and re-sign the zones delegated inside it with the new key",
                     current.version + 1,
-                    current.key,
-                    now + grace
                 );
             }
             ZoneCommand::Revoke {
@@ -443,8 +450,11 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 target,
             } => {
                 let signer = load_identity(&key)?;
+                let root = root_key(&target)?;
                 let client = target.client().await?;
-                let current = current_delegation(&client, root_key(&target)?, &zone).await?;
+                let current = current_delegation(&client, root, &zone)
+                    .await?
+                    .with_context(|| format!("no zone {zone} in the directory"))?;
                 if !current.previous.iter().any(|p| p.key == old) {
                     bail!(
                         "{old} is not a key in grace in {zone} (it is owned by {}); to replace \
@@ -454,7 +464,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 }
                 if is_top_level(&zone)? {
                     client
-                        .revoke_key(&zone, current.version, old, &signer)
+                        .revoke_key(&root, &zone, current.version, old, &signer)
                         .await?;
                 } else {
                     let changed = current.revoking(&old, unix_now());
@@ -473,24 +483,26 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 let owner = load_identity(&key)?;
                 let root = root_key(&target)?;
                 let client = target.client().await?;
-                // Bump the version of an existing delegation of this zone, read from a
-                // verified chain (an unverified one could push the version to the end).
-                let chain = client.delegation_unverified(&zone).await?;
-                let verified = verify_chain(root, &chain, unix_now())
-                    .with_context(|| format!("verifying the delegations above {zone}"))?;
-                let version = verified
-                    .delegations
-                    .iter()
-                    .find(|d| d.zone == zone)
-                    .map(|d| {
-                        d.version
-                            .checked_add(1)
-                            .context("delegation version overflow")
-                    })
-                    .transpose()?
-                    .unwrap_or(1);
-                let mut delegation = Delegation::new(&zone, to, version, unix_now(), ttl);
+                // Bump the version of an existing delegation of this zone, and keep
+                // the keys it still has in grace.
+                let current = current_delegation(&client, root, &zone).await?;
+                let version = match &current {
+                    Some(d) => d
+                        .version
+                        .checked_add(1)
+                        .context("delegation version overflow")?,
+                    None => 1,
+                };
+                let now = unix_now();
+                let mut delegation = Delegation::new(&zone, to, version, now, ttl);
                 delegation.servers = servers;
+                if let Some(current) = current {
+                    delegation.previous = current
+                        .previous
+                        .into_iter()
+                        .filter(|p| now < p.until && p.key != to)
+                        .collect();
+                }
                 client.delegate(Signed::sign(&delegation, &owner)).await?;
                 println!("zone {zone} delegated to {to} (version {version})");
             }
@@ -508,16 +520,28 @@ fn is_top_level(zone: &str) -> Result<bool> {
     Ok(name.segments().len() == 1)
 }
 
-/// The current delegation of `zone`, from a verified chain.
-async fn current_delegation(client: &Client, root: PublicKey, zone: &str) -> Result<Delegation> {
+/// The current delegation of `zone`, if there is one. The zones above it are
+/// verified from the root; its own delegation only decoded (its signer may be a
+/// key whose grace ended, the very thing a new delegation repairs; the server
+/// checks the version and who may sign the new one).
+async fn current_delegation(
+    client: &Client,
+    root: PublicKey,
+    zone: &str,
+) -> Result<Option<Delegation>> {
     let chain = client.delegation_unverified(zone).await?;
-    let verified = verify_chain(root, &chain, unix_now())
+    let is_zone = |d: &Signed<Delegation>| d.open().is_ok_and(|d| d.zone == zone);
+    let above: Vec<_> = chain.iter().filter(|d| !is_zone(d)).cloned().collect();
+    verify_chain(root, &above, unix_now())
         .with_context(|| format!("verifying the delegations above {zone}"))?;
-    verified
-        .delegations
-        .into_iter()
-        .find(|d| d.zone == zone)
-        .with_context(|| format!("no zone {zone} in the directory"))
+    chain
+        .iter()
+        .find(|d| is_zone(d))
+        .map(|d| {
+            d.open()
+                .with_context(|| format!("the delegation of {zone}"))
+        })
+        .transpose()
 }
 
 pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
