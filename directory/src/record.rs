@@ -266,7 +266,12 @@ impl Delegation {
     /// Whether `key` may sign inside the zone at `now`: its owner, or a key it
     /// rolled over from while that key's grace period lasts.
     pub fn may_sign(&self, key: &PublicKey, now: u64) -> bool {
-        *key == self.key || self.previous.iter().any(|p| p.key == *key && now < p.until)
+        *key == self.key || self.in_grace(key, now)
+    }
+
+    /// Whether `key` is one the zone rolled over from and its grace lasts at `now`.
+    pub fn in_grace(&self, key: &PublicKey, now: u64) -> bool {
+        self.previous.iter().any(|p| p.key == *key && now < p.until)
     }
 
     /// This delegation handed to `new_key`: the current key keeps signing for
@@ -332,13 +337,14 @@ pub struct PreviousKey {
 /// The delegation format before key rollover (no `previous`): stored databases
 /// and signatures made before it still decode and verify.
 #[derive(Deserialize)]
-struct DelegationV1 {
-    zone: String,
-    key: PublicKey,
-    servers: Vec<String>,
-    version: u64,
-    issued_at: u64,
-    expires_at: u64,
+#[cfg_attr(test, derive(Serialize))]
+pub(crate) struct DelegationV1 {
+    pub(crate) zone: String,
+    pub(crate) key: PublicKey,
+    pub(crate) servers: Vec<String>,
+    pub(crate) version: u64,
+    pub(crate) issued_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 /// A folder handed to a key (and optionally to other servers), signed by the key of

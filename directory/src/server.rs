@@ -121,9 +121,15 @@ enum Role {
 /// for it.
 struct FreshState {
     serial: u64,
+    /// Shared with the next state when only the statement changes (a re-sign).
+    contents: Arc<Contents>,
+    statement: Option<Signed<Freshness>>,
+}
+
+/// The Merkle tree over every entry, and each entry's leaf index.
+struct Contents {
     tree: MerkleTree,
     index: HashMap<EntryKey, usize>,
-    statement: Option<Signed<Freshness>>,
 }
 
 /// The request handler: storage plus the root identity (or, on a mirror, the root
@@ -335,11 +341,7 @@ impl Directory {
                                 current.version,
                                 &key,
                             ),
-                            if current
-                                .previous
-                                .iter()
-                                .any(|p| p.key == key && now < p.until)
-                            {
+                            if current.in_grace(&key, now) {
                                 Ok(current.revoking(&key, now))
                             } else {
                                 Err(refuse(
@@ -803,16 +805,14 @@ impl Directory {
         {
             return Ok(state.clone());
         }
-        let (tree, index, serial) = match fresh.as_ref() {
-            Some(state) if state.serial == serial => {
-                (state.tree.clone(), state.index.clone(), serial)
-            }
+        let (contents, serial) = match fresh.as_ref() {
+            Some(state) if state.serial == serial => (state.contents.clone(), serial),
             _ => {
                 let (serial, entries) = self.store.entries().map_err(internal)?;
-                let (tree, index) = build_tree(&entries);
-                (tree, index, serial)
+                (Arc::new(build_tree(&entries)), serial)
             }
         };
+        let tree = &contents.tree;
         let statement = match (&self.role, &self.restored) {
             (Role::Primary { root }, None) => {
                 let statement = Signed::sign(
@@ -845,8 +845,7 @@ impl Directory {
         };
         let state = Arc::new(FreshState {
             serial,
-            tree,
-            index,
+            contents,
             statement,
         });
         *fresh = Some(state.clone());
@@ -905,14 +904,13 @@ impl Directory {
             && !replace
             && let Some(state) = fresh.as_ref()
             && state.serial == serial
-            && state.tree.root() == vouched.root
+            && state.contents.tree.root() == vouched.root
         {
             self.store
                 .apply_changes(&[], serial, Some(statement), false)?;
             *fresh = Some(Arc::new(FreshState {
                 serial,
-                tree: state.tree.clone(),
-                index: state.index.clone(),
+                contents: state.contents.clone(),
                 statement: Some(statement.clone()),
             }));
             return Ok(());
@@ -927,16 +925,15 @@ impl Directory {
             contents.insert(change.key.clone(), change.value.clone());
         }
         let entries: Vec<(EntryKey, Vec<u8>)> = contents.into_iter().collect();
-        let (tree, index) = build_tree(&entries);
-        if tree.root() != vouched.root {
+        let contents = build_tree(&entries);
+        if contents.tree.root() != vouched.root {
             return Err(MirrorError::Differs { serial });
         }
         self.store
             .apply_changes(changes, serial, Some(statement), replace)?;
         *fresh = Some(Arc::new(FreshState {
             serial,
-            tree,
-            index,
+            contents: Arc::new(contents),
             statement: Some(statement.clone()),
         }));
         Ok(())
@@ -950,14 +947,14 @@ impl Directory {
 }
 
 /// The Merkle tree over `entries` (in key order) and each key's leaf index.
-fn build_tree(entries: &[(EntryKey, Vec<u8>)]) -> (MerkleTree, HashMap<EntryKey, usize>) {
+fn build_tree(entries: &[(EntryKey, Vec<u8>)]) -> Contents {
     let index = entries
         .iter()
         .enumerate()
         .map(|(i, (key, _))| (key.clone(), i))
         .collect();
     let tree = MerkleTree::new(entries.iter().map(|(k, v)| leaf_hash(k, v)).collect());
-    (tree, index)
+    Contents { tree, index }
 }
 
 fn chain_keys(chain: &[Signed<Delegation>]) -> impl Iterator<Item = EntryKey> + '_ {
@@ -976,7 +973,10 @@ fn vouch(state: &FreshState, keys: &[EntryKey]) -> Option<Vouched> {
     let statement = state.statement.clone()?;
     let proofs = keys
         .iter()
-        .map(|k| state.index.get(k).map(|&i| state.tree.proof(i)))
+        .map(|k| {
+            let contents = &state.contents;
+            contents.index.get(k).map(|&i| contents.tree.proof(i))
+        })
         .collect::<Option<Vec<_>>>()?;
     Some(Vouched { statement, proofs })
 }

@@ -113,10 +113,7 @@ impl Store {
     /// The serial of the latest write (0 for an empty database).
     pub fn serial(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let meta = txn.open_table(META).map_err(db_err)?;
-        meta.get(META_SERIAL)
-            .map_err(db_err)?
-            .map_or(Ok(0), |v| serial_from(v.value()))
+        stored_serial(&txn.open_table(META).map_err(db_err)?)
     }
 
     /// Every delegation and record, in [`EntryKey`] order (delegations first, each
@@ -124,12 +121,7 @@ impl Store {
     /// freshness tree, read in one transaction.
     pub fn entries(&self) -> Result<(u64, Entries), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let serial = txn
-            .open_table(META)
-            .map_err(db_err)?
-            .get(META_SERIAL)
-            .map_err(db_err)?
-            .map_or(Ok(0), |v| serial_from(v.value()))?;
+        let serial = stored_serial(&txn.open_table(META).map_err(db_err)?)?;
         let out = collect_entries(
             &txn.open_table(DELEGATIONS).map_err(db_err)?,
             &txn.open_table(RECORDS).map_err(db_err)?,
@@ -149,12 +141,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<Change>, bool), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let current = txn
-            .open_table(META)
-            .map_err(db_err)?
-            .get(META_SERIAL)
-            .map_err(db_err)?
-            .map_or(Ok(0), |v| serial_from(v.value()))?;
+        let current = stored_serial(&txn.open_table(META).map_err(db_err)?)?;
         if current != upto {
             return Ok((Vec::new(), true));
         }
@@ -517,6 +504,15 @@ fn collect_entries(
     Ok(out)
 }
 
+/// The serial kept in the `meta` table (0 before the first write).
+fn stored_serial(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    meta.get(META_SERIAL)
+        .map_err(db_err)?
+        .map_or(Ok(0), |v| serial_from(v.value()))
+}
+
 fn serial_from(bytes: &[u8]) -> Result<u64, StoreError> {
     bytes
         .try_into()
@@ -529,10 +525,7 @@ fn serial_from(bytes: &[u8]) -> Result<u64, StoreError> {
 }
 
 fn read_serial(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let meta = txn.open_table(META).map_err(db_err)?;
-    meta.get(META_SERIAL)
-        .map_err(db_err)?
-        .map_or(Ok(0), |v| serial_from(v.value()))
+    stored_serial(&txn.open_table(META).map_err(db_err)?)
 }
 
 fn set_serial(txn: &WriteTransaction, serial: u64) -> Result<(), StoreError> {

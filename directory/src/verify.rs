@@ -425,18 +425,9 @@ mod tests {
 
     #[test]
     fn a_delegation_signed_before_rollovers_existed_still_decodes_and_verifies() {
-        #[derive(serde::Serialize)]
-        struct V1 {
-            zone: String,
-            key: PublicKey,
-            servers: Vec<String>,
-            version: u64,
-            issued_at: u64,
-            expires_at: u64,
-        }
         let root = Identity::generate();
         let acme = Identity::generate();
-        let body = postcard::to_allocvec(&V1 {
+        let body = postcard::to_allocvec(&crate::record::DelegationV1 {
             zone: "lo://acme/".into(),
             key: acme.public(),
             servers: vec![],

@@ -36,6 +36,34 @@ fn primary(db: &Path, root: &Identity, freshness_secs: u64) -> Server {
     .unwrap()
 }
 
+/// A primary (statements valid for `freshness_secs`) in a temporary directory,
+/// with the zone lo://acme/ owned by `acme` and a client of it.
+struct Acme {
+    dir: tempfile::TempDir,
+    root: Identity,
+    primary: Server,
+    acme: Identity,
+    writer: Client,
+}
+
+async fn acme_on_a_primary(freshness_secs: u64) -> Acme {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+    let primary = primary(&dir.path().join("primary.redb"), &root, freshness_secs);
+    let acme = Identity::generate();
+    let writer = Client::connect(primary.local_addr(), root.public())
+        .await
+        .unwrap();
+    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    Acme {
+        dir,
+        root,
+        primary,
+        acme,
+        writer,
+    }
+}
+
 fn mirror(db: &Path, primary: &Server, root: PublicKey) -> (Server, ServerAddr) {
     let key = Identity::generate();
     let public = key.public();
@@ -85,14 +113,13 @@ async fn version_through(server: ServerAddr, root: PublicKey, name: &str) -> Opt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_pull_incrementally_serve_verified_answers_and_refuse_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Identity::generate();
-    let primary = primary(&dir.path().join("primary.redb"), &root, 300);
-    let acme = Identity::generate();
-    let writer = Client::connect(primary.local_addr(), root.public())
-        .await
-        .unwrap();
-    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    let Acme {
+        dir,
+        root,
+        primary,
+        acme,
+        writer,
+    } = acme_on_a_primary(300).await;
     for i in 0..30 {
         let name = format!("lo://acme/rooms/r{i}");
         writer
@@ -192,15 +219,14 @@ fn record_v(name: &str, version: u64) -> ObjectRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Identity::generate();
     // Statements valid for 6 s, re-signed when 3 s are left.
-    let primary = primary(&dir.path().join("primary.redb"), &root, 6);
-    let acme = Identity::generate();
-    let writer = Client::connect(primary.local_addr(), root.public())
-        .await
-        .unwrap();
-    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    let Acme {
+        dir,
+        root,
+        primary,
+        acme,
+        writer,
+    } = acme_on_a_primary(6).await;
     writer
         .publish(
             Signed::sign(&record_v("lo://acme/x", 1), &acme),
@@ -275,14 +301,13 @@ async fn a_client_fails_over_to_a_mirror_and_refuses_it_once_its_statement_expir
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_that_serves_an_old_or_forged_record_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Identity::generate();
-    let primary = primary(&dir.path().join("primary.redb"), &root, 300);
-    let acme = Identity::generate();
-    let writer = Client::connect(primary.local_addr(), root.public())
-        .await
-        .unwrap();
-    writer.create_zone("lo://acme/", &acme).await.unwrap();
+    let Acme {
+        dir,
+        root,
+        primary,
+        acme,
+        writer,
+    } = acme_on_a_primary(300).await;
     let v1 = Signed::sign(&record_v("lo://acme/x", 1), &acme);
     writer
         .publish(v1.clone(), Some(b"chat".to_vec()))

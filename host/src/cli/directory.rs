@@ -417,12 +417,7 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 key,
                 target,
             } => {
-                let signer = load_identity(&key)?;
-                let root = root_key(&target)?;
-                let client = target.client().await?;
-                let current = current_delegation(&client, root, &zone)
-                    .await?
-                    .with_context(|| format!("no zone {zone} in the directory"))?;
+                let (signer, root, client, current) = existing_zone(&key, &target, &zone).await?;
                 let now = unix_now();
                 if is_top_level(&zone)? {
                     client
@@ -449,13 +444,8 @@ pub fn zone(cmd: ZoneCommand) -> Result<()> {
                 key,
                 target,
             } => {
-                let signer = load_identity(&key)?;
-                let root = root_key(&target)?;
-                let client = target.client().await?;
-                let current = current_delegation(&client, root, &zone)
-                    .await?
-                    .with_context(|| format!("no zone {zone} in the directory"))?;
-                if !current.previous.iter().any(|p| p.key == old) {
+                let (signer, root, client, current) = existing_zone(&key, &target, &zone).await?;
+                if !current.in_grace(&old, unix_now()) {
                     bail!(
                         "{old} is not a key in grace in {zone} (it is owned by {}); to replace \
                          the current key, use `lo zone rollover {zone} --to NEWKEY --grace 0`",
@@ -518,6 +508,22 @@ fn is_top_level(zone: &str) -> Result<bool> {
         bail!("{zone} is not a zone (zones are folders, ending in /)");
     }
     Ok(name.segments().len() == 1)
+}
+
+/// What changing an existing zone takes: the signing key, the trusted root, a
+/// client, and the zone's current delegation.
+async fn existing_zone(
+    key: &KeyArg,
+    target: &DirectoryTarget,
+    zone: &str,
+) -> Result<(Identity, PublicKey, Client, Delegation)> {
+    let signer = load_identity(key)?;
+    let root = root_key(target)?;
+    let client = target.client().await?;
+    let current = current_delegation(&client, root, zone)
+        .await?
+        .with_context(|| format!("no zone {zone} in the directory"))?;
+    Ok((signer, root, client, current))
 }
 
 /// The current delegation of `zone`, if there is one. The zones above it are
