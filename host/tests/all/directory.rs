@@ -410,9 +410,10 @@ fn a_primary_and_two_mirror_processes_serve_fail_over_and_go_stale_without_it() 
     // client given the primary first fails over to a mirror after the handshake
     // times out.
     let all = format!("{primary_addr},{m1},{m2}");
-    let pid = primary.daemon.child.id().to_string();
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
+    // The shell's own `kill` (a builtin): a fresh machine may lack /bin/kill.
+    let pid = primary.daemon.child.id();
+    let stopped = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -STOP {pid}")])
         .status()
         .unwrap();
     assert!(stopped.success());
