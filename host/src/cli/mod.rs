@@ -7,6 +7,7 @@ mod gossip;
 mod new;
 mod node;
 mod qsm;
+mod replay;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -150,6 +151,10 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Re-execute a replica's flight recording (`lo node --record DIR`) step by
+    /// step, checking every outcome and state digest, or find where two replicas'
+    /// recordings part (`--diff`).
+    Replay(replay::ReplayArgs),
     /// Create a project for a new live object (a counter to start from) in
     /// Rust or Python: `lo new hits --lang python`, then `lo build` in it.
     New(new::NewArgs),
@@ -213,6 +218,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls(args) => directory::ls(args),
         Command::Resolve(args) => directory::resolve(args),
         Command::Fetch(args) => directory::fetch(args),
+        // A replay runs under the limits the recording names, not the sandbox flags.
+        Command::Replay(args) => replay::replay(
+            &Runtime::new(RuntimeConfig::with_user_cache())
+                .context("starting the WebAssembly runtime")?,
+            args,
+        ),
         Command::New(args) => new::new(args),
         Command::Build(args) => new::build(args),
         Command::Dev(args) => new::dev(&runtime(&args.runtime)?, args),

@@ -116,6 +116,19 @@ pub struct NodeArgs {
     /// microseconds for small state). 0: never.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     hibernate_after: u64,
+    /// Keep a flight recording of every replica under DIR: its starting
+    /// snapshot, every event, view change and call with what the guest saw, and
+    /// state digests. Replay one with `lo replay DIR/<object>-<member>`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Most MiB one replica's recording keeps; its oldest segments are deleted
+    /// past it.
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "record")]
+    record_mib: u64,
+    /// Also record the state's digest every N events (a snapshot each, so a
+    /// replay checks itself that often; 0: every 1,024 state changes).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "record")]
+    record_digest_every: u64,
     #[command(flatten)]
     control: ControlArg,
     #[command(flatten)]
@@ -190,6 +203,15 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
     runtime.set_hibernation(
         (args.hibernate_after > 0).then(|| std::time::Duration::from_secs(args.hibernate_after)),
     );
+    if let Some(dir) = &args.record {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the recording directory {}", dir.display()))?;
+        runtime.set_recording(Some(liveobjects_host::runtime::recorder::RecordSettings {
+            dir: dir.clone(),
+            budget_bytes: args.record_mib.max(1) << 20,
+            digest_every: args.record_digest_every,
+        }));
+    }
     let identity = super::directory::load_identity(&args.key)?;
     let root = super::directory::root_key(&args.target)?;
     let control = args.control.path()?;
@@ -207,7 +229,10 @@ pub fn node(mut runtime: Runtime, args: NodeArgs) -> Result<()> {
             &super::data_dir()?.join(format!("seen-versions-node-{}.redb", identity.public())),
         )?;
         let resolver = Resolver::new(client, root, Some(seen));
-        let banner = drivers.banner.clone();
+        let mut banner = drivers.banner.clone();
+        if let Some(dir) = &args.record {
+            banner.push(format!("recording replicas under {}", dir.display()));
+        }
         let node = Node::new(drivers, runtime, resolver);
         let mut out = std::io::stdout();
         for line in &banner {

@@ -16,6 +16,8 @@ mod aggregate;
 mod cache;
 mod interface;
 mod lifecycle;
+pub mod recorder;
+pub mod replay;
 mod replica;
 pub(crate) mod sandbox;
 
@@ -288,6 +290,8 @@ pub struct Runtime {
     limits: Limits,
     executor_config: crate::executor::ExecutorConfig,
     executor: std::sync::OnceLock<crate::executor::Executor>,
+    /// Where replicas keep their flight recordings, if anywhere.
+    recording: Option<recorder::RecordSettings>,
     /// Stops the epoch ticker thread when the runtime is dropped.
     _ticker: EpochTicker,
 }
@@ -399,6 +403,7 @@ impl Runtime {
             limits: config.limits,
             executor_config: config.executor,
             executor: std::sync::OnceLock::new(),
+            recording: None,
         })
     }
 
@@ -422,6 +427,12 @@ impl Runtime {
         }
         self.executor_config.hibernate_after = after;
         true
+    }
+
+    /// Record every replica made from now on under `settings.dir` (`lo node
+    /// --record`; see [`recorder`]); logic loaded from now on is kept there too.
+    pub fn set_recording(&mut self, settings: Option<recorder::RecordSettings>) {
+        self.recording = settings;
     }
 
     /// The node's object executor, started on first use: every networked driver
@@ -450,6 +461,12 @@ impl Runtime {
     /// compiled code from the cache), and check it implements our world.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Logic>, LoadError> {
         let (hash, component) = self.compile(name, bytes)?;
+        if let Some(recording) = &self.recording
+            && let Err(e) = recorder::save_logic(&recording.dir, &hash.0, bytes)
+        {
+            // The recording stays useful: `lo replay --logic FILE` takes the logic.
+            tracing::warn!("cannot keep a copy of {name} beside the recordings: {e}");
+        }
         let interface = ObjectInterface::of(&self.engine, &component);
         let Some(lifecycle) = interface.lifecycle else {
             return Err(LoadError::WrongWorld {
@@ -531,7 +548,24 @@ impl Runtime {
         logic: &Arc<Logic>,
         identity: ReplicaIdentity,
     ) -> Result<Replica, ReplicaError> {
-        Replica::new(&self.engine, logic.clone(), identity, self.limits.clone())
+        let recorder = match &self.recording {
+            Some(settings) => Some(
+                recorder::Recorder::open(settings, &identity.object, &identity.member).map_err(
+                    |e| ReplicaError::Instantiate {
+                        object: identity.object.clone(),
+                        message: format!(
+                            "cannot open its flight recording: {e} (check `lo node --record`)"
+                        ),
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let mut replica = Replica::new(&self.engine, logic.clone(), identity, self.limits.clone())?;
+        if let Some(recorder) = recorder {
+            replica.record_to(recorder);
+        }
+        Ok(replica)
     }
 }
 

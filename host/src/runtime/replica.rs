@@ -8,6 +8,7 @@
 //! The log is folded into a fresh checkpoint every [`CHECKPOINT_EVERY`] entries.
 
 use super::lifecycle::{self, Lifecycle, Rejection};
+use super::recorder::{Frame, Outcome, RecordedCall, RecordedEvent, Recorder, Start, StartReason};
 use super::sandbox::{
     self, BatchWatch, EventClock, Limit, MemoryLimiter, SeededRandom, StderrTail,
 };
@@ -432,6 +433,8 @@ pub struct Replica {
     stats: ReplicaStats,
     /// Where each applied event is announced, if anyone listens ([`AppliedEvent`]).
     applied_tap: Option<super::AppliedTap>,
+    /// The flight recorder, if the node records ([`super::recorder`]).
+    recorder: Option<Box<Recorder>>,
 }
 
 /// An event the replica applied (or rejected), as a watcher sees it: who sent it,
@@ -495,7 +498,87 @@ impl Replica {
             calls: 0,
             stats: ReplicaStats::default(),
             applied_tap: None,
+            recorder: None,
         })
+    }
+
+    /// Record everything this replica applies from its next `init` on.
+    pub fn record_to(&mut self, recorder: Recorder) {
+        self.recorder = Some(Box::new(recorder));
+    }
+
+    /// Set what a replay must begin with before its `init`: the view the guest
+    /// sees, the clock of view changes and the number of local calls made so far
+    /// (see [`super::replay`]).
+    pub(crate) fn resume_at(&mut self, view: View, last_event_ms: u64, calls: u64) {
+        if let Some(sandbox) = &mut self.sandbox {
+            sandbox.store.data_mut().view = view.clone();
+        }
+        self.checkpoint_view = view;
+        self.last_event_ms = last_event_ms;
+        self.calls = calls;
+    }
+
+    /// Local calls made so far (each seeds its call's random stream).
+    pub(crate) fn calls_made(&self) -> u64 {
+        self.calls
+    }
+
+    /// Forget calls made since `calls` (a replay's own queries must not shift the
+    /// random seeds of the recorded calls after them).
+    pub(crate) fn rewind_calls(&mut self, calls: u64) {
+        self.calls = calls;
+    }
+
+    fn start_frame(&self, reason: StartReason, snapshot: Option<Vec<u8>>) -> Start {
+        let view = self.view();
+        Start {
+            version: super::recorder::FORMAT_VERSION,
+            reason,
+            object: self.identity.object.clone(),
+            member: self.identity.member.clone(),
+            logic_hash: self.logic.hash().0,
+            logic_name: self.logic.name().to_string(),
+            fuel_per_call: self.limits.fuel_per_call,
+            memory_bytes: self.limits.memory_bytes as u64,
+            table_elements: self.limits.table_elements as u64,
+            multicast_max_bytes: self.limits.multicast_max_bytes as u64,
+            multicast_max_per_call: self.limits.multicast_max_per_call as u64,
+            view_id: view.id,
+            view_members: view.members,
+            last_event_ms: self.last_event_ms,
+            calls: self.calls,
+            events: 0,
+            snapshot,
+            recorded_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// Begin a new recording segment from `snapshot`.
+    fn record_start(&mut self, reason: StartReason, snapshot: Option<Vec<u8>>) {
+        if self.recorder.is_none() {
+            return;
+        }
+        let start = self.start_frame(reason, snapshot);
+        if let Some(recorder) = &mut self.recorder {
+            recorder.begin(start);
+        }
+    }
+
+    /// Record an event given to the guest and what became of it.
+    fn record_event(&mut self, event: &Event, outcome: Outcome) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.count_event();
+            recorder.write(&Frame::Event(RecordedEvent {
+                sender: event.sender.clone(),
+                seq: event.seq,
+                timestamp_ms: event.timestamp_ms,
+                payload: event.payload.clone(),
+                outcome,
+            }));
+        }
     }
 
     /// The logic this replica runs.
@@ -550,6 +633,7 @@ impl Replica {
                 self.checkpoint_view = self.view();
                 self.clear_log();
                 self.take_side_effects();
+                self.record_start(StartReason::Init, snapshot.map(<[u8]>::to_vec));
                 Ok(())
             }
             Ok(Err(message)) => {
@@ -592,6 +676,7 @@ impl Replica {
                 self.stats.events_failed += 1;
                 let during = format!("deliver of event {} from {}", event.seq, event.sender);
                 let error = self.fail_and_recover(trap, during);
+                self.record_event(event, Outcome::Failed(error.to_string()));
                 Err(self.out_of_service_after_deadline(error))
             }
         }
@@ -610,6 +695,10 @@ impl Replica {
     /// The bookkeeping of one event the guest applied or rejected (the caller
     /// logs it).
     fn record_applied(&mut self, event: &Event, rejected: Option<String>) {
+        if self.recorder.is_some() {
+            let outcome = rejected.clone().map_or(Outcome::Applied, Outcome::Rejected);
+            self.record_event(event, outcome);
+        }
         self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
         self.stats.state_changes += 1;
         if rejected.is_some() {
@@ -790,6 +879,7 @@ impl Replica {
         let result = self.sb().view_changed(view);
         match result {
             Ok(()) => {
+                self.record_view(view, time_ms, Outcome::Applied);
                 self.log(Applied::View {
                     view: view.clone(),
                     time_ms,
@@ -808,8 +898,20 @@ impl Replica {
                 // The refused view never happened: roll the guest's view back too.
                 self.sb().store.data_mut().view = previous;
                 let error = self.fail_and_recover(trap, format!("view change to {}", view.id));
+                self.record_view(view, time_ms, Outcome::Failed(error.to_string()));
                 Err(self.out_of_service_after_deadline(error))
             }
+        }
+    }
+
+    fn record_view(&mut self, view: &View, time_ms: u64, outcome: Outcome) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.write(&Frame::View {
+                id: view.id,
+                members: view.members.clone(),
+                time_ms,
+                outcome,
+            });
         }
     }
 
@@ -896,6 +998,27 @@ impl Replica {
     /// Call a method with typed values. A query's results come back; an update's
     /// multicasts come back in [`CallOutcome::multicasts`] for the driver to send.
     pub fn call(&mut self, method: &Method, args: &[Val]) -> Result<CallOutcome, ReplicaError> {
+        let result = self.call_unrecorded(method, args);
+        if let Some(recorder) = &mut self.recorder {
+            recorder.write(&Frame::Call(Box::new(RecordedCall {
+                method: method.name.clone(),
+                args: args.iter().map(val_to_wave).collect(),
+                number: self.calls,
+                time_ms: self.last_event_ms,
+                result: match &result {
+                    Ok(outcome) => Ok(outcome.results_wave()),
+                    Err(e) => Err(e.to_string()),
+                },
+            })));
+        }
+        result
+    }
+
+    fn call_unrecorded(
+        &mut self,
+        method: &Method,
+        args: &[Val],
+    ) -> Result<CallOutcome, ReplicaError> {
         self.ensure_initialized()?;
         self.calls += 1;
         self.prepare_call(Seed::Call(self.calls), self.last_event_ms);
@@ -1255,20 +1378,37 @@ impl Replica {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.log_len < self.next_checkpoint_at {
+        let checkpoint_due = self.log_len >= self.next_checkpoint_at;
+        let digest_due = self.recorder.as_ref().is_some_and(|r| r.digest_due());
+        if !checkpoint_due && !digest_due {
             return;
         }
         match self.snapshot() {
             Ok(snapshot) => {
-                self.checkpoint = Some(snapshot);
-                self.checkpoint_view = self.view();
-                self.clear_log();
-                self.next_checkpoint_at = CHECKPOINT_EVERY;
+                let rotate = self.recorder.as_mut().is_some_and(|recorder| {
+                    recorder.digest(&snapshot);
+                    recorder.wants_new_segment()
+                });
+                if rotate {
+                    self.record_start(StartReason::Rotation, Some(snapshot.clone()));
+                }
+                if checkpoint_due {
+                    self.checkpoint = Some(snapshot);
+                    self.checkpoint_view = self.view();
+                    self.clear_log();
+                    self.next_checkpoint_at = CHECKPOINT_EVERY;
+                }
             }
             Err(e) => {
                 // Keep the log (the replica stays correct, only slower to recover) and
                 // back off, so a snapshot that always fails is not retried every event.
                 tracing::warn!("cannot checkpoint: {e}");
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.skip_digest();
+                }
+                if !checkpoint_due {
+                    return;
+                }
                 self.next_checkpoint_at = self.log_len + CHECKPOINT_EVERY;
                 if self.log_len > MAX_LOG_ENTRIES && self.broken.is_none() {
                     self.broken = Some(format!(

@@ -261,7 +261,9 @@ fn completions_for_each_shell_and_sandbox_flags_only_where_guests_run() {
         }
     }
     let help = |args: &[&str]| stdout(&lo.run(args));
-    for command in ["keygen", "status", "ls", "resolve", "leave", "join"] {
+    for command in [
+        "keygen", "status", "ls", "resolve", "leave", "join", "replay",
+    ] {
         let text = help(&[command, "--help"]);
         assert!(
             !text.contains("--fuel") && !text.contains("--memory-mib"),

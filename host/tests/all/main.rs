@@ -20,6 +20,7 @@ mod qsm_fuzz;
 mod qsm_namespaces;
 mod qsm_processes;
 mod qsm_simulation;
+mod replay;
 mod vsync_objects;
 mod vsync_processes;
 mod vsync_simulation;

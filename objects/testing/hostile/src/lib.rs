@@ -73,6 +73,10 @@ wit_bindgen::generate!({
             /// environment, open a TCP connection. Returns one line per attempt saying
             /// what happened; the host must have denied each.
             probe-authority: func() -> list<string>;
+            /// Multicast an event whose `deliver` adds to the total a number
+            /// derived from the applying replica's own member id (`self-id`):
+            /// replicas diverge on purpose (for divergence and replay tests).
+            diverge: func();
         }
 
         world hostile-object {
@@ -124,6 +128,7 @@ enum Event {
     LoopSnapshotOnJoin,
     Burn(u32),
     FanOut { bytes: u32, count: u32 },
+    Diverge,
 }
 
 fn spin_forever() -> ! {
@@ -183,6 +188,12 @@ impl LiveObject for Hostile {
                 for _ in 0..count {
                     Hostile::emit(&Event::Blob(vec![9u8; bytes as usize]));
                 }
+            }
+            Event::Diverge => {
+                let mark = liveobjects_guest::self_id()
+                    .bytes()
+                    .fold(0i64, |sum, b| sum.wrapping_mul(31).wrapping_add(i64::from(b)));
+                self.total = self.total.wrapping_add(mark);
             }
             Event::Chain(generation) => {
                 self.chained += 1;
@@ -291,6 +302,10 @@ impl Guest for Hostile {
 
     fn chained() -> u64 {
         Hostile::read(|h| h.chained)
+    }
+
+    fn diverge() {
+        Hostile::emit(&Event::Diverge);
     }
 
     fn probe_authority() -> Vec<String> {
