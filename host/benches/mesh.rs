@@ -1,6 +1,8 @@
 //! Mesh benchmark: events/s and latency for 1, 3 and 5 members on loopback with 64 B
 //! and 1 KiB events, and join time with a 1 MiB state; NATS (nats-server, Debian
-//! package) measured in the same run as the peer users would pick instead.
+//! package) measured in the same run as the peer users would pick instead. Then
+//! what divergence checks and the flight recorder cost, against the same group
+//! without them in the same run.
 //! See `host/benches/README.md`.
 //!
 //! Run: `cargo bench -p liveobjects-host --bench mesh` (`-- --quick` for a short run).
@@ -41,12 +43,14 @@ async fn group(
     runtime: &Runtime,
     logic: &Arc<Logic>,
     n: usize,
+    check_every: u64,
 ) -> (Vec<MeshNode>, Vec<GroupHandle>) {
     let config = Config {
         heartbeat: 100,
         suspect_after: 3_000,
         retry: 200,
         liveness: Liveness::PerPeer,
+        check_every,
         ..Config::default()
     };
     let nodes: Vec<MeshNode> = (0..n)
@@ -95,8 +99,9 @@ async fn mesh(
     size: usize,
     events: usize,
     pings: usize,
+    check_every: u64,
 ) -> Row {
-    let (nodes, groups) = group(runtime, logic, n).await;
+    let (nodes, groups) = group(runtime, logic, n, check_every).await;
     // The hostile test object's `huge-multicast` sends one event of about `size` bytes.
     let arg = (size.saturating_sub(3)).to_string();
     let base: Vec<u64> = {
@@ -150,6 +155,69 @@ async fn mesh(
     }
 }
 
+/// Events/s of 3 members, 64 B events, with divergence checks every 1,000 and
+/// every 100 positions, and with every replica recording (`lo node --record`),
+/// against the same group with neither, in this run.
+async fn safety_costs(
+    runtime: &Runtime,
+    logic: &Arc<Logic>,
+    events: usize,
+    pings: usize,
+    report: &mut report::Report,
+) {
+    let recordings = tempfile::tempdir().unwrap();
+    let mut recording = Runtime::new(RuntimeConfig {
+        cache_dir: Some(recordings.path().join("cache")),
+        ..Default::default()
+    })
+    .unwrap();
+    recording.set_recording(Some(liveobjects_host::runtime::recorder::RecordSettings {
+        dir: recordings.path().join("recordings"),
+        budget_bytes: 64 << 20,
+        digest_every: 0,
+    }));
+    let recorded_logic = recording
+        .load_file(liveobjects_objects::HOSTILE.as_ref())
+        .unwrap();
+    let plain = mesh(runtime, logic, 3, 64, events, pings, 0).await;
+    println!();
+    println!("cost of divergence checks and the flight recorder: 3 members, 64 B, {events} events");
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9}",
+        "variant", "ev/s", "p50", "p99", "vs plain"
+    );
+    println!(
+        "{:<28} {:>12.0} {:>9} {:>9} {:>9}",
+        "neither",
+        plain.throughput,
+        us(plain.p50),
+        us(plain.p99),
+        "1.00"
+    );
+    let variants: [(&str, &Runtime, &Arc<Logic>, u64); 3] = [
+        ("checks every 1,000", runtime, logic, 1000),
+        ("checks every 100", runtime, logic, 100),
+        ("flight recorder", &recording, &recorded_logic, 0),
+    ];
+    for (name, runtime, logic, check_every) in variants {
+        let row = mesh(runtime, logic, 3, 64, events, pings, check_every).await;
+        report.row(
+            serde_json::json!({"members": 3, "size": 64, "measure": "throughput", "variant": name}),
+            row.throughput,
+            Some(("same group without", plain.throughput)),
+            "events/s",
+        );
+        println!(
+            "{:<28} {:>12.0} {:>9} {:>9} {:>9.2}",
+            name,
+            row.throughput,
+            us(row.p50),
+            us(row.p99),
+            row.throughput / plain.throughput
+        );
+    }
+}
+
 /// One publisher, `n` subscribers (so `n` receivers, like `n` members).
 async fn nats(port: u16, n: usize, size: usize, events: usize, pings: usize) -> Row {
     let mut subs = Vec::new();
@@ -198,7 +266,7 @@ async fn nats(port: u16, n: usize, size: usize, events: usize, pings: usize) -> 
 }
 
 async fn join_time(runtime: &Runtime, chat: &Arc<Logic>) -> (Duration, usize) {
-    let (nodes, groups) = group(runtime, chat, 1).await;
+    let (nodes, groups) = group(runtime, chat, 1, 0).await;
     // About 1 MiB of state: 256 messages of 4,000 bytes.
     let text = format!("\"{}\"", "x".repeat(4000));
     for _ in 0..256 {
@@ -267,7 +335,7 @@ async fn main() {
     let mut report = report::Report::create("mesh");
     for n in [1usize, 3, 5] {
         for size in [64usize, 1024] {
-            let ours = mesh(&runtime, &hostile, n, size, events, pings).await;
+            let ours = mesh(&runtime, &hostile, n, size, events, pings, 0).await;
             let peer = match &server {
                 Some(s) => Some(nats(s.1, n, size, events, pings).await),
                 None => None,
@@ -302,6 +370,7 @@ async fn main() {
             );
         }
     }
+    safety_costs(&runtime, &hostile, events, pings, &mut report).await;
     let (took, state) = join_time(&runtime, &chat).await;
     println!();
     println!(

@@ -53,6 +53,10 @@ fn no_options(_: &liveobjects_directory::record::ObjectRecord) -> Result<(), Str
     Ok(())
 }
 
+fn mesh_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
+    crate::join::mesh_check_every(record).map(|_| ())
+}
+
 fn qsm_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
     crate::join::membership_of(record).map(|_| ())
 }
@@ -73,7 +77,7 @@ pub const DRIVERS: &[DriverInfo] = &[
         ],
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
         orderer: "sequencer",
-        check_options: no_options,
+        check_options: mesh_options,
     },
     DriverInfo {
         name: "qsm",
@@ -160,6 +164,13 @@ pub struct ObjectReport {
     /// What the object reports beyond its state, if anything (a gossip
     /// aggregate's last estimate).
     pub value: Option<String>,
+    /// The latest divergence check the replica agreed with (mesh).
+    #[serde(default)]
+    pub check: Option<String>,
+    /// The latest divergence found at this replica and its repair, or why the
+    /// object was stopped for lack of a majority (mesh).
+    #[serde(default)]
+    pub divergence: Option<String>,
 }
 
 impl ObjectReport {
@@ -174,6 +185,8 @@ impl ObjectReport {
             sequencer: status.sequencer,
             member: status.member,
             events_applied: metrics.events_applied.max(status.events_applied),
+            check: status.check.clone(),
+            divergence: status.divergence.clone(),
             ..Self::from_metrics(members, metrics)
         }
     }
@@ -197,6 +210,8 @@ impl ObjectReport {
             hibernating: metrics.hibernating,
             batches: metrics.batches,
             value: None,
+            check: None,
+            divergence: None,
         }
     }
 }
@@ -321,7 +336,7 @@ impl DriverArgs {
         data_dir: &std::path::Path,
         runtime: &Arc<Runtime>,
     ) -> Result<NodeDrivers, String> {
-        let mesh = crate::mesh::node_driver::MeshDriver::start(identity, &self.mesh)?;
+        let mesh = crate::mesh::node_driver::MeshDriver::start(identity, &self.mesh, data_dir)?;
         let vsync = crate::vsync::node_driver::VsyncDriver::start(identity, &self.vsync, data_dir)?;
         let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm);
         let gossip = crate::gossip::node_driver::GossipDriver::start(&self.gossip, runtime).await?;

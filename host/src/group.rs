@@ -100,6 +100,11 @@ pub struct GroupStatus {
     pub events_applied: u64,
     /// Why the group refused this joiner, if it did (it will not become a member).
     pub refused: Option<String>,
+    /// The latest divergence check this replica agreed with, if any.
+    pub check: Option<String>,
+    /// The latest divergence found here (and its repair), or why the object was
+    /// stopped for lack of a majority.
+    pub divergence: Option<String>,
 }
 
 impl GroupError {

@@ -381,6 +381,22 @@ pub fn budgets_for(
         })
 }
 
+/// The record's `check-every` driver option: compare the replicas' states every
+/// this many positions of the order (0: never); `None` if the record does not
+/// say (the node's default, [`crate::mesh::node_driver::DEFAULT_CHECK_EVERY`]).
+pub fn mesh_check_every(record: &ObjectRecord) -> Result<Option<u64>, String> {
+    record
+        .driver
+        .options
+        .get("check-every")
+        .map(|text| {
+            text.parse().map_err(|_| {
+                format!("driver option check-every={text} is not a whole number of events")
+            })
+        })
+        .transpose()
+}
+
 /// How long a qsm join may take (membership, then the snapshot) before it fails.
 const QSM_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -480,9 +496,21 @@ pub async fn join_mesh(
         }
     }
     let budgets = budgets_for(runtime, name, record)?;
+    let check_every = mesh_check_every(record).map_err(|reason| JoinError::Type {
+        name: name.to_string(),
+        reason,
+    })?;
     let wait = options.seed_timeout.unwrap_or(Duration::from_secs(10));
     for seed in &seeds {
-        let group = node.join_with(runtime, logic, name, *seed, admission.clone(), &budgets)?;
+        let group = node.join_with(
+            runtime,
+            logic,
+            name,
+            *seed,
+            admission.clone(),
+            &budgets,
+            check_every,
+        )?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             match group.status().await {
@@ -505,7 +533,7 @@ pub async fn join_mesh(
         node.leave(name).await;
     }
     if options.found_if_alone {
-        let group = node.found_with(runtime, logic, name, admission, &budgets)?;
+        let group = node.found_with(runtime, logic, name, admission, &budgets, check_every)?;
         return Ok(group);
     }
     Err(JoinError::NoMembers {

@@ -643,6 +643,8 @@ pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
         "batches": r.batches,
         "queued": r.queued.map(|(jobs, bytes)| json!({"jobs": jobs, "bytes": bytes})),
         "value": r.value,
+        "check": r.check,
+        "divergence": r.divergence,
     })
 }
 

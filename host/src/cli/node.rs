@@ -565,6 +565,12 @@ pub fn status(args: StatusArgs) -> Result<()> {
         } else if r.hibernating {
             println!("    hibernating: idle, its state kept as a snapshot until it is used");
         }
+        if let Some(divergence) = &r.divergence {
+            println!("    {divergence}");
+        }
+        if let Some(check) = &r.check {
+            println!("    last check: {check}");
+        }
         if let Some((jobs, bytes)) = r.queued
             && jobs > 0
         {

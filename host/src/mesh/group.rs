@@ -23,7 +23,8 @@
 
 use super::core::peers::{PeerHeartbeats, PeerOutput};
 use super::core::{
-    Config, Event as CoreEvent, Liveness, MeshCore, Message, Output, Progress, View as CoreView,
+    CheckResult, Config, Event as CoreEvent, Liveness, MeshCore, Message, Output, Progress,
+    Verdict, View as CoreView,
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
@@ -95,6 +96,9 @@ pub struct MeshNode {
     heartbeat_wake: Arc<Notify>,
     /// Stops the heartbeat task (also when dropped).
     stop: watch::Sender<bool>,
+    /// Where a diverged replica's evidence (its own state and the majority's)
+    /// is kept, if anywhere.
+    evidence: Option<std::path::PathBuf>,
 }
 
 impl MeshNode {
@@ -142,7 +146,14 @@ impl MeshNode {
             heartbeats,
             heartbeat_wake,
             stop,
+            evidence: None,
         })
+    }
+
+    /// Keep the evidence of each divergence under `dir` (`lo node` uses its data
+    /// directory's `divergence/`).
+    pub fn keep_evidence_in(&mut self, dir: std::path::PathBuf) {
+        self.evidence = Some(dir);
     }
 
     /// This host as a mesh peer (key and address).
@@ -160,10 +171,11 @@ impl MeshNode {
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let budgets = runtime.executor().budgets().clone();
-        self.found_with(runtime, logic, object, admission, &budgets)
+        self.found_with(runtime, logic, object, admission, &budgets, None)
     }
 
-    /// [`found`](Self::found) under `budgets`.
+    /// [`found`](Self::found) under `budgets`, comparing the replicas' states
+    /// every `check_every` positions of the order (`None`: the node's setting).
     pub fn found_with(
         &self,
         runtime: &Runtime,
@@ -171,10 +183,11 @@ impl MeshNode {
         object: &str,
         admission: Admission,
         budgets: &Budgets,
+        check_every: Option<u64>,
     ) -> Result<GroupHandle, GroupError> {
         let mut replica = self.replica(runtime, logic, object)?;
         replica.init(None)?;
-        let core = MeshCore::found(self.me(), self.config.clone(), self.now());
+        let core = MeshCore::found(self.me(), self.config_for(check_every), self.now());
         Ok(self.spawn(runtime, object, core, replica, admission, budgets))
     }
 
@@ -189,10 +202,12 @@ impl MeshNode {
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let budgets = runtime.executor().budgets().clone();
-        self.join_with(runtime, logic, object, contact, admission, &budgets)
+        self.join_with(runtime, logic, object, contact, admission, &budgets, None)
     }
 
-    /// [`join`](Self::join) under `budgets`.
+    /// [`join`](Self::join) under `budgets` and with `check_every` (see
+    /// [`found_with`](Self::found_with)).
+    #[allow(clippy::too_many_arguments)]
     pub fn join_with(
         &self,
         runtime: &Runtime,
@@ -201,9 +216,10 @@ impl MeshNode {
         contact: Peer,
         admission: Admission,
         budgets: &Budgets,
+        check_every: Option<u64>,
     ) -> Result<GroupHandle, GroupError> {
         let replica = self.replica(runtime, logic, object)?;
-        let core = MeshCore::join(self.me(), contact, self.config.clone(), self.now());
+        let core = MeshCore::join(self.me(), contact, self.config_for(check_every), self.now());
         Ok(self.spawn(runtime, object, core, replica, admission, budgets))
     }
 
@@ -230,6 +246,13 @@ impl MeshNode {
 
     fn now(&self) -> u64 {
         millis_since(self.started)
+    }
+
+    fn config_for(&self, check_every: Option<u64>) -> Config {
+        Config {
+            check_every: check_every.unwrap_or(self.config.check_every),
+            ..self.config.clone()
+        }
     }
 
     fn replica(
@@ -274,6 +297,8 @@ impl MeshNode {
             sequencer: core.is_sequencer(),
             events_applied: 0,
             refused: None,
+            check: None,
+            divergence: None,
         }));
         let group = Group {
             object: object.to_string(),
@@ -298,6 +323,13 @@ impl MeshNode {
             published_progress: None,
             routes: self.groups.clone(),
             route: tx.clone(),
+            evidence: self.evidence.as_ref().map(|dir| {
+                dir.join(crate::runtime::recorder::replica_folder(
+                    object,
+                    &self.me().key.to_string(),
+                ))
+            }),
+            repairing: false,
         };
         tokio::spawn(group.run(rx, results));
         GroupHandle {
@@ -417,6 +449,8 @@ enum FromReplica {
     SnapshotFailed(super::core::Cut<Peer>, String),
     /// The replica could not start from the state it was sent.
     InitFailed(String),
+    /// The digest of the replica's state after position `at`, for a check.
+    Digest(u64, [u8; 32]),
     /// The executor quarantined the object.
     Quarantined(String),
 }
@@ -451,6 +485,10 @@ struct Group {
     routes: Routes,
     /// This task's own route (a rejoin of the same object has another).
     route: mpsc::Sender<GroupInput>,
+    /// Where this replica's divergence evidence goes, if anywhere.
+    evidence: Option<std::path::PathBuf>,
+    /// Whether the replica is diverged and waits for the majority's state.
+    repairing: bool,
 }
 
 impl Group {
@@ -757,6 +795,7 @@ impl Group {
                 }
             }
             FromReplica::Snapshot(cut, snapshot) => self.core.snapshot_taken(cut, snapshot),
+            FromReplica::Digest(at, digest) => self.core.digest_taken(at, digest),
             FromReplica::SnapshotFailed(cut, reason) => self.core.snapshot_failed(cut, &reason),
             FromReplica::InitFailed(reason) => {
                 tracing::error!(
@@ -865,14 +904,60 @@ impl Group {
                     }
                 }),
             ),
-            Output::InstallSnapshot { snapshot } => self.enqueue(
-                snapshot.len(),
-                Box::new(move |replica| {
-                    if let Err(e) = replica.and_then(|r| r.init(Some(&snapshot))) {
-                        let _ = results.send(FromReplica::InitFailed(e.to_string()));
+            Output::InstallSnapshot { snapshot } => {
+                let evidence = self
+                    .repairing
+                    .then(|| self.evidence.clone())
+                    .flatten()
+                    .map(|dir| {
+                        (
+                            dir,
+                            format!("majority-at-{}.snapshot", self.core.delivered()),
+                        )
+                    });
+                self.enqueue(
+                    snapshot.len(),
+                    Box::new(move |replica| {
+                        if let Some((dir, file)) = evidence {
+                            keep_evidence(&object, &dir, &file, &snapshot);
+                        }
+                        if let Err(e) = replica.and_then(|r| r.init(Some(&snapshot))) {
+                            let _ = results.send(FromReplica::InitFailed(e.to_string()));
+                        }
+                    }),
+                )
+            }
+            Output::TakeDigest { at } => self.enqueue(
+                0,
+                Box::new(move |replica| match replica.and_then(|r| r.snapshot()) {
+                    Ok(snapshot) => {
+                        use sha2::Digest as _;
+                        let digest = sha2::Sha256::digest(&snapshot).into();
+                        let _ = results.send(FromReplica::Digest(at, digest));
                     }
+                    // Its check stays open (and is given up): a snapshot that
+                    // fails is reported where it matters, at a join.
+                    Err(e) => tracing::debug!("{object}: no state digest for position {at}: {e}"),
                 }),
             ),
+            Output::Checked(result) => self.checked(result),
+            Output::Repaired {
+                at,
+                from,
+                own_skipped,
+            } => {
+                self.repairing = false;
+                // The majority's state holds this member's events it skipped:
+                // their calls are answered as applied.
+                for seq in own_skipped {
+                    self.waiting.applied(&self.object, seq, None);
+                }
+                let mut status = self.status.lock().expect("status");
+                let before = status.divergence.take().unwrap_or_default();
+                let line = format!("{before}; repaired at position {at} from {}", from.label());
+                tracing::warn!("{}: {line}", self.object);
+                status.divergence = Some(line);
+            }
             Output::Excluded => {
                 let _ = self.notices.send(GroupNotice::Excluded);
                 self.gone = true;
@@ -882,6 +967,77 @@ impl Group {
                 // The task stays to answer `status` (the joiner reads the reason
                 // there) until it is left; the core does nothing more.
                 self.status.lock().expect("status").refused = Some(reason);
+            }
+        }
+    }
+
+    /// Act on a divergence check's verdict: note an agreement, keep the evidence
+    /// of a divergence (the repair follows from the core), stop the object if
+    /// there is no majority.
+    fn checked(&mut self, result: CheckResult<Peer>) {
+        let CheckResult {
+            at,
+            members,
+            own,
+            verdict,
+        } = result;
+        let short = |digest: &[u8; 32]| hex::encode(&digest[..6]);
+        match verdict {
+            Verdict::Agree { agreeing } => {
+                self.status.lock().expect("status").check = Some(format!(
+                    "position {at}: {agreeing} of {members} replicas agree on {}",
+                    short(&own)
+                ));
+            }
+            Verdict::Diverged {
+                majority,
+                agreeing,
+                sources,
+            } => {
+                self.repairing = true;
+                let mut line = format!(
+                    "diverged at position {at}: {agreeing} of {members} replicas agree on {}, \
+                     this one has {}; repairing from {}",
+                    short(&majority),
+                    short(&own),
+                    sources.first().map_or_else(String::new, Peer::label),
+                );
+                if let Some(dir) = &self.evidence {
+                    line.push_str(&format!(" (evidence in {})", dir.display()));
+                    let (object, dir) = (self.object.clone(), dir.clone());
+                    let file = format!("diverged-at-{}.snapshot", self.core.delivered());
+                    let report = format!(
+                        "{line}\nmajority sha256 {}\nthis replica's sha256 {}\n",
+                        hex::encode(majority),
+                        hex::encode(own)
+                    );
+                    self.enqueue(
+                        0,
+                        Box::new(move |replica| {
+                            keep_evidence(&object, &dir, "divergence.txt", report.as_bytes());
+                            if let Ok(snapshot) = replica.and_then(|r| r.snapshot()) {
+                                keep_evidence(&object, &dir, &file, &snapshot);
+                            }
+                        }),
+                    );
+                }
+                tracing::error!("{}: {line}", self.object);
+                self.status.lock().expect("status").divergence = Some(line);
+            }
+            Verdict::NoMajority { groups } => {
+                let states: Vec<String> = groups
+                    .iter()
+                    .map(|(digest, count)| format!("{} x{count}", short(digest)))
+                    .collect();
+                let reason = format!(
+                    "no majority at position {at}: the {members} replicas hold {} different \
+                     states ({}); stopped here rather than let it fork",
+                    groups.len(),
+                    states.join(", ")
+                );
+                tracing::error!("{}: {reason}", self.object);
+                self.status.lock().expect("status").divergence = Some(reason.clone());
+                self.replica.quarantine(&reason);
             }
         }
     }
@@ -925,6 +1081,19 @@ impl Group {
             }),
         );
         self.runs.opened(opened);
+    }
+}
+
+/// Write one file of a divergence's evidence (on an executor worker, never on
+/// the group's task); a failure is logged, the repair goes on.
+fn keep_evidence(object: &str, dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let path = dir.join(file);
+    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, bytes));
+    if let Err(e) = written {
+        tracing::warn!(
+            "{object}: cannot keep divergence evidence {}: {e}",
+            path.display()
+        );
     }
 }
 

@@ -19,26 +19,35 @@ pub struct MeshArgs {
     pub listen: SocketAddr,
 }
 
+/// How often a node's mesh objects compare their replicas' states, in positions
+/// of the order, unless their record says otherwise (`--driver-opt check-every=N`,
+/// 0: never).
+pub const DEFAULT_CHECK_EVERY: u64 = 1000;
+
 /// The mesh driver of a node.
 pub struct MeshDriver {
     node: MeshNode,
 }
 
 impl MeshDriver {
-    /// Start the mesh's QUIC endpoint.
+    /// Start the mesh's QUIC endpoint; evidence of diverged replicas goes under
+    /// `data_dir`'s `divergence/`.
     pub fn start(
         identity: &liveobjects_directory::keys::Identity,
         args: &MeshArgs,
+        data_dir: &std::path::Path,
     ) -> Result<Self, String> {
-        let node = MeshNode::start(
+        let mut node = MeshNode::start(
             identity,
             args.listen,
             Config {
                 liveness: Liveness::PerPeer,
+                check_every: DEFAULT_CHECK_EVERY,
                 ..Config::default()
             },
         )
         .map_err(|e| format!("cannot start the mesh on {}: {e}", args.listen))?;
+        node.keep_evidence_in(data_dir.join("divergence"));
         Ok(MeshDriver { node })
     }
 

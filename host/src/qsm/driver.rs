@@ -1262,6 +1262,7 @@ impl ReplicaTask {
                     sequencer: false,
                     events_applied: m.events_applied,
                     refused: None,
+                    ..GroupStatus::default()
                 });
             }
             Command::Snapshot(reply) => {

@@ -573,6 +573,7 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: self.replica.metrics().events_applied,
             refused: None,
+            ..GroupStatus::default()
         })
     }
 
@@ -602,6 +603,7 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: 0,
             refused: None,
+            ..GroupStatus::default()
         };
         crate::driver::ObjectReport::from_status(&status, &self.replica.metrics())
     }

@@ -7,6 +7,7 @@ mod common;
 mod browser;
 mod cli;
 mod directory;
+mod divergence;
 mod docs;
 mod gossip_processes;
 mod gossip_simulation;

@@ -7,10 +7,16 @@
 //! ([`Liveness::PerPeer`], [`PeerHeartbeats`]), as `lo node` runs them, whose
 //! heartbeats are lost, duplicated and reordered like every other message.
 //!
+//! With divergence checks on, a member whose state is corrupted on purpose is found
+//! by the next check and repaired from the majority (also when it orders the
+//! group, and when the sequencer crashes meanwhile); two members that differ have
+//! no majority and both say so.
+//!
 //! A failing seed replays exactly: `MESH_SEED=1234 cargo test --release --test mesh_simulation`.
 
 use liveobjects_protocols::mesh::peers::{Heartbeat, PeerHeartbeats, PeerOutput};
-use liveobjects_protocols::mesh::{Config, Liveness, MeshCore, Message, Output};
+use liveobjects_protocols::mesh::{Config, Liveness, MeshCore, Message, Output, Verdict};
+use sha2::{Digest as _, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -118,6 +124,12 @@ struct Node {
     alive: bool,
     /// Multicasts made (seq numbers), to check liveness for survivors.
     sent: u64,
+    /// Corrupt the replica's state once, after it applied this many events.
+    corrupt_after: Option<u64>,
+    /// Divergence verdicts it reached: (position, verdict).
+    verdicts: Vec<(u64, Verdict<Id>)>,
+    /// Repairs it finished.
+    repairs: u64,
 }
 
 struct Sim {
@@ -153,6 +165,7 @@ impl Sim {
                 max_in_flight: 64,
                 max_buffered: 10_000,
                 liveness,
+                check_every: 0,
             },
             messages_sent: 0,
         }
@@ -179,6 +192,9 @@ impl Sim {
                 app: App::default(),
                 alive: true,
                 sent: 0,
+                corrupt_after: None,
+                verdicts: Vec::new(),
+                repairs: 0,
             },
         );
         self.drain(id);
@@ -259,8 +275,18 @@ impl Sim {
                             );
                         }
                         node.app
-                            .apply(id, gseq, event.sender, event.seq, &event.payload)
+                            .apply(id, gseq, event.sender, event.seq, &event.payload);
+                        if node.corrupt_after == Some(node.app.count) {
+                            node.corrupt_after = None;
+                            node.app.chain ^= 0x5a5a_5a5a;
+                        }
                     }
+                    Output::TakeDigest { at } => {
+                        let digest = Sha256::digest(node.app.snapshot()).into();
+                        node.core.digest_taken(at, digest);
+                    }
+                    Output::Checked(result) => node.verdicts.push((result.at, result.verdict)),
+                    Output::Repaired { .. } => node.repairs += 1,
                     Output::View(v) => {
                         if std::env::var("MESH_TRACE").is_ok() {
                             eprintln!("t={} node {id} view {v:?}", self.now);
@@ -464,7 +490,7 @@ impl Sim {
         );
         for (id, n) in &self.nodes {
             eprintln!(
-                "  {id}: alive={} member={} seqr={} view={:?} delivered={} count={} sent={} retained={}",
+                "  {id}: alive={} member={} seqr={} view={:?} delivered={} count={} sent={} retained={} verdicts={:?} repairs={}",
                 n.alive,
                 n.core.is_member(),
                 n.core.is_sequencer(),
@@ -472,7 +498,19 @@ impl Sim {
                 n.core.delivered(),
                 n.app.count,
                 n.sent,
-                n.core.retained()
+                n.core.retained(),
+                n.verdicts
+                    .iter()
+                    .map(|(at, v)| (
+                        at,
+                        match v {
+                            Verdict::Agree { .. } => 'A',
+                            Verdict::Diverged { .. } => 'D',
+                            Verdict::NoMajority { .. } => 'N',
+                        }
+                    ))
+                    .collect::<Vec<_>>(),
+                n.repairs
             );
         }
     }
@@ -631,5 +669,110 @@ fn a_late_joiner_gets_a_consistent_state_and_every_later_event() {
             sim.nodes[&late].app.installed,
             "seed {seed} ({liveness:?}): joiner never got state"
         );
+    }
+}
+
+fn diverged(node: &Node) -> bool {
+    node.verdicts
+        .iter()
+        .any(|(_, v)| matches!(v, Verdict::Diverged { .. }))
+}
+
+fn no_majority(node: &Node) -> bool {
+    node.verdicts
+        .iter()
+        .any(|(_, v)| matches!(v, Verdict::NoMajority { .. }))
+}
+
+#[test]
+fn a_diverged_member_is_found_by_the_next_check_and_repaired_from_the_majority() {
+    for (seed, liveness) in runs(0..200) {
+        if std::env::var("MESH_TRACE").is_ok() {
+            eprintln!("seed {seed} ({liveness:?})");
+        }
+        let mut sim = Sim::new(seed, liveness);
+        sim.config.check_every = 10;
+        sim.loss = 5;
+        sim.dup = 3;
+        let ids = group(&mut sim, 5);
+        sim.run_until(2_000);
+        // Any member, the sequencer included, goes wrong after a few events.
+        let bad = ids[sim.rng.below(5) as usize];
+        let after = sim.nodes[&bad].app.count + 5 + sim.rng.below(20);
+        sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(after);
+        burst(&mut sim, &ids, 120);
+        // Half the seeds lose the sequencer too (unless it is the bad member).
+        let sequencer = *ids
+            .iter()
+            .find(|id| sim.nodes[*id].core.is_sequencer())
+            .expect("a sequencer");
+        let mut crashed = BTreeSet::new();
+        let mut rest = ids.clone();
+        if seed % 2 == 1 && sequencer != bad {
+            sim.crash(sequencer);
+            crashed.insert(sequencer);
+            rest.retain(|id| *id != sequencer);
+        }
+        burst(&mut sim, &rest, 120);
+        let name = format!("{seed} ({liveness:?})");
+        sim.heal_and_check(&name, &crashed);
+        let node = &sim.nodes[&bad];
+        assert!(
+            diverged(node),
+            "seed {name}: node {bad} was never found diverged"
+        );
+        assert!(
+            node.repairs >= 1,
+            "seed {name}: node {bad} was never repaired"
+        );
+        for id in sim.alive() {
+            let other = &sim.nodes[&id];
+            assert!(
+                !no_majority(other),
+                "seed {name}: node {id} found no majority"
+            );
+            // (The bad one may be repaired after the last check.)
+            if id != bad {
+                assert!(
+                    !diverged(other),
+                    "seed {name}: node {id} thought it diverged"
+                );
+                assert!(
+                    other
+                        .verdicts
+                        .iter()
+                        .any(|(_, v)| matches!(v, Verdict::Agree { .. })),
+                    "seed {name}: node {id} never reached a verdict it agreed with"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn two_members_that_differ_have_no_majority_and_both_say_so() {
+    for (seed, liveness) in runs(0..100) {
+        let mut sim = Sim::new(seed, liveness);
+        sim.config.check_every = 5;
+        sim.loss = 5;
+        let ids = group(&mut sim, 2);
+        sim.run_until(2_000);
+        let bad = ids[sim.rng.below(2) as usize];
+        sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(3);
+        burst(&mut sim, &ids, 40);
+        sim.loss = 0;
+        sim.run_until(sim.now + 5_000);
+        let name = format!("{seed} ({liveness:?})");
+        for id in &ids {
+            let node = &sim.nodes[id];
+            assert!(
+                no_majority(node),
+                "seed {name}: node {id} did not find the split"
+            );
+            assert!(
+                !diverged(node) && node.repairs == 0,
+                "seed {name}: node {id} took a side"
+            );
+        }
     }
 }

@@ -96,7 +96,7 @@ fn history(home: &Home, n: usize, limit: usize) -> String {
 }
 
 /// Node `n`'s entry for `name` in `lo status --json` (null if it has none).
-fn object_status(home: &Home, n: usize, name: &str) -> serde_json::Value {
+pub(crate) fn object_status(home: &Home, n: usize, name: &str) -> serde_json::Value {
     let out = home.run(&["status", "--json", "--control", &control(home, n)]);
     let status: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);

@@ -12,13 +12,8 @@ use std::path::{Path, PathBuf};
 const OBJECT: &str = "lo://acme/tests/recorded";
 
 fn events_applied(home: &Home, n: usize) -> u64 {
-    let out = home.run(&["status", "--json", "--control", &control(home, n)]);
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    status["objects"]
-        .as_array()
-        .and_then(|objects| objects.iter().find(|o| o["name"] == OBJECT))
-        .and_then(|o| o["events_applied"].as_u64())
+    crate::node::object_status(home, n, OBJECT)["events_applied"]
+        .as_u64()
         .unwrap_or(0)
 }
 

@@ -37,6 +37,18 @@
 //!   joiner installs the snapshot and delivers exactly the items after `c`: nothing
 //!   lost, nothing applied twice.
 //!
+//! - **Divergence checks and repair.** Every [`Config::check_every`] positions of
+//!   the order, each member hands back the digest of its replica's state right
+//!   after that position ([`Output::TakeDigest`]) and sends it to the members of
+//!   the view there ([`Message::Digest`]). A member whose digest differs from one
+//!   a strict majority of that view shares is *diverged*: it stops delivering,
+//!   asks a member of the majority for its state at a cut no earlier than where it
+//!   stopped ([`Message::RepairRequest`], answered with [`Message::State`]),
+//!   installs it and carries on from that cut; its own events up to the cut are
+//!   in that state. If every member answered and no digest has a majority, the
+//!   verdict is [`Verdict::NoMajority`] at every member and the host stops the
+//!   object rather than let it fork. Verdicts come out as [`Output::Checked`].
+//!
 //! # What it does not promise
 //! Agreement under a network partition that splits the group (two sides can each
 //! form a view) is the job of the `vsync` driver, which decides membership through
@@ -76,6 +88,9 @@ pub struct Config {
     /// Who heartbeats and detects failures: the core itself, or its host for all its
     /// groups at once.
     pub liveness: Liveness,
+    /// Compare the replicas' state digests every this many positions of the
+    /// order (0: never). See the module docs.
+    pub check_every: u64,
 }
 
 /// Where a group's heartbeats and failure detection happen.
@@ -114,6 +129,7 @@ impl Default for Config {
             max_in_flight: 1_024,
             max_buffered: 100_000,
             liveness: Liveness::PerGroup,
+            check_every: 0,
         }
     }
 }
@@ -238,6 +254,117 @@ pub enum Message<Id> {
         /// Why, for the joiner's user (at most [`MAX_REFUSAL_BYTES`]).
         reason: String,
     },
+    /// The sender's state digest right after position `at` of the order.
+    Digest {
+        /// The position.
+        at: u64,
+        /// SHA-256 of the sender's replica's snapshot there.
+        digest: [u8; 32],
+    },
+    /// A diverged member asks a member of the majority for its state, at a cut
+    /// no earlier than `after` (where the asker stopped delivering); answered
+    /// with [`Message::State`].
+    RepairRequest {
+        /// The asker's delivered position.
+        after: u64,
+    },
+}
+
+/// Divergence checks a member keeps open at once; older ones are given up.
+const MAX_OPEN_CHECKS: usize = 8;
+
+/// How many retry periods a member sends its digest again to members it has no
+/// digest from (digests travel once otherwise, and may be lost).
+const DIGEST_RESENDS: u8 = 5;
+
+/// A state digest (SHA-256).
+pub type Digest = [u8; 32];
+
+/// The outcome of one divergence check at this member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult<Id> {
+    /// The position of the order it compared states after.
+    pub at: u64,
+    /// Members of the view there.
+    pub members: usize,
+    /// This member's digest.
+    pub own: Digest,
+    /// What the comparison says.
+    pub verdict: Verdict<Id>,
+}
+
+/// What a divergence check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<Id> {
+    /// A strict majority, this member included, has the same state.
+    Agree {
+        /// Members with this digest.
+        agreeing: usize,
+    },
+    /// A strict majority has another state: this member stops delivering and is
+    /// repaired from one of `sources` (an [`Output::InstallSnapshot`] and an
+    /// [`Output::Repaired`] follow).
+    Diverged {
+        /// The majority's digest.
+        majority: Digest,
+        /// Members with it.
+        agreeing: usize,
+        /// Members it asks for their state, in order: the majority (the
+        /// sequencer first if it is in it), then members whose digest had not
+        /// come. Never one known to hold another state.
+        sources: Vec<Id>,
+    },
+    /// Every member answered and no state has a strict majority.
+    NoMajority {
+        /// Each digest and how many members have it, most common first.
+        groups: Vec<(Digest, usize)>,
+    },
+}
+
+/// An open divergence check.
+#[derive(Debug)]
+struct Check<Id> {
+    /// The view's members at the position (known once this member reaches it).
+    members: Option<Vec<Id>>,
+    own: Option<Digest>,
+    votes: BTreeMap<Id, Digest>,
+    /// Retry periods its digest was sent again in.
+    resends: u8,
+}
+
+impl<Id> Default for Check<Id> {
+    fn default() -> Self {
+        Check {
+            members: None,
+            own: None,
+            votes: BTreeMap::new(),
+            resends: 0,
+        }
+    }
+}
+
+/// A repair in progress: delivery is paused until a source's state comes.
+#[derive(Debug)]
+struct Repair<Id> {
+    sources: Vec<Id>,
+    next: usize,
+    asked_at: Millis,
+    after: u64,
+    /// A source's state, held until this member's log has every item up to its
+    /// cut: as a member that delivered them, it may have to resend them (as the
+    /// next sequencer, say).
+    state: Option<RepairState<Id>>,
+}
+
+/// A state a diverged member was sent: the source, the cut, the view and
+/// per-sender positions there, the snapshot.
+#[derive(Debug)]
+struct RepairState<Id> {
+    from: Id,
+    at: u64,
+    view: View<Id>,
+    ordered_seqs: Vec<(Id, u64)>,
+    snapshot: Vec<u8>,
 }
 
 /// Longest reason a [`Message::JoinRefused`] carries; longer ones are cut.
@@ -289,6 +416,26 @@ pub enum Output<Id> {
     JoinRefused {
         /// Why, as the sequencer said.
         reason: String,
+    },
+    /// Hand back the SHA-256 of the replica's snapshot (it has applied exactly
+    /// the outputs before this one) with [`MeshCore::digest_taken`].
+    TakeDigest {
+        /// The position of the order it follows.
+        at: u64,
+    },
+    /// A divergence check's verdict at this member.
+    Checked(CheckResult<Id>),
+    /// A repair finished: the [`Output::InstallSnapshot`] just before holds the
+    /// majority member's state after position `at`; this member's own events
+    /// with sequence numbers in `own_skipped` are in it (applied there, not
+    /// delivered here).
+    Repaired {
+        /// The cut.
+        at: u64,
+        /// The member the state came from.
+        from: Id,
+        /// This member's own events the state includes that it had not delivered.
+        own_skipped: std::ops::RangeInclusive<u64>,
     },
 }
 
@@ -371,6 +518,16 @@ pub struct MeshCore<Id: MemberId> {
     flush: Option<Flush<Id>>,
     // Joining.
     contact: Option<Id>,
+    // Divergence checks.
+    checks: BTreeMap<u64, Check<Id>>,
+    /// Highest position a verdict was reached for (later votes for it are late).
+    checked_upto: u64,
+    /// The latest decided checks: this member's digest and who had voted, so a
+    /// member that comes late (it lagged, or was repaired) still gets an answer.
+    decided: BTreeMap<u64, (Digest, BTreeSet<Id>)>,
+    repair: Option<Repair<Id>>,
+    /// Diverged members waiting for this one to reach their cut, by member.
+    repair_requests: BTreeMap<Id, u64>,
     // Outputs.
     transmits: VecDeque<(Id, Message<Id>)>,
     outputs: VecDeque<Output<Id>>,
@@ -438,6 +595,11 @@ impl<Id: MemberId> MeshCore<Id> {
             last_heartbeat: now,
             flush: None,
             contact: None,
+            checks: BTreeMap::new(),
+            checked_upto: 0,
+            decided: BTreeMap::new(),
+            repair: None,
+            repair_requests: BTreeMap::new(),
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
         }
@@ -576,6 +738,11 @@ impl<Id: MemberId> MeshCore<Id> {
             || !self.queued.is_empty()
             || self.ordered_known > self.delivered
             || self.flush.is_some()
+            || self.repair.is_some()
+            || self
+                .checks
+                .values()
+                .any(|c| c.own.is_some() && c.resends < DIGEST_RESENDS)
     }
 
     /// A member alone in its view with nothing to resend: it has nobody to
@@ -714,8 +881,25 @@ impl<Id: MemberId> MeshCore<Id> {
                 snapshot,
             } => {
                 // Only from the member we asked, and only if it orders that view.
-                if self.contact.as_ref() == Some(&from) && view.sequencer() == Some(&from) {
+                if self.phase == Phase::Joining
+                    && self.contact.as_ref() == Some(&from)
+                    && view.sequencer() == Some(&from)
+                {
                     self.on_state(at, view, ordered_seqs, snapshot);
+                } else if let Some(repair) = &mut self.repair
+                    && repair.sources.contains(&from)
+                    && at >= repair.after
+                    && self.phase == Phase::Member
+                    && view.contains(&self.me)
+                {
+                    repair.state = Some(RepairState {
+                        from,
+                        at,
+                        view,
+                        ordered_seqs,
+                        snapshot,
+                    });
+                    self.finish_repair();
                 }
             }
             Message::Flush { view } => self.on_flush(from, view),
@@ -727,6 +911,8 @@ impl<Id: MemberId> MeshCore<Id> {
                     self.act_on_suspects(now);
                 }
             }
+            Message::Digest { at, digest } => self.on_digest(from, at, digest),
+            Message::RepairRequest { after } => self.on_repair_request(from, after),
             Message::JoinRefused { reason } => {
                 // Only the member we asked can refuse us, and only while we join.
                 if self.phase == Phase::Joining && self.contact.as_ref() == Some(&from) {
@@ -841,7 +1027,9 @@ impl<Id: MemberId> MeshCore<Id> {
     }
 
     fn on_join_request(&mut self, from: Id) {
-        if !self.is_member() {
+        // A member being repaired would hand its diverged state to the joiner,
+        // which retries.
+        if !self.is_member() || self.repair.is_some() {
             return;
         }
         if !self.is_sequencer() {
@@ -934,15 +1122,24 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.flush.is_some() {
             self.try_finish_flush();
         }
+        if self.repair.as_ref().is_some_and(|r| r.state.is_some()) {
+            self.finish_repair();
+        }
     }
 
     fn deliver_ready(&mut self) {
         if self.phase != Phase::Member {
             return;
         }
-        while let Some(item) = self.log.get(&(self.delivered + 1)).cloned() {
+        // A member waiting for a repair delivers nothing past where it stopped.
+        let limit = self.repair.as_ref().map_or(u64::MAX, |r| r.after);
+        while self.delivered < limit
+            && let Some(item) = self.log.get(&(self.delivered + 1)).cloned()
+        {
             self.delivered += 1;
             self.last_progress = self.now;
+            let check = self.config.check_every > 0
+                && self.delivered.is_multiple_of(self.config.check_every);
             match item {
                 Item::Event(event) => {
                     let upto = self.ordered_seqs.entry(event.sender.clone()).or_insert(0);
@@ -962,7 +1159,11 @@ impl<Id: MemberId> MeshCore<Id> {
                     }
                 }
             }
+            if check {
+                self.start_check(self.delivered);
+            }
         }
+        self.serve_repair_requests();
         if self.is_sequencer() && self.view.members.len() == 1 {
             // Alone, what it delivered is stable at once: nobody's heartbeat will
             // say so, and the log would otherwise keep every event.
@@ -989,6 +1190,21 @@ impl<Id: MemberId> MeshCore<Id> {
             self.waiting_submits.remove(gone);
             self.suspected.remove(gone);
             self.state_sent.remove(gone);
+            self.repair_requests.remove(gone);
+        }
+        if !removed.is_empty() {
+            // A member that left will not vote: decide open checks without it.
+            let open: Vec<u64> = self.checks.keys().copied().collect();
+            for at in open {
+                if let Some(members) = self
+                    .checks
+                    .get_mut(&at)
+                    .and_then(|check| check.members.as_mut())
+                {
+                    members.retain(|m| !removed.contains(m));
+                }
+                self.evaluate_check(at);
+            }
         }
         self.outputs.push_back(Output::View(view.clone()));
         if !view.contains(&self.me) {
@@ -1009,6 +1225,21 @@ impl<Id: MemberId> MeshCore<Id> {
         for (sender, seq) in &self.ordered_seqs {
             let a = self.assigned.entry(sender.clone()).or_insert(0);
             *a = (*a).max(*seq);
+        }
+    }
+
+    /// Ask for the items missing from the log past its contiguous part (not
+    /// for what it holds already).
+    fn request_holes(&mut self) {
+        let received = self.contiguous_received();
+        if self.ordered_known > received {
+            self.transmits.push_back((
+                self.repair_source(),
+                Message::Nack {
+                    from: received + 1,
+                    to: self.ordered_known.min(received + MAX_NACK_ITEMS),
+                },
+            ));
         }
     }
 
@@ -1131,6 +1362,320 @@ impl<Id: MemberId> MeshCore<Id> {
         self.request_gap();
     }
 
+    // ----- divergence checks and repair -----
+
+    /// The digest asked for by [`Output::TakeDigest`] at `at`: send it to the
+    /// view's members and decide the check if their digests are in.
+    pub fn digest_taken(&mut self, at: u64, digest: Digest) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        let Some(check) = self.checks.get_mut(&at) else {
+            return;
+        };
+        check.own = Some(digest);
+        let members = check.members.clone().unwrap_or_default();
+        for member in members {
+            if member != self.me {
+                self.transmits
+                    .push_back((member, Message::Digest { at, digest }));
+            }
+        }
+        self.evaluate_check(at);
+    }
+
+    fn start_check(&mut self, at: u64) {
+        let check = self.checks.entry(at).or_default();
+        check.members = Some(self.view.members.clone());
+        self.outputs.push_back(Output::TakeDigest { at });
+        while self.checks.len() > MAX_OPEN_CHECKS {
+            self.checks.pop_first();
+        }
+    }
+
+    fn on_digest(&mut self, from: Id, at: u64, digest: Digest) {
+        let every = self.config.check_every;
+        // Only members vote, only at check positions, and not far beyond this
+        // member's own position (a bound on what a peer can make it keep).
+        if self.phase != Phase::Member
+            || every == 0
+            || !at.is_multiple_of(every)
+            || !self.view.contains(&from)
+        {
+            return;
+        }
+        if at <= self.checked_upto {
+            // Decided here before its vote came: answer it once with ours.
+            if let Some((own, voters)) = self.decided.get_mut(&at)
+                && voters.insert(from.clone())
+            {
+                let own = *own;
+                self.transmits
+                    .push_back((from, Message::Digest { at, digest: own }));
+            }
+            return;
+        }
+        if at
+            > self
+                .delivered
+                .saturating_add(every.saturating_mul(MAX_OPEN_CHECKS as u64))
+        {
+            return;
+        }
+        if !self.checks.contains_key(&at) && self.checks.len() >= MAX_OPEN_CHECKS {
+            // Full: a newer check pushes out the oldest, which is likely stale.
+            match self.checks.first_key_value() {
+                Some((oldest, _)) if *oldest < at => {
+                    self.checks.pop_first();
+                }
+                _ => return,
+            }
+        }
+        self.checks
+            .entry(at)
+            .or_default()
+            .votes
+            .entry(from)
+            .or_insert(digest);
+        self.evaluate_check(at);
+    }
+
+    /// Decide the check at `at` if it can be: a strict majority of the view there
+    /// shares a digest, or every member answered.
+    fn evaluate_check(&mut self, at: u64) {
+        let Some(check) = self.checks.get(&at) else {
+            return;
+        };
+        let (Some(members), Some(own)) = (&check.members, check.own) else {
+            return;
+        };
+        let n = members.len();
+        let mut groups: BTreeMap<Digest, Vec<Id>> = BTreeMap::new();
+        groups.entry(own).or_default().push(self.me.clone());
+        for member in members {
+            if *member != self.me
+                && let Some(digest) = check.votes.get(member)
+            {
+                groups.entry(*digest).or_default().push(member.clone());
+            }
+        }
+        let answered: usize = groups.values().map(Vec::len).sum();
+        let majority = groups
+            .iter()
+            .find(|(_, holders)| holders.len() * 2 > n)
+            .map(|(digest, holders)| (*digest, holders.clone()));
+        let verdict = match majority {
+            Some((digest, holders)) if digest == own => Verdict::Agree {
+                agreeing: holders.len(),
+            },
+            Some((majority, holders)) => {
+                // The majority, the sequencer first if it agrees (it is always
+                // up to date); then members whose digest has not come, which are
+                // likely with the majority. Never one known to differ.
+                let agreeing = holders.len();
+                let mut sources = holders;
+                sources.sort_by_key(|m| Some(m) != self.view.sequencer());
+                sources.extend(
+                    members
+                        .iter()
+                        .filter(|m| **m != self.me && !check.votes.contains_key(*m))
+                        .cloned(),
+                );
+                Verdict::Diverged {
+                    majority,
+                    agreeing,
+                    sources,
+                }
+            }
+            None if answered >= n => {
+                let mut counted: Vec<(Digest, usize)> =
+                    groups.iter().map(|(d, h)| (*d, h.len())).collect();
+                counted.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+                Verdict::NoMajority { groups: counted }
+            }
+            None => return,
+        };
+        // Decided: this check and every older one are closed.
+        let mut voters: BTreeSet<Id> = check.votes.keys().cloned().collect();
+        voters.insert(self.me.clone());
+        self.decided.insert(at, (own, voters));
+        while self.decided.len() > MAX_OPEN_CHECKS {
+            self.decided.pop_first();
+        }
+        self.checks = self.checks.split_off(&(at + 1));
+        self.checked_upto = self.checked_upto.max(at);
+        if let Verdict::Diverged { sources, .. } = &verdict
+            && self.repair.is_none()
+        {
+            self.repair = Some(Repair {
+                sources: sources.clone(),
+                next: 0,
+                asked_at: self.now,
+                after: self.delivered,
+                state: None,
+            });
+            self.transmits.push_back((
+                sources[0].clone(),
+                Message::RepairRequest {
+                    after: self.delivered,
+                },
+            ));
+        }
+        self.outputs.push_back(Output::Checked(CheckResult {
+            at,
+            members: n,
+            own,
+            verdict,
+        }));
+    }
+
+    fn on_repair_request(&mut self, from: Id, after: u64) {
+        if self.phase != Phase::Member || self.repair.is_some() || !self.view.contains(&from) {
+            return;
+        }
+        self.repair_requests.insert(from, after);
+        self.serve_repair_requests();
+    }
+
+    /// Take a snapshot for each diverged member whose cut this member reached.
+    fn serve_repair_requests(&mut self) {
+        if self.repair_requests.is_empty() || self.repair.is_some() {
+            return;
+        }
+        let ready: Vec<Id> = self
+            .repair_requests
+            .iter()
+            .filter(|(_, after)| **after <= self.delivered)
+            .map(|(member, _)| member.clone())
+            .collect();
+        for member in ready {
+            self.repair_requests.remove(&member);
+            if self.snapshot_requests.insert(member.clone()) {
+                self.request_snapshot(member);
+            }
+        }
+    }
+
+    /// Install the state a source sent once the log holds every item up to its
+    /// cut; until then, ask for what is missing.
+    fn finish_repair(&mut self) {
+        let Some(at) = self
+            .repair
+            .as_ref()
+            .and_then(|r| r.state.as_ref())
+            .map(|state| state.at)
+        else {
+            return;
+        };
+        let received = self.contiguous_received();
+        if received < at {
+            self.transmits.push_back((
+                self.repair_source(),
+                Message::Nack {
+                    from: received + 1,
+                    to: at.min(received + MAX_NACK_ITEMS),
+                },
+            ));
+            return;
+        }
+        let state = self
+            .repair
+            .take()
+            .and_then(|r| r.state)
+            .expect("checked above");
+        let RepairState {
+            from,
+            at,
+            view,
+            ordered_seqs,
+            snapshot,
+        } = state;
+        let own_before = self.ordered_seqs.get(&self.me).copied().unwrap_or(0);
+        self.delivered = at;
+        self.last_progress = self.now;
+        self.ordered_known = self.ordered_known.max(at);
+        self.ordered_seqs = ordered_seqs.into_iter().collect();
+        let own_upto = self.ordered_seqs.get(&self.me).copied().unwrap_or(0);
+        self.in_flight.retain(|seq, _| *seq > own_upto);
+        // Items up to the cut stay in the log until stable, for retransmission,
+        // as delivered ones do.
+        // Views ordered while it was paused are in the state's cut. A flush it
+        // took part in meanwhile (a newer leader term) keeps its leader.
+        let view_changed = view.id > self.view.id;
+        if view_changed {
+            if view.id >= self.leader_term
+                && let Some(sequencer) = view.sequencer()
+            {
+                self.sequencer = sequencer.clone();
+            }
+            self.view = view.clone();
+        }
+        self.max_view_seen = self.max_view_seen.max(view.id);
+        self.leader_term = self.leader_term.max(view.id);
+        self.outputs.push_back(Output::InstallSnapshot { snapshot });
+        if view_changed {
+            self.outputs.push_back(Output::View(view));
+        }
+        self.outputs.push_back(Output::Repaired {
+            at,
+            from,
+            own_skipped: (own_before + 1)..=own_upto,
+        });
+        if self.sequencer == self.me {
+            self.become_sequencer();
+        }
+        // Checks whose position the state skipped cannot be answered here.
+        self.checks.retain(|check_at, _| *check_at > at);
+        self.deliver_ready();
+        self.request_gap();
+        // A flush this member leads waited for it to deliver up to its target.
+        if self.flush.is_some() {
+            self.try_finish_flush();
+        }
+    }
+
+    /// A flush renumbers what no survivor received past `received`: a state
+    /// held for a cut beyond it may count items the group will order otherwise,
+    /// so it is dropped and asked for again.
+    fn drop_repair_state(&mut self, received: u64) {
+        if let Some(repair) = &mut self.repair
+            && repair.state.as_ref().is_some_and(|s| s.at > received)
+        {
+            repair.state = None;
+            repair.asked_at = 0;
+        }
+    }
+
+    /// Ask the next member of the majority if the last one has not answered
+    /// within a suspect timeout.
+    fn retry_repair(&mut self, now: Millis) {
+        let Some(repair) = &mut self.repair else {
+            return;
+        };
+        if now.saturating_sub(repair.asked_at) < self.config.suspect_after {
+            return;
+        }
+        let live: Vec<Id> = repair
+            .sources
+            .iter()
+            .filter(|m| self.view.contains(m))
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            // The majority it knew is gone: deliver on, and let the next check
+            // decide again.
+            self.repair = None;
+            self.deliver_ready();
+            return;
+        }
+        repair.sources = live;
+        repair.next = (repair.next + 1) % repair.sources.len();
+        repair.asked_at = now;
+        let (to, after) = (repair.sources[repair.next].clone(), repair.after);
+        self.transmits
+            .push_back((to, Message::RepairRequest { after }));
+    }
+
     // ----- failure detection and flush -----
 
     fn send_heartbeats(&mut self) {
@@ -1203,6 +1748,7 @@ impl<Id: MemberId> MeshCore<Id> {
         );
         let mut replies = BTreeMap::new();
         replies.insert(self.me.clone(), self.delivered);
+        self.drop_repair_state(self.delivered);
         self.leader_term = view;
         self.flush = Some(Flush {
             view,
@@ -1253,6 +1799,7 @@ impl<Id: MemberId> MeshCore<Id> {
         let received = self.contiguous_received();
         let _beyond = self.log.split_off(&(received + 1));
         self.ordered_known = received;
+        self.drop_repair_state(received);
         self.transmits
             .push_back((from, Message::FlushReply { view, received }));
         self.resend_all_soon();
@@ -1298,6 +1845,18 @@ impl<Id: MemberId> MeshCore<Id> {
             return;
         }
         let target = flush.replies.values().copied().max().unwrap_or(0);
+        if let Some(repair) = &mut self.repair
+            && repair.after < target
+        {
+            // A member waiting for a repair that must lead a flush delivers on to
+            // the flush's target (its state is replaced anyway), or the members
+            // it would take the state from could never get there.
+            repair.after = target;
+            repair.state = None;
+            repair.asked_at = 0;
+            self.deliver_ready();
+        }
+        let Some(flush) = &self.flush else { return };
         if self.delivered < target {
             return;
         }
@@ -1403,12 +1962,44 @@ impl<Id: MemberId> MeshCore<Id> {
                 for (seq, t, p) in pending {
                     self.send_submit(seq, t, p);
                 }
-                if now.saturating_sub(self.last_progress) >= self.config.retry {
+                if self.repair.is_some() {
+                    // Paused: delivery makes no progress on purpose, but the log
+                    // must fill up as if it did (see `finish_repair`).
+                    self.finish_repair();
+                    self.request_holes();
+                } else if now.saturating_sub(self.last_progress) >= self.config.retry {
                     self.request_gap();
                 }
                 if self.flush.is_some() {
                     self.send_flush_requests();
                     self.flush_timeouts(now);
+                }
+                self.retry_repair(now);
+                self.resend_digests();
+            }
+        }
+    }
+
+    /// Send this member's digests again to the members of open checks it has
+    /// no digest from (they likely lack this one too), a few periods at most.
+    fn resend_digests(&mut self) {
+        for (at, check) in &mut self.checks {
+            let (Some(own), Some(members)) = (check.own, &check.members) else {
+                continue;
+            };
+            if check.resends >= DIGEST_RESENDS {
+                continue;
+            }
+            check.resends += 1;
+            for member in members {
+                if *member != self.me && !check.votes.contains_key(member) {
+                    self.transmits.push_back((
+                        member.clone(),
+                        Message::Digest {
+                            at: *at,
+                            digest: own,
+                        },
+                    ));
                 }
             }
         }

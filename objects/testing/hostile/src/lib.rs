@@ -77,6 +77,9 @@ wit_bindgen::generate!({
             /// derived from the applying replica's own member id (`self-id`):
             /// replicas diverge on purpose (for divergence and replay tests).
             diverge: func();
+            /// Multicast an event that adds 1,000 to the total at the replica
+            /// whose `self-id` is `member` only: that one replica diverges.
+            corrupt: func(member: string);
         }
 
         world hostile-object {
@@ -129,6 +132,7 @@ enum Event {
     Burn(u32),
     FanOut { bytes: u32, count: u32 },
     Diverge,
+    Corrupt(String),
 }
 
 fn spin_forever() -> ! {
@@ -194,6 +198,11 @@ impl LiveObject for Hostile {
                     .bytes()
                     .fold(0i64, |sum, b| sum.wrapping_mul(31).wrapping_add(i64::from(b)));
                 self.total = self.total.wrapping_add(mark);
+            }
+            Event::Corrupt(member) => {
+                if liveobjects_guest::self_id() == member {
+                    self.total = self.total.wrapping_add(1000);
+                }
             }
             Event::Chain(generation) => {
                 self.chained += 1;
@@ -306,6 +315,10 @@ impl Guest for Hostile {
 
     fn diverge() {
         Hostile::emit(&Event::Diverge);
+    }
+
+    fn corrupt(member: String) {
+        Hostile::emit(&Event::Corrupt(member));
     }
 
     fn probe_authority() -> Vec<String> {
