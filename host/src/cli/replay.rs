@@ -110,6 +110,9 @@ pub fn replay(runtime: &Runtime, args: ReplayArgs) -> Result<()> {
                 events += 1;
                 stop = args.until.is_some_and(|until| number >= until);
                 if args.quiet {
+                    if stop {
+                        break;
+                    }
                     continue;
                 }
                 write!(

@@ -330,6 +330,7 @@ impl MeshNode {
                 ))
             }),
             repairing: false,
+            majority_state: None,
         };
         tokio::spawn(group.run(rx, results));
         GroupHandle {
@@ -489,6 +490,8 @@ struct Group {
     evidence: Option<std::path::PathBuf>,
     /// Whether the replica is diverged and waits for the majority's state.
     repairing: bool,
+    /// The majority's state a repair installs, kept for the evidence.
+    majority_state: Option<Vec<u8>>,
 }
 
 impl Group {
@@ -905,22 +908,13 @@ impl Group {
                 }),
             ),
             Output::InstallSnapshot { snapshot } => {
-                let evidence = self
-                    .repairing
-                    .then(|| self.evidence.clone())
-                    .flatten()
-                    .map(|dir| {
-                        (
-                            dir,
-                            format!("majority-at-{}.snapshot", self.core.delivered()),
-                        )
-                    });
+                if self.repairing && self.evidence.is_some() {
+                    // Written when the repair's position is known (`Repaired`).
+                    self.majority_state = Some(snapshot.clone());
+                }
                 self.enqueue(
                     snapshot.len(),
                     Box::new(move |replica| {
-                        if let Some((dir, file)) = evidence {
-                            keep_evidence(&object, &dir, &file, &snapshot);
-                        }
                         if let Err(e) = replica.and_then(|r| r.init(Some(&snapshot))) {
                             let _ = results.send(FromReplica::InitFailed(e.to_string()));
                         }
@@ -947,10 +941,33 @@ impl Group {
                 own_skipped,
             } => {
                 self.repairing = false;
-                // The majority's state holds this member's events it skipped:
-                // their calls are answered as applied.
+                if let (Some(dir), Some(state)) =
+                    (self.evidence.clone(), self.majority_state.take())
+                {
+                    let object = self.object.clone();
+                    self.enqueue(
+                        0,
+                        Box::new(move |_| {
+                            keep_evidence(
+                                &object,
+                                &dir,
+                                &format!("majority-at-{at}.snapshot"),
+                                &state,
+                            );
+                        }),
+                    );
+                }
+                // The majority's state holds this member's events it skipped; what
+                // the object made of them there is not known here.
                 for seq in own_skipped {
-                    self.waiting.applied(&self.object, seq, None);
+                    self.waiting.applied(
+                        &self.object,
+                        seq,
+                        Some(format!(
+                            "its outcome is unknown here: this replica was repaired past it \
+                             from the majority's state at position {at}, which includes it"
+                        )),
+                    );
                 }
                 let mut status = self.status.lock().expect("status");
                 let before = status.divergence.take().unwrap_or_default();

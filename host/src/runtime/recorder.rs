@@ -695,12 +695,36 @@ pub fn read_recording(path: &Path, truncated_ok: bool) -> Result<Vec<Segment>, R
             ),
         });
     }
-    let last = files.len() - 1;
-    files
-        .iter()
-        .enumerate()
-        .map(|(i, file)| read_segment(file, truncated_ok && i == last))
-        .collect()
+    // A node killed mid-write and restarted leaves a torn segment followed by
+    // one that starts over (Init): read up to the tear. Otherwise only the last
+    // segment may be torn, and only when asked.
+    let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let last = i + 1 == files.len();
+        match read_segment(file, truncated_ok && last) {
+            Ok(segment) => segments.push(segment),
+            Err(
+                err @ (RecordingError::Truncated { .. } | RecordingError::NotARecording { .. }),
+            ) if !last => {
+                let restarted = read_segment(&files[i + 1], true)
+                    .is_ok_and(|next| next.start.reason == StartReason::Init);
+                if !restarted {
+                    return Err(err);
+                }
+                if let Ok(kept) = read_segment(file, true) {
+                    segments.push(kept);
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    if segments.is_empty() {
+        return Err(RecordingError::Malformed {
+            path: path.to_path_buf(),
+            reason: "none of its segments holds a whole start frame".to_string(),
+        });
+    }
+    Ok(segments)
 }
 
 #[cfg(test)]
@@ -871,6 +895,41 @@ mod tests {
         let err = read_segment(&other, false).unwrap_err().to_string();
         assert!(err.contains("does not begin with its start frame"), "{err}");
         assert!(bytes.len() > MAGIC.len());
+    }
+
+    #[test]
+    fn a_segment_torn_by_a_crash_before_a_restart_still_reads() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = settings(root.path(), 1 << 20);
+        let mut recorder = Recorder::open(&settings, "lo://a/b", "m1").unwrap();
+        recorder.begin(start(StartReason::Init));
+        for seq in 1..=3 {
+            recorder.write(&event(seq));
+        }
+        let dir = recorder.dir().to_path_buf();
+        drop(recorder);
+        let torn = segments_in(&dir).unwrap().remove(0);
+        let bytes = std::fs::read(&torn).unwrap();
+        std::fs::write(&torn, &bytes[..bytes.len() - 4]).unwrap();
+        // Refused alone, and when nothing starts over after it.
+        assert!(read_recording(&dir, false).is_err());
+        let mut restarted = Recorder::open(&settings, "lo://a/b", "m1").unwrap();
+        restarted.begin(start(StartReason::Init));
+        restarted.write(&event(9));
+        drop(restarted);
+        let segments = read_recording(&dir, false).unwrap();
+        assert_eq!(segments.len(), 2);
+        assert_eq!(segments[0].frames, vec![event(1), event(2)]);
+        assert_eq!(segments[1].frames, vec![event(9)]);
+        // A rotation after a tear would hide lost events: refused.
+        let mut rotated = Recorder::open(&settings, "lo://a/b", "m1").unwrap();
+        rotated.begin(start(StartReason::Rotation));
+        drop(rotated);
+        let second = segments_in(&dir).unwrap().remove(1);
+        let bytes = std::fs::read(&second).unwrap();
+        std::fs::write(&second, &bytes[..bytes.len() - 2]).unwrap();
+        let err = read_recording(&dir, false).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
     }
 
     #[test]

@@ -610,6 +610,12 @@ impl Replica {
 
     /// Start the replica from scratch or from a snapshot.
     pub fn init(&mut self, snapshot: Option<&[u8]>) -> Result<(), ReplicaError> {
+        if self.initialized {
+            // A state transfer replaces the state: start it in a fresh instance,
+            // so nothing the old one held (its heap, its globals) survives, as on
+            // every other replica and in a replay.
+            self.sandbox = None;
+        }
         if self.sandbox.is_none() {
             // Hibernating: whatever it held is replaced, so start from a new sandbox
             // (and if there is none to be had, it holds no state any more).
@@ -677,6 +683,7 @@ impl Replica {
                 let during = format!("deliver of event {} from {}", event.seq, event.sender);
                 let error = self.fail_and_recover(trap, during);
                 self.record_event(event, Outcome::Failed(error.to_string()));
+                self.rotate_recording_if_due();
                 Err(self.out_of_service_after_deadline(error))
             }
         }
@@ -1010,8 +1017,32 @@ impl Replica {
                     Err(e) => Err(e.to_string()),
                 },
             })));
+            self.rotate_recording_if_due();
         }
         result
+    }
+
+    /// Start a new recording segment if the current one is over its share of the
+    /// budget (calls and failed events reach no checkpoint, which is where
+    /// segments turn otherwise).
+    fn rotate_recording_if_due(&mut self) {
+        if !self
+            .recorder
+            .as_ref()
+            .is_some_and(|r| r.wants_new_segment())
+            || !self.initialized
+        {
+            return;
+        }
+        match self.snapshot() {
+            Ok(snapshot) => {
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.digest(&snapshot);
+                }
+                self.record_start(StartReason::Rotation, Some(snapshot));
+            }
+            Err(e) => tracing::debug!(object = %self.identity.object, "no recording rotation: {e}"),
+        }
     }
 
     fn call_unrecorded(

@@ -267,6 +267,23 @@ pub enum Message<Id> {
     RepairRequest {
         /// The asker's delivered position.
         after: u64,
+        /// The asker's leader term: a flush since renumbers what follows the
+        /// survivors' common point, so a state for an older term is refused.
+        term: u64,
+    },
+    /// The answer to a [`Message::RepairRequest`]: as [`Message::State`], with the
+    /// request's term.
+    RepairState {
+        /// The request's term.
+        term: u64,
+        /// The cut.
+        at: u64,
+        /// The view at the cut.
+        view: View<Id>,
+        /// Per-sender highest ordered seq at the cut.
+        ordered_seqs: Vec<(Id, u64)>,
+        /// The source replica's snapshot.
+        snapshot: Vec<u8>,
     },
 }
 
@@ -309,9 +326,8 @@ pub enum Verdict<Id> {
         majority: Digest,
         /// Members with it.
         agreeing: usize,
-        /// Members it asks for their state, in order: the majority (the
-        /// sequencer first if it is in it), then members whose digest had not
-        /// come. Never one known to hold another state.
+        /// Members of the majority it asks for their state, in order (the
+        /// sequencer first if it is in it).
         sources: Vec<Id>,
     },
     /// Every member answered and no state has a strict majority.
@@ -350,6 +366,8 @@ struct Repair<Id> {
     next: usize,
     asked_at: Millis,
     after: u64,
+    /// The leader term it last asked in.
+    term: u64,
     /// A source's state, held until this member's log has every item up to its
     /// cut: as a member that delivered them, it may have to resend them (as the
     /// next sequencer, say).
@@ -443,11 +461,13 @@ pub enum Output<Id> {
 /// the core may already have delivered more by the time the replica hands it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cut<Id> {
-    /// The joiner it is for.
+    /// The joiner (or diverged member) it is for.
     pub for_member: Id,
     at: u64,
     view: View<Id>,
     ordered_seqs: Vec<(Id, u64)>,
+    /// For a diverged member: the leader term of its request, echoed back.
+    repair_term: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -526,8 +546,9 @@ pub struct MeshCore<Id: MemberId> {
     /// member that comes late (it lagged, or was repaired) still gets an answer.
     decided: BTreeMap<u64, (Digest, BTreeSet<Id>)>,
     repair: Option<Repair<Id>>,
-    /// Diverged members waiting for this one to reach their cut, by member.
-    repair_requests: BTreeMap<Id, u64>,
+    /// Diverged members waiting for this one to reach their cut (and their
+    /// request's term), by member.
+    repair_requests: BTreeMap<Id, (u64, u64)>,
     // Outputs.
     transmits: VecDeque<(Id, Message<Id>)>,
     outputs: VecDeque<Output<Id>>,
@@ -651,12 +672,23 @@ impl<Id: MemberId> MeshCore<Id> {
         if !self.view.contains(&cut.for_member) {
             return;
         }
-        self.state_sent.insert(cut.for_member.clone());
-        let message = Message::State {
-            at: cut.at,
-            view: cut.view,
-            ordered_seqs: cut.ordered_seqs,
-            snapshot,
+        let message = match cut.repair_term {
+            Some(term) => Message::RepairState {
+                term,
+                at: cut.at,
+                view: cut.view,
+                ordered_seqs: cut.ordered_seqs,
+                snapshot,
+            },
+            None => {
+                self.state_sent.insert(cut.for_member.clone());
+                Message::State {
+                    at: cut.at,
+                    view: cut.view,
+                    ordered_seqs: cut.ordered_seqs,
+                    snapshot,
+                }
+            }
         };
         self.transmits.push_back((cut.for_member, message));
     }
@@ -672,6 +704,10 @@ impl<Id: MemberId> MeshCore<Id> {
     pub fn snapshot_failed(&mut self, cut: Cut<Id>, reason: &str) {
         let joiner = cut.for_member;
         self.snapshot_requests.remove(&joiner);
+        if cut.repair_term.is_some() {
+            // A diverged member asks another source after a while.
+            return;
+        }
         if !self.is_sequencer() || !self.view.contains(&joiner) || self.state_sent.contains(&joiner)
         {
             return;
@@ -696,6 +732,7 @@ impl<Id: MemberId> MeshCore<Id> {
 
     fn request_snapshot(&mut self, for_member: Id) {
         let cut = Cut {
+            repair_term: None,
             for_member,
             at: self.delivered,
             view: self.view.clone(),
@@ -886,9 +923,32 @@ impl<Id: MemberId> MeshCore<Id> {
                     && view.sequencer() == Some(&from)
                 {
                     self.on_state(at, view, ordered_seqs, snapshot);
-                } else if let Some(repair) = &mut self.repair
+                }
+            }
+            Message::Flush { view } => self.on_flush(from, view),
+            Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
+            Message::Left => {
+                if self.phase == Phase::Member && self.view.contains(&from) {
+                    tracing::debug!("{:?}: {:?} left", self.me, from);
+                    self.suspected.insert(from);
+                    self.act_on_suspects(now);
+                }
+            }
+            Message::Digest { at, digest } => self.on_digest(from, at, digest),
+            Message::RepairRequest { after, term } => self.on_repair_request(from, after, term),
+            Message::RepairState {
+                term,
+                at,
+                view,
+                ordered_seqs,
+                snapshot,
+            } => {
+                if let Some(repair) = &mut self.repair
                     && repair.sources.contains(&from)
+                    && term == repair.term
+                    && term == self.leader_term
                     && at >= repair.after
+                    && at >= self.delivered
                     && self.phase == Phase::Member
                     && view.contains(&self.me)
                 {
@@ -902,17 +962,6 @@ impl<Id: MemberId> MeshCore<Id> {
                     self.finish_repair();
                 }
             }
-            Message::Flush { view } => self.on_flush(from, view),
-            Message::FlushReply { view, received } => self.on_flush_reply(from, view, received),
-            Message::Left => {
-                if self.phase == Phase::Member && self.view.contains(&from) {
-                    tracing::debug!("{:?}: {:?} left", self.me, from);
-                    self.suspected.insert(from);
-                    self.act_on_suspects(now);
-                }
-            }
-            Message::Digest { at, digest } => self.on_digest(from, at, digest),
-            Message::RepairRequest { after } => self.on_repair_request(from, after),
             Message::JoinRefused { reason } => {
                 // Only the member we asked can refuse us, and only while we join.
                 if self.phase == Phase::Joining && self.contact.as_ref() == Some(&from) {
@@ -1131,9 +1180,9 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.phase != Phase::Member {
             return;
         }
-        // A member waiting for a repair delivers nothing past where it stopped.
-        let limit = self.repair.as_ref().map_or(u64::MAX, |r| r.after);
-        while self.delivered < limit
+        // A member waiting for a repair delivers nothing past where it stopped
+        // (a check decided inside this loop may start one).
+        while self.delivered < self.repair.as_ref().map_or(u64::MAX, |r| r.after)
             && let Some(item) = self.log.get(&(self.delivered + 1)).cloned()
         {
             self.delivered += 1;
@@ -1196,12 +1245,13 @@ impl<Id: MemberId> MeshCore<Id> {
             // A member that left will not vote: decide open checks without it.
             let open: Vec<u64> = self.checks.keys().copied().collect();
             for at in open {
-                if let Some(members) = self
-                    .checks
-                    .get_mut(&at)
-                    .and_then(|check| check.members.as_mut())
+                if let Some(check) = self.checks.get_mut(&at)
+                    && let Some(members) = check.members.as_mut()
                 {
-                    members.retain(|m| !removed.contains(m));
+                    // One that voted before it left still counts (every member
+                    // then decides over the same set, whatever the timing).
+                    let votes = &check.votes;
+                    members.retain(|m| !removed.contains(m) || votes.contains_key(m));
                 }
                 self.evaluate_check(at);
             }
@@ -1475,12 +1525,6 @@ impl<Id: MemberId> MeshCore<Id> {
                 let agreeing = holders.len();
                 let mut sources = holders;
                 sources.sort_by_key(|m| Some(m) != self.view.sequencer());
-                sources.extend(
-                    members
-                        .iter()
-                        .filter(|m| **m != self.me && !check.votes.contains_key(*m))
-                        .cloned(),
-                );
                 Verdict::Diverged {
                     majority,
                     agreeing,
@@ -1512,12 +1556,14 @@ impl<Id: MemberId> MeshCore<Id> {
                 next: 0,
                 asked_at: self.now,
                 after: self.delivered,
+                term: self.leader_term,
                 state: None,
             });
             self.transmits.push_back((
                 sources[0].clone(),
                 Message::RepairRequest {
                     after: self.delivered,
+                    term: self.leader_term,
                 },
             ));
         }
@@ -1529,11 +1575,11 @@ impl<Id: MemberId> MeshCore<Id> {
         }));
     }
 
-    fn on_repair_request(&mut self, from: Id, after: u64) {
+    fn on_repair_request(&mut self, from: Id, after: u64, term: u64) {
         if self.phase != Phase::Member || self.repair.is_some() || !self.view.contains(&from) {
             return;
         }
-        self.repair_requests.insert(from, after);
+        self.repair_requests.insert(from, (after, term));
         self.serve_repair_requests();
     }
 
@@ -1542,16 +1588,19 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.repair_requests.is_empty() || self.repair.is_some() {
             return;
         }
-        let ready: Vec<Id> = self
+        let ready: Vec<(Id, u64)> = self
             .repair_requests
             .iter()
-            .filter(|(_, after)| **after <= self.delivered)
-            .map(|(member, _)| member.clone())
+            .filter(|(_, (after, _))| *after <= self.delivered)
+            .map(|(member, (_, term))| (member.clone(), *term))
             .collect();
-        for member in ready {
+        for (member, term) in ready {
             self.repair_requests.remove(&member);
             if self.snapshot_requests.insert(member.clone()) {
                 self.request_snapshot(member);
+                if let Some(Output::TakeSnapshot(cut)) = self.outputs.back_mut() {
+                    cut.repair_term = Some(term);
+                }
             }
         }
     }
@@ -1567,6 +1616,14 @@ impl<Id: MemberId> MeshCore<Id> {
         else {
             return;
         };
+        if at < self.delivered {
+            // Too old for where this member is (it cannot deliver anything twice).
+            if let Some(repair) = &mut self.repair {
+                repair.state = None;
+                repair.asked_at = 0;
+            }
+            return;
+        }
         let received = self.contiguous_received();
         if received < at {
             self.transmits.push_back((
@@ -1658,7 +1715,7 @@ impl<Id: MemberId> MeshCore<Id> {
         let live: Vec<Id> = repair
             .sources
             .iter()
-            .filter(|m| self.view.contains(m))
+            .filter(|m| self.view.contains(m) && !self.suspected.contains(*m))
             .cloned()
             .collect();
         if live.is_empty() {
@@ -1671,9 +1728,14 @@ impl<Id: MemberId> MeshCore<Id> {
         repair.sources = live;
         repair.next = (repair.next + 1) % repair.sources.len();
         repair.asked_at = now;
-        let (to, after) = (repair.sources[repair.next].clone(), repair.after);
+        repair.term = self.leader_term;
+        let (to, after, term) = (
+            repair.sources[repair.next].clone(),
+            repair.after,
+            repair.term,
+        );
         self.transmits
-            .push_back((to, Message::RepairRequest { after }));
+            .push_back((to, Message::RepairRequest { after, term }));
     }
 
     // ----- failure detection and flush -----
@@ -1845,15 +1907,12 @@ impl<Id: MemberId> MeshCore<Id> {
             return;
         }
         let target = flush.replies.values().copied().max().unwrap_or(0);
-        if let Some(repair) = &mut self.repair
-            && repair.after < target
-        {
-            // A member waiting for a repair that must lead a flush delivers on to
-            // the flush's target (its state is replaced anyway), or the members
-            // it would take the state from could never get there.
-            repair.after = target;
-            repair.state = None;
-            repair.asked_at = 0;
+        if self.repair.is_some() {
+            // A member waiting for a repair that must lead a flush gives the
+            // repair up and delivers on (the members it would take the state
+            // from could not get past the flush otherwise); the next check finds
+            // it again, and it is repaired then.
+            self.repair = None;
             self.deliver_ready();
         }
         let Some(flush) = &self.flush else { return };
