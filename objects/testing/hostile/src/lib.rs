@@ -194,9 +194,9 @@ impl LiveObject for Hostile {
                 }
             }
             Event::Diverge => {
-                let mark = liveobjects_guest::self_id()
-                    .bytes()
-                    .fold(0i64, |sum, b| sum.wrapping_mul(31).wrapping_add(i64::from(b)));
+                let mark = liveobjects_guest::self_id().bytes().fold(0i64, |sum, b| {
+                    sum.wrapping_mul(31).wrapping_add(i64::from(b))
+                });
                 self.total = self.total.wrapping_add(mark);
             }
             Event::Corrupt(member) => {
