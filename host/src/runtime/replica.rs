@@ -1035,13 +1035,20 @@ impl Replica {
             return;
         }
         match self.snapshot() {
-            Ok(snapshot) => {
-                if let Some(recorder) = &mut self.recorder {
-                    recorder.digest(&snapshot);
-                }
-                self.record_start(StartReason::Rotation, Some(snapshot));
-            }
+            Ok(snapshot) => self.record_snapshot(&snapshot),
             Err(e) => tracing::debug!(object = %self.identity.object, "no recording rotation: {e}"),
+        }
+    }
+
+    /// Record the digest of `snapshot` (the state now) and, if the segment holds
+    /// its share of the budget, start the next one from it.
+    fn record_snapshot(&mut self, snapshot: &[u8]) {
+        let rotate = self.recorder.as_mut().is_some_and(|recorder| {
+            recorder.digest(snapshot);
+            recorder.wants_new_segment()
+        });
+        if rotate {
+            self.record_start(StartReason::Rotation, Some(snapshot.to_vec()));
         }
     }
 
@@ -1416,13 +1423,7 @@ impl Replica {
         }
         match self.snapshot() {
             Ok(snapshot) => {
-                let rotate = self.recorder.as_mut().is_some_and(|recorder| {
-                    recorder.digest(&snapshot);
-                    recorder.wants_new_segment()
-                });
-                if rotate {
-                    self.record_start(StartReason::Rotation, Some(snapshot.clone()));
-                }
+                self.record_snapshot(&snapshot);
                 if checkpoint_due {
                     self.checkpoint = Some(snapshot);
                     self.checkpoint_view = self.view();

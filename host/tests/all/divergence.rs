@@ -5,7 +5,9 @@
 //! replicas that differ with no majority stop the object at both, with the reason.
 
 use crate::common::{Home, eventually};
-use crate::node::{control, directory_with_acme_zone, object_status as status, start_node_with};
+use crate::node::{
+    control, directory_with_acme_zone, join_at, object_status as status, start_node_with,
+};
 
 const REPAIRED: &str = "lo://acme/tests/repaired";
 const SPLIT: &str = "lo://acme/tests/split";
@@ -81,13 +83,7 @@ fn a_corrupted_replica_is_found_repaired_and_reported_and_a_split_stops_the_obje
     let key = |n: usize| seeds[n - 1].split('@').next().unwrap().to_string();
     publish_checked(&home, &directory, REPAIRED, &seeds[0], 4);
     for n in 1..=3 {
-        let mut args = vec!["join", REPAIRED, "--no-interactive"];
-        if n == 1 {
-            args.push("--found");
-        }
-        let control = control(&home, n);
-        args.extend(["--control", &control]);
-        home.ok(&args);
+        join_at(&home, n, REPAIRED, n == 1);
     }
     for n in 1..=3 {
         call(&home, 1, REPAIRED, "add", &[&n.to_string()]);
@@ -150,21 +146,8 @@ fn a_corrupted_replica_is_found_repaired_and_reported_and_a_split_stops_the_obje
 
     // Two replicas, each its own state: nobody has a majority, both stop.
     publish_checked(&home, &directory, SPLIT, &seeds[0], 2);
-    home.ok(&[
-        "join",
-        SPLIT,
-        "--no-interactive",
-        "--found",
-        "--control",
-        &control(&home, 1),
-    ]);
-    home.ok(&[
-        "join",
-        SPLIT,
-        "--no-interactive",
-        "--control",
-        &control(&home, 2),
-    ]);
+    join_at(&home, 1, SPLIT, true);
+    join_at(&home, 2, SPLIT, false);
     home.ok(&["call", SPLIT, "diverge", "--control", &control(&home, 1)]);
     home.ok(&["call", SPLIT, "add", "1", "--control", &control(&home, 1)]);
     eventually(30, "the split object stopped at both nodes", || {

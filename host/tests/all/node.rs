@@ -347,6 +347,16 @@ const CHAIN: &str = "lo://acme/hostile/chain";
 const STUCK: &str = "lo://acme/hostile/stuck-snapshot";
 
 /// Publish `name` as a total-order mesh object of `logic` seeded at `seed`.
+/// `lo join NAME --no-interactive` through node `n` (`--found` if `found`).
+pub(crate) fn join_at(home: &Home, n: usize, name: &str, found: bool) {
+    let control = control(home, n);
+    let mut args = vec!["join", name, "--no-interactive", "--control", &control];
+    if found {
+        args.push("--found");
+    }
+    home.ok(&args);
+}
+
 pub(crate) fn publish_mesh(
     home: &Home,
     directory: &DirectoryProcess,
@@ -398,14 +408,7 @@ fn a_snapshot_that_never_ends_refuses_the_joiner_and_the_member_carries_on() {
         &seed,
     );
     for name in [ROOM, STUCK] {
-        home.ok(&[
-            "join",
-            name,
-            "--no-interactive",
-            "--found",
-            "--control",
-            &control(&home, 1),
-        ]);
+        join_at(&home, 1, name, true);
     }
     home.ok(&[
         "join",

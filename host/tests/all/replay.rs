@@ -6,7 +6,7 @@
 //! torn recording is refused with its path unless `--truncated-ok`.
 
 use crate::common::{Home, eventually};
-use crate::node::{control, directory_with_acme_zone, publish_mesh, start_node_with};
+use crate::node::{control, directory_with_acme_zone, join_at, publish_mesh, start_node_with};
 use std::path::{Path, PathBuf};
 
 const OBJECT: &str = "lo://acme/tests/recorded";
@@ -82,21 +82,8 @@ fn nodes_record_and_lo_replay_re_executes_and_diffs_their_replicas() {
         liveobjects_objects::HOSTILE,
         &seed,
     );
-    home.ok(&[
-        "join",
-        OBJECT,
-        "--no-interactive",
-        "--found",
-        "--control",
-        &control(&home, 1),
-    ]);
-    home.ok(&[
-        "join",
-        OBJECT,
-        "--no-interactive",
-        "--control",
-        &control(&home, 2),
-    ]);
+    join_at(&home, 1, OBJECT, true);
+    join_at(&home, 2, OBJECT, false);
     for n in 1..=3 {
         home.ok(&[
             "call",

@@ -1281,26 +1281,22 @@ impl<Id: MemberId> MeshCore<Id> {
     /// Ask for the items missing from the log past its contiguous part (not
     /// for what it holds already).
     fn request_holes(&mut self) {
-        let received = self.contiguous_received();
-        if self.ordered_known > received {
-            self.transmits.push_back((
-                self.repair_source(),
-                Message::Nack {
-                    from: received + 1,
-                    to: self.ordered_known.min(received + MAX_NACK_ITEMS),
-                },
-            ));
-        }
+        self.ask_for_items(self.contiguous_received(), self.ordered_known);
     }
 
     fn request_gap(&mut self) {
-        if self.ordered_known > self.delivered {
-            let target = self.repair_source();
+        self.ask_for_items(self.delivered, self.ordered_known);
+    }
+
+    /// Nack the items after `have` up to `want` (at most [`MAX_NACK_ITEMS`]) from
+    /// the [`repair_source`](Self::repair_source); nothing if none are missing.
+    fn ask_for_items(&mut self, have: u64, want: u64) {
+        if want > have {
             self.transmits.push_back((
-                target,
+                self.repair_source(),
                 Message::Nack {
-                    from: self.delivered + 1,
-                    to: self.ordered_known.min(self.delivered + MAX_NACK_ITEMS),
+                    from: have + 1,
+                    to: want.min(have + MAX_NACK_ITEMS),
                 },
             ));
         }
@@ -1626,13 +1622,7 @@ impl<Id: MemberId> MeshCore<Id> {
         }
         let received = self.contiguous_received();
         if received < at {
-            self.transmits.push_back((
-                self.repair_source(),
-                Message::Nack {
-                    from: received + 1,
-                    to: at.min(received + MAX_NACK_ITEMS),
-                },
-            ));
+            self.ask_for_items(received, at);
             return;
         }
         let state = self
