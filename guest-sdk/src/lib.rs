@@ -62,8 +62,9 @@ pub mod __private {
     //! Glue used by [`export_object!`](crate::export_object); not a stable API.
     wit_bindgen::generate!({
         path: "../wit",
-        world: "liveobjects:object/object@0.2.0",
-        // 0.2 imports 0.1's host interface and types: generate those too.
+        world: "liveobjects:object/object@0.3.0",
+        // 0.3 exports 0.2's lifecycle and imports 0.1's host interface and types:
+        // generate those too.
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_lifecycle",
@@ -72,6 +73,7 @@ pub mod __private {
     pub use self::exports::liveobjects::object0_2_0::lifecycle::{
         EventBatch, Guest as Lifecycle, Rejection,
     };
+    pub use self::exports::liveobjects::object0_3_0::evolve::Guest as Evolve;
     pub use crate::runtime::*;
 }
 
@@ -93,6 +95,22 @@ pub trait LiveObject: Default + Serialize + DeserializeOwned + 'static {
 
     /// The membership of the object's group changed. Default: ignore.
     fn view_changed(&mut self, _view: &View) {}
+
+    /// A live upgrade to this version of the object: build the state from
+    /// `snapshot`, which the logic of record version `from_version` took (its
+    /// postcard encoding of *its* state type). Decode the old type and convert it
+    /// when the state's shape changed; return `Err` to refuse the upgrade (it is
+    /// then aborted on every replica and the old version carries on). Default: the
+    /// snapshot decodes as `Self` unchanged.
+    fn migrate(from_version: u64, snapshot: &[u8]) -> Result<Self, String> {
+        postcard::from_bytes::<Self>(snapshot).map_err(|e| {
+            format!(
+                "the state of version {from_version} ({} bytes) does not decode as this \
+                 version's: {e}; implement LiveObject::migrate to convert it",
+                snapshot.len()
+            )
+        })
+    }
 
     /// Multicast `event` to every replica (including this one). Call this from
     /// update methods; the state changes when the event is delivered.
@@ -255,6 +273,12 @@ pub mod runtime {
         with_state_mut::<T, _>(|state| state.view_changed(&view))
     }
 
+    /// `evolve.migrate`: [`LiveObject::migrate`], encoded as a snapshot.
+    pub fn migrate<T: LiveObject>(from_version: u64, snapshot: Vec<u8>) -> Result<Vec<u8>, String> {
+        let state = T::migrate(from_version, &snapshot)?;
+        Ok(postcard::to_allocvec(&state).expect("postcard encoding to a Vec cannot fail"))
+    }
+
     /// `lifecycle.snapshot`: postcard encoding of the state.
     pub fn snapshot<T: LiveObject>() -> Vec<u8> {
         with_state::<T, _>(|state| {
@@ -263,8 +287,8 @@ pub mod runtime {
     }
 }
 
-/// Export the liveobjects lifecycle, version 0.2 (`init`, `deliver`, `deliver-batch`,
-/// `view-changed`, `snapshot`)
+/// Export the liveobjects world, version 0.3 (the lifecycle: `init`, `deliver`,
+/// `deliver-batch`, `view-changed`, `snapshot`; and `migrate`, for live upgrades)
 /// for a type that implements [`LiveObject`]. Use it once per object crate, next to
 /// the `export!` of the object's own `wit-bindgen` world.
 #[macro_export]
@@ -289,6 +313,11 @@ macro_rules! export_object {
                 }
                 fn snapshot() -> Vec<u8> {
                     $crate::__private::snapshot::<$ty>()
+                }
+            }
+            impl $crate::__private::Evolve for LiveObjectLifecycle {
+                fn migrate(from_version: u64, snapshot: Vec<u8>) -> Result<Vec<u8>, String> {
+                    $crate::__private::migrate::<$ty>(from_version, snapshot)
                 }
             }
             $crate::__private::export_lifecycle!(LiveObjectLifecycle with_types_in $crate::__private);

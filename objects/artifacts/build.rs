@@ -26,6 +26,7 @@ const OBJECTS: &[(&str, &str, bool)] = &[
     ("HOSTILE_AGGREGATE", "hostile_aggregate", false),
     ("STRANGER", "stranger", false),
     ("LEGACY_COUNTER", "legacy_counter", false),
+    ("COUNTER_V2", "counter_v2", false),
 ];
 
 fn main() {

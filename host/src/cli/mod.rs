@@ -300,13 +300,7 @@ fn inspect(runtime: &Runtime, file: &Path) -> Result<()> {
     println!("object logic  {}", file.display());
     println!("sha256        {}", logic.hash());
     println!("size          {} bytes", logic.size());
-    let world = match iface.lifecycle {
-        Some(liveobjects_host::runtime::LIFECYCLE_INTERFACE_0_2) => {
-            "liveobjects:object/object@0.2.0"
-        }
-        _ => "liveobjects:object/object@0.1.0",
-    };
-    println!("world         {world} (implemented)");
+    println!("world         {} (implemented)", iface.world());
     println!("imports");
     for import in &iface.imports {
         println!("  {import}");

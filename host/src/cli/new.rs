@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-/// The object WIT, 0.2 (what the Rust SDK implements), as this `lo` speaks it.
+/// The object WIT, 0.3 (what the Rust SDK implements), as this `lo` speaks it.
 const OBJECT_WIT: &str = include_str!("../../../wit/object.wit");
+/// 0.2 of the object WIT: 0.3 exports its lifecycle.
+const OBJECT_WIT_0_2: &str = include_str!("../../../wit/deps/object-0.2/object.wit");
 /// 0.1 of the object WIT: 0.2 imports its host interface, and the Python and
 /// JavaScript templates implement it (they have no use for `deliver-batch`).
 const OBJECT_WIT_0_1: &str = include_str!("../../../wit/deps/object-0.1/object.wit");
@@ -385,6 +387,10 @@ export!({camel});
         ("sdk/src/lib.rs".into(), SDK_LIB.to_string()),
         ("sdk/src/aggregate.rs".into(), SDK_AGGREGATE.to_string()),
         ("wit/object.wit".into(), OBJECT_WIT.to_string()),
+        (
+            "wit/deps/object-0.2/object.wit".into(),
+            OBJECT_WIT_0_2.to_string(),
+        ),
         (
             "wit/deps/object-0.1/object.wit".into(),
             OBJECT_WIT_0_1.to_string(),

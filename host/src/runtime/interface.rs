@@ -1,7 +1,7 @@
 //! What an object offers: its imports and exports, and the methods of its natural
 //! interface, with their WIT types (read from the component itself).
 
-use super::{LIFECYCLE_INTERFACE, LIFECYCLE_INTERFACE_0_2};
+use super::{EVOLVE_INTERFACE, LIFECYCLE_INTERFACE, LIFECYCLE_INTERFACE_0_2};
 use std::fmt::Write as _;
 use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
@@ -57,9 +57,28 @@ pub struct ObjectInterface {
     pub lifecycle: Option<&'static str>,
     /// Methods of its natural interface (every exported function outside the lifecycle).
     pub methods: Vec<Method>,
+    /// Where its `migrate` is, if it exports 0.3's [`EVOLVE_INTERFACE`].
+    pub(crate) migrate: Option<ComponentExportIndex>,
 }
 
 impl ObjectInterface {
+    /// Whether it exports 0.3's `migrate` (a live upgrade to it runs it).
+    pub fn migrates(&self) -> bool {
+        self.migrate.is_some()
+    }
+
+    /// The world it implements: `liveobjects:object/object@0.3.0` if it exports
+    /// `evolve`, else that of its lifecycle's version.
+    pub fn world(&self) -> &'static str {
+        if self.migrates() {
+            "liveobjects:object/object@0.3.0"
+        } else if self.lifecycle == Some(LIFECYCLE_INTERFACE_0_2) {
+            "liveobjects:object/object@0.2.0"
+        } else {
+            "liveobjects:object/object@0.1.0"
+        }
+    }
+
     pub(crate) fn of(engine: &Engine, component: &Component) -> Self {
         let ty = component.component_type();
         let mut interface = ObjectInterface {
@@ -77,6 +96,12 @@ impl ObjectInterface {
             }
             if export_name == LIFECYCLE_INTERFACE {
                 interface.lifecycle.get_or_insert(LIFECYCLE_INTERFACE);
+                continue;
+            }
+            if export_name == EVOLVE_INTERFACE {
+                interface.migrate = component
+                    .get_export_index(None, export_name)
+                    .and_then(|instance| component.get_export_index(Some(&instance), "migrate"));
                 continue;
             }
             match item.ty {

@@ -58,7 +58,8 @@ pub mod bindings {
     });
 }
 
-/// Host-side bindings for objects built against 0.2 (`wit/object.wit`): 0.1's host
+/// Host-side bindings for objects built against 0.2 (`wit/deps/object-0.2`), which
+/// 0.3 objects export too (0.3 adds `evolve`, called by its export index): 0.1's host
 /// interface and types, plus `deliver-batch`.
 #[allow(missing_docs)]
 pub mod bindings_0_2 {
@@ -80,7 +81,9 @@ pub use self::lifecycle::{BatchedEvent, EventBatch, Rejection};
 pub const LIFECYCLE_INTERFACE: &str = "liveobjects:object/lifecycle@0.1.0";
 /// The lifecycle interface of 0.2 objects (0.1's plus `deliver-batch`).
 pub const LIFECYCLE_INTERFACE_0_2: &str = "liveobjects:object/lifecycle@0.2.0";
-/// The host interface objects may import (the same in 0.1 and 0.2).
+/// The interface of 0.3 objects' optional upgrade step (`migrate`).
+pub const EVOLVE_INTERFACE: &str = "liveobjects:object/evolve@0.3.0";
+/// The host interface objects may import (the same in 0.1, 0.2 and 0.3).
 pub const HOST_INTERFACE: &str = "liveobjects:object/host@0.1.0";
 
 /// Per-replica resource limits. Every call into a guest runs under them.
@@ -214,8 +217,8 @@ pub enum LoadError {
     },
     /// A component, but not one that implements the liveobjects world.
     #[error(
-        "{name} does not implement the liveobjects world (liveobjects:object/object@0.2.0 \
-         or @0.1.0): {reason}. Build it against wit/object.wit (in Rust, with the \
+        "{name} does not implement the liveobjects world (liveobjects:object/object@0.3.0, \
+         @0.2.0 or @0.1.0): {reason}. Build it against wit/object.wit (in Rust, with the \
          liveobjects-guest SDK)"
     )]
     WrongWorld {

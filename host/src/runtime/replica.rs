@@ -128,6 +128,16 @@ pub enum ReplicaError {
         /// The guest's reason.
         message: String,
     },
+    /// The new logic of a live upgrade refused the state it was to take over.
+    #[error("version {version} of object {object} refused to take over its state: {message}")]
+    UpgradeRefused {
+        /// The object.
+        object: String,
+        /// The record version of the new logic.
+        version: u64,
+        /// Which step refused, and the guest's reason.
+        message: String,
+    },
     /// A method name that the object does not export.
     #[error("object {object} has no method `{method}`; its methods are: {available}")]
     NoSuchMethod {
@@ -653,6 +663,81 @@ impl Replica {
                 let err = self.classify(trap, "init".to_string());
                 self.rebuild_empty()?;
                 Err(err)
+            }
+        }
+    }
+
+    /// Switch this replica to `logic` (a live upgrade to record version
+    /// `to_version` from `from_version`): take the current logic's snapshot, run the
+    /// new logic's `migrate(from_version, snapshot)` if it exports one (0.3's
+    /// `evolve`), and `init` the new logic with the result in a fresh sandbox,
+    /// each under the limits of one call. Returns the state the new logic starts
+    /// from. If any step fails (a refusal, a trap, a limit) the replica keeps its
+    /// current logic and state, and the error says which step and why; every step
+    /// is deterministic, so every replica comes to the same outcome.
+    pub fn upgrade(
+        &mut self,
+        logic: Arc<Logic>,
+        from_version: u64,
+        to_version: u64,
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let snapshot = self.snapshot()?;
+        let fresh = instantiate(
+            &self.engine,
+            &logic,
+            &self.identity,
+            &self.limits,
+            self.view(),
+        )?;
+        let old_sandbox = self.sandbox.replace(fresh);
+        let old_logic = std::mem::replace(&mut self.logic, logic);
+        let refused = |replica: &mut Replica, message: String| ReplicaError::UpgradeRefused {
+            object: replica.identity.object.clone(),
+            version: to_version,
+            message,
+        };
+        let outcome = (|| {
+            let migrated = if self.sb().migrate.is_some() {
+                self.prepare_call(Seed::Init, self.last_event_ms);
+                match self.sb().migrate(from_version, &snapshot) {
+                    Some(Ok(Ok(migrated))) => migrated,
+                    Some(Ok(Err(message))) => {
+                        return Err(refused(self, format!("its migrate refused: {message}")));
+                    }
+                    Some(Err(trap)) => {
+                        return Err(self.classify(trap, "migrate".to_string()));
+                    }
+                    None => unreachable!("checked above"),
+                }
+            } else {
+                snapshot.clone()
+            };
+            self.prepare_call(Seed::Init, self.last_event_ms);
+            match self.sb().init(Some(&migrated)) {
+                Ok(Ok(())) => Ok(migrated),
+                Ok(Err(message)) => Err(refused(
+                    self,
+                    format!("its init refused the migrated state: {message}"),
+                )),
+                Err(trap) => Err(self.classify(trap, "init after migrate".to_string())),
+            }
+        })();
+        match outcome {
+            Ok(migrated) => {
+                self.stats.state_changes += 1;
+                self.initialized = true;
+                self.batching_off = None;
+                self.checkpoint = Some(migrated.clone());
+                self.checkpoint_view = self.view();
+                self.clear_log();
+                self.take_side_effects();
+                self.record_start(StartReason::Init, Some(migrated.clone()));
+                Ok(migrated)
+            }
+            Err(error) => {
+                self.sandbox = old_sandbox;
+                self.logic = old_logic;
+                Err(error)
             }
         }
     }
@@ -1509,18 +1594,33 @@ fn instantiate(
                 object: identity.object.clone(),
                 message: format!("{e:#}"),
             })?;
+    let migrate = match logic.interface.migrate {
+        None => None,
+        Some(index) => Some(instance.get_typed_func(&mut store, index).map_err(|e| {
+            ReplicaError::Instantiate {
+                object: identity.object.clone(),
+                message: format!("its `migrate` does not have the type 0.3 gives it: {e:#}"),
+            }
+        })?),
+    };
     Ok(Sandbox {
         store,
         bindings,
         instance,
+        migrate,
     })
 }
+
+/// 0.3's `evolve.migrate`, typed.
+type MigrateFunc = wasmtime::component::TypedFunc<(u64, Vec<u8>), (Result<Vec<u8>, String>,)>;
 
 /// A replica's wasmtime store and instance: what hibernation gives back.
 struct Sandbox {
     store: Store<ReplicaState>,
     bindings: Lifecycle,
     instance: Instance,
+    /// The new logic's upgrade step, if it exports one.
+    migrate: Option<MigrateFunc>,
 }
 
 impl Sandbox {
@@ -1545,5 +1645,18 @@ impl Sandbox {
 
     fn snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
         self.bindings.snapshot(&mut self.store)
+    }
+
+    /// `migrate`, if the logic exports it.
+    fn migrate(
+        &mut self,
+        from_version: u64,
+        snapshot: &[u8],
+    ) -> Option<wasmtime::Result<Result<Vec<u8>, String>>> {
+        let func = self.migrate?;
+        Some(
+            func.call(&mut self.store, (from_version, snapshot.to_vec()))
+                .map(|(result,)| result),
+        )
     }
 }

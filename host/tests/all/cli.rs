@@ -146,7 +146,7 @@ fn inspect_lists_the_natural_interface() {
         "{text}"
     );
     assert!(
-        text.contains("world         liveobjects:object/object@0.2.0 (implemented)"),
+        text.contains("world         liveobjects:object/object@0.3.0 (implemented)"),
         "{text}"
     );
     // An object built for 0.1 is shown as such.

@@ -7,3 +7,4 @@ mod foreign;
 mod hostile;
 mod hostile_aggregate;
 mod replay;
+mod upgrade;
