@@ -171,6 +171,10 @@ pub struct ObjectReport {
     /// object was stopped for lack of a majority (mesh).
     #[serde(default)]
     pub divergence: Option<String>,
+    /// The logic's record version here, since when, and the last live upgrade
+    /// (mesh).
+    #[serde(default)]
+    pub logic: Option<String>,
 }
 
 impl ObjectReport {
@@ -187,6 +191,7 @@ impl ObjectReport {
             events_applied: metrics.events_applied.max(status.events_applied),
             check: status.check.clone(),
             divergence: status.divergence.clone(),
+            logic: status.logic.clone(),
             ..Self::from_metrics(members, metrics)
         }
     }
@@ -212,6 +217,7 @@ impl ObjectReport {
             value: None,
             check: None,
             divergence: None,
+            logic: None,
         }
     }
 }
@@ -243,6 +249,74 @@ pub trait JoinedObject: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A version of an object's logic a live upgrade may switch to.
+#[derive(Clone)]
+pub struct LogicVersion {
+    /// Its record version.
+    pub version: u64,
+    /// The signed record (postcard), what members hand each other.
+    pub record: Vec<u8>,
+    /// The driver the record names (a live upgrade keeps the driver).
+    pub driver: String,
+    /// The logic, loaded.
+    pub logic: Arc<crate::runtime::Logic>,
+}
+
+/// Why a version of an object's logic cannot be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogicError {
+    /// The record or its logic is not acceptable (a bad signature, another
+    /// object's record, a logic that is not an object): every host would say so.
+    #[error("{0}")]
+    Refused(String),
+    /// The directory could not be asked or did not answer: asking again may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where drivers get an object's newer logic for a live upgrade (the node's
+/// directory resolver; `None` where there is no directory, as in-process).
+pub trait LogicSource: Send + Sync {
+    /// The object's newest record with its logic loaded, if its version is
+    /// above `than`.
+    fn newer<'a>(
+        &'a self,
+        name: &'a str,
+        than: u64,
+    ) -> BoxFuture<'a, Result<Option<LogicVersion>, LogicError>>;
+
+    /// Verify `record`, a signed record another member passed on, as a record of
+    /// `name` signed by its zone, and load its logic.
+    fn verify<'a>(
+        &'a self,
+        name: &'a str,
+        record: &'a [u8],
+    ) -> BoxFuture<'a, Result<LogicVersion, LogicError>>;
+}
+
+/// The logic a driver starts an object with, and where it finds newer logic.
+#[derive(Clone, Default)]
+pub struct Evolution {
+    /// The record version of the logic it starts with (0 if unknown).
+    pub version: u64,
+    /// That signed record (postcard; empty if unknown).
+    pub record: Vec<u8>,
+    /// Where newer logic comes from; `None`: no live upgrades.
+    pub source: Option<Arc<dyn LogicSource>>,
+    /// How often the member that orders the object looks for a newer record.
+    pub poll_every: std::time::Duration,
+}
+
+impl std::fmt::Debug for Evolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evolution")
+            .field("version", &self.version)
+            .field("source", &self.source.is_some())
+            .field("poll_every", &self.poll_every)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a driver joins with: a record already resolved, verified, type-checked
 /// and authorized, and its logic loaded.
 pub struct JoinRequest<'a> {
@@ -255,6 +329,8 @@ pub struct JoinRequest<'a> {
     /// The runtime (and its executor; the object's budgets come from
     /// [`crate::join::budgets_for`]).
     pub runtime: &'a Arc<Runtime>,
+    /// Where newer logic for live upgrades comes from, if anywhere.
+    pub logic_source: Option<Arc<dyn LogicSource>>,
 }
 
 /// A communication driver as the node uses it.

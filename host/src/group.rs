@@ -105,6 +105,8 @@ pub struct GroupStatus {
     /// The latest divergence found here (and its repair), or why the object was
     /// stopped for lack of a majority.
     pub divergence: Option<String>,
+    /// The logic's record version here, since when, and the last live upgrade.
+    pub logic: Option<String>,
 }
 
 impl GroupError {

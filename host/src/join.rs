@@ -460,18 +460,26 @@ pub async fn join(
     options: &JoinOptions,
 ) -> Result<(GroupHandle, VerifiedRecord), JoinError> {
     let prepared = prepare(runtime, resolver, name, node.me().key, options).await?;
-    let group = join_mesh(node, runtime, name, &prepared, options).await?;
+    let evolution = crate::driver::Evolution {
+        version: prepared.verified.record.version,
+        record: postcard::to_allocvec(&prepared.verified.signed)
+            .expect("postcard encoding to a Vec cannot fail"),
+        ..Default::default()
+    };
+    let group = join_mesh(node, runtime, name, &prepared, options, &evolution).await?;
     Ok((group, prepared.verified))
 }
 
 /// Join a prepared mesh object on `node` through its record's seeds (then
-/// `options.extra_seeds`), or found it.
+/// `options.extra_seeds`), or found it; `evolution` says which version its logic
+/// is and where newer versions come from.
 pub async fn join_mesh(
     node: &MeshNode,
     runtime: &Runtime,
     name: &str,
     prepared: &Prepared,
     options: &JoinOptions,
+    evolution: &crate::driver::Evolution,
 ) -> Result<GroupHandle, JoinError> {
     let record = &prepared.verified.record;
     if record.driver.name != "mesh" {
@@ -510,6 +518,7 @@ pub async fn join_mesh(
             admission.clone(),
             &budgets,
             check_every,
+            evolution,
         )?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
@@ -533,11 +542,130 @@ pub async fn join_mesh(
         node.leave(name).await;
     }
     if options.found_if_alone {
-        let group = node.found_with(runtime, logic, name, admission, &budgets, check_every)?;
+        let group = node.found_with(
+            runtime,
+            logic,
+            name,
+            admission,
+            &budgets,
+            check_every,
+            evolution,
+        )?;
         return Ok(group);
     }
     Err(JoinError::NoMembers {
         name: name.to_string(),
         tried: seeds.len(),
     })
+}
+
+/// Newer logic for live upgrades, from the node's directory: records verified
+/// against the zone chain the directory serves, logic checked against the
+/// record's hash and loaded (compiled code is cached by hash).
+pub struct DirectoryLogic {
+    resolver: std::sync::Arc<Resolver>,
+    runtime: std::sync::Arc<Runtime>,
+}
+
+impl DirectoryLogic {
+    /// A source over `resolver`, loading logic into `runtime`.
+    pub fn new(resolver: std::sync::Arc<Resolver>, runtime: std::sync::Arc<Runtime>) -> Self {
+        DirectoryLogic { resolver, runtime }
+    }
+
+    /// Fetch and load the logic of `verified`, a record of `name`.
+    async fn load(
+        &self,
+        name: &str,
+        verified: VerifiedRecord,
+    ) -> Result<crate::driver::LogicVersion, crate::driver::LogicError> {
+        use crate::driver::LogicError;
+        if verified.record.object_type.category == Category::GossipAggregate {
+            return Err(LogicError::Refused(format!(
+                "version {} of {name} is a gossip aggregate",
+                verified.record.version
+            )));
+        }
+        let bytes = self
+            .resolver
+            .fetch_logic(&verified)
+            .await
+            .map_err(|e| match e {
+                ResolveError::Verify(e) => LogicError::Refused(e.to_string()),
+                other => LogicError::Unavailable(other.to_string()),
+            })?;
+        let logic = self
+            .runtime
+            .load_bytes(name, &bytes)
+            .map_err(|e| LogicError::Refused(e.to_string()))?;
+        Ok(crate::driver::LogicVersion {
+            version: verified.record.version,
+            record: postcard::to_allocvec(&verified.signed)
+                .expect("postcard encoding to a Vec cannot fail"),
+            driver: verified.record.driver.name.clone(),
+            logic,
+        })
+    }
+}
+
+impl crate::driver::LogicSource for DirectoryLogic {
+    fn newer<'a>(
+        &'a self,
+        name: &'a str,
+        than: u64,
+    ) -> crate::driver::BoxFuture<
+        'a,
+        Result<Option<crate::driver::LogicVersion>, crate::driver::LogicError>,
+    > {
+        Box::pin(async move {
+            let verified = self
+                .resolver
+                .resolve_fresh(name)
+                .await
+                .map_err(|e| crate::driver::LogicError::Unavailable(e.to_string()))?;
+            if verified.record.version <= than {
+                return Ok(None);
+            }
+            self.load(name, verified).await.map(Some)
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        name: &'a str,
+        record: &'a [u8],
+    ) -> crate::driver::BoxFuture<'a, Result<crate::driver::LogicVersion, crate::driver::LogicError>>
+    {
+        use crate::driver::LogicError;
+        Box::pin(async move {
+            let signed: Signed<ObjectRecord> = postcard::from_bytes(record).map_err(|e| {
+                LogicError::Refused(format!(
+                    "the record a member sent ({} bytes) does not decode: {e}",
+                    record.len()
+                ))
+            })?;
+            // The zone's chain as the directory serves it now; the record must
+            // verify against it whatever version the directory holds.
+            let (_, chain, _) = self
+                .resolver
+                .client()
+                .resolve_vouched(name)
+                .await
+                .map_err(|e| LogicError::Unavailable(e.to_string()))?;
+            let verified = liveobjects_directory::verify::verify_record(
+                self.resolver.root(),
+                &chain,
+                &signed,
+                liveobjects_directory::server::unix_now(),
+            )
+            .map_err(|e| LogicError::Refused(e.to_string()))?;
+            if verified.record.name != name {
+                return Err(LogicError::Refused(format!(
+                    "the record a member sent is {}'s, not {name}'s",
+                    verified.record.name
+                )));
+            }
+            self.load(name, verified).await
+        })
+    }
 }

@@ -645,6 +645,7 @@ pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
         "value": r.value,
         "check": r.check,
         "divergence": r.divergence,
+        "logic": r.logic,
     })
 }
 

@@ -375,7 +375,9 @@ pub struct ObjectsPage {
 pub struct Node {
     drivers: NodeDrivers,
     runtime: Arc<Runtime>,
-    resolver: Resolver,
+    resolver: Arc<Resolver>,
+    /// Newer logic for live upgrades, from `resolver`.
+    logic_source: Arc<dyn crate::driver::LogicSource>,
     objects: Mutex<BTreeMap<String, Joined>>,
     /// Names with a join in progress (so two joins of one name cannot race).
     joining: Mutex<std::collections::BTreeSet<String>>,
@@ -384,10 +386,16 @@ pub struct Node {
 impl Node {
     /// A daemon over started drivers (and their discovery, if one provides it).
     pub fn new(drivers: NodeDrivers, runtime: Arc<Runtime>, resolver: Resolver) -> Arc<Self> {
+        let resolver = Arc::new(resolver);
+        let logic_source = Arc::new(crate::join::DirectoryLogic::new(
+            resolver.clone(),
+            runtime.clone(),
+        ));
         Arc::new(Node {
             drivers,
             runtime,
             resolver,
+            logic_source,
             objects: Mutex::new(BTreeMap::new()),
             joining: Mutex::new(std::collections::BTreeSet::new()),
         })
@@ -888,6 +896,7 @@ impl Node {
             prepared,
             options,
             runtime: &self.runtime,
+            logic_source: Some(self.logic_source.clone()),
         }
     }
 }

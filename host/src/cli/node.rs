@@ -565,6 +565,9 @@ pub fn status(args: StatusArgs) -> Result<()> {
         } else if r.hibernating {
             println!("    hibernating: idle, its state kept as a snapshot until it is used");
         }
+        if let Some(logic) = &r.logic {
+            println!("    logic: {logic}");
+        }
         if let Some(divergence) = &r.divergence {
             println!("    {divergence}");
         }

@@ -24,9 +24,10 @@
 use super::core::peers::{PeerHeartbeats, PeerOutput};
 use super::core::{
     CheckResult, Config, Event as CoreEvent, Liveness, MeshCore, Message, Output, Progress,
-    Verdict, View as CoreView,
+    Upgrade, Verdict, View as CoreView,
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
+use crate::driver::{Evolution, LogicError, LogicVersion};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
 use crate::group::{
     Admission, DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run,
@@ -171,11 +172,21 @@ impl MeshNode {
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let budgets = runtime.executor().budgets().clone();
-        self.found_with(runtime, logic, object, admission, &budgets, None)
+        self.found_with(
+            runtime,
+            logic,
+            object,
+            admission,
+            &budgets,
+            None,
+            &Evolution::default(),
+        )
     }
 
     /// [`found`](Self::found) under `budgets`, comparing the replicas' states
-    /// every `check_every` positions of the order (`None`: the node's setting).
+    /// every `check_every` positions of the order (`None`: the node's setting),
+    /// with `logic` being `evolution`'s version and newer logic from its source.
+    #[allow(clippy::too_many_arguments)]
     pub fn found_with(
         &self,
         runtime: &Runtime,
@@ -184,11 +195,14 @@ impl MeshNode {
         admission: Admission,
         budgets: &Budgets,
         check_every: Option<u64>,
+        evolution: &Evolution,
     ) -> Result<GroupHandle, GroupError> {
         let mut replica = self.replica(runtime, logic, object)?;
         replica.init(None)?;
         let core = MeshCore::found(self.me(), self.config_for(check_every), self.now());
-        Ok(self.spawn(runtime, object, core, replica, admission, budgets))
+        Ok(self.spawn(
+            runtime, object, core, replica, admission, budgets, evolution,
+        ))
     }
 
     /// Join the group of `object` through `contact` (any member), under the node's
@@ -202,11 +216,21 @@ impl MeshNode {
         admission: Admission,
     ) -> Result<GroupHandle, GroupError> {
         let budgets = runtime.executor().budgets().clone();
-        self.join_with(runtime, logic, object, contact, admission, &budgets, None)
+        self.join_with(
+            runtime,
+            logic,
+            object,
+            contact,
+            admission,
+            &budgets,
+            None,
+            &Evolution::default(),
+        )
     }
 
-    /// [`join`](Self::join) under `budgets` and with `check_every` (see
-    /// [`found_with`](Self::found_with)).
+    /// [`join`](Self::join) under `budgets`, with `check_every` and `evolution`
+    /// (see [`found_with`](Self::found_with)). The replica runs the logic in
+    /// force at its cut, which is `logic` unless the group has switched since.
     #[allow(clippy::too_many_arguments)]
     pub fn join_with(
         &self,
@@ -217,10 +241,13 @@ impl MeshNode {
         admission: Admission,
         budgets: &Budgets,
         check_every: Option<u64>,
+        evolution: &Evolution,
     ) -> Result<GroupHandle, GroupError> {
         let replica = self.replica(runtime, logic, object)?;
         let core = MeshCore::join(self.me(), contact, self.config_for(check_every), self.now());
-        Ok(self.spawn(runtime, object, core, replica, admission, budgets))
+        Ok(self.spawn(
+            runtime, object, core, replica, admission, budgets, evolution,
+        ))
     }
 
     /// Stop taking part in `object` (its task ends; peers exclude this host).
@@ -270,6 +297,7 @@ impl MeshNode {
         )?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         runtime: &Runtime,
@@ -278,6 +306,7 @@ impl MeshNode {
         replica: Replica,
         admission: Admission,
         budgets: &Budgets,
+        evolution: &Evolution,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::channel(GROUP_QUEUE);
         let notices = crate::group::Notices::default();
@@ -299,7 +328,13 @@ impl MeshNode {
             refused: None,
             check: None,
             divergence: None,
+            logic: None,
         }));
+        let in_force = InForce {
+            version: evolution.version,
+            record: evolution.record.clone(),
+            ..InForce::default()
+        };
         let group = Group {
             object: object.to_string(),
             me: self.me(),
@@ -331,6 +366,13 @@ impl MeshNode {
             }),
             repairing: false,
             majority_state: None,
+            in_force: Arc::new(Mutex::new(in_force)),
+            evolution: evolution.clone(),
+            next_poll: Instant::now() + evolution.poll_every,
+            polling: false,
+            proposed: 0,
+            candidate: None,
+            held: false,
         };
         tokio::spawn(group.run(rx, results));
         GroupHandle {
@@ -454,6 +496,64 @@ enum FromReplica {
     Digest(u64, [u8; 32]),
     /// The executor quarantined the object.
     Quarantined(String),
+    /// A look for a newer record of the object (this member orders it).
+    Candidate(Result<Option<LogicVersion>, LogicError>),
+    /// The logic for a live upgrade ordered at `gseq`, or for a received state,
+    /// verified and loaded (or why not).
+    LogicReady(Pending, Result<LogicVersion, LogicError>),
+    /// The logic in force changed, or an upgrade was aborted or refused.
+    LogicChanged,
+}
+
+/// What waits for logic from the directory (the core's outputs wait behind it).
+enum Pending {
+    /// A live upgrade ordered at `gseq` to record version `version`.
+    Upgrade { gseq: u64, version: u64 },
+    /// A state transfer from a member that runs another version.
+    Install(Transfer),
+}
+
+/// How long a member tries to get the logic of an upgrade ordered in its group
+/// (or of the state it was sent) before it stops the object rather than run
+/// other logic than the group.
+const LOGIC_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The logic a replica runs and its last live upgrade, as of the jobs the
+/// executor has run for it (upgrade and install jobs update it in the order of
+/// the stream, so a snapshot job reads the logic its state belongs to).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct InForce {
+    /// The record version of the logic.
+    version: u64,
+    /// That signed record (postcard), empty if unknown.
+    record: Vec<u8>,
+    /// The position of the order where it took over, if by an upgrade.
+    since: Option<u64>,
+    /// The highest version an upgrade was tried to (switched, aborted or
+    /// refused): an upgrade is tried once.
+    attempted: u64,
+    /// The last upgrade's outcome.
+    last: Option<String>,
+}
+
+impl InForce {
+    fn line(&self) -> String {
+        let mut line = format!("version {}", self.version);
+        if let Some(at) = self.since {
+            line.push_str(&format!(" since position {at}"));
+        }
+        if let Some(last) = &self.last {
+            line.push_str(&format!("; last upgrade: {last}"));
+        }
+        line
+    }
+}
+
+/// What a mesh state transfer carries: the state and the logic it belongs to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Transfer {
+    logic: InForce,
+    state: Vec<u8>,
 }
 
 struct Group {
@@ -492,6 +592,20 @@ struct Group {
     repairing: bool,
     /// The majority's state a repair installs, kept for the evidence.
     majority_state: Option<Vec<u8>>,
+    /// The logic in force, shared with the replica's jobs.
+    in_force: Arc<Mutex<InForce>>,
+    /// Where newer logic comes from, and how often to look.
+    evolution: Evolution,
+    /// When this member (if it orders the group) looks for a newer record next.
+    next_poll: Instant,
+    /// Whether a look is under way.
+    polling: bool,
+    /// The highest version this member proposed.
+    proposed: u64,
+    /// The logic this member loaded for its own proposal.
+    candidate: Option<LogicVersion>,
+    /// Whether the core's outputs wait for logic from the directory.
+    held: bool,
 }
 
 impl Group {
@@ -505,17 +619,23 @@ impl Group {
         mut results: mpsc::UnboundedReceiver<FromReplica>,
     ) {
         let replica = self.replica.clone();
+        self.status.lock().expect("status").logic =
+            Some(self.in_force.lock().expect("in force").line());
         loop {
             self.pump();
             self.publish_status();
             if self.gone {
                 break;
             }
-            let deadline = self
+            self.maybe_poll();
+            let mut deadline = self
                 .core
                 .poll_timeout()
                 .map(|t| self.started + Duration::from_millis(t))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if self.polls() {
+                deadline = deadline.min(self.next_poll);
+            }
             let credit = replica.credit().notified();
             tokio::pin!(credit);
             credit.as_mut().enable();
@@ -811,7 +931,283 @@ impl Group {
                 let _ = self.notices.send(GroupNotice::Quarantined(reason));
                 self.gone = true;
             }
+            FromReplica::Candidate(found) => self.candidate_found(found),
+            FromReplica::LogicReady(pending, result) => self.logic_ready(pending, result),
+            FromReplica::LogicChanged => {
+                let line = self.in_force.lock().expect("in force").line();
+                tracing::info!("{}: logic {line}", self.object);
+                self.status.lock().expect("status").logic = Some(line);
+            }
         }
+    }
+
+    /// Whether this member looks for newer records (it orders the group, and the
+    /// node has a directory to look in).
+    fn polls(&self) -> bool {
+        self.evolution.source.is_some()
+            && !self.evolution.poll_every.is_zero()
+            && self.core.is_member()
+            && self.core.is_sequencer()
+    }
+
+    /// Look for a newer record of the object if it is time (off this task).
+    fn maybe_poll(&mut self) {
+        if !self.polls() || self.polling || Instant::now() < self.next_poll {
+            return;
+        }
+        let Some(source) = self.evolution.source.clone() else {
+            return;
+        };
+        self.next_poll = Instant::now() + self.evolution.poll_every;
+        self.polling = true;
+        let than = self.newest_known();
+        let (object, results) = (self.object.clone(), self.results_tx.clone());
+        tokio::spawn(async move {
+            let found = source.newer(&object, than).await;
+            let _ = results.send(FromReplica::Candidate(found));
+        });
+    }
+
+    /// The highest version in force, tried or proposed here.
+    fn newest_known(&self) -> u64 {
+        let in_force = self.in_force.lock().expect("in force");
+        in_force.version.max(in_force.attempted).max(self.proposed)
+    }
+
+    /// A look for a newer record came back: order the upgrade if it still
+    /// applies and this member still orders the group.
+    fn candidate_found(&mut self, found: Result<Option<LogicVersion>, LogicError>) {
+        self.polling = false;
+        match found {
+            Ok(Some(candidate)) if candidate.version > self.newest_known() => {
+                let now = self.now();
+                if self
+                    .core
+                    .propose_upgrade(now, candidate.version, candidate.record.clone())
+                {
+                    tracing::info!(
+                        "{}: ordering the upgrade to version {} of its record",
+                        self.object,
+                        candidate.version
+                    );
+                    self.proposed = candidate.version;
+                    self.candidate = Some(candidate);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "{}: cannot look for a newer version of its logic: {e}",
+                self.object
+            ),
+        }
+    }
+
+    /// An upgrade was ordered at `gseq`: get its logic (outputs after it wait),
+    /// then switch in the replica's order.
+    fn upgrade_ordered(&mut self, gseq: u64, upgrade: Upgrade) {
+        if upgrade.version <= self.newest_known() && upgrade.version != self.proposed {
+            // Tried already (the jobs that tried it ran, so the switch job
+            // would find so too): nothing to fetch.
+            return;
+        }
+        let pending = Pending::Upgrade {
+            gseq,
+            version: upgrade.version,
+        };
+        match &self.candidate {
+            Some(candidate) if candidate.record == upgrade.record => {
+                let candidate = candidate.clone();
+                self.logic_ready(pending, Ok(candidate));
+            }
+            _ => self.fetch_logic(pending, upgrade.record),
+        }
+    }
+
+    /// Verify and load `record`'s logic off this task; the core's outputs wait
+    /// until it comes back ([`FromReplica::LogicReady`]).
+    fn fetch_logic(&mut self, pending: Pending, record: Vec<u8>) {
+        let Some(source) = self.evolution.source.clone() else {
+            let result = Err(LogicError::Refused(
+                "this host has no directory to verify the record with".to_string(),
+            ));
+            self.logic_ready(pending, result);
+            return;
+        };
+        self.held = true;
+        let (object, results) = (self.object.clone(), self.results_tx.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + LOGIC_PATIENCE;
+            let result = loop {
+                match source.verify(&object, &record).await {
+                    Err(LogicError::Unavailable(reason)) if Instant::now() < deadline => {
+                        tracing::warn!("{object}: cannot get its new logic yet: {reason}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    outcome => break outcome,
+                }
+            };
+            let _ = results.send(FromReplica::LogicReady(pending, result));
+        });
+    }
+
+    /// The logic for `pending` is at hand (or cannot be had): act on it in the
+    /// replica's order, and let the core's outputs flow again.
+    fn logic_ready(&mut self, pending: Pending, result: Result<LogicVersion, LogicError>) {
+        self.held = false;
+        match (pending, result) {
+            (Pending::Upgrade { gseq, version }, Ok(logic))
+                if logic.version == version && logic.driver == "mesh" =>
+            {
+                self.switch(gseq, logic)
+            }
+            (Pending::Upgrade { gseq, version }, Ok(logic)) if logic.version == version => self
+                .refuse_upgrade(
+                    gseq,
+                    version,
+                    format!(
+                        "it moves the object to the {} driver, which a live upgrade cannot \
+                         do: leave and join it again",
+                        logic.driver
+                    ),
+                ),
+            (Pending::Upgrade { gseq, version }, Ok(logic)) => self.refuse_upgrade(
+                gseq,
+                version,
+                format!("its record is version {}, not {version}", logic.version),
+            ),
+            (Pending::Upgrade { gseq, version }, Err(LogicError::Refused(reason))) => {
+                self.refuse_upgrade(gseq, version, reason)
+            }
+            (Pending::Install(transfer), Ok(logic)) => self.install(transfer, Some(logic.logic)),
+            (Pending::Install(_), Err(LogicError::Refused(reason))) => {
+                let _ = self.results_tx.send(FromReplica::InitFailed(format!(
+                    "the state it was sent runs logic it refuses: {reason}"
+                )));
+            }
+            (pending, Err(LogicError::Unavailable(reason))) => {
+                let what = match pending {
+                    Pending::Upgrade { gseq, version } => {
+                        format!("version {version} of its logic, ordered at position {gseq}")
+                    }
+                    Pending::Install(transfer) => {
+                        format!(
+                            "version {} of its logic, which its state runs",
+                            transfer.logic.version
+                        )
+                    }
+                };
+                let reason = format!(
+                    "cannot get {what} from the directory for {}s: {reason}; stopped here \
+                     rather than run other logic than its group",
+                    LOGIC_PATIENCE.as_secs()
+                );
+                tracing::error!("{}: {reason}", self.object);
+                self.replica.quarantine(&reason);
+            }
+        }
+    }
+
+    /// Switch the replica to `logic` at `gseq`, in its order: an upgrade tried
+    /// once; the new logic's refusal keeps the old one everywhere alike.
+    fn switch(&mut self, gseq: u64, logic: LogicVersion) {
+        let (in_force, results) = (self.in_force.clone(), self.results_tx.clone());
+        let handle = self.replica.clone();
+        self.enqueue(
+            logic.record.len(),
+            Box::new(move |replica| {
+                let Ok(replica) = replica else { return };
+                let mut state = in_force.lock().expect("in force");
+                if logic.version <= state.version.max(state.attempted) {
+                    return;
+                }
+                state.attempted = logic.version;
+                let from = state.version;
+                match replica.upgrade(logic.logic.clone(), from, logic.version) {
+                    Ok(_) => {
+                        state.version = logic.version;
+                        state.record = logic.record;
+                        state.since = Some(gseq);
+                        state.last = Some(format!(
+                            "switched from version {from} to {} at position {gseq}",
+                            logic.version
+                        ));
+                    }
+                    Err(e) if upgrade_failed_here_only(&e) => {
+                        drop(state);
+                        handle.quarantine(&format!(
+                            "the upgrade to version {} at position {gseq} could not run on \
+                             this host ({e}); stopped here rather than run other logic than \
+                             its group",
+                            logic.version
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        state.last = Some(format!(
+                            "the upgrade to version {} at position {gseq} was aborted on every \
+                             replica: {e}",
+                            logic.version
+                        ));
+                    }
+                }
+                drop(state);
+                let _ = results.send(FromReplica::LogicChanged);
+            }),
+        );
+    }
+
+    /// Note, in the replica's order, that the upgrade at `gseq` was refused.
+    fn refuse_upgrade(&mut self, gseq: u64, version: u64, reason: String) {
+        tracing::warn!(
+            "{}: the upgrade to version {version} at position {gseq} is refused: {reason}",
+            self.object
+        );
+        let (in_force, results) = (self.in_force.clone(), self.results_tx.clone());
+        self.enqueue(
+            0,
+            Box::new(move |_| {
+                let mut state = in_force.lock().expect("in force");
+                if version <= state.version.max(state.attempted) {
+                    return;
+                }
+                state.attempted = version;
+                state.last = Some(format!(
+                    "the upgrade to version {version} at position {gseq} was refused: {reason}"
+                ));
+                drop(state);
+                let _ = results.send(FromReplica::LogicChanged);
+            }),
+        );
+    }
+
+    /// Start the replica from a received state, with `logic` if it runs another
+    /// version than this replica.
+    fn install(&mut self, transfer: Transfer, logic: Option<Arc<Logic>>) {
+        let (in_force, results) = (self.in_force.clone(), self.results_tx.clone());
+        let Transfer {
+            logic: incoming,
+            state,
+        } = transfer;
+        self.enqueue(
+            state.len(),
+            Box::new(move |replica| {
+                let started = replica.and_then(|r| {
+                    if let Some(logic) = logic {
+                        r.replace_logic(logic);
+                    }
+                    r.init(Some(&state))
+                });
+                match started {
+                    Ok(()) => {
+                        *in_force.lock().expect("in force") = incoming;
+                        let _ = results.send(FromReplica::LogicChanged);
+                    }
+                    Err(e) => {
+                        let _ = results.send(FromReplica::InitFailed(e.to_string()));
+                    }
+                }
+            }),
+        );
     }
 
     fn multicast(&mut self, payload: Vec<u8>) -> u64 {
@@ -825,7 +1221,9 @@ impl Group {
     fn pump(&mut self) {
         loop {
             let mut progressed = self.transmit();
-            while let Some(output) = self.core.poll_output() {
+            while !self.held
+                && let Some(output) = self.core.poll_output()
+            {
                 progressed = true;
                 self.output(output);
             }
@@ -878,49 +1276,70 @@ impl Group {
                     );
                 }
             }
-            Output::TakeSnapshot(cut) => self.enqueue(
-                0,
-                Box::new(move |replica| match replica.and_then(|r| r.snapshot()) {
-                    Ok(snapshot) => {
-                        let _ = results.send(FromReplica::Snapshot(cut, snapshot));
-                    }
-                    Err(e) => {
-                        tracing::warn!("{object}: cannot snapshot for a joiner: {e}");
-                        // Refuse only for what every replica would meet (fuel,
-                        // memory, a trap): past this member's wall-clock deadline, or
-                        // with the object stopped here, another member may serve the
-                        // joiner, which retries.
-                        let here_only = matches!(
-                            &e,
-                            ReplicaError::Quarantined { .. }
-                                | ReplicaError::LimitExceeded {
-                                    limit: crate::runtime::Limit::Deadline { .. },
-                                    ..
-                                }
-                        );
-                        if !here_only {
-                            let _ = results.send(FromReplica::SnapshotFailed(
-                                cut,
-                                format!("the member's snapshot of {object} failed: {e}"),
-                            ));
-                        }
-                    }
-                }),
-            ),
-            Output::InstallSnapshot { snapshot } => {
-                if self.repairing && self.evidence.is_some() {
-                    // Written when the repair's position is known (`Repaired`).
-                    self.majority_state = Some(snapshot.clone());
-                }
+            Output::TakeSnapshot(cut) => {
+                let in_force = self.in_force.clone();
                 self.enqueue(
-                    snapshot.len(),
-                    Box::new(move |replica| {
-                        if let Err(e) = replica.and_then(|r| r.init(Some(&snapshot))) {
-                            let _ = results.send(FromReplica::InitFailed(e.to_string()));
+                    0,
+                    Box::new(move |replica| match replica.and_then(|r| r.snapshot()) {
+                        Ok(state) => {
+                            let transfer = Transfer {
+                                logic: in_force.lock().expect("in force").clone(),
+                                state,
+                            };
+                            let bytes = postcard::to_allocvec(&transfer)
+                                .expect("postcard encoding to a Vec cannot fail");
+                            let _ = results.send(FromReplica::Snapshot(cut, bytes));
+                        }
+                        Err(e) => {
+                            tracing::warn!("{object}: cannot snapshot for a joiner: {e}");
+                            // Refuse only for what every replica would meet (fuel,
+                            // memory, a trap): past this member's wall-clock deadline, or
+                            // with the object stopped here, another member may serve the
+                            // joiner, which retries.
+                            let here_only = matches!(
+                                &e,
+                                ReplicaError::Quarantined { .. }
+                                    | ReplicaError::LimitExceeded {
+                                        limit: crate::runtime::Limit::Deadline { .. },
+                                        ..
+                                    }
+                            );
+                            if !here_only {
+                                let _ = results.send(FromReplica::SnapshotFailed(
+                                    cut,
+                                    format!("the member's snapshot of {object} failed: {e}"),
+                                ));
+                            }
                         }
                     }),
                 )
             }
+            Output::InstallSnapshot { snapshot } => {
+                let transfer = match postcard::from_bytes::<Transfer>(&snapshot) {
+                    Ok(transfer) => transfer,
+                    Err(e) => {
+                        let _ = results.send(FromReplica::InitFailed(format!(
+                            "the state it was sent ({} bytes) does not decode: {e}",
+                            snapshot.len()
+                        )));
+                        return;
+                    }
+                };
+                if self.repairing && self.evidence.is_some() {
+                    // Written when the repair's position is known (`Repaired`).
+                    self.majority_state = Some(transfer.state.clone());
+                }
+                let here = self.in_force.lock().expect("in force").version;
+                if transfer.logic.version == here {
+                    self.install(transfer, None);
+                } else {
+                    // The member runs another version (the group switched since
+                    // this host resolved the record): run that one.
+                    let record = transfer.logic.record.clone();
+                    self.fetch_logic(Pending::Install(transfer), record);
+                }
+            }
+            Output::Upgrade { gseq, upgrade } => self.upgrade_ordered(gseq, upgrade),
             Output::TakeDigest { at } => self.enqueue(
                 0,
                 Box::new(move |replica| match replica.and_then(|r| r.snapshot()) {
@@ -1099,6 +1518,20 @@ impl Group {
         );
         self.runs.opened(opened);
     }
+}
+
+/// Whether an upgrade failed for a reason of this host's (its wall-clock deadline,
+/// its instance pool), not one every replica meets.
+fn upgrade_failed_here_only(error: &ReplicaError) -> bool {
+    matches!(
+        error,
+        ReplicaError::Quarantined { .. }
+            | ReplicaError::Instantiate { .. }
+            | ReplicaError::LimitExceeded {
+                limit: crate::runtime::Limit::Deadline { .. },
+                ..
+            }
+    )
 }
 
 /// Write one file of a divergence's evidence (on an executor worker, never on

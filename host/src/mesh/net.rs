@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// ALPN protocol of the mesh.
-pub const ALPN: &[u8] = b"liveobjects-mesh/2";
+pub const ALPN: &[u8] = b"liveobjects-mesh/3";
 /// Largest frame accepted (a state transfer carries a whole snapshot).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Frames are read in pieces of at most this many bytes.

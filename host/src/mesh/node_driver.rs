@@ -3,7 +3,9 @@
 
 use super::core::{Config, Liveness};
 use super::group::{GroupHandle, MeshNode};
-use crate::driver::{BoxFuture, Driver, DriverInfo, JoinRequest, JoinedObject, ObjectReport};
+use crate::driver::{
+    BoxFuture, Driver, DriverInfo, Evolution, JoinRequest, JoinedObject, ObjectReport,
+};
 use crate::group::{GroupError, GroupNotice};
 use crate::join::JoinError;
 use crate::mesh::net::Peer;
@@ -17,6 +19,10 @@ pub struct MeshArgs {
     /// UDP address for the mesh (QUIC).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// How often (seconds) the member that orders each mesh object looks in the
+    /// directory for a newer record of it, to upgrade it live (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub upgrade_poll: u64,
 }
 
 /// How often a node's mesh objects compare their replicas' states, in positions
@@ -27,6 +33,8 @@ pub const DEFAULT_CHECK_EVERY: u64 = 1000;
 /// The mesh driver of a node.
 pub struct MeshDriver {
     node: MeshNode,
+    /// How often objects' sequencers look for newer records.
+    upgrade_poll: std::time::Duration,
 }
 
 impl MeshDriver {
@@ -48,7 +56,10 @@ impl MeshDriver {
         )
         .map_err(|e| format!("cannot start the mesh on {}: {e}", args.listen))?;
         node.keep_evidence_in(data_dir.join("divergence"));
-        Ok(MeshDriver { node })
+        Ok(MeshDriver {
+            node,
+            upgrade_poll: std::time::Duration::from_secs(args.upgrade_poll),
+        })
     }
 
     /// This host as a mesh peer.
@@ -67,12 +78,21 @@ impl Driver for MeshDriver {
         request: JoinRequest<'a>,
     ) -> BoxFuture<'a, Result<Arc<dyn JoinedObject>, JoinError>> {
         Box::pin(async move {
+            let verified = &request.prepared.verified;
+            let evolution = Evolution {
+                version: verified.record.version,
+                record: postcard::to_allocvec(&verified.signed)
+                    .expect("postcard encoding to a Vec cannot fail"),
+                source: request.logic_source.clone(),
+                poll_every: self.upgrade_poll,
+            };
             let group = crate::join::join_mesh(
                 &self.node,
                 request.runtime,
                 request.name,
                 request.prepared,
                 request.options,
+                &evolution,
             )
             .await?;
             Ok(Arc::new(group) as Arc<dyn JoinedObject>)

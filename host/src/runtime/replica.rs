@@ -667,6 +667,15 @@ impl Replica {
         }
     }
 
+    /// Run `logic` from the next [`init`](Self::init) on, whose state replaces
+    /// whatever this replica holds (a state transfer from a member that runs
+    /// other logic than the one this replica was made with).
+    pub fn replace_logic(&mut self, logic: Arc<Logic>) {
+        self.logic = logic;
+        self.sandbox = None;
+        self.batching_off = None;
+    }
+
     /// Switch this replica to `logic` (a live upgrade to record version
     /// `to_version` from `from_version`): take the current logic's snapshot, run the
     /// new logic's `migrate(from_version, snapshot)` if it exports one (0.3's

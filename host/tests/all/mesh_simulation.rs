@@ -12,10 +12,15 @@
 //! group, and when the sequencer crashes meanwhile); two members that differ have
 //! no majority and both say so.
 //!
+//! A live upgrade ordered by the sequencer is delivered at one position by every
+//! survivor, also when the sequencer crashes right after ordering it (the next
+//! one orders it again if no survivor got it, as its host would).
+//!
 //! A failing seed replays exactly: `MESH_SEED=1234 cargo test --release --test mesh_simulation`.
 
 use liveobjects_protocols::mesh::peers::{Heartbeat, PeerHeartbeats, PeerOutput};
 use liveobjects_protocols::mesh::{Config, Liveness, MeshCore, Message, Output, Verdict};
+// (Upgrade items carry the version's bytes as their record here.)
 use sha2::{Digest as _, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -54,6 +59,10 @@ struct App {
     /// gseq -> (sender, seq), for agreement checks.
     history: BTreeMap<u64, (Id, u64)>,
     installed: bool,
+    /// The logic version in force (a live upgrade raises it).
+    logic: u64,
+    /// Where this replica switched logic itself: gseq -> version.
+    switches: BTreeMap<u64, u64>,
 }
 
 impl App {
@@ -61,6 +70,7 @@ impl App {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&self.chain.to_le_bytes());
         bytes.extend_from_slice(&self.count.to_le_bytes());
+        bytes.extend_from_slice(&self.logic.to_le_bytes());
         for (s, q) in &self.per_sender {
             bytes.extend_from_slice(&s.to_le_bytes());
             bytes.extend_from_slice(&q.to_le_bytes());
@@ -72,14 +82,29 @@ impl App {
         let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
         self.chain = word(0);
         self.count = word(1);
+        self.logic = word(2);
         self.per_sender.clear();
-        let mut i = 2;
+        let mut i = 3;
         while i * 8 < bytes.len() {
             self.per_sender.insert(word(i), word(i + 1));
             i += 2;
         }
         self.installed = true;
         self.last_gseq = None;
+    }
+
+    /// A live upgrade ordered at `gseq`: switch if it is newer (what every host
+    /// decides alike), and mix the switch into the state.
+    fn upgrade(&mut self, node: Id, gseq: u64, version: u64) {
+        if let Some(last) = self.last_gseq {
+            assert!(gseq > last, "node {node}: gseq {gseq} after {last}");
+        }
+        self.last_gseq = Some(gseq);
+        if version > self.logic {
+            self.logic = version;
+            self.switches.insert(gseq, version);
+            self.chain = (self.chain ^ version).wrapping_mul(0x100_0000_01b3);
+        }
     }
 
     fn apply(&mut self, node: Id, gseq: u64, sender: Id, seq: u64, payload: &[u8]) {
@@ -286,6 +311,10 @@ impl Sim {
                         node.core.digest_taken(at, digest);
                     }
                     Output::Checked(result) => node.verdicts.push((result.at, result.verdict)),
+                    Output::Upgrade { gseq, upgrade } => {
+                        assert_eq!(upgrade.record, upgrade.version.to_le_bytes());
+                        node.app.upgrade(id, gseq, upgrade.version);
+                    }
                     Output::Repaired { .. } => node.repairs += 1,
                     Output::View(v) => {
                         if std::env::var("MESH_TRACE").is_ok() {
@@ -774,5 +803,94 @@ fn two_members_that_differ_have_no_majority_and_both_say_so() {
                 "seed {name}: node {id} took a side"
             );
         }
+    }
+}
+
+/// Have the current sequencer order the upgrade to `version` (as its host does
+/// when it sees a newer record); whether one did.
+fn propose(sim: &mut Sim, version: u64) -> bool {
+    let now = sim.now;
+    let Some(id) = sim
+        .alive()
+        .into_iter()
+        .find(|id| sim.nodes[id].core.is_sequencer() && sim.nodes[id].core.is_member())
+    else {
+        return false;
+    };
+    let node = sim.nodes.get_mut(&id).unwrap();
+    if node.app.logic >= version {
+        return false;
+    }
+    let ordered = node
+        .core
+        .propose_upgrade(now, version, version.to_le_bytes().to_vec());
+    sim.drain(id);
+    ordered
+}
+
+#[test]
+fn an_upgrade_switches_every_survivor_at_one_position_even_if_its_proposer_crashes() {
+    for (seed, liveness) in runs(0..300) {
+        let label = format!("{seed} ({liveness:?})");
+        let mut sim = Sim::new(seed, liveness);
+        sim.loss = 5;
+        sim.dup = 2;
+        let ids = group(&mut sim, 5);
+        sim.run_until(2_000);
+        burst(&mut sim, &ids, 60);
+        let proposer = *ids
+            .iter()
+            .find(|id| sim.nodes[*id].core.is_sequencer())
+            .expect("a sequencer");
+        assert!(
+            propose(&mut sim, 2),
+            "seed {label}: the sequencer orders it"
+        );
+        let crash = sim.rng.chance(50);
+        if crash {
+            sim.crash(proposer);
+        }
+        let rest: Vec<Id> = ids
+            .iter()
+            .copied()
+            .filter(|i| !crash || *i != proposer)
+            .collect();
+        burst(&mut sim, &rest, 60);
+        // The next sequencer's host orders it again while it has not switched.
+        let deadline = sim.now + 30_000;
+        while sim.now < deadline
+            && sim
+                .alive()
+                .iter()
+                .any(|id| sim.nodes[id].app.logic < 2 || !sim.nodes[id].core.is_member())
+        {
+            propose(&mut sim, 2);
+            let next = sim.now + 300;
+            sim.run_until(next);
+        }
+        let crashed = if crash {
+            BTreeSet::from([proposer])
+        } else {
+            BTreeSet::new()
+        };
+        sim.heal_and_check(&label, &crashed);
+        let alive = sim.alive();
+        let at: BTreeSet<Option<u64>> = alive
+            .iter()
+            .map(|id| {
+                let app = &sim.nodes[id].app;
+                assert_eq!(app.logic, 2, "seed {label}: node {id} did not switch");
+                app.switches.iter().find(|(_, v)| **v == 2).map(|(g, _)| *g)
+            })
+            .collect();
+        assert_eq!(
+            at.len(),
+            1,
+            "seed {label}: survivors switched at different positions: {at:?}"
+        );
+        assert!(
+            at.iter().all(Option::is_some),
+            "seed {label}: a survivor switched without the item"
+        );
     }
 }

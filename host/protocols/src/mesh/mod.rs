@@ -49,6 +49,17 @@
 //!   verdict is [`Verdict::NoMajority`] at every member and the host stops the
 //!   object rather than let it fork. Verdicts come out as [`Output::Checked`].
 //!
+//! - **Live upgrade at a position of the order.** The sequencer's host, having
+//!   seen a newer record of the object with new logic, orders an
+//!   [`Item::Upgrade`] ([`MeshCore::propose_upgrade`]). Every member delivers it
+//!   at the same position, so every replica applies the events before it with
+//!   the old logic and those after it with the new one (or, if the new logic
+//!   refuses the state, which every replica decides alike, all keep the old).
+//!   A joiner's state is cut at a position too, so it starts with the logic in
+//!   force there. A sequencer that crashes having sent the item to some members
+//!   is flushed like any other: the survivors deliver it if any of them got it,
+//!   else the next sequencer's host proposes again.
+//!
 //! # What it does not promise
 //! Agreement under a network partition that splits the group (two sides can each
 //! form a view) is the job of the `vsync` driver, which decides membership through
@@ -168,6 +179,17 @@ pub struct Event<Id> {
     pub payload: Vec<u8>,
 }
 
+/// A proposal to switch the object to new logic (a live upgrade), as the
+/// sequencer ordered it. The core does not read it: the host verifies the record
+/// and decides, the same way at every member, whether to switch there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Upgrade {
+    /// The record version proposed.
+    pub version: u64,
+    /// The signed record that names the new logic (the host's encoding).
+    pub record: Vec<u8>,
+}
+
 /// An item of the ordered stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Item<Id> {
@@ -175,6 +197,8 @@ pub enum Item<Id> {
     Event(Event<Id>),
     /// A new view.
     View(View<Id>),
+    /// A live upgrade's cut.
+    Upgrade(Upgrade),
 }
 
 /// Protocol messages between members.
@@ -419,6 +443,15 @@ pub enum Output<Id> {
     },
     /// The membership changed (delivered at its place in the order).
     View(View<Id>),
+    /// A live upgrade, at its place in the order: the replica has applied
+    /// exactly the outputs before this one, and applies those after it with the
+    /// logic it runs once it has acted on this one.
+    Upgrade {
+        /// Its position in the group's total order.
+        gseq: u64,
+        /// What the sequencer ordered.
+        upgrade: Upgrade,
+    },
     /// Take a snapshot now (the replica has applied exactly the outputs before this
     /// one) and hand it back with [`MeshCore::snapshot_taken`], with this cut.
     TakeSnapshot(Cut<Id>),
@@ -664,6 +697,25 @@ impl<Id: MemberId> MeshCore<Id> {
         self.queued.push_back((timestamp_ms, payload));
         self.pump_submits(now);
         seq
+    }
+
+    /// Order a live upgrade (see [`Upgrade`]) at the next position, if this
+    /// member is the sequencer of a settled view (no flush, no repair); whether it
+    /// did. Only the sequencer proposes: its host watches the object's record, and
+    /// after a sequencer change the next one's host does. Every member delivers
+    /// it as [`Output::Upgrade`] at the same position (a flush keeps it if any
+    /// survivor received it, like any ordered item).
+    pub fn propose_upgrade(&mut self, now: Millis, version: u64, record: Vec<u8>) -> bool {
+        self.now = self.now.max(now);
+        if !self.is_member()
+            || !self.is_sequencer()
+            || self.flush.is_some()
+            || self.repair.is_some()
+        {
+            return false;
+        }
+        self.order(Item::Upgrade(Upgrade { version, record }));
+        true
     }
 
     /// The replica's snapshot requested by [`Output::TakeSnapshot`], at that cut.
@@ -1207,6 +1259,10 @@ impl<Id: MemberId> MeshCore<Id> {
                         return;
                     }
                 }
+                Item::Upgrade(upgrade) => self.outputs.push_back(Output::Upgrade {
+                    gseq: self.delivered,
+                    upgrade,
+                }),
             }
             if check {
                 self.start_check(self.delivered);
