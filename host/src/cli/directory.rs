@@ -221,6 +221,11 @@ pub struct PublishArgs {
     /// it to replace a record that no longer verifies).
     #[arg(long)]
     version: Option<u64>,
+    /// Publish even if the new logic removes or changes methods of the current
+    /// version's interface (hosts running the object switch to it live, and
+    /// callers of those methods then fail).
+    #[arg(long)]
+    breaking: bool,
     #[command(flatten)]
     key: KeyArg,
     #[command(flatten)]
@@ -561,6 +566,7 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
     // Refuse to publish what no host could run.
     let file_name = args.file.display().to_string();
     let checking = format!("compiling {file_name} to check it");
+    let mut methods = None;
     let interface = if args.category == Category::GossipAggregate {
         super::slow_step(&checking, || {
             runtime.load_aggregate_bytes(&file_name, &bytes)
@@ -569,6 +575,7 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
             .unwrap_or_else(|| liveobjects_host::runtime::AGGREGATE_INTERFACE.to_string())
     } else {
         let logic = super::slow_step(&checking, || runtime.load_bytes(&file_name, &bytes))?;
+        methods = Some(logic.interface().clone());
         match args.interface {
             Some(i) => i,
             None => logic
@@ -592,11 +599,18 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
         let version = match args.version {
             Some(v) => v,
             None => match resolver.resolve_fresh(name.as_str()).await {
-                Ok(current) => current
-                    .record
-                    .version
-                    .checked_add(1)
-                    .context("the record's version cannot grow any more")?,
+                Ok(current) => {
+                    if let Some(newer) = &methods
+                        && !args.breaking
+                    {
+                        refuse_breaking(runtime, &resolver, &current, newer).await?;
+                    }
+                    current
+                        .record
+                        .version
+                        .checked_add(1)
+                        .context("the record's version cannot grow any more")?
+                }
                 Err(ResolveError::Client(ClientError::Refused {
                     code: ErrorCode::NotFound,
                     ..
@@ -649,6 +663,44 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Refuse to publish logic with the interface `newer` over `current` if it
+/// removes or changes any of its methods: joined hosts switch to it live.
+async fn refuse_breaking(
+    runtime: &Runtime,
+    resolver: &Resolver,
+    current: &liveobjects_directory::verify::VerifiedRecord,
+    newer: &liveobjects_host::runtime::ObjectInterface,
+) -> Result<()> {
+    let name = &current.record.name;
+    if current.record.object_type.category == Category::GossipAggregate {
+        return Ok(());
+    }
+    let bytes = resolver.fetch_logic(current).await.with_context(|| {
+        format!(
+            "fetching the logic of {name} version {} to check the new one does not break its \
+             interface (pass --breaking to skip the check)",
+            current.record.version
+        )
+    })?;
+    let old = runtime.load_bytes(name, &bytes).with_context(|| {
+        format!(
+            "loading the logic of {name} version {}",
+            current.record.version
+        )
+    })?;
+    let broken = old.interface().breaking_changes(newer);
+    if !broken.is_empty() {
+        bail!(
+            "refusing to publish {name}: the new logic {} of the interface of version {}. Hosts \
+             running {name} switch to a new version live, and callers of those methods would \
+             fail; pass --breaking to publish it anyway",
+            broken.join(", "),
+            current.record.version
+        );
+    }
+    Ok(())
 }
 
 fn type_summary(r: &ObjectRecord) -> String {

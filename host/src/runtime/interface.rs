@@ -157,6 +157,34 @@ impl ObjectInterface {
         }
     }
 
+    /// What a move from this interface to `newer` breaks: each method of this one
+    /// that `newer` lacks or gives another signature (compared by interface name
+    /// without its version, method name and WIT signature as `lo inspect` prints
+    /// it). Empty if `newer` only adds methods.
+    pub fn breaking_changes(&self, newer: &ObjectInterface) -> Vec<String> {
+        let key = |m: &Method| {
+            let interface = m
+                .interface
+                .as_deref()
+                .map(|i| i.split('@').next().unwrap_or(i).to_string());
+            (interface, m.name.clone())
+        };
+        self.methods
+            .iter()
+            .filter_map(
+                |old| match newer.methods.iter().find(|new| key(new) == key(old)) {
+                    None => Some(format!("removes `{}`", old.signature())),
+                    Some(new) if new.signature() != old.signature() => Some(format!(
+                        "changes `{}` to `{}`",
+                        old.signature(),
+                        new.signature()
+                    )),
+                    Some(_) => None,
+                },
+            )
+            .collect()
+    }
+
     /// Method names as a user types them, for error messages.
     pub fn method_names(&self) -> Vec<String> {
         self.methods.iter().map(|m| m.name.clone()).collect()

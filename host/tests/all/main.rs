@@ -22,6 +22,7 @@ mod qsm_namespaces;
 mod qsm_processes;
 mod qsm_simulation;
 mod replay;
+mod upgrade;
 mod vsync_objects;
 mod vsync_processes;
 mod vsync_simulation;

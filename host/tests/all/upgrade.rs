@@ -1,0 +1,213 @@
+//! Real processes: a mesh counter on three `lo node`s is upgraded live while
+//! calls flow, by publishing a new version of its record. Every replica switches
+//! at the same event, no acknowledged call is lost or applied twice, a node that
+//! joins during the upgrade ends on the new version, an upgrade the new logic
+//! refuses is aborted on every replica, and a publish that breaks the interface
+//! is refused unless `--breaking`.
+
+use crate::common::{DirectoryProcess, Home, eventually};
+use crate::node::{
+    control, directory_with_acme_zone, join_at, object_status as status, publish_mesh,
+    start_node_with,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const COUNTER: &str = "lo://acme/tests/upgraded";
+
+/// `lo publish LOGIC` over the counter's record (seeded with `seed`): what it said.
+fn publish(home: &Home, directory: &DirectoryProcess, logic: &str, seed: &str) -> String {
+    let acme_key = home.path("acme.key");
+    let seeds = format!("seeds={seed}");
+    let args = [
+        "publish",
+        logic,
+        "--name",
+        COUNTER,
+        "--reliability",
+        "total-order",
+        "--driver-opt",
+        &seeds,
+        "--key",
+        acme_key.to_str().unwrap(),
+    ];
+    let out = home.lo().args(directory.args(&args)).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn query(home: &Home, n: usize, method: &str) -> String {
+    let out = home.run(&["call", COUNTER, method, "--control", &control(home, n)]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn logic(home: &Home, n: usize) -> String {
+    status(home, n, COUNTER)["logic"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Call `add 1` through node `n` until `stop` (at most 2,000 times, within two
+/// minutes): how many were acknowledged.
+fn adder(home: &Home, n: usize, stop: &Arc<AtomicBool>) -> thread::JoinHandle<usize> {
+    let mut call = home.lo();
+    call.args(["call", COUNTER, "add", "1", "--control", &control(home, n)]);
+    let stop = stop.clone();
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut acknowledged = 0;
+        for _ in 0..2_000 {
+            if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                break;
+            }
+            let out = call.output().unwrap();
+            if out.status.success() {
+                acknowledged += 1;
+            } else {
+                eprintln!("node {n}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        acknowledged
+    })
+}
+
+#[test]
+fn a_counter_is_upgraded_live_under_calls_and_a_refused_upgrade_is_aborted_everywhere() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let poll = ["--upgrade-poll", "1"];
+    home.keygen("n4.key");
+    let mut nodes = Vec::new();
+    let mut seeds = Vec::new();
+    for n in 1..=4 {
+        let (node, seed) = start_node_with(&home, n, &directory.addr, &directory.root, &poll, &[]);
+        nodes.push(node);
+        seeds.push(seed);
+    }
+    publish_mesh(
+        &home,
+        &directory,
+        COUNTER,
+        liveobjects_objects::COUNTER,
+        &seeds[0],
+    );
+    for n in 1..=3 {
+        join_at(&home, n, COUNTER, n == 1);
+    }
+    assert!(
+        logic(&home, 1).starts_with("version 1"),
+        "{}",
+        logic(&home, 1)
+    );
+
+    // A new logic that drops the counter's methods is refused at publish.
+    let refused = publish(&home, &directory, liveobjects_objects::HOSTILE, &seeds[0]);
+    assert!(
+        refused.contains("refusing to publish")
+            && refused.contains("removes `add: func(n: s64)`")
+            && refused.contains("--breaking"),
+        "{refused}"
+    );
+
+    // Calls before, during and after the upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let adders = [adder(&home, 1, &stop), adder(&home, 3, &stop)];
+    thread::sleep(Duration::from_millis(1500));
+    let published = publish(
+        &home,
+        &directory,
+        liveobjects_objects::COUNTER_V2,
+        &seeds[0],
+    );
+    assert!(published.contains("version 2"), "{published}");
+    // A node joins while the group switches.
+    join_at(&home, 4, COUNTER, false);
+    eventually(30, "every replica on version 2", || {
+        (1..=4).all(|n| logic(&home, n).starts_with("version 2 since position"))
+    });
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: usize = adders.into_iter().map(|a| a.join().unwrap()).sum();
+    eventually(30, "every call applied at every replica", || {
+        (1..=4).all(|n| query(&home, n, "get") == acknowledged.to_string())
+    });
+    // One switch, at the same event everywhere, from version 1's state.
+    let switched: Vec<String> = (1..=4).map(|n| query(&home, n, "switched-after")).collect();
+    assert!(switched.iter().all(|s| *s == switched[0]), "{switched:?}");
+    let before: usize = switched[0].parse().unwrap();
+    assert!(
+        before > 0 && before < acknowledged,
+        "calls applied before the switch: {before} of {acknowledged} (some must come after)"
+    );
+    for n in 1..=4 {
+        assert_eq!(query(&home, n, "upgraded-from"), "1", "node {n}");
+        assert_eq!(
+            query(&home, n, "updates"),
+            acknowledged.to_string(),
+            "node {n}"
+        );
+    }
+    let lines: Vec<String> = (1..=3).map(|n| logic(&home, n)).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| *l == lines[0] && l.contains("switched from version 1 to 2")),
+        "{lines:?}"
+    );
+
+    // Version 2 refuses to take over a negative counter: version 3 (the same
+    // logic) is aborted on every replica, which carry on with version 2.
+    let below_zero = format!("-{}", acknowledged + 1000);
+    home.ok(&[
+        "call",
+        COUNTER,
+        "add",
+        &below_zero,
+        "--control",
+        &control(&home, 2),
+    ]);
+    let published = publish(
+        &home,
+        &directory,
+        liveobjects_objects::COUNTER_V2,
+        &seeds[0],
+    );
+    assert!(published.contains("version 3"), "{published}");
+    eventually(
+        30,
+        "the upgrade to version 3 aborted at every replica",
+        || (1..=4).all(|n| logic(&home, n).contains("to version 3")),
+    );
+    let lines: Vec<String> = (1..=4).map(|n| logic(&home, n)).collect();
+    for line in &lines {
+        assert!(
+            line.starts_with("version 2 since position")
+                && line.contains("was aborted on every replica")
+                && line.contains("refuses to take over a negative counter"),
+            "{line}"
+        );
+    }
+    assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
+    let text = home.ok(&["status", "--control", &control(&home, 1)]);
+    assert!(text.contains("logic: version 2"), "{text}");
+    // Calls go on under version 2.
+    home.ok(&[
+        "call",
+        COUNTER,
+        "add",
+        "2000",
+        "--control",
+        &control(&home, 3),
+    ]);
+    let expected = "1000";
+    eventually(20, "every replica applies calls after the abort", || {
+        (1..=4).all(|n| query(&home, n, "get") == expected)
+    });
+    drop(nodes);
+}
