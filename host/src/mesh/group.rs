@@ -952,7 +952,9 @@ impl Group {
 
     /// Look for a newer record of the object if it is time (off this task).
     fn maybe_poll(&mut self) {
-        if !self.polls() || self.polling || Instant::now() < self.next_poll {
+        // Not while an ordered upgrade or a state waits for its logic: what is in
+        // force is about to change.
+        if !self.polls() || self.polling || self.held || Instant::now() < self.next_poll {
             return;
         }
         let Some(source) = self.evolution.source.clone() else {
@@ -979,7 +981,7 @@ impl Group {
     fn candidate_found(&mut self, found: Result<Option<LogicVersion>, LogicError>) {
         self.polling = false;
         match found {
-            Ok(Some(candidate)) if candidate.version > self.newest_known() => {
+            Ok(Some(candidate)) if candidate.version > self.newest_known() && !self.held => {
                 let now = self.now();
                 if self
                     .core
@@ -1005,11 +1007,9 @@ impl Group {
     /// An upgrade was ordered at `gseq`: get its logic (outputs after it wait),
     /// then switch in the replica's order.
     fn upgrade_ordered(&mut self, gseq: u64, upgrade: Upgrade) {
-        if upgrade.version <= self.newest_known() && upgrade.version != self.proposed {
-            // Tried already (the jobs that tried it ran, so the switch job
-            // would find so too): nothing to fetch.
-            return;
-        }
+        // Whether it was tried already is the switch job's to say, in the
+        // replica's order: what this task knows now may be behind jobs still
+        // queued (a joiner's state transfer, another upgrade).
         let pending = Pending::Upgrade {
             gseq,
             version: upgrade.version,
@@ -1191,9 +1191,24 @@ impl Group {
         self.enqueue(
             state.len(),
             Box::new(move |replica| {
+                let running = in_force.lock().expect("in force").version;
                 let started = replica.and_then(|r| {
-                    if let Some(logic) = logic {
-                        r.replace_logic(logic);
+                    match logic {
+                        Some(logic) => r.replace_logic(logic),
+                        // Decided before jobs still queued then (an upgrade)
+                        // changed the logic: never start a state in logic of
+                        // another version.
+                        None if running != incoming.version => {
+                            return Err(ReplicaError::InitRejected {
+                                object: r.identity().object.clone(),
+                                message: format!(
+                                    "the state it was sent is version {}'s, and this replica \
+                                     switched to version {running} meanwhile; join again",
+                                    incoming.version
+                                ),
+                            });
+                        }
+                        None => {}
                     }
                     r.init(Some(&state))
                 });
