@@ -586,18 +586,21 @@ impl DirectoryLogic {
                 verified.record.version
             )));
         }
+        // Bytes that do not match the record's hash came from one server (a
+        // mirror): another may have the right ones.
         let bytes = self
             .resolver
             .fetch_logic(&verified)
             .await
-            .map_err(|e| match e {
-                ResolveError::Verify(e) => LogicError::Refused(e.to_string()),
-                other => LogicError::Unavailable(other.to_string()),
-            })?;
-        let logic = self
-            .runtime
-            .load_bytes(name, &bytes)
-            .map_err(|e| LogicError::Refused(e.to_string()))?;
+            .map_err(|e| LogicError::Unavailable(e.to_string()))?;
+        // What the bytes are is the same everywhere; compiling them may fail on
+        // one host alone (its cache, its memory), as `lo publish` compiled them.
+        let logic = self.runtime.load_bytes(name, &bytes).map_err(|e| match e {
+            LoadError::Compile { .. } | LoadError::Engine(_) => {
+                LogicError::Unavailable(e.to_string())
+            }
+            other => LogicError::Refused(other.to_string()),
+        })?;
         Ok(crate::driver::LogicVersion {
             version: verified.record.version,
             record: postcard::to_allocvec(&verified.signed)
@@ -606,6 +609,21 @@ impl DirectoryLogic {
             logic,
         })
     }
+}
+
+/// Whether a record that fails `e` fails it at every host at any time (its
+/// signature, signer, name or encoding), not only against one server's chain or
+/// one host's clock (expiry, freshness, rollback).
+fn refused_everywhere(e: &liveobjects_directory::verify::VerifyError) -> bool {
+    use liveobjects_directory::verify::VerifyError;
+    matches!(
+        e,
+        VerifyError::Malformed(_)
+            | VerifyError::BadSignature { .. }
+            | VerifyError::WrongSigner { .. }
+            | VerifyError::OutsideZone { .. }
+            | VerifyError::NameMismatch { .. }
+    )
 }
 
 impl crate::driver::LogicSource for DirectoryLogic {
@@ -644,27 +662,55 @@ impl crate::driver::LogicSource for DirectoryLogic {
                     record.len()
                 ))
             })?;
-            // The zone's chain as the directory serves it now; the record must
-            // verify against it whatever version the directory holds.
-            let (_, chain, _) = self
+            // What the directory vouches for now, with every check a resolve
+            // makes (freshness, rollback, the chain).
+            let current = self
                 .resolver
-                .client()
-                .resolve_vouched(name)
+                .resolve_fresh(name)
                 .await
                 .map_err(|e| LogicError::Unavailable(e.to_string()))?;
-            let verified = liveobjects_directory::verify::verify_record(
-                self.resolver.root(),
-                &chain,
-                &signed,
-                liveobjects_directory::server::unix_now(),
-            )
-            .map_err(|e| LogicError::Refused(e.to_string()))?;
-            if verified.record.name != name {
+            let proposed = signed.open().map_err(|e| {
+                LogicError::Refused(format!("the record a member sent does not open: {e}"))
+            })?;
+            if proposed.name != name {
                 return Err(LogicError::Refused(format!(
                     "the record a member sent is {}'s, not {name}'s",
-                    verified.record.name
+                    proposed.name
                 )));
             }
+            let verified = if current.signed.body == signed.body
+                && current.signed.signature == signed.signature
+            {
+                current
+            } else if proposed.version > current.record.version {
+                // A lagging server: wait for it (or another) to have it.
+                return Err(LogicError::Unavailable(format!(
+                    "the directory serves version {} of {name}, not yet the {} ordered",
+                    current.record.version, proposed.version
+                )));
+            } else {
+                // Superseded since it was ordered: it must still verify against
+                // the zone's chain.
+                let (_, chain, _) = self
+                    .resolver
+                    .client()
+                    .resolve_vouched(name)
+                    .await
+                    .map_err(|e| LogicError::Unavailable(e.to_string()))?;
+                liveobjects_directory::verify::verify_record(
+                    self.resolver.root(),
+                    &chain,
+                    &signed,
+                    liveobjects_directory::server::unix_now(),
+                )
+                .map_err(|e| {
+                    if refused_everywhere(&e) {
+                        LogicError::Refused(e.to_string())
+                    } else {
+                        LogicError::Unavailable(e.to_string())
+                    }
+                })?
+            };
             self.load(name, verified).await
         })
     }

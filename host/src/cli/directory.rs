@@ -597,7 +597,16 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
     super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
         let version = match args.version {
-            Some(v) => v,
+            Some(v) => {
+                // Over a record that verifies, the interface check applies too.
+                if let Some(newer) = &methods
+                    && !args.breaking
+                    && let Ok(current) = resolver.resolve_fresh(name.as_str()).await
+                {
+                    refuse_breaking(runtime, &resolver, &current, newer).await?;
+                }
+                v
+            }
             None => match resolver.resolve_fresh(name.as_str()).await {
                 Ok(current) => {
                     if let Some(newer) = &methods

@@ -1027,7 +1027,8 @@ impl Group {
     /// until it comes back ([`FromReplica::LogicReady`]).
     fn fetch_logic(&mut self, pending: Pending, record: Vec<u8>) {
         let Some(source) = self.evolution.source.clone() else {
-            let result = Err(LogicError::Refused(
+            // Other members may well verify it: stop here rather than fork.
+            let result = Err(LogicError::Unavailable(
                 "this host has no directory to verify the record with".to_string(),
             ));
             self.logic_ready(pending, result);

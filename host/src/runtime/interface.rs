@@ -59,6 +59,22 @@ pub struct ObjectInterface {
     pub methods: Vec<Method>,
     /// Where its `migrate` is, if it exports 0.3's [`EVOLVE_INTERFACE`].
     pub(crate) migrate: Option<ComponentExportIndex>,
+    /// Whether it exports [`EVOLVE_INTERFACE`] without a `migrate` of 0.3's type
+    /// (such logic is refused at load).
+    pub(crate) malformed_evolve: bool,
+}
+
+/// Whether `item` is `func(from-version: u64, snapshot: list<u8>) -> result<list<u8>, string>`.
+fn is_migrate(item: &ComponentItem) -> bool {
+    let ComponentItem::ComponentFunc(func) = item else {
+        return false;
+    };
+    let bytes = |ty: &Type| matches!(ty, Type::List(list) if list.ty() == Type::U8);
+    let params: Vec<Type> = func.params().map(|(_, ty)| ty).collect();
+    let results: Vec<Type> = func.results().collect();
+    matches!(params.as_slice(), [Type::U64, snapshot] if bytes(snapshot))
+        && matches!(results.as_slice(), [Type::Result(result)]
+            if result.ok().as_ref().is_some_and(bytes) && result.err() == Some(Type::String))
 }
 
 impl ObjectInterface {
@@ -99,9 +115,19 @@ impl ObjectInterface {
                 continue;
             }
             if export_name == EVOLVE_INTERFACE {
+                let well_typed = match &item.ty {
+                    ComponentItem::ComponentInstance(instance) => instance
+                        .exports(engine)
+                        .any(|(name, item)| name == "migrate" && is_migrate(&item.ty)),
+                    _ => false,
+                };
                 interface.migrate = component
                     .get_export_index(None, export_name)
                     .and_then(|instance| component.get_export_index(Some(&instance), "migrate"));
+                if !well_typed {
+                    interface.migrate = None;
+                    interface.malformed_evolve = true;
+                }
                 continue;
             }
             match item.ty {

@@ -485,6 +485,15 @@ impl Runtime {
                 ),
             });
         };
+        if interface.malformed_evolve {
+            return Err(LoadError::WrongWorld {
+                name: name.to_string(),
+                reason: format!(
+                    "it exports `{EVOLVE_INTERFACE}` without a `migrate: func(from-version: u64, \
+                     snapshot: list<u8>) -> result<list<u8>, string>`"
+                ),
+            });
+        }
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)

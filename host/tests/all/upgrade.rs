@@ -1,7 +1,8 @@
 //! Real processes: a mesh counter on three `lo node`s is upgraded live while
 //! calls flow, by publishing a new version of its record. Every replica switches
 //! at the same event, no acknowledged call is lost or applied twice, a node that
-//! joins during the upgrade ends on the new version, an upgrade the new logic
+//! joins during the upgrade (it resolved the new version, the group still runs the
+//! old one) ends on the new version, an upgrade the new logic
 //! refuses is aborted on every replica, and a publish that breaks the interface
 //! is refused unless `--breaking`.
 
@@ -81,11 +82,14 @@ fn adder(home: &Home, n: usize, stop: &Arc<AtomicBool>) -> thread::JoinHandle<us
 fn a_counter_is_upgraded_live_under_calls_and_a_refused_upgrade_is_aborted_everywhere() {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
-    let poll = ["--upgrade-poll", "1"];
+    // Node 1 founds the object and orders it: it looks for a newer record every
+    // 8 s, so that node 4 joins before the switch (see below).
+    let polls = |n: usize| if n == 1 { "8" } else { "1" };
     home.keygen("n4.key");
     let mut nodes = Vec::new();
     let mut seeds = Vec::new();
     for n in 1..=4 {
+        let poll = ["--upgrade-poll", polls(n)];
         let (node, seed) = start_node_with(&home, n, &directory.addr, &directory.root, &poll, &[]);
         nodes.push(node);
         seeds.push(seed);
@@ -127,7 +131,14 @@ fn a_counter_is_upgraded_live_under_calls_and_a_refused_upgrade_is_aborted_every
     );
     assert!(published.contains("version 2"), "{published}");
     // A node joins while the group switches.
+    // Node 4 resolves version 2 but joins a group still on version 1: it takes
+    // version 1's state with version 1's logic, then switches with the others.
     join_at(&home, 4, COUNTER, false);
+    assert!(
+        logic(&home, 4).starts_with("version 1"),
+        "node 4 should join before the switch: {}",
+        logic(&home, 4)
+    );
     eventually(30, "every replica on version 2", || {
         (1..=4).all(|n| logic(&home, n).starts_with("version 2 since position"))
     });
