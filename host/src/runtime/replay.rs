@@ -128,6 +128,11 @@ pub enum Step {
 pub struct Replay {
     engine: wasmtime::Engine,
     logic: Arc<Logic>,
+    /// The logic of every segment, by hash, as far as it was found (a live
+    /// upgrade starts a segment with other logic).
+    logics: std::collections::HashMap<[u8; 32], Arc<Logic>>,
+    /// Where the recording keeps its logic (`logic/` beside the replica folders).
+    root: PathBuf,
     /// (segment path, frame) in order; every segment's start is a frame too.
     frames: Vec<(Arc<PathBuf>, Frame)>,
     at: usize,
@@ -194,6 +199,20 @@ impl Replay {
                 expected: hex::encode(first.logic_hash),
             });
         }
+        let root = recording_root(path);
+        let mut logics = std::collections::HashMap::from([(first.logic_hash, loaded.clone())]);
+        for segment in &segments {
+            let hash = segment.start.logic_hash;
+            let file = recorder::logic_path(&root, &hash);
+            if logics.contains_key(&hash) || !file.exists() {
+                continue;
+            }
+            let logic = runtime.load_file(&file).map_err(|e| ReplayError::Load {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+            logics.insert(hash, logic);
+        }
         let truncated = segments.last().is_some_and(|s| s.truncated);
         let frames = flatten(segments);
         let (path, Frame::Start(start)) = &frames[0] else {
@@ -203,6 +222,8 @@ impl Replay {
         Ok(Replay {
             engine: runtime.engine().clone(),
             logic: loaded,
+            logics,
+            root,
             events: start.events,
             frames,
             at: 1,
@@ -403,6 +424,19 @@ impl Replay {
     }
 
     fn begin_segment(&mut self, path: &Arc<PathBuf>, start: &Start) -> Result<Step, ReplayError> {
+        // A segment that starts over from a snapshot may run other logic (a live
+        // upgrade switched it): replay it with that logic.
+        if start.logic_hash != self.logic.hash().0 && start.reason == StartReason::Init {
+            match self.logics.get(&start.logic_hash) {
+                Some(logic) => self.logic = logic.clone(),
+                None => {
+                    return Err(ReplayError::NoLogic {
+                        path: recorder::logic_path(&self.root, &start.logic_hash),
+                        hash: hex::encode(start.logic_hash),
+                    });
+                }
+            }
+        }
         if start.logic_hash != self.logic.hash().0 {
             return Err(self.parted(
                 path,
@@ -826,6 +860,57 @@ mod tests {
         let mut a = Replay::open(&group.runtime, &group.folder("m1"), None, false).unwrap();
         let mut a2 = Replay::open(&group.runtime, &group.folder("m1"), None, false).unwrap();
         assert_eq!(diff(&mut a, &mut a2).unwrap(), Difference::None { events });
+    }
+
+    /// A replica upgraded live (counter to counter-v2) records a segment that
+    /// starts from the migrated state with the new logic; the replay switches
+    /// logic there and goes on checking every digest.
+    #[test]
+    fn a_recording_replays_across_a_live_upgrade() {
+        const COUNTER: &str = "lo://acme/tests/counter";
+        let root = tempfile::tempdir().unwrap();
+        let mut runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        runtime.set_recording(Some(RecordSettings {
+            dir: root.path().to_path_buf(),
+            budget_bytes: 64 << 20,
+            digest_every: 1,
+        }));
+        let v1 = runtime
+            .load_file(liveobjects_objects::COUNTER.as_ref())
+            .unwrap();
+        let v2 = runtime
+            .load_file(liveobjects_objects::COUNTER_V2.as_ref())
+            .unwrap();
+        let mut replica = runtime
+            .instantiate(&v1, ReplicaIdentity::local(COUNTER, "m1"))
+            .unwrap();
+        replica.init(None).unwrap();
+        let mut seq = 0;
+        let mut add = |replica: &mut Replica, n: &str| {
+            for payload in replica.call_wave("add", &[n]).unwrap().multicasts {
+                seq += 1;
+                let event = Event {
+                    sender: "m1".into(),
+                    seq,
+                    timestamp_ms: 1_700_000_000_000 + seq,
+                    payload,
+                };
+                replica.deliver(&event).unwrap();
+            }
+        };
+        add(&mut replica, "3");
+        add(&mut replica, "4");
+        replica.upgrade(v2, 1, 2).unwrap();
+        add(&mut replica, "5");
+        let state = replica.snapshot().unwrap();
+        drop(replica);
+
+        let folder = root.path().join(recorder::replica_folder(COUNTER, "m1"));
+        let mut replay = replay_all(&runtime, &folder).unwrap();
+        assert_eq!(replay.events(), 3);
+        assert_eq!(replay.state().unwrap(), state);
+        assert_eq!(replay.query("upgraded-from", &[]).unwrap(), ["1"]);
+        assert_eq!(replay.query("get", &[]).unwrap(), ["12"]);
     }
 
     /// A recording that says something the replay does not do is refused at
