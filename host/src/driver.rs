@@ -242,6 +242,12 @@ pub trait JoinedObject: Send + Sync + std::fmt::Debug {
     /// Notifications and membership changes from now on.
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice>;
 
+    /// The object's methods now, if a live upgrade changed its logic since it
+    /// was joined (`None`: the logic it was joined with).
+    fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        None
+    }
+
     /// The events the replica applies from now on, in its order (`None` for
     /// objects that apply no events, like aggregates).
     fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {

@@ -107,6 +107,8 @@ pub struct GroupStatus {
     pub divergence: Option<String>,
     /// The logic's record version here, since when, and the last live upgrade.
     pub logic: Option<String>,
+    /// The object's methods, if a live upgrade changed them since it was joined.
+    pub interface: Option<std::sync::Arc<crate::runtime::ObjectInterface>>,
 }
 
 impl GroupError {

@@ -599,12 +599,18 @@ impl Node {
 
     /// The joined object `name`, or that this node has not joined it.
     pub async fn joined(&self, name: &str) -> Result<Joined, NodeError> {
-        self.objects
+        let mut joined = self
+            .objects
             .lock()
             .await
             .get(name)
             .cloned()
-            .ok_or_else(|| NodeError::NotJoined(name.to_string()))
+            .ok_or_else(|| NodeError::NotJoined(name.to_string()))?;
+        // Calls, forms and JSON follow the logic the object runs now.
+        if let Some(interface) = joined.object.interface() {
+            joined.interface = Some(interface);
+        }
+        Ok(joined)
     }
 
     /// Join `name` (resolve, verify, type check against `require`, fetch the

@@ -329,6 +329,7 @@ impl MeshNode {
             check: None,
             divergence: None,
             logic: None,
+            interface: None,
         }));
         let in_force = InForce {
             version: evolution.version,
@@ -534,6 +535,9 @@ struct InForce {
     attempted: u64,
     /// The last upgrade's outcome.
     last: Option<String>,
+    /// The logic's methods, if an upgrade or a state transfer changed the logic.
+    #[serde(skip)]
+    interface: Option<Arc<crate::runtime::ObjectInterface>>,
 }
 
 impl InForce {
@@ -934,9 +938,14 @@ impl Group {
             FromReplica::Candidate(found) => self.candidate_found(found),
             FromReplica::LogicReady(pending, result) => self.logic_ready(pending, result),
             FromReplica::LogicChanged => {
-                let line = self.in_force.lock().expect("in force").line();
+                let (line, interface) = {
+                    let in_force = self.in_force.lock().expect("in force");
+                    (in_force.line(), in_force.interface.clone())
+                };
                 tracing::info!("{}: logic {line}", self.object);
-                self.status.lock().expect("status").logic = Some(line);
+                let mut status = self.status.lock().expect("status");
+                status.logic = Some(line);
+                status.interface = interface;
             }
         }
     }
@@ -1126,6 +1135,7 @@ impl Group {
                 match replica.upgrade(logic.logic.clone(), from, logic.version) {
                     Ok(_) => {
                         state.version = logic.version;
+                        state.interface = Some(Arc::new(logic.logic.interface().clone()));
                         state.record = logic.record;
                         state.since = Some(gseq);
                         state.last = Some(format!(
@@ -1193,6 +1203,9 @@ impl Group {
             state.len(),
             Box::new(move |replica| {
                 let running = in_force.lock().expect("in force").version;
+                let interface = logic
+                    .as_ref()
+                    .map(|logic| Arc::new(logic.interface().clone()));
                 let started = replica.and_then(|r| {
                     match logic {
                         Some(logic) => r.replace_logic(logic),
@@ -1215,7 +1228,11 @@ impl Group {
                 });
                 match started {
                     Ok(()) => {
-                        *in_force.lock().expect("in force") = incoming;
+                        let mut state = in_force.lock().expect("in force");
+                        let kept = state.interface.take();
+                        *state = incoming;
+                        state.interface = interface.or(kept);
+                        drop(state);
                         let _ = results.send(FromReplica::LogicChanged);
                     }
                     Err(e) => {

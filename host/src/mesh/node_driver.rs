@@ -126,6 +126,10 @@ impl JoinedObject for GroupHandle {
         Box::pin(GroupHandle::snapshot(self))
     }
 
+    fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        self.status_now().interface
+    }
+
     fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
         Some(self.replica().applied())
     }

@@ -164,6 +164,19 @@ fn a_counter_is_upgraded_live_under_calls_and_a_refused_upgrade_is_aborted_every
             "node {n}"
         );
     }
+    // Calls through the node (its JSON mapping, the HTTP API's) know the new
+    // methods' types.
+    let out = home.ok(&[
+        "call",
+        COUNTER,
+        "upgraded-from",
+        "--json",
+        "--control",
+        &control(&home, 2),
+    ]);
+    let results: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // (a u64 is a JSON string in the mapping)
+    assert_eq!(results["results"], serde_json::json!(["1"]), "{out}");
     let lines: Vec<String> = (1..=3).map(|n| logic(&home, n)).collect();
     assert!(
         lines
