@@ -371,6 +371,7 @@ impl MeshNode {
             evolution: evolution.clone(),
             next_poll: Instant::now() + evolution.poll_every,
             polling: false,
+            active_since_poll: true,
             proposed: 0,
             candidate: None,
             held: false,
@@ -604,6 +605,9 @@ struct Group {
     next_poll: Instant,
     /// Whether a look is under way.
     polling: bool,
+    /// Whether anything came in since the last look (an idle object looks no
+    /// more until something does).
+    active_since_poll: bool,
     /// The highest version this member proposed.
     proposed: u64,
     /// The logic this member loaded for its own proposal.
@@ -637,7 +641,10 @@ impl Group {
                 .poll_timeout()
                 .map(|t| self.started + Duration::from_millis(t))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            if self.polls() {
+            // An idle object sets no timer of its own (a node holds many): it
+            // looks for a newer record at most once after its last activity,
+            // and again at its next one.
+            if self.polls() && self.active_since_poll {
                 deadline = deadline.min(self.next_poll);
             }
             let credit = replica.credit().notified();
@@ -720,6 +727,7 @@ impl Group {
     }
 
     fn input(&mut self, input: GroupInput) {
+        self.active_since_poll = true;
         match input {
             GroupInput::Frame(frame) => {
                 if self.admit(&frame) {
@@ -970,6 +978,7 @@ impl Group {
             return;
         };
         self.next_poll = Instant::now() + self.evolution.poll_every;
+        self.active_since_poll = false;
         self.polling = true;
         let than = self.newest_known();
         let (object, results) = (self.object.clone(), self.results_tx.clone());

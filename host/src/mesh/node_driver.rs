@@ -20,7 +20,8 @@ pub struct MeshArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// How often (seconds) the member that orders each mesh object looks in the
-    /// directory for a newer record of it, to upgrade it live (0: never).
+    /// directory for a newer record of it, to upgrade it live (0: never). An
+    /// idle object looks at most once after its last activity, then at its next.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub upgrade_poll: u64,
 }
