@@ -593,13 +593,12 @@ impl DirectoryLogic {
             .fetch_logic(&verified)
             .await
             .map_err(|e| LogicError::Unavailable(e.to_string()))?;
-        // What the bytes are is the same everywhere; compiling them may fail on
-        // one host alone (its cache, its memory), as `lo publish` compiled them.
+        // Whether the bytes are a component is the same everywhere; compiling
+        // and linking them may fail on one host alone (its cache, its memory, a
+        // host of another version), as `lo publish` loaded them.
         let logic = self.runtime.load_bytes(name, &bytes).map_err(|e| match e {
-            LoadError::Compile { .. } | LoadError::Engine(_) => {
-                LogicError::Unavailable(e.to_string())
-            }
-            other => LogicError::Refused(other.to_string()),
+            LoadError::NotAComponent { .. } => LogicError::Refused(e.to_string()),
+            other => LogicError::Unavailable(other.to_string()),
         })?;
         Ok(crate::driver::LogicVersion {
             version: verified.record.version,
@@ -609,21 +608,6 @@ impl DirectoryLogic {
             logic,
         })
     }
-}
-
-/// Whether a record that fails `e` fails it at every host at any time (its
-/// signature, signer, name or encoding), not only against one server's chain or
-/// one host's clock (expiry, freshness, rollback).
-fn refused_everywhere(e: &liveobjects_directory::verify::VerifyError) -> bool {
-    use liveobjects_directory::verify::VerifyError;
-    matches!(
-        e,
-        VerifyError::Malformed(_)
-            | VerifyError::BadSignature { .. }
-            | VerifyError::WrongSigner { .. }
-            | VerifyError::OutsideZone { .. }
-            | VerifyError::NameMismatch { .. }
-    )
 }
 
 impl crate::driver::LogicSource for DirectoryLogic {
@@ -669,6 +653,11 @@ impl crate::driver::LogicSource for DirectoryLogic {
                 .resolve_fresh(name)
                 .await
                 .map_err(|e| LogicError::Unavailable(e.to_string()))?;
+            // What the record says and whether its own signature holds are the
+            // same at every host: those refuse it everywhere. Whether its signer
+            // may sign for the zone depends on the chain a host is served and on
+            // its clock (a key rollover's grace period): a host that cannot
+            // confirm it waits, then stops, rather than decide alone.
             let proposed = signed.open().map_err(|e| {
                 LogicError::Refused(format!("the record a member sent does not open: {e}"))
             })?;
@@ -676,6 +665,12 @@ impl crate::driver::LogicSource for DirectoryLogic {
                 return Err(LogicError::Refused(format!(
                     "the record a member sent is {}'s, not {name}'s",
                     proposed.name
+                )));
+            }
+            if !signed.signature_valid() {
+                return Err(LogicError::Refused(format!(
+                    "the signature of version {} of {name} does not hold",
+                    proposed.version
                 )));
             }
             let verified = if current.signed.body == signed.body
@@ -689,27 +684,26 @@ impl crate::driver::LogicSource for DirectoryLogic {
                     current.record.version, proposed.version
                 )));
             } else {
-                // Superseded since it was ordered: it must still verify against
-                // the zone's chain.
-                let (_, chain, _) = self
-                    .resolver
-                    .client()
-                    .resolve_vouched(name)
-                    .await
-                    .map_err(|e| LogicError::Unavailable(e.to_string()))?;
-                liveobjects_directory::verify::verify_record(
-                    self.resolver.root(),
-                    &chain,
-                    &signed,
-                    liveobjects_directory::server::unix_now(),
-                )
-                .map_err(|e| {
-                    if refused_everywhere(&e) {
-                        LogicError::Refused(e.to_string())
-                    } else {
-                        LogicError::Unavailable(e.to_string())
-                    }
-                })?
+                // Superseded since it was ordered: its signer must still be one
+                // the zone's chain (as just verified) lets sign, and it must not
+                // have expired.
+                let now = liveobjects_directory::server::unix_now();
+                let may_sign = match current.chain.delegations.last() {
+                    Some(zone) => zone.may_sign(&signed.signer, now),
+                    None => signed.signer == self.resolver.root(),
+                };
+                if !may_sign || proposed.expires_at <= now {
+                    return Err(LogicError::Unavailable(format!(
+                        "version {} of {name} is superseded by version {} and its signer may \
+                         no longer sign for the zone, or it expired",
+                        proposed.version, current.record.version
+                    )));
+                }
+                VerifiedRecord {
+                    record: proposed,
+                    chain: current.chain,
+                    signed,
+                }
             };
             self.load(name, verified).await
         })

@@ -372,6 +372,7 @@ impl MeshNode {
             next_poll: Instant::now() + evolution.poll_every,
             polling: false,
             active_since_poll: true,
+            delivered_at_poll: 0,
             proposed: 0,
             candidate: None,
             held: false,
@@ -608,6 +609,8 @@ struct Group {
     /// Whether anything came in since the last look (an idle object looks no
     /// more until something does).
     active_since_poll: bool,
+    /// The delivered position when activity was last noted.
+    delivered_at_poll: u64,
     /// The highest version this member proposed.
     proposed: u64,
     /// The logic this member loaded for its own proposal.
@@ -644,7 +647,7 @@ impl Group {
             // An idle object sets no timer of its own (a node holds many): it
             // looks for a newer record at most once after its last activity,
             // and again at its next one.
-            if self.polls() && self.active_since_poll {
+            if self.polls() && self.active_since_poll && !self.polling && !self.held {
                 deadline = deadline.min(self.next_poll);
             }
             let credit = replica.credit().notified();
@@ -727,7 +730,6 @@ impl Group {
     }
 
     fn input(&mut self, input: GroupInput) {
-        self.active_since_poll = true;
         match input {
             GroupInput::Frame(frame) => {
                 if self.admit(&frame) {
@@ -745,7 +747,10 @@ impl Group {
                 let now = self.now();
                 self.core.handle_suspect(now, member);
             }
-            GroupInput::Command(command) => self.command(command),
+            GroupInput::Command(command) => {
+                self.active_since_poll = true;
+                self.command(command)
+            }
         }
     }
 
@@ -969,6 +974,11 @@ impl Group {
 
     /// Look for a newer record of the object if it is time (off this task).
     fn maybe_poll(&mut self) {
+        // Activity is calls and deliveries, not the protocol's own heartbeats.
+        if self.core.delivered() != self.delivered_at_poll {
+            self.delivered_at_poll = self.core.delivered();
+            self.active_since_poll = true;
+        }
         // Not while an ordered upgrade or a state waits for its logic: what is in
         // force is about to change.
         if !self.polls() || self.polling || self.held || Instant::now() < self.next_poll {

@@ -54,8 +54,8 @@ fn logic(home: &Home, n: usize) -> String {
         .to_string()
 }
 
-/// Call `add 1` through node `n` until `stop` (at most 2,000 times, within two
-/// minutes): how many were acknowledged.
+/// Call `add 1` through node `n` every 25 ms or so until `stop` (at most 2,000
+/// times, within two minutes): how many were acknowledged.
 fn adder(home: &Home, n: usize, stop: &Arc<AtomicBool>) -> thread::JoinHandle<usize> {
     let mut call = home.lo();
     call.args(["call", COUNTER, "add", "1", "--control", &control(home, n)]);
@@ -73,6 +73,8 @@ fn adder(home: &Home, n: usize, stop: &Arc<AtomicBool>) -> thread::JoinHandle<us
             } else {
                 eprintln!("node {n}: {}", String::from_utf8_lossy(&out.stderr));
             }
+            // A steady flow, not a flood: other tests share the machine.
+            thread::sleep(Duration::from_millis(25));
         }
         acknowledged
     })
