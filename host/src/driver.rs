@@ -300,6 +300,12 @@ pub trait LogicSource: Send + Sync {
     ) -> BoxFuture<'a, Result<LogicVersion, LogicError>>;
 }
 
+/// A verified record in the form members hand each other (its signed form,
+/// postcard): what [`LogicVersion::record`] and [`Evolution::record`] hold.
+pub fn record_bytes(verified: &liveobjects_directory::verify::VerifiedRecord) -> Vec<u8> {
+    postcard::to_allocvec(&verified.signed).expect("postcard encoding to a Vec cannot fail")
+}
+
 /// The logic a driver starts an object with, and where it finds newer logic.
 #[derive(Clone, Default)]
 pub struct Evolution {
@@ -311,6 +317,17 @@ pub struct Evolution {
     pub source: Option<Arc<dyn LogicSource>>,
     /// How often the member that orders the object looks for a newer record.
     pub poll_every: std::time::Duration,
+}
+
+impl Evolution {
+    /// Starting with the logic of `verified`, with no source of newer logic.
+    pub fn starting_with(verified: &liveobjects_directory::verify::VerifiedRecord) -> Self {
+        Evolution {
+            version: verified.record.version,
+            record: record_bytes(verified),
+            ..Evolution::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for Evolution {

@@ -460,12 +460,7 @@ pub async fn join(
     options: &JoinOptions,
 ) -> Result<(GroupHandle, VerifiedRecord), JoinError> {
     let prepared = prepare(runtime, resolver, name, node.me().key, options).await?;
-    let evolution = crate::driver::Evolution {
-        version: prepared.verified.record.version,
-        record: postcard::to_allocvec(&prepared.verified.signed)
-            .expect("postcard encoding to a Vec cannot fail"),
-        ..Default::default()
-    };
+    let evolution = crate::driver::Evolution::starting_with(&prepared.verified);
     let group = join_mesh(node, runtime, name, &prepared, options, &evolution).await?;
     Ok((group, prepared.verified))
 }
@@ -602,8 +597,7 @@ impl DirectoryLogic {
         })?;
         Ok(crate::driver::LogicVersion {
             version: verified.record.version,
-            record: postcard::to_allocvec(&verified.signed)
-                .expect("postcard encoding to a Vec cannot fail"),
+            record: crate::driver::record_bytes(&verified),
             driver: verified.record.driver.name.clone(),
             logic,
         })

@@ -543,6 +543,21 @@ struct InForce {
 }
 
 impl InForce {
+    /// The highest version in force or tried.
+    fn newest(&self) -> u64 {
+        self.version.max(self.attempted)
+    }
+
+    /// Note an attempt to switch to `version`; false if it was tried already
+    /// (each version is tried once, in the replica's order).
+    fn begin_attempt(&mut self, version: u64) -> bool {
+        if version <= self.newest() {
+            return false;
+        }
+        self.attempted = version;
+        true
+    }
+
     fn line(&self) -> String {
         let mut line = format!("version {}", self.version);
         if let Some(at) = self.since {
@@ -1001,7 +1016,7 @@ impl Group {
     /// The highest version in force, tried or proposed here.
     fn newest_known(&self) -> u64 {
         let in_force = self.in_force.lock().expect("in force");
-        in_force.version.max(in_force.attempted).max(self.proposed)
+        in_force.newest().max(self.proposed)
     }
 
     /// A look for a newer record came back: order the upgrade if it still
@@ -1146,10 +1161,9 @@ impl Group {
             Box::new(move |replica| {
                 let Ok(replica) = replica else { return };
                 let mut state = in_force.lock().expect("in force");
-                if logic.version <= state.version.max(state.attempted) {
+                if !state.begin_attempt(logic.version) {
                     return;
                 }
-                state.attempted = logic.version;
                 let from = state.version;
                 match replica.upgrade(logic.logic.clone(), from, logic.version) {
                     Ok(_) => {
@@ -1197,10 +1211,9 @@ impl Group {
             0,
             Box::new(move |_| {
                 let mut state = in_force.lock().expect("in force");
-                if version <= state.version.max(state.attempted) {
+                if !state.begin_attempt(version) {
                     return;
                 }
-                state.attempted = version;
                 state.last = Some(format!(
                     "the upgrade to version {version} at position {gseq} was refused: {reason}"
                 ));

@@ -79,13 +79,10 @@ impl Driver for MeshDriver {
         request: JoinRequest<'a>,
     ) -> BoxFuture<'a, Result<Arc<dyn JoinedObject>, JoinError>> {
         Box::pin(async move {
-            let verified = &request.prepared.verified;
             let evolution = Evolution {
-                version: verified.record.version,
-                record: postcard::to_allocvec(&verified.signed)
-                    .expect("postcard encoding to a Vec cannot fail"),
                 source: request.logic_source.clone(),
                 poll_every: self.upgrade_poll,
+                ..Evolution::starting_with(&request.prepared.verified)
             };
             let group = crate::join::join_mesh(
                 &self.node,

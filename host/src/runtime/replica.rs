@@ -706,20 +706,14 @@ impl Replica {
             message,
         };
         let outcome = (|| {
-            let migrated = if self.sb().migrate.is_some() {
-                self.prepare_call(Seed::Init, self.last_event_ms);
-                match self.sb().migrate(from_version, &snapshot) {
-                    Some(Ok(Ok(migrated))) => migrated,
-                    Some(Ok(Err(message))) => {
-                        return Err(refused(self, format!("its migrate refused: {message}")));
-                    }
-                    Some(Err(trap)) => {
-                        return Err(self.classify(trap, "migrate".to_string()));
-                    }
-                    None => unreachable!("checked above"),
+            self.prepare_call(Seed::Init, self.last_event_ms);
+            let migrated = match self.sb().migrate(from_version, &snapshot) {
+                None => snapshot.clone(),
+                Some(Ok(Ok(migrated))) => migrated,
+                Some(Ok(Err(message))) => {
+                    return Err(refused(self, format!("its migrate refused: {message}")));
                 }
-            } else {
-                snapshot.clone()
+                Some(Err(trap)) => return Err(self.classify(trap, "migrate".to_string())),
             };
             self.prepare_call(Seed::Init, self.last_event_ms);
             match self.sb().init(Some(&migrated)) {
