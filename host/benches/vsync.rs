@@ -40,6 +40,8 @@ struct Fold {
 }
 
 impl Application for Fold {
+    type Logic = ();
+
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
         *self = Fold::default();
         if let Some(s) = snapshot {

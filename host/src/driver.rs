@@ -172,7 +172,7 @@ pub struct ObjectReport {
     #[serde(default)]
     pub divergence: Option<String>,
     /// The logic's record version here, since when, and the last live upgrade
-    /// (mesh).
+    /// (mesh, vsync).
     #[serde(default)]
     pub logic: Option<String>,
 }
@@ -340,6 +340,95 @@ impl std::fmt::Debug for Evolution {
     }
 }
 
+/// The logic a replica runs and its last live upgrade, as a driver keeps it in
+/// the order of the object's stream (mesh: as of the jobs the executor ran for
+/// the replica; vsync: in the replicated state machine), so a snapshot carries
+/// the logic its state belongs to.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LogicInForce {
+    /// The record version of the logic.
+    pub version: u64,
+    /// That signed record (postcard), empty if unknown.
+    pub record: Vec<u8>,
+    /// The position of the order where it took over, if by an upgrade.
+    pub since: Option<u64>,
+    /// The highest version an upgrade was tried to (switched, aborted or
+    /// refused): an upgrade is tried once.
+    pub attempted: u64,
+    /// The last upgrade's outcome.
+    pub last: Option<String>,
+    /// The logic's methods, if an upgrade or a state transfer changed the logic.
+    #[serde(skip)]
+    pub interface: Option<Arc<crate::runtime::ObjectInterface>>,
+}
+
+impl LogicInForce {
+    /// The highest version in force or tried.
+    pub fn newest(&self) -> u64 {
+        self.version.max(self.attempted)
+    }
+
+    /// Note an attempt to switch to `version`; false if it was tried already
+    /// (each version is tried once, in the replica's order).
+    pub fn begin_attempt(&mut self, version: u64) -> bool {
+        if version <= self.newest() {
+            return false;
+        }
+        self.attempted = version;
+        true
+    }
+
+    /// One line for `lo status`: the version, since when, the last upgrade.
+    pub fn line(&self) -> String {
+        let mut line = format!("version {}", self.version);
+        if let Some(at) = self.since {
+            line.push_str(&format!(" since position {at}"));
+        }
+        if let Some(last) = &self.last {
+            line.push_str(&format!("; last upgrade: {last}"));
+        }
+        line
+    }
+}
+
+/// How long a member tries to get the logic of an upgrade ordered in its group
+/// (or of the state it was sent) before it stops the object rather than run
+/// other logic than the group.
+pub const LOGIC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`LogicSource::verify`], asked again every second while the directory cannot
+/// answer, for up to [`LOGIC_PATIENCE`].
+pub async fn verify_patiently(
+    source: &dyn LogicSource,
+    name: &str,
+    record: &[u8],
+) -> Result<LogicVersion, LogicError> {
+    let deadline = tokio::time::Instant::now() + LOGIC_PATIENCE;
+    loop {
+        match source.verify(name, record).await {
+            Err(LogicError::Unavailable(reason)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("{name}: cannot get its new logic yet: {reason}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Whether an upgrade failed for a reason of this host's (its wall-clock deadline,
+/// its instance pool), not one every replica meets.
+pub fn upgrade_failed_here_only(error: &crate::runtime::ReplicaError) -> bool {
+    matches!(
+        error,
+        crate::runtime::ReplicaError::Quarantined { .. }
+            | crate::runtime::ReplicaError::Instantiate { .. }
+            | crate::runtime::ReplicaError::LimitExceeded {
+                limit: crate::runtime::Limit::Deadline { .. },
+                ..
+            }
+    )
+}
+
 /// What a driver joins with: a record already resolved, verified, type-checked
 /// and authorized, and its logic loaded.
 pub struct JoinRequest<'a> {
@@ -411,6 +500,12 @@ impl NodeDrivers {
 /// Every driver's settings, as `lo node` takes them on its command line.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DriverArgs {
+    /// How often (seconds) the member that orders each mesh or vsync object
+    /// (its sequencer or leader) looks in the directory for a newer record of
+    /// it, to upgrade it live (0: never). An idle object looks at most once
+    /// after its last activity, then at its next.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub upgrade_poll: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub mesh: crate::mesh::node_driver::MeshArgs,
@@ -435,8 +530,19 @@ impl DriverArgs {
         data_dir: &std::path::Path,
         runtime: &Arc<Runtime>,
     ) -> Result<NodeDrivers, String> {
-        let mesh = crate::mesh::node_driver::MeshDriver::start(identity, &self.mesh, data_dir)?;
-        let vsync = crate::vsync::node_driver::VsyncDriver::start(identity, &self.vsync, data_dir)?;
+        let upgrade_poll = std::time::Duration::from_secs(self.upgrade_poll);
+        let mesh = crate::mesh::node_driver::MeshDriver::start(
+            identity,
+            &self.mesh,
+            data_dir,
+            upgrade_poll,
+        )?;
+        let vsync = crate::vsync::node_driver::VsyncDriver::start(
+            identity,
+            &self.vsync,
+            data_dir,
+            upgrade_poll,
+        )?;
         let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm);
         let gossip = crate::gossip::node_driver::GossipDriver::start(&self.gossip, runtime).await?;
         let me = mesh.me();

@@ -594,6 +594,7 @@ async fn start_ledger(demo: &Demo<'_>, data: &std::path::Path) -> Result<Ledger>
             durable: true,
             policy: record.policy.clone(),
             grant: None,
+            evolution: liveobjects_host::driver::Evolution::starting_with(&prepared.verified),
         };
         let logic = prepared.replica_logic(LEDGER)?;
         let handle = node.join(demo.runtime, logic, LEDGER, how).await?;

@@ -27,7 +27,7 @@ use super::core::{
     Upgrade, Verdict, View as CoreView,
 };
 use super::net::{Body, Frame, Inbound, NetError, Peer, Transport};
-use crate::driver::{Evolution, LogicError, LogicVersion};
+use crate::driver::{Evolution, LogicError, LogicInForce, LogicVersion};
 use crate::executor::{Budgets, Full, Job, ObjectRef};
 use crate::group::{
     Admission, DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run,
@@ -331,10 +331,10 @@ impl MeshNode {
             logic: None,
             interface: None,
         }));
-        let in_force = InForce {
+        let in_force = LogicInForce {
             version: evolution.version,
             record: evolution.record.clone(),
-            ..InForce::default()
+            ..LogicInForce::default()
         };
         let group = Group {
             object: object.to_string(),
@@ -516,64 +516,10 @@ enum Pending {
     Install(Transfer),
 }
 
-/// How long a member tries to get the logic of an upgrade ordered in its group
-/// (or of the state it was sent) before it stops the object rather than run
-/// other logic than the group.
-const LOGIC_PATIENCE: Duration = Duration::from_secs(60);
-
-/// The logic a replica runs and its last live upgrade, as of the jobs the
-/// executor has run for it (upgrade and install jobs update it in the order of
-/// the stream, so a snapshot job reads the logic its state belongs to).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct InForce {
-    /// The record version of the logic.
-    version: u64,
-    /// That signed record (postcard), empty if unknown.
-    record: Vec<u8>,
-    /// The position of the order where it took over, if by an upgrade.
-    since: Option<u64>,
-    /// The highest version an upgrade was tried to (switched, aborted or
-    /// refused): an upgrade is tried once.
-    attempted: u64,
-    /// The last upgrade's outcome.
-    last: Option<String>,
-    /// The logic's methods, if an upgrade or a state transfer changed the logic.
-    #[serde(skip)]
-    interface: Option<Arc<crate::runtime::ObjectInterface>>,
-}
-
-impl InForce {
-    /// The highest version in force or tried.
-    fn newest(&self) -> u64 {
-        self.version.max(self.attempted)
-    }
-
-    /// Note an attempt to switch to `version`; false if it was tried already
-    /// (each version is tried once, in the replica's order).
-    fn begin_attempt(&mut self, version: u64) -> bool {
-        if version <= self.newest() {
-            return false;
-        }
-        self.attempted = version;
-        true
-    }
-
-    fn line(&self) -> String {
-        let mut line = format!("version {}", self.version);
-        if let Some(at) = self.since {
-            line.push_str(&format!(" since position {at}"));
-        }
-        if let Some(last) = &self.last {
-            line.push_str(&format!("; last upgrade: {last}"));
-        }
-        line
-    }
-}
-
 /// What a mesh state transfer carries: the state and the logic it belongs to.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Transfer {
-    logic: InForce,
+    logic: LogicInForce,
     state: Vec<u8>,
 }
 
@@ -614,7 +560,7 @@ struct Group {
     /// The majority's state a repair installs, kept for the evidence.
     majority_state: Option<Vec<u8>>,
     /// The logic in force, shared with the replica's jobs.
-    in_force: Arc<Mutex<InForce>>,
+    in_force: Arc<Mutex<LogicInForce>>,
     /// Where newer logic comes from, and how often to look.
     evolution: Evolution,
     /// When this member (if it orders the group) looks for a newer record next.
@@ -1080,16 +1026,7 @@ impl Group {
         self.held = true;
         let (object, results) = (self.object.clone(), self.results_tx.clone());
         tokio::spawn(async move {
-            let deadline = Instant::now() + LOGIC_PATIENCE;
-            let result = loop {
-                match source.verify(&object, &record).await {
-                    Err(LogicError::Unavailable(reason)) if Instant::now() < deadline => {
-                        tracing::warn!("{object}: cannot get its new logic yet: {reason}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    outcome => break outcome,
-                }
-            };
+            let result = crate::driver::verify_patiently(source.as_ref(), &object, &record).await;
             let _ = results.send(FromReplica::LogicReady(pending, result));
         });
     }
@@ -1143,7 +1080,7 @@ impl Group {
                 let reason = format!(
                     "cannot get {what} from the directory for {}s: {reason}; stopped here \
                      rather than run other logic than its group",
-                    LOGIC_PATIENCE.as_secs()
+                    crate::driver::LOGIC_PATIENCE.as_secs()
                 );
                 tracing::error!("{}: {reason}", self.object);
                 self.replica.quarantine(&reason);
@@ -1176,7 +1113,7 @@ impl Group {
                             logic.version
                         ));
                     }
-                    Err(e) if upgrade_failed_here_only(&e) => {
+                    Err(e) if crate::driver::upgrade_failed_here_only(&e) => {
                         drop(state);
                         handle.quarantine(&format!(
                             "the upgrade to version {} at position {gseq} could not run on \
@@ -1583,20 +1520,6 @@ impl Group {
         );
         self.runs.opened(opened);
     }
-}
-
-/// Whether an upgrade failed for a reason of this host's (its wall-clock deadline,
-/// its instance pool), not one every replica meets.
-fn upgrade_failed_here_only(error: &ReplicaError) -> bool {
-    matches!(
-        error,
-        ReplicaError::Quarantined { .. }
-            | ReplicaError::Instantiate { .. }
-            | ReplicaError::LimitExceeded {
-                limit: crate::runtime::Limit::Deadline { .. },
-                ..
-            }
-    )
 }
 
 /// Write one file of a divergence's evidence (on an executor worker, never on

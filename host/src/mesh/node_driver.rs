@@ -19,11 +19,6 @@ pub struct MeshArgs {
     /// UDP address for the mesh (QUIC).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// How often (seconds) the member that orders each mesh object looks in the
-    /// directory for a newer record of it, to upgrade it live (0: never). An
-    /// idle object looks at most once after its last activity, then at its next.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub upgrade_poll: u64,
 }
 
 /// How often a node's mesh objects compare their replicas' states, in positions
@@ -45,6 +40,7 @@ impl MeshDriver {
         identity: &liveobjects_directory::keys::Identity,
         args: &MeshArgs,
         data_dir: &std::path::Path,
+        upgrade_poll: std::time::Duration,
     ) -> Result<Self, String> {
         let mut node = MeshNode::start(
             identity,
@@ -57,10 +53,7 @@ impl MeshDriver {
         )
         .map_err(|e| format!("cannot start the mesh on {}: {e}", args.listen))?;
         node.keep_evidence_in(data_dir.join("divergence"));
-        Ok(MeshDriver {
-            node,
-            upgrade_poll: std::time::Duration::from_secs(args.upgrade_poll),
-        })
+        Ok(MeshDriver { node, upgrade_poll })
     }
 
     /// This host as a mesh peer.

@@ -5,7 +5,7 @@
 
 use super::machine::{Application, Machine};
 use super::store::LogStore;
-use super::types::{Applied, Command, Member, Raft, TypeConfig, node_id};
+use super::types::{Applied, Command, LogicChange, Member, Ordered, Raft, TypeConfig, node_id};
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use openraft::error::{
@@ -325,7 +325,7 @@ impl<A: Application, L: Link> Group<A, L> {
         config: GroupConfig,
         policy: AccessPolicy,
     ) -> Result<Arc<Self>, String> {
-        let machine = Machine::new(app, store.database())?;
+        let machine = Machine::new(app, store.database()).await?;
         let raft_config = Config {
             cluster_name: name.to_string(),
             heartbeat_interval: config.heartbeat_ms,
@@ -751,10 +751,39 @@ impl<A: Application, L: Link> Group<A, L> {
 
     async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
         self.raft
-            .client_write(command)
+            .client_write(Ordered::Event(command))
             .await
             .map(|r| (r.log_id.index, r.data))
             .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// Order a logic entry (this member must lead): the object runs `change`'s
+    /// logic from there on at every replica, or, if the entry answers
+    /// [`Applied::Refused`], the upgrade was aborted at every replica. The
+    /// group's founder writes the first one (the logic it starts with) before it
+    /// serves calls; later ones are live upgrades. Returns the entry's position
+    /// and outcome once it is applied here.
+    pub async fn propose_logic(&self, change: LogicChange) -> Result<(u64, Applied), GroupFailure> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let written = if self.is_leader() {
+                self.raft
+                    .client_write(Ordered::Logic(change.clone()))
+                    .await
+                    .map(|r| (r.log_id.index, r.data))
+                    .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+            } else {
+                Err(NotServed::NotLeader(self.leader()))
+            };
+            match written {
+                Ok(done) => return Ok(done),
+                Err(NotServed::Failed(reason)) => return Err(GroupFailure::Failed(reason)),
+                Err(_) if Instant::now() > deadline => {
+                    return Err(GroupFailure::Timeout(self.config.request_timeout));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// The next sequence number for a command of this member (this start).

@@ -19,10 +19,11 @@
 //! returned (reads see every write that finished before they started).
 
 use super::group::{Group, GroupConfig, GroupFailure};
-use super::machine::{Application, GroupView};
+use super::machine::{Application, GroupView, Switched};
 use super::net::{Handler, QuicLink};
 use super::store::LogStore;
-use super::types::Command;
+use super::types::{Applied, Command, LogicChange};
+use crate::driver::{BoxFuture, Evolution, LogicError, LogicInForce, LogicVersion};
 use crate::executor::ObjectRef;
 use crate::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::Peer;
@@ -33,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 /// Commands a replica's own cascades (events multicast while applying an event)
 /// may queue; a replica whose cascades outrun its group's commits by more is
@@ -73,9 +75,31 @@ fn run_blocking<R: Send + 'static>(
 
 /// A sandboxed replica (on the executor) as a group's [`Application`].
 pub struct ReplicaApp {
+    object: String,
     replica: ObjectRef,
     notices: crate::group::Notices,
     cascades: mpsc::Sender<Vec<u8>>,
+    /// Where newer logic comes from, and the version loaded now.
+    evolution: Evolution,
+    /// What the group and its handle show of the logic (status, calls).
+    logic: Arc<Mutex<PublishedLogic>>,
+    /// Logic adopted for the next restore (switched in the same executor job
+    /// as the `init`, so no call or status sees a replica between the two).
+    adopted: Option<Arc<Logic>>,
+}
+
+/// The logic of a vsync object as its handle shows it, and an upgrade's logic
+/// its leader already loaded.
+#[derive(Default)]
+struct PublishedLogic {
+    /// The `lo status` line, once the log named the logic.
+    line: Option<String>,
+    /// The methods of the logic running, if it is not the one joined with.
+    interface: Option<Arc<crate::runtime::ObjectInterface>>,
+    /// Loaded since the last switch (by an upgrade or a state of another version).
+    loaded: Option<Arc<crate::runtime::ObjectInterface>>,
+    /// The newer version the leader found and proposed (not fetched twice).
+    candidate: Option<LogicVersion>,
 }
 
 /// What applying one command's payloads did.
@@ -86,11 +110,19 @@ struct AppliedCommand {
 }
 
 impl Application for ReplicaApp {
+    type Logic = LogicVersion;
+
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
         let snapshot = snapshot.map(<[u8]>::to_vec);
+        let adopted = self.adopted.take();
         run_blocking(&self.replica, move |r| {
-            r.and_then(|r| r.init(snapshot.as_deref()))
-                .map_err(|e| e.to_string())
+            r.and_then(|r| {
+                if let Some(logic) = adopted {
+                    r.replace_logic(logic);
+                }
+                r.init(snapshot.as_deref())
+            })
+            .map_err(|e| e.to_string())
         })
     }
 
@@ -150,6 +182,85 @@ impl Application for ReplicaApp {
                 Vec::new()
             }
         }
+    }
+
+    fn running(&self) -> u64 {
+        self.evolution.version
+    }
+
+    fn prepare_logic(
+        &self,
+        change: &LogicChange,
+    ) -> BoxFuture<'static, Result<LogicVersion, LogicError>> {
+        let candidate = self.logic.lock().expect("logic").candidate.clone();
+        let (source, object) = (self.evolution.source.clone(), self.object.clone());
+        let change = change.clone();
+        Box::pin(async move {
+            let loaded = match candidate {
+                Some(candidate) if candidate.record == change.record => Ok(candidate),
+                _ => match source {
+                    Some(source) => {
+                        crate::driver::verify_patiently(source.as_ref(), &object, &change.record)
+                            .await
+                    }
+                    // Other members may well verify it: stop here rather than fork.
+                    None => Err(LogicError::Unavailable(
+                        "this host has no directory to verify the record with".to_string(),
+                    )),
+                },
+            }?;
+            if loaded.version != change.version {
+                return Err(LogicError::Refused(format!(
+                    "its record is version {}, not {}",
+                    loaded.version, change.version
+                )));
+            }
+            if loaded.driver != "vsync" {
+                return Err(LogicError::Refused(format!(
+                    "it moves the object to the {} driver, which a live upgrade cannot do: \
+                     leave and join it again",
+                    loaded.driver
+                )));
+            }
+            Ok(loaded)
+        })
+    }
+
+    fn adopt(&mut self, logic: LogicVersion) -> Result<(), String> {
+        self.adopted = Some(logic.logic.clone());
+        self.evolution.version = logic.version;
+        self.logic.lock().expect("logic").loaded = Some(Arc::new(logic.logic.interface().clone()));
+        Ok(())
+    }
+
+    fn upgrade(&mut self, _index: u64, from: u64, logic: LogicVersion) -> Switched {
+        let (code, to) = (logic.logic.clone(), logic.version);
+        let outcome = run_blocking(&self.replica, move |r| {
+            r.and_then(|r| r.upgrade(code, from, to)).map(|_| ())
+        });
+        match outcome {
+            Ok(()) => {
+                self.evolution.version = to;
+                self.logic.lock().expect("logic").loaded =
+                    Some(Arc::new(logic.logic.interface().clone()));
+                Switched::Done
+            }
+            Err(e) if crate::driver::upgrade_failed_here_only(&e) => Switched::Stop(e.to_string()),
+            Err(e) => Switched::Refused(e.to_string()),
+        }
+    }
+
+    fn logic_changed(&mut self, in_force: &LogicInForce) {
+        let mut published = self.logic.lock().expect("logic");
+        published.line = Some(in_force.line());
+        if let Some(loaded) = published.loaded.take() {
+            published.interface = Some(loaded);
+        }
+        published.candidate = None;
+    }
+
+    fn stop(&mut self, reason: &str) {
+        self.replica.quarantine(reason);
     }
 }
 
@@ -236,6 +347,8 @@ pub struct VsyncJoin {
     pub policy: AccessPolicy,
     /// This host's grant, for `grants:` policies.
     pub grant: Option<Signed<Grant>>,
+    /// The logic joined with and where newer logic comes from (live upgrades).
+    pub evolution: Evolution,
 }
 
 type ReplicaGroup = Group<ReplicaApp, QuicLink>;
@@ -327,10 +440,15 @@ impl VsyncNode {
         });
         let notices = crate::group::Notices::default();
         let (cascade_tx, mut cascade_rx) = mpsc::channel(CASCADE_QUEUE);
+        let published = Arc::new(Mutex::new(PublishedLogic::default()));
         let app = ReplicaApp {
+            object: object.to_string(),
             replica: replica.clone(),
             notices: notices.clone(),
             cascades: cascade_tx,
+            evolution: how.evolution.clone(),
+            logic: published.clone(),
+            adopted: None,
         };
         let group = Group::start(
             object,
@@ -391,6 +509,20 @@ impl VsyncNode {
             }
             if outcome.is_err() && how.found_if_alone {
                 outcome = group.found().await.map_err(|e| e.to_string());
+                // The logic the group starts with, first in its log (see
+                // `machine`): members that catch up from the log run its first
+                // events with it, whatever record they resolved.
+                if outcome.is_ok() && !how.evolution.record.is_empty() {
+                    let first = LogicChange {
+                        version: how.evolution.version,
+                        record: how.evolution.record.clone(),
+                    };
+                    outcome = match group.propose_logic(first).await {
+                        Ok((_, Applied::Switched)) => Ok(()),
+                        Ok((_, other)) => Err(format!("its logic was not recorded: {other:?}")),
+                        Err(e) => Err(format!("its logic was not recorded: {e}")),
+                    };
+                }
             }
             if outcome.is_err() && !answered && !how.found_if_alone {
                 self.link.unserve(object);
@@ -438,7 +570,9 @@ impl VsyncNode {
                 }
             }
         });
+        let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let watching = Arc::downgrade(&group);
+        let mut polls = UpgradePolls::new(object, how.evolution, published.clone(), &activity);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -449,6 +583,7 @@ impl VsyncNode {
                     return;
                 }
                 group.tick().await;
+                polls.tick(&group);
             }
         });
         self.groups
@@ -460,6 +595,8 @@ impl VsyncNode {
             group,
             notices,
             replica,
+            logic: published,
+            activity,
         })
     }
 
@@ -484,6 +621,107 @@ impl VsyncNode {
     }
 }
 
+/// A group's looks for a newer record of its object, at its leader: every
+/// `poll_every`, and only after activity (calls here, or entries applied), so
+/// idle objects stay asleep. What it finds is ordered as a logic entry.
+struct UpgradePolls {
+    object: String,
+    evolution: Evolution,
+    published: Arc<Mutex<PublishedLogic>>,
+    activity: Arc<std::sync::atomic::AtomicU64>,
+    /// Activity and applied position at the last look.
+    seen: (u64, u64),
+    next: Instant,
+    /// A look or a proposal is under way.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// The highest version proposed here.
+    proposed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl UpgradePolls {
+    fn new(
+        object: &str,
+        evolution: Evolution,
+        published: Arc<Mutex<PublishedLogic>>,
+        activity: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        UpgradePolls {
+            object: object.to_string(),
+            next: Instant::now() + evolution.poll_every,
+            evolution,
+            published,
+            activity: activity.clone(),
+            seen: (0, 0),
+            busy: Arc::default(),
+            proposed: Arc::default(),
+        }
+    }
+
+    fn tick(&mut self, group: &Arc<ReplicaGroup>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(source) = self.evolution.source.clone() else {
+            return;
+        };
+        if self.evolution.poll_every.is_zero()
+            || Instant::now() < self.next
+            || !group.is_leader()
+            || self.busy.load(Relaxed)
+        {
+            return;
+        }
+        // What is in force or was tried: skip this round if the machine is busy
+        // applying (its lock is held across the object's work).
+        let Ok(state) = group.machine().state().try_lock() else {
+            return;
+        };
+        let applied = state.applied().map_or(0, |l| l.index);
+        let Some(in_force) = state.logic().map(LogicInForce::newest) else {
+            // No logic entry yet (the founder writes it first): nothing to upgrade.
+            return;
+        };
+        drop(state);
+        let seen = (self.activity.load(Relaxed), applied);
+        if seen == self.seen {
+            return;
+        }
+        self.seen = seen;
+        self.next = Instant::now() + self.evolution.poll_every;
+        self.busy.store(true, Relaxed);
+        let than = in_force.max(self.proposed.load(Relaxed));
+        let (object, group, published) =
+            (self.object.clone(), group.clone(), self.published.clone());
+        let (busy, proposed) = (self.busy.clone(), self.proposed.clone());
+        tokio::spawn(async move {
+            match source.newer(&object, than).await {
+                Ok(Some(candidate)) if candidate.version > than => {
+                    tracing::info!(
+                        "{object}: ordering the upgrade to version {} of its record",
+                        candidate.version
+                    );
+                    let change = LogicChange {
+                        version: candidate.version,
+                        record: candidate.record.clone(),
+                    };
+                    proposed.fetch_max(candidate.version, Relaxed);
+                    published.lock().expect("logic").candidate = Some(candidate);
+                    match group.propose_logic(change).await {
+                        Ok((at, Applied::Refused(reason))) => tracing::warn!(
+                            "{object}: the upgrade ordered at position {at} was aborted: {reason}"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("{object}: cannot order its upgrade: {e}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("{object}: cannot look for a newer version of its logic: {e}")
+                }
+            }
+            busy.store(false, Relaxed);
+        });
+    }
+}
+
 /// A local handle on one vsync object.
 #[derive(Clone)]
 pub struct VsyncHandle {
@@ -491,6 +729,9 @@ pub struct VsyncHandle {
     group: Arc<ReplicaGroup>,
     notices: crate::group::Notices,
     replica: ObjectRef,
+    logic: Arc<Mutex<PublishedLogic>>,
+    /// Calls made here (a leader looks for newer logic only after activity).
+    activity: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for VsyncHandle {
@@ -544,6 +785,8 @@ impl VsyncHandle {
     /// Call a method (WAVE arguments): an update commits (or aborts) everywhere
     /// before this returns; a query reads linearizably.
     pub async fn call(&self, method: &str, args: &[&str]) -> Result<Vec<String>, GroupError> {
+        self.activity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = self.run(method, args).await?;
         if outcome.multicasts.is_empty() {
             self.group.barrier().await.map_err(|e| self.failed(e))?;
@@ -573,8 +816,15 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: self.replica.metrics().events_applied,
             refused: None,
+            logic: self.logic.lock().expect("logic").line.clone(),
             ..GroupStatus::default()
         })
+    }
+
+    /// The methods of the logic it runs now, if a live upgrade (or a state of
+    /// another version) changed it since it was joined.
+    pub fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        self.logic.lock().expect("logic").interface.clone()
     }
 
     /// The replica's snapshot (of what it has applied so far).
@@ -603,6 +853,7 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: 0,
             refused: None,
+            logic: self.logic.lock().expect("logic").line.clone(),
             ..GroupStatus::default()
         };
         crate::driver::ObjectReport::from_status(&status, &self.replica.metrics())

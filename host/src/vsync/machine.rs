@@ -15,12 +15,46 @@
 //!   durable groups the latest one is also written to the group's database, and a
 //!   restarted member starts from it; openraft then re-applies the committed entries
 //!   after it (it persists the committed index), so nothing is applied twice.
+//!
+//! # Live upgrade: the cut is a log entry
+//! The object's logic is part of the replicated state: a [`Ordered::Logic`]
+//! entry names a version of the object's signed record, and every replica runs
+//! that version's logic from that entry on.
+//! - **The first one** is written by the member that founds the group, before
+//!   it serves calls: it names the logic the group started with, so a member
+//!   that catches up from the start of the log (having resolved a newer record
+//!   meanwhile) runs the log's first events with the founder's logic. At it,
+//!   every replica starts that logic afresh (`init` with no state, then the
+//!   current view), whichever logic it had loaded.
+//! - **Every later one** is a live upgrade, written by the leader when it finds a
+//!   newer record of the object ([`super::group::Group::propose_logic`]). Each
+//!   replica verifies the record against the directory and loads its logic
+//!   ([`Application::prepare_logic`], outside the machine's lock; entries after it
+//!   wait), then switches in log order: the old logic's snapshot, the new logic's
+//!   `migrate`, its `init` ([`crate::runtime::Replica::upgrade`]). A version is
+//!   tried once, and only above the one in force. If the new logic refuses or
+//!   traps, or the record is refused (not signed by the object's zone, another
+//!   object's, another driver), every replica alike keeps the old logic and the
+//!   entry answers [`Applied::Refused`]: the upgrade is aborted everywhere. A
+//!   replica that cannot switch for a reason of its host's (the directory
+//!   unreachable for a minute, its wall-clock deadline) stops the group on that
+//!   host (openraft's state machine fails), as a crash, rather than run other
+//!   logic than its group.
+//! - **What a caller sees**: every command ordered before the entry is applied by
+//!   the old logic, every one after it by the new, at every replica; a call whose
+//!   method ran on the old logic and whose events commit after the switch has
+//!   them applied by the new one (it accepts the old interface's events, or the
+//!   publish was `--breaking`). Nothing is lost or applied twice; members,
+//!   leaders and connections stay.
+//! - **Joiners** get the logic in force with the state: snapshots carry it, and a
+//!   member whose loaded logic is another version loads that one first.
 
 use super::store;
 use super::types::{
-    Applied, Command, Entry, LogId, Member, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Applied, Command, Entry, LogId, LogicChange, Member, Ordered, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
+use crate::driver::{BoxFuture, LogicError, LogicInForce};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use redb::Database;
@@ -40,6 +74,10 @@ pub struct GroupView {
 
 /// What a group replicates: applied in log order, the same on every member.
 pub trait Application: Send + 'static {
+    /// The loaded logic of a version [`prepare_logic`](Self::prepare_logic)
+    /// hands to [`adopt`](Self::adopt) and [`upgrade`](Self::upgrade).
+    type Logic: Send + 'static;
+
     /// Start from scratch (`None`) or from a snapshot.
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String>;
     /// Apply one committed command at log position `index`; `Err` refuses it (the
@@ -49,6 +87,65 @@ pub trait Application: Send + 'static {
     fn view(&mut self, view: &GroupView);
     /// The whole state.
     fn snapshot(&mut self) -> Vec<u8>;
+
+    /// The record version of the logic loaded now (0: unknown).
+    fn running(&self) -> u64 {
+        0
+    }
+
+    /// Verify `change`'s record and load its logic. Runs outside the machine's
+    /// lock and may take a while (the directory); entries after it wait.
+    /// [`LogicError::Refused`] is what every member would say of the record;
+    /// [`LogicError::Unavailable`] stops the group on this host.
+    fn prepare_logic(
+        &self,
+        change: &LogicChange,
+    ) -> BoxFuture<'static, Result<Self::Logic, LogicError>> {
+        let _ = change;
+        Box::pin(async {
+            Err(LogicError::Refused(
+                "this replica has no live upgrades".to_string(),
+            ))
+        })
+    }
+
+    /// Run `logic` from the next [`restore`](Self::restore) on (the state that
+    /// follows belongs to it); the machine restores right after.
+    fn adopt(&mut self, logic: Self::Logic) -> Result<(), String> {
+        let _ = logic;
+        Err("this replica has no live upgrades".to_string())
+    }
+
+    /// Switch from version `from` to `logic` at log position `index` (a live
+    /// upgrade), keeping the state.
+    fn upgrade(&mut self, index: u64, from: u64, logic: Self::Logic) -> Switched {
+        let _ = (index, from, logic);
+        Switched::Refused("this replica has no live upgrades".to_string())
+    }
+
+    /// The logic in force changed (to publish it: status, the interface calls
+    /// use).
+    fn logic_changed(&mut self, in_force: &LogicInForce) {
+        let _ = in_force;
+    }
+
+    /// This host cannot follow its group (say, it cannot get the logic the group
+    /// switched to): the state machine stops after this.
+    fn stop(&mut self, reason: &str) {
+        let _ = reason;
+    }
+}
+
+/// What a live upgrade did at one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switched {
+    /// The replica runs the new logic from the migrated state.
+    Done,
+    /// The new logic refused the state or trapped: every replica says the same,
+    /// and keeps the old logic.
+    Refused(String),
+    /// It could not run here for a reason of this host's: the group stops here.
+    Stop(String),
 }
 
 /// What one sender (in one boot) has had applied.
@@ -112,6 +209,8 @@ type SenderKey = (String, u64);
 struct SnapshotBody {
     app: Vec<u8>,
     senders: BTreeMap<SenderKey, SenderProgress>,
+    /// The logic `app` belongs to (`None`: a group with no logic entry yet).
+    logic: Option<LogicInForce>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -130,6 +229,9 @@ pub struct MachineState<A> {
     current: Option<StoredSnapshot>,
     snapshots: u64,
     disk: Option<Arc<Database>>,
+    /// The logic in force as of `last_applied` (`None` before the first logic
+    /// entry).
+    logic: Option<LogicInForce>,
 }
 
 impl<A> MachineState<A> {
@@ -141,6 +243,11 @@ impl<A> MachineState<A> {
     /// The membership last applied.
     pub fn membership(&self) -> &StoredMembership {
         &self.membership
+    }
+
+    /// The logic in force as of the last position applied, if the log named it.
+    pub fn logic(&self) -> Option<&LogicInForce> {
+        self.logic.as_ref()
     }
 }
 
@@ -174,14 +281,31 @@ fn view_of(membership: &StoredMembership, id: u64) -> GroupView {
 
 impl<A: Application> Machine<A> {
     /// A machine over `app`; for durable groups, `disk` is the group's database
-    /// and the latest stored snapshot (if any) is restored.
-    pub fn new(mut app: A, disk: Option<Arc<Database>>) -> Result<Machine<A>, String> {
+    /// and the latest stored snapshot (if any) is restored, with the logic it
+    /// belongs to.
+    pub async fn new(mut app: A, disk: Option<Arc<Database>>) -> Result<Machine<A>, String> {
         let stored: Option<StoredSnapshot> = match &disk {
             Some(db) => store::read_meta(db, store::SNAPSHOT)?
                 .map(|b| postcard::from_bytes(&b).map_err(|e| format!("stored snapshot: {e}")))
                 .transpose()?,
             None => None,
         };
+        let body: Option<SnapshotBody> = stored
+            .as_ref()
+            .map(|s| postcard::from_bytes(&s.data).map_err(|e| format!("stored snapshot: {e}")))
+            .transpose()?;
+        if let Some(logic) = body.as_ref().and_then(|b| b.logic.as_ref())
+            && logic.version != app.running()
+        {
+            let loaded = app.prepare_logic(&change_of(logic)).await.map_err(|e| {
+                format!(
+                    "its stored snapshot runs version {} of its logic, which cannot be \
+                         had: {e}",
+                    logic.version
+                )
+            })?;
+            app.adopt(loaded)?;
+        }
         let mut state = MachineState {
             app: {
                 app.restore(None)?;
@@ -193,15 +317,18 @@ impl<A: Application> Machine<A> {
             current: None,
             snapshots: 0,
             disk,
+            logic: None,
         };
-        if let Some(s) = stored {
-            let body: SnapshotBody =
-                postcard::from_bytes(&s.data).map_err(|e| format!("stored snapshot: {e}"))?;
+        if let (Some(s), Some(body)) = (stored, body) {
             state.app.restore(Some(&body.app))?;
             state.senders = body.senders;
             state.last_applied = s.meta.last_log_id;
             state.membership = s.meta.last_membership.clone();
             state.current = Some(s);
+            if let Some(logic) = &body.logic {
+                state.app.logic_changed(logic);
+            }
+            state.logic = body.logic;
         }
         Ok(Machine {
             state: Arc::new(Mutex::new(state)),
@@ -214,12 +341,210 @@ impl<A: Application> Machine<A> {
     }
 }
 
+/// A logic entry naming the logic in force `logic`.
+fn change_of(logic: &LogicInForce) -> LogicChange {
+    LogicChange {
+        version: logic.version,
+        record: logic.record.clone(),
+    }
+}
+
+impl<A: Application> MachineState<A> {
+    /// Apply a blank, event or membership entry.
+    fn apply_entry(&mut self, log_id: LogId, payload: EntryPayload<TypeConfig>) -> Applied {
+        match payload {
+            EntryPayload::Blank => Applied::Internal,
+            EntryPayload::Normal(Ordered::Event(command)) => self.apply_command(log_id, &command),
+            EntryPayload::Normal(Ordered::Logic(_)) => {
+                unreachable!("logic entries are applied by Machine::switch_logic")
+            }
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(log_id), m);
+                let view = view_of(&self.membership, log_id.index);
+                self.app.view(&view);
+                Applied::Internal
+            }
+        }
+    }
+
+    fn apply_command(&mut self, log_id: LogId, command: &Command) -> Applied {
+        let key = (command.sender.clone(), command.boot);
+        let progress = self.senders.entry(key.clone()).or_default();
+        if !progress.record(command.seq) {
+            return match progress.refused.get(&command.seq) {
+                Some(reason) => Applied::Refused(reason.clone()),
+                None => Applied::Duplicate,
+            };
+        }
+        match self.app.apply(log_id.index, command) {
+            Ok(()) => Applied::Done,
+            Err(reason) => {
+                if let Some(progress) = self.senders.get_mut(&key) {
+                    progress.refuse(command.seq, reason.clone());
+                }
+                Applied::Refused(reason)
+            }
+        }
+    }
+
+    /// The group's first logic entry: every replica starts the logic it names
+    /// afresh, whichever it had loaded (see the module docs).
+    fn found_logic(
+        &mut self,
+        index: u64,
+        change: LogicChange,
+        loaded: Option<Result<A::Logic, LogicError>>,
+    ) -> Result<Applied, String> {
+        if !self.senders.is_empty() {
+            // The founder writes this entry before it serves calls: events
+            // before it mean a log this build did not write, whose replicas may
+            // have run them with other logic. Leave it as it is.
+            tracing::warn!(
+                "vsync: the group's first logic entry (position {index}) follows events; \
+                 it has no live upgrades"
+            );
+            return Ok(Applied::Refused(
+                "events precede the group's first logic entry".to_string(),
+            ));
+        }
+        match loaded {
+            Some(Err(LogicError::Refused(reason))) => {
+                return Ok(Applied::Refused(format!(
+                    "the logic the group was founded with (version {}) is refused: {reason}",
+                    change.version
+                )));
+            }
+            Some(Err(LogicError::Unavailable(reason))) => {
+                return Err(format!(
+                    "cannot get version {} of its logic, which its group was founded with: \
+                     {reason}; stopped here rather than run other logic than its group",
+                    change.version
+                ));
+            }
+            Some(Ok(loaded)) => self.app.adopt(loaded)?,
+            None => {}
+        }
+        self.app.restore(None)?;
+        let at = self.membership.log_id().map_or(0, |l| l.index);
+        let view = view_of(&self.membership, at);
+        self.app.view(&view);
+        let logic = LogicInForce {
+            version: change.version,
+            record: change.record,
+            ..LogicInForce::default()
+        };
+        self.app.logic_changed(&logic);
+        self.logic = Some(logic);
+        Ok(Applied::Switched)
+    }
+
+    /// A live upgrade ordered at `index` (the version is above what is in force
+    /// or was tried): switch, or abort alike everywhere.
+    fn upgrade_logic(
+        &mut self,
+        index: u64,
+        change: LogicChange,
+        loaded: Result<A::Logic, LogicError>,
+    ) -> Result<Applied, String> {
+        let Some(mut logic) = self.logic.clone() else {
+            unreachable!("an upgrade follows the first logic entry")
+        };
+        let version = change.version;
+        logic.attempted = version;
+        let applied = match loaded {
+            Ok(loaded) => match self.app.upgrade(index, logic.version, loaded) {
+                Switched::Done => {
+                    logic.last = Some(format!(
+                        "switched from version {} to {version} at position {index}",
+                        logic.version
+                    ));
+                    logic.version = version;
+                    logic.record = change.record;
+                    logic.since = Some(index);
+                    Applied::Switched
+                }
+                Switched::Refused(reason) => {
+                    logic.last = Some(format!(
+                        "the upgrade to version {version} at position {index} was aborted on \
+                         every replica: {reason}"
+                    ));
+                    Applied::Refused(reason)
+                }
+                Switched::Stop(reason) => {
+                    return Err(format!(
+                        "the upgrade to version {version} at position {index} could not run on \
+                         this host ({reason}); stopped here rather than run other logic than \
+                         its group"
+                    ));
+                }
+            },
+            Err(LogicError::Refused(reason)) => {
+                logic.last = Some(format!(
+                    "the upgrade to version {version} at position {index} was refused: {reason}"
+                ));
+                Applied::Refused(reason)
+            }
+            Err(LogicError::Unavailable(reason)) => {
+                return Err(format!(
+                    "cannot get version {version} of its logic, ordered at position {index}, \
+                     from the directory: {reason}; stopped here rather than run other logic \
+                     than its group"
+                ));
+            }
+        };
+        self.app.logic_changed(&logic);
+        self.logic = Some(logic);
+        Ok(applied)
+    }
+}
+
+impl<A: Application> Machine<A> {
+    /// Apply a logic entry: get its logic ready outside the lock, then found or
+    /// switch in log order. A host that cannot follow stops (an error to openraft).
+    async fn switch_logic(
+        &self,
+        log_id: LogId,
+        change: LogicChange,
+    ) -> Result<Applied, StorageError> {
+        let preparing = {
+            let s = self.state.lock().map_err(sm_error)?;
+            match &s.logic {
+                Some(logic) if change.version <= logic.newest() => None,
+                None if change.version == s.app.running() => None,
+                _ => Some(s.app.prepare_logic(&change)),
+            }
+        };
+        let loaded = match preparing {
+            Some(preparing) => Some(preparing.await),
+            None => None,
+        };
+        let mut s = self.state.lock().map_err(sm_error)?;
+        s.last_applied = Some(log_id);
+        let index = log_id.index;
+        let outcome = match (&s.logic, loaded) {
+            (None, loaded) => s.found_logic(index, change, loaded),
+            (Some(logic), None) => Ok(Applied::Refused(format!(
+                "version {} of the logic is not above version {} (in force or tried)",
+                change.version,
+                logic.newest()
+            ))),
+            (Some(_), Some(loaded)) => s.upgrade_logic(index, change, loaded),
+        };
+        outcome.map_err(|reason| {
+            tracing::error!("vsync: {reason}");
+            s.app.stop(&reason);
+            sm_error(reason)
+        })
+    }
+}
+
 impl<A: Application> RaftSnapshotBuilder<TypeConfig> for Machine<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let mut s = self.state.lock().map_err(sm_error)?;
         let body = SnapshotBody {
             app: s.app.snapshot(),
             senders: s.senders.clone(),
+            logic: s.logic.clone(),
         };
         let data = postcard::to_allocvec(&body).map_err(sm_error)?;
         s.snapshots += 1;
@@ -261,39 +586,20 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut s = self.state.lock().map_err(sm_error)?;
         let mut out = Vec::new();
         for entry in entries {
-            s.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => out.push(Applied::Internal),
-                EntryPayload::Normal(command) => {
-                    let key = (command.sender.clone(), command.boot);
-                    let progress = s.senders.entry(key.clone()).or_default();
-                    if !progress.record(command.seq) {
-                        out.push(match progress.refused.get(&command.seq) {
-                            Some(reason) => Applied::Refused(reason.clone()),
-                            None => Applied::Duplicate,
-                        });
-                        continue;
-                    }
-                    out.push(match s.app.apply(entry.log_id.index, &command) {
-                        Ok(()) => Applied::Done,
-                        Err(reason) => {
-                            if let Some(progress) = s.senders.get_mut(&key) {
-                                progress.refuse(command.seq, reason.clone());
-                            }
-                            Applied::Refused(reason)
-                        }
-                    });
+            let log_id = entry.log_id;
+            let applied = match entry.payload {
+                EntryPayload::Normal(Ordered::Logic(change)) => {
+                    self.switch_logic(log_id, change).await?
                 }
-                EntryPayload::Membership(m) => {
-                    s.membership = StoredMembership::new(Some(entry.log_id), m);
-                    let view = view_of(&s.membership, entry.log_id.index);
-                    s.app.view(&view);
-                    out.push(Applied::Internal);
+                payload => {
+                    let mut s = self.state.lock().map_err(sm_error)?;
+                    s.last_applied = Some(log_id);
+                    s.apply_entry(log_id, payload)
                 }
-            }
+            };
+            out.push(applied);
         }
         Ok(out)
     }
@@ -313,11 +619,39 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = postcard::from_bytes(&data).map_err(sm_error)?;
+        // A state of another version than the logic loaded here: that version's
+        // logic first (a joiner that resolved a newer record than its group runs).
+        if let Some(logic) = &body.logic {
+            let preparing = {
+                let s = self.state.lock().map_err(sm_error)?;
+                (logic.version != s.app.running()).then(|| s.app.prepare_logic(&change_of(logic)))
+            };
+            if let Some(preparing) = preparing {
+                let loaded = preparing.await;
+                let mut s = self.state.lock().map_err(sm_error)?;
+                let adopted = loaded
+                    .map_err(|e| e.to_string())
+                    .and_then(|loaded| s.app.adopt(loaded));
+                if let Err(e) = adopted {
+                    let reason = format!(
+                        "the state it was sent runs version {} of its logic, which it cannot \
+                         run: {e}",
+                        logic.version
+                    );
+                    s.app.stop(&reason);
+                    return Err(sm_error(reason));
+                }
+            }
+        }
         let mut s = self.state.lock().map_err(sm_error)?;
         s.app.restore(Some(&body.app)).map_err(sm_error)?;
         s.senders = body.senders;
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();
+        if let Some(logic) = &body.logic {
+            s.app.logic_changed(logic);
+        }
+        s.logic = body.logic;
         let view = view_of(
             &s.membership,
             meta.last_log_id.map(|l| l.index).unwrap_or(0),

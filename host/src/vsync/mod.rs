@@ -47,6 +47,10 @@
 //!   every member is killed, the group restarts from disk with exactly the
 //!   committed state.
 //!
+//! - **Live upgrade**: the object's logic is named by logic entries in the log
+//!   (the founder's first, then one per upgrade its leader orders), so every
+//!   replica switches at the same position, or aborts alike; see [`machine`].
+//!
 //! Partitions: only a side with a majority can elect a leader and commit, so two
 //! sides never diverge (what the `mesh` driver does not promise).
 //!

@@ -2,7 +2,9 @@
 
 use super::group::GroupConfig;
 use super::host::{VsyncHandle, VsyncJoin, VsyncNode, VsyncSettings};
-use crate::driver::{BoxFuture, Driver, DriverInfo, JoinRequest, JoinedObject, ObjectReport};
+use crate::driver::{
+    BoxFuture, Driver, DriverInfo, Evolution, JoinRequest, JoinedObject, ObjectReport,
+};
 use crate::group::{GroupError, GroupNotice};
 use crate::join::JoinError;
 use liveobjects_directory::record::Reliability;
@@ -31,6 +33,8 @@ pub struct VsyncArgs {
 /// The vsync driver of a node.
 pub struct VsyncDriver {
     node: VsyncNode,
+    /// How often objects' leaders look for newer records.
+    upgrade_poll: std::time::Duration,
 }
 
 impl VsyncDriver {
@@ -40,6 +44,7 @@ impl VsyncDriver {
         identity: &liveobjects_directory::keys::Identity,
         args: &VsyncArgs,
         data_dir: &Path,
+        upgrade_poll: std::time::Duration,
     ) -> Result<Self, String> {
         let data = match &args.vsync_data {
             Some(dir) => dir.clone(),
@@ -57,7 +62,7 @@ impl VsyncDriver {
             },
         )
         .map_err(|e| format!("cannot start vsync on {}: {e}", args.vsync_listen))?;
-        Ok(VsyncDriver { node })
+        Ok(VsyncDriver { node, upgrade_poll })
     }
 
     /// Lines `lo node` prints when it is up.
@@ -89,6 +94,11 @@ impl Driver for VsyncDriver {
                 durable: record.object_type.reliability == Reliability::Durable,
                 policy: record.policy.clone(),
                 grant: request.options.grant.clone(),
+                evolution: Evolution {
+                    source: request.logic_source.clone(),
+                    poll_every: self.upgrade_poll,
+                    ..Evolution::starting_with(&request.prepared.verified)
+                },
             };
             let budgets = crate::join::budgets_for(request.runtime, request.name, record)?;
             let handle = self
@@ -138,6 +148,10 @@ impl JoinedObject for VsyncHandle {
 
     fn snapshot(&self) -> BoxFuture<'_, Result<Vec<u8>, GroupError>> {
         Box::pin(VsyncHandle::snapshot(self))
+    }
+
+    fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        VsyncHandle::interface(self)
     }
 
     fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {

@@ -29,8 +29,10 @@ const PURGED: &str = "purged";
 /// members' names, snapshots) is postcard, which has no field tags, so a store
 /// written by a build with other types must be refused, not misread.
 const FORMAT_KEY: &str = "format";
-/// The format this build writes: 2 added members' names to membership configs.
-const FORMAT: u32 = 2;
+/// The format this build writes: 2 added members' names to membership configs,
+/// 3 logic entries (live upgrades) to the log and the logic in force to
+/// snapshots.
+const FORMAT: u32 = 3;
 /// Key of the latest snapshot (written by the state machine).
 pub(crate) const SNAPSHOT: &str = "snapshot";
 

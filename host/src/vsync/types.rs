@@ -84,6 +84,27 @@ pub struct Command {
     pub more: Vec<Vec<u8>>,
 }
 
+/// One entry of an object's ordered log, as the group's members write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ordered {
+    /// An event (a call's multicasts, or events an event multicast).
+    Event(Command),
+    /// The object runs the logic of this version of its record from here on:
+    /// the group's first such entry names the logic it was founded with, every
+    /// later one is a live upgrade (see [`super::machine`]).
+    Logic(LogicChange),
+}
+
+/// A version of the object's logic, as a [`Ordered::Logic`] entry names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicChange {
+    /// The record version.
+    pub version: u64,
+    /// The signed record (postcard), which every member verifies against the
+    /// directory before it runs the logic it names.
+    pub record: Vec<u8>,
+}
+
 /// What applying one entry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
@@ -96,12 +117,15 @@ pub enum Applied {
     Duplicate,
     /// Not a command (a leader's blank entry or a membership change).
     Internal,
+    /// A logic entry: the object runs the logic it names from here on (or, if
+    /// [`Applied::Refused`], the upgrade was aborted at every replica).
+    Switched,
 }
 
 openraft::declare_raft_types!(
     /// The openraft configuration of vsync groups.
     pub TypeConfig:
-        D = Command,
+        D = Ordered,
         R = Applied,
         NodeId = u64,
         Node = Member,

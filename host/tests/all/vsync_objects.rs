@@ -47,6 +47,7 @@ fn how(seeds: Vec<Peer>, found: bool, policy: AccessPolicy) -> VsyncJoin {
         durable: true,
         policy,
         grant: None,
+        evolution: Default::default(),
     }
 }
 

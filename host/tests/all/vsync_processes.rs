@@ -34,7 +34,9 @@ struct Cluster {
     nodes: Mutex<Vec<Option<Daemon>>>,
 }
 
-fn free_udp_port() -> u16 {
+/// A UDP port free on loopback now (for an endpoint a node must keep across
+/// restarts).
+pub(crate) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

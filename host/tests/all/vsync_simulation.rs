@@ -5,6 +5,14 @@
 //! liveness phase without them that requires the group to heal; then each
 //! invariant is checked on its own (`check_*` below, one property each).
 //!
+//! Live upgrades run through the same faults: the founder writes the group's
+//! first logic entry, the leader of the moment orders upgrades to new versions
+//! (every third version's logic refuses the state: an abort), sometimes crashing
+//! right after, and every host that starts (joiners, restarted members) has
+//! loaded the newest version proposed so far, as a host that resolved the
+//! newest record would; the model's replica notes the version of the logic
+//! that applied each command, and the version its state was migrated to.
+//!
 //! The fault schedule and workload derive from the seed (`VSYNC_SEED=n` replays
 //! one schedule); openraft's election jitter comes from its own random source, so
 //! a replay follows the same faults, not always the same elections. A failure
@@ -18,10 +26,11 @@
 
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::AccessPolicy;
+use liveobjects_host::driver::{BoxFuture, LogicError};
 use liveobjects_host::vsync::group::{Group, GroupConfig, GroupFailure, Link, Reply, Rpc};
-use liveobjects_host::vsync::machine::{Application, GroupView};
+use liveobjects_host::vsync::machine::{Application, GroupView, Switched};
 use liveobjects_host::vsync::store::LogStore;
-use liveobjects_host::vsync::types::{Command, Member, node_id};
+use liveobjects_host::vsync::types::{Applied, Command, LogicChange, Member, node_id};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -61,6 +70,13 @@ struct Trace {
     refused: Vec<(u64, CommandId)>,
     /// Views by log index.
     views: BTreeMap<u64, Vec<u64>>,
+    /// (log index, version of the logic) of every command applied.
+    logic_at: Vec<(u64, u64)>,
+    /// (log index, version) of every upgrade switched, and of every one aborted.
+    switched: Vec<(u64, u64)>,
+    aborted: Vec<(u64, u64)>,
+    /// Commands applied by logic of another version than its state's.
+    mismatches: Vec<String>,
 }
 
 /// The replicated model: the ordered list of commands applied (its snapshot is
@@ -69,11 +85,28 @@ struct Trace {
 #[derive(Default, Serialize, Deserialize, Clone)]
 struct ModelState {
     applied: Vec<(u64, CommandId)>,
+    /// The version of the logic this state belongs to.
+    version: u64,
 }
 
 struct ModelApp {
     state: ModelState,
     trace: Arc<Mutex<Trace>>,
+    /// The version of the logic loaded.
+    running: u64,
+}
+
+/// Every third version's logic refuses to take over the state.
+fn refused_by_logic(version: u64) -> bool {
+    version.is_multiple_of(3)
+}
+
+/// A logic change's record, as the simulation writes it: the version.
+fn change(version: u64) -> LogicChange {
+    LogicChange {
+        version,
+        record: version.to_le_bytes().to_vec(),
+    }
 }
 
 fn id_of(command: &Command) -> CommandId {
@@ -85,9 +118,14 @@ fn refused_by_object(id: CommandId) -> bool {
 }
 
 impl Application for ModelApp {
+    type Logic = u64;
+
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
         self.state = match snapshot {
-            None => ModelState::default(),
+            None => ModelState {
+                version: self.running,
+                ..ModelState::default()
+            },
             Some(b) => postcard::from_bytes(b).map_err(|e| e.to_string())?,
         };
         Ok(())
@@ -100,7 +138,15 @@ impl Application for ModelApp {
             return Err(format!("command {id} refused"));
         }
         self.state.applied.push((index, id));
-        self.trace.lock().unwrap().applied.push((index, id));
+        let mut trace = self.trace.lock().unwrap();
+        trace.applied.push((index, id));
+        trace.logic_at.push((index, self.running));
+        if self.running != self.state.version {
+            trace.mismatches.push(format!(
+                "command {id} at {index}: logic version {}, state of version {}",
+                self.running, self.state.version
+            ));
+        }
         Ok(())
     }
 
@@ -111,6 +157,38 @@ impl Application for ModelApp {
 
     fn snapshot(&mut self) -> Vec<u8> {
         postcard::to_allocvec(&self.state).unwrap()
+    }
+
+    fn running(&self) -> u64 {
+        self.running
+    }
+
+    fn prepare_logic(&self, change: &LogicChange) -> BoxFuture<'static, Result<u64, LogicError>> {
+        let version = u64::from_le_bytes(change.record[..8].try_into().unwrap());
+        Box::pin(async move { Ok(version) })
+    }
+
+    fn adopt(&mut self, version: u64) -> Result<(), String> {
+        self.running = version;
+        Ok(())
+    }
+
+    fn upgrade(&mut self, index: u64, from: u64, version: u64) -> Switched {
+        let mut trace = self.trace.lock().unwrap();
+        if from != self.state.version || from != self.running {
+            trace.mismatches.push(format!(
+                "upgrade at {index} from version {from}: state of version {}, logic {}",
+                self.state.version, self.running
+            ));
+        }
+        if refused_by_logic(version) {
+            trace.aborted.push((index, version));
+            return Switched::Refused(format!("version {version} refuses the state"));
+        }
+        trace.switched.push((index, version));
+        self.running = version;
+        self.state.version = version;
+        Switched::Done
     }
 }
 
@@ -205,6 +283,9 @@ struct Cluster {
     durable: bool,
     outcomes: Arc<Mutex<BTreeMap<CommandId, Outcome>>>,
     faults: FaultCount,
+    /// The newest version of the logic proposed so far (what a host that
+    /// starts now has loaded).
+    newest: u64,
 }
 
 /// How many faults a run injected (so a run that injected none is noticed).
@@ -214,6 +295,8 @@ struct FaultCount {
     crashes: u64,
     whole_group_crashes: u64,
     joins: u64,
+    upgrades: u64,
+    proposers_crashed: u64,
 }
 
 fn member(i: u64) -> Member {
@@ -251,6 +334,7 @@ impl Cluster {
             durable,
             outcomes: Arc::default(),
             faults: FaultCount::default(),
+            newest: 1,
         }
     }
 
@@ -284,6 +368,7 @@ impl Cluster {
         let app = ModelApp {
             state: ModelState::default(),
             trace: trace.clone(),
+            running: self.newest,
         };
         let link = SimLink {
             me: m,
@@ -463,9 +548,12 @@ const NODES: u64 = 5;
 async fn scenario(seed: u64, durable: bool) -> Run {
     let mut c = Cluster::new(seed, durable);
     let mut rng = Rng(seed ^ 0x5EED);
-    // Form the group: node 0 founds, the others join through it.
+    // Form the group: node 0 founds and writes the logic it starts with, the
+    // others join through it.
     let first = c.start(0).await;
     first.found().await.unwrap();
+    let (_, founded) = first.propose_logic(change(1)).await.unwrap();
+    assert_eq!(founded, Applied::Switched);
     for i in 1..NODES {
         let g = c.start(i).await;
         g.join(member(0), None, Duration::from_secs(5))
@@ -519,6 +607,29 @@ async fn scenario(seed: u64, durable: bool) -> Run {
                 });
                 next_node += 1;
                 c.faults.joins += 1;
+            }
+            8 | 9 => {
+                // The leader of the moment orders an upgrade to a new version;
+                // sometimes it crashes right after.
+                let leader = c
+                    .live()
+                    .into_iter()
+                    .find(|i| c.group(*i).is_some_and(|g| g.is_leader()));
+                if let Some(leader) = leader {
+                    c.newest += 1;
+                    let g = c.group(leader).unwrap();
+                    let proposal = change(c.newest);
+                    tokio::spawn(async move {
+                        let _ = g.propose_logic(proposal).await;
+                    });
+                    c.faults.upgrades += 1;
+                    if rng.chance(30) && c.live().len() > 3 && (durable || c.survivable(leader)) {
+                        tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
+                        c.crash(leader).await;
+                        c.faults.crashes += 1;
+                        c.faults.proposers_crashed += 1;
+                    }
+                }
             }
             7 if durable && rng.chance(30) => {
                 // The whole group crashes, then comes back.
@@ -691,6 +802,53 @@ fn check_view_agreement(run: &Run) -> Result<(), String> {
     Ok(())
 }
 
+/// Logic agreement: every replica applied each position's command with logic of
+/// the same version, switched (or aborted) each upgrade at the same position,
+/// never applied a command with logic of another version than its state's, and
+/// the final replicas run the same version.
+fn check_logic_agreement(run: &Run) -> Result<(), String> {
+    let mut logic_at: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut upgrades: BTreeMap<u64, (u64, bool, u64)> = BTreeMap::new();
+    for (node, trace) in &run.traces {
+        let t = trace.lock().unwrap();
+        if let Some(m) = t.mismatches.first() {
+            return Err(format!("node {node}: {m}"));
+        }
+        for &(index, version) in &t.logic_at {
+            match logic_at.insert(index, (version, *node)) {
+                Some((other, by)) if other != version => {
+                    return Err(format!(
+                        "position {index}: node {node} applied with version {version}, node \
+                         {by} with {other}"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let outcomes = t
+            .switched
+            .iter()
+            .map(|u| (u, true))
+            .chain(t.aborted.iter().map(|u| (u, false)));
+        for (&(index, version), switched) in outcomes {
+            match upgrades.insert(index, (version, switched, *node)) {
+                Some((v, s, by)) if (v, s) != (version, switched) => {
+                    return Err(format!(
+                        "position {index}: node {node} has upgrade ({version}, switched \
+                         {switched}), node {by} has ({v}, {s})"
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    let versions: BTreeSet<u64> = run.finals.values().map(|s| s.version).collect();
+    if versions.len() > 1 {
+        return Err(format!("final replicas run versions {versions:?}"));
+    }
+    Ok(())
+}
+
 /// Durability: every command a client saw committed is in every final replica,
 /// every command refused is in none, and all final replicas are identical.
 fn check_durability(run: &Run) -> Result<(), String> {
@@ -734,6 +892,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     let mut committed = 0;
     let mut refused = 0;
     let mut faults = FaultCount::default();
+    let (mut switched, mut aborted) = (0, 0);
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -745,6 +904,13 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
         faults.crashes += run.faults.crashes;
         faults.whole_group_crashes += run.faults.whole_group_crashes;
         faults.joins += run.faults.joins;
+        faults.upgrades += run.faults.upgrades;
+        faults.proposers_crashed += run.faults.proposers_crashed;
+        for trace in run.traces.values() {
+            let t = trace.lock().unwrap();
+            switched += t.switched.len();
+            aborted += t.aborted.len();
+        }
         committed += run
             .outcomes
             .values()
@@ -760,6 +926,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             ("no duplicates", check_no_duplicates(&run)),
             ("view agreement", check_view_agreement(&run)),
             ("durability", check_durability(&run)),
+            ("logic agreement", check_logic_agreement(&run)),
             ("liveness", run.healed.clone()),
         ] {
             if let Err(e) = check {
@@ -767,8 +934,15 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             }
         }
     }
-    println!("{committed} commands committed, {refused} refused by the object; faults {faults:?}");
+    println!(
+        "{committed} commands committed, {refused} refused by the object; upgrades switched \
+         {switched} and aborted {aborted} times at replicas; faults {faults:?}"
+    );
     assert!(committed > 0, "no command committed at all");
+    assert!(
+        switched > 0 && aborted > 0 && faults.proposers_crashed > 0,
+        "no upgrade switched, none aborted, or no proposer crashed"
+    );
     assert!(
         faults.partitions > 0 && faults.crashes > 0,
         "no faults injected"
