@@ -2,7 +2,9 @@
 //! and 1 KiB events, and join time with a 1 MiB state; NATS (nats-server, Debian
 //! package) measured in the same run as the peer users would pick instead. Then
 //! what divergence checks and the flight recorder cost, against the same group
-//! without them in the same run.
+//! without them in the same run. Then how long calls wait while a live upgrade
+//! switches a 1 KiB and a 10 MiB state, against the same switch of a lone
+//! replica (the sandbox's own cost) in the same run.
 //! See `host/benches/README.md`.
 //!
 //! Run: `cargo bench -p liveobjects-host --bench mesh` (`-- --quick` for a short run).
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 mod nats_client;
 #[path = "common/report.rs"]
 mod report;
+#[path = "common/upgrade.rs"]
+mod upgrade;
 use nats_client::{Nats, nats_server};
 
 struct Row {
@@ -39,6 +43,20 @@ async fn wait(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// `n` mesh endpoints on loopback.
+fn start_nodes(n: usize, config: &Config) -> Vec<MeshNode> {
+    (0..n)
+        .map(|_| {
+            MeshNode::start(
+                &Identity::generate(),
+                "127.0.0.1:0".parse().unwrap(),
+                config.clone(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
 async fn group(
     runtime: &Runtime,
     logic: &Arc<Logic>,
@@ -53,16 +71,7 @@ async fn group(
         check_every,
         ..Config::default()
     };
-    let nodes: Vec<MeshNode> = (0..n)
-        .map(|_| {
-            MeshNode::start(
-                &Identity::generate(),
-                "127.0.0.1:0".parse().unwrap(),
-                config.clone(),
-            )
-            .unwrap()
-        })
-        .collect();
+    let nodes = start_nodes(n, &config);
     let mut groups = vec![
         nodes[0]
             .found(runtime, logic, "bench", Admission::default())
@@ -298,6 +307,108 @@ async fn join_time(runtime: &Runtime, chat: &Arc<Logic>) -> (Duration, usize) {
     (took, state)
 }
 
+struct PauseRow {
+    state: usize,
+    /// The longest a call waited from arming the upgrade until calls flowed
+    /// again on the new logic.
+    pause: Duration,
+    /// Calls before the upgrade.
+    p50: Duration,
+    /// `Replica::upgrade` of a lone replica holding the same state.
+    bare: Duration,
+}
+
+/// Three members of a chat whose state is about `state` bytes; one member
+/// posts a short message at a time, while the sequencer's host finds version 2
+/// (the same logic) and the group switches.
+async fn upgrade_pause(runtime: &Runtime, chat: &Arc<Logic>, state: usize) -> PauseRow {
+    let (source, evolution) = upgrade::ArmedSource::new(chat, "mesh");
+    let config = Config {
+        liveness: Liveness::PerPeer,
+        ..Config::default()
+    };
+    let nodes = start_nodes(3, &config);
+    let budgets = runtime.executor().budgets().clone();
+    let mut groups = vec![
+        nodes[0]
+            .found_with(
+                runtime,
+                chat,
+                "bench",
+                Admission::default(),
+                &budgets,
+                Some(0),
+                &evolution,
+            )
+            .unwrap(),
+    ];
+    for node in &nodes[1..] {
+        groups.push(
+            node.join_with(
+                runtime,
+                chat,
+                "bench",
+                nodes[0].me(),
+                Admission::default(),
+                &budgets,
+                Some(0),
+                &evolution,
+            )
+            .unwrap(),
+        );
+    }
+    wait("members", 30, async || {
+        for g in &groups {
+            if !g.status().await.map(|s| s.member).unwrap_or(false) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // The state, 32 posts in flight.
+    let (text, posts) = upgrade::posts_for(state);
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (g, text) = (groups[0].clone(), text.clone());
+        let share = posts / 32 + usize::from(t < posts % 32);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                g.call("post", &[&text]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let snapshot = groups[0].snapshot().await.unwrap();
+    // Calls from a member that does not order the group, one at a time.
+    let caller = &groups[1];
+    let switched = || {
+        groups.iter().all(|g| {
+            g.status_now()
+                .logic
+                .is_some_and(|l| l.starts_with("version 2"))
+        })
+    };
+    let (p50, pause) = upgrade::measure_pause(
+        &source,
+        async || caller.call("post", &["\"hi\""]).await.map(drop).unwrap(),
+        switched,
+    )
+    .await;
+    for node in &nodes {
+        node.shutdown();
+    }
+    let bare = upgrade::lone_switch(runtime, chat, &snapshot);
+    PauseRow {
+        state: snapshot.len(),
+        pause,
+        p50,
+        bare,
+    }
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} us", d.as_secs_f64() * 1e6)
 }
@@ -371,6 +482,29 @@ async fn main() {
         }
     }
     safety_costs(&runtime, &hostile, events, pings, &mut report).await;
+    println!();
+    println!("live upgrade pause: 3 members, one caller posting one message at a time");
+    println!(
+        "{:<10} {:>12} {:>12} {:>14} {:>10}",
+        "state", "call p50", "pause", "lone switch", "pause/lone"
+    );
+    for state in [1usize << 10, 10 << 20] {
+        let row = upgrade_pause(&runtime, &chat, state).await;
+        report.row(
+            serde_json::json!({"members": 3, "state": row.state, "measure": "upgrade pause"}),
+            row.pause.as_secs_f64() * 1e6,
+            Some(("lone replica's switch", row.bare.as_secs_f64() * 1e6)),
+            "us (lower is better)",
+        );
+        println!(
+            "{:<10} {:>12} {:>12} {:>14} {:>10.2}",
+            format!("{} KiB", row.state / 1024),
+            us(row.p50),
+            us(row.pause),
+            us(row.bare),
+            row.pause.as_secs_f64() / row.bare.as_secs_f64()
+        );
+    }
     let (took, state) = join_time(&runtime, &chat).await;
     println!();
     println!(

@@ -11,13 +11,21 @@
 //! Both systems commit through a Raft leader, so a follower's command costs a
 //! forward to the leader in both.
 //!
+//! Then how long calls wait while a live upgrade switches a sandboxed chat's
+//! 1 KiB and 10 MiB state, against the same switch of a lone replica in the
+//! same run.
+//!
 //! Run: `cargo bench -p liveobjects-host --bench vsync` (`-- --quick` for a short run).
 
 #[path = "common/report.rs"]
 mod report;
+#[path = "common/upgrade.rs"]
+mod upgrade;
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::AccessPolicy;
+use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
 use liveobjects_host::vsync::group::{Group, GroupConfig};
+use liveobjects_host::vsync::host::{VsyncJoin, VsyncNode, VsyncSettings};
 use liveobjects_host::vsync::machine::{Application, GroupView};
 use liveobjects_host::vsync::net::QuicLink;
 use liveobjects_host::vsync::store::LogStore;
@@ -425,6 +433,82 @@ async fn nats_jetstream(
     })
 }
 
+/// Three members of a sandboxed chat holding about `state` bytes; a follower
+/// posts a short message at a time while the leader finds version 2 (the same
+/// logic) and the group switches at a logic entry. Returns the state's size,
+/// the calls' p50 before, the longest a call waited from arming the upgrade
+/// until calls flowed on the new logic, and a lone replica's switch.
+async fn upgrade_pause(
+    runtime: &Runtime,
+    chat: &Arc<Logic>,
+    state: usize,
+) -> (usize, Duration, Duration, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, evolution) = upgrade::ArmedSource::new(chat, "vsync");
+    let mut nodes = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..3 {
+        let node = VsyncNode::start(
+            &Identity::generate(),
+            "127.0.0.1:0".parse().unwrap(),
+            VsyncSettings {
+                data_dir: dir.path().join(format!("m{i}")),
+                group: GroupConfig::default(),
+            },
+        )
+        .unwrap();
+        let how = VsyncJoin {
+            seeds: nodes.first().map(VsyncNode::me).into_iter().collect(),
+            found_if_alone: i == 0,
+            durable: false,
+            policy: AccessPolicy::Open,
+            grant: None,
+            evolution: evolution.clone(),
+        };
+        handles.push(node.join(runtime, chat, "bench", how).await.unwrap());
+        nodes.push(node);
+    }
+    let (text, posts) = upgrade::posts_for(state);
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (h, text) = (handles[t % 3].clone(), text.clone());
+        let share = posts / 32 + usize::from(t < posts % 32);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                h.call("post", &[&text]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let leader = handles
+        .iter()
+        .position(|h| h.group().is_leader())
+        .expect("a leader");
+    let snapshot = handles[leader].snapshot().await.unwrap();
+    let caller = &handles[(leader + 1) % 3];
+    // (what `lo status` reads: it never waits on the replica)
+    let switched = || {
+        handles.iter().all(|h| {
+            h.report_now()
+                .logic
+                .is_some_and(|l| l.starts_with("version 2"))
+        })
+    };
+    let (p50, pause) = upgrade::measure_pause(
+        &source,
+        async || caller.call("post", &["\"hi\""]).await.map(drop).unwrap(),
+        switched,
+    )
+    .await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+    let bare = upgrade::lone_switch(runtime, chat, &snapshot);
+    (snapshot.len(), p50, pause, bare)
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} us", d.as_secs_f64() * 1e6)
 }
@@ -500,5 +584,37 @@ async fn main() {
                 );
             }
         }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let chat = runtime
+        .load_file(liveobjects_objects::CHAT.as_ref())
+        .unwrap();
+    println!();
+    println!("live upgrade pause: 3 members, in memory, a follower posting one message at a time");
+    println!(
+        "{:<10} {:>12} {:>12} {:>14} {:>10}",
+        "state", "call p50", "pause", "lone switch", "pause/lone"
+    );
+    for state in [1usize << 10, 10 << 20] {
+        let (bytes, p50, pause, bare) = upgrade_pause(&runtime, &chat, state).await;
+        report.row(
+            serde_json::json!({"members": 3, "state": bytes, "measure": "upgrade pause"}),
+            pause.as_secs_f64() * 1e6,
+            Some(("lone replica's switch", bare.as_secs_f64() * 1e6)),
+            "us (lower is better)",
+        );
+        println!(
+            "{:<10} {:>12} {:>12} {:>14} {:>10.2}",
+            format!("{} KiB", bytes / 1024),
+            us(p50),
+            us(pause),
+            us(bare),
+            pause.as_secs_f64() / bare.as_secs_f64()
+        );
     }
 }

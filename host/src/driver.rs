@@ -298,6 +298,31 @@ pub trait LogicSource: Send + Sync {
         name: &'a str,
         record: &'a [u8],
     ) -> BoxFuture<'a, Result<LogicVersion, LogicError>>;
+
+    /// Verify `record` as the logic a state this host takes from its group
+    /// runs (a state transfer's, a snapshot's, a log's first entry), and load
+    /// it: what the record says and its own signature are checked as by
+    /// [`verify`](Self::verify), but not whether its signer may still sign for
+    /// the zone or whether it has expired. The group ran it when it could, and
+    /// a joiner trusts its group's state as far; without this, a zone's key
+    /// rollover or a record's expiry would leave a group no host can join.
+    /// Upgrades being ordered are checked with [`verify`](Self::verify).
+    fn verify_in_force<'a>(
+        &'a self,
+        name: &'a str,
+        record: &'a [u8],
+    ) -> BoxFuture<'a, Result<LogicVersion, LogicError>> {
+        self.verify(name, record)
+    }
+}
+
+/// How a record a member passed on is checked (see [`LogicSource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordUse {
+    /// An upgrade being ordered: the zone must vouch for it now.
+    Upgrade,
+    /// The logic of a state taken from the group.
+    InForce,
 }
 
 /// A verified record in the form members hand each other (its signed form,
@@ -396,16 +421,21 @@ impl LogicInForce {
 /// other logic than the group.
 pub const LOGIC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// [`LogicSource::verify`], asked again every second while the directory cannot
-/// answer, for up to [`LOGIC_PATIENCE`].
+/// [`LogicSource::verify`] (or [`LogicSource::verify_in_force`]), asked again
+/// every second while the directory cannot answer, for up to [`LOGIC_PATIENCE`].
 pub async fn verify_patiently(
     source: &dyn LogicSource,
     name: &str,
     record: &[u8],
+    usage: RecordUse,
 ) -> Result<LogicVersion, LogicError> {
     let deadline = tokio::time::Instant::now() + LOGIC_PATIENCE;
     loop {
-        match source.verify(name, record).await {
+        let verified = match usage {
+            RecordUse::Upgrade => source.verify(name, record).await,
+            RecordUse::InForce => source.verify_in_force(name, record).await,
+        };
+        match verified {
             Err(LogicError::Unavailable(reason)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!("{name}: cannot get its new logic yet: {reason}");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

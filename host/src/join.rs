@@ -632,44 +632,64 @@ impl crate::driver::LogicSource for DirectoryLogic {
         record: &'a [u8],
     ) -> crate::driver::BoxFuture<'a, Result<crate::driver::LogicVersion, crate::driver::LogicError>>
     {
+        Box::pin(self.verify_record(name, record, crate::driver::RecordUse::Upgrade))
+    }
+
+    fn verify_in_force<'a>(
+        &'a self,
+        name: &'a str,
+        record: &'a [u8],
+    ) -> crate::driver::BoxFuture<'a, Result<crate::driver::LogicVersion, crate::driver::LogicError>>
+    {
+        Box::pin(self.verify_record(name, record, crate::driver::RecordUse::InForce))
+    }
+}
+
+impl DirectoryLogic {
+    /// [`LogicSource::verify`](crate::driver::LogicSource::verify) and
+    /// `verify_in_force`, which differ only for a superseded record.
+    async fn verify_record(
+        &self,
+        name: &str,
+        record: &[u8],
+        usage: crate::driver::RecordUse,
+    ) -> Result<crate::driver::LogicVersion, crate::driver::LogicError> {
         use crate::driver::LogicError;
-        Box::pin(async move {
-            let signed: Signed<ObjectRecord> = postcard::from_bytes(record).map_err(|e| {
-                LogicError::Refused(format!(
-                    "the record a member sent ({} bytes) does not decode: {e}",
-                    record.len()
-                ))
-            })?;
-            // What the directory vouches for now, with every check a resolve
-            // makes (freshness, rollback, the chain).
-            let current = self
-                .resolver
-                .resolve_fresh(name)
-                .await
-                .map_err(|e| LogicError::Unavailable(e.to_string()))?;
-            // What the record says and whether its own signature holds are the
-            // same at every host: those refuse it everywhere. Whether its signer
-            // may sign for the zone depends on the chain a host is served and on
-            // its clock (a key rollover's grace period): a host that cannot
-            // confirm it waits, then stops, rather than decide alone.
-            let proposed = signed.open().map_err(|e| {
-                LogicError::Refused(format!("the record a member sent does not open: {e}"))
-            })?;
-            if proposed.name != name {
-                return Err(LogicError::Refused(format!(
-                    "the record a member sent is {}'s, not {name}'s",
-                    proposed.name
-                )));
-            }
-            if !signed.signature_valid() {
-                return Err(LogicError::Refused(format!(
-                    "the signature of version {} of {name} does not hold",
-                    proposed.version
-                )));
-            }
-            let verified = if current.signed.body == signed.body
-                && current.signed.signature == signed.signature
-            {
+        let signed: Signed<ObjectRecord> = postcard::from_bytes(record).map_err(|e| {
+            LogicError::Refused(format!(
+                "the record a member sent ({} bytes) does not decode: {e}",
+                record.len()
+            ))
+        })?;
+        // What the directory vouches for now, with every check a resolve
+        // makes (freshness, rollback, the chain).
+        let current = self
+            .resolver
+            .resolve_fresh(name)
+            .await
+            .map_err(|e| LogicError::Unavailable(e.to_string()))?;
+        // What the record says and whether its own signature holds are the
+        // same at every host: those refuse it everywhere. Whether its signer
+        // may sign for the zone depends on the chain a host is served and on
+        // its clock (a key rollover's grace period): a host that cannot
+        // confirm it waits, then stops, rather than decide alone.
+        let proposed = signed.open().map_err(|e| {
+            LogicError::Refused(format!("the record a member sent does not open: {e}"))
+        })?;
+        if proposed.name != name {
+            return Err(LogicError::Refused(format!(
+                "the record a member sent is {}'s, not {name}'s",
+                proposed.name
+            )));
+        }
+        if !signed.signature_valid() {
+            return Err(LogicError::Refused(format!(
+                "the signature of version {} of {name} does not hold",
+                proposed.version
+            )));
+        }
+        let verified =
+            if current.signed.body == signed.body && current.signed.signature == signed.signature {
                 current
             } else if proposed.version > current.record.version {
                 // A lagging server: wait for it (or another) to have it.
@@ -677,6 +697,14 @@ impl crate::driver::LogicSource for DirectoryLogic {
                     "the directory serves version {} of {name}, not yet the {} ordered",
                     current.record.version, proposed.version
                 )));
+            } else if usage == crate::driver::RecordUse::InForce {
+                // The logic of a state the group ran: its own signature held
+                // above; who may sign for the zone now does not matter.
+                VerifiedRecord {
+                    record: proposed,
+                    chain: current.chain,
+                    signed,
+                }
             } else {
                 // Superseded since it was ordered: its signer must still be one
                 // the zone's chain (as just verified) lets sign, and it must not
@@ -689,7 +717,7 @@ impl crate::driver::LogicSource for DirectoryLogic {
                 if !may_sign || proposed.expires_at <= now {
                     return Err(LogicError::Unavailable(format!(
                         "version {} of {name} is superseded by version {} and its signer may \
-                         no longer sign for the zone, or it expired",
+                     no longer sign for the zone, or it expired",
                         proposed.version, current.record.version
                     )));
                 }
@@ -699,7 +727,6 @@ impl crate::driver::LogicSource for DirectoryLogic {
                     signed,
                 }
             };
-            self.load(name, verified).await
-        })
+        self.load(name, verified).await
     }
 }

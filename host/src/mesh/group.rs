@@ -1025,8 +1025,13 @@ impl Group {
         };
         self.held = true;
         let (object, results) = (self.object.clone(), self.results_tx.clone());
+        let usage = match pending {
+            Pending::Upgrade { .. } => crate::driver::RecordUse::Upgrade,
+            Pending::Install(_) => crate::driver::RecordUse::InForce,
+        };
         tokio::spawn(async move {
-            let result = crate::driver::verify_patiently(source.as_ref(), &object, &record).await;
+            let result =
+                crate::driver::verify_patiently(source.as_ref(), &object, &record, usage).await;
             let _ = results.send(FromReplica::LogicReady(pending, result));
         });
     }

@@ -705,8 +705,12 @@ impl Replica {
             version: to_version,
             message,
         };
+        // The clock reads 0 in `migrate` and `init`, as in every `init`: the
+        // last event's time is not part of the state, so a replica that was
+        // sent its state (or restarted from it) would read another time than
+        // its group and could migrate to another state.
         let outcome = (|| {
-            self.prepare_call(Seed::Init, self.last_event_ms);
+            self.prepare_call(Seed::Init, 0);
             let migrated = match self.sb().migrate(from_version, &snapshot) {
                 None => snapshot.clone(),
                 Some(Ok(Ok(migrated))) => migrated,
@@ -715,7 +719,7 @@ impl Replica {
                 }
                 Some(Err(trap)) => return Err(self.classify(trap, "migrate".to_string())),
             };
-            self.prepare_call(Seed::Init, self.last_event_ms);
+            self.prepare_call(Seed::Init, 0);
             match self.sb().init(Some(&migrated)) {
                 Ok(Ok(())) => Ok(migrated),
                 Ok(Err(message)) => Err(refused(

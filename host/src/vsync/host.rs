@@ -23,7 +23,7 @@ use super::machine::{Application, GroupView, Switched};
 use super::net::{Handler, QuicLink};
 use super::store::LogStore;
 use super::types::{Applied, Command, LogicChange};
-use crate::driver::{BoxFuture, Evolution, LogicError, LogicInForce, LogicVersion};
+use crate::driver::{BoxFuture, Evolution, LogicError, LogicInForce, LogicVersion, RecordUse};
 use crate::executor::ObjectRef;
 use crate::group::{GroupError, GroupNotice, GroupStatus};
 use crate::mesh::net::Peer;
@@ -191,6 +191,7 @@ impl Application for ReplicaApp {
     fn prepare_logic(
         &self,
         change: &LogicChange,
+        usage: RecordUse,
     ) -> BoxFuture<'static, Result<LogicVersion, LogicError>> {
         let candidate = self.logic.lock().expect("logic").candidate.clone();
         let (source, object) = (self.evolution.source.clone(), self.object.clone());
@@ -200,8 +201,13 @@ impl Application for ReplicaApp {
                 Some(candidate) if candidate.record == change.record => Ok(candidate),
                 _ => match source {
                     Some(source) => {
-                        crate::driver::verify_patiently(source.as_ref(), &object, &change.record)
-                            .await
+                        crate::driver::verify_patiently(
+                            source.as_ref(),
+                            &object,
+                            &change.record,
+                            usage,
+                        )
+                        .await
                     }
                     // Other members may well verify it: stop here rather than fork.
                     None => Err(LogicError::Unavailable(
@@ -512,16 +518,20 @@ impl VsyncNode {
                 // The logic the group starts with, first in its log (see
                 // `machine`): members that catch up from the log run its first
                 // events with it, whatever record they resolved.
+                // If it cannot now, its leader's upkeep writes it later (see
+                // `UpgradePolls`).
                 if outcome.is_ok() && !how.evolution.record.is_empty() {
                     let first = LogicChange {
                         version: how.evolution.version,
                         record: how.evolution.record.clone(),
                     };
-                    outcome = match group.propose_logic(first).await {
-                        Ok((_, Applied::Switched)) => Ok(()),
-                        Ok((_, other)) => Err(format!("its logic was not recorded: {other:?}")),
-                        Err(e) => Err(format!("its logic was not recorded: {e}")),
-                    };
+                    match group.propose_logic(first).await {
+                        Ok((_, Applied::Switched)) => {}
+                        Ok((_, other)) => {
+                            tracing::warn!("{object}: its logic was not recorded: {other:?}")
+                        }
+                        Err(e) => tracing::warn!("{object}: its logic was not recorded yet: {e}"),
+                    }
                 }
             }
             if outcome.is_err() && !answered && !how.found_if_alone {
@@ -623,7 +633,10 @@ impl VsyncNode {
 
 /// A group's looks for a newer record of its object, at its leader: every
 /// `poll_every`, and only after activity (calls here, or entries applied), so
-/// idle objects stay asleep. What it finds is ordered as a logic entry.
+/// idle objects stay asleep. What it finds is ordered as a logic entry. A
+/// leader of a group whose log names no logic yet and has no events (its
+/// founder could not write the first logic entry: it crashed, or lost the lead)
+/// writes its own.
 struct UpgradePolls {
     object: String,
     evolution: Evolution,
@@ -659,14 +672,7 @@ impl UpgradePolls {
 
     fn tick(&mut self, group: &Arc<ReplicaGroup>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let Some(source) = self.evolution.source.clone() else {
-            return;
-        };
-        if self.evolution.poll_every.is_zero()
-            || Instant::now() < self.next
-            || !group.is_leader()
-            || self.busy.load(Relaxed)
-        {
+        if !group.is_leader() || self.busy.load(Relaxed) {
             return;
         }
         // What is in force or was tried: skip this round if the machine is busy
@@ -675,11 +681,19 @@ impl UpgradePolls {
             return;
         };
         let applied = state.applied().map_or(0, |l| l.index);
-        let Some(in_force) = state.logic().map(LogicInForce::newest) else {
-            // No logic entry yet (the founder writes it first): nothing to upgrade.
+        let in_force = state.logic().map(LogicInForce::newest);
+        let first_missing = in_force.is_none() && !state.has_events();
+        drop(state);
+        if first_missing && !self.evolution.record.is_empty() {
+            self.write_first(group);
+            return;
+        }
+        let (Some(in_force), Some(source)) = (in_force, self.evolution.source.clone()) else {
             return;
         };
-        drop(state);
+        if self.evolution.poll_every.is_zero() || Instant::now() < self.next {
+            return;
+        }
         let seen = (self.activity.load(Relaxed), applied);
         if seen == self.seen {
             return;
@@ -702,13 +716,21 @@ impl UpgradePolls {
                         version: candidate.version,
                         record: candidate.record.clone(),
                     };
-                    proposed.fetch_max(candidate.version, Relaxed);
+                    let version = candidate.version;
                     published.lock().expect("logic").candidate = Some(candidate);
+                    // Not ordered (say, the lead changed hands): the next look
+                    // tries again; a second copy would be refused as not newer.
                     match group.propose_logic(change).await {
-                        Ok((at, Applied::Refused(reason))) => tracing::warn!(
-                            "{object}: the upgrade ordered at position {at} was aborted: {reason}"
-                        ),
-                        Ok(_) => {}
+                        Ok((at, Applied::Refused(reason))) => {
+                            proposed.fetch_max(version, Relaxed);
+                            tracing::warn!(
+                                "{object}: the upgrade ordered at position {at} was aborted: \
+                                 {reason}"
+                            )
+                        }
+                        Ok(_) => {
+                            proposed.fetch_max(version, Relaxed);
+                        }
                         Err(e) => tracing::warn!("{object}: cannot order its upgrade: {e}"),
                     }
                 }
@@ -716,6 +738,27 @@ impl UpgradePolls {
                 Err(e) => {
                     tracing::warn!("{object}: cannot look for a newer version of its logic: {e}")
                 }
+            }
+            busy.store(false, Relaxed);
+        });
+    }
+
+    /// Write the group's first logic entry: this leader's own record.
+    fn write_first(&mut self, group: &Arc<ReplicaGroup>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.busy.store(true, Relaxed);
+        let first = LogicChange {
+            version: self.evolution.version,
+            record: self.evolution.record.clone(),
+        };
+        let (object, group, busy) = (self.object.clone(), group.clone(), self.busy.clone());
+        tokio::spawn(async move {
+            match group.propose_logic(first).await {
+                Ok((at, Applied::Switched)) => {
+                    tracing::info!("{object}: its logic is recorded at position {at}")
+                }
+                Ok((_, other)) => tracing::warn!("{object}: its logic was not recorded: {other:?}"),
+                Err(e) => tracing::warn!("{object}: its logic was not recorded yet: {e}"),
             }
             busy.store(false, Relaxed);
         });

@@ -54,7 +54,7 @@ use super::types::{
     Applied, Command, Entry, LogId, LogicChange, Member, Ordered, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
-use crate::driver::{BoxFuture, LogicError, LogicInForce};
+use crate::driver::{BoxFuture, LogicError, LogicInForce, RecordUse};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use redb::Database;
@@ -93,15 +93,17 @@ pub trait Application: Send + 'static {
         0
     }
 
-    /// Verify `change`'s record and load its logic. Runs outside the machine's
+    /// Verify `change`'s record (as `usage` says: an upgrade, or the logic of a
+    /// state or of the log's first entry) and load its logic. Runs outside the machine's
     /// lock and may take a while (the directory); entries after it wait.
     /// [`LogicError::Refused`] is what every member would say of the record;
     /// [`LogicError::Unavailable`] stops the group on this host.
     fn prepare_logic(
         &self,
         change: &LogicChange,
+        usage: RecordUse,
     ) -> BoxFuture<'static, Result<Self::Logic, LogicError>> {
-        let _ = change;
+        let _ = (change, usage);
         Box::pin(async {
             Err(LogicError::Refused(
                 "this replica has no live upgrades".to_string(),
@@ -232,6 +234,9 @@ pub struct MachineState<A> {
     /// The logic in force as of `last_applied` (`None` before the first logic
     /// entry).
     logic: Option<LogicInForce>,
+    /// Why this member stopped following its group (a logic entry it could not
+    /// apply): no snapshot is taken after that, lest it claim the entry.
+    failed: Option<String>,
 }
 
 impl<A> MachineState<A> {
@@ -248,6 +253,12 @@ impl<A> MachineState<A> {
     /// The logic in force as of the last position applied, if the log named it.
     pub fn logic(&self) -> Option<&LogicInForce> {
         self.logic.as_ref()
+    }
+
+    /// Whether any event was applied (or refused) yet: a group's first logic
+    /// entry may only come before every event.
+    pub fn has_events(&self) -> bool {
+        !self.senders.is_empty()
     }
 }
 
@@ -297,13 +308,16 @@ impl<A: Application> Machine<A> {
         if let Some(logic) = body.as_ref().and_then(|b| b.logic.as_ref())
             && logic.version != app.running()
         {
-            let loaded = app.prepare_logic(&change_of(logic)).await.map_err(|e| {
-                format!(
-                    "its stored snapshot runs version {} of its logic, which cannot be \
+            let loaded = app
+                .prepare_logic(&change_of(logic), RecordUse::InForce)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "its stored snapshot runs version {} of its logic, which cannot be \
                          had: {e}",
-                    logic.version
-                )
-            })?;
+                        logic.version
+                    )
+                })?;
             app.adopt(loaded)?;
         }
         let mut state = MachineState {
@@ -318,6 +332,7 @@ impl<A: Application> Machine<A> {
             snapshots: 0,
             disk,
             logic: None,
+            failed: None,
         };
         if let (Some(s), Some(body)) = (stored, body) {
             state.app.restore(Some(&body.app))?;
@@ -510,8 +525,9 @@ impl<A: Application> Machine<A> {
             let s = self.state.lock().map_err(sm_error)?;
             match &s.logic {
                 Some(logic) if change.version <= logic.newest() => None,
-                None if change.version == s.app.running() => None,
-                _ => Some(s.app.prepare_logic(&change)),
+                None if change.version == s.app.running() || s.has_events() => None,
+                None => Some(s.app.prepare_logic(&change, RecordUse::InForce)),
+                Some(_) => Some(s.app.prepare_logic(&change, RecordUse::Upgrade)),
             }
         };
         let loaded = match preparing {
@@ -519,7 +535,6 @@ impl<A: Application> Machine<A> {
             None => None,
         };
         let mut s = self.state.lock().map_err(sm_error)?;
-        s.last_applied = Some(log_id);
         let index = log_id.index;
         let outcome = match (&s.logic, loaded) {
             (None, loaded) => s.found_logic(index, change, loaded),
@@ -530,17 +545,27 @@ impl<A: Application> Machine<A> {
             ))),
             (Some(_), Some(loaded)) => s.upgrade_logic(index, change, loaded),
         };
-        outcome.map_err(|reason| {
-            tracing::error!("vsync: {reason}");
-            s.app.stop(&reason);
-            sm_error(reason)
-        })
+        match outcome {
+            Ok(applied) => {
+                s.last_applied = Some(log_id);
+                Ok(applied)
+            }
+            Err(reason) => {
+                tracing::error!("vsync: {reason}");
+                s.failed = Some(reason.clone());
+                s.app.stop(&reason);
+                Err(sm_error(reason))
+            }
+        }
     }
 }
 
 impl<A: Application> RaftSnapshotBuilder<TypeConfig> for Machine<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let mut s = self.state.lock().map_err(sm_error)?;
+        if let Some(reason) = &s.failed {
+            return Err(sm_error(format!("no snapshot: {reason}")));
+        }
         let body = SnapshotBody {
             app: s.app.snapshot(),
             senders: s.senders.clone(),
@@ -624,7 +649,8 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
         if let Some(logic) = &body.logic {
             let preparing = {
                 let s = self.state.lock().map_err(sm_error)?;
-                (logic.version != s.app.running()).then(|| s.app.prepare_logic(&change_of(logic)))
+                (logic.version != s.app.running())
+                    .then(|| s.app.prepare_logic(&change_of(logic), RecordUse::InForce))
             };
             if let Some(preparing) = preparing {
                 let loaded = preparing.await;

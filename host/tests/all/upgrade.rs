@@ -35,7 +35,19 @@ fn publish(
     logic: &str,
     seeds: &str,
 ) -> String {
-    let acme_key = home.path("acme.key");
+    publish_signed(home, directory, driver, logic, seeds, "acme.key")
+}
+
+/// [`publish`] signed with the key in `key_file`.
+fn publish_signed(
+    home: &Home,
+    directory: &DirectoryProcess,
+    driver: Driver,
+    logic: &str,
+    seeds: &str,
+    key_file: &str,
+) -> String {
+    let acme_key = home.path(key_file);
     let seeds = format!("seeds={seeds}");
     let (driver, reliability) = match driver {
         Driver::Mesh => ("mesh", "total-order"),
@@ -333,5 +345,88 @@ fn upgrade_under_calls(driver: Driver) {
         assert_eq!(query(&home, 2, "switched-after"), switched[0]);
         assert_eq!(query(&home, 2, "upgraded-from"), "1");
     }
+    drop(nodes);
+}
+
+/// A vsync counter founded under the zone's first key, upgraded to a version
+/// signed by the key the zone rolled over to: once the old key may no longer
+/// sign, a node that joins still replays the log from its first entry (the
+/// founder's version, signed by the old key) and ends on the new version with
+/// the same state. Its group ran that logic; refusing it would leave a group
+/// nobody can join after a key rollover.
+#[test]
+fn a_vsync_joiner_replays_logic_signed_by_a_zone_key_rolled_over_since() {
+    let home = Home::new();
+    let directory = directory_with_acme_zone(&home);
+    let successor = home.keygen("successor.key");
+    home.keygen("n4.key");
+    let ports: Vec<u16> = (0..=4).map(|_| free_udp_port()).collect();
+    let mut nodes = Vec::new();
+    let mut seeds = Vec::new();
+    for (n, port) in ports.iter().enumerate().skip(1) {
+        let (node, seed) = start(&home, &directory, Driver::Vsync, n, "1", *port);
+        nodes.push(node);
+        seeds.push(seed);
+    }
+    let published = publish(
+        &home,
+        &directory,
+        Driver::Vsync,
+        liveobjects_objects::COUNTER,
+        &seeds[0],
+    );
+    assert!(published.contains("version 1"), "{published}");
+    for n in 1..=3 {
+        join_at(&home, n, COUNTER, n == 1);
+    }
+    let add = |n: usize, amount: &str| {
+        home.ok(&[
+            "call",
+            COUNTER,
+            "add",
+            amount,
+            "--control",
+            &control(&home, n),
+        ]);
+    };
+    add(2, "5");
+    // The zone moves to another key, with 3 s of grace for the old one.
+    let acme_key = home.path("acme.key");
+    home.ok_owned(directory.args(&[
+        "zone",
+        "rollover",
+        "lo://acme/",
+        "--to",
+        &successor,
+        "--grace",
+        "3",
+        "--key",
+        acme_key.to_str().unwrap(),
+    ]));
+    let rolled = Instant::now();
+    let published = publish_signed(
+        &home,
+        &directory,
+        Driver::Vsync,
+        liveobjects_objects::COUNTER_V2,
+        &seeds[0],
+        "successor.key",
+    );
+    assert!(published.contains("version 2"), "{published}");
+    eventually(30, "every replica on version 2", || {
+        add(1, "1");
+        (1..=3).all(|n| logic(&home, n).starts_with("version 2 since position"))
+    });
+    thread::sleep(Duration::from_secs(4).saturating_sub(rolled.elapsed()));
+    // The old key may no longer sign for the zone; a joiner replays the
+    // group's log from the founder's version all the same.
+    join_at(&home, 4, COUNTER, false);
+    let expected = query(&home, 1, "get");
+    eventually(30, "node 4 catches up on version 2", || {
+        logic(&home, 4).starts_with("version 2 since position")
+            && query(&home, 4, "get") == expected
+    });
+    assert_eq!(query(&home, 4, "upgraded-from"), "1");
+    assert_eq!(logic(&home, 4), logic(&home, 1));
     drop(nodes);
 }

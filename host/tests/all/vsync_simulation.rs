@@ -26,7 +26,7 @@
 
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::AccessPolicy;
-use liveobjects_host::driver::{BoxFuture, LogicError};
+use liveobjects_host::driver::{BoxFuture, LogicError, RecordUse};
 use liveobjects_host::vsync::group::{Group, GroupConfig, GroupFailure, Link, Reply, Rpc};
 use liveobjects_host::vsync::machine::{Application, GroupView, Switched};
 use liveobjects_host::vsync::store::LogStore;
@@ -77,6 +77,8 @@ struct Trace {
     aborted: Vec<(u64, u64)>,
     /// Commands applied by logic of another version than its state's.
     mismatches: Vec<String>,
+    /// Logic entries whose record was refused here.
+    records_refused: usize,
 }
 
 /// The replicated model: the ordered list of commands applied (its snapshot is
@@ -99,6 +101,11 @@ struct ModelApp {
 /// Every third version's logic refuses to take over the state.
 fn refused_by_logic(version: u64) -> bool {
     version.is_multiple_of(3)
+}
+
+/// Every fifth version's record is refused (as a record that does not verify).
+fn record_refused(version: u64) -> bool {
+    version.is_multiple_of(5)
 }
 
 /// A logic change's record, as the simulation writes it: the version.
@@ -163,9 +170,22 @@ impl Application for ModelApp {
         self.running
     }
 
-    fn prepare_logic(&self, change: &LogicChange) -> BoxFuture<'static, Result<u64, LogicError>> {
+    fn prepare_logic(
+        &self,
+        change: &LogicChange,
+        _usage: RecordUse,
+    ) -> BoxFuture<'static, Result<u64, LogicError>> {
         let version = u64::from_le_bytes(change.record[..8].try_into().unwrap());
-        Box::pin(async move { Ok(version) })
+        let trace = self.trace.clone();
+        Box::pin(async move {
+            if record_refused(version) {
+                trace.lock().unwrap().records_refused += 1;
+                return Err(LogicError::Refused(format!(
+                    "the record of version {version} does not verify"
+                )));
+            }
+            Ok(version)
+        })
     }
 
     fn adopt(&mut self, version: u64) -> Result<(), String> {
@@ -538,6 +558,8 @@ struct Run {
     seed: u64,
     traces: BTreeMap<u64, Arc<Mutex<Trace>>>,
     finals: BTreeMap<u64, ModelState>,
+    /// Each final replica's logic in force, as its state machine keeps it.
+    final_logic: BTreeMap<u64, Option<liveobjects_host::driver::LogicInForce>>,
     outcomes: BTreeMap<CommandId, Outcome>,
     healed: Result<(), String>,
     faults: FaultCount,
@@ -705,6 +727,15 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         ) + &c.describe());
     }
     let finals = c.voters().into_iter().map(|i| (i, c.state(i))).collect();
+    let final_logic = c
+        .voters()
+        .into_iter()
+        .map(|i| {
+            let group = c.group(i).unwrap();
+            let logic = group.machine().state().lock().unwrap().logic().cloned();
+            (i, logic)
+        })
+        .collect();
     let traces = c
         .nodes
         .iter()
@@ -718,6 +749,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         seed,
         traces,
         finals,
+        final_logic,
         outcomes,
         healed,
         faults: c.faults,
@@ -846,6 +878,24 @@ fn check_logic_agreement(run: &Run) -> Result<(), String> {
     if versions.len() > 1 {
         return Err(format!("final replicas run versions {versions:?}"));
     }
+    // What each state machine keeps of the logic (it goes into snapshots).
+    let kept: BTreeSet<String> = run
+        .final_logic
+        .values()
+        .map(|l| {
+            l.as_ref().map_or("none".to_string(), |l| {
+                format!("{} {} {:?} {:?}", l.version, l.attempted, l.since, l.last)
+            })
+        })
+        .collect();
+    if kept.len() > 1 {
+        return Err(format!("final replicas keep different logic: {kept:?}"));
+    }
+    if let Some(v) = versions.first()
+        && !kept.iter().all(|k| k.starts_with(&format!("{v} ")))
+    {
+        return Err(format!("final states of version {v}, logic kept {kept:?}"));
+    }
     Ok(())
 }
 
@@ -892,7 +942,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     let mut committed = 0;
     let mut refused = 0;
     let mut faults = FaultCount::default();
-    let (mut switched, mut aborted) = (0, 0);
+    let (mut switched, mut aborted, mut records_refused) = (0, 0, 0);
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -910,6 +960,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             let t = trace.lock().unwrap();
             switched += t.switched.len();
             aborted += t.aborted.len();
+            records_refused += t.records_refused;
         }
         committed += run
             .outcomes
@@ -936,12 +987,13 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     }
     println!(
         "{committed} commands committed, {refused} refused by the object; upgrades switched \
-         {switched} and aborted {aborted} times at replicas; faults {faults:?}"
+         {switched} and aborted {aborted} times at replicas, records refused \
+         {records_refused} times; faults {faults:?}"
     );
     assert!(committed > 0, "no command committed at all");
     assert!(
-        switched > 0 && aborted > 0 && faults.proposers_crashed > 0,
-        "no upgrade switched, none aborted, or no proposer crashed"
+        switched > 0 && aborted > 0 && records_refused > 0 && faults.proposers_crashed > 0,
+        "no upgrade switched, none aborted, no record refused, or no proposer crashed"
     );
     assert!(
         faults.partitions > 0 && faults.crashes > 0,
