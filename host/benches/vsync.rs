@@ -454,6 +454,7 @@ async fn upgrade_pause(
             VsyncSettings {
                 data_dir: dir.path().join(format!("m{i}")),
                 group: GroupConfig::default(),
+                evidence: None,
             },
         )
         .unwrap();
@@ -464,6 +465,7 @@ async fn upgrade_pause(
             policy: AccessPolicy::Open,
             grant: None,
             evolution: evolution.clone(),
+            check_every: 0,
         };
         handles.push(node.join(runtime, chat, "bench", how).await.unwrap());
         nodes.push(node);

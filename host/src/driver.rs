@@ -53,8 +53,9 @@ fn no_options(_: &liveobjects_directory::record::ObjectRecord) -> Result<(), Str
     Ok(())
 }
 
-fn mesh_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
-    crate::join::mesh_check_every(record).map(|_| ())
+/// The mesh's and vsync's option: `check-every=N`.
+fn check_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
+    crate::join::check_every_option(record).map(|_| ())
 }
 
 fn qsm_options(record: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
@@ -77,7 +78,7 @@ pub const DRIVERS: &[DriverInfo] = &[
         ],
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
         orderer: "sequencer",
-        check_options: mesh_options,
+        check_options,
     },
     DriverInfo {
         name: "qsm",
@@ -112,7 +113,7 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "consensus (Raft) on views and order; durable objects survive a crash \
                   of every member; transactions commit everywhere or nowhere",
         orderer: "leader",
-        check_options: no_options,
+        check_options,
     },
     DriverInfo {
         name: "gossip",
@@ -457,6 +458,35 @@ pub fn upgrade_failed_here_only(error: &crate::runtime::ReplicaError) -> bool {
                 ..
             }
     )
+}
+
+/// Write one file of a divergence's evidence (on an executor worker or a
+/// blocking thread, never on a group's task); a failure is logged, the repair goes on.
+pub fn keep_evidence(object: &str, dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let path = dir.join(file);
+    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, bytes));
+    if let Err(e) = written {
+        tracing::warn!(
+            "{object}: cannot keep divergence evidence {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// An executor job that keeps a diverged replica's evidence under `dir`:
+/// `report` as `divergence.txt`, and the replica's state as `file`.
+pub fn evidence_job(
+    object: String,
+    dir: std::path::PathBuf,
+    report: String,
+    file: String,
+) -> crate::executor::Job {
+    Box::new(move |replica| {
+        keep_evidence(&object, &dir, "divergence.txt", report.as_bytes());
+        if let Ok(snapshot) = replica.and_then(|r| r.snapshot()) {
+            keep_evidence(&object, &dir, &file, &snapshot);
+        }
+    })
 }
 
 /// What a driver joins with: a record already resolved, verified, type-checked

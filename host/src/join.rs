@@ -384,7 +384,7 @@ pub fn budgets_for(
 /// The record's `check-every` driver option: compare the replicas' states every
 /// this many positions of the order (0: never); `None` if the record does not
 /// say (the node's default, [`crate::mesh::node_driver::DEFAULT_CHECK_EVERY`]).
-pub fn mesh_check_every(record: &ObjectRecord) -> Result<Option<u64>, String> {
+pub fn check_every_option(record: &ObjectRecord) -> Result<Option<u64>, String> {
     record
         .driver
         .options
@@ -499,7 +499,7 @@ pub async fn join_mesh(
         }
     }
     let budgets = budgets_for(runtime, name, record)?;
-    let check_every = mesh_check_every(record).map_err(|reason| JoinError::Type {
+    let check_every = check_every_option(record).map_err(|reason| JoinError::Type {
         name: name.to_string(),
         reason,
     })?;

@@ -562,6 +562,7 @@ async fn start_ledger(demo: &Demo<'_>, data: &std::path::Path) -> Result<Ledger>
                 VsyncSettings {
                     data_dir: data.join(format!("vsync-{name}")),
                     group: GroupConfig::default(),
+                    evidence: None,
                 },
             )
         })
@@ -595,6 +596,7 @@ async fn start_ledger(demo: &Demo<'_>, data: &std::path::Path) -> Result<Ledger>
             policy: record.policy.clone(),
             grant: None,
             evolution: liveobjects_host::driver::Evolution::starting_with(&prepared.verified),
+            check_every: liveobjects_host::vsync::node_driver::DEFAULT_CHECK_EVERY,
         };
         let logic = prepared.replica_logic(LEDGER)?;
         let handle = node.join(demo.runtime, logic, LEDGER, how).await?;

@@ -1374,7 +1374,7 @@ impl Group {
                     self.enqueue(
                         0,
                         Box::new(move |_| {
-                            keep_evidence(
+                            crate::driver::keep_evidence(
                                 &object,
                                 &dir,
                                 &format!("majority-at-{at}.snapshot"),
@@ -1454,15 +1454,7 @@ impl Group {
                         hex::encode(majority),
                         hex::encode(own)
                     );
-                    self.enqueue(
-                        0,
-                        Box::new(move |replica| {
-                            keep_evidence(&object, &dir, "divergence.txt", report.as_bytes());
-                            if let Ok(snapshot) = replica.and_then(|r| r.snapshot()) {
-                                keep_evidence(&object, &dir, &file, &snapshot);
-                            }
-                        }),
-                    );
+                    self.enqueue(0, crate::driver::evidence_job(object, dir, report, file));
                 }
                 tracing::error!("{}: {line}", self.object);
                 self.status.lock().expect("status").divergence = Some(line);
@@ -1524,19 +1516,6 @@ impl Group {
             }),
         );
         self.runs.opened(opened);
-    }
-}
-
-/// Write one file of a divergence's evidence (on an executor worker, never on
-/// the group's task); a failure is logged, the repair goes on.
-fn keep_evidence(object: &str, dir: &std::path::Path, file: &str, bytes: &[u8]) {
-    let path = dir.join(file);
-    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, bytes));
-    if let Err(e) = written {
-        tracing::warn!(
-            "{object}: cannot keep divergence evidence {}: {e}",
-            path.display()
-        );
     }
 }
 

@@ -5,7 +5,9 @@
 
 use super::machine::{Application, Machine};
 use super::store::LogStore;
-use super::types::{Applied, Command, LogicChange, Member, Ordered, Raft, TypeConfig, node_id};
+use super::types::{
+    Applied, Command, LogId, LogicChange, Member, Ordered, Raft, StateDigest, TypeConfig, node_id,
+};
 use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::{AccessPolicy, Grant, Signed};
 use openraft::error::{
@@ -53,6 +55,15 @@ pub enum Rpc {
     Write(Command),
     /// The leader's read index (a linearizable read waits until it has applied it).
     ReadIndex,
+    /// Order the sender's digest of its state at a checked position (handled by
+    /// the leader).
+    Digest(StateDigest),
+    /// The receiver's state, applied up to at least this position: the sender
+    /// diverged and repairs from it.
+    State {
+        /// The sender's applied position.
+        at_least: u64,
+    },
 }
 
 /// Why a leader-only request was not served.
@@ -84,6 +95,8 @@ pub enum Reply {
     Write(Result<(u64, Applied), NotServed>),
     /// To [`Rpc::ReadIndex`]: the log index to have applied.
     ReadIndex(Result<u64, NotServed>),
+    /// To [`Rpc::State`]: the position applied and the state's snapshot body.
+    State(Result<(LogId, Vec<u8>), NotServed>),
     /// The receiver does not run this group, or the sender may not talk to it.
     NoGroup,
 }
@@ -719,6 +732,15 @@ impl<A: Application, L: Link> Group<A, L> {
                 Reply::Membership(self.remove(member).await)
             }
             Rpc::Write(command) => Reply::Write(self.write_here(command).await),
+            // A member reports its own digest only.
+            Rpc::Digest(digest) if digest.member == from.key.to_string() => {
+                Reply::Write(self.write_digest_here(digest).await)
+            }
+            Rpc::State { at_least } => Reply::State(
+                self.machine
+                    .state_for_repair(at_least)
+                    .map_err(NotServed::Busy),
+            ),
             Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),
             _ => Reply::NoGroup,
         }
@@ -784,6 +806,101 @@ impl<A: Application, L: Link> Group<A, L> {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+
+    async fn write_digest_here(&self, digest: StateDigest) -> Result<(u64, Applied), NotServed> {
+        self.raft
+            .client_write(Ordered::Digest(digest))
+            .await
+            .map(|r| (r.log_id.index, r.data))
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// Order this member's digest of its state at a checked position (see
+    /// [`super::machine`]).
+    pub async fn submit_digest(&self, at: u64, sha256: [u8; 32]) -> Result<(), GroupFailure> {
+        let digest = StateDigest {
+            member: self.me.key.to_string(),
+            at,
+            sha256,
+        };
+        let deadline = Instant::now() + self.config.request_timeout;
+        self.at_leader(
+            deadline,
+            || self.write_digest_here(digest.clone()),
+            || Rpc::Digest(digest.clone()),
+            |reply| match reply {
+                Reply::Write(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `member`'s state, applied up to at least `at_least` (to repair this
+    /// replica from).
+    pub async fn fetch_state(
+        &self,
+        member: Member,
+        at_least: u64,
+    ) -> Result<(LogId, Vec<u8>), String> {
+        let rpc = Rpc::State { at_least };
+        match self
+            .link
+            .call(member, &self.name, rpc, self.config.request_timeout)
+            .await?
+        {
+            Reply::State(Ok(state)) => Ok(state),
+            Reply::State(Err(e)) => Err(e.to_string()),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Repair this replica, which diverged at position `at`, from one of the
+    /// members that agreed there (`agreeing`: keys, hex): that member's state as
+    /// it has applied it now, at least as far as this replica, installed in
+    /// place ([`Machine::repair_from`]). Returns the position the state is at,
+    /// who sent it and the state (snapshot body) itself.
+    pub async fn repair(
+        &self,
+        at: u64,
+        agreeing: &[String],
+    ) -> Result<(u64, Member, Vec<u8>), String> {
+        let me = self.me.key.to_string();
+        let mut last_error = "no member that agreed is in the view".to_string();
+        // A few rounds: a member may be behind this one, or this one may move
+        // past the state it was sent before it is installed.
+        for _ in 0..20 {
+            for key in agreeing.iter().filter(|k| **k != me) {
+                let Some(member) = self
+                    .members()
+                    .into_iter()
+                    .find(|m| m.key.to_string() == *key)
+                else {
+                    continue;
+                };
+                let applied_here = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                let (applied, body) = match self.fetch_state(member, applied_here).await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                };
+                match self.machine.repair_from(applied, &body).await {
+                    Ok(()) => return Ok((applied.index, member, body)),
+                    Err(e) => last_error = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!("diverged at position {at}; {last_error}"))
     }
 
     /// The next sequence number for a command of this member (this start).

@@ -86,6 +86,21 @@ pub struct ReplicaApp {
     /// Logic adopted for the next restore (switched in the same executor job
     /// as the `init`, so no call or status sees a replica between the two).
     adopted: Option<Arc<Logic>>,
+    /// Divergence checks: how often, this replica's digests, where they go.
+    checks: ReplicaChecks,
+}
+
+/// A replica's side of the divergence checks (see [`super::machine`]).
+struct ReplicaChecks {
+    every: u64,
+    /// This replica's digest at each recent checked position.
+    own: std::collections::BTreeMap<u64, [u8; 32]>,
+    /// To the task that orders them.
+    digests: mpsc::UnboundedSender<(u64, [u8; 32])>,
+    /// To the task that repairs this replica: the position and who agreed.
+    repairs: mpsc::UnboundedSender<(u64, Vec<String>)>,
+    /// Where a divergence's evidence goes, if anywhere.
+    evidence: Option<PathBuf>,
 }
 
 /// The logic of a vsync object as its handle shows it, and an upgrade's logic
@@ -98,6 +113,11 @@ struct PublishedLogic {
     interface: Option<Arc<crate::runtime::ObjectInterface>>,
     /// Loaded since the last switch (by an upgrade or a state of another version).
     loaded: Option<Arc<crate::runtime::ObjectInterface>>,
+    /// The latest divergence check this replica agreed with.
+    check: Option<String>,
+    /// The latest divergence found here and its repair, or why there was no
+    /// majority.
+    divergence: Option<String>,
     /// The newer version the leader found and proposed (not fetched twice).
     candidate: Option<LogicVersion>,
 }
@@ -268,6 +288,94 @@ impl Application for ReplicaApp {
     fn stop(&mut self, reason: &str) {
         self.replica.quarantine(reason);
     }
+
+    fn check_every(&self) -> u64 {
+        self.checks.every
+    }
+
+    fn repaired(&mut self, through: u64) {
+        // Digests of the state that parted from the group's mean nothing now.
+        self.checks.own.retain(|at, _| *at > through);
+    }
+
+    fn checkpoint(&mut self, at: u64) {
+        use sha2::Digest as _;
+        let digest = run_blocking(&self.replica, |r| {
+            r.and_then(|r| r.snapshot())
+                .map(|s| <[u8; 32]>::from(sha2::Sha256::digest(&s)))
+        });
+        let Ok(digest) = digest else {
+            // A replica that cannot snapshot reports nothing; the others decide.
+            return;
+        };
+        self.checks.own.insert(at, digest);
+        while self.checks.own.len() > 16 {
+            self.checks.own.pop_first();
+        }
+        let _ = self.checks.digests.send((at, digest));
+    }
+
+    fn checked(&mut self, outcome: &super::machine::CheckOutcome) {
+        use super::machine::CheckVerdict;
+        let short = |d: &[u8; 32]| hex::encode(&d[..6]);
+        let at = outcome.at;
+        let members = outcome.members;
+        match &outcome.verdict {
+            CheckVerdict::Majority { sha256, agreeing } => {
+                let Some(own) = self.checks.own.get(&at).copied() else {
+                    return;
+                };
+                let mut published = self.logic.lock().expect("logic");
+                if own == *sha256 {
+                    published.check = Some(format!(
+                        "position {at}: {} of {members} replicas agree on {}",
+                        agreeing.len(),
+                        short(sha256)
+                    ));
+                    return;
+                }
+                let mut line = format!(
+                    "diverged at position {at}: {} of {members} replicas agree on {}, this \
+                     one has {}; repairing from {}",
+                    agreeing.len(),
+                    short(sha256),
+                    short(&own),
+                    agreeing
+                        .first()
+                        .map(|k| &k[..8.min(k.len())])
+                        .unwrap_or_default()
+                );
+                if let Some(dir) = &self.checks.evidence {
+                    line.push_str(&format!(" (evidence in {})", dir.display()));
+                    let report = format!(
+                        "{line}\nmajority sha256 {}\nthis replica's sha256 {}\n",
+                        hex::encode(sha256),
+                        hex::encode(own)
+                    );
+                    // Its state now (the one that parted from the group's).
+                    let file = format!("diverged-at-{at}.snapshot");
+                    let job =
+                        crate::driver::evidence_job(self.object.clone(), dir.clone(), report, file);
+                    let _ = self.replica.submit(0, job);
+                }
+                tracing::error!("{}: {line}", self.object);
+                published.divergence = Some(line);
+                let _ = self.checks.repairs.send((at, agreeing.clone()));
+            }
+            CheckVerdict::NoMajority { groups } => {
+                let states: Vec<String> = groups
+                    .iter()
+                    .map(|(d, n)| format!("{} x{n}", short(d)))
+                    .collect();
+                self.logic.lock().expect("logic").divergence = Some(format!(
+                    "no majority at position {at}: the {members} replicas hold {} different \
+                     states ({}); stopped here rather than let it fork",
+                    groups.len(),
+                    states.join(", ")
+                ));
+            }
+        }
+    }
 }
 
 /// Apply every payload of `command` as one transaction: if the object refuses
@@ -331,6 +439,26 @@ fn apply_command(
     Ok(outcome)
 }
 
+/// Repair `group`'s replica, which diverged at position `at`, from a member
+/// that agreed ([`Group::repair`]), keeping the state it took as evidence.
+/// Returns the position the state is at and who sent it.
+async fn repair(
+    group: &Arc<ReplicaGroup>,
+    at: u64,
+    agreeing: &[String],
+    evidence: Option<&std::path::Path>,
+) -> Result<(u64, String), String> {
+    let (applied, from, body) = group.repair(at, agreeing).await?;
+    if let Some(dir) = evidence {
+        let file = format!("majority-at-{applied}.state");
+        let (object, dir) = (group.name().to_string(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            crate::driver::keep_evidence(&object, &dir, &file, &body)
+        });
+    }
+    Ok((applied, Peer::from(from).label()))
+}
+
 /// Where a node keeps durable groups, and how its groups are timed.
 #[derive(Debug, Clone)]
 pub struct VsyncSettings {
@@ -338,6 +466,8 @@ pub struct VsyncSettings {
     pub data_dir: PathBuf,
     /// Timing, snapshots, exclusion.
     pub group: GroupConfig,
+    /// Where diverged replicas keep their evidence (`None`: nowhere).
+    pub evidence: Option<PathBuf>,
 }
 
 /// How to join one vsync object.
@@ -355,6 +485,8 @@ pub struct VsyncJoin {
     pub grant: Option<Signed<Grant>>,
     /// The logic joined with and where newer logic comes from (live upgrades).
     pub evolution: Evolution,
+    /// Compare the replicas' states every this many log positions (0: never).
+    pub check_every: u64,
 }
 
 type ReplicaGroup = Group<ReplicaApp, QuicLink>;
@@ -447,6 +579,14 @@ impl VsyncNode {
         let notices = crate::group::Notices::default();
         let (cascade_tx, mut cascade_rx) = mpsc::channel(CASCADE_QUEUE);
         let published = Arc::new(Mutex::new(PublishedLogic::default()));
+        let (digest_tx, mut digest_rx) = mpsc::unbounded_channel();
+        let (repair_tx, mut repair_rx) = mpsc::unbounded_channel::<(u64, Vec<String>)>();
+        let evidence = self.settings.evidence.as_ref().map(|dir| {
+            dir.join(crate::runtime::recorder::replica_folder(
+                object,
+                &self.me().key.to_string(),
+            ))
+        });
         let app = ReplicaApp {
             object: object.to_string(),
             replica: replica.clone(),
@@ -455,6 +595,13 @@ impl VsyncNode {
             evolution: how.evolution.clone(),
             logic: published.clone(),
             adopted: None,
+            checks: ReplicaChecks {
+                every: how.check_every,
+                own: Default::default(),
+                digests: digest_tx,
+                repairs: repair_tx,
+                evidence: evidence.clone(),
+            },
         };
         let group = Group::start(
             object,
@@ -564,6 +711,48 @@ impl VsyncNode {
                 holder.release(bytes);
             }
         });
+        // This replica's digests at checked positions, ordered through the group.
+        let reporting = Arc::downgrade(&group);
+        tokio::spawn(async move {
+            while let Some((at, sha256)) = digest_rx.recv().await {
+                let Some(group) = reporting.upgrade() else {
+                    return;
+                };
+                if let Err(e) = group.submit_digest(at, sha256).await {
+                    tracing::debug!("vsync: the digest at position {at} was not ordered: {e}");
+                }
+            }
+        });
+        // A diverged replica takes the state of a member that agreed.
+        let repairing = Arc::downgrade(&group);
+        let (repair_notices, repaired_object) = (published.clone(), object.to_string());
+        let repair_replica = replica.clone();
+        tokio::spawn(async move {
+            while let Some((at, agreeing)) = repair_rx.recv().await {
+                let Some(group) = repairing.upgrade() else {
+                    return;
+                };
+                let outcome = repair(&group, at, &agreeing, evidence.as_deref()).await;
+                let mut published = repair_notices.lock().expect("logic");
+                let before = published.divergence.take().unwrap_or_default();
+                match outcome {
+                    Ok((position, from)) => {
+                        let line = format!("{before}; repaired at position {position} from {from}");
+                        tracing::warn!("{repaired_object}: {line}");
+                        published.divergence = Some(line);
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "{before}; could not be repaired ({e}): stopped here rather than \
+                             run on a state its group does not hold"
+                        );
+                        published.divergence = Some(reason.clone());
+                        drop(published);
+                        repair_replica.quarantine(&reason);
+                    }
+                }
+            }
+        });
         // A quarantined replica stops its group on this node: peers see a crash.
         let stopping = Arc::downgrade(&group);
         let quarantine_notices = notices.clone();
@@ -575,6 +764,10 @@ impl VsyncNode {
                     object = %quarantined_object,
                     "quarantined ({reason}): stopping its group on this node"
                 );
+                // A few heartbeats first: members learn what this one committed
+                // last (a check with no majority stops every replica alike only
+                // once each has applied it).
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 if let Some(group) = stopping.upgrade() {
                     group.stop().await;
                 }
@@ -859,9 +1052,19 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: self.replica.metrics().events_applied,
             refused: None,
-            logic: self.logic.lock().expect("logic").line.clone(),
-            ..GroupStatus::default()
+            ..self.published_status()
         })
+    }
+
+    /// What the group published of its logic and checks, as status fields.
+    fn published_status(&self) -> GroupStatus {
+        let published = self.logic.lock().expect("logic");
+        GroupStatus {
+            logic: published.line.clone(),
+            check: published.check.clone(),
+            divergence: published.divergence.clone(),
+            ..GroupStatus::default()
+        }
     }
 
     /// The methods of the logic it runs now, if a live upgrade (or a state of
@@ -896,8 +1099,7 @@ impl VsyncHandle {
             sequencer: self.group.is_leader(),
             events_applied: 0,
             refused: None,
-            logic: self.logic.lock().expect("logic").line.clone(),
-            ..GroupStatus::default()
+            ..self.published_status()
         };
         crate::driver::ObjectReport::from_status(&status, &self.replica.metrics())
     }

@@ -48,11 +48,27 @@
 //!   leaders and connections stay.
 //! - **Joiners** get the logic in force with the state: snapshots carry it, and a
 //!   member whose loaded logic is another version loads that one first.
+//!
+//! # Divergence checks: digests in the log
+//! Raft keeps the logs equal; a replica's state can still part from its group's
+//! (a non-deterministic host call, memory corrupted on one host). Every
+//! [`Application::check_every`] events, each replica takes its snapshot's
+//! SHA-256 after applying that event's position and writes it to the log as an
+//! [`Ordered::Digest`] entry. Applying those entries, every replica tallies the
+//! same reports in the same order, so all come to the same verdict:
+//! - once more than half the voters agree on a digest, the check is decided: a
+//!   replica whose own digest differs has diverged; it keeps its evidence and is
+//!   repaired by a state transfer from a member that agreed
+//!   ([`Machine::repair_from`]): its state, senders and logic are replaced by
+//!   that member's, and the entries up to that member's position are passed over
+//!   (their effects are in the state it took);
+//! - once every voter reported and no digest has a majority, every replica stops
+//!   the object alike ("no majority at position N"), rather than let it fork.
 
 use super::store;
 use super::types::{
-    Applied, Command, Entry, LogId, LogicChange, Member, Ordered, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Applied, Command, Entry, LogId, LogicChange, Member, Ordered, SnapshotMeta, StateDigest,
+    StorageError, StoredMembership, TypeConfig,
 };
 use crate::driver::{BoxFuture, LogicError, LogicInForce, RecordUse};
 use openraft::storage::RaftStateMachine;
@@ -136,7 +152,70 @@ pub trait Application: Send + 'static {
     fn stop(&mut self, reason: &str) {
         let _ = reason;
     }
+
+    /// Check the replicas' states every this many log positions (0: never).
+    fn check_every(&self) -> u64 {
+        0
+    }
+
+    /// Take this replica's digest after log position `at` (a checked position)
+    /// and report it to the group, without waiting for it to be ordered.
+    fn checkpoint(&mut self, at: u64) {
+        let _ = at;
+    }
+
+    /// The group's verdict on a check, from the digests in the log: the same
+    /// at every replica. (On no majority, the machine stops after this.)
+    fn checked(&mut self, outcome: &CheckOutcome) {
+        let _ = outcome;
+    }
+
+    /// A repair installed a state holding every entry up to `through`.
+    fn repaired(&mut self, through: u64) {
+        let _ = through;
+    }
 }
+
+/// The group's verdict on the check of its replicas' states at one position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// The position checked.
+    pub at: u64,
+    /// The voters when it was decided.
+    pub members: usize,
+    /// What they hold.
+    pub verdict: CheckVerdict,
+}
+
+/// What the voters' digests said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckVerdict {
+    /// More than half of them agree on `sha256`: these members (keys, hex).
+    Majority {
+        /// The majority's digest.
+        sha256: [u8; 32],
+        /// Who reported it.
+        agreeing: Vec<String>,
+    },
+    /// Every voter reported; no digest has a majority (digest, how many).
+    NoMajority {
+        /// The different states and how many hold each.
+        groups: Vec<([u8; 32], usize)>,
+    },
+}
+
+/// The checks under way and decided (replicated: part of snapshots).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Checks {
+    /// Digests reported per position not decided yet, by member.
+    reported: BTreeMap<u64, BTreeMap<String, [u8; 32]>>,
+    /// Recent positions decided.
+    decided: BTreeSet<u64>,
+}
+
+/// Positions kept in [`Checks`] (older ones are dropped: a member that never
+/// reports cannot make them grow).
+const CHECKS_KEPT: usize = 16;
 
 /// What a live upgrade did at one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +292,11 @@ struct SnapshotBody {
     senders: BTreeMap<SenderKey, SenderProgress>,
     /// The logic `app` belongs to (`None`: a group with no logic entry yet).
     logic: Option<LogicInForce>,
+    /// The divergence checks under way.
+    checks: Checks,
+    /// Event entries applied so far: checks fall every so many of them (not
+    /// every so many positions, which the digests themselves would fill).
+    events: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -237,6 +321,13 @@ pub struct MachineState<A> {
     /// Why this member stopped following its group (a logic entry it could not
     /// apply): no snapshot is taken after that, lest it claim the entry.
     failed: Option<String>,
+    /// The divergence checks under way.
+    checks: Checks,
+    /// Event entries applied (see [`SnapshotBody::events`]).
+    events: u64,
+    /// Entries up to this position are passed over: a repair installed a state
+    /// that already holds them.
+    repaired_through: u64,
 }
 
 impl<A> MachineState<A> {
@@ -333,6 +424,9 @@ impl<A: Application> Machine<A> {
             disk,
             logic: None,
             failed: None,
+            checks: Checks::default(),
+            events: 0,
+            repaired_through: 0,
         };
         if let (Some(s), Some(body)) = (stored, body) {
             state.app.restore(Some(&body.app))?;
@@ -344,6 +438,8 @@ impl<A: Application> Machine<A> {
                 state.app.logic_changed(logic);
             }
             state.logic = body.logic;
+            state.checks = body.checks;
+            state.events = body.events;
         }
         Ok(Machine {
             state: Arc::new(Mutex::new(state)),
@@ -365,13 +461,32 @@ fn change_of(logic: &LogicInForce) -> LogicChange {
 }
 
 impl<A: Application> MachineState<A> {
-    /// Apply a blank, event or membership entry.
+    /// Apply a blank, event, digest or membership entry.
     fn apply_entry(&mut self, log_id: LogId, payload: EntryPayload<TypeConfig>) -> Applied {
         match payload {
             EntryPayload::Blank => Applied::Internal,
-            EntryPayload::Normal(Ordered::Event(command)) => self.apply_command(log_id, &command),
+            EntryPayload::Normal(Ordered::Event(command)) => {
+                let applied = self.apply_command(log_id, &command);
+                self.events += 1;
+                let every = self.app.check_every();
+                if every > 0 && self.events.is_multiple_of(every) {
+                    self.app.checkpoint(log_id.index);
+                }
+                applied
+            }
             EntryPayload::Normal(Ordered::Logic(_)) => {
                 unreachable!("logic entries are applied by Machine::switch_logic")
+            }
+            EntryPayload::Normal(Ordered::Digest(digest)) => {
+                if let Err(reason) = self.digest_reported(digest) {
+                    // Every replica stops the object at this entry. The group
+                    // itself goes on a moment (the host stops it after a
+                    // grace), so that members that have not learned this entry
+                    // is committed still do, and stop too.
+                    tracing::error!("vsync: {reason}");
+                    self.app.stop(&reason);
+                }
+                Applied::Internal
             }
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(log_id), m);
@@ -380,6 +495,116 @@ impl<A: Application> MachineState<A> {
                 Applied::Internal
             }
         }
+    }
+
+    /// An entry a repair's state already holds: only what openraft and the
+    /// callers waiting on it need (the membership; a command's outcome, as its
+    /// sender's record in that state says).
+    fn pass_over(&mut self, log_id: LogId, payload: EntryPayload<TypeConfig>) -> Applied {
+        match payload {
+            EntryPayload::Normal(Ordered::Event(command)) => {
+                let key = (command.sender.clone(), command.boot);
+                let refused = self
+                    .senders
+                    .get(&key)
+                    .and_then(|p| p.refused.get(&command.seq));
+                match refused {
+                    Some(reason) => Applied::Refused(reason.clone()),
+                    None => Applied::Duplicate,
+                }
+            }
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(log_id), m);
+                Applied::Internal
+            }
+            _ => Applied::Internal,
+        }
+    }
+
+    /// A member's digest at a checked position: tally it with the others', and
+    /// decide once more than half the voters agree, or all reported.
+    fn digest_reported(&mut self, digest: StateDigest) -> Result<(), String> {
+        let voters: Vec<String> = view_of(&self.membership, 0)
+            .members
+            .iter()
+            .map(|m| m.key.to_string())
+            .collect();
+        let at = digest.at;
+        if !voters.contains(&digest.member) || self.checks.decided.contains(&at) {
+            return Ok(());
+        }
+        let reports = self.checks.reported.entry(at).or_default();
+        reports.insert(digest.member, digest.sha256);
+        let mut tally: BTreeMap<[u8; 32], Vec<String>> = BTreeMap::new();
+        for (member, sha256) in reports.iter().filter(|(m, _)| voters.contains(m)) {
+            tally.entry(*sha256).or_default().push(member.clone());
+        }
+        let reported: usize = tally.values().map(Vec::len).sum();
+        let members = voters.len();
+        let verdict = match tally
+            .iter()
+            .find(|(_, agreeing)| agreeing.len() * 2 > members)
+        {
+            Some((sha256, agreeing)) => CheckVerdict::Majority {
+                sha256: *sha256,
+                agreeing: agreeing.clone(),
+            },
+            None if reported == members => CheckVerdict::NoMajority {
+                groups: tally.iter().map(|(d, a)| (*d, a.len())).collect(),
+            },
+            None => return Ok(()),
+        };
+        self.checks.reported.remove(&at);
+        self.checks.decided.insert(at);
+        while self.checks.decided.len() > CHECKS_KEPT {
+            self.checks.decided.pop_first();
+        }
+        while self.checks.reported.len() > CHECKS_KEPT {
+            self.checks.reported.pop_first();
+        }
+        let outcome = CheckOutcome {
+            at,
+            members,
+            verdict,
+        };
+        self.app.checked(&outcome);
+        match outcome.verdict {
+            CheckVerdict::Majority { .. } => Ok(()),
+            CheckVerdict::NoMajority { groups } => Err(format!(
+                "no majority at position {at}: the {members} replicas hold {} different \
+                 states ({}); stopped here rather than let it fork",
+                groups.len(),
+                groups
+                    .iter()
+                    .map(|(d, n)| format!("{} x{n}", hex::encode(&d[..6])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Whether the entries a repair's state holds have all come (so the state
+    /// and `last_applied` agree again).
+    fn caught_up(&self) -> bool {
+        self.last_applied.map_or(0, |l| l.index) >= self.repaired_through
+    }
+
+    /// The state's snapshot body (postcard), as snapshots and repairs carry it.
+    fn body(&mut self) -> Result<Vec<u8>, String> {
+        if let Some(reason) = &self.failed {
+            return Err(format!("no snapshot: {reason}"));
+        }
+        if !self.caught_up() {
+            return Err("no snapshot: still passing over the entries a repair covered".into());
+        }
+        let body = SnapshotBody {
+            app: self.app.snapshot(),
+            senders: self.senders.clone(),
+            logic: self.logic.clone(),
+            checks: self.checks.clone(),
+            events: self.events,
+        };
+        postcard::to_allocvec(&body).map_err(|e| e.to_string())
     }
 
     fn apply_command(&mut self, log_id: LogId, command: &Command) -> Applied {
@@ -514,6 +739,58 @@ impl<A: Application> MachineState<A> {
 }
 
 impl<A: Application> Machine<A> {
+    /// This replica's state for a member that diverged: the position it
+    /// applied up to (at least `at_least`) and its snapshot body.
+    pub fn state_for_repair(&self, at_least: u64) -> Result<(LogId, Vec<u8>), String> {
+        let mut s = self.state.lock().map_err(|e| e.to_string())?;
+        let Some(applied) = s.last_applied.filter(|l| l.index >= at_least) else {
+            return Err(format!(
+                "this member has not applied position {at_least} yet"
+            ));
+        };
+        Ok((applied, s.body()?))
+    }
+
+    /// Replace this replica's state with `body`, a member's state after
+    /// position `applied` (which must not be behind this replica's): entries
+    /// up to there are passed over when they come (see the module docs).
+    pub async fn repair_from(&self, applied: LogId, body: &[u8]) -> Result<(), String> {
+        let body: SnapshotBody = postcard::from_bytes(body)
+            .map_err(|e| format!("the state sent does not decode: {e}"))?;
+        let preparing = {
+            let s = self.state.lock().map_err(|e| e.to_string())?;
+            body.logic
+                .as_ref()
+                .filter(|l| l.version != s.app.running())
+                .map(|l| s.app.prepare_logic(&change_of(l), RecordUse::InForce))
+        };
+        let loaded = match preparing {
+            Some(preparing) => Some(preparing.await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let mut s = self.state.lock().map_err(|e| e.to_string())?;
+        if s.last_applied.is_some_and(|l| l.index > applied.index) {
+            return Err(format!(
+                "the state sent is at position {}, behind this replica's",
+                applied.index
+            ));
+        }
+        if let Some(loaded) = loaded {
+            s.app.adopt(loaded)?;
+        }
+        s.app.restore(Some(&body.app))?;
+        s.senders = body.senders;
+        if let Some(logic) = &body.logic {
+            s.app.logic_changed(logic);
+        }
+        s.logic = body.logic;
+        s.checks = body.checks;
+        s.events = body.events;
+        s.repaired_through = applied.index;
+        s.app.repaired(applied.index);
+        Ok(())
+    }
+
     /// Apply a logic entry: get its logic ready outside the lock, then found or
     /// switch in log order. A host that cannot follow stops (an error to openraft).
     async fn switch_logic(
@@ -524,6 +801,7 @@ impl<A: Application> Machine<A> {
         let preparing = {
             let s = self.state.lock().map_err(sm_error)?;
             match &s.logic {
+                _ if log_id.index <= s.repaired_through => None,
                 Some(logic) if change.version <= logic.newest() => None,
                 None if change.version == s.app.running() || s.has_events() => None,
                 None => Some(s.app.prepare_logic(&change, RecordUse::InForce)),
@@ -536,6 +814,11 @@ impl<A: Application> Machine<A> {
         };
         let mut s = self.state.lock().map_err(sm_error)?;
         let index = log_id.index;
+        if index <= s.repaired_through {
+            // A repair installed a state that holds this entry meanwhile.
+            s.last_applied = Some(log_id);
+            return Ok(Applied::Internal);
+        }
         let outcome = match (&s.logic, loaded) {
             (None, loaded) => s.found_logic(index, change, loaded),
             (Some(logic), None) => Ok(Applied::Refused(format!(
@@ -562,16 +845,14 @@ impl<A: Application> Machine<A> {
 
 impl<A: Application> RaftSnapshotBuilder<TypeConfig> for Machine<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let mut s = self.state.lock().map_err(sm_error)?;
-        if let Some(reason) = &s.failed {
-            return Err(sm_error(format!("no snapshot: {reason}")));
+        // After a repair the state is ahead of `last_applied` until the entries
+        // it holds have come (they are committed: soon). openraft builds in a
+        // task of its own and stops on an error, so wait here instead.
+        while !self.state.lock().map_err(sm_error)?.caught_up() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let body = SnapshotBody {
-            app: s.app.snapshot(),
-            senders: s.senders.clone(),
-            logic: s.logic.clone(),
-        };
-        let data = postcard::to_allocvec(&body).map_err(sm_error)?;
+        let mut s = self.state.lock().map_err(sm_error)?;
+        let data = s.body().map_err(sm_error)?;
         s.snapshots += 1;
         let meta = SnapshotMeta {
             last_log_id: s.last_applied,
@@ -618,10 +899,16 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
                 EntryPayload::Normal(Ordered::Logic(change)) => {
                     self.switch_logic(log_id, change).await?
                 }
+                // Under one lock with the check: a repair may come in between
+                // any two entries, never within one.
                 payload => {
                     let mut s = self.state.lock().map_err(sm_error)?;
                     s.last_applied = Some(log_id);
-                    s.apply_entry(log_id, payload)
+                    if log_id.index <= s.repaired_through {
+                        s.pass_over(log_id, payload)
+                    } else {
+                        s.apply_entry(log_id, payload)
+                    }
                 }
             };
             out.push(applied);
@@ -673,11 +960,15 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
         s.app.restore(Some(&body.app)).map_err(sm_error)?;
         s.senders = body.senders;
         s.last_applied = meta.last_log_id;
+        // This state replaces any a repair installed: what follows it applies.
+        s.repaired_through = 0;
         s.membership = meta.last_membership.clone();
         if let Some(logic) = &body.logic {
             s.app.logic_changed(logic);
         }
         s.logic = body.logic;
+        s.checks = body.checks;
+        s.events = body.events;
         let view = view_of(
             &s.membership,
             meta.last_log_id.map(|l| l.index).unwrap_or(0),

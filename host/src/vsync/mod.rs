@@ -50,6 +50,10 @@
 //! - **Live upgrade**: the object's logic is named by logic entries in the log
 //!   (the founder's first, then one per upgrade its leader orders), so every
 //!   replica switches at the same position, or aborts alike; see [`machine`].
+//! - **Divergence checks**: replicas write digests of their states to the log
+//!   every so many events; every replica tallies them alike, a replica that
+//!   parted from the majority is repaired from a member that agreed, and with
+//!   no majority every replica stops the object; see [`machine`].
 //!
 //! Partitions: only a side with a majority can elect a leader and commit, so two
 //! sides never diverge (what the `mesh` driver does not promise).

@@ -30,6 +30,11 @@ pub struct VsyncArgs {
     pub vsync_snapshot_every: u64,
 }
 
+/// How often a node's vsync objects compare their replicas' states, in log
+/// positions, unless their record says otherwise (`--driver-opt check-every=N`,
+/// 0: never).
+pub const DEFAULT_CHECK_EVERY: u64 = 1000;
+
 /// The vsync driver of a node.
 pub struct VsyncDriver {
     node: VsyncNode,
@@ -59,6 +64,7 @@ impl VsyncDriver {
                     snapshot_every: args.vsync_snapshot_every.max(1),
                     ..GroupConfig::default()
                 },
+                evidence: Some(data_dir.join("divergence")),
             },
         )
         .map_err(|e| format!("cannot start vsync on {}: {e}", args.vsync_listen))?;
@@ -88,6 +94,12 @@ impl Driver for VsyncDriver {
                     seeds.push(*extra);
                 }
             }
+            let check_every = crate::join::check_every_option(record)
+                .map_err(|reason| JoinError::Type {
+                    name: request.name.to_string(),
+                    reason,
+                })?
+                .unwrap_or(DEFAULT_CHECK_EVERY);
             let how = VsyncJoin {
                 seeds,
                 found_if_alone: request.options.found_if_alone,
@@ -99,6 +111,7 @@ impl Driver for VsyncDriver {
                     poll_every: self.upgrade_poll,
                     ..Evolution::starting_with(&request.prepared.verified)
                 },
+                check_every,
             };
             let budgets = crate::join::budgets_for(request.runtime, request.name, record)?;
             let handle = self

@@ -93,6 +93,20 @@ pub enum Ordered {
     /// the group's first such entry names the logic it was founded with, every
     /// later one is a live upgrade (see [`super::machine`]).
     Logic(LogicChange),
+    /// A member's digest of its replica's state at a checked position (see
+    /// [`super::machine`]'s divergence checks).
+    Digest(StateDigest),
+}
+
+/// What a member reports of its state at a checked position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    /// The member (its key, hex).
+    pub member: String,
+    /// The log position after which it took the snapshot.
+    pub at: u64,
+    /// SHA-256 of its replica's snapshot there.
+    pub sha256: [u8; 32],
 }
 
 /// A version of the object's logic, as a [`Ordered::Logic`] entry names it.

@@ -1,13 +1,15 @@
-//! Real processes: three `lo node`s run a mesh object that checks its replicas'
-//! states every few positions (`--driver-opt check-every=N`). One replica is
-//! corrupted on purpose; the next check finds it, it keeps its evidence, is
-//! repaired from the majority by state transfer, and `lo status` says so. Two
-//! replicas that differ with no majority stop the object at both, with the reason.
+//! Real processes: three `lo node`s run an object, on the mesh and on vsync,
+//! that checks its replicas' states every few positions (`--driver-opt
+//! check-every=N`). One replica is corrupted on purpose; the next check finds
+//! it, it keeps its evidence, is repaired from the majority by state transfer,
+//! and `lo status` says so. Two replicas that differ with no majority stop the
+//! object at both, with the reason.
 
 use crate::common::{Home, eventually};
 use crate::node::{
-    control, directory_with_acme_zone, join_at, object_status as status, start_node_with,
+    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_on,
 };
+use crate::vsync_processes::free_udp_port;
 
 const REPAIRED: &str = "lo://acme/tests/repaired";
 const SPLIT: &str = "lo://acme/tests/split";
@@ -15,16 +17,23 @@ const SPLIT: &str = "lo://acme/tests/split";
 fn publish_checked(
     home: &Home,
     directory: &crate::common::DirectoryProcess,
+    driver: Driver,
     name: &str,
     seed: &str,
     every: u64,
 ) {
     let acme_key = home.path("acme.key");
+    let driver = match driver {
+        Driver::Mesh => "mesh",
+        Driver::Vsync => "vsync",
+    };
     home.ok_owned(directory.args(&[
         "publish",
         liveobjects_objects::HOSTILE,
         "--name",
         name,
+        "--driver",
+        driver,
         "--reliability",
         "total-order",
         "--driver-opt",
@@ -70,18 +79,27 @@ fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_corrupted_replica_is_found_repaired_and_reported_and_a_split_stops_the_object() {
+fn a_corrupted_mesh_replica_is_found_repaired_and_reported_and_a_split_stops_the_object() {
+    corrupted_replica_repaired_and_split_stopped(Driver::Mesh);
+}
+
+#[test]
+fn a_corrupted_vsync_replica_is_found_repaired_and_reported_and_a_split_stops_the_object() {
+    corrupted_replica_repaired_and_split_stopped(Driver::Vsync);
+}
+
+fn corrupted_replica_repaired_and_split_stopped(driver: Driver) {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
     let mut nodes = Vec::new();
     let mut seeds = Vec::new();
     for n in 1..=3 {
-        let (node, seed) = start_node_with(&home, n, &directory.addr, &directory.root, &[], &[]);
+        let (node, seed) = start_on(&home, &directory, driver, n, &[], free_udp_port());
         nodes.push(node);
         seeds.push(seed);
     }
     let key = |n: usize| seeds[n - 1].split('@').next().unwrap().to_string();
-    publish_checked(&home, &directory, REPAIRED, &seeds[0], 4);
+    publish_checked(&home, &directory, driver, REPAIRED, &seeds[0], 4);
     for n in 1..=3 {
         join_at(&home, n, REPAIRED, n == 1);
     }
@@ -145,7 +163,7 @@ fn a_corrupted_replica_is_found_repaired_and_reported_and_a_split_stops_the_obje
     });
 
     // Two replicas, each its own state: nobody has a majority, both stop.
-    publish_checked(&home, &directory, SPLIT, &seeds[0], 2);
+    publish_checked(&home, &directory, driver, SPLIT, &seeds[0], 2);
     join_at(&home, 1, SPLIT, true);
     join_at(&home, 2, SPLIT, false);
     home.ok(&["call", SPLIT, "diverge", "--control", &control(&home, 1)]);

@@ -47,6 +47,39 @@ pub(crate) fn start_node_with(
     (daemon, seed)
 }
 
+/// The driver a process test runs its object on.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Driver {
+    /// `mesh`.
+    Mesh,
+    /// `vsync`.
+    Vsync,
+}
+
+/// Start node `n` with `extra` arguments, its vsync endpoint on `vsync_port`
+/// (snapshots every 60 positions); returns it and its seed for `driver`.
+pub(crate) fn start_on(
+    home: &Home,
+    directory: &DirectoryProcess,
+    driver: Driver,
+    n: usize,
+    extra: &[&str],
+    vsync_port: u16,
+) -> (Daemon, String) {
+    let vsync = format!("127.0.0.1:{vsync_port}");
+    let mut args = vec!["--vsync-listen", &vsync, "--vsync-snapshot-every", "60"];
+    args.extend(extra);
+    let (node, mesh_seed) = start_node_with(home, n, &directory.addr, &directory.root, &args, &[]);
+    let seed = match driver {
+        Driver::Mesh => mesh_seed,
+        Driver::Vsync => {
+            let key = mesh_seed.split_once('@').unwrap().0;
+            format!("{key}@{vsync}")
+        }
+    };
+    (node, seed)
+}
+
 /// Start node `n` gossiping on a free loopback port, through `gossip_seed` if
 /// given. Returns it, its mesh seed (KEY@ADDR) and its gossip address.
 fn start_gossip_node(

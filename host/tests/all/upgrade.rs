@@ -9,7 +9,7 @@
 
 use crate::common::{DirectoryProcess, Home, eventually};
 use crate::node::{
-    control, directory_with_acme_zone, join_at, object_status as status, start_node_with,
+    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_on,
 };
 use crate::vsync_processes::free_udp_port;
 use std::sync::Arc;
@@ -18,13 +18,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const COUNTER: &str = "lo://acme/tests/upgraded";
-
-/// The driver a run upgrades on.
-#[derive(Clone, Copy, PartialEq)]
-enum Driver {
-    Mesh,
-    Vsync,
-}
 
 /// `lo publish LOGIC` over the counter's record (seeded with `seeds`): what it
 /// said.
@@ -123,37 +116,6 @@ fn a_durable_vsync_counter_is_upgraded_live_under_calls_and_replays_across_upgra
     upgrade_under_calls(Driver::Vsync);
 }
 
-/// Start node `n` (its vsync endpoint on `vsync_port`), looking for newer
-/// records every `poll` seconds; returns it and its seed for `driver`.
-fn start(
-    home: &Home,
-    directory: &DirectoryProcess,
-    driver: Driver,
-    n: usize,
-    poll: &str,
-    vsync_port: u16,
-) -> (crate::common::Daemon, String) {
-    let vsync = format!("127.0.0.1:{vsync_port}");
-    let args = [
-        "--upgrade-poll",
-        poll,
-        "--vsync-listen",
-        &vsync,
-        // Snapshots (with the logic they belong to) during the run.
-        "--vsync-snapshot-every",
-        "60",
-    ];
-    let (node, mesh_seed) = start_node_with(home, n, &directory.addr, &directory.root, &args, &[]);
-    let seed = match driver {
-        Driver::Mesh => mesh_seed,
-        Driver::Vsync => {
-            let key = mesh_seed.split_once('@').unwrap().0;
-            format!("{key}@{vsync}")
-        }
-    };
-    (node, seed)
-}
-
 fn upgrade_under_calls(driver: Driver) {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
@@ -165,7 +127,14 @@ fn upgrade_under_calls(driver: Driver) {
     let mut nodes = Vec::new();
     let mut seeds = Vec::new();
     for (n, port) in ports.iter().enumerate().skip(1) {
-        let (node, seed) = start(&home, &directory, driver, n, polls(n), *port);
+        let (node, seed) = start_on(
+            &home,
+            &directory,
+            driver,
+            n,
+            &["--upgrade-poll", polls(n)],
+            *port,
+        );
         nodes.push(node);
         seeds.push(seed);
     }
@@ -336,7 +305,14 @@ fn upgrade_under_calls(driver: Driver) {
         // the newest record (version 3's) loaded when it starts.
         nodes[1].kill9();
         home.ok(&["call", COUNTER, "add", "5", "--control", &control(&home, 3)]);
-        let (node, _) = start(&home, &directory, driver, 2, polls(2), ports[2]);
+        let (node, _) = start_on(
+            &home,
+            &directory,
+            driver,
+            2,
+            &["--upgrade-poll", polls(2)],
+            ports[2],
+        );
         nodes[1] = node;
         join_at(&home, 2, COUNTER, false);
         eventually(30, "the restarted member agrees again", || {
@@ -364,7 +340,14 @@ fn a_vsync_joiner_replays_logic_signed_by_a_zone_key_rolled_over_since() {
     let mut nodes = Vec::new();
     let mut seeds = Vec::new();
     for (n, port) in ports.iter().enumerate().skip(1) {
-        let (node, seed) = start(&home, &directory, Driver::Vsync, n, "1", *port);
+        let (node, seed) = start_on(
+            &home,
+            &directory,
+            Driver::Vsync,
+            n,
+            &["--upgrade-poll", "1"],
+            *port,
+        );
         nodes.push(node);
         seeds.push(seed);
     }

@@ -34,6 +34,7 @@ fn host() -> Host {
                 exclude_after: Duration::from_secs(2),
                 ..GroupConfig::default()
             },
+            evidence: None,
         },
     )
     .unwrap();
@@ -48,6 +49,7 @@ fn how(seeds: Vec<Peer>, found: bool, policy: AccessPolicy) -> VsyncJoin {
         policy,
         grant: None,
         evolution: Default::default(),
+        check_every: 0,
     }
 }
 

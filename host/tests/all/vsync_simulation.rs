@@ -13,6 +13,11 @@
 //! newest record would; the model's replica notes the version of the logic
 //! that applied each command, and the version its state was migrated to.
 //!
+//! Divergence checks run too (every 3 events): now and then one live replica's
+//! state is corrupted on purpose; the checks must find it and repair it from a
+//! member that agreed, so that the final states still agree, and never find a
+//! check without a majority.
+//!
 //! The fault schedule and workload derive from the seed (`VSYNC_SEED=n` replays
 //! one schedule); openraft's election jitter comes from its own random source, so
 //! a replay follows the same faults, not always the same elections. A failure
@@ -28,7 +33,9 @@ use liveobjects_directory::keys::PublicKey;
 use liveobjects_directory::record::AccessPolicy;
 use liveobjects_host::driver::{BoxFuture, LogicError, RecordUse};
 use liveobjects_host::vsync::group::{Group, GroupConfig, GroupFailure, Link, Reply, Rpc};
-use liveobjects_host::vsync::machine::{Application, GroupView, Switched};
+use liveobjects_host::vsync::machine::{
+    Application, CheckOutcome, CheckVerdict, GroupView, Switched,
+};
 use liveobjects_host::vsync::store::LogStore;
 use liveobjects_host::vsync::types::{Applied, Command, LogicChange, Member, node_id};
 use serde::{Deserialize, Serialize};
@@ -79,6 +86,19 @@ struct Trace {
     mismatches: Vec<String>,
     /// Logic entries whose record was refused here.
     records_refused: usize,
+    /// Digests taken, waiting for the node's upkeep to order them.
+    digests: Vec<(u64, [u8; 32])>,
+    /// Repairs to run: the position and the members that agreed.
+    repairs: Vec<(u64, Vec<String>)>,
+    /// Checks this replica agreed with; divergences found here; repairs done.
+    agreed: usize,
+    diverged: usize,
+    repaired: usize,
+    /// Positions whose check had no majority.
+    no_majority: Vec<u64>,
+    /// (position, digest, whether the state held the forged command) of every
+    /// digest taken here: the ground truth the verdicts are checked against.
+    taken: Vec<(u64, [u8; 32], bool)>,
 }
 
 /// The replicated model: the ordered list of commands applied (its snapshot is
@@ -96,6 +116,25 @@ struct ModelApp {
     trace: Arc<Mutex<Trace>>,
     /// The version of the logic loaded.
     running: u64,
+    /// This replica's digests at checked positions.
+    own: BTreeMap<u64, [u8; 32]>,
+}
+
+/// Events between divergence checks in the simulation.
+const CHECK_EVERY: u64 = 3;
+
+/// A digest of a model state (FNV-1a of its encoding, spread over 32 bytes).
+fn digest_of(state: &ModelState) -> [u8; 32] {
+    let bytes = postcard::to_allocvec(state).unwrap();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&hash.to_le_bytes());
+    }
+    out
 }
 
 /// Every third version's logic refuses to take over the state.
@@ -210,6 +249,38 @@ impl Application for ModelApp {
         self.state.version = version;
         Switched::Done
     }
+
+    fn check_every(&self) -> u64 {
+        CHECK_EVERY
+    }
+
+    fn checkpoint(&mut self, at: u64) {
+        let digest = digest_of(&self.state);
+        self.own.insert(at, digest);
+        let forged = self.state.applied.iter().any(|(index, _)| *index == 0);
+        let mut trace = self.trace.lock().unwrap();
+        trace.digests.push((at, digest));
+        trace.taken.push((at, digest, forged));
+    }
+
+    fn checked(&mut self, outcome: &CheckOutcome) {
+        let mut trace = self.trace.lock().unwrap();
+        match &outcome.verdict {
+            CheckVerdict::Majority { sha256, agreeing } => match self.own.get(&outcome.at) {
+                Some(own) if own == sha256 => trace.agreed += 1,
+                Some(_) => {
+                    trace.diverged += 1;
+                    trace.repairs.push((outcome.at, agreeing.clone()));
+                }
+                None => {}
+            },
+            CheckVerdict::NoMajority { .. } => trace.no_majority.push(outcome.at),
+        }
+    }
+
+    fn repaired(&mut self, through: u64) {
+        self.own.retain(|at, _| *at > through);
+    }
 }
 
 type SimGroup = Group<ModelApp, SimLink>;
@@ -317,6 +388,7 @@ struct FaultCount {
     joins: u64,
     upgrades: u64,
     proposers_crashed: u64,
+    corruptions: u64,
 }
 
 fn member(i: u64) -> Member {
@@ -389,6 +461,7 @@ impl Cluster {
             state: ModelState::default(),
             trace: trace.clone(),
             running: self.newest,
+            own: BTreeMap::new(),
         };
         let link = SimLink {
             me: m,
@@ -426,8 +499,42 @@ impl Cluster {
         for i in self.live() {
             if let Some(g) = self.group(i) {
                 // Each member's own task, as in the host.
-                tokio::spawn(async move { g.tick().await });
+                let upkeep = g.clone();
+                tokio::spawn(async move { upkeep.tick().await });
+                // Its digests and repairs, as the host's tasks do them.
+                let trace = self.nodes[&i].2.clone();
+                let (digests, repairs) = {
+                    let mut t = trace.lock().unwrap();
+                    (
+                        std::mem::take(&mut t.digests),
+                        std::mem::take(&mut t.repairs),
+                    )
+                };
+                for (at, sha256) in digests {
+                    let g = g.clone();
+                    tokio::spawn(async move {
+                        let _ = g.submit_digest(at, sha256).await;
+                    });
+                }
+                for (at, agreeing) in repairs {
+                    let (g, trace) = (g.clone(), trace.clone());
+                    tokio::spawn(async move {
+                        if g.repair(at, &agreeing).await.is_ok() {
+                            trace.lock().unwrap().repaired += 1;
+                        }
+                    });
+                }
             }
+        }
+    }
+
+    /// Corrupt node `i`'s replica: its state gains a command nobody sent.
+    fn corrupt(&mut self, i: u64) {
+        if let Some(g) = self.group(i) {
+            let forged = (0, u64::MAX - i);
+            let machine = g.machine().state();
+            machine.lock().unwrap().app.state.applied.push(forged);
+            self.faults.corruptions += 1;
         }
     }
 
@@ -585,7 +692,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
     let mut next_id: CommandId = 1;
     let mut next_node = NODES;
     // Safety phase: 30 s of faults and load.
-    for _tick in 0..60 {
+    for tick in 0..60 {
         for _ in 0..4 {
             let live = c.live();
             let at = live[rng.below(live.len() as u64) as usize];
@@ -653,6 +760,22 @@ async fn scenario(seed: u64, durable: bool) -> Run {
                     }
                 }
             }
+            // One replica at a time (two corrupted alike could tie a group of
+            // four): once per run.
+            10 if tick < 40 && c.faults.corruptions == 0 => {
+                // A follower's: a corrupted leader would pass its state on in
+                // the snapshots it sends before a check finds it (which the
+                // verdict check allows for, but it stops the object).
+                let followers: Vec<u64> = c
+                    .live()
+                    .into_iter()
+                    .filter(|i| c.group(*i).is_some_and(|g| !g.is_leader()))
+                    .collect();
+                if !followers.is_empty() {
+                    let victim = followers[rng.below(followers.len() as u64) as usize];
+                    c.corrupt(victim);
+                }
+            }
             7 if durable && rng.chance(30) => {
                 // The whole group crashes, then comes back.
                 for i in c.live() {
@@ -698,6 +821,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         c.submit(i, id);
     }
     let mut converged = false;
+    let mut rounds = 0;
     for _ in 0..120 {
         c.tick().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -708,8 +832,25 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         let voters = c.voters();
         let indexes: BTreeSet<u64> = voters.iter().map(|i| c.applied_index(*i)).collect();
         if done && indexes.len() == 1 && !voters.is_empty() {
-            converged = true;
-            break;
+            // A replica corrupted while cut off is found at a check after it
+            // caught up: more events bring more checks (a few rounds at most).
+            let states: BTreeSet<Vec<(u64, CommandId)>> =
+                voters.iter().map(|i| c.state(*i).applied).collect();
+            if states.len() == 1 || rounds == 5 {
+                converged = true;
+                break;
+            }
+            rounds += 1;
+            for &i in &voters {
+                for _ in 0..CHECK_EVERY {
+                    while refused_by_object(next_id) {
+                        next_id += 1;
+                    }
+                    c.submit(i, next_id);
+                    finale.push((i, next_id));
+                    next_id += 1;
+                }
+            }
         }
     }
     if !converged {
@@ -899,6 +1040,32 @@ fn check_logic_agreement(run: &Run) -> Result<(), String> {
     Ok(())
 }
 
+/// Check verdicts: a check had no majority only where the forged command had
+/// reached half the replicas that reported (a leader that holds it can pass it
+/// on in a snapshot before a check finds it), never between clean states.
+fn check_verdicts(run: &Run) -> Result<(), String> {
+    let mut taken: BTreeMap<u64, BTreeSet<([u8; 32], bool)>> = BTreeMap::new();
+    let mut split: BTreeSet<u64> = BTreeSet::new();
+    for trace in run.traces.values() {
+        let t = trace.lock().unwrap();
+        for (at, digest, forged) in &t.taken {
+            taken.entry(*at).or_default().insert((*digest, *forged));
+        }
+        split.extend(t.no_majority.iter().copied());
+    }
+    for at in split {
+        let states = &taken[&at];
+        let clean: BTreeSet<_> = states.iter().filter(|(_, f)| !f).collect();
+        if clean.len() > 1 {
+            return Err(format!("position {at}: clean replicas disagree: {clean:?}"));
+        }
+        if states.iter().all(|(_, forged)| !forged) {
+            return Err(format!("position {at}: no majority among clean states"));
+        }
+    }
+    Ok(())
+}
+
 /// Durability: every command a client saw committed is in every final replica,
 /// every command refused is in none, and all final replicas are identical.
 fn check_durability(run: &Run) -> Result<(), String> {
@@ -943,6 +1110,9 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     let mut refused = 0;
     let mut faults = FaultCount::default();
     let (mut switched, mut aborted, mut records_refused) = (0, 0, 0);
+    let (mut agreed, mut diverged, mut repaired, mut no_majority) = (0, 0, 0, 0);
+    let mut stopped_runs = 0;
+    let runs = seeds.len();
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -961,7 +1131,12 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             switched += t.switched.len();
             aborted += t.aborted.len();
             records_refused += t.records_refused;
+            agreed += t.agreed;
+            diverged += t.diverged;
+            repaired += t.repaired;
+            no_majority += t.no_majority.len();
         }
+        faults.corruptions += run.faults.corruptions;
         committed += run
             .outcomes
             .values()
@@ -972,12 +1147,24 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             .values()
             .filter(|o| **o == Outcome::Refused)
             .count();
+        // A check with no majority stops the object everywhere in the host
+        // (the model replica goes on): its final states are not compared.
+        let stopped = run
+            .traces
+            .values()
+            .any(|t| !t.lock().unwrap().no_majority.is_empty());
+        stopped_runs += usize::from(stopped);
+        let finals_compared = |check: Result<(), String>| if stopped { Ok(()) } else { check };
         for (name, check) in [
             ("order agreement", check_order_agreement(&run)),
-            ("no duplicates", check_no_duplicates(&run)),
+            ("no duplicates", finals_compared(check_no_duplicates(&run))),
             ("view agreement", check_view_agreement(&run)),
-            ("durability", check_durability(&run)),
-            ("logic agreement", check_logic_agreement(&run)),
+            ("durability", finals_compared(check_durability(&run))),
+            (
+                "logic agreement",
+                finals_compared(check_logic_agreement(&run)),
+            ),
+            ("check verdicts", check_verdicts(&run)),
             ("liveness", run.healed.clone()),
         ] {
             if let Err(e) = check {
@@ -988,7 +1175,18 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     println!(
         "{committed} commands committed, {refused} refused by the object; upgrades switched \
          {switched} and aborted {aborted} times at replicas, records refused \
-         {records_refused} times; faults {faults:?}"
+         {records_refused} times; checks agreed {agreed}, found {diverged} divergences, \
+         repaired {repaired}, {no_majority} verdicts of no majority (objects stopped in \
+         {stopped_runs} of {runs} runs); faults {faults:?}"
+    );
+    assert!(
+        stopped_runs * 4 <= runs,
+        "{stopped_runs} of {runs} runs stopped for lack of a majority: the final checks ran \
+         on too few"
+    );
+    assert!(
+        faults.corruptions > 0 && diverged > 0 && repaired > 0,
+        "no replica corrupted, found or repaired"
     );
     assert!(committed > 0, "no command committed at all");
     assert!(
