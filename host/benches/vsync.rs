@@ -70,8 +70,8 @@ impl Application for Fold {
 
     fn view(&mut self, _view: &GroupView) {}
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        [self.count.to_le_bytes(), self.hash.to_le_bytes()].concat()
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        Ok([self.count.to_le_bytes(), self.hash.to_le_bytes()].concat())
     }
 }
 

@@ -736,11 +736,20 @@ impl<A: Application, L: Link> Group<A, L> {
             Rpc::Digest(digest) if digest.member == from.key.to_string() => {
                 Reply::Write(self.write_digest_here(digest).await)
             }
-            Rpc::State { at_least } => Reply::State(
-                self.machine
-                    .state_for_repair(at_least)
-                    .map_err(NotServed::Busy),
-            ),
+            Rpc::State { at_least } => {
+                // A member that trails the one asking (a diverged leader asks
+                // followers) waits a little to catch up first.
+                let _ = self
+                    .raft
+                    .wait(Some(Duration::from_secs(2)))
+                    .applied_index_at_least(Some(at_least), "state for a repair")
+                    .await;
+                Reply::State(
+                    self.machine
+                        .state_for_repair(at_least)
+                        .map_err(NotServed::Busy),
+                )
+            }
             Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),
             _ => Reply::NoGroup,
         }
@@ -894,7 +903,13 @@ impl<A: Application, L: Link> Group<A, L> {
                     }
                 };
                 match self.machine.repair_from(applied, &body).await {
-                    Ok(()) => return Ok((applied.index, member, body)),
+                    Ok(()) => {
+                        // A snapshot of the repaired state, in place of any
+                        // taken of the diverged one (which joiners and a
+                        // restart would otherwise start from).
+                        let _ = self.raft.trigger().snapshot().await;
+                        return Ok((applied.index, member, body));
+                    }
                     Err(e) => last_error = e,
                 }
             }

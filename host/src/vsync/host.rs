@@ -90,6 +90,20 @@ pub struct ReplicaApp {
     checks: ReplicaChecks,
 }
 
+/// The check interval a signed record (postcard) asks for, or `fallback` if it
+/// does not decode: replicas check at the interval of the logic in force, which
+/// the log names, not of whatever record their host resolved.
+fn check_every_in(record: &[u8], fallback: u64) -> u64 {
+    let asked = postcard::from_bytes::<Signed<liveobjects_directory::record::ObjectRecord>>(record)
+        .ok()
+        .and_then(|signed| signed.open().ok())
+        .and_then(|record| crate::join::check_every_option(&record).ok());
+    match asked {
+        Some(every) => every.unwrap_or(super::node_driver::DEFAULT_CHECK_EVERY),
+        None => fallback,
+    }
+}
+
 /// A replica's side of the divergence checks (see [`super::machine`]).
 struct ReplicaChecks {
     every: u64,
@@ -192,16 +206,13 @@ impl Application for ReplicaApp {
         }
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        match run_blocking(&self.replica, |r| r.and_then(|r| r.snapshot())) {
-            Ok(s) => s,
-            Err(e) => {
-                // A replica that cannot snapshot cannot serve a joiner; openraft
-                // keeps the log instead (nothing is purged past a failed snapshot).
-                tracing::error!("vsync: snapshot failed: {e}");
-                Vec::new()
-            }
-        }
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        // A replica that cannot snapshot serves no joiner and no repair;
+        // openraft keeps the log instead (nothing is purged past no snapshot).
+        run_blocking(&self.replica, |r| r.and_then(|r| r.snapshot())).map_err(|e| {
+            tracing::warn!("vsync: no snapshot: {e}");
+            e.to_string()
+        })
     }
 
     fn running(&self) -> u64 {
@@ -253,6 +264,7 @@ impl Application for ReplicaApp {
     }
 
     fn adopt(&mut self, logic: LogicVersion) -> Result<(), String> {
+        self.checks.every = check_every_in(&logic.record, self.checks.every);
         self.adopted = Some(logic.logic.clone());
         self.evolution.version = logic.version;
         self.logic.lock().expect("logic").loaded = Some(Arc::new(logic.logic.interface().clone()));
@@ -267,6 +279,7 @@ impl Application for ReplicaApp {
         match outcome {
             Ok(()) => {
                 self.evolution.version = to;
+                self.checks.every = check_every_in(&logic.record, self.checks.every);
                 self.logic.lock().expect("logic").loaded =
                     Some(Arc::new(logic.logic.interface().clone()));
                 Switched::Done

@@ -63,7 +63,12 @@
 //!   that member's, and the entries up to that member's position are passed over
 //!   (their effects are in the state it took);
 //! - once every voter reported and no digest has a majority, every replica stops
-//!   the object alike ("no majority at position N"), rather than let it fork.
+//!   the object alike ("no majority at position N"), rather than let it fork:
+//!   later entries are only answered (refused) and no snapshot is built, so a
+//!   restart replays the log to the same verdict.
+//!
+//! A snapshot that cannot be had (a quarantined replica, a repair not caught up,
+//! a halted object) is waited for rather than built empty: openraft keeps the log.
 
 use super::store;
 use super::types::{
@@ -101,8 +106,9 @@ pub trait Application: Send + 'static {
     fn apply(&mut self, index: u64, command: &Command) -> Result<(), String>;
     /// The membership changed (at log position `view.id`).
     fn view(&mut self, view: &GroupView);
-    /// The whole state.
-    fn snapshot(&mut self) -> Vec<u8>;
+    /// The whole state, or why it cannot be had (no snapshot is built then,
+    /// nor a repair served).
+    fn snapshot(&mut self) -> Result<Vec<u8>, String>;
 
     /// The record version of the logic loaded now (0: unknown).
     fn running(&self) -> u64 {
@@ -148,7 +154,8 @@ pub trait Application: Send + 'static {
     }
 
     /// This host cannot follow its group (say, it cannot get the logic the group
-    /// switched to): the state machine stops after this.
+    /// switched to), or the object stops at every replica (a check with no
+    /// majority): calls stop here; the machine answers later entries only.
     fn stop(&mut self, reason: &str) {
         let _ = reason;
     }
@@ -165,7 +172,7 @@ pub trait Application: Send + 'static {
     }
 
     /// The group's verdict on a check, from the digests in the log: the same
-    /// at every replica. (On no majority, the machine stops after this.)
+    /// at every replica. (On no majority, [`stop`](Self::stop) follows.)
     fn checked(&mut self, outcome: &CheckOutcome) {
         let _ = outcome;
     }
@@ -213,8 +220,9 @@ struct Checks {
     decided: BTreeSet<u64>,
 }
 
-/// Positions kept in [`Checks`] (older ones are dropped: a member that never
-/// reports cannot make them grow).
+/// Positions kept in [`Checks`] (older ones are dropped, and reports of
+/// positions older than those kept, or not reached yet, are ignored: a member
+/// that never reports, or reports nonsense, cannot make them grow).
 const CHECKS_KEPT: usize = 16;
 
 /// What a live upgrade did at one replica.
@@ -325,6 +333,10 @@ pub struct MachineState<A> {
     checks: Checks,
     /// Event entries applied (see [`SnapshotBody::events`]).
     events: u64,
+    /// Why the object stopped at every replica (a check with no majority):
+    /// later entries are only answered, and no snapshot is built, so a restart
+    /// replays the log to the same verdict.
+    halted: Option<String>,
     /// Entries up to this position are passed over: a repair installed a state
     /// that already holds them.
     repaired_through: u64,
@@ -426,6 +438,7 @@ impl<A: Application> Machine<A> {
             failed: None,
             checks: Checks::default(),
             events: 0,
+            halted: None,
             repaired_through: 0,
         };
         if let (Some(s), Some(body)) = (stored, body) {
@@ -478,13 +491,14 @@ impl<A: Application> MachineState<A> {
                 unreachable!("logic entries are applied by Machine::switch_logic")
             }
             EntryPayload::Normal(Ordered::Digest(digest)) => {
-                if let Err(reason) = self.digest_reported(digest) {
+                if let Err(reason) = self.digest_reported(log_id.index, digest) {
                     // Every replica stops the object at this entry. The group
                     // itself goes on a moment (the host stops it after a
                     // grace), so that members that have not learned this entry
                     // is committed still do, and stop too.
                     tracing::error!("vsync: {reason}");
                     self.app.stop(&reason);
+                    self.halted = Some(reason);
                 }
                 Applied::Internal
             }
@@ -523,18 +537,40 @@ impl<A: Application> MachineState<A> {
 
     /// A member's digest at a checked position: tally it with the others', and
     /// decide once more than half the voters agree, or all reported.
-    fn digest_reported(&mut self, digest: StateDigest) -> Result<(), String> {
+    fn digest_reported(&mut self, index: u64, digest: StateDigest) -> Result<(), String> {
         let voters: Vec<String> = view_of(&self.membership, 0)
             .members
             .iter()
             .map(|m| m.key.to_string())
             .collect();
         let at = digest.at;
-        if !voters.contains(&digest.member) || self.checks.decided.contains(&at) {
+        // A digest of a position this one has not reached, or older than every
+        // check kept, is no report (a member cannot crowd out real checks).
+        let oldest = self
+            .checks
+            .decided
+            .first()
+            .copied()
+            .into_iter()
+            .chain(self.checks.reported.keys().next().copied())
+            .min()
+            .unwrap_or(0);
+        let full = self.checks.decided.len() + self.checks.reported.len() >= CHECKS_KEPT;
+        if !voters.contains(&digest.member)
+            || self.checks.decided.contains(&at)
+            || at > index
+            || (full && at < oldest)
+        {
             return Ok(());
         }
         let reports = self.checks.reported.entry(at).or_default();
         reports.insert(digest.member, digest.sha256);
+        while self.checks.reported.len() > CHECKS_KEPT {
+            self.checks.reported.pop_first();
+        }
+        let Some(reports) = self.checks.reported.get(&at) else {
+            return Ok(());
+        };
         let mut tally: BTreeMap<[u8; 32], Vec<String>> = BTreeMap::new();
         for (member, sha256) in reports.iter().filter(|(m, _)| voters.contains(m)) {
             tally.entry(*sha256).or_default().push(member.clone());
@@ -589,6 +625,15 @@ impl<A: Application> MachineState<A> {
         self.last_applied.map_or(0, |l| l.index) >= self.repaired_through
     }
 
+    /// Whether a snapshot can be built now: caught up after a repair, the
+    /// object not halted, its state at hand.
+    fn snapshot_ready(&mut self) -> Option<Vec<u8>> {
+        if !self.caught_up() || self.halted.is_some() {
+            return None;
+        }
+        self.body().ok()
+    }
+
     /// The state's snapshot body (postcard), as snapshots and repairs carry it.
     fn body(&mut self) -> Result<Vec<u8>, String> {
         if let Some(reason) = &self.failed {
@@ -598,7 +643,7 @@ impl<A: Application> MachineState<A> {
             return Err("no snapshot: still passing over the entries a repair covered".into());
         }
         let body = SnapshotBody {
-            app: self.app.snapshot(),
+            app: self.app.snapshot()?,
             senders: self.senders.clone(),
             logic: self.logic.clone(),
             checks: self.checks.clone(),
@@ -845,14 +890,30 @@ impl<A: Application> Machine<A> {
 
 impl<A: Application> RaftSnapshotBuilder<TypeConfig> for Machine<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // After a repair the state is ahead of `last_applied` until the entries
-        // it holds have come (they are committed: soon). openraft builds in a
-        // task of its own and stops on an error, so wait here instead.
-        while !self.state.lock().map_err(sm_error)?.caught_up() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        // openraft builds in a task of its own and stops the group on an
+        // error, so a snapshot that cannot be had yet is waited for: after a
+        // repair the state is ahead of `last_applied` until the entries it
+        // holds have come (committed: soon); a replica that cannot snapshot
+        // (quarantined) or a halted object builds none, and the log is kept.
+        loop {
+            if let Some(snapshot) = self.try_build_snapshot().map_err(sm_error)? {
+                return Ok(snapshot);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let mut s = self.state.lock().map_err(sm_error)?;
-        let data = s.body().map_err(sm_error)?;
+    }
+}
+
+impl<A: Application> Machine<A> {
+    /// Build, keep and store a snapshot if one can be had now.
+    fn try_build_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, String> {
+        let mut s = self.state.lock().map_err(|e| e.to_string())?;
+        if let Some(reason) = &s.failed {
+            return Err(format!("no snapshot: {reason}"));
+        }
+        let Some(data) = s.snapshot_ready() else {
+            return Ok(None);
+        };
         s.snapshots += 1;
         let meta = SnapshotMeta {
             last_log_id: s.last_applied,
@@ -868,14 +929,14 @@ impl<A: Application> RaftSnapshotBuilder<TypeConfig> for Machine<A> {
             data: data.clone(),
         };
         if let Some(db) = &s.disk {
-            let bytes = postcard::to_allocvec(&stored).map_err(sm_error)?;
-            store::write_meta(db, store::SNAPSHOT, &bytes).map_err(sm_error)?;
+            let bytes = postcard::to_allocvec(&stored).map_err(|e| e.to_string())?;
+            store::write_meta(db, store::SNAPSHOT, &bytes)?;
         }
         s.current = Some(stored);
-        Ok(Snapshot {
+        Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
-        })
+        }))
     }
 }
 
@@ -904,7 +965,9 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
                 payload => {
                     let mut s = self.state.lock().map_err(sm_error)?;
                     s.last_applied = Some(log_id);
-                    if log_id.index <= s.repaired_through {
+                    if let Some(reason) = &s.halted {
+                        Applied::Refused(reason.clone())
+                    } else if log_id.index <= s.repaired_through {
                         s.pass_over(log_id, payload)
                     } else {
                         s.apply_entry(log_id, payload)
@@ -962,6 +1025,8 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
         s.last_applied = meta.last_log_id;
         // This state replaces any a repair installed: what follows it applies.
         s.repaired_through = 0;
+        let installed_at = meta.last_log_id.map_or(0, |l| l.index);
+        s.app.repaired(installed_at);
         s.membership = meta.last_membership.clone();
         if let Some(logic) = &body.logic {
             s.app.logic_changed(logic);

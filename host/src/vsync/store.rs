@@ -31,8 +31,9 @@ const PURGED: &str = "purged";
 const FORMAT_KEY: &str = "format";
 /// The format this build writes: 2 added members' names to membership configs,
 /// 3 logic entries (live upgrades) to the log and the logic in force to
-/// snapshots.
-const FORMAT: u32 = 3;
+/// snapshots, 4 digest entries (divergence checks) to the log and the checks
+/// under way to snapshots.
+const FORMAT: u32 = 4;
 /// Key of the latest snapshot (written by the state machine).
 pub(crate) const SNAPSHOT: &str = "snapshot";
 
