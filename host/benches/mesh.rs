@@ -488,8 +488,13 @@ async fn main() {
         "{:<10} {:>12} {:>12} {:>14} {:>10}",
         "state", "call p50", "pause", "lone switch", "pause/lone"
     );
+    let pause_dir = tempfile::tempdir().unwrap();
+    let pause_runtime = upgrade::pause_runtime(pause_dir.path());
+    let pause_chat = pause_runtime
+        .load_file(liveobjects_objects::CHAT.as_ref())
+        .unwrap();
     for state in [1usize << 10, 10 << 20] {
-        let row = upgrade_pause(&runtime, &chat, state).await;
+        let row = upgrade_pause(&pause_runtime, &pause_chat, state).await;
         report.row(
             serde_json::json!({"members": 3, "state": row.state, "measure": "upgrade pause"}),
             row.pause.as_secs_f64() * 1e6,

@@ -23,7 +23,7 @@ mod report;
 mod upgrade;
 use liveobjects_directory::keys::Identity;
 use liveobjects_directory::record::AccessPolicy;
-use liveobjects_host::runtime::{Logic, Runtime, RuntimeConfig};
+use liveobjects_host::runtime::{Logic, Runtime};
 use liveobjects_host::vsync::group::{Group, GroupConfig};
 use liveobjects_host::vsync::host::{VsyncJoin, VsyncNode, VsyncSettings};
 use liveobjects_host::vsync::machine::{Application, GroupView};
@@ -588,11 +588,7 @@ async fn main() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .unwrap();
+    let runtime = upgrade::pause_runtime(dir.path());
     let chat = runtime
         .load_file(liveobjects_objects::CHAT.as_ref())
         .unwrap();

@@ -67,6 +67,23 @@ impl LogicSource for ArmedSource {
     }
 }
 
+/// A runtime for the upgrade-pause rows: a 10 MiB state is held twice during
+/// a switch (the old state's snapshot and the new instance decoding it), past
+/// the default 64 MiB cap once the host's own copy counts; the rows measure
+/// the switch, not the cap, so objects get 256 MiB.
+pub fn pause_runtime(cache: &std::path::Path) -> Runtime {
+    let defaults = liveobjects_host::runtime::RuntimeConfig::default();
+    Runtime::new(liveobjects_host::runtime::RuntimeConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        limits: liveobjects_host::runtime::Limits {
+            memory_bytes: 256 << 20,
+            ..defaults.limits
+        },
+        ..defaults
+    })
+    .unwrap()
+}
+
 /// The median of three `Replica::upgrade`s of a lone replica holding
 /// `snapshot`: the sandbox's own cost of the switch (snapshot, `migrate`,
 /// a fresh instance, `init`).
