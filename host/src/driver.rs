@@ -156,6 +156,9 @@ pub struct ObjectReport {
     pub queued: Option<(u64, u64)>,
     /// Whether the executor is holding it back right now (over a budget).
     pub throttled: bool,
+    /// How many times the executor held it back so far.
+    #[serde(default)]
+    pub times_throttled: u64,
     /// Whether it hibernates (state held as a snapshot until its next job).
     #[serde(default)]
     pub hibernating: bool,
@@ -213,6 +216,7 @@ impl ObjectReport {
             quarantined: metrics.quarantined.clone(),
             queued: Some((metrics.queued_jobs, metrics.queued_bytes)),
             throttled: metrics.throttled,
+            times_throttled: metrics.times_throttled,
             hibernating: metrics.hibernating,
             batches: metrics.batches,
             value: None,

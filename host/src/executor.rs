@@ -249,6 +249,9 @@ pub struct ObjectMetrics {
     pub multicasts: u64,
     /// Whether it is throttled right now (over a budget).
     pub throttled: bool,
+    /// How many times it was throttled so far (a status polled now and then
+    /// can miss the moments it is).
+    pub times_throttled: u64,
     /// Size of its last snapshot digest's snapshot, in bytes.
     pub state_bytes: u64,
     /// SHA-256 (hex) of a recent snapshot; empty before the first.
@@ -857,7 +860,11 @@ fn run_slice<H: Hosted>(shared: &Shared, cell: Arc<Cell<H>>) {
         }
         if let Some(wait) = throttle(&cell, Instant::now()) {
             drop(replica_slot);
-            lock(&cell.metrics).throttled = true;
+            {
+                let mut metrics = lock(&cell.metrics);
+                metrics.throttled = true;
+                metrics.times_throttled += 1;
+            }
             push_timed(shared, cell, Instant::now() + wait, false);
             return;
         }
