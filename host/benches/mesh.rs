@@ -366,21 +366,13 @@ async fn upgrade_pause(runtime: &Runtime, chat: &Arc<Logic>, state: usize) -> Pa
         true
     })
     .await;
-    // The state, 32 posts in flight.
-    let (text, posts) = upgrade::posts_for(state);
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let (g, text) = (groups[0].clone(), text.clone());
-        let share = posts / 32 + usize::from(t < posts % 32);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..share {
-                g.call("post", &[&text]).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    upgrade::fill_chat(state, |_, text| {
+        let g = groups[0].clone();
+        async move {
+            g.call("post", &[&text]).await.unwrap();
+        }
+    })
+    .await;
     let snapshot = groups[0].snapshot().await.unwrap();
     // Calls from a member that does not order the group, one at a time.
     let caller = &groups[1];

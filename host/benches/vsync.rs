@@ -470,20 +470,13 @@ async fn upgrade_pause(
         handles.push(node.join(runtime, chat, "bench", how).await.unwrap());
         nodes.push(node);
     }
-    let (text, posts) = upgrade::posts_for(state);
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let (h, text) = (handles[t % 3].clone(), text.clone());
-        let share = posts / 32 + usize::from(t < posts % 32);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..share {
-                h.call("post", &[&text]).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    upgrade::fill_chat(state, |t, text| {
+        let h = handles[t % 3].clone();
+        async move {
+            h.call("post", &[&text]).await.unwrap();
+        }
+    })
+    .await;
     let leader = handles
         .iter()
         .position(|h| h.group().is_leader())

@@ -47,6 +47,10 @@ pub struct DriverInfo {
     pub orderer: &'static str,
     /// Checks the driver's options in a record (at publish and at join).
     pub check_options: fn(&liveobjects_directory::record::ObjectRecord) -> Result<(), String>,
+    /// Whether joined hosts switch to a newer record's logic live (at a cut of
+    /// the object's order); otherwise hosts keep the logic they run (a qsm
+    /// group the logic it was founded with, which its joiners run too).
+    pub live_upgrade: bool,
 }
 
 fn no_options(_: &liveobjects_directory::record::ObjectRecord) -> Result<(), String> {
@@ -79,6 +83,7 @@ pub const DRIVERS: &[DriverInfo] = &[
         summary: "QUIC between all members; total order through a sequencer; small groups, WAN",
         orderer: "sequencer",
         check_options,
+        live_upgrade: true,
     },
     DriverInfo {
         name: "qsm",
@@ -96,6 +101,7 @@ pub const DRIVERS: &[DriverInfo] = &[
                   many objects per host, LAN scale",
         orderer: "sequencer",
         check_options: qsm_options,
+        live_upgrade: false,
     },
     DriverInfo {
         name: "vsync",
@@ -114,6 +120,7 @@ pub const DRIVERS: &[DriverInfo] = &[
                   of every member; transactions commit everywhere or nowhere",
         orderer: "leader",
         check_options,
+        live_upgrade: true,
     },
     DriverInfo {
         name: "gossip",
@@ -126,6 +133,7 @@ pub const DRIVERS: &[DriverInfo] = &[
                   on a node with `lo node --gossip ADDR`, or alone with `lo gossip`",
         orderer: "sequencer",
         check_options: no_options,
+        live_upgrade: false,
     },
 ];
 
@@ -176,9 +184,16 @@ pub struct ObjectReport {
     #[serde(default)]
     pub divergence: Option<String>,
     /// The logic's record version here, since when, and the last live upgrade
-    /// (mesh, vsync).
+    /// (mesh, vsync, qsm).
     #[serde(default)]
     pub logic: Option<String>,
+    /// The record version of the logic running here (mesh, vsync, qsm).
+    #[serde(default)]
+    pub logic_version: Option<u64>,
+    /// The highest version a live upgrade was tried to here, if above the one
+    /// running: that upgrade was aborted or refused (`logic` says why).
+    #[serde(default)]
+    pub upgrade_tried: Option<u64>,
 }
 
 impl ObjectReport {
@@ -196,6 +211,8 @@ impl ObjectReport {
             check: status.check.clone(),
             divergence: status.divergence.clone(),
             logic: status.logic.clone(),
+            logic_version: status.logic_version,
+            upgrade_tried: status.upgrade_tried,
             ..Self::from_metrics(members, metrics)
         }
     }
@@ -223,6 +240,8 @@ impl ObjectReport {
             check: None,
             divergence: None,
             logic: None,
+            logic_version: None,
+            upgrade_tried: None,
         }
     }
 }

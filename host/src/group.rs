@@ -107,8 +107,23 @@ pub struct GroupStatus {
     pub divergence: Option<String>,
     /// The logic's record version here, since when, and the last live upgrade.
     pub logic: Option<String>,
+    /// The record version of the logic running here.
+    pub logic_version: Option<u64>,
+    /// The highest version a live upgrade was tried to here (switched, aborted
+    /// or refused), if above the one running.
+    pub upgrade_tried: Option<u64>,
     /// The object's methods, if a live upgrade changed them since it was joined.
     pub interface: Option<std::sync::Arc<crate::runtime::ObjectInterface>>,
+}
+
+impl GroupStatus {
+    /// Show `in_force`: its line, its version, and the version an upgrade was
+    /// last tried to if that one is not running.
+    pub fn show_logic(&mut self, in_force: &crate::driver::LogicInForce) {
+        self.logic = Some(in_force.line());
+        self.logic_version = Some(in_force.version);
+        self.upgrade_tried = (in_force.attempted > in_force.version).then_some(in_force.attempted);
+    }
 }
 
 impl GroupError {

@@ -408,6 +408,7 @@ pub async fn join_qsm(
     name: &str,
     prepared: &Prepared,
     options: &JoinOptions,
+    logic_source: Option<std::sync::Arc<dyn crate::driver::LogicSource>>,
 ) -> Result<QsmHandle, JoinError> {
     let wanted = membership_of(&prepared.verified.record).map_err(|reason| JoinError::Type {
         name: name.to_string(),
@@ -427,9 +428,14 @@ pub async fn join_qsm(
         });
     }
     let budgets = budgets_for(runtime, name, &prepared.verified.record)?;
+    let evolution = crate::driver::Evolution {
+        source: logic_source,
+        ..crate::driver::Evolution::starting_with(&prepared.verified)
+    };
     let joining = qsm.join(
         runtime,
         prepared.replica_logic(name)?,
+        &evolution,
         name,
         options.grant.clone(),
         &budgets,

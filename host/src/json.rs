@@ -646,6 +646,8 @@ pub fn object_status_json(o: &crate::node::ObjectStatus) -> Json {
         "check": r.check,
         "divergence": r.divergence,
         "logic": r.logic,
+        "logic_version": r.logic_version,
+        "upgrade_tried": r.upgrade_tried,
     })
 }
 

@@ -106,9 +106,34 @@ pub fn lone_switch(runtime: &Runtime, logic: &Arc<Logic>, snapshot: &[u8]) -> Du
 
 /// The message and how many posts of it make a chat state of about `state`
 /// bytes (messages of up to 4,000 bytes, as WAVE text).
-pub fn posts_for(state: usize) -> (String, usize) {
+fn posts_for(state: usize) -> (String, usize) {
     let size = state.min(4000);
     (format!("\"{}\"", "x".repeat(size)), state.div_ceil(size))
+}
+
+/// Posters filling the chat at once.
+const POSTERS: usize = 32;
+
+/// Fill the chat to about `state` bytes ([`posts_for`]), [`POSTERS`] posts in
+/// flight: `post(t, text)` is poster `t`'s call.
+pub async fn fill_chat<Fut>(state: usize, post: impl Fn(usize, String) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (text, posts) = posts_for(state);
+    let mut posters = Vec::new();
+    for t in 0..POSTERS {
+        let share = posts / POSTERS + usize::from(t < posts % POSTERS);
+        let calls: Vec<Fut> = (0..share).map(|_| post(t, text.clone())).collect();
+        posters.push(tokio::spawn(async move {
+            for call in calls {
+                call.await;
+            }
+        }));
+    }
+    for poster in posters {
+        poster.await.unwrap();
+    }
 }
 
 /// One caller's calls, one at a time: 200 before arming `source` (their p50

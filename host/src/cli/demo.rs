@@ -507,7 +507,7 @@ async fn start_ticker(demo: &Demo<'_>) -> Result<Ticker> {
         let options = JoinOptions::default();
         let prepared =
             prepare(demo.runtime, &resolver, TICKER, identity.public(), &options).await?;
-        let handle = join_qsm(&qsm, demo.runtime, TICKER, &prepared, &options).await?;
+        let handle = join_qsm(&qsm, demo.runtime, TICKER, &prepared, &options, None).await?;
         println!("joined     {name:<6} -> {TICKER} (qsm)");
         hosts.push((qsm, handle));
     }

@@ -226,6 +226,21 @@ pub struct PublishArgs {
     /// callers of those methods then fail).
     #[arg(long)]
     breaking: bool,
+    /// After publishing, wait up to SECS (default 120) for the node at
+    /// --control, which has joined the object, to switch to the new version
+    /// live, and say how it went: exits non-zero if the upgrade was refused or
+    /// aborted (the reason is printed) or did not come in time. Drivers
+    /// without live upgrade (qsm, gossip) refuse it before publishing.
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "120"
+    )]
+    watch: Option<u64>,
+    #[command(flatten)]
+    control: super::node::ControlArg,
     #[command(flatten)]
     key: KeyArg,
     #[command(flatten)]
@@ -593,6 +608,15 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
             .with_context(|| format!("driver option `{opt}` is not KEY=VALUE"))?;
         options.insert(k.to_string(), v.to_string());
     }
+    if args.watch.is_some()
+        && !liveobjects_host::driver::driver(&args.driver).is_some_and(|d| d.live_upgrade)
+    {
+        bail!(
+            "--watch: the {} driver has no live upgrade, so there is no switch to watch (hosts \
+             running {name} keep the logic they run; a qsm group's joiners run its logic too)",
+            args.driver
+        );
+    }
     let hash: [u8; 32] = Sha256::digest(&bytes).into();
     super::tokio()?.block_on(async move {
         let resolver = resolver(&args.target).await?;
@@ -670,6 +694,10 @@ pub fn publish(runtime: &Runtime, args: PublishArgs) -> Result<()> {
             hex::encode(hash),
             bytes.len()
         );
+        if let Some(secs) = args.watch {
+            let wait = std::time::Duration::from_secs(secs);
+            super::node::watch_upgrade(&args.control, name.as_str(), record.version, wait).await?;
+        }
         Ok(())
     })
 }

@@ -21,7 +21,7 @@ pub struct ControlArg {
 }
 
 impl ControlArg {
-    fn path(&self) -> Result<PathBuf> {
+    pub(crate) fn path(&self) -> Result<PathBuf> {
         match &self.control {
             Some(p) => Ok(p.clone()),
             None => Ok(super::data_dir()?.join("node.sock")),
@@ -296,6 +296,80 @@ async fn bind_http(
         None => None,
     };
     Ok((listener, token))
+}
+
+/// How often `lo publish --watch` asks the node how the upgrade goes.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Wait up to `wait` for the node at `control` to run `name` at record
+/// `version` (`lo publish --watch`): Ok once its replica switched, an error
+/// saying why if the upgrade was aborted or refused, or if it did not come.
+pub(crate) async fn watch_upgrade(
+    control: &ControlArg,
+    name: &str,
+    version: u64,
+    wait: std::time::Duration,
+) -> Result<()> {
+    let path = control.path()?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let page = StatusPage {
+        prefix: Some(name.to_string()),
+        after: None,
+        limit: Some(1),
+    };
+    let mut last_line = None;
+    loop {
+        let answer = request(&path, &ControlRequest::Status(page.clone()))
+            .await
+            .with_context(|| format!("watching the upgrade of {name} to version {version}"))?;
+        let ControlResponse::Status { objects, .. } = expect(answer)? else {
+            bail!("unexpected answer from the node at {}", path.display());
+        };
+        let Some(object) = objects.into_iter().find(|o| o.name == name) else {
+            bail!(
+                "the node at {} has not joined {name}, so it cannot show the upgrade \
+                 (join it there, or publish without --watch)",
+                path.display()
+            );
+        };
+        let live = liveobjects_host::driver::driver(&object.driver).is_some_and(|d| d.live_upgrade);
+        let report = object.report;
+        let line = report
+            .logic
+            .clone()
+            .unwrap_or_else(|| "no logic named yet".to_string());
+        if let Some(reason) = &report.quarantined {
+            bail!("{name} was stopped on this node: {reason} ({line})");
+        }
+        match (report.logic_version, report.upgrade_tried) {
+            _ if !live => bail!(
+                "{name} runs on the {} driver, which has no live upgrade: the hosts running \
+                 it keep the logic they run",
+                object.driver
+            ),
+            (Some(running), _) if running >= version => {
+                println!("{name}: switched live to version {running} on this node ({line})");
+                return Ok(());
+            }
+            (Some(running), Some(tried)) if tried >= version => bail!(
+                "the live upgrade of {name} to version {version} did not happen; every replica \
+                 carries on with version {running}: {line}"
+            ),
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{name} still runs {line} after {wait:?}: the member that orders it looks for \
+                 newer records every `lo node --upgrade-poll` seconds, and only while the \
+                 object is used (make a call, or watch longer with --watch SECS)"
+            );
+        }
+        if last_line.as_ref() != Some(&line) {
+            eprintln!("{name}: waiting for the switch to version {version} ({line})");
+            last_line = Some(line);
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
 }
 
 fn expect(response: ControlResponse) -> Result<ControlResponse> {

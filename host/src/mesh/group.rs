@@ -324,12 +324,7 @@ impl MeshNode {
             delivered: core.delivered(),
             member: core.is_member(),
             sequencer: core.is_sequencer(),
-            events_applied: 0,
-            refused: None,
-            check: None,
-            divergence: None,
-            logic: None,
-            interface: None,
+            ..GroupStatus::default()
         }));
         let in_force = LogicInForce {
             version: evolution.version,
@@ -591,8 +586,10 @@ impl Group {
         mut results: mpsc::UnboundedReceiver<FromReplica>,
     ) {
         let replica = self.replica.clone();
-        self.status.lock().expect("status").logic =
-            Some(self.in_force.lock().expect("in force").line());
+        self.status
+            .lock()
+            .expect("status")
+            .show_logic(&self.in_force.lock().expect("in force"));
         loop {
             self.pump();
             self.publish_status();
@@ -912,14 +909,11 @@ impl Group {
             FromReplica::Candidate(found) => self.candidate_found(found),
             FromReplica::LogicReady(pending, result) => self.logic_ready(pending, result),
             FromReplica::LogicChanged => {
-                let (line, interface) = {
-                    let in_force = self.in_force.lock().expect("in force");
-                    (in_force.line(), in_force.interface.clone())
-                };
-                tracing::info!("{}: logic {line}", self.object);
+                let in_force = self.in_force.lock().expect("in force").clone();
+                tracing::info!("{}: logic {}", self.object, in_force.line());
                 let mut status = self.status.lock().expect("status");
-                status.logic = Some(line);
-                status.interface = interface;
+                status.show_logic(&in_force);
+                status.interface = in_force.interface;
             }
         }
     }

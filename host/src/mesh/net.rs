@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// ALPN protocol of the mesh.
-pub const ALPN: &[u8] = b"liveobjects-mesh/3";
+/// ALPN protocol of the mesh (4: view changes are divergence checks, which
+/// members of one group must all count alike).
+pub const ALPN: &[u8] = b"liveobjects-mesh/4";
 /// Largest frame accepted (a state transfer carries a whole snapshot).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Frames are read in pieces of at most this many bytes.

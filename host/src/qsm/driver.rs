@@ -26,12 +26,24 @@
 //! The membership service's messages are numbered; a gap (or being declared
 //! failed) means this host's view of the domain can no longer be trusted: every
 //! object is dropped (handles report it) and the host registers again.
+//!
+//! # Logic: no live upgrade yet
+//! A qsm group runs the logic it was founded with for as long as it has
+//! members. A joiner is sent its provider's state with the record that state
+//! belongs to ([`QsmState`]) and runs that record's logic, whatever newer
+//! record it resolved, so a newer version never meets an older one's events
+//! (`lo status` shows the version; `lo publish --watch` says qsm has no live
+//! upgrade). The cut the mesh and vsync take at a position of their total
+//! order needs, on qsm, a flushed view change: every member holding its
+//! deliveries at the other members' stream markers of a view the membership
+//! service makes for the upgrade, which the protocol core does not do yet.
 
 use super::core::{Output, QsmConfig, QsmHost, QsmStats};
 use super::membership::{FromMembership, Micros};
 use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
 use super::thread::ServiceThread;
 use super::wire::ObjectNum;
+use crate::driver::{Evolution, LogicInForce};
 use crate::executor::{Budgets, ObjectRef};
 use crate::group::{DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
@@ -148,6 +160,19 @@ pub struct QsmHandle {
     notices: crate::group::Notices,
     /// The replica on the executor, once its task has started it.
     replica: Arc<std::sync::OnceLock<ObjectRef>>,
+    /// The methods of the logic its state came with, if not the one joined with.
+    interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>>,
+}
+
+/// What a qsm joiner is sent: its provider's state and the logic (record) that
+/// state belongs to, which the joiner runs whatever record it resolved. qsm has
+/// no live upgrade: a group keeps the logic it was founded with, and a joiner
+/// that resolved a newer record would otherwise apply the group's events with
+/// other logic than its members.
+#[derive(Serialize, Deserialize)]
+struct QsmState {
+    logic: LogicInForce,
+    state: Vec<u8>,
 }
 
 impl std::fmt::Debug for QsmHandle {
@@ -162,6 +187,12 @@ impl QsmHandle {
     /// The replica on the executor, once the object's task has started it.
     pub fn replica(&self) -> Option<&ObjectRef> {
         self.replica.get()
+    }
+
+    /// The methods of the logic it runs, if its state came with other logic
+    /// than the one it was joined with.
+    pub fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        self.interface.get().cloned()
     }
 
     /// Call a method (WAVE arguments). An update returns once its events are
@@ -265,6 +296,7 @@ enum Input {
         name: String,
         runtime: Arc<Runtime>,
         logic: Arc<Logic>,
+        evolution: Evolution,
         budgets: Budgets,
         grant: Option<Signed<Grant>>,
         reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
@@ -324,12 +356,15 @@ impl QsmNode {
         self.membership
     }
 
-    /// Join `name` (already authorized locally); returns once the replica has its
-    /// state.
+    /// Join `name` (already authorized locally) with `logic`, `evolution`'s
+    /// version; returns once the replica has its state. A state of another
+    /// version comes with its record, whose logic the replica runs instead
+    /// (loaded from `evolution`'s source).
     pub async fn join(
         &self,
         runtime: &Arc<Runtime>,
         logic: &Arc<Logic>,
+        evolution: &Evolution,
         name: &str,
         grant: Option<Signed<Grant>>,
         budgets: &Budgets,
@@ -340,6 +375,7 @@ impl QsmNode {
                 name: name.to_string(),
                 runtime: runtime.clone(),
                 logic: logic.clone(),
+                evolution: evolution.clone(),
                 budgets: budgets.clone(),
                 grant,
                 reply,
@@ -367,6 +403,7 @@ impl QsmNode {
 struct PendingJoin {
     runtime: Arc<Runtime>,
     logic: Arc<Logic>,
+    evolution: Evolution,
     budgets: Budgets,
     reply: oneshot::Sender<Result<QsmHandle, GroupError>>,
 }
@@ -719,11 +756,14 @@ impl Driver {
         let (commands_tx, commands) = mpsc::channel(64);
         let notices = crate::group::Notices::default();
         let replica: Arc<std::sync::OnceLock<ObjectRef>> = Arc::default();
+        let interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>> =
+            Arc::default();
         let handle = QsmHandle {
             object: name.clone(),
             commands: commands_tx,
             notices: notices.clone(),
             replica: replica.clone(),
+            interface: interface.clone(),
         };
         self.objects.insert(
             object,
@@ -749,10 +789,17 @@ impl Driver {
             own_applied: 0,
             waiting: WaitingCalls::default(),
             runs: DeliveryRuns::default(),
+            in_force: LogicInForce {
+                version: pending.evolution.version,
+                record: pending.evolution.record.clone(),
+                ..LogicInForce::default()
+            },
+            interface,
         };
         self.main.spawn(task.run(
             pending.runtime,
             pending.logic,
+            pending.evolution,
             pending.budgets,
             snapshot,
             from_driver,
@@ -798,6 +845,7 @@ impl Driver {
                 name,
                 runtime,
                 logic,
+                evolution,
                 budgets,
                 grant,
                 reply,
@@ -815,6 +863,7 @@ impl Driver {
                     PendingJoin {
                         runtime,
                         logic,
+                        evolution,
                         budgets,
                         reply,
                     },
@@ -924,6 +973,10 @@ struct ReplicaTask {
     waiting: WaitingCalls,
     /// Events joining the delivery job waiting in the mailbox (tagged: own?).
     runs: DeliveryRuns<bool>,
+    /// The logic the replica runs (its group's, which a joiner's state names).
+    in_force: LogicInForce,
+    /// Set to the methods of the logic it runs if not the one it joined with.
+    interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>>,
 }
 
 impl ReplicaTask {
@@ -932,6 +985,7 @@ impl ReplicaTask {
         mut self,
         runtime: Arc<Runtime>,
         logic: Arc<Logic>,
+        evolution: Evolution,
         budgets: Budgets,
         snapshot: Option<Vec<u8>>,
         mut from_driver: mpsc::UnboundedReceiver<ToReplica>,
@@ -942,6 +996,24 @@ impl ReplicaTask {
         let identity = ReplicaIdentity {
             object: self.name.clone(),
             member: self.me.clone(),
+        };
+        let (logic, snapshot) = match self.logic_of(logic, &evolution, snapshot).await {
+            Ok(taken) => taken,
+            Err(reason) => {
+                let reason = format!("cannot start the replica: {reason}");
+                let _ = self
+                    .to_driver
+                    .send(Input::Replica(FromReplica::Failed {
+                        name: self.name.clone(),
+                        reason: reason.clone(),
+                    }))
+                    .await;
+                let _ = ready.send(Err(GroupError::Unavailable {
+                    object: self.name.clone(),
+                    reason,
+                }));
+                return;
+            }
         };
         let (done_tx, mut done) = mpsc::unbounded_channel::<JobDone>();
         let quarantined = done_tx.clone();
@@ -1003,6 +1075,76 @@ impl ReplicaTask {
         replica.retire("the object left this node");
         self.waiting
             .fail_all(|| GroupError::ended(&self.name, Some(&replica)));
+    }
+
+    /// The logic to run and the guest state to start from: a joiner's state
+    /// names its logic, which it loads if it is not `logic` (the version it
+    /// joined with).
+    async fn logic_of(
+        &mut self,
+        logic: Arc<Logic>,
+        evolution: &Evolution,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<(Arc<Logic>, Option<Vec<u8>>), String> {
+        let Some(bytes) = snapshot else {
+            return Ok((logic, None));
+        };
+        let taken = match postcard::take_from_bytes::<QsmState>(&bytes) {
+            Ok((taken, [])) => taken,
+            Ok((_, rest)) => {
+                return Err(format!(
+                    "the state its group sent has {} bytes past its end",
+                    rest.len()
+                ));
+            }
+            Err(e) => return Err(format!("the state its group sent does not decode: {e}")),
+        };
+        let version = taken.logic.version;
+        if version == evolution.version {
+            return Ok((logic, Some(taken.state)));
+        }
+        if taken.logic.record.is_empty() {
+            return Err(format!(
+                "its group runs version {version} of its record but did not send that record \
+                 (this host resolved version {})",
+                evolution.version
+            ));
+        }
+        let Some(source) = &evolution.source else {
+            return Err(format!(
+                "its group runs version {version} of its record, and this host (on version {}) \
+                 has no directory to load that logic from",
+                evolution.version
+            ));
+        };
+        // Once: the membership service counts this host a member already, and
+        // the join's own timeout is what the caller waits on.
+        let loaded = source
+            .verify_in_force(&self.name, &taken.logic.record)
+            .await
+            .map_err(|e| format!("its group runs version {version} of its record: {e}"))?;
+        if loaded.version != version || loaded.driver != "qsm" {
+            return Err(format!(
+                "its group's state names version {version} of its record, but that record is \
+                 version {} for the {} driver",
+                loaded.version, loaded.driver
+            ));
+        }
+        tracing::info!(
+            "{}: its group runs version {version} of its record (this host resolved {}): \
+             running that",
+            self.name,
+            evolution.version
+        );
+        let _ = self
+            .interface
+            .set(Arc::new(loaded.logic.interface().clone()));
+        self.in_force = LogicInForce {
+            version: loaded.version,
+            record: loaded.record,
+            ..LogicInForce::default()
+        };
+        Ok((loaded.logic, Some(taken.state)))
     }
 
     async fn failed(self, e: ReplicaError, ready: oneshot::Sender<Result<QsmHandle, GroupError>>) {
@@ -1200,11 +1342,19 @@ impl ReplicaTask {
                 view,
                 cut,
             } => {
+                let logic = LogicInForce {
+                    version: self.in_force.version,
+                    record: self.in_force.record.clone(),
+                    ..LogicInForce::default()
+                };
                 replica
                     .submit_waiting(
                         0,
                         Box::new(move |r| match r.and_then(|r| r.snapshot()) {
                             Ok(state) => {
+                                let taken = QsmState { logic, state };
+                                let state = postcard::to_allocvec(&taken)
+                                    .expect("postcard encoding to a Vec cannot fail");
                                 let _ = done.send(JobDone::Snapshot {
                                     for_host,
                                     view,
@@ -1255,7 +1405,7 @@ impl ReplicaTask {
             }
             Command::Status(reply) => {
                 let m = replica.metrics();
-                let _ = reply.send(GroupStatus {
+                let mut status = GroupStatus {
                     members: self.members.clone(),
                     delivered: m.events_applied,
                     member: true,
@@ -1263,7 +1413,9 @@ impl ReplicaTask {
                     events_applied: m.events_applied,
                     refused: None,
                     ..GroupStatus::default()
-                });
+                };
+                status.show_logic(&self.in_force);
+                let _ = reply.send(status);
             }
             Command::Snapshot(reply) => {
                 replica

@@ -99,6 +99,7 @@ impl Driver for QsmDriver {
                 name,
                 request.prepared,
                 request.options,
+                request.logic_source,
             )
             .await?;
             Ok(Arc::new(handle) as Arc<dyn JoinedObject>)
@@ -206,6 +207,10 @@ impl JoinedObject for QsmHandle {
 
     fn applied(&self) -> Option<broadcast::Receiver<crate::runtime::AppliedEvent>> {
         self.replica().map(|r| r.applied())
+    }
+
+    fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
+        QsmHandle::interface(self)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<GroupNotice> {

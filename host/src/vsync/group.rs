@@ -101,6 +101,16 @@ pub enum Reply {
     NoGroup,
 }
 
+impl Reply {
+    /// The answer to a [`Rpc::Write`] or [`Rpc::Digest`], if this is one.
+    fn written(self) -> Option<Result<(u64, Applied), NotServed>> {
+        match self {
+            Reply::Write(written) => Some(written),
+            _ => None,
+        }
+    }
+}
+
 /// A transport between members.
 pub trait Link: Clone + Send + Sync + 'static {
     /// Send `rpc` for `group` to `to` and wait at most `timeout` for the reply.
@@ -731,10 +741,10 @@ impl<A: Application, L: Link> Group<A, L> {
                 }
                 Reply::Membership(self.remove(member).await)
             }
-            Rpc::Write(command) => Reply::Write(self.write_here(command).await),
+            Rpc::Write(command) => Reply::Write(self.write_ordered(Ordered::Event(command)).await),
             // A member reports its own digest only.
             Rpc::Digest(digest) if digest.member == from.key.to_string() => {
-                Reply::Write(self.write_digest_here(digest).await)
+                Reply::Write(self.write_ordered(Ordered::Digest(digest)).await)
             }
             Rpc::State { at_least } => {
                 // A member that trails the one asking (a diverged leader asks
@@ -780,9 +790,11 @@ impl<A: Application, L: Link> Group<A, L> {
         self.watch.lock().expect("watch").quiet_since = Instant::now();
     }
 
-    async fn write_here(&self, command: Command) -> Result<(u64, Applied), NotServed> {
+    /// Write `data` to the log through this member, which must lead: its
+    /// position and outcome once applied here.
+    async fn write_ordered(&self, data: Ordered) -> Result<(u64, Applied), NotServed> {
         self.raft
-            .client_write(Ordered::Event(command))
+            .client_write(data)
             .await
             .map(|r| (r.log_id.index, r.data))
             .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
@@ -797,12 +809,9 @@ impl<A: Application, L: Link> Group<A, L> {
     pub async fn propose_logic(&self, change: LogicChange) -> Result<(u64, Applied), GroupFailure> {
         let deadline = Instant::now() + self.config.request_timeout;
         loop {
+            // Only the leader's own upkeep proposes logic: no forwarding.
             let written = if self.is_leader() {
-                self.raft
-                    .client_write(Ordered::Logic(change.clone()))
-                    .await
-                    .map(|r| (r.log_id.index, r.data))
-                    .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+                self.write_ordered(Ordered::Logic(change.clone())).await
             } else {
                 Err(NotServed::NotLeader(self.leader()))
             };
@@ -817,14 +826,6 @@ impl<A: Application, L: Link> Group<A, L> {
         }
     }
 
-    async fn write_digest_here(&self, digest: StateDigest) -> Result<(u64, Applied), NotServed> {
-        self.raft
-            .client_write(Ordered::Digest(digest))
-            .await
-            .map(|r| (r.log_id.index, r.data))
-            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
-    }
-
     /// Order this member's digest of its state at a checked position (see
     /// [`super::machine`]).
     pub async fn submit_digest(&self, at: u64, sha256: [u8; 32]) -> Result<(), GroupFailure> {
@@ -836,12 +837,9 @@ impl<A: Application, L: Link> Group<A, L> {
         let deadline = Instant::now() + self.config.request_timeout;
         self.at_leader(
             deadline,
-            || self.write_digest_here(digest.clone()),
+            || self.write_ordered(Ordered::Digest(digest.clone())),
             || Rpc::Digest(digest.clone()),
-            |reply| match reply {
-                Reply::Write(r) => Some(r),
-                _ => None,
-            },
+            Reply::written,
         )
         .await
         .map(drop)
@@ -1003,12 +1001,9 @@ impl<A: Application, L: Link> Group<A, L> {
         let (index, applied) = self
             .at_leader(
                 deadline,
-                || self.write_here(command.clone()),
+                || self.write_ordered(Ordered::Event(command.clone())),
                 || Rpc::Write(command.clone()),
-                |reply| match reply {
-                    Reply::Write(r) => Some(r),
-                    _ => None,
-                },
+                Reply::written,
             )
             .await?;
         if let Applied::Refused(reason) = applied {

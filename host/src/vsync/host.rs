@@ -121,8 +121,8 @@ struct ReplicaChecks {
 /// its leader already loaded.
 #[derive(Default)]
 struct PublishedLogic {
-    /// The `lo status` line, once the log named the logic.
-    line: Option<String>,
+    /// The logic in force, once the log named it.
+    in_force: Option<LogicInForce>,
     /// The methods of the logic running, if it is not the one joined with.
     interface: Option<Arc<crate::runtime::ObjectInterface>>,
     /// Loaded since the last switch (by an upgrade or a state of another version).
@@ -291,7 +291,7 @@ impl Application for ReplicaApp {
 
     fn logic_changed(&mut self, in_force: &LogicInForce) {
         let mut published = self.logic.lock().expect("logic");
-        published.line = Some(in_force.line());
+        published.in_force = Some(in_force.clone());
         if let Some(loaded) = published.loaded.take() {
             published.interface = Some(loaded);
         }
@@ -1072,12 +1072,15 @@ impl VsyncHandle {
     /// What the group published of its logic and checks, as status fields.
     fn published_status(&self) -> GroupStatus {
         let published = self.logic.lock().expect("logic");
-        GroupStatus {
-            logic: published.line.clone(),
+        let mut status = GroupStatus {
             check: published.check.clone(),
             divergence: published.divergence.clone(),
             ..GroupStatus::default()
+        };
+        if let Some(in_force) = &published.in_force {
+            status.show_logic(in_force);
         }
+        status
     }
 
     /// The methods of the logic it runs now, if a live upgrade (or a state of

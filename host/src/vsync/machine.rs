@@ -52,8 +52,9 @@
 //! # Divergence checks: digests in the log
 //! Raft keeps the logs equal; a replica's state can still part from its group's
 //! (a non-deterministic host call, memory corrupted on one host). Every
-//! [`Application::check_every`] events, each replica takes its snapshot's
-//! SHA-256 after applying that event's position and writes it to the log as an
+//! [`Application::check_every`] events, and at every membership entry that
+//! changes the voters (once there are two), each replica takes its snapshot's
+//! SHA-256 after applying that position and writes it to the log as an
 //! [`Ordered::Digest`] entry. Applying those entries, every replica tallies the
 //! same reports in the same order, so all come to the same verdict:
 //! - once more than half the voters agree on a digest, the check is decided: a
@@ -442,17 +443,10 @@ impl<A: Application> Machine<A> {
             repaired_through: 0,
         };
         if let (Some(s), Some(body)) = (stored, body) {
-            state.app.restore(Some(&body.app))?;
-            state.senders = body.senders;
+            state.restore_body(body)?;
             state.last_applied = s.meta.last_log_id;
             state.membership = s.meta.last_membership.clone();
             state.current = Some(s);
-            if let Some(logic) = &body.logic {
-                state.app.logic_changed(logic);
-            }
-            state.logic = body.logic;
-            state.checks = body.checks;
-            state.events = body.events;
         }
         Ok(Machine {
             state: Arc::new(Mutex::new(state)),
@@ -474,6 +468,20 @@ fn change_of(logic: &LogicInForce) -> LogicChange {
 }
 
 impl<A: Application> MachineState<A> {
+    /// Take the state of `body` (a snapshot's, a repair's), whose logic is
+    /// loaded already: the object's, its senders', its logic's, its checks'.
+    fn restore_body(&mut self, body: SnapshotBody) -> Result<(), String> {
+        self.app.restore(Some(&body.app))?;
+        self.senders = body.senders;
+        if let Some(logic) = &body.logic {
+            self.app.logic_changed(logic);
+        }
+        self.logic = body.logic;
+        self.checks = body.checks;
+        self.events = body.events;
+        Ok(())
+    }
+
     /// Apply a blank, event, digest or membership entry.
     fn apply_entry(&mut self, log_id: LogId, payload: EntryPayload<TypeConfig>) -> Applied {
         match payload {
@@ -503,9 +511,19 @@ impl<A: Application> MachineState<A> {
                 Applied::Internal
             }
             EntryPayload::Membership(m) => {
+                let before: BTreeSet<u64> = self.membership.membership().voter_ids().collect();
                 self.membership = StoredMembership::new(Some(log_id), m);
                 let view = view_of(&self.membership, log_id.index);
                 self.app.view(&view);
+                // A change of the voters is checked too, once there are two to
+                // compare: once per change (a learner added, or the uniform
+                // entry after a joint one, changes no voter). A member added
+                // here reports from its next check on if its state comes from
+                // a later snapshot.
+                let voters: BTreeSet<u64> = self.membership.membership().voter_ids().collect();
+                if self.app.check_every() > 0 && voters.len() > 1 && voters != before {
+                    self.app.checkpoint(log_id.index);
+                }
                 Applied::Internal
             }
         }
@@ -823,14 +841,7 @@ impl<A: Application> Machine<A> {
         if let Some(loaded) = loaded {
             s.app.adopt(loaded)?;
         }
-        s.app.restore(Some(&body.app))?;
-        s.senders = body.senders;
-        if let Some(logic) = &body.logic {
-            s.app.logic_changed(logic);
-        }
-        s.logic = body.logic;
-        s.checks = body.checks;
-        s.events = body.events;
+        s.restore_body(body)?;
         s.repaired_through = applied.index;
         s.app.repaired(applied.index);
         Ok(())
@@ -1020,20 +1031,13 @@ impl<A: Application> RaftStateMachine<TypeConfig> for Machine<A> {
             }
         }
         let mut s = self.state.lock().map_err(sm_error)?;
-        s.app.restore(Some(&body.app)).map_err(sm_error)?;
-        s.senders = body.senders;
+        s.restore_body(body).map_err(sm_error)?;
         s.last_applied = meta.last_log_id;
         // This state replaces any a repair installed: what follows it applies.
         s.repaired_through = 0;
         let installed_at = meta.last_log_id.map_or(0, |l| l.index);
         s.app.repaired(installed_at);
         s.membership = meta.last_membership.clone();
-        if let Some(logic) = &body.logic {
-            s.app.logic_changed(logic);
-        }
-        s.logic = body.logic;
-        s.checks = body.checks;
-        s.events = body.events;
         let view = view_of(
             &s.membership,
             meta.last_log_id.map(|l| l.index).unwrap_or(0),

@@ -7,9 +7,8 @@
 
 use crate::common::{Home, eventually};
 use crate::node::{
-    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_on,
+    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_nodes,
 };
-use crate::vsync_processes::free_udp_port;
 
 const REPAIRED: &str = "lo://acme/tests/repaired";
 const SPLIT: &str = "lo://acme/tests/split";
@@ -91,13 +90,7 @@ fn a_corrupted_vsync_replica_is_found_repaired_and_reported_and_a_split_stops_th
 fn corrupted_replica_repaired_and_split_stopped(driver: Driver) {
     let home = Home::new();
     let directory = directory_with_acme_zone(&home);
-    let mut nodes = Vec::new();
-    let mut seeds = Vec::new();
-    for n in 1..=3 {
-        let (node, seed) = start_on(&home, &directory, driver, n, &[], free_udp_port());
-        nodes.push(node);
-        seeds.push(seed);
-    }
+    let (_nodes, seeds, _) = start_nodes(&home, &directory, driver, 3, |_| Vec::new());
     let key = |n: usize| seeds[n - 1].split('@').next().unwrap().to_string();
     publish_checked(&home, &directory, driver, REPAIRED, &seeds[0], 4);
     for n in 1..=3 {

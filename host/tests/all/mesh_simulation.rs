@@ -713,6 +713,21 @@ fn no_majority(node: &Node) -> bool {
         .any(|(_, v)| matches!(v, Verdict::NoMajority { .. }))
 }
 
+/// No live member found no majority, and none but `bad` thought it diverged.
+fn only_it_diverged(sim: &Sim, bad: Id, name: &str) {
+    for id in sim.alive() {
+        let node = &sim.nodes[&id];
+        assert!(
+            !no_majority(node),
+            "seed {name}: node {id} found no majority"
+        );
+        assert!(
+            id == bad || !diverged(node),
+            "seed {name}: node {id} thought it diverged"
+        );
+    }
+}
+
 #[test]
 fn a_diverged_member_is_found_by_the_next_check_and_repaired_from_the_majority() {
     for (seed, liveness) in runs(0..200) {
@@ -754,18 +769,11 @@ fn a_diverged_member_is_found_by_the_next_check_and_repaired_from_the_majority()
             node.repairs >= 1,
             "seed {name}: node {bad} was never repaired"
         );
+        only_it_diverged(&sim, bad, &name);
         for id in sim.alive() {
             let other = &sim.nodes[&id];
-            assert!(
-                !no_majority(other),
-                "seed {name}: node {id} found no majority"
-            );
             // (The bad one may be repaired after the last check.)
             if id != bad {
-                assert!(
-                    !diverged(other),
-                    "seed {name}: node {id} thought it diverged"
-                );
                 assert!(
                     other
                         .verdicts
@@ -775,6 +783,79 @@ fn a_diverged_member_is_found_by_the_next_check_and_repaired_from_the_majority()
                 );
             }
         }
+    }
+}
+
+#[test]
+fn a_view_change_checks_the_members_that_stay_and_repairs_a_diverged_one() {
+    for (seed, liveness) in runs(0..100) {
+        let mut sim = Sim::new(seed, liveness);
+        // Only view changes are checked in these runs.
+        sim.config.check_every = 1_000_000;
+        sim.loss = 5;
+        sim.dup = 3;
+        let ids = group(&mut sim, 4);
+        sim.run_until(2_000);
+        // Not the sequencer: the joiner's state comes from it, and a joiner is
+        // checked from the next check after its cut on (the periodic ones).
+        let others: Vec<Id> = ids
+            .iter()
+            .copied()
+            .filter(|id| !sim.nodes[id].core.is_sequencer())
+            .collect();
+        let bad = others[sim.rng.below(others.len() as u64) as usize];
+        let after = sim.nodes[&bad].app.count + 1 + sim.rng.below(10);
+        sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(after);
+        burst(&mut sim, &ids, 40);
+        let name = format!("{seed} ({liveness:?})");
+        assert!(
+            !diverged(&sim.nodes[&bad]),
+            "seed {name}: found diverged with no view change"
+        );
+        // A host joins: the view that adds it is checked among the four.
+        let mut late = 1 + sim.rng.below(1000);
+        while ids.contains(&late) {
+            late = 1 + sim.rng.below(1000);
+        }
+        let contact = ids[sim.rng.below(4) as usize];
+        sim.join(late, contact);
+        let mut all = ids.clone();
+        all.push(late);
+        burst(&mut sim, &all, 40);
+        sim.heal_and_check(&name, &BTreeSet::new());
+        let node = &sim.nodes[&bad];
+        assert!(
+            diverged(node) && node.repairs >= 1,
+            "seed {name}: node {bad} was not found diverged and repaired at the view change \
+             (verdicts {:?})",
+            node.verdicts
+        );
+        only_it_diverged(&sim, bad, &name);
+        // A member crashes: the view without it is checked among the four
+        // others, one of which went wrong meanwhile.
+        let members = sim.alive();
+        let others: Vec<Id> = members
+            .iter()
+            .copied()
+            .filter(|id| !sim.nodes[id].core.is_sequencer())
+            .collect();
+        let bad = others[sim.rng.below(others.len() as u64) as usize];
+        let gone = *others.iter().find(|id| **id != bad).expect("two others");
+        let after = sim.nodes[&bad].app.count + 1 + sim.rng.below(5);
+        sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(after);
+        burst(&mut sim, &members, 20);
+        let repairs = sim.nodes[&bad].repairs;
+        sim.crash(gone);
+        let rest: Vec<Id> = members.into_iter().filter(|id| *id != gone).collect();
+        burst(&mut sim, &rest, 20);
+        sim.heal_and_check(&name, &BTreeSet::from([gone]));
+        let node = &sim.nodes[&bad];
+        assert!(
+            node.repairs > repairs,
+            "seed {name}: node {bad} was not repaired at the view that removed {gone} \
+             (verdicts {:?})",
+            node.verdicts
+        );
     }
 }
 

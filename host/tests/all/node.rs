@@ -80,6 +80,27 @@ pub(crate) fn start_on(
     (node, seed)
 }
 
+/// Nodes 1 to `count` for `driver`, node `n` started with `extra(n)`, each
+/// with a vsync port of its own: the nodes, their seeds and their vsync ports
+/// (to restart a node on, in node order).
+pub(crate) fn start_nodes(
+    home: &Home,
+    directory: &DirectoryProcess,
+    driver: Driver,
+    count: usize,
+    extra: impl Fn(usize) -> Vec<&'static str>,
+) -> (Vec<Daemon>, Vec<String>, Vec<u16>) {
+    let (mut nodes, mut seeds, mut ports) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 1..=count {
+        let port = crate::vsync_processes::free_udp_port();
+        let (node, seed) = start_on(home, directory, driver, n, &extra(n), port);
+        nodes.push(node);
+        seeds.push(seed);
+        ports.push(port);
+    }
+    (nodes, seeds, ports)
+}
+
 /// Start node `n` gossiping on a free loopback port, through `gossip_seed` if
 /// given. Returns it, its mesh seed (KEY@ADDR) and its gossip address.
 fn start_gossip_node(

@@ -9,9 +9,9 @@
 
 use crate::common::{DirectoryProcess, Home, eventually};
 use crate::node::{
-    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_on,
+    Driver, control, directory_with_acme_zone, join_at, object_status as status, start_nodes,
+    start_on,
 };
-use crate::vsync_processes::free_udp_port;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -40,6 +40,87 @@ fn publish_signed(
     seeds: &str,
     key_file: &str,
 ) -> String {
+    let out = publish_command(home, directory, driver, logic, seeds, key_file)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A `lo publish --watch` running in the background (killed if dropped, as
+/// when a test fails).
+struct Watching {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// What it printed so far.
+    said: String,
+}
+
+impl Watching {
+    /// What it said, and whether it succeeded, once it exits.
+    fn outcome(mut self) -> (bool, String) {
+        use std::io::Read as _;
+        self.stdout.read_to_string(&mut self.said).unwrap();
+        let mut errors = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut errors).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        (status.success(), format!("{}{errors}", self.said))
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `lo publish LOGIC --watch` started in the background, watching the upgrade
+/// at node `n`; returns once it said it published.
+fn publish_watching(
+    home: &Home,
+    directory: &DirectoryProcess,
+    driver: Driver,
+    logic: &str,
+    seeds: &str,
+    n: usize,
+) -> Watching {
+    use std::io::BufRead as _;
+    let mut child = publish_command(home, directory, driver, logic, seeds, "acme.key")
+        .args(["--watch=60", "--control", &control(home, n)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut said = String::new();
+    stdout.read_line(&mut said).unwrap();
+    let watching = Watching {
+        child,
+        stdout,
+        said,
+    };
+    if !watching.said.starts_with("published ") {
+        let (_, said) = watching.outcome();
+        panic!("lo publish --watch did not publish: {said}");
+    }
+    watching
+}
+
+/// The `lo publish` command for LOGIC over the counter's record.
+fn publish_command(
+    home: &Home,
+    directory: &DirectoryProcess,
+    driver: Driver,
+    logic: &str,
+    seeds: &str,
+    key_file: &str,
+) -> std::process::Command {
     let acme_key = home.path(key_file);
     let seeds = format!("seeds={seeds}");
     let (driver, reliability) = match driver {
@@ -60,12 +141,9 @@ fn publish_signed(
         "--key",
         acme_key.to_str().unwrap(),
     ];
-    let out = home.lo().args(directory.args(&args)).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut command = home.lo();
+    command.args(directory.args(&args));
+    command
 }
 
 fn query(home: &Home, n: usize, method: &str) -> String {
@@ -123,21 +201,9 @@ fn upgrade_under_calls(driver: Driver) {
     // 8 s, so that node 4 joins before the switch (see below).
     let polls = |n: usize| if n == 1 { "8" } else { "1" };
     home.keygen("n4.key");
-    let ports: Vec<u16> = (0..=4).map(|_| free_udp_port()).collect();
-    let mut nodes = Vec::new();
-    let mut seeds = Vec::new();
-    for (n, port) in ports.iter().enumerate().skip(1) {
-        let (node, seed) = start_on(
-            &home,
-            &directory,
-            driver,
-            n,
-            &["--upgrade-poll", polls(n)],
-            *port,
-        );
-        nodes.push(node);
-        seeds.push(seed);
-    }
+    let (mut nodes, seeds, ports) = start_nodes(&home, &directory, driver, 4, |n| {
+        vec!["--upgrade-poll", polls(n)]
+    });
     // Node 1, which founds the object, is its seed.
     let seeds = seeds[0].clone();
     let published = publish(
@@ -176,14 +242,16 @@ fn upgrade_under_calls(driver: Driver) {
     let stop = Arc::new(AtomicBool::new(false));
     let adders = [adder(&home, 1, &stop), adder(&home, 3, &stop)];
     thread::sleep(Duration::from_millis(1500));
-    let published = publish(
+    // The publisher watches the switch at node 2.
+    let publishing = publish_watching(
         &home,
         &directory,
         driver,
         liveobjects_objects::COUNTER_V2,
         &seeds,
+        2,
     );
-    assert!(published.contains("version 2"), "{published}");
+    assert!(publishing.said.contains("version 2"), "{}", publishing.said);
     // A node joins while the group switches.
     // Node 4 resolves version 2 but joins a group still on version 1: it takes
     // version 1's state with version 1's logic, then switches with the others.
@@ -199,6 +267,13 @@ fn upgrade_under_calls(driver: Driver) {
     eventually(30, "every replica on version 2", || {
         (1..=4).all(|n| logic(&home, n).starts_with("version 2 since position"))
     });
+    let (succeeded, said) = publishing.outcome();
+    assert!(
+        succeeded
+            && said.contains("published lo://acme/tests/upgraded version 2")
+            && said.contains("switched live to version 2 on this node (version 2 since position"),
+        "{said}"
+    );
     thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     let acknowledged: usize = adders.into_iter().map(|a| a.join().unwrap()).sum();
@@ -253,14 +328,14 @@ fn upgrade_under_calls(driver: Driver) {
         "--control",
         &control(&home, 2),
     ]);
-    let published = publish(
+    let publishing = publish_watching(
         &home,
         &directory,
         driver,
         liveobjects_objects::COUNTER_V2,
         &seeds,
+        3,
     );
-    assert!(published.contains("version 3"), "{published}");
     eventually(
         30,
         "the upgrade to version 3 aborted at every replica",
@@ -283,6 +358,17 @@ fn upgrade_under_calls(driver: Driver) {
         );
     }
     assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
+    // The publisher hears why.
+    let (succeeded, said) = publishing.outcome();
+    assert!(
+        !succeeded
+            && said.contains("published lo://acme/tests/upgraded version 3")
+            && said.contains(
+                "the live upgrade of lo://acme/tests/upgraded to version 3 did not happen"
+            )
+            && said.contains("refuses to take over a negative counter"),
+        "{said}"
+    );
     let text = home.ok(&["status", "--control", &control(&home, 1)]);
     assert!(text.contains("logic: version 2"), "{text}");
     // Calls go on under version 2.
@@ -311,7 +397,7 @@ fn upgrade_under_calls(driver: Driver) {
             driver,
             2,
             &["--upgrade-poll", polls(2)],
-            ports[2],
+            ports[1],
         );
         nodes[1] = node;
         join_at(&home, 2, COUNTER, false);
@@ -336,21 +422,9 @@ fn a_vsync_joiner_replays_logic_signed_by_a_zone_key_rolled_over_since() {
     let directory = directory_with_acme_zone(&home);
     let successor = home.keygen("successor.key");
     home.keygen("n4.key");
-    let ports: Vec<u16> = (0..=4).map(|_| free_udp_port()).collect();
-    let mut nodes = Vec::new();
-    let mut seeds = Vec::new();
-    for (n, port) in ports.iter().enumerate().skip(1) {
-        let (node, seed) = start_on(
-            &home,
-            &directory,
-            Driver::Vsync,
-            n,
-            &["--upgrade-poll", "1"],
-            *port,
-        );
-        nodes.push(node);
-        seeds.push(seed);
-    }
+    let (nodes, seeds, _) = start_nodes(&home, &directory, Driver::Vsync, 4, |_| {
+        vec!["--upgrade-poll", "1"]
+    });
     let published = publish(
         &home,
         &directory,

@@ -1111,7 +1111,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     let mut faults = FaultCount::default();
     let (mut switched, mut aborted, mut records_refused) = (0, 0, 0);
     let (mut agreed, mut diverged, mut repaired, mut no_majority) = (0, 0, 0, 0);
-    let (mut stopped_runs, mut forged_runs) = (0, 0);
+    let (mut stopped_runs, mut forged_runs, mut view_checks) = (0, 0, 0);
     let runs = seeds.len();
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1135,6 +1135,11 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             diverged += t.diverged;
             repaired += t.repaired;
             no_majority += t.no_majority.len();
+            view_checks += t
+                .taken
+                .iter()
+                .filter(|(at, _, _)| t.views.contains_key(at))
+                .count();
         }
         faults.corruptions += run.faults.corruptions;
         committed += run
@@ -1186,8 +1191,10 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
          {switched} and aborted {aborted} times at replicas, records refused \
          {records_refused} times; checks agreed {agreed}, found {diverged} divergences, \
          repaired {repaired}, {no_majority} verdicts of no majority (objects stopped in \
-         {stopped_runs} of {runs} runs), forged state won in {forged_runs}; faults {faults:?}"
+         {stopped_runs} of {runs} runs), forged state won in {forged_runs}; digests taken at \
+         view changes {view_checks}; faults {faults:?}"
     );
+    assert!(view_checks > 0, "no replica took a digest at a view change");
     assert!(
         forged_runs * 10 <= runs,
         "the forged state won in {forged_runs} of {runs} runs"

@@ -40,12 +40,19 @@
 //! - **Divergence checks and repair.** Every [`Config::check_every`] positions of
 //!   the order, each member hands back the digest of its replica's state right
 //!   after that position ([`Output::TakeDigest`]) and sends it to the members of
-//!   the view there ([`Message::Digest`]). A member whose digest differs from one
-//!   a strict majority of that view shares is *diverged*: it stops delivering,
-//!   asks a member of the majority for its state at a cut no earlier than where it
-//!   stopped ([`Message::RepairRequest`], answered with [`Message::State`]),
-//!   installs it and carries on from that cut; its own events up to the cut are
-//!   in that state. If every member answered and no digest has a majority, the
+//!   the view there ([`Message::Digest`]). View changes are checked too, among
+//!   the members that were in the view before and stay (once there are two): a
+//!   joiner's state is cut later, so it takes part from the next periodic check
+//!   on (which is also when a joiner served by a diverged sequencer is found).
+//!   A member counted whose state was cut later still (a joiner whose state
+//!   was sent again after a lost transfer) does not vote: it only makes the
+//!   majority harder to reach, and no majority is declared only once every
+//!   counted member voted. A member
+//!   whose digest differs from one a strict majority shares is *diverged*: it
+//!   stops delivering, asks a member of the majority for its state at a cut no
+//!   earlier than where it stopped ([`Message::RepairRequest`], answered with
+//!   [`Message::State`]), installs it and carries on from that cut; its own
+//!   events up to the cut are in that state. If every member answered and no digest has a majority, the
 //!   verdict is [`Verdict::NoMajority`] at every member and the host stops the
 //!   object rather than let it fork. Verdicts come out as [`Output::Checked`].
 //!
@@ -100,7 +107,8 @@ pub struct Config {
     /// groups at once.
     pub liveness: Liveness,
     /// Compare the replicas' state digests every this many positions of the
-    /// order (0: never). See the module docs.
+    /// order, and at view changes that keep two members or more (0: never).
+    /// See the module docs.
     pub check_every: u64,
 }
 
@@ -313,6 +321,10 @@ pub enum Message<Id> {
 
 /// Divergence checks a member keeps open at once; older ones are given up.
 const MAX_OPEN_CHECKS: usize = 8;
+
+/// Of those, how many may hold votes for positions this member has not
+/// received, that are no periodic check (they may be views).
+const MAX_SPECULATIVE_CHECKS: usize = 2;
 
 /// How many retry periods a member sends its digest again to members it has no
 /// digest from (digests travel once otherwise, and may be lost).
@@ -1239,8 +1251,9 @@ impl<Id: MemberId> MeshCore<Id> {
         {
             self.delivered += 1;
             self.last_progress = self.now;
-            let check = self.config.check_every > 0
-                && self.delivered.is_multiple_of(self.config.check_every);
+            let every = self.config.check_every;
+            let periodic = every > 0 && self.delivered.is_multiple_of(every);
+            let mut check = periodic.then(|| self.view.members.clone());
             match item {
                 Item::Event(event) => {
                     let upto = self.ordered_seqs.entry(event.sender.clone()).or_insert(0);
@@ -1254,6 +1267,18 @@ impl<Id: MemberId> MeshCore<Id> {
                     });
                 }
                 Item::View(view) => {
+                    // A view change is checked too, among the members that were
+                    // in the view before it and stay (a joiner starts from a
+                    // later cut; one that leaves will not vote).
+                    let survivors: Vec<Id> = view
+                        .members
+                        .iter()
+                        .filter(|m| self.view.contains(m))
+                        .cloned()
+                        .collect();
+                    check = (every > 0
+                        && (survivors.len() > 1 || periodic && !survivors.is_empty()))
+                    .then_some(survivors);
                     self.install_view(view);
                     if self.phase == Phase::Gone {
                         return;
@@ -1264,8 +1289,13 @@ impl<Id: MemberId> MeshCore<Id> {
                     upgrade,
                 }),
             }
-            if check {
-                self.start_check(self.delivered);
+            match check {
+                Some(members) => self.start_check(self.delivered, members),
+                // Votes a member sent ahead for a position that turned out not
+                // to be checked here.
+                None => {
+                    self.checks.remove(&self.delivered);
+                }
             }
         }
         self.serve_repair_requests();
@@ -1486,12 +1516,43 @@ impl<Id: MemberId> MeshCore<Id> {
         self.evaluate_check(at);
     }
 
-    fn start_check(&mut self, at: u64) {
+    fn start_check(&mut self, at: u64, members: Vec<Id>) {
         let check = self.checks.entry(at).or_default();
-        check.members = Some(self.view.members.clone());
+        check.members = Some(members);
         self.outputs.push_back(Output::TakeDigest { at });
         while self.checks.len() > MAX_OPEN_CHECKS {
             self.checks.pop_first();
+        }
+    }
+
+    /// Whether position `at` is (or, not yet known here, may be) checked:
+    /// every [`Config::check_every`]th position, and view changes.
+    fn may_be_checked(&self, at: u64) -> bool {
+        if at.is_multiple_of(self.config.check_every) {
+            return true;
+        }
+        if at <= self.delivered {
+            return self.checks.contains_key(&at) || self.decided.contains_key(&at);
+        }
+        match self.log.get(&at) {
+            Some(Item::View(_)) => true,
+            Some(_) => false,
+            // Not received here yet: it may be a view. Votes for a few such
+            // positions are kept (and dropped once the item there turns out
+            // to be no view, see `deliver_ready`), so a member cannot park
+            // many at positions never checked and crowd out the real checks.
+            // (Not none: a member that decided a check sends its digest no
+            // more, so one dropped here would leave the check open.)
+            None => {
+                let every = self.config.check_every;
+                self.checks.contains_key(&at)
+                    || self
+                        .checks
+                        .iter()
+                        .filter(|(k, c)| c.members.is_none() && !k.is_multiple_of(every))
+                        .count()
+                        < MAX_SPECULATIVE_CHECKS
+            }
         }
     }
 
@@ -1501,7 +1562,7 @@ impl<Id: MemberId> MeshCore<Id> {
         // member's own position (a bound on what a peer can make it keep).
         if self.phase != Phase::Member
             || every == 0
-            || !at.is_multiple_of(every)
+            || !self.may_be_checked(at)
             || !self.view.contains(&from)
         {
             return;
