@@ -594,6 +594,11 @@ pub struct MeshCore<Id: MemberId> {
     /// Diverged members waiting for this one to reach their cut (and their
     /// request's term), by member.
     repair_requests: BTreeMap<Id, (u64, u64)>,
+    /// When this member last took a snapshot to repair each member: one per
+    /// half suspect timeout at most (a diverged member asks a source again
+    /// only after a whole one), so a member flooding repair requests cannot
+    /// make it snapshot its state back to back.
+    repairs_served: BTreeMap<Id, Millis>,
     // Outputs.
     transmits: VecDeque<(Id, Message<Id>)>,
     outputs: VecDeque<Output<Id>>,
@@ -666,6 +671,7 @@ impl<Id: MemberId> MeshCore<Id> {
             decided: BTreeMap::new(),
             repair: None,
             repair_requests: BTreeMap::new(),
+            repairs_served: BTreeMap::new(),
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
         }
@@ -1326,6 +1332,7 @@ impl<Id: MemberId> MeshCore<Id> {
             self.suspected.remove(gone);
             self.state_sent.remove(gone);
             self.repair_requests.remove(gone);
+            self.repairs_served.remove(gone);
         }
         if !removed.is_empty() {
             // A member that left will not vote: decide open checks without it.
@@ -1692,6 +1699,13 @@ impl<Id: MemberId> MeshCore<Id> {
         if self.phase != Phase::Member || self.repair.is_some() || !self.view.contains(&from) {
             return;
         }
+        if self
+            .repairs_served
+            .get(&from)
+            .is_some_and(|at| self.now.saturating_sub(*at) < self.config.suspect_after / 2)
+        {
+            return;
+        }
         self.repair_requests.insert(from, (after, term));
         self.serve_repair_requests();
     }
@@ -1710,6 +1724,7 @@ impl<Id: MemberId> MeshCore<Id> {
         for (member, term) in ready {
             self.repair_requests.remove(&member);
             if self.snapshot_requests.insert(member.clone()) {
+                self.repairs_served.insert(member.clone(), self.now);
                 self.request_snapshot(member);
                 if let Some(Output::TakeSnapshot(cut)) = self.outputs.back_mut() {
                     cut.repair_term = Some(term);
@@ -2271,6 +2286,40 @@ mod tests {
         exchange(&mut member, &mut joiner, 3);
         assert!(joiner.is_member(), "the joiner installed the first state");
         assert_eq!(member.view().members, [1, 2], "the joiner stays");
+    }
+
+    /// A member flooding repair requests gets one repair snapshot per half
+    /// suspect timeout, not one per request.
+    #[test]
+    fn repair_requests_are_served_at_most_once_per_half_suspect_timeout() {
+        let config = Config::default();
+        let mut member = MeshCore::found(1u32, config.clone(), 0);
+        let mut other = MeshCore::join(2u32, 1, config.clone(), 0);
+        exchange(&mut member, &mut other, 0);
+        let cut = snapshot_request(&mut member).expect("the joiner's state");
+        member.snapshot_taken(cut, b"state".to_vec());
+        exchange(&mut member, &mut other, 0);
+        assert!(other.is_member());
+        let mut served = 0;
+        let mut now = 1;
+        // Two suspect timeouts of requests, one per millisecond.
+        while now <= 2 * config.suspect_after {
+            member.handle_message(now, 2, Message::RepairRequest { after: 0, term: 0 });
+            while let Some(output) = member.poll_output() {
+                if let Output::TakeSnapshot(cut) = output {
+                    assert!(cut.repair_term.is_some(), "{cut:?}");
+                    served += 1;
+                    member.snapshot_taken(cut, b"state".to_vec());
+                }
+            }
+            while member.poll_transmit().is_some() {}
+            now += 1;
+        }
+        assert!(
+            (1..=5).contains(&served),
+            "{served} repair snapshots for {} requests",
+            2 * config.suspect_after
+        );
     }
 
     /// A member whose snapshot fails refuses the joiner with the reason, orders a
