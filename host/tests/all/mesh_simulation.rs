@@ -807,7 +807,14 @@ fn a_view_change_checks_the_members_that_stay_and_repairs_a_diverged_one() {
         let after = sim.nodes[&bad].app.count + 1 + sim.rng.below(10);
         sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(after);
         burst(&mut sim, &ids, 40);
+        // Every event ordered and applied: the member went wrong before the
+        // view below (a join ordered amid the burst would come first).
+        sim.run_until(sim.now + 2_000);
         let name = format!("{seed} ({liveness:?})");
+        assert!(
+            sim.nodes[&bad].corrupt_after.is_none(),
+            "seed {name}: node {bad} did not go wrong"
+        );
         assert!(
             !diverged(&sim.nodes[&bad]),
             "seed {name}: found diverged with no view change"
@@ -844,6 +851,11 @@ fn a_view_change_checks_the_members_that_stay_and_repairs_a_diverged_one() {
         let after = sim.nodes[&bad].app.count + 1 + sim.rng.below(5);
         sim.nodes.get_mut(&bad).unwrap().corrupt_after = Some(after);
         burst(&mut sim, &members, 20);
+        sim.run_until(sim.now + 2_000);
+        assert!(
+            sim.nodes[&bad].corrupt_after.is_none(),
+            "seed {name}: node {bad} did not go wrong"
+        );
         let repairs = sim.nodes[&bad].repairs;
         sim.crash(gone);
         let rest: Vec<Id> = members.into_iter().filter(|id| *id != gone).collect();

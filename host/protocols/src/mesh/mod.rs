@@ -1575,10 +1575,11 @@ impl<Id: MemberId> MeshCore<Id> {
             return;
         }
         if at <= self.checked_upto {
-            // Decided here before its vote came: answer it once with ours.
-            if let Some((own, voters)) = self.decided.get_mut(&at)
-                && voters.insert(from.clone())
-            {
+            // Decided here: answer with ours. A member that votes again
+            // lacks it (ours to it was lost, and deciding stopped our
+            // resends); it sends at most `DIGEST_RESENDS` times per check.
+            if let Some((own, voters)) = self.decided.get_mut(&at) {
+                voters.insert(from.clone());
                 let own = *own;
                 self.transmits
                     .push_back((from, Message::Digest { at, digest: own }));
