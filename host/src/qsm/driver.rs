@@ -268,6 +268,7 @@ enum FromReplica {
         object: ObjectNum,
         for_host: u32,
         view: u64,
+        epoch: u64,
         cut: Vec<(u32, u64)>,
         state: Vec<u8>,
     },
@@ -286,6 +287,7 @@ enum ToReplica {
     TakeSnapshot {
         for_host: u32,
         view: u64,
+        epoch: u64,
         cut: Vec<(u32, u64)>,
     },
     Accepted(usize),
@@ -691,16 +693,33 @@ impl Driver {
                 object,
                 for_host,
                 view,
+                epoch,
                 cut,
             } => {
                 if let Some(entry) = self.objects.get(&object) {
                     let _ = entry.to_replica.send(ToReplica::TakeSnapshot {
                         for_host,
                         view,
+                        epoch,
                         cut,
                     });
                 }
             }
+            Output::UpgradeCut {
+                object,
+                epoch,
+                version,
+                ..
+            } => {
+                // Nothing here asks for upgrades yet; a member that did gets a
+                // refusal, which aborts it on every member.
+                tracing::warn!(
+                    "qsm: object {object}: a member asked for a live upgrade to version {version}, which this host does not perform; refusing it"
+                );
+                let now = self.now();
+                self.core.cut_tried(now, object, epoch, false);
+            }
+            Output::UpgradeDecided { .. } => {}
             Output::Left { object, name } => {
                 if let Some(entry) = self.objects.remove(&object) {
                     let _ = entry.notices.send(GroupNotice::Excluded);
@@ -895,9 +914,12 @@ impl Driver {
                     object,
                     for_host,
                     view,
+                    epoch,
                     cut,
                     state,
-                } => self.core.snapshot_taken(object, for_host, view, cut, state),
+                } => self
+                    .core
+                    .snapshot_taken(object, for_host, view, epoch, cut, state),
                 FromReplica::Failed { name, reason } => {
                     tracing::error!("qsm: {name}: {reason}; leaving it");
                     if let Some(num) = self.core.object_num(&name) {
@@ -937,6 +959,7 @@ enum JobDone {
     Snapshot {
         for_host: u32,
         view: u64,
+        epoch: u64,
         cut: Vec<(u32, u64)>,
         state: Vec<u8>,
     },
@@ -1233,6 +1256,7 @@ impl ReplicaTask {
             JobDone::Snapshot {
                 for_host,
                 view,
+                epoch,
                 cut,
                 state,
             } => {
@@ -1240,6 +1264,7 @@ impl ReplicaTask {
                     object: self.object,
                     for_host,
                     view,
+                    epoch,
                     cut,
                     state,
                 };
@@ -1340,6 +1365,7 @@ impl ReplicaTask {
             ToReplica::TakeSnapshot {
                 for_host,
                 view,
+                epoch,
                 cut,
             } => {
                 let logic = LogicInForce {
@@ -1358,6 +1384,7 @@ impl ReplicaTask {
                                 let _ = done.send(JobDone::Snapshot {
                                     for_host,
                                     view,
+                                    epoch,
                                     cut,
                                     state,
                                 });

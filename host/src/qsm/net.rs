@@ -21,8 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// ALPN of the qsm control plane (2: a joiner's state names its logic).
-pub const ALPN: &[u8] = b"liveobjects-qsm/2";
+/// ALPN of the qsm control plane (2: a joiner's state names its logic; 3: logic
+/// epochs, upgrade views and the snapshot's epoch).
+pub const ALPN: &[u8] = b"liveobjects-qsm/3";
 /// Receive buffer asked of the kernel (bursts of a fast sender must fit).
 const RECV_BUFFER: usize = 16 << 20;
 /// Bytes per receive buffer (a GRO batch can fill it).

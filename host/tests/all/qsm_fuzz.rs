@@ -51,9 +51,16 @@ fn arb_message() -> impl Strategy<Value = Message> {
         .prop_map(|(object, seq, t, marker, len)| Message {
             object: object % 4,
             body: if marker {
-                MessageBody::Marker {
-                    view: seq,
-                    first: t,
+                match len % 3 {
+                    0 => MessageBody::Vote {
+                        epoch: seq,
+                        ok: t % 2 == 0,
+                    },
+                    _ => MessageBody::Marker {
+                        view: seq,
+                        first: t,
+                        epoch: t % 5,
+                    },
                 }
             } else {
                 MessageBody::Event {

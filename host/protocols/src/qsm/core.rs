@@ -52,6 +52,40 @@
 //! - **Leaving.** A host leaves an object only once all its events of it are
 //!   acknowledged everywhere (or after [`QsmConfig::leave_timeout`]), so a joiner's
 //!   provider never misses a departed member's last events.
+//! - **Upgrades (a flushed view change).** Every replica state belongs to a
+//!   *logic epoch* (0 for a new object), and so does every event: a sender's
+//!   markers carry the epoch of its events from `first` on. An upgrade is a view
+//!   the membership service makes for it alone ([`Route::upgrade`]), with the
+//!   same members as the view before, that starts epoch `e + 1`. At that view
+//!   each member (in epoch `e`):
+//!   1. stops sending ([`SendError::Upgrading`]) and marks its streams with
+//!      epoch `e + 1` from its next seq;
+//!   2. delivers every other member's events before that member's epoch marker,
+//!      and holds (receives and acknowledges, but does not deliver) every event of
+//!      a later epoch;
+//!   3. once it has all of them, outputs [`Output::UpgradeCut`]: its replica has
+//!      applied exactly the events of epoch `e`, of every member, that every
+//!      other member applies before its own cut. The shell tries the upgrade on
+//!      that state and reports with [`QsmHost::cut_tried`];
+//!   4. multicasts its verdict ([`MessageBody::Vote`]) and waits for every
+//!      other member's;
+//!   5. outputs [`Output::UpgradeDecided`]: committed if every member's replica
+//!      took the new logic, aborted (every replica keeps its logic) otherwise. The
+//!      object is in epoch `e + 1` either way; held events are delivered, and it
+//!      sends again.
+//!
+//!   So every event is applied by the same logic on every member, and the
+//!   decision is the same everywhere. A joiner of a view before the upgrade view
+//!   is sent a state of epoch `e` (taken before its provider's cut, since the
+//!   cut waits for the joiner's marker) and takes part in the flush once it has
+//!   its state; a joiner of a later view is sent its state only once its
+//!   provider has decided, so it starts in epoch `e + 1` and never flushes. A
+//!   member that fails or leaves drops out of the flush at the view that
+//!   removes it. **Limit:** as with any of its events, the verdict of a member
+//!   that crashes may reach some members and not others before the view that
+//!   removes it; they may then decide differently (repair spreads what any
+//!   member has, so this needs the crash to hide the vote from the whole
+//!   region).
 //!
 //! # What it does not promise
 //! Events of a sender that crashes may reach some members and not others (repair
@@ -166,6 +200,8 @@ pub enum PeerMessage {
         object: ObjectNum,
         /// The join view it answers.
         view: u64,
+        /// The logic epoch the state belongs to.
+        epoch: u64,
         /// Per sender, the last event the snapshot covers.
         cut: Vec<(HostNum, u64)>,
         /// The replica's state.
@@ -230,8 +266,37 @@ pub enum Output {
         for_host: HostNum,
         /// Its join view.
         view: u64,
+        /// The logic epoch of the state (hand it back).
+        epoch: u64,
         /// The cut the snapshot stands for.
         cut: Vec<(HostNum, u64)>,
+    },
+    /// An upgrade's cut: the replica has been handed every event of the epoch
+    /// that ends here, from every member. Try the upgrade on its state (after
+    /// everything delivered before this) and report with
+    /// [`QsmHost::cut_tried`]; nothing more is delivered until
+    /// [`Output::UpgradeDecided`].
+    UpgradeCut {
+        /// The object.
+        object: ObjectNum,
+        /// The epoch the upgrade starts.
+        epoch: u64,
+        /// The version asked for.
+        version: u64,
+        /// What the member that asked sent along (the shell's request).
+        request: Vec<u8>,
+    },
+    /// Every member's verdict on the upgrade is in: switch to the new logic
+    /// (`committed`) or keep the old one, before the next delivery.
+    UpgradeDecided {
+        /// The object.
+        object: ObjectNum,
+        /// The epoch the object is in from now on.
+        epoch: u64,
+        /// The version asked for.
+        version: u64,
+        /// Whether every replica took it.
+        committed: bool,
     },
     /// This host is no longer a member of the object (left or removed).
     Left {
@@ -265,6 +330,10 @@ pub enum SendError {
     /// Still waiting for its state.
     #[error("object {0} is still joining (waiting for its state)")]
     Joining(ObjectNum),
+    /// Its members are switching logic (a live upgrade): try again after
+    /// [`Output::UpgradeDecided`].
+    #[error("object {0} is being upgraded: sends resume once every member has switched")]
+    Upgrading(ObjectNum),
     /// Leaving.
     #[error("object {0} is being left")]
     Leaving(ObjectNum),
@@ -333,6 +402,9 @@ pub struct QsmStats {
     pub objects: usize,
     /// Of those, still waiting for their state.
     pub joining: usize,
+    /// Of those, with an upgrade under way or waiting.
+    #[serde(default)]
+    pub upgrading: usize,
     /// Messages held in buffers (send, receive, hold-back, join).
     pub retained: usize,
     /// Repair messages this host forwarded.
@@ -351,6 +423,28 @@ impl SenderIn {
             holdback: BTreeMap::new(),
         }
     }
+}
+
+/// Logic epochs a member keeps markers and votes for ahead of its own.
+const EPOCHS_AHEAD: u64 = 8;
+
+/// An upgrade view this member has to flush (see the module docs).
+struct Upgrade {
+    /// The epoch it starts.
+    epoch: u64,
+    /// The upgrade view.
+    view: u64,
+    version: u64,
+    request: Vec<u8>,
+    /// Members whose epoch-`epoch` marker this member's cut waits for (the view's
+    /// members but this one, less those removed since).
+    waiting: BTreeSet<HostNum>,
+    /// Marked its own streams and paused its sends.
+    started: bool,
+    /// [`Output::UpgradeCut`] is out.
+    cut: bool,
+    /// This replica's verdict.
+    mine: Option<bool>,
 }
 
 enum Phase {
@@ -382,6 +476,15 @@ struct ObjectState {
     leaving: Option<Micros>,
     /// Copies of this host's messages of the object not yet acknowledged.
     unstable: u64,
+    /// The logic epoch of its replica's state.
+    epoch: u64,
+    /// Per sender: (epoch, first seq) of its markers of epochs above `epoch`,
+    /// ascending; its events from the first of them on are held.
+    epoch_marks: BTreeMap<HostNum, Vec<(u64, u64)>>,
+    /// Per epoch above `epoch`: the members' verdicts heard so far.
+    votes: BTreeMap<u64, BTreeMap<HostNum, bool>>,
+    /// Upgrade views to flush, oldest first (only the first is under way).
+    upgrades: VecDeque<Upgrade>,
 }
 
 impl ObjectState {
@@ -391,6 +494,32 @@ impl ObjectState {
 
     fn member_nums(&self) -> Vec<HostNum> {
         self.members.iter().map(|(m, _)| *m).collect()
+    }
+
+    /// The first of `sender`'s events this replica must not deliver yet: the
+    /// first of a later logic epoch than its own.
+    fn hold_from(&self, sender: HostNum) -> u64 {
+        self.epoch_marks
+            .get(&sender)
+            .and_then(|marks| marks.iter().find(|(e, _)| *e > self.epoch))
+            .map_or(u64::MAX, |(_, first)| *first)
+    }
+
+    /// Whether its sends are paused for an upgrade.
+    fn upgrading(&self) -> bool {
+        self.upgrades.front().is_some_and(|u| u.started)
+    }
+
+    /// A sender's marker of logic epoch `epoch` from seq `first` (the earliest one
+    /// per epoch counts).
+    fn note_epoch(&mut self, sender: HostNum, epoch: u64, first: u64) {
+        if epoch <= self.epoch || epoch > self.epoch + EPOCHS_AHEAD {
+            return;
+        }
+        let marks = self.epoch_marks.entry(sender).or_default();
+        if let Err(at) = marks.binary_search_by_key(&epoch, |(e, _)| *e) {
+            marks.insert(at, (epoch, first));
+        }
     }
 }
 
@@ -515,6 +644,8 @@ pub struct QsmHost<Id> {
     leaving: BTreeSet<ObjectNum>,
     /// Objects with snapshot requests waiting.
     requesting: BTreeSet<ObjectNum>,
+    /// Objects with upgrades to flush.
+    upgrading: BTreeSet<ObjectNum>,
     /// Hosts the membership service removed (failed or left the domain).
     gone: BTreeSet<HostNum>,
     transmits: VecDeque<Datagram>,
@@ -550,6 +681,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             joining: BTreeSet::new(),
             leaving: BTreeSet::new(),
             requesting: BTreeSet::new(),
+            upgrading: BTreeSet::new(),
             gone: BTreeSet::new(),
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -714,6 +846,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         if o.leaving.is_some() {
             return Err(SendError::Leaving(object));
         }
+        if o.upgrading() {
+            return Err(SendError::Upgrading(object));
+        }
         if len > MAX_PAYLOAD {
             return Err(SendError::TooLarge(len));
         }
@@ -799,6 +934,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             self.resume();
         }
         self.check_requests();
+        self.check_upgrades();
     }
 
     /// The snapshot asked for by [`Output::TakeSnapshot`].
@@ -807,6 +943,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         object: ObjectNum,
         for_host: HostNum,
         view: u64,
+        epoch: u64,
         cut: Vec<(HostNum, u64)>,
         state: Vec<u8>,
     ) {
@@ -815,10 +952,56 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             PeerMessage::Snapshot {
                 object,
                 view,
+                epoch,
                 cut,
                 state,
             },
         ));
+    }
+
+    /// Ask the membership service for an upgrade of `object` to `version`
+    /// (ignored unless this host is a member; the service ignores a version not
+    /// above the last one it ordered). `request` reaches every member in
+    /// [`Output::UpgradeCut`].
+    pub fn request_upgrade(&mut self, object: ObjectNum, version: u64, request: Vec<u8>) {
+        if let Some(o) = self.objects.get(&object)
+            && o.is_member()
+        {
+            self.to_membership.push_back(ToMembership::Upgrade {
+                object: o.name.clone(),
+                version,
+                request,
+            });
+        }
+    }
+
+    /// The replica's verdict on the upgrade of [`Output::UpgradeCut`]: whether it
+    /// took the new logic (kept aside until [`Output::UpgradeDecided`]).
+    pub fn cut_tried(&mut self, now: Micros, object: ObjectNum, epoch: u64, ok: bool) {
+        self.now = self.now.max(now);
+        let Some(o) = self.objects.get_mut(&object) else {
+            return;
+        };
+        let Some(up) = o.upgrades.front_mut() else {
+            return;
+        };
+        if up.epoch != epoch || !up.cut || up.mine.is_some() {
+            return;
+        }
+        up.mine = Some(ok);
+        self.enqueue(
+            object,
+            Message {
+                object,
+                body: MessageBody::Vote { epoch, ok },
+            },
+        );
+        self.check_upgrades();
+    }
+
+    /// The logic epoch of `object`'s replica here.
+    pub fn epoch(&self, object: ObjectNum) -> Option<u64> {
+        self.objects.get(&object).map(|o| o.epoch)
     }
 
     /// Next datagram to send. Multicasts made since the last call go out now, as
@@ -879,6 +1062,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             drops: self.drops,
             objects: self.objects.len(),
             joining: self.joining.len(),
+            upgrading: self.upgrading.len(),
             retained: self.retained(),
             repairs_sent: self.repairs_sent,
         }
@@ -952,6 +1136,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 self.streams.clear();
                 self.objects.clear();
                 self.names.clear();
+                self.upgrading.clear();
                 self.outputs.push_back(Output::Excluded);
             }
         }
@@ -978,6 +1163,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 self.joining.remove(&o);
                 self.leaving.remove(&o);
                 self.requesting.remove(&o);
+                self.upgrading.remove(&o);
                 self.outputs.push_back(Output::Left {
                     object: o,
                     name: state.name,
@@ -997,6 +1183,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             .retain(|id, s| routed.contains(id) || !s.buffer.is_empty());
         self.resume();
         self.check_requests();
+        self.check_upgrades();
     }
 
     fn set_region(&mut self, now: Micros, info: Option<RegionInfo>) {
@@ -1074,6 +1261,12 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                         requests: Vec::new(),
                         leaving: None,
                         unstable: 0,
+                        // A member that starts from scratch is in the object's
+                        // epoch; one sent a state takes the state's.
+                        epoch: route.epoch,
+                        epoch_marks: BTreeMap::new(),
+                        votes: BTreeMap::new(),
+                        upgrades: VecDeque::new(),
                     },
                 );
                 self.joining.insert(route.object);
@@ -1085,6 +1278,25 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 o.view = route.view;
                 o.members = route.members;
                 o.route = regions;
+                for up in o.upgrades.iter_mut() {
+                    up.waiting.retain(|m| after.contains(m));
+                }
+                if let Some((version, request)) = route.upgrade
+                    && route.epoch > o.upgrades.back().map_or(o.epoch, |u| u.epoch)
+                {
+                    let me = self.me;
+                    o.upgrades.push_back(Upgrade {
+                        epoch: route.epoch,
+                        view: route.view,
+                        version,
+                        request,
+                        waiting: after.iter().copied().filter(|m| *m != me).collect(),
+                        started: false,
+                        cut: false,
+                        mine: None,
+                    });
+                    self.upgrading.insert(route.object);
+                }
                 if o.is_member() && before != after {
                     self.outputs.push_back(Output::View {
                         object: route.object,
@@ -1096,7 +1308,8 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 let lost_provider = matches!(&o.phase,
                     Phase::Joining { provider, .. } if provider.is_some_and(|p| !after.contains(&p)));
                 if added {
-                    self.emit_marker(route.object);
+                    let epoch = o.epoch;
+                    self.emit_marker(route.object, epoch);
                 }
                 if lost_provider {
                     self.request_snapshot(route.object, now);
@@ -1106,8 +1319,8 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
     }
 
     /// Mark this host's streams: its events of `object` from here on are sent under
-    /// the object's current view.
-    fn emit_marker(&mut self, object: ObjectNum) {
+    /// the object's current view, and belong to logic epoch `epoch`.
+    fn emit_marker(&mut self, object: ObjectNum, epoch: u64) {
         let Some(o) = self.objects.get(&object) else {
             return;
         };
@@ -1116,9 +1329,103 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             body: MessageBody::Marker {
                 view: o.view,
                 first: o.next_seq,
+                epoch,
             },
         };
         self.enqueue(object, msg);
+    }
+
+    // ----- upgrades -----
+
+    /// Move every object's upgrade on: start the first one (mark and pause),
+    /// output its cut once every member's epoch is delivered up to its marker,
+    /// and decide once every verdict is in.
+    fn check_upgrades(&mut self) {
+        if self.upgrading.is_empty() {
+            return;
+        }
+        let objects: Vec<ObjectNum> = self.upgrading.iter().copied().collect();
+        for num in objects {
+            self.check_upgrade(num);
+        }
+    }
+
+    fn check_upgrade(&mut self, num: ObjectNum) {
+        let credit = self.config.delivery_credit;
+        loop {
+            let Some(o) = self.objects.get_mut(&num) else {
+                self.upgrading.remove(&num);
+                return;
+            };
+            // Upgrades a joiner's state already went through.
+            while o.upgrades.front().is_some_and(|u| u.epoch <= o.epoch) {
+                o.upgrades.pop_front();
+            }
+            let Some(up) = o.upgrades.front() else {
+                self.upgrading.remove(&num);
+                return;
+            };
+            if !o.is_member() {
+                return;
+            }
+            if !up.started {
+                let epoch = up.epoch;
+                o.upgrades.front_mut().expect("checked").started = true;
+                self.emit_marker(num, epoch);
+                continue;
+            }
+            if !up.cut {
+                let flushed = up.waiting.iter().all(|m| {
+                    let first = o.hold_from(*m);
+                    let next = o.senders.get(m).map_or(1, |s| s.next);
+                    first != u64::MAX && next >= first
+                });
+                if !flushed {
+                    return;
+                }
+                let up = o.upgrades.front_mut().expect("checked");
+                up.cut = true;
+                self.outputs.push_back(Output::UpgradeCut {
+                    object: num,
+                    epoch: up.epoch,
+                    version: up.version,
+                    request: up.request.clone(),
+                });
+                return;
+            }
+            let Some(mine) = up.mine else {
+                return;
+            };
+            let votes = o.votes.get(&up.epoch);
+            let mut committed = mine;
+            for m in &up.waiting {
+                match votes.and_then(|v| v.get(m)) {
+                    Some(ok) => committed &= ok,
+                    None => return,
+                }
+            }
+            let up = o.upgrades.pop_front().expect("checked");
+            o.epoch = up.epoch;
+            o.votes.retain(|e, _| *e > up.epoch);
+            for marks in o.epoch_marks.values_mut() {
+                marks.retain(|(e, _)| *e > up.epoch);
+            }
+            o.epoch_marks.retain(|_, marks| !marks.is_empty());
+            self.outputs.push_back(Output::UpgradeDecided {
+                object: num,
+                epoch: up.epoch,
+                version: up.version,
+                committed,
+            });
+            drain_holdback(num, o, credit, &mut self.outputs);
+            // Streams that stalled on held events, and joiners waiting for the
+            // decision, move on.
+            if self.region.as_ref().is_some_and(|r| !r.stalled.is_empty()) {
+                self.resume();
+            }
+            self.requesting.insert(num);
+            self.check_requests();
+        }
     }
 
     /// A region view this host sends to was retired: what it had not acknowledged
@@ -1163,6 +1470,10 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 s.holdback.clear();
             }
             o.markers.remove(&host);
+            o.epoch_marks.remove(&host);
+            for up in o.upgrades.iter_mut() {
+                up.waiting.remove(&host);
+            }
             o.requests.retain(|(h, _)| *h != host);
             if let Phase::Joining { provider, .. } = &o.phase
                 && *provider == Some(host)
@@ -1173,6 +1484,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         for num in rerequest {
             self.request_snapshot(num, now);
         }
+        self.check_upgrades();
         if let Some(h) = self.hosts.remove(&host)
             && self.by_id.get(&h.id) == Some(&host)
         {
@@ -1204,7 +1516,8 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         };
         if older.is_empty() {
             // The first member (or every older one is gone): start from scratch.
-            self.become_member(object, None, Vec::new());
+            let epoch = o.epoch;
+            self.become_member(object, None, epoch, Vec::new());
             return;
         }
         if older.iter().all(|m| tried.contains(m)) {
@@ -1226,6 +1539,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         &mut self,
         object: ObjectNum,
         snapshot: Option<Vec<u8>>,
+        epoch: u64,
         cut: Vec<(HostNum, u64)>,
     ) {
         let credit = self.config.delivery_credit;
@@ -1237,6 +1551,11 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             return;
         };
         self.joining.remove(&object);
+        o.epoch = epoch;
+        o.votes.retain(|e, _| *e > epoch);
+        for marks in o.epoch_marks.values_mut() {
+            marks.retain(|(e, _)| *e > epoch);
+        }
         self.outputs.push_back(Output::Joined {
             object,
             name: o.name.clone(),
@@ -1278,7 +1597,10 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             }
         }
         drain_holdback(object, o, credit, &mut self.outputs);
-        self.emit_marker(object);
+        self.emit_marker(object, epoch);
+        // An upgrade view after its join view but before its state: it flushes
+        // with the others.
+        self.check_upgrade(object);
     }
 
     /// Serve snapshot requests whose cut is reached.
@@ -1304,17 +1626,20 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 if !o.members.iter().any(|(m, _)| *m == joiner) {
                     continue;
                 }
-                let ready = o
-                    .members
-                    .iter()
-                    .filter(|(m, joined)| *m != joiner && *m != me && *joined < view)
-                    .all(|(m, _)| {
-                        let Some((marked, first)) = o.markers.get(m) else {
-                            return false;
-                        };
-                        let next = o.senders.get(m).map(|s| s.next).unwrap_or(1);
-                        *marked >= view && next >= *first
-                    });
+                // A joiner of a view after an upgrade view is sent a state of the
+                // epoch it starts, once this member has decided it.
+                let flushing = o.upgrades.iter().any(|u| u.view < view);
+                let ready = !flushing
+                    && o.members
+                        .iter()
+                        .filter(|(m, joined)| *m != joiner && *m != me && *joined < view)
+                        .all(|(m, _)| {
+                            let Some((marked, first)) = o.markers.get(m) else {
+                                return false;
+                            };
+                            let next = o.senders.get(m).map(|s| s.next).unwrap_or(1);
+                            *marked >= view && next >= *first
+                        });
                 if ready {
                     let mut cut: Vec<(HostNum, u64)> =
                         o.senders.iter().map(|(s, st)| (*s, st.next - 1)).collect();
@@ -1323,6 +1648,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                         object: *num,
                         for_host: joiner,
                         view,
+                        epoch: o.epoch,
                         cut,
                     });
                 } else {
@@ -1375,6 +1701,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             PeerMessage::Snapshot {
                 object,
                 view,
+                epoch,
                 cut,
                 state,
             } => {
@@ -1385,7 +1712,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                     return;
                 };
                 if *provider == Some(from) && view == o.joined_view {
-                    self.become_member(object, Some(state), cut);
+                    self.become_member(object, Some(state), epoch, cut);
                 }
             }
             PeerMessage::Refused { object, reason } => {
@@ -1593,6 +1920,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             region.stalled.remove(&sender);
         }
         self.check_requests();
+        self.check_upgrades();
     }
 
     /// Retry streams that stalled on delivery credit or full buffers.
@@ -2145,7 +2473,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 .iter()
                 .map(|m| match &m.body {
                     MessageBody::Event { payload, .. } => payload.len() as u64,
-                    MessageBody::Marker { .. } => 0,
+                    MessageBody::Marker { .. } | MessageBody::Vote { .. } => 0,
                 })
                 .sum::<u64>();
         }
@@ -2257,10 +2585,21 @@ fn dispatch(
         return Dispatch::Consumed;
     };
     match &msg.body {
-        MessageBody::Marker { view, first } => {
+        MessageBody::Marker { view, first, epoch } => {
             let m = o.markers.entry(sender).or_insert((0, 0));
             if (*view, *first) > *m {
                 *m = (*view, *first);
+            }
+            o.note_epoch(sender, *epoch, *first);
+            Dispatch::Consumed
+        }
+        MessageBody::Vote { epoch, ok } => {
+            if *epoch > o.epoch && *epoch <= o.epoch + EPOCHS_AHEAD {
+                o.votes
+                    .entry(*epoch)
+                    .or_default()
+                    .entry(sender)
+                    .or_insert(*ok);
             }
             Dispatch::Consumed
         }
@@ -2276,11 +2615,13 @@ fn dispatch(
                 buffer.push_back((sender, msg.clone()));
                 return Dispatch::Consumed;
             }
+            let hold_from = o.hold_from(sender);
             let s = o.senders.entry(sender).or_insert_with(SenderIn::new);
             if *seq < s.next {
                 return Dispatch::Consumed;
             }
-            if *seq > s.next {
+            // An event of a later logic epoch waits with the early ones.
+            if *seq > s.next || *seq >= hold_from {
                 if s.holdback.contains_key(seq) {
                     return Dispatch::Consumed;
                 }
@@ -2317,10 +2658,11 @@ fn drain_sender(
     credit: usize,
     outputs: &mut VecDeque<Output>,
 ) {
+    let hold_from = o.hold_from(sender);
     let Some(s) = o.senders.get_mut(&sender) else {
         return;
     };
-    while o.credit_used < credit {
+    while o.credit_used < credit && s.next < hold_from {
         let Some((timestamp_ms, payload)) = s.holdback.remove(&s.next) else {
             break;
         };

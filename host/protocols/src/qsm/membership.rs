@@ -18,6 +18,13 @@
 //! - **Failures**: a host not heard from within
 //!   [`MembershipConfig::heartbeat_timeout`] is removed from every object and
 //!   region, which the next batch announces.
+//! - **Upgrades**: a member asks for one ([`ToMembership::Upgrade`]); the service
+//!   makes a view of the object with the same members that starts the next logic
+//!   epoch and carries the member's opaque request ([`Route::upgrade`]). That view
+//!   changes nothing else: an upgrade asked for in a batch that also adds or
+//!   removes a member of the object waits for the next batch, so members flush at
+//!   a view every one of them was in before. A request for a version not above
+//!   the last one ordered is ignored, so every member may ask.
 //!
 //! Every host affected by a batch receives one [`Update`] with all that changed for
 //! it, so it applies each batch atomically. Authorization of joins (the object's
@@ -37,6 +44,8 @@ pub type Micros = u64;
 pub const MAX_OBJECT_NAME: usize = 512;
 /// Most objects one host may join.
 pub const MAX_OBJECTS_PER_HOST: usize = 100_000;
+/// Largest upgrade request the service carries (a signed record fits many times).
+pub const MAX_UPGRADE_BYTES: usize = 256 * 1024;
 
 /// Settings of a qsm domain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +110,17 @@ pub enum ToMembership {
         /// The object's name.
         object: String,
     },
+    /// Start the object's next logic epoch (a live upgrade) at a view of its own.
+    /// Only a member may ask; a `version` not above the last one ordered for the
+    /// object is ignored.
+    Upgrade {
+        /// The object's name.
+        object: String,
+        /// What the upgrade is to (a record version number, growing).
+        version: u64,
+        /// What members need to perform it (opaque here: the shell's record).
+        request: Vec<u8>,
+    },
     /// I am alive.
     Heartbeat,
 }
@@ -159,6 +179,11 @@ pub struct Route {
     pub members: Vec<(HostNum, u64)>,
     /// The region views holding its members.
     pub regions: Vec<RegionRoute>,
+    /// The object's logic epoch: how many upgrade views it has had.
+    pub epoch: u64,
+    /// Set on the view that starts `epoch` (an upgrade view, whose members are
+    /// those of the view before): the version and request a member asked for.
+    pub upgrade: Option<(u64, Vec<u8>)>,
 }
 
 /// Everything one batch changed for one host.
@@ -227,6 +252,12 @@ struct ObjectEntry {
     view: u64,
     /// (member, view it joined in), oldest first.
     members: Vec<(HostNum, u64)>,
+    /// Upgrade views so far.
+    epoch: u64,
+    /// The last version an upgrade view was made for.
+    ordered_version: u64,
+    /// The upgrade this batch's view carries.
+    upgrading: Option<(u64, Vec<u8>)>,
 }
 
 impl ObjectEntry {
@@ -251,6 +282,7 @@ enum Request {
     Join(HostNum, String),
     Leave(HostNum, String),
     Fail(HostNum),
+    Upgrade(HostNum, String, u64, Vec<u8>),
 }
 
 /// Counters for status displays and tests.
@@ -368,6 +400,21 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                     ToMembership::Leave { object } => {
                         self.pending.push(Request::Leave(host, object));
                     }
+                    ToMembership::Upgrade {
+                        object,
+                        version,
+                        request,
+                    } => {
+                        if request.len() > MAX_UPGRADE_BYTES {
+                            tracing::debug!(
+                                "host {host} asked to upgrade {object} with {} bytes, over {MAX_UPGRADE_BYTES}; ignored",
+                                request.len()
+                            );
+                        } else {
+                            self.pending
+                                .push(Request::Upgrade(host, object, version, request));
+                        }
+                    }
                     ToMembership::Heartbeat | ToMembership::Hello { .. } => {}
                 }
             }
@@ -468,8 +515,12 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
         let mut removed: BTreeMap<HostNum, Vec<ObjectNum>> = BTreeMap::new();
         let mut gone: Vec<HostNum> = Vec::new();
         let mut gone_sets: Vec<Vec<ObjectNum>> = Vec::new();
+        let mut upgrades = Vec::new();
         for request in std::mem::take(&mut self.pending) {
             match request {
+                Request::Upgrade(host, name, version, bytes) => {
+                    upgrades.push((host, name, version, bytes));
+                }
                 Request::Join(host, name) => {
                     let Some(entry) = self.hosts.get(&host) else {
                         continue;
@@ -486,6 +537,9 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                                     name,
                                     view: 0,
                                     members: Vec::new(),
+                                    epoch: 0,
+                                    ordered_version: 0,
+                                    upgrading: None,
                                 },
                             );
                             o
@@ -556,6 +610,28 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                         .push_back((entry.id.clone(), FromMembership::Excluded));
                 }
             }
+        }
+
+        // Upgrade views: of objects whose members this batch leaves alone (the others
+        // wait for the next batch), one per object and batch.
+        let members_changed = changed_objects.clone();
+        for (host, name, version, bytes) in upgrades {
+            let Some(&object) = self.by_name.get(&name) else {
+                continue;
+            };
+            let entry = self.objects.get_mut(&object).expect("indexed");
+            if !entry.has(host) || version <= entry.ordered_version {
+                continue;
+            }
+            if members_changed.contains(&object) || entry.upgrading.is_some() {
+                self.pending
+                    .push(Request::Upgrade(host, name, version, bytes));
+                continue;
+            }
+            entry.epoch += 1;
+            entry.ordered_version = version;
+            entry.upgrading = Some((version, bytes));
+            changed_objects.insert(object);
         }
 
         // Move hosts between sets, and collect the sets whose regions change.
@@ -667,6 +743,9 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                 let route = self.route_for(*object, *m);
                 updates.entry(*m).or_default().routes.push(route);
             }
+            if let Some(entry) = self.objects.get_mut(object) {
+                entry.upgrading = None;
+            }
         }
         for object in empty_objects {
             if let Some(entry) = self.objects.remove(&object) {
@@ -770,6 +849,8 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
             view: entry.view,
             members: entry.members.clone(),
             regions,
+            epoch: entry.epoch,
+            upgrade: entry.upgrading.clone(),
         }
     }
 }
@@ -933,6 +1014,65 @@ mod tests {
         let refused = std::iter::from_fn(|| m.poll_transmit())
             .any(|(_, msg)| matches!(msg, FromMembership::JoinRefused { .. }));
         assert!(refused);
+    }
+
+    fn ask_upgrade(m: &mut Membership<u32>, id: u32, version: u64) {
+        m.handle(
+            1,
+            &id,
+            ToMembership::Upgrade {
+                object: "a".into(),
+                version,
+                request: format!("v{version}").into_bytes(),
+            },
+        );
+    }
+
+    #[test]
+    fn an_upgrade_is_a_view_of_its_own_that_starts_the_next_epoch() {
+        let mut m = service();
+        let hosts = register(&mut m, &[1, 2, 3]);
+        join(&mut m, 1, "a");
+        join(&mut m, 2, "a");
+        m.handle_timeout(50_000);
+        let first = updates(&mut m)[&hosts[0]].routes[0].clone();
+        assert_eq!((first.epoch, first.upgrade.clone()), (0, None));
+
+        // Asked in the batch that adds host 3: it waits for the next batch.
+        join(&mut m, 3, "a");
+        ask_upgrade(&mut m, 1, 2);
+        m.handle_timeout(100_000);
+        let joined = updates(&mut m)[&hosts[0]].routes[0].clone();
+        assert_eq!(joined.members.len(), 3);
+        assert_eq!((joined.epoch, joined.upgrade.clone()), (0, None));
+        m.handle_timeout(150_000);
+        let u = updates(&mut m);
+        assert_eq!(u.len(), 3, "every member hears of the upgrade view");
+        let upgrade = u[&hosts[2]].routes[0].clone();
+        assert_eq!(upgrade.members, joined.members);
+        assert_eq!(upgrade.view, joined.view + 1);
+        assert_eq!(upgrade.epoch, 1);
+        assert_eq!(upgrade.upgrade, Some((2, b"v2".to_vec())));
+
+        // A repeat, an older version and a non-member change nothing.
+        ask_upgrade(&mut m, 2, 2);
+        ask_upgrade(&mut m, 3, 1);
+        m.handle_timeout(200_000);
+        assert!(updates(&mut m).is_empty());
+        let _outsider = register(&mut m, &[4]);
+        ask_upgrade(&mut m, 4, 9);
+        m.handle_timeout(250_000);
+        assert!(updates(&mut m).is_empty());
+
+        // The next version is the next epoch; the view after it carries none.
+        ask_upgrade(&mut m, 3, 3);
+        m.handle_timeout(300_000);
+        let next = updates(&mut m)[&hosts[0]].routes[0].clone();
+        assert_eq!((next.epoch, next.upgrade), (2, Some((3, b"v3".to_vec()))));
+        m.handle(310_000, &1, ToMembership::Leave { object: "a".into() });
+        m.handle_timeout(350_000);
+        let after = updates(&mut m)[&hosts[1]].routes[0].clone();
+        assert_eq!((after.epoch, after.upgrade), (2, None));
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! delivery before the replica exists is recorded as a violation; a snapshot whose
 //! cut does not match the replica's counts is one too. Replicas that applied the
 //! same events of every sender have equal states.
+//!
+//! Upgrades are modelled too: a replica state has a logic epoch and a count of
+//! logic switches, and each event's hash chain link mixes in the epoch it was
+//! applied in, so replicas that applied some event in different epochs end with
+//! different states. A delivery between an upgrade's cut and its decision is a
+//! violation; hosts in [`SimHost::refuses_upgrades`] refuse every upgrade.
 
 use super::core::{Output, PeerMessage, QsmConfig, QsmHost};
 use super::membership::{FromMembership, Membership, MembershipConfig, Micros, ToMembership};
@@ -56,6 +62,10 @@ type PerSender = BTreeMap<HostNum, (u64, u64)>;
 pub struct ModelState {
     /// sender -> (events applied, hash chain).
     pub per_sender: BTreeMap<HostNum, (u64, u64)>,
+    /// The logic epoch it is in.
+    pub epoch: u64,
+    /// Upgrades it committed (the "logic version" it runs).
+    pub switches: u64,
 }
 
 fn mix(h: u64, bytes: &[u8]) -> u64 {
@@ -86,6 +96,10 @@ pub struct SimHost {
     pub max_retained: usize,
     /// Whether the membership service excluded it.
     pub excluded: bool,
+    /// Its replicas refuse every upgrade (a `migrate` that fails here).
+    pub refuses_upgrades: bool,
+    /// Objects between an upgrade's cut and its decision.
+    pub in_cut: BTreeSet<ObjectNum>,
     scheduled: Micros,
 }
 
@@ -106,6 +120,12 @@ pub struct SimReport {
     pub snapshot_joins: u64,
     /// Joins that started from scratch.
     pub fresh_joins: u64,
+    /// Upgrade cuts taken (per host).
+    pub upgrade_cuts: u64,
+    /// Upgrade decisions that switched logic (per host).
+    pub upgrades_committed: u64,
+    /// Upgrade decisions that kept it (per host).
+    pub upgrades_aborted: u64,
 }
 
 enum SimEvent {
@@ -231,6 +251,8 @@ impl Sim {
             slow: None,
             max_retained: 0,
             excluded: false,
+            refuses_upgrades: false,
+            in_cut: BTreeSet::new(),
             scheduled: u64::MAX,
         });
         self.drain(i);
@@ -326,6 +348,16 @@ impl Sim {
     /// room).
     pub fn send(&mut self, i: usize, name: &str, size: usize) {
         self.hosts[i].pending.push_back((name.to_string(), size));
+        self.drain(i);
+    }
+
+    /// Host `i` asks for an upgrade of `name` to `version`.
+    pub fn upgrade(&mut self, i: usize, name: &str, version: u64) {
+        if let Some(core) = self.hosts[i].core.as_mut()
+            && let Some(object) = core.object_num(name)
+        {
+            core.request_upgrade(object, version, format!("v{version}").into_bytes());
+        }
         self.drain(i);
     }
 
@@ -608,6 +640,54 @@ impl Sim {
     fn output(&mut self, i: usize, output: Output, credits: &mut BTreeMap<ObjectNum, usize>) {
         match output {
             Output::Registered { .. } | Output::View { .. } => {}
+            Output::UpgradeCut {
+                object,
+                epoch,
+                version,
+                request,
+            } => {
+                self.report.upgrade_cuts += 1;
+                if request != format!("v{version}").into_bytes() {
+                    self.report.violations.push(format!(
+                        "host {i}: the cut of object {object}'s upgrade to {version} carries the wrong request"
+                    ));
+                }
+                let now = self.now;
+                let host = &mut self.hosts[i];
+                host.in_cut.insert(object);
+                let ok = !host.refuses_upgrades;
+                if let Some(core) = host.core.as_mut() {
+                    core.cut_tried(now, object, epoch, ok);
+                }
+            }
+            Output::UpgradeDecided {
+                object,
+                epoch,
+                committed,
+                ..
+            } => {
+                let host = &mut self.hosts[i];
+                if !host.in_cut.remove(&object) {
+                    self.report.violations.push(format!(
+                        "host {i}: object {object}'s upgrade to epoch {epoch} was decided without a cut"
+                    ));
+                }
+                match host.replicas.get_mut(&object) {
+                    Some(replica) if replica.epoch + 1 == epoch => {
+                        replica.epoch = epoch;
+                        replica.switches += committed as u64;
+                    }
+                    other => self.report.violations.push(format!(
+                        "host {i}: object {object} decided epoch {epoch} in epoch {:?}",
+                        other.map(|r| r.epoch)
+                    )),
+                }
+                if committed {
+                    self.report.upgrades_committed += 1;
+                } else {
+                    self.report.upgrades_aborted += 1;
+                }
+            }
             Output::Joined {
                 object,
                 name,
@@ -642,6 +722,11 @@ impl Sim {
                 self.report.deliveries += 1;
                 *credits.entry(object).or_default() += 1;
                 let host = &mut self.hosts[i];
+                if host.in_cut.contains(&object) {
+                    self.report.violations.push(format!(
+                        "host {i}: event {sender}/{seq} of object {object} delivered between an upgrade's cut and its decision"
+                    ));
+                }
                 let Some(replica) = host.replicas.get_mut(&object) else {
                     self.report.violations.push(format!(
                         "host {i}: event {sender}/{seq} of object {object} delivered before its replica started"
@@ -656,12 +741,13 @@ impl Sim {
                     ));
                 }
                 entry.0 = seq;
-                entry.1 = mix(entry.1, &payload);
+                entry.1 = mix(mix(entry.1, &replica.epoch.to_le_bytes()), &payload);
             }
             Output::TakeSnapshot {
                 object,
                 for_host,
                 view,
+                epoch,
                 cut,
             } => {
                 let host = &mut self.hosts[i];
@@ -679,9 +765,15 @@ impl Sim {
                         ));
                     }
                 }
+                if replica.epoch != epoch {
+                    self.report.violations.push(format!(
+                        "host {i}: snapshot of object {object} claims epoch {epoch} of a replica in epoch {}",
+                        replica.epoch
+                    ));
+                }
                 let bytes = postcard::to_allocvec(replica).expect("encodes");
                 if let Some(core) = host.core.as_mut() {
-                    core.snapshot_taken(object, for_host, view, cut, bytes);
+                    core.snapshot_taken(object, for_host, view, epoch, cut, bytes);
                 }
             }
             Output::Left { object, .. } => {
@@ -720,7 +812,9 @@ impl Sim {
             h.pending.is_empty()
                 && h.core.as_ref().is_some_and(|c| {
                     let stats = c.stats();
-                    stats.joining == 0 && stats.streams.iter().all(|s| s.in_flight == 0)
+                    stats.joining == 0
+                        && stats.upgrading == 0
+                        && stats.streams.iter().all(|s| s.in_flight == 0)
                 })
         })
     }
@@ -763,6 +857,22 @@ impl Sim {
                     }
                 }
                 let _ = &alive_nums;
+            }
+        }
+        // Equal logic among members.
+        let mut logic: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
+        for i in &alive {
+            let host = &self.hosts[*i];
+            for (object, replica) in &host.replicas {
+                let name = host.names[object].as_str();
+                let mine = (*i, replica.epoch, replica.switches);
+                let first = *logic.entry(name).or_insert(mine);
+                if (first.1, first.2) != (mine.1, mine.2) {
+                    problems.push(format!(
+                        "{name}: host {i} is in epoch {} with {} switches, host {} in epoch {} with {}",
+                        mine.1, mine.2, first.0, first.1, first.2
+                    ));
+                }
             }
         }
         // Equal states among members, over alive senders.

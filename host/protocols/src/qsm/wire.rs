@@ -44,7 +44,7 @@ pub type RegionId = u64;
 /// First bytes of every qsm datagram.
 pub const MAGIC: [u8; 2] = *b"LQ";
 /// Wire format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the clear header.
 pub const HEADER_LEN: usize = 28;
 /// Bytes of the AEAD tag.
@@ -395,13 +395,25 @@ pub enum MessageBody {
         payload: Bytes,
     },
     /// The sender adopted the object's membership view `view`: its events from
-    /// `first` on go to every member of that view. A member serving a snapshot to a
-    /// joiner of `view` waits for these (see the core's join protocol).
+    /// `first` on go to every member of that view, and belong to logic epoch
+    /// `epoch`. A member serving a snapshot to a joiner of `view` waits for these
+    /// (see the core's join protocol); a member switching to a new epoch holds
+    /// the sender's events from `first` on until it has switched (its upgrades).
     Marker {
         /// The membership view id.
         view: u64,
         /// The sender's first event seq sent under it.
         first: u64,
+        /// The logic epoch its events from `first` on belong to.
+        epoch: u64,
+    },
+    /// The sender's verdict on the upgrade that starts logic epoch `epoch`: whether
+    /// its replica took the new logic at its cut (see the core's upgrades).
+    Vote {
+        /// The epoch the upgrade starts.
+        epoch: u64,
+        /// Whether the sender's replica took it.
+        ok: bool,
     },
 }
 
@@ -410,7 +422,7 @@ impl Message {
     pub fn encoded_bound(&self) -> usize {
         match &self.body {
             MessageBody::Event { payload, .. } => 32 + payload.len(),
-            MessageBody::Marker { .. } => 32,
+            MessageBody::Marker { .. } | MessageBody::Vote { .. } => 32,
         }
     }
 
@@ -427,9 +439,14 @@ impl Message {
                     timestamp_ms: *timestamp_ms,
                     payload,
                 },
-                MessageBody::Marker { view, first } => WireBody::Marker {
+                MessageBody::Marker { view, first, epoch } => WireBody::Marker {
                     view: *view,
                     first: *first,
+                    epoch: *epoch,
+                },
+                MessageBody::Vote { epoch, ok } => WireBody::Vote {
+                    epoch: *epoch,
+                    ok: *ok,
                 },
             },
         }
@@ -465,6 +482,15 @@ pub enum WireBody<'a> {
         view: u64,
         /// First seq.
         first: u64,
+        /// Logic epoch.
+        epoch: u64,
+    },
+    /// See [`MessageBody::Vote`].
+    Vote {
+        /// Epoch.
+        epoch: u64,
+        /// Verdict.
+        ok: bool,
     },
 }
 
@@ -483,9 +509,14 @@ impl WireMessage<'_> {
                     timestamp_ms: *timestamp_ms,
                     payload: plain.slice_ref(payload),
                 },
-                WireBody::Marker { view, first } => MessageBody::Marker {
+                WireBody::Marker { view, first, epoch } => MessageBody::Marker {
                     view: *view,
                     first: *first,
+                    epoch: *epoch,
+                },
+                WireBody::Vote { epoch, ok } => MessageBody::Vote {
+                    epoch: *epoch,
+                    ok: *ok,
                 },
             },
         }
