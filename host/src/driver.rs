@@ -48,8 +48,9 @@ pub struct DriverInfo {
     /// Checks the driver's options in a record (at publish and at join).
     pub check_options: fn(&liveobjects_directory::record::ObjectRecord) -> Result<(), String>,
     /// Whether joined hosts switch to a newer record's logic live (at a cut of
-    /// the object's order); otherwise hosts keep the logic they run (a qsm
-    /// group the logic it was founded with, which its joiners run too).
+    /// the object's order, or a flushed view change); otherwise hosts keep the
+    /// logic they run (a group the logic it was founded with, which its joiners
+    /// run too).
     pub live_upgrade: bool,
 }
 
@@ -101,7 +102,7 @@ pub const DRIVERS: &[DriverInfo] = &[
                   many objects per host, LAN scale",
         orderer: "sequencer",
         check_options: qsm_options,
-        live_upgrade: false,
+        live_upgrade: true,
     },
     DriverInfo {
         name: "vsync",
@@ -584,9 +585,10 @@ impl NodeDrivers {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DriverArgs {
     /// How often (seconds) the member that orders each mesh or vsync object
-    /// (its sequencer or leader) looks in the directory for a newer record of
-    /// it, to upgrade it live (0: never). An idle object looks at most once
-    /// after its last activity, then at its next.
+    /// (its sequencer or leader), or each qsm object's oldest member, looks in
+    /// the directory for a newer record of it, to upgrade it live (0: never).
+    /// An idle object looks at most once after its last activity, then at its
+    /// next.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub upgrade_poll: u64,
     #[command(flatten)]
@@ -626,7 +628,7 @@ impl DriverArgs {
             data_dir,
             upgrade_poll,
         )?;
-        let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm);
+        let qsm = crate::qsm::node_driver::QsmDriver::new(identity, &self.qsm, upgrade_poll);
         let gossip = crate::gossip::node_driver::GossipDriver::start(&self.gossip, runtime).await?;
         let me = mesh.me();
         let mut banner = vec![format!("node listening on {} key {}", me.addr, me.key)];

@@ -401,14 +401,14 @@ pub fn check_every_option(record: &ObjectRecord) -> Result<Option<u64>, String> 
 const QSM_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Join a prepared qsm object on `qsm`, whose domain must be the one the record
-/// names.
+/// names, starting with `evolution`'s logic (newer logic from its source, if any).
 pub async fn join_qsm(
     qsm: &QsmNode,
     runtime: &std::sync::Arc<Runtime>,
     name: &str,
     prepared: &Prepared,
     options: &JoinOptions,
-    logic_source: Option<std::sync::Arc<dyn crate::driver::LogicSource>>,
+    evolution: crate::driver::Evolution,
 ) -> Result<QsmHandle, JoinError> {
     let wanted = membership_of(&prepared.verified.record).map_err(|reason| JoinError::Type {
         name: name.to_string(),
@@ -428,10 +428,6 @@ pub async fn join_qsm(
         });
     }
     let budgets = budgets_for(runtime, name, &prepared.verified.record)?;
-    let evolution = crate::driver::Evolution {
-        source: logic_source,
-        ..crate::driver::Evolution::starting_with(&prepared.verified)
-    };
     let joining = qsm.join(
         runtime,
         prepared.replica_logic(name)?,

@@ -507,7 +507,8 @@ async fn start_ticker(demo: &Demo<'_>) -> Result<Ticker> {
         let options = JoinOptions::default();
         let prepared =
             prepare(demo.runtime, &resolver, TICKER, identity.public(), &options).await?;
-        let handle = join_qsm(&qsm, demo.runtime, TICKER, &prepared, &options, None).await?;
+        let evolution = liveobjects_host::driver::Evolution::starting_with(&prepared.verified);
+        let handle = join_qsm(&qsm, demo.runtime, TICKER, &prepared, &options, evolution).await?;
         println!("joined     {name:<6} -> {TICKER} (qsm)");
         hosts.push((qsm, handle));
     }

@@ -27,23 +27,40 @@
 //! failed) means this host's view of the domain can no longer be trusted: every
 //! object is dropped (handles report it) and the host registers again.
 //!
-//! # Logic: no live upgrade yet
-//! A qsm group runs the logic it was founded with for as long as it has
-//! members. A joiner is sent its provider's state with the record that state
-//! belongs to ([`QsmState`]) and runs that record's logic, whatever newer
-//! record it resolved, so a newer version never meets an older one's events
-//! (`lo status` shows the version; `lo publish --watch` says qsm has no live
-//! upgrade). The cut the mesh and vsync take at a position of their total
-//! order needs, on qsm, a flushed view change: every member holding its
-//! deliveries at the other members' stream markers of a view the membership
-//! service makes for the upgrade, which the protocol core does not do yet.
+//! # Logic: live upgrade at a flushed view change
+//! A joiner is sent its provider's state with the record that state belongs
+//! to ([`QsmState`]) and runs that record's logic, whatever newer record it
+//! resolved, so a newer version never meets an older one's events.
+//!
+//! The object's oldest member looks for a newer record every `lo node
+//! --upgrade-poll` seconds while the object is used, and asks the membership
+//! service for an upgrade view ([`QsmHost::request_upgrade`]). The cut is the
+//! core's flush at that view (see `liveobjects_protocols::qsm::core`, "Upgrades"):
+//! each member delivers every member's events before that member's marker and
+//! holds every later one, then [`Output::UpgradeCut`] reaches its replica task,
+//! which verifies the record as the zone's now (it must name this object, the
+//! qsm driver and the version asked for), snapshots the replica with the old
+//! logic and switches it (`migrate`, then `init`, as on the mesh), keeping the
+//! old logic and state aside. Its verdict goes to every member; once all are
+//! in ([`Output::UpgradeDecided`]), every replica keeps the new logic if every
+//! replica took it, or goes back to the old logic and state if any refused,
+//! before any later event. **What a caller sees:** every event is applied by
+//! the same version at every replica (each sender's events before its marker
+//! by the old logic, the rest by the new one); calls wait while the members
+//! flush (sends pause from the upgrade view to the decision) and are neither
+//! lost nor applied twice; members and connections stay. Unlike the mesh,
+//! replicas' states differ (senders interleave differently), so a `migrate`
+//! may succeed on one replica and fail on another: the vote makes that an
+//! abort everywhere. A failure that is this host's alone (a deadline, its
+//! instance pool, a directory it cannot reach for 60 s) is a refusal, which
+//! aborts the upgrade everywhere rather than stop the object here.
 
 use super::core::{Output, QsmConfig, QsmHost, QsmStats};
 use super::membership::{FromMembership, Micros};
 use super::net::{DataSockets, QsmBody, QsmFrame, SocketError};
 use super::thread::ServiceThread;
 use super::wire::ObjectNum;
-use crate::driver::{Evolution, LogicInForce};
+use crate::driver::{Evolution, LogicError, LogicInForce, LogicVersion};
 use crate::executor::{Budgets, ObjectRef};
 use crate::group::{DeliveryRuns, GroupError, GroupNotice, GroupStatus, WaitingCalls, apply_run};
 use crate::mesh::net::{Inbound, NetError, Peer, Transport};
@@ -160,15 +177,19 @@ pub struct QsmHandle {
     notices: crate::group::Notices,
     /// The replica on the executor, once its task has started it.
     replica: Arc<std::sync::OnceLock<ObjectRef>>,
-    /// The methods of the logic its state came with, if not the one joined with.
-    interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>>,
+    /// The methods of the logic it runs, if not the one joined with (its
+    /// state's, or an upgrade's).
+    interface: Interface,
 }
 
+/// The methods of the logic a replica runs, once it differs from the logic it
+/// was joined with.
+type Interface = Arc<std::sync::Mutex<Option<Arc<crate::runtime::ObjectInterface>>>>;
+
 /// What a qsm joiner is sent: its provider's state and the logic (record) that
-/// state belongs to, which the joiner runs whatever record it resolved. qsm has
-/// no live upgrade: a group keeps the logic it was founded with, and a joiner
-/// that resolved a newer record would otherwise apply the group's events with
-/// other logic than its members.
+/// state belongs to, with its upgrades tried, which the joiner runs whatever
+/// record it resolved: a joiner that resolved a newer record would otherwise
+/// apply the group's events with other logic than its members.
 #[derive(Serialize, Deserialize)]
 struct QsmState {
     logic: LogicInForce,
@@ -192,7 +213,7 @@ impl QsmHandle {
     /// The methods of the logic it runs, if its state came with other logic
     /// than the one it was joined with.
     pub fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
-        self.interface.get().cloned()
+        self.interface.lock().expect("interface").clone()
     }
 
     /// Call a method (WAVE arguments). An update returns once its events are
@@ -276,6 +297,19 @@ enum FromReplica {
         name: String,
         reason: String,
     },
+    /// Ask the membership service for an upgrade (the oldest member found a
+    /// newer record).
+    RequestUpgrade {
+        object: ObjectNum,
+        version: u64,
+        record: Vec<u8>,
+    },
+    /// The replica's verdict at an upgrade's cut.
+    CutTried {
+        object: ObjectNum,
+        epoch: u64,
+        ok: bool,
+    },
 }
 
 /// What the driver tells a replica.
@@ -291,6 +325,18 @@ enum ToReplica {
         cut: Vec<(u32, u64)>,
     },
     Accepted(usize),
+    /// Every event before the upgrade's cut is in the mailbox: try the upgrade.
+    UpgradeCut {
+        epoch: u64,
+        version: u64,
+        record: Vec<u8>,
+    },
+    /// Every member's verdict is in.
+    UpgradeDecided {
+        epoch: u64,
+        version: u64,
+        committed: bool,
+    },
 }
 
 enum Input {
@@ -709,17 +755,33 @@ impl Driver {
                 object,
                 epoch,
                 version,
-                ..
+                request,
             } => {
-                // Nothing here asks for upgrades yet; a member that did gets a
-                // refusal, which aborts it on every member.
-                tracing::warn!(
-                    "qsm: object {object}: a member asked for a live upgrade to version {version}, which this host does not perform; refusing it"
-                );
-                let now = self.now();
-                self.core.cut_tried(now, object, epoch, false);
+                let cut = ToReplica::UpgradeCut {
+                    epoch,
+                    version,
+                    record: request,
+                };
+                // A replica that is gone is leaving: the view that removes it
+                // takes it out of the others' flush.
+                if let Some(entry) = self.objects.get(&object) {
+                    let _ = entry.to_replica.send(cut);
+                }
             }
-            Output::UpgradeDecided { .. } => {}
+            Output::UpgradeDecided {
+                object,
+                epoch,
+                version,
+                committed,
+            } => {
+                if let Some(entry) = self.objects.get(&object) {
+                    let _ = entry.to_replica.send(ToReplica::UpgradeDecided {
+                        epoch,
+                        version,
+                        committed,
+                    });
+                }
+            }
             Output::Left { object, name } => {
                 if let Some(entry) = self.objects.remove(&object) {
                     let _ = entry.notices.send(GroupNotice::Excluded);
@@ -775,8 +837,7 @@ impl Driver {
         let (commands_tx, commands) = mpsc::channel(64);
         let notices = crate::group::Notices::default();
         let replica: Arc<std::sync::OnceLock<ObjectRef>> = Arc::default();
-        let interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>> =
-            Arc::default();
+        let interface: Interface = Arc::default();
         let handle = QsmHandle {
             object: name.clone(),
             commands: commands_tx,
@@ -814,6 +875,15 @@ impl Driver {
                 ..LogicInForce::default()
             },
             interface,
+            next_poll: Instant::now() + pending.evolution.poll_every,
+            evolution: pending.evolution.clone(),
+            applied: 0,
+            applied_at_poll: 0,
+            polling: false,
+            proposed: 0,
+            candidate: None,
+            tried: None,
+            done: None,
         };
         self.main.spawn(task.run(
             pending.runtime,
@@ -927,6 +997,14 @@ impl Driver {
                     }
                     self.core.leave(now, &name);
                 }
+                FromReplica::RequestUpgrade {
+                    object,
+                    version,
+                    record,
+                } => self.core.request_upgrade(object, version, record),
+                FromReplica::CutTried { object, epoch, ok } => {
+                    self.core.cut_tried(now, object, epoch, ok)
+                }
             },
             Input::Status(reply) => {
                 let _ = reply.send(QsmStatus {
@@ -970,6 +1048,20 @@ enum JobDone {
     },
     /// The executor quarantined the object.
     Quarantined(String),
+    /// A look for a newer record came back.
+    Candidate(Result<Option<LogicVersion>, LogicError>),
+    /// The logic of the upgrade at the cut of `epoch` is at hand, or not.
+    UpgradeLogic {
+        epoch: u64,
+        version: u64,
+        logic: Result<LogicVersion, String>,
+    },
+    /// The replica tried the upgrade at the cut of `epoch`.
+    UpgradeTried {
+        epoch: u64,
+        version: u64,
+        outcome: Result<(LogicVersion, Arc<Logic>, Vec<u8>), String>,
+    },
 }
 
 /// One object's replica task: it moves work between the driver and the object's
@@ -999,7 +1091,35 @@ struct ReplicaTask {
     /// The logic the replica runs (its group's, which a joiner's state names).
     in_force: LogicInForce,
     /// Set to the methods of the logic it runs if not the one it joined with.
-    interface: Arc<std::sync::OnceLock<Arc<crate::runtime::ObjectInterface>>>,
+    interface: Interface,
+    /// Where newer logic comes from, and how often the oldest member looks.
+    evolution: Evolution,
+    /// When the oldest member looks for a newer record next.
+    next_poll: Instant,
+    /// Events applied, and how many when it last looked (it looks only while
+    /// the object is used: an idle object sets no timer).
+    applied: u64,
+    applied_at_poll: u64,
+    /// A look is under way.
+    polling: bool,
+    /// The highest version this member asked an upgrade to.
+    proposed: u64,
+    /// The newest record found by looking, with its logic loaded.
+    candidate: Option<LogicVersion>,
+    /// The upgrade between its cut and its decision here: what this replica
+    /// made of it.
+    tried: Option<Tried>,
+    /// Where the replica's jobs report (set once it runs).
+    done: Option<mpsc::UnboundedSender<JobDone>>,
+}
+
+/// What a replica made of an upgrade at its cut.
+struct Tried {
+    epoch: u64,
+    version: u64,
+    /// Switched: the new logic's record and methods, and the old logic and its
+    /// state to go back to if another replica refused. Not switched: why.
+    outcome: Result<(LogicVersion, Arc<Logic>, Vec<u8>), String>,
 }
 
 impl ReplicaTask {
@@ -1039,6 +1159,7 @@ impl ReplicaTask {
             }
         };
         let (done_tx, mut done) = mpsc::unbounded_channel::<JobDone>();
+        self.done = Some(done_tx.clone());
         let quarantined = done_tx.clone();
         let replica = match runtime.instantiate(&logic, identity) {
             Ok(r) => runtime.executor().spawn(r, &budgets, move |reason| {
@@ -1065,6 +1186,7 @@ impl ReplicaTask {
         loop {
             self.forward();
             let retry = !self.outbox.is_empty() && self.in_flight.len() < REPLICA_WINDOW;
+            let (polls, poll_at) = (self.polls(), self.next_poll);
             tokio::select! {
                 biased;
                 finished = done.recv() => {
@@ -1092,6 +1214,9 @@ impl ReplicaTask {
                     self.command(&replica, &done_tx, command).await;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(1)), if retry => {}
+                _ = tokio::time::sleep_until(poll_at.into()), if polls => {
+                    self.poll(&done_tx);
+                }
             }
         }
         // A quarantined replica keeps its reason (the first ending stands).
@@ -1159,12 +1284,13 @@ impl ReplicaTask {
             self.name,
             evolution.version
         );
-        let _ = self
-            .interface
-            .set(Arc::new(loaded.logic.interface().clone()));
+        *self.interface.lock().expect("interface") =
+            Some(Arc::new(loaded.logic.interface().clone()));
         self.in_force = LogicInForce {
             version: loaded.version,
             record: loaded.record,
+            attempted: taken.logic.attempted,
+            last: taken.logic.last,
             ..LogicInForce::default()
         };
         Ok((loaded.logic, Some(taken.state)))
@@ -1243,6 +1369,7 @@ impl ReplicaTask {
             } => {
                 self.notify(notifications);
                 self.multicast(multicasts);
+                self.applied += 1;
                 if own {
                     self.own_applied += 1;
                     self.waiting.applied(&self.name, self.own_applied, rejected);
@@ -1288,6 +1415,26 @@ impl ReplicaTask {
                         let _ = reply.send(Err(e.into()));
                     }
                 }
+                0
+            }
+            JobDone::Candidate(found) => {
+                self.candidate_found(found).await;
+                0
+            }
+            JobDone::UpgradeLogic {
+                epoch,
+                version,
+                logic,
+            } => {
+                self.try_upgrade(epoch, version, logic).await;
+                0
+            }
+            JobDone::UpgradeTried {
+                epoch,
+                version,
+                outcome,
+            } => {
+                self.tried(epoch, version, outcome).await;
                 0
             }
             JobDone::Quarantined(reason) => {
@@ -1371,6 +1518,8 @@ impl ReplicaTask {
                 let logic = LogicInForce {
                     version: self.in_force.version,
                     record: self.in_force.record.clone(),
+                    attempted: self.in_force.attempted,
+                    last: self.in_force.last.clone(),
                     ..LogicInForce::default()
                 };
                 replica
@@ -1394,11 +1543,283 @@ impl ReplicaTask {
                     )
                     .await;
             }
+            ToReplica::UpgradeCut {
+                epoch,
+                version,
+                record,
+            } => self.upgrade_cut(epoch, version, record, done),
+
+            ToReplica::UpgradeDecided {
+                epoch,
+                version,
+                committed,
+            } => {
+                self.upgrade_decided(replica, epoch, version, committed)
+                    .await
+            }
             ToReplica::Accepted(n) => {
                 let accepted = self.in_flight.len().min(n);
                 let bytes: usize = self.in_flight.drain(..accepted).sum();
                 if let Some(replica) = self.replica.get() {
                     replica.release(bytes);
+                }
+            }
+        }
+    }
+
+    /// Whether this member looks for newer records now: it is the object's
+    /// oldest member, has a directory to look in, the object was used since it
+    /// last looked, and no look or upgrade is under way.
+    fn polls(&self) -> bool {
+        self.evolution.source.is_some()
+            && !self.evolution.poll_every.is_zero()
+            && self.applied != self.applied_at_poll
+            && !self.polling
+            && self.tried.is_none()
+            && self
+                .members
+                .first()
+                .is_some_and(|oldest| oldest.key.to_string() == self.me)
+    }
+
+    /// Look for a newer record off this task.
+    fn poll(&mut self, done: &mpsc::UnboundedSender<JobDone>) {
+        self.next_poll = Instant::now() + self.evolution.poll_every;
+        self.applied_at_poll = self.applied;
+        let Some(source) = self.evolution.source.clone() else {
+            return;
+        };
+        self.polling = true;
+        let than = self.in_force.newest().max(self.proposed);
+        let (name, done) = (self.name.clone(), done.clone());
+        tokio::spawn(async move {
+            let found = source.newer(&name, than).await;
+            let _ = done.send(JobDone::Candidate(found));
+        });
+    }
+
+    /// A look came back: ask the membership service for the upgrade.
+    async fn candidate_found(&mut self, found: Result<Option<LogicVersion>, LogicError>) {
+        self.polling = false;
+        match found {
+            Ok(Some(candidate))
+                if candidate.version > self.in_force.newest().max(self.proposed) =>
+            {
+                tracing::info!(
+                    "{}: asking for the upgrade to version {} of its record",
+                    self.name,
+                    candidate.version
+                );
+                self.proposed = candidate.version;
+                let ask = FromReplica::RequestUpgrade {
+                    object: self.object,
+                    version: candidate.version,
+                    record: candidate.record.clone(),
+                };
+                self.candidate = Some(candidate);
+                let _ = self.to_driver.send(Input::Replica(ask)).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "{}: cannot look for a newer version of its logic: {e}",
+                self.name
+            ),
+        }
+    }
+
+    /// An upgrade's cut: get its logic (verified as the zone's record now) off
+    /// this task, then try it ([`JobDone::UpgradeLogic`]).
+    fn upgrade_cut(
+        &mut self,
+        epoch: u64,
+        version: u64,
+        record: Vec<u8>,
+        done: mpsc::UnboundedSender<JobDone>,
+    ) {
+        if let Some(candidate) = self.candidate.as_ref().filter(|c| c.record == record) {
+            let logic = Ok(candidate.clone());
+            let _ = done.send(JobDone::UpgradeLogic {
+                epoch,
+                version,
+                logic,
+            });
+            return;
+        }
+        let Some(source) = self.evolution.source.clone() else {
+            let logic = Err("this host has no directory to verify the record with".to_string());
+            let _ = done.send(JobDone::UpgradeLogic {
+                epoch,
+                version,
+                logic,
+            });
+            return;
+        };
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let usage = crate::driver::RecordUse::Upgrade;
+            let logic = crate::driver::verify_patiently(source.as_ref(), &name, &record, usage)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = done.send(JobDone::UpgradeLogic {
+                epoch,
+                version,
+                logic,
+            });
+        });
+    }
+
+    /// Try the upgrade on the replica, in its order (every event before the cut
+    /// is ahead of it in the mailbox, none after it is delivered until the
+    /// decision), keeping the old logic and state aside.
+    async fn try_upgrade(&mut self, epoch: u64, version: u64, logic: Result<LogicVersion, String>) {
+        let logic = logic.and_then(|logic| {
+            if logic.version != version {
+                Err(format!(
+                    "its record is version {}, not {version}",
+                    logic.version
+                ))
+            } else if logic.driver != "qsm" {
+                Err(format!(
+                    "it moves the object to the {} driver, which a live upgrade cannot do: \
+                     leave and join it again",
+                    logic.driver
+                ))
+            } else {
+                Ok(logic)
+            }
+        });
+        let (logic, replica) = match (logic, self.replica.get()) {
+            (Ok(logic), Some(replica)) => (logic, replica.clone()),
+            (logic, _) => {
+                let reason = logic
+                    .err()
+                    .unwrap_or_else(|| "the replica is not running".to_string());
+                self.tried(epoch, version, Err(reason)).await;
+                return;
+            }
+        };
+        let from = self.in_force.version;
+        let Some(done) = self.done.clone() else {
+            return;
+        };
+        replica
+            .submit_waiting(
+                logic.record.len(),
+                Box::new(move |r| {
+                    let outcome = r.and_then(|r| {
+                        let before = r.snapshot()?;
+                        let old = r.logic().clone();
+                        r.upgrade(logic.logic.clone(), from, version)?;
+                        Ok((old, before))
+                    });
+                    let outcome = outcome
+                        .map(|(old, before)| (logic, old, before))
+                        .map_err(|e| e.to_string());
+                    let _ = done.send(JobDone::UpgradeTried {
+                        epoch,
+                        version,
+                        outcome,
+                    });
+                }),
+            )
+            .await;
+    }
+
+    /// Keep what the replica made of the upgrade at the cut of `epoch`, and
+    /// send its verdict to the other members.
+    async fn tried(
+        &mut self,
+        epoch: u64,
+        version: u64,
+        outcome: Result<(LogicVersion, Arc<Logic>, Vec<u8>), String>,
+    ) {
+        let ok = outcome.is_ok();
+        if let Err(reason) = &outcome {
+            tracing::warn!(
+                "{}: the upgrade to version {version} failed on this replica: {reason}",
+                self.name
+            );
+        }
+        self.tried = Some(Tried {
+            epoch,
+            version,
+            outcome,
+        });
+        let verdict = FromReplica::CutTried {
+            object: self.object,
+            epoch,
+            ok,
+        };
+        let _ = self.to_driver.send(Input::Replica(verdict)).await;
+    }
+
+    /// Every member's verdict is in: keep the new logic, or go back to the old
+    /// one and its state, in the replica's order (before any later event).
+    async fn upgrade_decided(
+        &mut self,
+        replica: &ObjectRef,
+        epoch: u64,
+        version: u64,
+        committed: bool,
+    ) {
+        let tried = self
+            .tried
+            .take()
+            .filter(|t| t.epoch == epoch && t.version == version);
+        let from = self.in_force.version;
+        // Tried and decided at once, as `lo status` (and `lo publish --watch`)
+        // shows them.
+        self.in_force.begin_attempt(version);
+        match (committed, tried.map(|t| t.outcome)) {
+            (true, Some(Ok((logic, _, _)))) => {
+                let interface = Arc::new(logic.logic.interface().clone());
+                *self.interface.lock().expect("interface") = Some(interface.clone());
+                self.in_force.version = version;
+                self.in_force.record = logic.record;
+                self.in_force.interface = Some(interface);
+                self.in_force.last = Some(format!(
+                    "switched from version {from} to {version} at the flush that started logic \
+                     epoch {epoch}"
+                ));
+                tracing::info!("{}: logic {}", self.name, self.in_force.line());
+            }
+            (true, _) => {
+                // This replica's refusal would have aborted it: the core and this
+                // task disagree, and running on would fork the group.
+                replica.quarantine(&format!(
+                    "the upgrade to version {version} was decided without this replica's \
+                     switch; stopped here rather than run other logic than its group"
+                ));
+            }
+            (false, mine) => {
+                let why = match &mine {
+                    Some(Err(reason)) => reason.clone(),
+                    _ => "another replica refused it".to_string(),
+                };
+                self.in_force.last = Some(format!(
+                    "the upgrade to version {version} was aborted on every replica: {why}"
+                ));
+                tracing::warn!("{}: logic {}", self.name, self.in_force.line());
+                if let Some(Ok((_, old, before))) = mine {
+                    let handle = replica.clone();
+                    let name = self.name.clone();
+                    replica
+                        .submit_waiting(
+                            before.len(),
+                            Box::new(move |r| {
+                                let back = r.and_then(|r| {
+                                    r.replace_logic(old);
+                                    r.init(Some(&before))
+                                });
+                                if let Err(e) = back {
+                                    handle.quarantine(&format!(
+                                        "{name}: cannot go back to its logic after an aborted \
+                                         upgrade: {e}"
+                                    ));
+                                }
+                            }),
+                        )
+                        .await;
                 }
             }
         }

@@ -41,11 +41,14 @@ pub struct QsmDriver {
     identity: Identity,
     settings: QsmSettings,
     running: Mutex<Option<Arc<QsmNode>>>,
+    /// How often an object's oldest member looks for a newer record.
+    upgrade_poll: std::time::Duration,
 }
 
 impl QsmDriver {
-    /// A driver that starts on the first join.
-    pub fn new(identity: &Identity, args: &QsmArgs) -> Self {
+    /// A driver that starts on the first join; an object's oldest member looks
+    /// for a newer record every `upgrade_poll` while the object is used.
+    pub fn new(identity: &Identity, args: &QsmArgs, upgrade_poll: std::time::Duration) -> Self {
         QsmDriver {
             identity: identity.clone(),
             settings: QsmSettings {
@@ -58,6 +61,7 @@ impl QsmDriver {
                 config: QsmConfig::default(),
             },
             running: Mutex::new(None),
+            upgrade_poll,
         }
     }
 
@@ -99,7 +103,11 @@ impl Driver for QsmDriver {
                 name,
                 request.prepared,
                 request.options,
-                request.logic_source,
+                crate::driver::Evolution {
+                    source: request.logic_source.clone(),
+                    poll_every: self.upgrade_poll,
+                    ..crate::driver::Evolution::starting_with(&request.prepared.verified)
+                },
             )
             .await?;
             Ok(Arc::new(handle) as Arc<dyn JoinedObject>)

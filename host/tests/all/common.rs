@@ -19,6 +19,34 @@ pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Run `call` (an `lo call` that adds) every 25 ms or so until `stop` (at most
+/// 2,000 times, within two minutes): how many were acknowledged. A steady
+/// flow, not a flood: other tests share the machine.
+pub fn call_repeatedly(
+    mut call: Command,
+    label: String,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut acknowledged = 0;
+        for _ in 0..2_000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+                break;
+            }
+            let out = call.output().unwrap();
+            if out.status.success() {
+                acknowledged += 1;
+            } else {
+                eprintln!("{label}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        acknowledged
+    })
+}
+
 /// A private HOME (config, data, cache) for `lo` processes.
 pub struct Home {
     pub dir: tempfile::TempDir,

@@ -6,7 +6,9 @@
 //! applies events slower than they arrive is back-pressured (throttled, reported)
 //! and still applies every event; one whose queued events pass its memory cap is
 //! quarantined, and the others still get every event; a joiner runs the logic
-//! its group runs, not a newer record it resolved.
+//! its group runs, not a newer record it resolved; a counter is upgraded live
+//! under calls at a flushed view change, and an upgrade one replica refuses is
+//! aborted on every replica.
 
 use crate::common;
 
@@ -491,7 +493,10 @@ fn a_joiner_runs_the_logic_its_group_runs_not_a_newer_record_it_resolved() {
     const COUNTER: &str = "lo://acme/markets/counted";
     let d = Domain::start(2);
     d.publish_logic(liveobjects_objects::COUNTER, COUNTER, "open");
-    let _nodes: Vec<Daemon> = (1..=2).map(|n| d.node(n)).collect();
+    // No live upgrade here: the nodes never look for newer records.
+    let _nodes: Vec<Daemon> = (1..=2)
+        .map(|n| d.node_with(n, &["--upgrade-poll", "0"]))
+        .collect();
     let joined = d.ok(1, &["join", COUNTER, "--no-interactive"]);
     assert!(joined.starts_with("joined "), "{joined}");
     d.ok(1, &["call", COUNTER, "add", "5"]);
@@ -524,41 +529,153 @@ fn a_joiner_runs_the_logic_its_group_runs_not_a_newer_record_it_resolved() {
         !out.status.success() && said.contains("upgraded-from"),
         "{said}"
     );
-    // `lo publish --watch` refuses at once: qsm has no live upgrade.
-    let out = d.home.run(
-        &d.directory
-            .args(&[
-                "publish",
-                liveobjects_objects::COUNTER_V2,
-                "--name",
-                COUNTER,
-                "--driver",
-                "qsm",
-                "--driver-opt",
-                &d.membership,
-                "--reliability",
-                "reliable-fifo",
-                "--category",
-                "event-stream",
-                "--key",
-                d.home.path("acme.key").to_str().unwrap(),
-                "--watch=30",
-                "--control",
-                &d.control(1),
-            ])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+}
+
+/// `lo publish NEW --watch` over the counter `name` (watching at node `n`),
+/// started in the background.
+fn publish_watching(d: &Domain, logic: &str, name: &str, n: usize) -> std::process::Child {
+    let mut cmd = d.home.lo();
+    cmd.args(d.directory.args(&[
+        "publish",
+        logic,
+        "--name",
+        name,
+        "--driver",
+        "qsm",
+        "--driver-opt",
+        &d.membership,
+        "--reliability",
+        "reliable-fifo",
+        "--category",
+        "event-stream",
+        "--key",
+        d.home.path("acme.key").to_str().unwrap(),
+        "--watch=60",
+        "--control",
+        &d.control(n),
+    ]))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// What a finished `lo publish --watch` said, and whether it succeeded.
+fn watched(child: std::process::Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), said)
+}
+
+#[test]
+fn a_qsm_counter_is_upgraded_live_under_calls_and_a_refused_upgrade_is_aborted_everywhere() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    const COUNTER: &str = "lo://acme/markets/upgraded";
+    let d = Domain::start(3);
+    d.publish_logic(liveobjects_objects::COUNTER, COUNTER, "open");
+    // Node 1 founds the object: the oldest member looks for newer records.
+    let _nodes: Vec<Daemon> = (1..=3)
+        .map(|n| d.node_with(n, &["--upgrade-poll", "1"]))
+        .collect();
+    for n in 1..=3 {
+        let joined = d.ok(n, &["join", COUNTER, "--no-interactive"]);
+        assert!(joined.starts_with("joined "), "{joined}");
+    }
+    let get = |n: usize, method: &str| {
+        String::from_utf8_lossy(&d.lo(n, &["call", COUNTER, method]).stdout)
+            .trim()
+            .to_string()
+    };
+    let logic = |n: usize| {
+        let (_, entry) = d.applied(n, COUNTER);
+        entry["logic"].as_str().unwrap_or_default().to_string()
+    };
+
+    // Calls from nodes 1 and 3 before, during and after the upgrade (every
+    // 25 ms or so, at most 2,000 each, within two minutes).
+    let stop = Arc::new(AtomicBool::new(false));
+    let adders: Vec<_> = [1, 3]
+        .into_iter()
+        .map(|n| {
+            let mut call = d.home.lo();
+            call.args(["call", COUNTER, "add", "1", "--control", &d.control(n)]);
+            common::call_repeatedly(call, format!("node {n}"), &stop)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let publishing = publish_watching(&d, liveobjects_objects::COUNTER_V2, COUNTER, 2);
+    eventually(60, "every replica on version 2", || {
+        (1..=3).all(|n| logic(n).starts_with("version 2"))
+    });
+    let (succeeded, said) = watched(publishing);
     assert!(
-        !out.status.success()
-            && !said.contains("published")
-            && said.contains("--watch: the qsm driver has no live upgrade"),
+        succeeded && said.contains("switched live to version 2 on this node"),
         "{said}"
     );
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: usize = adders.into_iter().map(|a| a.join().unwrap()).sum();
+    eventually(30, "every call applied at every replica", || {
+        (1..=3).all(|n| get(n, "get") == acknowledged.to_string())
+    });
+    // One switch, after the same events everywhere (a flushed cut: every
+    // replica applied exactly the events before every member's marker).
+    let switched: Vec<String> = (1..=3).map(|n| get(n, "switched-after")).collect();
+    assert!(switched.iter().all(|s| *s == switched[0]), "{switched:?}");
+    let before: usize = switched[0].parse().unwrap();
+    assert!(
+        before > 0 && before < acknowledged,
+        "calls applied before the switch: {before} of {acknowledged} (some must come after)"
+    );
+    for n in 1..=3 {
+        assert_eq!(get(n, "upgraded-from"), "1", "node {n}");
+        assert_eq!(get(n, "updates"), acknowledged.to_string(), "node {n}");
+        let line = logic(n);
+        assert!(
+            line.contains("switched from version 1 to 2 at the flush"),
+            "node {n}: {line}"
+        );
+    }
+
+    // Version 2 refuses to take over a negative counter: version 3 is aborted
+    // on every replica, which carry on with version 2.
+    let below_zero = format!("-{}", acknowledged + 1000);
+    d.ok(2, &["call", COUNTER, "add", &below_zero]);
+    let publishing = publish_watching(&d, liveobjects_objects::COUNTER_V2, COUNTER, 3);
+    eventually(
+        60,
+        "the upgrade to version 3 aborted at every replica",
+        || {
+            // The oldest member looks for a newer record only while the object is
+            // used.
+            get(1, "get");
+            (1..=3).all(|n| logic(n).contains("to version 3"))
+        },
+    );
+    for n in 1..=3 {
+        let line = logic(n);
+        assert!(
+            line.starts_with("version 2")
+                && line.contains("was aborted on every replica")
+                && line.contains("refuses to take over a negative counter"),
+            "node {n}: {line}"
+        );
+    }
+    let (succeeded, said) = watched(publishing);
+    assert!(
+        !succeeded
+            && said.contains("to version 3 did not happen")
+            && said.contains("refuses to take over a negative counter"),
+        "{said}"
+    );
+    d.ok(3, &["call", COUNTER, "add", "2000"]);
+    eventually(20, "every replica applies calls after the abort", || {
+        (1..=3).all(|n| get(n, "get") == "1000")
+    });
 }

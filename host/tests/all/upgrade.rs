@@ -7,7 +7,7 @@
 //! breaks the interface is refused unless `--breaking`. On vsync, a member killed
 //! after the upgrades replays its log across them and agrees again.
 
-use crate::common::{DirectoryProcess, Home, eventually};
+use crate::common::{DirectoryProcess, Home, call_repeatedly, eventually};
 use crate::node::{
     Driver, control, directory_with_acme_zone, join_at, object_status as status, start_nodes,
     start_on,
@@ -158,30 +158,12 @@ fn logic(home: &Home, n: usize) -> String {
         .to_string()
 }
 
-/// Call `add 1` through node `n` every 25 ms or so until `stop` (at most 2,000
-/// times, within two minutes): how many were acknowledged.
+/// Call `add 1` through node `n` until `stop` ([`call_repeatedly`]): how many
+/// were acknowledged.
 fn adder(home: &Home, n: usize, stop: &Arc<AtomicBool>) -> thread::JoinHandle<usize> {
     let mut call = home.lo();
     call.args(["call", COUNTER, "add", "1", "--control", &control(home, n)]);
-    let stop = stop.clone();
-    thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut acknowledged = 0;
-        for _ in 0..2_000 {
-            if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                break;
-            }
-            let out = call.output().unwrap();
-            if out.status.success() {
-                acknowledged += 1;
-            } else {
-                eprintln!("node {n}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            // A steady flow, not a flood: other tests share the machine.
-            thread::sleep(Duration::from_millis(25));
-        }
-        acknowledged
-    })
+    call_repeatedly(call, format!("node {n}"), stop)
 }
 
 #[test]
