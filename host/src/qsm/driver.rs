@@ -211,7 +211,7 @@ impl QsmHandle {
     }
 
     /// The methods of the logic it runs, if its state came with other logic
-    /// than the one it was joined with.
+    /// than the one it was joined with, or an upgrade changed it.
     pub fn interface(&self) -> Option<Arc<crate::runtime::ObjectInterface>> {
         self.interface.lock().expect("interface").clone()
     }
@@ -762,10 +762,15 @@ impl Driver {
                     version,
                     record: request,
                 };
-                // A replica that is gone is leaving: the view that removes it
-                // takes it out of the others' flush.
-                if let Some(entry) = self.objects.get(&object) {
-                    let _ = entry.to_replica.send(cut);
+                // A replica that is gone cannot try it: its refusal aborts the
+                // upgrade rather than hold every member's flush until it leaves.
+                let sent = self
+                    .objects
+                    .get(&object)
+                    .is_some_and(|entry| entry.to_replica.send(cut).is_ok());
+                if !sent {
+                    let now = self.now();
+                    self.core.cut_tried(now, object, epoch, false);
                 }
             }
             Output::UpgradeDecided {
@@ -884,6 +889,8 @@ impl Driver {
             candidate: None,
             tried: None,
             done: None,
+            flushing: false,
+            deferred_views: Vec::new(),
         };
         self.main.spawn(task.run(
             pending.runtime,
@@ -1111,6 +1118,30 @@ struct ReplicaTask {
     tried: Option<Tried>,
     /// Where the replica's jobs report (set once it runs).
     done: Option<mpsc::UnboundedSender<JobDone>>,
+    /// From an upgrade's cut to its decision: calls wait, and views are kept
+    /// here for whichever logic the decision leaves in force.
+    flushing: bool,
+    deferred_views: Vec<View>,
+}
+
+/// Queue the replica's reaction to a view change (its multicasts go out after).
+async fn react_to_view(
+    replica: &ObjectRef,
+    done: mpsc::UnboundedSender<JobDone>,
+    name: String,
+    view: View,
+) {
+    replica
+        .submit_waiting(
+            64,
+            Box::new(move |r| match r.and_then(|r| r.view_changed(&view)) {
+                Ok(d) => {
+                    let _ = done.send(JobDone::Reacted(d.multicasts));
+                }
+                Err(e) => tracing::warn!("{name}: view change refused: {e}"),
+            }),
+        )
+        .await;
 }
 
 /// What a replica made of an upgrade at its cut.
@@ -1209,7 +1240,9 @@ impl ReplicaTask {
                     let Some(input) = input else { break };
                     self.handle(&replica, &done_tx, input).await;
                 }
-                command = commands.recv(), if self.outbox.len() < OUTBOX_LIMIT => {
+                // Calls wait while an upgrade is tried: the replica may run
+                // logic that is about to be rolled back.
+                command = commands.recv(), if self.outbox.len() < OUTBOX_LIMIT && !self.flushing => {
                     let Some(command) = command else { break };
                     self.command(&replica, &done_tx, command).await;
                 }
@@ -1497,17 +1530,12 @@ impl ReplicaTask {
             }
             ToReplica::View(view, members) => {
                 self.members = members;
-                replica
-                    .submit_waiting(
-                        64,
-                        Box::new(move |r| match r.and_then(|r| r.view_changed(&view)) {
-                            Ok(d) => {
-                                let _ = done.send(JobDone::Reacted(d.multicasts));
-                            }
-                            Err(e) => tracing::warn!("{name}: view change refused: {e}"),
-                        }),
-                    )
-                    .await;
+                if self.flushing {
+                    // For the logic the upgrade's decision leaves in force.
+                    self.deferred_views.push(view);
+                } else {
+                    react_to_view(replica, done, name, view).await;
+                }
             }
             ToReplica::TakeSnapshot {
                 for_host,
@@ -1547,7 +1575,10 @@ impl ReplicaTask {
                 epoch,
                 version,
                 record,
-            } => self.upgrade_cut(epoch, version, record, done),
+            } => {
+                self.flushing = true;
+                self.upgrade_cut(epoch, version, record, done);
+            }
 
             ToReplica::UpgradeDecided {
                 epoch,
@@ -1555,7 +1586,11 @@ impl ReplicaTask {
                 committed,
             } => {
                 self.upgrade_decided(replica, epoch, version, committed)
-                    .await
+                    .await;
+                self.flushing = false;
+                for view in std::mem::take(&mut self.deferred_views) {
+                    react_to_view(replica, done.clone(), name.clone(), view).await;
+                }
             }
             ToReplica::Accepted(n) => {
                 let accepted = self.in_flight.len().min(n);
@@ -1672,8 +1707,15 @@ impl ReplicaTask {
     /// is ahead of it in the mailbox, none after it is delivered until the
     /// decision), keeping the old logic and state aside.
     async fn try_upgrade(&mut self, epoch: u64, version: u64, logic: Result<LogicVersion, String>) {
+        let newest = self.in_force.newest();
         let logic = logic.and_then(|logic| {
-            if logic.version != version {
+            if version <= newest {
+                // The same at every replica: what was tried travels with state.
+                Err(format!(
+                    "version {version} is not newer than version {newest}, in force or tried \
+                     already"
+                ))
+            } else if logic.version != version {
                 Err(format!(
                     "its record is version {}, not {version}",
                     logic.version

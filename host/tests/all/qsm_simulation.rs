@@ -789,3 +789,26 @@ fn joiners_and_a_crash_of_the_asker_during_an_upgrade() {
         );
     }
 }
+
+#[test]
+fn a_refusing_member_that_leaves_mid_flush_is_decided_alike_everywhere() {
+    for seed in seeds(40) {
+        // Host 3 refuses and leaves soon after the request: before, during or
+        // after its own cut. Whether its refusal was heard or not, every member
+        // decides alike (a verdict it sent before leaving counts everywhere,
+        // since a leaver's messages are acknowledged everywhere first).
+        let sim = upgrade_run(seed, 5, 5, &[3], None, |sim, rng| {
+            sim.run_for(rng.random_range(0..30_000));
+            sim.hosts[3].pending.clear();
+            sim.leave(3, "a");
+        });
+        let problems = sim.check_complete();
+        assert!(problems.is_empty(), "seed {seed}: {problems:#?}");
+        assert!(!sim.is_member(3, "a"), "seed {seed}: host 3 left");
+        assert!(
+            sim.report.upgrades_committed + sim.report.upgrades_aborted >= 8,
+            "seed {seed}: {:?}",
+            sim.report
+        );
+    }
+}

@@ -81,11 +81,17 @@
 //!   its state; a joiner of a later view is sent its state only once its
 //!   provider has decided, so it starts in epoch `e + 1` and never flushes. A
 //!   member that fails or leaves drops out of the flush at the view that
-//!   removes it. **Limit:** as with any of its events, the verdict of a member
-//!   that crashes may reach some members and not others before the view that
-//!   removes it; they may then decide differently (repair spreads what any
-//!   member has, so this needs the crash to hide the vote from the whole
-//!   region).
+//!   removes it; a verdict it sent before still counts wherever it arrived,
+//!   and a member that left (rather than failed) still has its events before
+//!   its marker delivered first. A member that has asked to leave sends
+//!   nothing more (its earlier messages are acknowledged everywhere first), so
+//!   its verdict reaches every member or none. **Limit:** as with any of its events, the
+//!   verdict of a member that crashes may reach some members and not others
+//!   before the view that removes it; they may then decide differently (repair
+//!   spreads what any member has, so this needs the crash to hide the vote from
+//!   the whole region). Likewise a member that leaves after
+//!   [`QsmConfig::leave_timeout`] with events not acknowledged holds the flush
+//!   until those arrive or it leaves the domain.
 //!
 //! # What it does not promise
 //! Events of a sender that crashes may reach some members and not others (repair
@@ -436,9 +442,16 @@ struct Upgrade {
     view: u64,
     version: u64,
     request: Vec<u8>,
-    /// Members whose epoch-`epoch` marker this member's cut waits for (the view's
-    /// members but this one, less those removed since).
+    /// The upgrade view's members but this one: a verdict any of them sent
+    /// counts, even once it has left.
+    voters: BTreeSet<HostNum>,
+    /// Those still members: the cut waits for each one's epoch-`epoch` marker
+    /// and the decision for its verdict.
     waiting: BTreeSet<HostNum>,
+    /// Those that left since (not failed): the cut still waits for their
+    /// events before their marker, if it has the marker (a leaver's events are
+    /// acknowledged everywhere before it goes, so they come).
+    departed: BTreeSet<HostNum>,
     /// Marked its own streams and paused its sends.
     started: bool,
     /// [`Output::UpgradeCut`] is out.
@@ -499,6 +512,10 @@ impl ObjectState {
     /// The first of `sender`'s events this replica must not deliver yet: the
     /// first of a later logic epoch than its own.
     fn hold_from(&self, sender: HostNum) -> u64 {
+        // Between an upgrade's cut and its decision, nothing is delivered.
+        if self.upgrades.front().is_some_and(|u| u.cut) {
+            return 0;
+        }
         self.epoch_marks
             .get(&sender)
             .and_then(|marks| marks.iter().find(|(e, _)| *e > self.epoch))
@@ -906,9 +923,16 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
     fn enqueue(&mut self, object: ObjectNum, msg: Message) {
         let ordinal = self.ordinal;
         self.ordinal += 1;
+        let leave_sent = !self.leaving.contains(&object);
         let Some(o) = self.objects.get_mut(&object) else {
             return;
         };
+        // Once it asked to leave, a member sends nothing more: its messages must
+        // have reached every member before it goes (a verdict that reached only
+        // some would let them decide an upgrade differently).
+        if o.leaving.is_some() && leave_sent {
+            return;
+        }
         for r in &o.route {
             if let Some(s) = self.streams.get_mut(r) {
                 s.push(msg.clone(), ordinal);
@@ -969,6 +993,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
         {
             self.to_membership.push_back(ToMembership::Upgrade {
                 object: o.name.clone(),
+                epoch: o.upgrades.back().map_or(o.epoch, |u| u.epoch),
                 version,
                 request,
             });
@@ -1279,7 +1304,16 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 o.members = route.members;
                 o.route = regions;
                 for up in o.upgrades.iter_mut() {
-                    up.waiting.retain(|m| after.contains(m));
+                    let left: Vec<HostNum> = up
+                        .waiting
+                        .iter()
+                        .filter(|m| !after.contains(m))
+                        .copied()
+                        .collect();
+                    for m in left {
+                        up.waiting.remove(&m);
+                        up.departed.insert(m);
+                    }
                 }
                 if let Some((version, request)) = route.upgrade
                     && route.epoch > o.upgrades.back().map_or(o.epoch, |u| u.epoch)
@@ -1290,7 +1324,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                         view: route.view,
                         version,
                         request,
+                        voters: after.iter().copied().filter(|m| *m != me).collect(),
                         waiting: after.iter().copied().filter(|m| *m != me).collect(),
+                        departed: BTreeSet::new(),
                         started: false,
                         cut: false,
                         mine: None,
@@ -1375,11 +1411,17 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 continue;
             }
             if !up.cut {
-                let flushed = up.waiting.iter().all(|m| {
+                let delivered_upto_marker = |m: &HostNum, unmarked: bool| {
                     let first = o.hold_from(*m);
                     let next = o.senders.get(m).map_or(1, |s| s.next);
-                    first != u64::MAX && next >= first
-                });
+                    if first == u64::MAX {
+                        unmarked
+                    } else {
+                        next >= first
+                    }
+                };
+                let flushed = up.waiting.iter().all(|m| delivered_upto_marker(m, false))
+                    && up.departed.iter().all(|m| delivered_upto_marker(m, true));
                 if !flushed {
                     return;
                 }
@@ -1398,10 +1440,11 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             };
             let votes = o.votes.get(&up.epoch);
             let mut committed = mine;
-            for m in &up.waiting {
+            for m in &up.voters {
                 match votes.and_then(|v| v.get(m)) {
                     Some(ok) => committed &= ok,
-                    None => return,
+                    None if up.waiting.contains(m) => return,
+                    None => {}
                 }
             }
             let up = o.upgrades.pop_front().expect("checked");
@@ -1473,6 +1516,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             o.epoch_marks.remove(&host);
             for up in o.upgrades.iter_mut() {
                 up.waiting.remove(&host);
+                up.departed.remove(&host);
             }
             o.requests.retain(|(h, _)| *h != host);
             if let Phase::Joining { provider, .. } = &o.phase

@@ -23,8 +23,10 @@
 //!   epoch and carries the member's opaque request ([`Route::upgrade`]). That view
 //!   changes nothing else: an upgrade asked for in a batch that also adds or
 //!   removes a member of the object waits for the next batch, so members flush at
-//!   a view every one of them was in before. A request for a version not above
-//!   the last one ordered is ignored, so every member may ask.
+//!   a view every one of them was in before. A request made in an epoch the
+//!   object has left (an upgrade was ordered since) is ignored, so members may
+//!   ask at once; whether a version is newer is for the members to judge, since
+//!   only they verify it.
 //!
 //! Every host affected by a batch receives one [`Update`] with all that changed for
 //! it, so it applies each batch atomically. Authorization of joins (the object's
@@ -111,11 +113,13 @@ pub enum ToMembership {
         object: String,
     },
     /// Start the object's next logic epoch (a live upgrade) at a view of its own.
-    /// Only a member may ask; a `version` not above the last one ordered for the
-    /// object is ignored.
+    /// Only a member may ask; a request made in an earlier epoch than the
+    /// object's is ignored.
     Upgrade {
         /// The object's name.
         object: String,
+        /// The newest logic epoch the asker knows of.
+        epoch: u64,
         /// What the upgrade is to (a record version number, growing).
         version: u64,
         /// What members need to perform it (opaque here: the shell's record).
@@ -254,8 +258,6 @@ struct ObjectEntry {
     members: Vec<(HostNum, u64)>,
     /// Upgrade views so far.
     epoch: u64,
-    /// The last version an upgrade view was made for.
-    ordered_version: u64,
     /// The upgrade this batch's view carries.
     upgrading: Option<(u64, Vec<u8>)>,
 }
@@ -282,7 +284,7 @@ enum Request {
     Join(HostNum, String),
     Leave(HostNum, String),
     Fail(HostNum),
-    Upgrade(HostNum, String, u64, Vec<u8>),
+    Upgrade(HostNum, String, u64, u64, Vec<u8>),
 }
 
 /// Counters for status displays and tests.
@@ -402,6 +404,7 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                     }
                     ToMembership::Upgrade {
                         object,
+                        epoch,
                         version,
                         request,
                     } => {
@@ -412,7 +415,7 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                             );
                         } else {
                             self.pending
-                                .push(Request::Upgrade(host, object, version, request));
+                                .push(Request::Upgrade(host, object, epoch, version, request));
                         }
                     }
                     ToMembership::Heartbeat | ToMembership::Hello { .. } => {}
@@ -518,8 +521,8 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
         let mut upgrades = Vec::new();
         for request in std::mem::take(&mut self.pending) {
             match request {
-                Request::Upgrade(host, name, version, bytes) => {
-                    upgrades.push((host, name, version, bytes));
+                Request::Upgrade(host, name, epoch, version, bytes) => {
+                    upgrades.push((host, name, epoch, version, bytes));
                 }
                 Request::Join(host, name) => {
                     let Some(entry) = self.hosts.get(&host) else {
@@ -538,7 +541,6 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
                                     view: 0,
                                     members: Vec::new(),
                                     epoch: 0,
-                                    ordered_version: 0,
                                     upgrading: None,
                                 },
                             );
@@ -615,21 +617,20 @@ impl<Id: Clone + std::fmt::Debug + Ord + std::hash::Hash> Membership<Id> {
         // Upgrade views: of objects whose members this batch leaves alone (the others
         // wait for the next batch), one per object and batch.
         let members_changed = changed_objects.clone();
-        for (host, name, version, bytes) in upgrades {
+        for (host, name, epoch, version, bytes) in upgrades {
             let Some(&object) = self.by_name.get(&name) else {
                 continue;
             };
             let entry = self.objects.get_mut(&object).expect("indexed");
-            if !entry.has(host) || version <= entry.ordered_version {
+            if !entry.has(host) || epoch != entry.epoch {
                 continue;
             }
             if members_changed.contains(&object) || entry.upgrading.is_some() {
                 self.pending
-                    .push(Request::Upgrade(host, name, version, bytes));
+                    .push(Request::Upgrade(host, name, epoch, version, bytes));
                 continue;
             }
             entry.epoch += 1;
-            entry.ordered_version = version;
             entry.upgrading = Some((version, bytes));
             changed_objects.insert(object);
         }
@@ -1016,12 +1017,13 @@ mod tests {
         assert!(refused);
     }
 
-    fn ask_upgrade(m: &mut Membership<u32>, id: u32, version: u64) {
+    fn ask_upgrade(m: &mut Membership<u32>, id: u32, epoch: u64, version: u64) {
         m.handle(
             1,
             &id,
             ToMembership::Upgrade {
                 object: "a".into(),
+                epoch,
                 version,
                 request: format!("v{version}").into_bytes(),
             },
@@ -1040,7 +1042,7 @@ mod tests {
 
         // Asked in the batch that adds host 3: it waits for the next batch.
         join(&mut m, 3, "a");
-        ask_upgrade(&mut m, 1, 2);
+        ask_upgrade(&mut m, 1, 0, 2);
         m.handle_timeout(100_000);
         let joined = updates(&mut m)[&hosts[0]].routes[0].clone();
         assert_eq!(joined.members.len(), 3);
@@ -1054,22 +1056,27 @@ mod tests {
         assert_eq!(upgrade.epoch, 1);
         assert_eq!(upgrade.upgrade, Some((2, b"v2".to_vec())));
 
-        // A repeat, an older version and a non-member change nothing.
-        ask_upgrade(&mut m, 2, 2);
-        ask_upgrade(&mut m, 3, 1);
+        // A request from the epoch before (a repeat by another member) and one
+        // from a non-member change nothing.
+        ask_upgrade(&mut m, 2, 0, 2);
+        ask_upgrade(&mut m, 3, 0, 9);
         m.handle_timeout(200_000);
         assert!(updates(&mut m).is_empty());
         let _outsider = register(&mut m, &[4]);
-        ask_upgrade(&mut m, 4, 9);
+        ask_upgrade(&mut m, 4, 1, 9);
         m.handle_timeout(250_000);
         assert!(updates(&mut m).is_empty());
 
-        // The next version is the next epoch; the view after it carries none.
-        ask_upgrade(&mut m, 3, 3);
+        // Two members asking in the same epoch make one upgrade view; the view
+        // after it carries none.
+        ask_upgrade(&mut m, 3, 1, 3);
+        ask_upgrade(&mut m, 2, 1, 4);
         m.handle_timeout(300_000);
         let next = updates(&mut m)[&hosts[0]].routes[0].clone();
         assert_eq!((next.epoch, next.upgrade), (2, Some((3, b"v3".to_vec()))));
-        m.handle(310_000, &1, ToMembership::Leave { object: "a".into() });
+        m.handle_timeout(320_000);
+        assert!(updates(&mut m).is_empty(), "the second ask is stale now");
+        m.handle(330_000, &1, ToMembership::Leave { object: "a".into() });
         m.handle_timeout(350_000);
         let after = updates(&mut m)[&hosts[1]].routes[0].clone();
         assert_eq!((after.epoch, after.upgrade), (2, None));
