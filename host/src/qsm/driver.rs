@@ -764,13 +764,16 @@ impl Driver {
                 };
                 // A replica that is gone cannot try it: its refusal aborts the
                 // upgrade rather than hold every member's flush until it leaves.
-                let sent = self
-                    .objects
-                    .get(&object)
-                    .is_some_and(|entry| entry.to_replica.send(cut).is_ok());
-                if !sent {
+                // No entry: this host is leaving the object, and the view that
+                // removes it takes it out of the others' flush.
+                if let Some(entry) = self.objects.get(&object)
+                    && entry.to_replica.send(cut).is_err()
+                {
+                    let name = entry.name.clone();
+                    self.objects.remove(&object);
                     let now = self.now();
                     self.core.cut_tried(now, object, epoch, false);
+                    self.core.leave(now, &name);
                 }
             }
             Output::UpgradeDecided {
@@ -1151,6 +1154,10 @@ struct Tried {
     /// Switched: the new logic's record and methods, and the old logic and its
     /// state to go back to if another replica refused. Not switched: why.
     outcome: Result<(LogicVersion, Arc<Logic>, Vec<u8>), String>,
+    /// Whether the record verified here as that version of this object's
+    /// (only then does an abort count as having tried the version: a member
+    /// cannot burn version numbers with a record that is not theirs).
+    verified: bool,
 }
 
 impl ReplicaTask {
@@ -1282,6 +1289,8 @@ impl ReplicaTask {
         };
         let version = taken.logic.version;
         if version == evolution.version {
+            self.in_force.attempted = taken.logic.attempted;
+            self.in_force.last = taken.logic.last;
             return Ok((logic, Some(taken.state)));
         }
         if taken.logic.record.is_empty() {
@@ -1467,7 +1476,8 @@ impl ReplicaTask {
                 version,
                 outcome,
             } => {
-                self.tried(epoch, version, outcome).await;
+                // The job ran only for a record that verified as `version`.
+                self.tried(epoch, version, outcome, true).await;
                 0
             }
             JobDone::Quarantined(reason) => {
@@ -1708,6 +1718,7 @@ impl ReplicaTask {
     /// decision), keeping the old logic and state aside.
     async fn try_upgrade(&mut self, epoch: u64, version: u64, logic: Result<LogicVersion, String>) {
         let newest = self.in_force.newest();
+        let verified = logic.as_ref().is_ok_and(|l| l.version == version);
         let logic = logic.and_then(|logic| {
             if version <= newest {
                 // The same at every replica: what was tried travels with state.
@@ -1736,7 +1747,7 @@ impl ReplicaTask {
                 let reason = logic
                     .err()
                     .unwrap_or_else(|| "the replica is not running".to_string());
-                self.tried(epoch, version, Err(reason)).await;
+                self.tried(epoch, version, Err(reason), verified).await;
                 return;
             }
         };
@@ -1774,6 +1785,7 @@ impl ReplicaTask {
         epoch: u64,
         version: u64,
         outcome: Result<(LogicVersion, Arc<Logic>, Vec<u8>), String>,
+        verified: bool,
     ) {
         let ok = outcome.is_ok();
         if let Err(reason) = &outcome {
@@ -1786,6 +1798,7 @@ impl ReplicaTask {
             epoch,
             version,
             outcome,
+            verified,
         });
         let verdict = FromReplica::CutTried {
             object: self.object,
@@ -1811,7 +1824,13 @@ impl ReplicaTask {
         let from = self.in_force.version;
         // Tried and decided at once, as `lo status` (and `lo publish --watch`)
         // shows them.
-        self.in_force.begin_attempt(version);
+        if committed || tried.as_ref().is_some_and(|t| t.verified) {
+            self.in_force.begin_attempt(version);
+        }
+        // Look for newer records afresh: an ask another member made first may
+        // have taken this epoch.
+        self.proposed = 0;
+        self.candidate = None;
         match (committed, tried.map(|t| t.outcome)) {
             (true, Some(Ok((logic, _, _)))) => {
                 let interface = Arc::new(logic.logic.interface().clone());

@@ -90,8 +90,10 @@
 //!   before the view that removes it; they may then decide differently (repair
 //!   spreads what any member has, so this needs the crash to hide the vote from
 //!   the whole region). Likewise a member that leaves after
-//!   [`QsmConfig::leave_timeout`] with events not acknowledged holds the flush
-//!   until those arrive or it leaves the domain.
+//!   [`QsmConfig::leave_timeout`] with messages not acknowledged: where its
+//!   marker arrived the flush waits for its earlier events until they arrive or
+//!   it leaves the domain; where its marker or verdict did not, members may
+//!   decide or apply its late events differently.
 //!
 //! # What it does not promise
 //! Events of a sender that crashes may reach some members and not others (repair
@@ -984,9 +986,9 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
     }
 
     /// Ask the membership service for an upgrade of `object` to `version`
-    /// (ignored unless this host is a member; the service ignores a version not
-    /// above the last one it ordered). `request` reaches every member in
-    /// [`Output::UpgradeCut`].
+    /// (ignored unless this host is a member; the service orders one upgrade
+    /// per logic epoch and ignores requests from an epoch the object has left).
+    /// `request` reaches every member in [`Output::UpgradeCut`].
     pub fn request_upgrade(&mut self, object: ObjectNum, version: u64, request: Vec<u8>) {
         if let Some(o) = self.objects.get(&object)
             && o.is_member()
@@ -1438,6 +1440,12 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             let Some(mine) = up.mine else {
                 return;
             };
+            // A member whose Leave is out sent no verdict, so the others decide
+            // without it: it does not decide at all (it serves no state meanwhile,
+            // and is removed at the next view).
+            if o.leaving.is_some() && !self.leaving.contains(&num) {
+                return;
+            }
             let votes = o.votes.get(&up.epoch);
             let mut committed = mine;
             for m in &up.voters {
