@@ -762,10 +762,10 @@ impl Driver {
                     version,
                     record: request,
                 };
-                // A replica that is gone cannot try it: its refusal aborts the
-                // upgrade rather than hold every member's flush until it leaves.
                 // No entry: this host is leaving the object, and the view that
-                // removes it takes it out of the others' flush.
+                // removes it takes it out of the others' flush. A replica task
+                // that ended cannot try it: its refusal aborts the upgrade (and
+                // the host leaves) rather than hold every member's flush.
                 if let Some(entry) = self.objects.get(&object)
                     && entry.to_replica.send(cut).is_err()
                 {
@@ -1553,13 +1553,8 @@ impl ReplicaTask {
                 epoch,
                 cut,
             } => {
-                let logic = LogicInForce {
-                    version: self.in_force.version,
-                    record: self.in_force.record.clone(),
-                    attempted: self.in_force.attempted,
-                    last: self.in_force.last.clone(),
-                    ..LogicInForce::default()
-                };
+                // (its methods are not part of what a joiner is sent)
+                let logic = self.in_force.clone();
                 replica
                     .submit_waiting(
                         0,

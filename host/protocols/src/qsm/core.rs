@@ -529,6 +529,17 @@ impl ObjectState {
         self.upgrades.front().is_some_and(|u| u.started)
     }
 
+    /// Its replica is in logic epoch `epoch` now: markers and votes of that epoch
+    /// and earlier ones are done with.
+    fn enter_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.votes.retain(|e, _| *e > epoch);
+        for marks in self.epoch_marks.values_mut() {
+            marks.retain(|(e, _)| *e > epoch);
+        }
+        self.epoch_marks.retain(|_, marks| !marks.is_empty());
+    }
+
     /// A sender's marker of logic epoch `epoch` from seq `first` (the earliest one
     /// per epoch counts).
     fn note_epoch(&mut self, sender: HostNum, epoch: u64, first: u64) {
@@ -1456,12 +1467,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
                 }
             }
             let up = o.upgrades.pop_front().expect("checked");
-            o.epoch = up.epoch;
-            o.votes.retain(|e, _| *e > up.epoch);
-            for marks in o.epoch_marks.values_mut() {
-                marks.retain(|(e, _)| *e > up.epoch);
-            }
-            o.epoch_marks.retain(|_, marks| !marks.is_empty());
+            o.enter_epoch(up.epoch);
             self.outputs.push_back(Output::UpgradeDecided {
                 object: num,
                 epoch: up.epoch,
@@ -1603,11 +1609,7 @@ impl<Id: Clone + std::fmt::Debug + Eq + std::hash::Hash> QsmHost<Id> {
             return;
         };
         self.joining.remove(&object);
-        o.epoch = epoch;
-        o.votes.retain(|e, _| *e > epoch);
-        for marks in o.epoch_marks.values_mut() {
-            marks.retain(|(e, _)| *e > epoch);
-        }
+        o.enter_epoch(epoch);
         self.outputs.push_back(Output::Joined {
             object,
             name: o.name.clone(),
