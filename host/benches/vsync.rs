@@ -29,7 +29,7 @@ use liveobjects_host::vsync::host::{VsyncJoin, VsyncNode, VsyncSettings};
 use liveobjects_host::vsync::machine::{Application, GroupView};
 use liveobjects_host::vsync::net::QuicLink;
 use liveobjects_host::vsync::store::LogStore;
-use liveobjects_host::vsync::types::Command;
+use liveobjects_host::vsync::types::{Command, Position};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -59,12 +59,12 @@ impl Application for Fold {
         Ok(())
     }
 
-    fn apply(&mut self, index: u64, command: &Command) -> Result<(), String> {
+    fn apply(&mut self, at: Position, command: &Command) -> Result<(), String> {
         self.count += 1;
         self.hash = self
             .hash
             .rotate_left(5)
-            .wrapping_add(index ^ command.payload.len() as u64);
+            .wrapping_add(at.index ^ u64::from(at.slot) ^ command.payload.len() as u64);
         Ok(())
     }
 

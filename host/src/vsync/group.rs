@@ -2,6 +2,21 @@
 //! in-process faulty network in the simulations): the Raft instance, its network
 //! client, the handler of requests from other members, joins, leaves, failure
 //! exclusion, writes (forwarded to the leader) and linearizable read barriers.
+//!
+//! # Group commit
+//! openraft 0.9's leader appends each `client_write` on its own and waits for
+//! the append's fsync before it takes the next (its log-flushed callback is not
+//! asynchronous yet), so one entry per command costs a durable group one fsync
+//! per command at the leader. The leader therefore orders the commands that
+//! wait together as one [`Ordered::Events`] entry: a command that arrives
+//! while [`BATCH_WRITERS`] entries are already being written waits for the
+//! next, and joins every command that arrived meanwhile (up to
+//! [`BATCH_COMMANDS`] commands or [`BATCH_BYTES`] bytes). An idle group writes
+//! a lone command at once, so batching adds no latency; a busy one writes one
+//! fsync (and one replication round) for many. The entry is one log entry, so
+//! its commands commit, survive a crash, or are lost together; each is applied
+//! and answered on its own, as if it had an entry of its own (at its own
+//! [`super::types::Position`]).
 
 use super::machine::{Application, Machine};
 use super::store::LogStore;
@@ -23,7 +38,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -311,6 +326,95 @@ pub struct Group<A, L> {
     grant: Mutex<Option<Signed<Grant>>>,
     /// What [`tick`](Self::tick) keeps between calls.
     watch: Mutex<Watch>,
+    /// Commands waiting to be ordered by this member while it leads (see the
+    /// module docs' group commit).
+    batching: Arc<Mutex<Batching>>,
+}
+
+/// Entries of commands a leader writes at once (see the module docs): two, so
+/// that one entry's fsync overlaps the previous one's replication.
+pub const BATCH_WRITERS: usize = 2;
+/// The most commands in one entry.
+pub const BATCH_COMMANDS: usize = 512;
+/// The most payload bytes in one entry (a bigger command goes alone): entries
+/// travel whole in the leader's appends to its followers.
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// A command's answer, once its entry is applied at the leader.
+type Answer = tokio::sync::oneshot::Sender<Result<(u64, Applied), NotServed>>;
+
+/// Commands waiting at a leader for an entry, and how many entries are being
+/// written.
+#[derive(Default)]
+struct Batching {
+    waiting: VecDeque<(Command, Answer)>,
+    writers: usize,
+}
+
+/// The bytes a command adds to an entry.
+fn command_bytes(command: &Command) -> usize {
+    command.payload.len() + command.more.iter().map(Vec::len).sum::<usize>() + 64
+}
+
+/// Write the waiting commands as entries, one at a time, until none waits
+/// (one of [`BATCH_WRITERS`]). An entry not applied within `patience` (this
+/// member lost its leadership with the entry uncommitted, and was cut off) is
+/// given up: its commands are answered "busy", and their callers retry (a retry
+/// of a command that did commit is answered as a duplicate), so that one stuck
+/// entry cannot stop the member's later writes.
+async fn write_batches(raft: Raft, batching: Arc<Mutex<Batching>>, patience: Duration) {
+    loop {
+        let batch: Vec<(Command, Answer)> = {
+            let mut b = batching.lock().expect("batching");
+            if b.waiting.is_empty() {
+                b.writers -= 1;
+                return;
+            }
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            while let Some((command, _)) = b.waiting.front() {
+                bytes += command_bytes(command);
+                if !batch.is_empty() && (bytes > BATCH_BYTES || batch.len() == BATCH_COMMANDS) {
+                    break;
+                }
+                batch.extend(b.waiting.pop_front());
+            }
+            batch
+        };
+        let (mut commands, answers): (Vec<Command>, Vec<Answer>) = batch.into_iter().unzip();
+        let data = if commands.len() == 1 {
+            Ordered::Event(commands.remove(0))
+        } else {
+            Ordered::Events(commands)
+        };
+        let written = match tokio::time::timeout(patience, raft.client_write(data)).await {
+            Ok(written) => written
+                .map(|r| (r.log_id.index, r.data))
+                .map_err(|e| not_served(&e, |e| e.forward_to_leader())),
+            Err(_) => Err(NotServed::Busy(format!(
+                "the entry was not committed within {patience:?}"
+            ))),
+        };
+        match written {
+            Ok((index, Applied::Each(each))) if each.len() == answers.len() => {
+                for (answer, applied) in answers.into_iter().zip(each) {
+                    let _ = answer.send(Ok((index, applied)));
+                }
+            }
+            // One command's outcome, or the whole entry's (refused by a
+            // stopped object).
+            Ok((index, applied)) => {
+                for answer in answers {
+                    let _ = answer.send(Ok((index, applied.clone())));
+                }
+            }
+            Err(e) => {
+                for answer in answers {
+                    let _ = answer.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// A member's upkeep state (see [`Group::tick`]).
@@ -404,6 +508,7 @@ impl<A: Application, L: Link> Group<A, L> {
             stopped: std::sync::atomic::AtomicBool::new(false),
             grant: Mutex::new(None),
             watch: Mutex::new(watch),
+            batching: Arc::default(),
         }))
     }
 
@@ -741,7 +846,7 @@ impl<A: Application, L: Link> Group<A, L> {
                 }
                 Reply::Membership(self.remove(member).await)
             }
-            Rpc::Write(command) => Reply::Write(self.write_ordered(Ordered::Event(command)).await),
+            Rpc::Write(command) => Reply::Write(self.write_event(command).await),
             // A member reports its own digest only.
             Rpc::Digest(digest) if digest.member == from.key.to_string() => {
                 Reply::Write(self.write_ordered(Ordered::Digest(digest)).await)
@@ -798,6 +903,34 @@ impl<A: Application, L: Link> Group<A, L> {
             .await
             .map(|r| (r.log_id.index, r.data))
             .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+    }
+
+    /// Write `command` to the log through this member, which must lead, in an
+    /// entry with the commands waiting with it (see the module docs): its
+    /// position and outcome once applied here.
+    async fn write_event(&self, command: Command) -> Result<(u64, Applied), NotServed> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start_writer = {
+            let mut b = self.batching.lock().expect("batching");
+            b.waiting.push_back((command, answer));
+            b.writers < BATCH_WRITERS && {
+                b.writers += 1;
+                true
+            }
+        };
+        if start_writer {
+            // Two of the longest election timeouts: a leader that has lost
+            // its majority for that long has been replaced.
+            let patience = Duration::from_millis(2 * self.config.election_ms.1.max(1));
+            tokio::spawn(write_batches(
+                self.raft.clone(),
+                self.batching.clone(),
+                patience,
+            ));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(NotServed::Failed("this member stopped".into())))
     }
 
     /// Order a logic entry (this member must lead): the object runs `change`'s
@@ -1001,7 +1134,7 @@ impl<A: Application, L: Link> Group<A, L> {
         let (index, applied) = self
             .at_leader(
                 deadline,
-                || self.write_ordered(Ordered::Event(command.clone())),
+                || self.write_event(command.clone()),
                 || Rpc::Write(command.clone()),
                 Reply::written,
             )

@@ -22,7 +22,7 @@ use super::group::{Group, GroupConfig, GroupFailure};
 use super::machine::{Application, GroupView, Switched};
 use super::net::{Handler, QuicLink};
 use super::store::LogStore;
-use super::types::{Applied, Command, LogicChange};
+use super::types::{Applied, Command, LogicChange, Position};
 use crate::driver::{BoxFuture, Evolution, LogicError, LogicInForce, LogicVersion, RecordUse};
 use crate::executor::ObjectRef;
 use crate::group::{GroupError, GroupNotice, GroupStatus};
@@ -160,7 +160,7 @@ impl Application for ReplicaApp {
         })
     }
 
-    fn apply(&mut self, _index: u64, command: &Command) -> Result<(), String> {
+    fn apply(&mut self, _at: Position, command: &Command) -> Result<(), String> {
         let command = command.clone();
         let outcome = run_blocking(&self.replica, move |r| apply_command(r, &command));
         let outcome = outcome.map_err(|e| e.to_string())?;

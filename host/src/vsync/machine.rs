@@ -73,8 +73,8 @@
 
 use super::store;
 use super::types::{
-    Applied, Command, Entry, LogId, LogicChange, Member, Ordered, SnapshotMeta, StateDigest,
-    StorageError, StoredMembership, TypeConfig,
+    Applied, Command, Entry, LogId, LogicChange, Member, Ordered, Position, SnapshotMeta,
+    StateDigest, StorageError, StoredMembership, TypeConfig,
 };
 use crate::driver::{BoxFuture, LogicError, LogicInForce, RecordUse};
 use openraft::storage::RaftStateMachine;
@@ -102,9 +102,9 @@ pub trait Application: Send + 'static {
 
     /// Start from scratch (`None`) or from a snapshot.
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String>;
-    /// Apply one committed command at log position `index`; `Err` refuses it (the
+    /// Apply one committed command at position `at`; `Err` refuses it (the
     /// state must be left unchanged).
-    fn apply(&mut self, index: u64, command: &Command) -> Result<(), String>;
+    fn apply(&mut self, at: Position, command: &Command) -> Result<(), String>;
     /// The membership changed (at log position `view.id`).
     fn view(&mut self, view: &GroupView);
     /// The whole state, or why it cannot be had (no snapshot is built then,
@@ -487,13 +487,18 @@ impl<A: Application> MachineState<A> {
         match payload {
             EntryPayload::Blank => Applied::Internal,
             EntryPayload::Normal(Ordered::Event(command)) => {
-                let applied = self.apply_command(log_id, &command);
-                self.events += 1;
-                let every = self.app.check_every();
-                if every > 0 && self.events.is_multiple_of(every) {
-                    self.app.checkpoint(log_id.index);
-                }
+                let applied = self.apply_command(log_id, 0, &command);
+                self.count_events(log_id, 1);
                 applied
+            }
+            EntryPayload::Normal(Ordered::Events(commands)) => {
+                let each = commands
+                    .iter()
+                    .zip(0..)
+                    .map(|(command, slot)| self.apply_command(log_id, slot, command))
+                    .collect();
+                self.count_events(log_id, commands.len() as u64);
+                Applied::Each(each)
             }
             EntryPayload::Normal(Ordered::Logic(_)) => {
                 unreachable!("logic entries are applied by Machine::switch_logic")
@@ -529,27 +534,49 @@ impl<A: Application> MachineState<A> {
         }
     }
 
+    /// Count `applied` more events, applied at the entry `log_id`: the entry is
+    /// checked if that passed a multiple of [`Application::check_every`] (a
+    /// check is always at a whole entry, after all of its commands).
+    fn count_events(&mut self, log_id: LogId, applied: u64) {
+        let before = self.events;
+        self.events += applied;
+        let every = self.app.check_every();
+        if every > 0 && self.events / every > before / every {
+            self.app.checkpoint(log_id.index);
+        }
+    }
+
     /// An entry a repair's state already holds: only what openraft and the
     /// callers waiting on it need (the membership; a command's outcome, as its
     /// sender's record in that state says).
     fn pass_over(&mut self, log_id: LogId, payload: EntryPayload<TypeConfig>) -> Applied {
         match payload {
-            EntryPayload::Normal(Ordered::Event(command)) => {
-                let key = (command.sender.clone(), command.boot);
-                let refused = self
-                    .senders
-                    .get(&key)
-                    .and_then(|p| p.refused.get(&command.seq));
-                match refused {
-                    Some(reason) => Applied::Refused(reason.clone()),
-                    None => Applied::Duplicate,
-                }
-            }
+            EntryPayload::Normal(Ordered::Event(command)) => self.outcome_recorded(&command),
+            EntryPayload::Normal(Ordered::Events(commands)) => Applied::Each(
+                commands
+                    .iter()
+                    .map(|command| self.outcome_recorded(command))
+                    .collect(),
+            ),
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(log_id), m);
                 Applied::Internal
             }
             _ => Applied::Internal,
+        }
+    }
+
+    /// A command's outcome as its sender's record says: refused with its
+    /// reason, or applied (a duplicate now).
+    fn outcome_recorded(&self, command: &Command) -> Applied {
+        let key = (command.sender.clone(), command.boot);
+        let refused = self
+            .senders
+            .get(&key)
+            .and_then(|p| p.refused.get(&command.seq));
+        match refused {
+            Some(reason) => Applied::Refused(reason.clone()),
+            None => Applied::Duplicate,
         }
     }
 
@@ -670,7 +697,7 @@ impl<A: Application> MachineState<A> {
         postcard::to_allocvec(&body).map_err(|e| e.to_string())
     }
 
-    fn apply_command(&mut self, log_id: LogId, command: &Command) -> Applied {
+    fn apply_command(&mut self, log_id: LogId, slot: u32, command: &Command) -> Applied {
         let key = (command.sender.clone(), command.boot);
         let progress = self.senders.entry(key.clone()).or_default();
         if !progress.record(command.seq) {
@@ -679,7 +706,11 @@ impl<A: Application> MachineState<A> {
                 None => Applied::Duplicate,
             };
         }
-        match self.app.apply(log_id.index, command) {
+        let at = Position {
+            index: log_id.index,
+            slot,
+        };
+        match self.app.apply(at, command) {
             Ok(()) => Applied::Done,
             Err(reason) => {
                 if let Some(progress) = self.senders.get_mut(&key) {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// ALPN protocol of vsync endpoints.
-pub const ALPN: &[u8] = b"liveobjects-vsync/1";
+pub const ALPN: &[u8] = b"liveobjects-vsync/2";
 /// Requests served at once; more are dropped (their callers retry).
 pub const MAX_SERVING: usize = 1024;
 /// Inbound frames queued before the transport drops more.

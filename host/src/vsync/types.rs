@@ -89,6 +89,11 @@ pub struct Command {
 pub enum Ordered {
     /// An event (a call's multicasts, or events an event multicast).
     Event(Command),
+    /// Events that waited together at the leader, ordered as one entry (group
+    /// commit: one append, one fsync and one replication round for all of
+    /// them), applied in this order, each on its own as if it had an entry of
+    /// its own.
+    Events(Vec<Command>),
     /// The object runs the logic of this version of its record from here on:
     /// the group's first such entry names the logic it was founded with, every
     /// later one is a live upgrade (see [`super::machine`]).
@@ -134,6 +139,19 @@ pub enum Applied {
     /// A logic entry: the object runs the logic it names from here on (or, if
     /// [`Applied::Refused`], the upgrade was aborted at every replica).
     Switched,
+    /// An [`Ordered::Events`] entry: what applying each of its commands did, in
+    /// order.
+    Each(Vec<Applied>),
+}
+
+/// Where a command is in an object's log: its entry's index and its place
+/// among that entry's commands (0 for an entry of one command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The log index of the entry.
+    pub index: u64,
+    /// The command's place in the entry.
+    pub slot: u32,
 }
 
 openraft::declare_raft_types!(

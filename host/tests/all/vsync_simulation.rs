@@ -37,7 +37,7 @@ use liveobjects_host::vsync::machine::{
     Application, CheckOutcome, CheckVerdict, GroupView, Switched,
 };
 use liveobjects_host::vsync::store::LogStore;
-use liveobjects_host::vsync::types::{Applied, Command, LogicChange, Member, node_id};
+use liveobjects_host::vsync::types::{Applied, Command, LogicChange, Member, Position, node_id};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -70,11 +70,11 @@ type CommandId = u64;
 /// What one node observed, across its restarts (the test's record, not state).
 #[derive(Default)]
 struct Trace {
-    /// (log index, command id) applied, in the order applied (replays after a
-    /// restart appear again, at the same index).
-    applied: Vec<(u64, CommandId)>,
-    /// (log index, command id) the object refused.
-    refused: Vec<(u64, CommandId)>,
+    /// (position, command id) applied, in the order applied (replays after a
+    /// restart appear again, at the same position).
+    applied: Vec<(Position, CommandId)>,
+    /// (position, command id) the object refused.
+    refused: Vec<(Position, CommandId)>,
     /// Views by log index.
     views: BTreeMap<u64, Vec<u64>>,
     /// (log index, version of the logic) of every command applied.
@@ -106,7 +106,7 @@ struct Trace {
 /// object (a deterministic abort).
 #[derive(Default, Serialize, Deserialize, Clone)]
 struct ModelState {
-    applied: Vec<(u64, CommandId)>,
+    applied: Vec<(Position, CommandId)>,
     /// The version of the logic this state belongs to.
     version: u64,
 }
@@ -177,19 +177,19 @@ impl Application for ModelApp {
         Ok(())
     }
 
-    fn apply(&mut self, index: u64, command: &Command) -> Result<(), String> {
+    fn apply(&mut self, at: Position, command: &Command) -> Result<(), String> {
         let id = id_of(command);
         if refused_by_object(id) {
-            self.trace.lock().unwrap().refused.push((index, id));
+            self.trace.lock().unwrap().refused.push((at, id));
             return Err(format!("command {id} refused"));
         }
-        self.state.applied.push((index, id));
+        self.state.applied.push((at, id));
         let mut trace = self.trace.lock().unwrap();
-        trace.applied.push((index, id));
-        trace.logic_at.push((index, self.running));
+        trace.applied.push((at, id));
+        trace.logic_at.push((at.index, self.running));
         if self.running != self.state.version {
             trace.mismatches.push(format!(
-                "command {id} at {index}: logic version {}, state of version {}",
+                "command {id} at {at:?}: logic version {}, state of version {}",
                 self.running, self.state.version
             ));
         }
@@ -257,7 +257,7 @@ impl Application for ModelApp {
     fn checkpoint(&mut self, at: u64) {
         let digest = digest_of(&self.state);
         self.own.insert(at, digest);
-        let forged = self.state.applied.iter().any(|(index, _)| *index == 0);
+        let forged = self.state.applied.iter().any(|(at, _)| at.index == 0);
         let mut trace = self.trace.lock().unwrap();
         trace.digests.push((at, digest));
         trace.taken.push((at, digest, forged));
@@ -531,7 +531,7 @@ impl Cluster {
     /// Corrupt node `i`'s replica: its state gains a command nobody sent.
     fn corrupt(&mut self, i: u64) {
         if let Some(g) = self.group(i) {
-            let forged = (0, u64::MAX - i);
+            let forged = (Position { index: 0, slot: 0 }, u64::MAX - i);
             let machine = g.machine().state();
             machine.lock().unwrap().app.state.applied.push(forged);
             self.faults.corruptions += 1;
@@ -693,7 +693,11 @@ async fn scenario(seed: u64, durable: bool) -> Run {
     let mut next_node = NODES;
     // Safety phase: 30 s of faults and load.
     for tick in 0..60 {
-        for _ in 0..4 {
+        // Now and then a burst: commands that arrive at the leader together
+        // are ordered as one entry (group commit), so crashes, losses and
+        // elections also hit entries of several commands.
+        let load = if rng.chance(25) { 4 + rng.below(24) } else { 4 };
+        for _ in 0..load {
             let live = c.live();
             let at = live[rng.below(live.len() as u64) as usize];
             c.submit(at, next_id);
@@ -834,7 +838,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
         if done && indexes.len() == 1 && !voters.is_empty() {
             // A replica corrupted while cut off is found at a check after it
             // caught up: more events bring more checks (a few rounds at most).
-            let states: BTreeSet<Vec<(u64, CommandId)>> =
+            let states: BTreeSet<Vec<(Position, CommandId)>> =
                 voters.iter().map(|i| c.state(*i).applied).collect();
             if states.len() == 1 || rounds == 5 {
                 converged = true;
@@ -900,7 +904,7 @@ async fn scenario(seed: u64, durable: bool) -> Run {
 /// Agreement on order: no two replicas ever applied different commands (or one
 /// applied and one refused) at the same log position.
 fn check_order_agreement(run: &Run) -> Result<(), String> {
-    let mut at: BTreeMap<u64, (CommandId, bool, u64)> = BTreeMap::new();
+    let mut at: BTreeMap<Position, (CommandId, bool, u64)> = BTreeMap::new();
     for (node, trace) in &run.traces {
         let t = trace.lock().unwrap();
         let entries = t
@@ -912,7 +916,7 @@ fn check_order_agreement(run: &Run) -> Result<(), String> {
             match at.get(&index) {
                 Some(&(other, other_ok, by)) if (other, other_ok) != (id, ok) => {
                     return Err(format!(
-                        "position {index}: node {node} has command {id} ({ok}), \
+                        "position {index:?}: node {node} has command {id} ({ok}), \
                          node {by} has {other} ({other_ok})"
                     ));
                 }
@@ -928,14 +932,14 @@ fn check_order_agreement(run: &Run) -> Result<(), String> {
 /// No duplicates: a command is at one log position only, and a final state holds
 /// each command once.
 fn check_no_duplicates(run: &Run) -> Result<(), String> {
-    let mut position: BTreeMap<CommandId, u64> = BTreeMap::new();
+    let mut position: BTreeMap<CommandId, Position> = BTreeMap::new();
     for (node, trace) in &run.traces {
         for &(index, id) in &trace.lock().unwrap().applied {
             if let Some(&p) = position.get(&id)
                 && p != index
             {
                 return Err(format!(
-                    "command {id} applied at positions {p} and {index} (node {node})"
+                    "command {id} applied at positions {p:?} and {index:?} (node {node})"
                 ));
             }
             position.insert(id, index);
@@ -1112,6 +1116,8 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
     let (mut switched, mut aborted, mut records_refused) = (0, 0, 0);
     let (mut agreed, mut diverged, mut repaired, mut no_majority) = (0, 0, 0, 0);
     let (mut stopped_runs, mut forged_runs, mut view_checks) = (0, 0, 0);
+    // Entries that held more than one command (their positions past the first).
+    let mut batched = BTreeSet::new();
     let runs = seeds.len();
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1135,6 +1141,12 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
             diverged += t.diverged;
             repaired += t.repaired;
             no_majority += t.no_majority.len();
+            batched.extend(
+                t.applied
+                    .iter()
+                    .filter(|(at, _)| at.slot > 0)
+                    .map(|(at, _)| (seed, *at)),
+            );
             view_checks += t
                 .taken
                 .iter()
@@ -1166,7 +1178,7 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
         let forged_won = run
             .finals
             .values()
-            .any(|state| state.applied.iter().any(|(index, _)| *index == 0));
+            .any(|state| state.applied.iter().any(|(at, _)| at.index == 0));
         forged_runs += usize::from(forged_won && !stopped);
         let finals_compared = |check: Result<(), String>| if stopped { Ok(()) } else { check };
         for (name, check) in [
@@ -1192,7 +1204,13 @@ fn run_seeds(durable: bool, seeds: Vec<u64>) {
          {records_refused} times; checks agreed {agreed}, found {diverged} divergences, \
          repaired {repaired}, {no_majority} verdicts of no majority (objects stopped in \
          {stopped_runs} of {runs} runs), forged state won in {forged_runs}; digests taken at \
-         view changes {view_checks}; faults {faults:?}"
+         view changes {view_checks}; commands ordered behind another in a shared entry \
+         {}; faults {faults:?}",
+        batched.len()
+    );
+    assert!(
+        !batched.is_empty(),
+        "no entry held more than one command: group commit untested"
     );
     assert!(view_checks > 0, "no replica took a digest at a view change");
     assert!(
