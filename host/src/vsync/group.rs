@@ -68,6 +68,9 @@ pub enum Rpc {
     },
     /// Order and commit a command (handled by the leader).
     Write(Command),
+    /// Order and commit commands, each on its own (handled by the leader): a
+    /// member forwards the commands that wait together in one request.
+    Writes(Vec<Command>),
     /// The leader's read index (a linearizable read waits until it has applied it).
     ReadIndex,
     /// Order the sender's digest of its state at a checked position (handled by
@@ -108,6 +111,8 @@ pub enum Reply {
     Membership(Result<(), NotServed>),
     /// To [`Rpc::Write`]: the command's log position and what applying it did.
     Write(Result<(u64, Applied), NotServed>),
+    /// To [`Rpc::Writes`]: each command's answer, in order.
+    Writes(Vec<Result<(u64, Applied), NotServed>>),
     /// To [`Rpc::ReadIndex`]: the log index to have applied.
     ReadIndex(Result<u64, NotServed>),
     /// To [`Rpc::State`]: the position applied and the state's snapshot body.
@@ -329,6 +334,8 @@ pub struct Group<A, L> {
     /// Commands waiting to be ordered by this member while it leads (see the
     /// module docs' group commit).
     batching: Arc<Mutex<Batching>>,
+    /// Commands waiting to be forwarded to the leader.
+    forwarding: Arc<Mutex<Forwarding>>,
 }
 
 /// Entries of commands a leader writes at once (see the module docs): two, so
@@ -342,6 +349,71 @@ pub const BATCH_BYTES: usize = 1 << 20;
 
 /// A command's answer, once its entry is applied at the leader.
 type Answer = tokio::sync::oneshot::Sender<Result<(u64, Applied), NotServed>>;
+/// Where a command's [`Answer`] comes.
+type Answered = tokio::sync::oneshot::Receiver<Result<(u64, Applied), NotServed>>;
+
+/// The answer that comes to `answered`; a writer that went away (the member
+/// stopped) answers that.
+async fn answered(answered: Answered) -> Result<(u64, Applied), NotServed> {
+    answered
+        .await
+        .unwrap_or_else(|_| Err(NotServed::Failed("this member stopped".into())))
+}
+
+/// Commands a member waits to forward to its leader, and how many requests
+/// carrying them are out.
+#[derive(Default)]
+struct Forwarding {
+    waiting: VecDeque<(Member, Command, Answer)>,
+    senders: usize,
+}
+
+/// Forward the waiting commands to their leaders, one [`Rpc::Writes`] at a
+/// time (the commands waiting for the first one's leader, within the limits of
+/// an entry), until none waits.
+async fn forward_batches<L: Link>(link: L, group: String, forwarding: Arc<Mutex<Forwarding>>) {
+    loop {
+        let (leader, batch) = {
+            let mut f = forwarding.lock().expect("forwarding");
+            let Some(leader) = f.waiting.front().map(|(to, _, _)| *to) else {
+                f.senders -= 1;
+                return;
+            };
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            let mut others = VecDeque::new();
+            while let Some((to, command, answer)) = f.waiting.pop_front() {
+                let full = !batch.is_empty()
+                    && (bytes + command.bytes() > BATCH_BYTES || batch.len() == BATCH_COMMANDS);
+                if to != leader || full {
+                    others.push_back((to, command, answer));
+                } else {
+                    bytes += command.bytes();
+                    batch.push((command, answer));
+                }
+            }
+            f.waiting = others;
+            (leader, batch)
+        };
+        let (commands, answers): (Vec<Command>, Vec<Answer>) = batch.into_iter().unzip();
+        let count = commands.len();
+        let replies = match link
+            .call(
+                leader,
+                &group,
+                Rpc::Writes(commands),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(Reply::Writes(replies)) if replies.len() == count => replies,
+            _ => vec![Err(NotServed::NotLeader(None)); count],
+        };
+        for (answer, reply) in answers.into_iter().zip(replies) {
+            let _ = answer.send(reply);
+        }
+    }
+}
 
 /// Commands waiting at a leader for an entry, and how many entries are being
 /// written.
@@ -349,11 +421,6 @@ type Answer = tokio::sync::oneshot::Sender<Result<(u64, Applied), NotServed>>;
 struct Batching {
     waiting: VecDeque<(Command, Answer)>,
     writers: usize,
-}
-
-/// The bytes a command adds to an entry.
-fn command_bytes(command: &Command) -> usize {
-    command.payload.len() + command.more.iter().map(Vec::len).sum::<usize>() + 64
 }
 
 /// Write the waiting commands as entries, one at a time, until none waits
@@ -373,7 +440,7 @@ async fn write_batches(raft: Raft, batching: Arc<Mutex<Batching>>, patience: Dur
             let mut bytes = 0;
             let mut batch = Vec::new();
             while let Some((command, _)) = b.waiting.front() {
-                bytes += command_bytes(command);
+                bytes += command.bytes();
                 if !batch.is_empty() && (bytes > BATCH_BYTES || batch.len() == BATCH_COMMANDS) {
                     break;
                 }
@@ -399,6 +466,16 @@ async fn write_batches(raft: Raft, batching: Arc<Mutex<Batching>>, patience: Dur
             Ok((index, Applied::Each(each))) if each.len() == answers.len() => {
                 for (answer, applied) in answers.into_iter().zip(each) {
                     let _ = answer.send(Ok((index, applied)));
+                }
+            }
+            Ok((_, Applied::Each(each))) => {
+                let failed = NotServed::Failed(format!(
+                    "an entry of {} commands was answered with {} outcomes",
+                    answers.len(),
+                    each.len()
+                ));
+                for answer in answers {
+                    let _ = answer.send(Err(failed.clone()));
                 }
             }
             // One command's outcome, or the whole entry's (refused by a
@@ -509,6 +586,7 @@ impl<A: Application, L: Link> Group<A, L> {
             grant: Mutex::new(None),
             watch: Mutex::new(watch),
             batching: Arc::default(),
+            forwarding: Arc::default(),
         }))
     }
 
@@ -846,7 +924,22 @@ impl<A: Application, L: Link> Group<A, L> {
                 }
                 Reply::Membership(self.remove(member).await)
             }
+            // A member forwards its own commands only.
+            Rpc::Write(command) if command.sender != from.key.to_string() => {
+                Reply::Write(Err(foreign_command(&from)))
+            }
+            Rpc::Writes(commands) if commands.iter().any(|c| c.sender != from.key.to_string()) => {
+                Reply::Writes(vec![Err(foreign_command(&from)); commands.len()])
+            }
             Rpc::Write(command) => Reply::Write(self.write_event(command).await),
+            Rpc::Writes(commands) => {
+                let answers = self.enqueue_events(commands);
+                let mut written = Vec::with_capacity(answers.len());
+                for answer in answers {
+                    written.push(answered(answer).await);
+                }
+                Reply::Writes(written)
+            }
             // A member reports its own digest only.
             Rpc::Digest(digest) if digest.member == from.key.to_string() => {
                 Reply::Write(self.write_ordered(Ordered::Digest(digest)).await)
@@ -909,10 +1002,24 @@ impl<A: Application, L: Link> Group<A, L> {
     /// entry with the commands waiting with it (see the module docs): its
     /// position and outcome once applied here.
     async fn write_event(&self, command: Command) -> Result<(u64, Applied), NotServed> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
+        let answer = self
+            .enqueue_events(vec![command])
+            .pop()
+            .expect("one answer");
+        answered(answer).await
+    }
+
+    /// Queue `commands` for this member's next entry (see
+    /// [`write_event`](Self::write_event)); where each one's answer will come.
+    fn enqueue_events(&self, commands: Vec<Command>) -> Vec<Answered> {
+        let mut answers = Vec::with_capacity(commands.len());
         let start_writer = {
             let mut b = self.batching.lock().expect("batching");
-            b.waiting.push_back((command, answer));
+            for command in commands {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                b.waiting.push_back((command, answer));
+                answers.push(answered);
+            }
             b.writers < BATCH_WRITERS && {
                 b.writers += 1;
                 true
@@ -928,9 +1035,34 @@ impl<A: Application, L: Link> Group<A, L> {
                 patience,
             ));
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(NotServed::Failed("this member stopped".into())))
+        answers
+    }
+
+    /// Have the leader `to` order `command` (see [`Rpc::Writes`]): in one
+    /// request with the other commands waiting for the same leader, at most
+    /// [`BATCH_WRITERS`] requests at once.
+    async fn forward_event(
+        &self,
+        to: Member,
+        command: Command,
+    ) -> Result<(u64, Applied), NotServed> {
+        let (answer, answered_here) = tokio::sync::oneshot::channel();
+        let start_sender = {
+            let mut f = self.forwarding.lock().expect("forwarding");
+            f.waiting.push_back((to, command, answer));
+            f.senders < BATCH_WRITERS && {
+                f.senders += 1;
+                true
+            }
+        };
+        if start_sender {
+            tokio::spawn(forward_batches(
+                self.link.clone(),
+                self.name.clone(),
+                self.forwarding.clone(),
+            ));
+        }
+        answered(answered_here).await
     }
 
     /// Order a logic entry (this member must lead): the object runs `change`'s
@@ -1078,17 +1210,37 @@ impl<A: Application, L: Link> Group<A, L> {
         H: Fn() -> F,
         F: Future<Output = Result<T, NotServed>>,
     {
+        let ask = |leader: Member| {
+            let request = self
+                .link
+                .call(leader, &self.name, rpc(), Duration::from_secs(5));
+            async move {
+                match request.await {
+                    Ok(reply) => answer(reply).unwrap_or(Err(NotServed::NotLeader(None))),
+                    Err(_) => Err(NotServed::NotLeader(None)),
+                }
+            }
+        };
+        self.served_by_leader(deadline, here, ask).await
+    }
+
+    /// [`at_leader`](Self::at_leader), with `remote` asking a leader elsewhere.
+    async fn served_by_leader<T, H, F, R, G>(
+        &self,
+        deadline: Instant,
+        here: H,
+        remote: R,
+    ) -> Result<T, GroupFailure>
+    where
+        H: Fn() -> F,
+        F: Future<Output = Result<T, NotServed>>,
+        R: Fn(Member) -> G,
+        G: Future<Output = Result<T, NotServed>>,
+    {
         loop {
             let got = match self.leader() {
                 Some(l) if l.key == self.me.key => here().await,
-                Some(l) => match self
-                    .link
-                    .call(l, &self.name, rpc(), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(reply) => answer(reply).unwrap_or(Err(NotServed::NotLeader(None))),
-                    Err(_) => Err(NotServed::NotLeader(None)),
-                },
+                Some(l) => remote(l).await,
                 None => Err(NotServed::NotLeader(None)),
             };
             match got {
@@ -1132,11 +1284,10 @@ impl<A: Application, L: Link> Group<A, L> {
         };
         let deadline = Instant::now() + self.config.request_timeout;
         let (index, applied) = self
-            .at_leader(
+            .served_by_leader(
                 deadline,
                 || self.write_event(command.clone()),
-                || Rpc::Write(command.clone()),
-                Reply::written,
+                |leader| self.forward_event(leader, command.clone()),
             )
             .await?;
         if let Applied::Refused(reason) = applied {
@@ -1370,6 +1521,14 @@ impl<A: Application, L: Link> Group<A, L> {
         )
         .await;
     }
+}
+
+/// The refusal of a command forwarded by another member than its sender.
+fn foreign_command(from: &Member) -> NotServed {
+    NotServed::Failed(format!(
+        "member {} forwarded a command in another member's name: a member forwards only its own",
+        from.key
+    ))
 }
 
 fn not_served<E, F>(e: &RaftError<u64, E>, forward: F) -> NotServed

@@ -16,9 +16,9 @@
 //! then lost acknowledged transfers after restarts, so it stays fsynced.
 //! The latest snapshot is kept in the same file (see [`super::machine`]).
 
-use super::types::{Entry, LogId, StorageError, TypeConfig};
+use super::types::{Command, Entry, LogId, Ordered, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -261,16 +261,61 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    // openraft's error type, as its storage traits require.
+    #[allow(clippy::result_large_err)]
+    fn read_memory(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StorageError> {
+        self.memory
+            .lock()
+            .map_err(|_| io_read(std::io::Error::other("log lock poisoned")))
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let m = self
-            .memory
-            .lock()
-            .map_err(|_| io_read(std::io::Error::other("log lock poisoned")))?;
+        let m = self.read_memory()?;
         Ok(m.log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    /// The entries a leader sends a follower in one append: from `start`, up
+    /// to about [`APPEND_BYTES`] (at least one entry). Entries carry many
+    /// commands each (group commit), so openraft's count limit alone could
+    /// make an append to a lagging follower too large to send or to land
+    /// before the append's timeout, and the follower would never catch up.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let m = self.read_memory()?;
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for entry in m.log.range(start..end).map(|(_, e)| e) {
+            bytes += entry_bytes(entry);
+            if !entries.is_empty() && bytes > APPEND_BYTES {
+                break;
+            }
+            entries.push(entry.clone());
+        }
+        Ok(entries)
+    }
+}
+
+/// About the most bytes of entries in one append to a follower.
+pub const APPEND_BYTES: usize = 1 << 20;
+
+/// About the bytes `entry` takes in an append.
+fn entry_bytes(entry: &Entry) -> usize {
+    64 + match &entry.payload {
+        EntryPayload::Normal(Ordered::Event(c)) => c.bytes(),
+        EntryPayload::Normal(Ordered::Events(commands)) => {
+            commands.iter().map(Command::bytes).sum()
+        }
+        EntryPayload::Normal(Ordered::Logic(change)) => change.record.len(),
+        _ => 256,
     }
 }
 
@@ -426,6 +471,51 @@ pub(crate) fn write_meta(db: &Database, key: &str, value: &[u8]) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_append_to_a_lagging_follower_is_bounded_in_bytes_and_never_empty() {
+        let mut store = LogStore::memory();
+        let command = |seq: u64, size: usize| Command {
+            sender: "a".into(),
+            boot: 1,
+            seq,
+            timestamp_ms: 0,
+            payload: vec![0; size],
+            more: Vec::new(),
+        };
+        {
+            let mut m = store.memory.lock().unwrap();
+            // 300 entries of 64 commands of 4 KiB: about 75 MiB in all.
+            for index in 1..=300 {
+                let commands = (0..64).map(|i| command(index * 64 + i, 4096)).collect();
+                let entry = Entry {
+                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index),
+                    payload: EntryPayload::Normal(Ordered::Events(commands)),
+                };
+                m.log.insert(index, entry);
+            }
+            // One entry larger than the limit on its own.
+            let entry = Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 301),
+                payload: EntryPayload::Normal(Ordered::Event(command(1, 3 << 20))),
+            };
+            m.log.insert(301, entry);
+        }
+        let sent = store.limited_get_log_entries(1, 302).await.unwrap();
+        let bytes: usize = sent.iter().map(entry_bytes).sum();
+        assert!(
+            !sent.is_empty() && sent.len() < 300,
+            "{} entries",
+            sent.len()
+        );
+        assert!(bytes <= APPEND_BYTES, "{bytes} bytes in one append");
+        assert_eq!(sent[0].log_id.index, 1);
+        // The big entry goes alone rather than never.
+        let sent = store.limited_get_log_entries(301, 302).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        // A small range is sent whole.
+        assert_eq!(store.limited_get_log_entries(5, 8).await.unwrap().len(), 3);
+    }
 
     #[test]
     fn a_store_of_another_format_is_refused_with_what_to_do_and_left_untouched() {

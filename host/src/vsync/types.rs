@@ -84,6 +84,13 @@ pub struct Command {
     pub more: Vec<Vec<u8>>,
 }
 
+impl Command {
+    /// About the bytes this command takes in an entry or a request.
+    pub fn bytes(&self) -> usize {
+        self.payload.len() + self.more.iter().map(Vec::len).sum::<usize>() + 64
+    }
+}
+
 /// One entry of an object's ordered log, as the group's members write it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ordered {

@@ -1255,3 +1255,94 @@ fn total_order_groups_agree_under_partitions_loss_and_churn() {
 fn durable_groups_keep_every_acknowledged_command_across_whole_group_crashes() {
     run_seeds(true, seeds(100..160));
 }
+
+/// A member's forwarded commands, several in one request, are ordered by the
+/// leader in one entry at consecutive positions and answered each on its own;
+/// a request carrying a command in another member's name is refused whole.
+#[test]
+fn forwarded_commands_share_an_entry_and_foreign_ones_are_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut c = Cluster::new(7, false);
+        let leader = c.start(0).await;
+        leader.found().await.unwrap();
+        leader.propose_logic(change(1)).await.unwrap();
+        for i in 1..3 {
+            let g = c.start(i).await;
+            g.join(member(0), None, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        let from = member(1);
+        let command = |sender: Member, id: u64| Command {
+            sender: sender.key.to_string(),
+            boot: 9,
+            seq: id,
+            timestamp_ms: 0,
+            payload: id.to_le_bytes().to_vec(),
+            more: Vec::new(),
+        };
+        // Ids 1, 2, 3, 4: none is a multiple of 7, so the object applies all.
+        let own: Vec<Command> = (1..=4).map(|id| command(from, id)).collect();
+        let Reply::Writes(answers) = leader.handle(from, Rpc::Writes(own)).await else {
+            panic!("not answered as a batch of writes")
+        };
+        assert_eq!(answers.len(), 4);
+        let index = answers[0].as_ref().unwrap().0;
+        for answer in &answers {
+            assert_eq!(answer, &Ok((index, Applied::Done)), "{answers:?}");
+        }
+        let positions: Vec<(Position, CommandId)> = c.nodes[&0]
+            .2
+            .lock()
+            .unwrap()
+            .applied
+            .iter()
+            .filter(|(at, _)| at.index == index)
+            .copied()
+            .collect();
+        assert_eq!(
+            positions,
+            (0..4)
+                .map(|slot| (Position { index, slot }, u64::from(slot) + 1))
+                .collect::<Vec<_>>()
+        );
+        // The same again is answered as duplicates, not applied twice.
+        let again: Vec<Command> = (1..=4).map(|id| command(from, id)).collect();
+        let Reply::Writes(answers) = leader.handle(from, Rpc::Writes(again)).await else {
+            panic!("not answered as a batch of writes")
+        };
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Ok((_, Applied::Duplicate)))),
+            "{answers:?}"
+        );
+        // One command in member 2's name spoils the whole request.
+        let forged = vec![command(from, 5), command(member(2), 6)];
+        let Reply::Writes(answers) = leader.handle(from, Rpc::Writes(forged)).await else {
+            panic!("not answered as a batch of writes")
+        };
+        assert_eq!(answers.len(), 2);
+        for answer in &answers {
+            match answer {
+                Err(liveobjects_host::vsync::group::NotServed::Failed(why)) => {
+                    assert!(why.contains("another member's name"), "{why}")
+                }
+                other => panic!("a foreign command was not refused: {other:?}"),
+            }
+        }
+        let applied = c.nodes[&0].2.lock().unwrap().applied.clone();
+        assert!(
+            !applied.iter().any(|(_, id)| *id == 5 || *id == 6),
+            "a refused request's command was applied: {applied:?}"
+        );
+        for i in c.live() {
+            c.crash(i).await;
+        }
+    });
+}
