@@ -1189,11 +1189,19 @@ impl<A: Application, L: Link> Group<A, L> {
     }
 
     async fn read_index_here(&self) -> Result<u64, NotServed> {
-        self.raft
+        let read = self
+            .raft
             .ensure_linearizable()
             .await
             .map(|l| l.map(|l| l.index).unwrap_or(0))
-            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))
+            .map_err(|e| not_served(&e, |e| e.forward_to_leader()))?;
+        // Floored at this leader's whole log: a leader restarted in its old
+        // term keeps its old no-op, and its committed index may be behind
+        // entries it acknowledged before the crash (see `super::store`). A
+        // leader's log is never cut in its term, so every entry up to here
+        // commits while it leads; a read waits at most for writes in flight.
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        Ok(read.max(last))
     }
 
     /// Have the leader serve a request: `here` if this member leads, else `rpc`

@@ -11,9 +11,15 @@
 //! and a leader's entries carry the commands that waited together
 //! ([`super::group`]'s group commit), so one fsync covers many commands.
 //!
-//! Writing the committed index without an fsync (`Durability::None`) was
-//! tried to save the second fsync per commit: the five-process kill -9 test
-//! then lost acknowledged transfers after restarts, so it stays fsynced.
+//! The committed index is written without an fsync (`Durability::None`; the
+//! next fsynced write makes it durable too), which saves every member a second
+//! fsync per commit on openraft's core task. After a crash it can be behind
+//! the log: openraft re-applies up to it at the restart and learns the rest
+//! from a leader. A leader restarted in its old term keeps its old no-op, so
+//! its read index (`max(no-op, committed)`) could then be below entries it
+//! acknowledged; [`super::group::Group`]'s read barrier therefore waits for
+//! the leader's whole log (the five-process kill -9 test read stale state
+//! without that floor).
 //! The latest snapshot is kept in the same file (see [`super::machine`]).
 
 use super::types::{Command, Entry, LogId, Ordered, StorageError, TypeConfig};
@@ -233,6 +239,7 @@ impl LogStore {
     #[allow(clippy::result_large_err)]
     async fn persist(
         &self,
+        durability: redb::Durability,
         write: impl FnOnce(
             &mut redb::Table<u64, &[u8]>,
             &mut redb::Table<&str, &[u8]>,
@@ -244,7 +251,8 @@ impl LogStore {
             return Ok(());
         };
         let transaction = move || {
-            let tx = db.begin_write().map_err(io_write)?;
+            let mut tx = db.begin_write().map_err(io_write)?;
+            tx.set_durability(durability).map_err(io_write)?;
             {
                 let mut log = tx.open_table(LOG).map_err(io_write)?;
                 let mut meta = tx.open_table(META).map_err(io_write)?;
@@ -337,11 +345,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let bytes = encode(vote);
-        self.persist(move |_, meta| meta.insert(VOTE, bytes.as_slice()).map(|_| ()))
-            .await
-            .map_err(|_| {
-                StorageError::from(StorageIOError::write_vote(&std::io::Error::other("vote")))
-            })?;
+        self.persist(redb::Durability::Immediate, move |_, meta| {
+            meta.insert(VOTE, bytes.as_slice()).map(|_| ())
+        })
+        .await
+        .map_err(|_| {
+            StorageError::from(StorageIOError::write_vote(&std::io::Error::other("vote")))
+        })?;
         self.memory.lock().expect("log lock").vote = Some(*vote);
         Ok(())
     }
@@ -352,8 +362,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = encode(&committed);
-        self.persist(move |_, meta| meta.insert(COMMITTED, bytes.as_slice()).map(|_| ()))
-            .await?;
+        self.persist(redb::Durability::None, move |_, meta| {
+            meta.insert(COMMITTED, bytes.as_slice()).map(|_| ())
+        })
+        .await?;
         self.memory.lock().expect("log lock").committed = committed;
         Ok(())
     }
@@ -377,7 +389,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode(e)))
             .collect();
         let result = self
-            .persist(move |log, _| {
+            .persist(redb::Durability::Immediate, move |log, _| {
                 for (index, bytes) in &encoded {
                     log.insert(*index, bytes.as_slice())?;
                 }
@@ -404,7 +416,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             m.log.range(log_id.index..).map(|(k, _)| *k).collect()
         };
         let removed = doomed.clone();
-        self.persist(move |log, _| {
+        self.persist(redb::Durability::Immediate, move |log, _| {
             for k in &removed {
                 log.remove(*k)?;
             }
@@ -425,7 +437,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let purged = encode(&Some(log_id));
         let removed = doomed.clone();
-        self.persist(move |log, meta| {
+        self.persist(redb::Durability::Immediate, move |log, meta| {
             for k in &removed {
                 log.remove(*k)?;
             }
