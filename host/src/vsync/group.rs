@@ -66,8 +66,6 @@ pub enum Rpc {
         /// Who.
         member: Member,
     },
-    /// Order and commit a command (handled by the leader).
-    Write(Command),
     /// Order and commit commands, each on its own (handled by the leader): a
     /// member forwards the commands that wait together in one request.
     Writes(Vec<Command>),
@@ -109,7 +107,7 @@ pub enum Reply {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// To [`Rpc::Join`] and [`Rpc::Leave`].
     Membership(Result<(), NotServed>),
-    /// To [`Rpc::Write`]: the command's log position and what applying it did.
+    /// To [`Rpc::Digest`]: its log position and what applying it did.
     Write(Result<(u64, Applied), NotServed>),
     /// To [`Rpc::Writes`]: each command's answer, in order.
     Writes(Vec<Result<(u64, Applied), NotServed>>),
@@ -122,7 +120,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// The answer to a [`Rpc::Write`] or [`Rpc::Digest`], if this is one.
+    /// The answer to a [`Rpc::Digest`], if this is one.
     fn written(self) -> Option<Result<(u64, Applied), NotServed>> {
         match self {
             Reply::Write(written) => Some(written),
@@ -360,6 +358,13 @@ async fn answered(answered: Answered) -> Result<(u64, Applied), NotServed> {
         .unwrap_or_else(|_| Err(NotServed::Failed("this member stopped".into())))
 }
 
+/// Whether `command` joins `commands` commands of `bytes` bytes in one entry
+/// (or one forwarded request): within [`BATCH_COMMANDS`] and [`BATCH_BYTES`],
+/// and a command too big for either still goes, alone.
+fn fits(commands: usize, bytes: usize, command: &Command) -> bool {
+    commands == 0 || (commands < BATCH_COMMANDS && bytes + command.bytes() <= BATCH_BYTES)
+}
+
 /// Commands a member waits to forward to its leader, and how many requests
 /// carrying them are out.
 #[derive(Default)]
@@ -383,9 +388,7 @@ async fn forward_batches<L: Link>(link: L, group: String, forwarding: Arc<Mutex<
             let mut batch = Vec::new();
             let mut others = VecDeque::new();
             while let Some((to, command, answer)) = f.waiting.pop_front() {
-                let full = !batch.is_empty()
-                    && (bytes + command.bytes() > BATCH_BYTES || batch.len() == BATCH_COMMANDS);
-                if to != leader || full {
+                if to != leader || !fits(batch.len(), bytes, &command) {
                     others.push_back((to, command, answer));
                 } else {
                     bytes += command.bytes();
@@ -440,10 +443,10 @@ async fn write_batches(raft: Raft, batching: Arc<Mutex<Batching>>, patience: Dur
             let mut bytes = 0;
             let mut batch = Vec::new();
             while let Some((command, _)) = b.waiting.front() {
-                bytes += command.bytes();
-                if !batch.is_empty() && (bytes > BATCH_BYTES || batch.len() == BATCH_COMMANDS) {
+                if !fits(batch.len(), bytes, command) {
                     break;
                 }
+                bytes += command.bytes();
                 batch.extend(b.waiting.pop_front());
             }
             batch
@@ -925,13 +928,9 @@ impl<A: Application, L: Link> Group<A, L> {
                 Reply::Membership(self.remove(member).await)
             }
             // A member forwards its own commands only.
-            Rpc::Write(command) if command.sender != from.key.to_string() => {
-                Reply::Write(Err(foreign_command(&from)))
-            }
             Rpc::Writes(commands) if commands.iter().any(|c| c.sender != from.key.to_string()) => {
                 Reply::Writes(vec![Err(foreign_command(&from)); commands.len()])
             }
-            Rpc::Write(command) => Reply::Write(self.write_event(command).await),
             Rpc::Writes(commands) => {
                 let answers = self.enqueue_events(commands);
                 let mut written = Vec::with_capacity(answers.len());

@@ -2,10 +2,10 @@
 //! survives the crash of a minority) or in a redb file (`durable` objects: it
 //! survives the crash of every member).
 //!
-//! Fsync policy (durable): every call that changes the log, the vote or the
-//! committed index is one redb write transaction committed with
-//! `Durability::Immediate` (redb's default: data and a commit record fsynced)
-//! *before* openraft is told it is done. A member therefore never acknowledges
+//! Fsync policy (durable): every call that changes the log or the vote is one
+//! redb write transaction committed with `Durability::Immediate` (redb's
+//! default: data and a commit record fsynced) *before* openraft is told it is
+//! done. A member therefore never acknowledges
 //! an entry it could lose, and an entry acknowledged by a majority is
 //! committed. A follower's append carries every entry the leader sent at once,
 //! and a leader's entries carry the commands that waited together
@@ -267,9 +267,7 @@ impl LogStore {
             .await
             .map_err(io_write)?
     }
-}
 
-impl LogStore {
     // openraft's error type, as its storage traits require.
     #[allow(clippy::result_large_err)]
     fn read_memory(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StorageError> {

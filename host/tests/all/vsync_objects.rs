@@ -369,14 +369,14 @@ proptest::proptest! {
             from: Peer::new(Identity::from_secret([7; 32]).public(), "127.0.0.1:9".parse().unwrap()),
             group: "lo://x/y".into(),
             id: 42,
-            body: Body::Request(Rpc::Write(Command {
+            body: Body::Request(Rpc::Writes(vec![Command {
                 sender: "me".into(),
                 boot: 1,
                 seq: 2,
                 timestamp_ms: 3,
                 payload: vec![1, 2, 3, 4],
                 more: vec![vec![5]],
-            })),
+            }])),
         };
         let mut bytes = postcard::to_allocvec(&frame).unwrap();
         let at = at % bytes.len();
